@@ -1,0 +1,49 @@
+//! `ota-core`: the one place where otahil knows how an ESP32-C3 OTA update works.
+//!
+//! The chip firmware links it, the host emulator runs it and the harness's flash inspector
+//! decodes dumps with it, so all three agree on every byte. It is `no_std` and allocation free:
+//! every buffer is fixed size, every flash access goes through `embedded-storage`'s traits.
+//!
+//! Layout, one job per module:
+//! - [`crc`], [`hex`]: small helpers the formats need.
+//! - [`partition`], [`partition_csv`]: the ESP-IDF partition table, binary and CSV.
+//! - [`otadata`]: the two `esp_ota_select_entry_t` copies and their CRC.
+//! - [`image`], [`app_desc`], [`image_builder`]: the app image, its descriptor, a builder.
+//! - [`flash`]: partition-relative flash access over `NorFlash`.
+//! - [`writer`]: `esp_ota_begin/write/end/set_boot_partition` semantics.
+//! - [`boot`]: the bootloader's slot choice (rollback on or off) and the app's boot guard.
+//! - [`esphome`]: the ESPHome native OTA server as a sans-IO state machine.
+//! - [`log`]: the device's log line catalogue.
+#![no_std]
+#![forbid(unsafe_code)]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod app_desc;
+pub mod boot;
+pub mod crc;
+pub mod esphome;
+pub mod flash;
+pub mod hex;
+pub mod image;
+pub mod image_builder;
+pub mod log;
+pub mod otadata;
+pub mod partition;
+pub mod partition_csv;
+pub mod selftest;
+pub mod writer;
+
+#[cfg(test)]
+pub(crate) mod testutil;
+
+/// Flash erase unit of the ESP32-C3's SPI NOR flash.
+pub const SECTOR_SIZE: u32 = 4096;
+/// SPI NOR page program unit; the writer programs at most one page per operation.
+pub const PAGE_SIZE: u32 = 256;
+
+/// Rounds `value` up to the next multiple of `align` (a power of two).
+pub const fn align_up(value: u32, align: u32) -> u32 {
+    (value + align - 1) & !(align - 1)
+}

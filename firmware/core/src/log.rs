@@ -1,0 +1,237 @@
+//! The device's log line catalogue: every line the firmware and the emulator print, in ESP-IDF
+//! form `I (<ms>) <tag>: <text>`, defined once so that logs match on every backend.
+
+use crate::image::ImageError;
+use crate::otadata::OtaState;
+use crate::partition::TableError;
+use crate::writer::OtaError;
+use core::fmt;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Level {
+    Error,
+    Warn,
+    Info,
+}
+
+impl Level {
+    pub fn letter(self) -> char {
+        match self {
+            Level::Error => 'E',
+            Level::Warn => 'W',
+            Level::Info => 'I',
+        }
+    }
+}
+
+/// Names a boot candidate the way logs show it: `factory`, `ota_1`, `test`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SlotName(pub crate::boot::BootIndex);
+
+impl fmt::Display for SlotName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            crate::boot::BootIndex::Factory => f.write_str("factory"),
+            crate::boot::BootIndex::Ota(n) => write!(f, "ota_{n}"),
+            crate::boot::BootIndex::Test => f.write_str("test"),
+        }
+    }
+}
+
+/// One line of the device's serial log, without its timestamp.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LogEvent<'a> {
+    // --- second-stage bootloader (tag `boot`), ESP-IDF's own texts where it has them
+    BootStart,
+    TableInvalid(TableError),
+    TableOk { partitions: usize },
+    DefaultingToFactory,
+    NoFactoryTryingOta0,
+    OtadataInvalidFactory,
+    OtadataInvalidTryAll,
+    BootPendingToAborted { copy: usize },
+    BootNewToPending { copy: usize },
+    BootSelected { copy: usize, seq: u32, slot: SlotName, state: OtaState },
+    SlotNotBootable { slot: SlotName, reason: ImageError },
+    NoBootableApp,
+    Loaded { offset: u32 },
+    SetActualSeq { seq: u32 },
+    // --- the app (tag `app`)
+    AppRunning { slot: SlotName, label: &'a str, project: &'a str, version: &'a str },
+    // --- the app's boot guard (tag `rollback`)
+    GuardFirstBoot { slot: SlotName },
+    SelfTestPassed { slot: SlotName },
+    SelfTestFailed { slot: SlotName },
+    SelfTestHung { slot: SlotName },
+    Unconfirmed { slot: SlotName },
+    RollbackImpossible,
+    FallbackBoot { running: SlotName, selected: SlotName },
+    Rebooting,
+    // --- the OTA server (tag `ota`)
+    OtaListening { port: u16 },
+    OtaClientConnected,
+    OtaMagicMismatch,
+    OtaAuthFailed,
+    OtaAuthMissing,
+    OtaStarting { size: u32, slot: SlotName },
+    OtaProgress { percent: u8 },
+    OtaRejected { code: u8, error: OtaError },
+    OtaImageInvalid { reason: ImageError },
+    OtaMd5Mismatch,
+    OtaConnectionLost { received: u32, size: u32 },
+    OtaTimeout,
+    OtaCompressionUnsupported,
+    OtaComplete { slot: SlotName, seq: u32, state: OtaState },
+}
+
+impl LogEvent<'_> {
+    pub fn level(&self) -> Level {
+        use LogEvent::*;
+        match self {
+            TableInvalid(_) | SlotNotBootable { .. } | NoBootableApp | SelfTestFailed { .. }
+            | RollbackImpossible | OtaRejected { .. } | OtaImageInvalid { .. } | OtaMd5Mismatch => {
+                Level::Error
+            }
+            BootPendingToAborted { .. } | Unconfirmed { .. } | SelfTestHung { .. }
+            | FallbackBoot { .. } | OtaMagicMismatch | OtaAuthFailed | OtaAuthMissing
+            | OtaConnectionLost { .. } | OtaTimeout => Level::Warn,
+            _ => Level::Info,
+        }
+    }
+
+    pub fn tag(&self) -> &'static str {
+        use LogEvent::*;
+        match self {
+            BootStart | TableInvalid(_) | TableOk { .. } | DefaultingToFactory
+            | NoFactoryTryingOta0 | OtadataInvalidFactory | OtadataInvalidTryAll
+            | BootPendingToAborted { .. } | BootNewToPending { .. } | BootSelected { .. }
+            | SlotNotBootable { .. } | NoBootableApp | Loaded { .. } | SetActualSeq { .. } => "boot",
+            AppRunning { .. } => "app",
+            GuardFirstBoot { .. } | SelfTestPassed { .. } | SelfTestFailed { .. }
+            | SelfTestHung { .. } | Unconfirmed { .. } | RollbackImpossible
+            | FallbackBoot { .. } | Rebooting => "rollback",
+            OtaImageInvalid { .. } => "esp_image",
+            _ => "ota",
+        }
+    }
+}
+
+impl fmt::Display for LogEvent<'_> {
+    /// The message text (without level, timestamp and tag).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use LogEvent::*;
+        match self {
+            BootStart => f.write_str("otahil second-stage bootloader"),
+            TableInvalid(e) => write!(f, "Failed to verify partition table: {e}"),
+            TableOk { partitions } => write!(f, "Partition table verified: {partitions} partitions"),
+            DefaultingToFactory => f.write_str("Defaulting to factory image"),
+            NoFactoryTryingOta0 => f.write_str("No factory image, trying OTA 0"),
+            OtadataInvalidFactory => f.write_str("ota data partition invalid, falling back to factory"),
+            OtadataInvalidTryAll => {
+                f.write_str("ota data partition invalid and no factory, will try all partitions")
+            }
+            BootPendingToAborted { copy } => {
+                write!(f, "otadata[{copy}] was PENDING_VERIFY: marked ABORTED (rollback)")
+            }
+            BootNewToPending { copy } => write!(f, "otadata[{copy}] NEW -> PENDING_VERIFY"),
+            BootSelected { copy, seq, slot, state } => {
+                write!(f, "otadata[{copy}] seq={seq} state={state} selects {slot}")
+            }
+            SlotNotBootable { slot, reason } => write!(f, "{slot} is not bootable: {reason}"),
+            NoBootableApp => f.write_str("No bootable app partitions in the partition table"),
+            Loaded { offset } => write!(f, "Loaded app from partition at offset 0x{offset:x}"),
+            SetActualSeq { seq } => write!(f, "Set actual ota_seq={seq} in otadata[0]"),
+            AppRunning { slot, label, project, version } => {
+                write!(f, "running {slot} ({label}): {project} version {version}")
+            }
+            GuardFirstBoot { slot } => {
+                write!(f, "first boot of {slot}: PENDING_VERIFY, running self-test")
+            }
+            SelfTestPassed { slot } => write!(f, "self-test passed: {slot} marked VALID"),
+            SelfTestFailed { slot } => {
+                write!(f, "self-test failed: {slot} marked INVALID, rolling back")
+            }
+            SelfTestHung { slot } => {
+                write!(f, "self-test of {slot} did not finish: image stays PENDING_VERIFY")
+            }
+            Unconfirmed { slot } => {
+                write!(f, "{slot} was reset before it confirmed itself: marked ABORTED, rolling back")
+            }
+            RollbackImpossible => {
+                f.write_str("Rollback is not possible, do not have any suitable apps in slots")
+            }
+            FallbackBoot { running, selected } => write!(
+                f,
+                "running {running} but otadata selects {selected} (bootloader fallback): otadata left as is"
+            ),
+            Rebooting => f.write_str("Rebooting..."),
+            OtaListening { port } => write!(f, "listening on port {port}"),
+            OtaClientConnected => f.write_str("client connected"),
+            OtaMagicMismatch => f.write_str("Magic bytes do not match"),
+            OtaAuthFailed => f.write_str("Auth failed! Passwords do not match"),
+            OtaAuthMissing => f.write_str("Auth: Reading cnonce failed"),
+            OtaStarting { size, slot } => write!(f, "Starting update of {size} bytes into {slot}"),
+            OtaProgress { percent } => write!(f, "progress {percent}%"),
+            OtaRejected { code, error } => write!(f, "update failed (0x{code:02X}): {error}"),
+            OtaImageInvalid { reason } => write!(f, "{reason}"),
+            OtaMd5Mismatch => f.write_str("MD5 of the received image does not match"),
+            OtaConnectionLost { received, size } => {
+                write!(f, "connection lost after {received} of {size} bytes")
+            }
+            OtaTimeout => f.write_str("timed out waiting for the client"),
+            OtaCompressionUnsupported => {
+                f.write_str("client offers compression: not supported, uploading uncompressed")
+            }
+            OtaComplete { slot, seq, state } => {
+                write!(f, "update complete: boot set to {slot} (seq {seq}, {state})")
+            }
+        }
+    }
+}
+
+/// A log line with its timestamp (milliseconds since boot), printed ESP-IDF style.
+#[derive(Clone, Copy, Debug)]
+pub struct LogLine<'a> {
+    pub ms: u32,
+    pub event: &'a LogEvent<'a>,
+}
+
+impl fmt::Display for LogLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}) {}: {}", self.event.level().letter(), self.ms, self.event.tag(), self.event)
+    }
+}
+
+/// Every tag the catalogue uses: a log filter keeps these lines and drops others (ROM banners).
+pub const TAGS: &[&str] = &["boot", "app", "rollback", "ota", "esp_image"];
+
+/// Where the core's log lines go (UART on the chip, stdout in the emulator).
+pub trait LogSink {
+    fn log(&mut self, event: &LogEvent<'_>);
+}
+
+impl<F: FnMut(&LogEvent<'_>)> LogSink for F {
+    fn log(&mut self, event: &LogEvent<'_>) {
+        self(event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::BootIndex;
+    use std::format;
+
+    #[test]
+    fn esp_idf_line_format() {
+        let e = LogEvent::Loaded { offset: 0x10000 };
+        assert_eq!(format!("{}", LogLine { ms: 42, event: &e }), "I (42) boot: Loaded app from partition at offset 0x10000");
+        let e = LogEvent::OtaAuthFailed;
+        assert_eq!(format!("{}", LogLine { ms: 7, event: &e }), "W (7) ota: Auth failed! Passwords do not match");
+        let e = LogEvent::AppRunning { slot: SlotName(BootIndex::Ota(1)), label: "app1", project: "p", version: "2.0.0" };
+        assert_eq!(format!("{e}"), "running ota_1 (app1): p version 2.0.0");
+        let e = LogEvent::OtaImageInvalid { reason: ImageError::Hash };
+        assert_eq!(format!("{}", LogLine { ms: 1, event: &e }), "E (1) esp_image: Image hash failed - image is corrupt");
+        assert!(TAGS.contains(&e.tag()));
+    }
+}
