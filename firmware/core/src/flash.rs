@@ -24,7 +24,7 @@ impl core::fmt::Display for FlashError {
 /// Reads `buf.len()` bytes at `addr`, whatever the driver's `READ_SIZE` alignment.
 pub fn read<F: ReadNorFlash>(flash: &mut F, addr: u32, buf: &mut [u8]) -> Result<(), FlashError> {
     let align = F::READ_SIZE as u32;
-    if align <= 1 || (addr % align == 0 && buf.len() as u32 % align == 0) {
+    if align <= 1 || (addr.is_multiple_of(align) && (buf.len() as u32).is_multiple_of(align)) {
         return flash.read(addr, buf).map_err(FlashError::from_driver);
     }
     let mut bounce = [0u8; 64];
@@ -35,7 +35,9 @@ pub fn read<F: ReadNorFlash>(flash: &mut F, addr: u32, buf: &mut [u8]) -> Result
         let skip = (at - start) as usize;
         let want = (buf.len() - done).min(64 - skip);
         let span = crate::align_up((skip + want) as u32, align) as usize;
-        flash.read(start, &mut bounce[..span]).map_err(FlashError::from_driver)?;
+        flash
+            .read(start, &mut bounce[..span])
+            .map_err(FlashError::from_driver)?;
         buf[done..done + want].copy_from_slice(&bounce[skip..skip + want]);
         done += want;
     }
@@ -51,7 +53,11 @@ pub struct PartitionSource<'a, F> {
 
 impl<'a, F: ReadNorFlash> PartitionSource<'a, F> {
     pub fn new(flash: &'a mut F, partition: &Partition) -> Self {
-        PartitionSource { flash, offset: partition.offset, size: partition.size }
+        PartitionSource {
+            flash,
+            offset: partition.offset,
+            size: partition.size,
+        }
     }
 }
 
@@ -96,7 +102,11 @@ pub(crate) mod ram {
 
     impl RamFlash {
         pub fn new(size: usize) -> Self {
-            RamFlash { data: vec![0xFF; size], ops: Vec::new(), fail_after: None }
+            RamFlash {
+                data: vec![0xFF; size],
+                ops: Vec::new(),
+                fail_after: None,
+            }
         }
         fn check(&self) -> Result<(), RamError> {
             match self.fail_after {

@@ -44,57 +44,122 @@ pub enum LogEvent<'a> {
     // --- second-stage bootloader (tag `boot`), ESP-IDF's own texts where it has them
     BootStart,
     TableInvalid(TableError),
-    TableOk { partitions: usize },
+    TableOk {
+        partitions: usize,
+    },
     DefaultingToFactory,
     NoFactoryTryingOta0,
     OtadataInvalidFactory,
     OtadataInvalidTryAll,
-    BootPendingToAborted { copy: usize },
-    BootNewToPending { copy: usize },
-    BootSelected { copy: usize, seq: u32, slot: SlotName, state: OtaState },
-    SlotNotBootable { slot: SlotName, reason: ImageError },
+    BootPendingToAborted {
+        copy: usize,
+    },
+    BootNewToPending {
+        copy: usize,
+    },
+    BootSelected {
+        copy: usize,
+        seq: u32,
+        slot: SlotName,
+        state: OtaState,
+    },
+    SlotNotBootable {
+        slot: SlotName,
+        reason: ImageError,
+    },
     NoBootableApp,
-    Loaded { offset: u32 },
-    SetActualSeq { seq: u32 },
+    Loaded {
+        offset: u32,
+    },
+    SetActualSeq {
+        seq: u32,
+    },
     // --- the app (tag `app`)
-    AppRunning { slot: SlotName, label: &'a str, project: &'a str, version: &'a str },
+    AppRunning {
+        slot: SlotName,
+        label: &'a str,
+        project: &'a str,
+        version: &'a str,
+    },
     // --- the app's boot guard (tag `rollback`)
-    GuardFirstBoot { slot: SlotName },
-    SelfTestPassed { slot: SlotName },
-    SelfTestFailed { slot: SlotName },
-    SelfTestHung { slot: SlotName },
-    Unconfirmed { slot: SlotName },
+    GuardFirstBoot {
+        slot: SlotName,
+    },
+    SelfTestPassed {
+        slot: SlotName,
+    },
+    SelfTestFailed {
+        slot: SlotName,
+    },
+    SelfTestHung {
+        slot: SlotName,
+    },
+    Unconfirmed {
+        slot: SlotName,
+    },
     RollbackImpossible,
-    FallbackBoot { running: SlotName, selected: SlotName },
+    FallbackBoot {
+        running: SlotName,
+        selected: SlotName,
+    },
     Rebooting,
     // --- the OTA server (tag `ota`)
-    OtaListening { port: u16 },
+    OtaListening {
+        port: u16,
+    },
     OtaClientConnected,
     OtaMagicMismatch,
     OtaAuthFailed,
     OtaAuthMissing,
-    OtaStarting { size: u32, slot: SlotName },
-    OtaProgress { percent: u8 },
-    OtaRejected { code: u8, error: OtaError },
-    OtaImageInvalid { reason: ImageError },
+    OtaStarting {
+        size: u32,
+        slot: SlotName,
+    },
+    OtaProgress {
+        percent: u8,
+    },
+    OtaRejected {
+        code: u8,
+        error: OtaError,
+    },
+    OtaImageInvalid {
+        reason: ImageError,
+    },
     OtaMd5Mismatch,
-    OtaConnectionLost { received: u32, size: u32 },
+    OtaConnectionLost {
+        received: u32,
+        size: u32,
+    },
     OtaTimeout,
     OtaCompressionUnsupported,
-    OtaComplete { slot: SlotName, seq: u32, state: OtaState },
+    OtaComplete {
+        slot: SlotName,
+        seq: u32,
+        state: OtaState,
+    },
 }
 
 impl LogEvent<'_> {
     pub fn level(&self) -> Level {
         use LogEvent::*;
         match self {
-            TableInvalid(_) | SlotNotBootable { .. } | NoBootableApp | SelfTestFailed { .. }
-            | RollbackImpossible | OtaRejected { .. } | OtaImageInvalid { .. } | OtaMd5Mismatch => {
-                Level::Error
-            }
-            BootPendingToAborted { .. } | Unconfirmed { .. } | SelfTestHung { .. }
-            | FallbackBoot { .. } | OtaMagicMismatch | OtaAuthFailed | OtaAuthMissing
-            | OtaConnectionLost { .. } | OtaTimeout => Level::Warn,
+            TableInvalid(_)
+            | SlotNotBootable { .. }
+            | NoBootableApp
+            | SelfTestFailed { .. }
+            | RollbackImpossible
+            | OtaRejected { .. }
+            | OtaImageInvalid { .. }
+            | OtaMd5Mismatch => Level::Error,
+            BootPendingToAborted { .. }
+            | Unconfirmed { .. }
+            | SelfTestHung { .. }
+            | FallbackBoot { .. }
+            | OtaMagicMismatch
+            | OtaAuthFailed
+            | OtaAuthMissing
+            | OtaConnectionLost { .. }
+            | OtaTimeout => Level::Warn,
             _ => Level::Info,
         }
     }
@@ -102,14 +167,29 @@ impl LogEvent<'_> {
     pub fn tag(&self) -> &'static str {
         use LogEvent::*;
         match self {
-            BootStart | TableInvalid(_) | TableOk { .. } | DefaultingToFactory
-            | NoFactoryTryingOta0 | OtadataInvalidFactory | OtadataInvalidTryAll
-            | BootPendingToAborted { .. } | BootNewToPending { .. } | BootSelected { .. }
-            | SlotNotBootable { .. } | NoBootableApp | Loaded { .. } | SetActualSeq { .. } => "boot",
+            BootStart
+            | TableInvalid(_)
+            | TableOk { .. }
+            | DefaultingToFactory
+            | NoFactoryTryingOta0
+            | OtadataInvalidFactory
+            | OtadataInvalidTryAll
+            | BootPendingToAborted { .. }
+            | BootNewToPending { .. }
+            | BootSelected { .. }
+            | SlotNotBootable { .. }
+            | NoBootableApp
+            | Loaded { .. }
+            | SetActualSeq { .. } => "boot",
             AppRunning { .. } => "app",
-            GuardFirstBoot { .. } | SelfTestPassed { .. } | SelfTestFailed { .. }
-            | SelfTestHung { .. } | Unconfirmed { .. } | RollbackImpossible
-            | FallbackBoot { .. } | Rebooting => "rollback",
+            GuardFirstBoot { .. }
+            | SelfTestPassed { .. }
+            | SelfTestFailed { .. }
+            | SelfTestHung { .. }
+            | Unconfirmed { .. }
+            | RollbackImpossible
+            | FallbackBoot { .. }
+            | Rebooting => "rollback",
             OtaImageInvalid { .. } => "esp_image",
             _ => "ota",
         }
@@ -123,25 +203,42 @@ impl fmt::Display for LogEvent<'_> {
         match self {
             BootStart => f.write_str("otahil second-stage bootloader"),
             TableInvalid(e) => write!(f, "Failed to verify partition table: {e}"),
-            TableOk { partitions } => write!(f, "Partition table verified: {partitions} partitions"),
+            TableOk { partitions } => {
+                write!(f, "Partition table verified: {partitions} partitions")
+            }
             DefaultingToFactory => f.write_str("Defaulting to factory image"),
             NoFactoryTryingOta0 => f.write_str("No factory image, trying OTA 0"),
-            OtadataInvalidFactory => f.write_str("ota data partition invalid, falling back to factory"),
+            OtadataInvalidFactory => {
+                f.write_str("ota data partition invalid, falling back to factory")
+            }
             OtadataInvalidTryAll => {
                 f.write_str("ota data partition invalid and no factory, will try all partitions")
             }
             BootPendingToAborted { copy } => {
-                write!(f, "otadata[{copy}] was PENDING_VERIFY: marked ABORTED (rollback)")
+                write!(
+                    f,
+                    "otadata[{copy}] was PENDING_VERIFY: marked ABORTED (rollback)"
+                )
             }
             BootNewToPending { copy } => write!(f, "otadata[{copy}] NEW -> PENDING_VERIFY"),
-            BootSelected { copy, seq, slot, state } => {
+            BootSelected {
+                copy,
+                seq,
+                slot,
+                state,
+            } => {
                 write!(f, "otadata[{copy}] seq={seq} state={state} selects {slot}")
             }
             SlotNotBootable { slot, reason } => write!(f, "{slot} is not bootable: {reason}"),
             NoBootableApp => f.write_str("No bootable app partitions in the partition table"),
             Loaded { offset } => write!(f, "Loaded app from partition at offset 0x{offset:x}"),
             SetActualSeq { seq } => write!(f, "Set actual ota_seq={seq} in otadata[0]"),
-            AppRunning { slot, label, project, version } => {
+            AppRunning {
+                slot,
+                label,
+                project,
+                version,
+            } => {
                 write!(f, "running {slot} ({label}): {project} version {version}")
             }
             GuardFirstBoot { slot } => {
@@ -152,10 +249,16 @@ impl fmt::Display for LogEvent<'_> {
                 write!(f, "self-test failed: {slot} marked INVALID, rolling back")
             }
             SelfTestHung { slot } => {
-                write!(f, "self-test of {slot} did not finish: image stays PENDING_VERIFY")
+                write!(
+                    f,
+                    "self-test of {slot} did not finish: image stays PENDING_VERIFY"
+                )
             }
             Unconfirmed { slot } => {
-                write!(f, "{slot} was reset before it confirmed itself: marked ABORTED, rolling back")
+                write!(
+                    f,
+                    "{slot} was reset before it confirmed itself: marked ABORTED, rolling back"
+                )
             }
             RollbackImpossible => {
                 f.write_str("Rollback is not possible, do not have any suitable apps in slots")
@@ -183,7 +286,10 @@ impl fmt::Display for LogEvent<'_> {
                 f.write_str("client offers compression: not supported, uploading uncompressed")
             }
             OtaComplete { slot, seq, state } => {
-                write!(f, "update complete: boot set to {slot} (seq {seq}, {state})")
+                write!(
+                    f,
+                    "update complete: boot set to {slot} (seq {seq}, {state})"
+                )
             }
         }
     }
@@ -198,7 +304,14 @@ pub struct LogLine<'a> {
 
 impl fmt::Display for LogLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}) {}: {}", self.event.level().letter(), self.ms, self.event.tag(), self.event)
+        write!(
+            f,
+            "{} ({}) {}: {}",
+            self.event.level().letter(),
+            self.ms,
+            self.event.tag(),
+            self.event
+        )
     }
 }
 
@@ -225,13 +338,29 @@ mod tests {
     #[test]
     fn esp_idf_line_format() {
         let e = LogEvent::Loaded { offset: 0x10000 };
-        assert_eq!(format!("{}", LogLine { ms: 42, event: &e }), "I (42) boot: Loaded app from partition at offset 0x10000");
+        assert_eq!(
+            format!("{}", LogLine { ms: 42, event: &e }),
+            "I (42) boot: Loaded app from partition at offset 0x10000"
+        );
         let e = LogEvent::OtaAuthFailed;
-        assert_eq!(format!("{}", LogLine { ms: 7, event: &e }), "W (7) ota: Auth failed! Passwords do not match");
-        let e = LogEvent::AppRunning { slot: SlotName(BootIndex::Ota(1)), label: "app1", project: "p", version: "2.0.0" };
+        assert_eq!(
+            format!("{}", LogLine { ms: 7, event: &e }),
+            "W (7) ota: Auth failed! Passwords do not match"
+        );
+        let e = LogEvent::AppRunning {
+            slot: SlotName(BootIndex::Ota(1)),
+            label: "app1",
+            project: "p",
+            version: "2.0.0",
+        };
         assert_eq!(format!("{e}"), "running ota_1 (app1): p version 2.0.0");
-        let e = LogEvent::OtaImageInvalid { reason: ImageError::Hash };
-        assert_eq!(format!("{}", LogLine { ms: 1, event: &e }), "E (1) esp_image: Image hash failed - image is corrupt");
+        let e = LogEvent::OtaImageInvalid {
+            reason: ImageError::Hash,
+        };
+        assert_eq!(
+            format!("{}", LogLine { ms: 1, event: &e }),
+            "E (1) esp_image: Image hash failed - image is corrupt"
+        );
         assert!(TAGS.contains(&e.tag()));
     }
 }

@@ -33,7 +33,11 @@ pub struct OtaConfig {
 
 impl Default for OtaConfig {
     fn default() -> Self {
-        OtaConfig { erase: EraseMode::default(), rollback: true, chip: ChipInfo::ESP32C3 }
+        OtaConfig {
+            erase: EraseMode::default(),
+            rollback: true,
+            chip: ChipInfo::ESP32C3,
+        }
     }
 }
 
@@ -106,7 +110,10 @@ impl From<FlashError> for OtaError {
 }
 
 /// `esp_ota_get_next_update_partition(NULL)`: the first OTA slot after `running`, wrapping.
-pub fn next_update_partition(table: &PartitionTable, running: Option<&Partition>) -> Option<Partition> {
+pub fn next_update_partition(
+    table: &PartitionTable,
+    running: Option<&Partition>,
+) -> Option<Partition> {
     let mut slots = table.partitions().iter().filter(|p| p.ota_slot().is_some());
     let first = *slots.clone().min_by_key(|p| p.subtype)?;
     let Some(running) = running.and_then(|r| r.ota_slot()) else {
@@ -127,7 +134,10 @@ pub fn contiguous_ota_count(table: &PartitionTable) -> u8 {
 }
 
 /// Reads both otadata copies.
-pub fn read_otadata<F: NorFlash>(flash: &mut F, otadata: &Partition) -> Result<OtaData, FlashError> {
+pub fn read_otadata<F: NorFlash>(
+    flash: &mut F,
+    otadata: &Partition,
+) -> Result<OtaData, FlashError> {
     let mut a = [0u8; ENTRY_LEN];
     let mut b = [0u8; ENTRY_LEN];
     flash::read(flash, otadata.offset, &mut a)?;
@@ -143,8 +153,12 @@ pub fn write_otadata_copy<F: NorFlash>(
     entry: &OtaEntry,
 ) -> Result<(), FlashError> {
     let sector = otadata.offset + copy as u32 * SECTOR_SIZE;
-    flash.erase(sector, sector + SECTOR_SIZE).map_err(FlashError::from_driver)?;
-    flash.write(sector, &entry.to_bytes()).map_err(FlashError::from_driver)
+    flash
+        .erase(sector, sector + SECTOR_SIZE)
+        .map_err(FlashError::from_driver)?;
+    flash
+        .write(sector, &entry.to_bytes())
+        .map_err(FlashError::from_driver)
 }
 
 /// The state of the otadata copy that selects `slot` (`esp_ota_get_state_partition`).
@@ -154,7 +168,10 @@ pub fn state_of_slot(data: &OtaData, slot: u8, ota_count: u8) -> Option<(usize, 
     }
     let mut found: Option<(usize, u32)> = None;
     for (i, e) in data.entries.iter().enumerate() {
-        if e.seq != crate::otadata::SEQ_EMPTY && e.crc_ok() && (e.seq - 1) % ota_count as u32 == slot as u32 {
+        if e.seq != crate::otadata::SEQ_EMPTY
+            && e.crc_ok()
+            && (e.seq - 1) % ota_count as u32 == slot as u32
+        {
             // Two copies for the same slot: the newer one speaks for it.
             if found.is_none_or(|(_, seq)| e.seq > seq) {
                 found = Some((i, e.seq));
@@ -172,8 +189,8 @@ pub struct OtaUpdate {
     written: u32,
     /// End of the erased prefix of the target, relative to its start.
     erased_to: u32,
-    page: [u8; PAGE_SIZE as usize],
-    page_len: usize,
+    /// The last programmed word, for a write that continues inside it.
+    tail: [u8; 8],
 }
 
 impl OtaUpdate {
@@ -193,40 +210,50 @@ impl OtaUpdate {
             return Err(OtaError::PartitionConflict);
         }
         let otadata = table.otadata();
-        if config.rollback {
-            if let (Some(od), Some(slot)) = (otadata, running.ota_slot()) {
-                let data = read_otadata(flash, od)?;
-                if let Some((_, OtaState::PendingVerify)) = state_of_slot(&data, slot, table.ota_count()) {
-                    return Err(OtaError::RollbackInvalidState);
-                }
+        if config.rollback
+            && let (Some(od), Some(slot)) = (otadata, running.ota_slot())
+        {
+            let data = read_otadata(flash, od)?;
+            if let Some((_, OtaState::PendingVerify)) =
+                state_of_slot(&data, slot, table.ota_count())
+            {
+                return Err(OtaError::RollbackInvalidState);
             }
         }
         // The size check comes before any erase: an oversized image must leave flash untouched.
-        let needed = size.checked_add(SECTOR_SIZE - 1).map(|v| v & !(SECTOR_SIZE - 1));
+        let needed = size
+            .checked_add(SECTOR_SIZE - 1)
+            .map(|v| v & !(SECTOR_SIZE - 1));
         let needed = match needed {
             Some(n) if n <= target.size => n,
-            _ => return Err(OtaError::InvalidSize { size, partition: target.size }),
+            _ => {
+                return Err(OtaError::InvalidSize {
+                    size,
+                    partition: target.size,
+                });
+            }
         };
         let mut update = OtaUpdate {
             target: *target,
             config,
             written: 0,
             erased_to: 0,
-            page: [0xFF; PAGE_SIZE as usize],
-            page_len: 0,
+            tail: [0xFF; 8],
         };
         if config.erase == EraseMode::Upfront {
             let len = if size == 0 { target.size } else { needed };
             for s in (0..len).step_by(SECTOR_SIZE as usize) {
                 let at = target.offset + s;
-                flash.erase(at, at + SECTOR_SIZE).map_err(FlashError::from_driver)?;
+                flash
+                    .erase(at, at + SECTOR_SIZE)
+                    .map_err(FlashError::from_driver)?;
             }
             update.erased_to = len;
         }
-        if config.rollback {
-            if let Some(od) = otadata {
-                invalidate_inactive_copy(flash, table, od, running)?;
-            }
+        if config.rollback
+            && let Some(od) = otadata
+        {
+            invalidate_inactive_copy(flash, table, od, running)?;
         }
         Ok(update)
     }
@@ -248,49 +275,56 @@ impl OtaUpdate {
             return Err(OtaError::InvalidMagic { found: data[0] });
         }
         if self.written as u64 + data.len() as u64 > self.target.size as u64 {
-            return Err(OtaError::InvalidSize { size: self.written + data.len() as u32, partition: self.target.size });
+            return Err(OtaError::InvalidSize {
+                size: self.written + data.len() as u32,
+                partition: self.target.size,
+            });
         }
+        // Programmed at once, as `esp_ota_write` does: a disconnect leaves every received byte
+        // in flash. Each program stays within one page; a partial word is padded with FF and
+        // programmed again when the rest arrives (NOR programming only clears bits).
+        let word = F::WRITE_SIZE.max(1) as u32;
+        let mut buf = [0xFFu8; PAGE_SIZE as usize + 8];
         while !data.is_empty() {
-            let n = (PAGE_SIZE as usize - self.page_len).min(data.len());
-            self.page[self.page_len..self.page_len + n].copy_from_slice(&data[..n]);
-            self.page_len += n;
+            let at = self.written;
+            let page_end = (at / PAGE_SIZE + 1) * PAGE_SIZE;
+            let n = ((page_end - at) as usize).min(data.len());
+            let start = at - at % word;
+            let end = align_up(at + n as u32, word);
+            while self.erased_to < end {
+                let sector = self.target.offset + self.erased_to;
+                flash
+                    .erase(sector, sector + SECTOR_SIZE)
+                    .map_err(FlashError::from_driver)?;
+                self.erased_to += SECTOR_SIZE;
+            }
+            let span = (end - start) as usize;
+            buf[..span].fill(0xFF);
+            let skip = (at - start) as usize;
+            buf[skip..skip + n].copy_from_slice(&data[..n]);
+            if skip > 0 {
+                // Keep the bytes of this word that an earlier call already programmed.
+                buf[..skip].copy_from_slice(&self.tail[..skip]);
+            }
+            flash
+                .write(self.target.offset + start, &buf[..span])
+                .map_err(FlashError::from_driver)?;
+            let last_word = span - word as usize;
+            self.tail[..word as usize].copy_from_slice(&buf[last_word..span]);
             self.written += n as u32;
             data = &data[n..];
-            if self.page_len == PAGE_SIZE as usize {
-                self.flush_page(flash)?;
-            }
         }
         Ok(())
     }
 
-    fn flush_page<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), OtaError> {
-        if self.page_len == 0 {
-            return Ok(());
-        }
-        let page_start = (self.written - self.page_len as u32) & !(PAGE_SIZE - 1);
-        let write_len = align_up(self.page_len as u32, F::WRITE_SIZE.max(1) as u32) as usize;
-        // Padding with FF programs nothing: NOR programming only clears bits.
-        self.page[self.page_len..write_len].fill(0xFF);
-        while self.erased_to < page_start + write_len as u32 {
-            let at = self.target.offset + self.erased_to;
-            flash.erase(at, at + SECTOR_SIZE).map_err(FlashError::from_driver)?;
-            self.erased_to += SECTOR_SIZE;
-        }
-        flash
-            .write(self.target.offset + page_start, &self.page[..write_len])
-            .map_err(FlashError::from_driver)?;
-        self.page_len = 0;
-        Ok(())
-    }
-
-    /// `esp_ota_end`: flushes the last page and verifies the image in the partition.
-    pub fn end<F: NorFlash>(mut self, flash: &mut F) -> Result<ImageInfo, OtaError> {
+    /// `esp_ota_end`: verifies the image in the partition.
+    pub fn end<F: NorFlash>(self, flash: &mut F) -> Result<ImageInfo, OtaError> {
         if self.written == 0 {
             return Err(OtaError::NothingWritten);
         }
-        self.flush_page(flash)?;
         let mut src = PartitionSource::new(flash, &self.target);
-        verify_in_partition(&mut src, self.config.chip, self.target.size).map_err(OtaError::Validate)
+        verify_in_partition(&mut src, self.config.chip, self.target.size)
+            .map_err(OtaError::Validate)
     }
 
     /// `esp_ota_abort`: forgets the update. No flash operation: what was written stays.
@@ -306,7 +340,9 @@ fn invalidate_inactive_copy<F: NorFlash>(
     running: &Partition,
 ) -> Result<(), OtaError> {
     let data = read_otadata(flash, otadata)?;
-    let Some(active) = data.active() else { return Ok(()) };
+    let Some(active) = data.active() else {
+        return Ok(());
+    };
     let inactive = &data.entries[1 - active];
     let count = table.ota_count() as u32;
     if inactive.seq == crate::otadata::SEQ_EMPTY || !inactive.crc_ok() || count == 0 {
@@ -316,7 +352,9 @@ fn invalidate_inactive_copy<F: NorFlash>(
     match table.ota(slot) {
         Some(p) if p.offset != running.offset => {
             let sector = otadata.offset + (1 - active) as u32 * SECTOR_SIZE;
-            flash.erase(sector, sector + SECTOR_SIZE).map_err(FlashError::from_driver)?;
+            flash
+                .erase(sector, sector + SECTOR_SIZE)
+                .map_err(FlashError::from_driver)?;
             Ok(())
         }
         _ => Ok(()),
@@ -347,7 +385,9 @@ pub fn set_boot_partition<F: NorFlash>(
     if target.is_factory() {
         for s in 0..2 {
             let at = otadata.offset + s * SECTOR_SIZE;
-            flash.erase(at, at + SECTOR_SIZE).map_err(FlashError::from_driver)?;
+            flash
+                .erase(at, at + SECTOR_SIZE)
+                .map_err(FlashError::from_driver)?;
         }
         return Ok(BootSwitch::Factory);
     }
@@ -358,7 +398,11 @@ pub fn set_boot_partition<F: NorFlash>(
     }
     let data = read_otadata(flash, otadata)?;
     let (copy, seq) = data.next_for_slot(slot, count);
-    let state = if config.rollback { OtaState::New } else { OtaState::Undefined };
+    let state = if config.rollback {
+        OtaState::New
+    } else {
+        OtaState::Undefined
+    };
     let mut entry = OtaEntry::new(seq, state);
     entry.seq_label = data.entries[copy].seq_label;
     write_otadata_copy(flash, otadata, copy, &entry)?;
@@ -407,10 +451,13 @@ mod tests {
         let running = *t.ota(0).unwrap();
         let target = *t.ota(1).unwrap();
         let v2 = image("2.0.0", 9000);
-        let cfg = OtaConfig { rollback: false, ..OtaConfig::default() };
+        let cfg = OtaConfig {
+            rollback: false,
+            ..OtaConfig::default()
+        };
         let mut u = OtaUpdate::begin(&mut f, &t, &running, &target, v2.len() as u32, cfg).unwrap();
         assert!(f.ops.is_empty(), "sequential mode erases nothing in begin");
-        for chunk in v2.chunks(1000) {
+        for chunk in v2.chunks(256) {
             u.write(&mut f, chunk).unwrap();
         }
         let info = u.end(&mut f).unwrap();
@@ -431,8 +478,47 @@ mod tests {
 
         f.ops.clear();
         let sw = set_boot_partition(&mut f, &t, &target, cfg).unwrap();
-        assert_eq!(sw, BootSwitch::Copy { copy: 1, entry: OtaEntry::new(2, OtaState::Undefined) });
+        assert_eq!(
+            sw,
+            BootSwitch::Copy {
+                copy: 1,
+                entry: OtaEntry::new(2, OtaState::Undefined)
+            }
+        );
         assert_eq!(f.ops, [Op::Erase(0xA000), Op::Program(0xA000, 32)]);
+    }
+
+    #[test]
+    fn odd_chunks_program_at_once_within_pages() {
+        let v2 = image("2.0.0", 7001);
+        for chunk in [1usize, 3, 7, 1000, 1024, 5000] {
+            let (mut f, t) = setup();
+            let running = *t.ota(0).unwrap();
+            let target = *t.ota(1).unwrap();
+            let cfg = OtaConfig {
+                rollback: false,
+                ..OtaConfig::default()
+            };
+            let mut u =
+                OtaUpdate::begin(&mut f, &t, &running, &target, v2.len() as u32, cfg).unwrap();
+            let mut sent = 0;
+            for piece in v2.chunks(chunk) {
+                u.write(&mut f, piece).unwrap();
+                sent += piece.len();
+                // Everything received so far is in flash already (a disconnect loses nothing).
+                assert_eq!(
+                    &f.data[0x1D0000..0x1D0000 + sent],
+                    &v2[..sent],
+                    "chunk {chunk}"
+                );
+            }
+            for op in &f.ops {
+                if let Op::Program(at, len) = op {
+                    assert_eq!(at / 256, (at + len - 1) / 256, "program crosses a page");
+                }
+            }
+            assert!(u.end(&mut f).is_ok());
+        }
     }
 
     #[test]
@@ -442,11 +528,19 @@ mod tests {
         f.data[0xA000..0xA020].copy_from_slice(&OtaEntry::new(0x100, OtaState::Invalid).to_bytes());
         let running = *t.ota(0).unwrap();
         let target = *t.ota(1).unwrap();
-        let cfg = OtaConfig { erase: EraseMode::Upfront, ..OtaConfig::default() };
+        let cfg = OtaConfig {
+            erase: EraseMode::Upfront,
+            ..OtaConfig::default()
+        };
         let u = OtaUpdate::begin(&mut f, &t, &running, &target, 10_000, cfg).unwrap();
         assert_eq!(
             f.ops,
-            [Op::Erase(0x1D0000), Op::Erase(0x1D1000), Op::Erase(0x1D2000), Op::Erase(0xA000)]
+            [
+                Op::Erase(0x1D0000),
+                Op::Erase(0x1D1000),
+                Op::Erase(0x1D2000),
+                Op::Erase(0xA000)
+            ]
         );
         u.abort();
         assert_eq!(f.ops.len(), 4, "abort performs no flash operation");
@@ -458,9 +552,18 @@ mod tests {
         let running = *t.ota(0).unwrap();
         let target = *t.ota(1).unwrap();
         for erase in [EraseMode::Upfront, EraseMode::Sequential] {
-            let cfg = OtaConfig { erase, ..OtaConfig::default() };
+            let cfg = OtaConfig {
+                erase,
+                ..OtaConfig::default()
+            };
             let err = OtaUpdate::begin(&mut f, &t, &running, &target, 0x1C0001, cfg).unwrap_err();
-            assert_eq!(err, OtaError::InvalidSize { size: 0x1C0001, partition: 0x1C0000 });
+            assert_eq!(
+                err,
+                OtaError::InvalidSize {
+                    size: 0x1C0001,
+                    partition: 0x1C0000
+                }
+            );
             assert_eq!(err.esp_err(), 0x104);
         }
         assert!(f.ops.is_empty());
@@ -476,8 +579,12 @@ mod tests {
             OtaError::PartitionConflict
         );
         let nvs = *t.by_label("nvs").unwrap();
-        assert_eq!(OtaUpdate::begin(&mut f, &t, &running, &nvs, 100, cfg).unwrap_err(), OtaError::NoUpdatePartition);
-        f.data[0x9000..0x9020].copy_from_slice(&OtaEntry::new(1, OtaState::PendingVerify).to_bytes());
+        assert_eq!(
+            OtaUpdate::begin(&mut f, &t, &running, &nvs, 100, cfg).unwrap_err(),
+            OtaError::NoUpdatePartition
+        );
+        f.data[0x9000..0x9020]
+            .copy_from_slice(&OtaEntry::new(1, OtaState::PendingVerify).to_bytes());
         let target = *t.ota(1).unwrap();
         assert_eq!(
             OtaUpdate::begin(&mut f, &t, &running, &target, 100, cfg).unwrap_err(),
@@ -491,9 +598,15 @@ mod tests {
         let (mut f, t) = setup();
         let running = *t.ota(0).unwrap();
         let target = *t.ota(1).unwrap();
-        let cfg = OtaConfig { rollback: false, ..OtaConfig::default() };
+        let cfg = OtaConfig {
+            rollback: false,
+            ..OtaConfig::default()
+        };
         let mut u = OtaUpdate::begin(&mut f, &t, &running, &target, 1000, cfg).unwrap();
-        assert_eq!(u.write(&mut f, &[0x00, 1, 2]).unwrap_err(), OtaError::InvalidMagic { found: 0 });
+        assert_eq!(
+            u.write(&mut f, &[0x00, 1, 2]).unwrap_err(),
+            OtaError::InvalidMagic { found: 0 }
+        );
         assert!(f.ops.is_empty());
 
         let mut bad = image("2.0.0", 3000);
@@ -509,7 +622,10 @@ mod tests {
         let mut u = OtaUpdate::begin(&mut f, &t, &running, &target, 10, cfg).unwrap();
         u.write(&mut f, &[0xE9]).unwrap();
         let big = vec![0u8; 0x1C0000];
-        assert!(matches!(u.write(&mut f, &big).unwrap_err(), OtaError::InvalidSize { .. }));
+        assert!(matches!(
+            u.write(&mut f, &big).unwrap_err(),
+            OtaError::InvalidSize { .. }
+        ));
     }
 
     #[test]
@@ -518,22 +634,31 @@ mod tests {
         f.fail_after = Some(0);
         let running = *t.ota(0).unwrap();
         let target = *t.ota(1).unwrap();
-        let cfg = OtaConfig { rollback: false, ..OtaConfig::default() };
+        let cfg = OtaConfig {
+            rollback: false,
+            ..OtaConfig::default()
+        };
         let mut u = OtaUpdate::begin(&mut f, &t, &running, &target, 1000, cfg).unwrap();
         let v = image("2.0.0", 1000);
-        assert!(matches!(u.write(&mut f, &v).unwrap_err(), OtaError::Flash(_)));
+        assert!(matches!(
+            u.write(&mut f, &v).unwrap_err(),
+            OtaError::Flash(_)
+        ));
     }
 
     #[test]
     fn set_boot_to_factory_erases_both_copies() {
         let mut t = PartitionTable::new();
         use crate::partition::{TYPE_APP, TYPE_DATA};
-        t.push(Partition::new("otadata", TYPE_DATA, 0, 0x9000, 0x2000, 0)).unwrap();
-        t.push(Partition::new("factory", TYPE_APP, 0, 0x10000, 0x100000, 0)).unwrap();
+        t.push(Partition::new("otadata", TYPE_DATA, 0, 0x9000, 0x2000, 0))
+            .unwrap();
+        t.push(Partition::new("factory", TYPE_APP, 0, 0x10000, 0x100000, 0))
+            .unwrap();
         let mut f = RamFlash::new(4 << 20);
         let v = image("1.0.0", 10);
         f.data[0x10000..0x10000 + v.len()].copy_from_slice(&v);
-        let sw = set_boot_partition(&mut f, &t, t.factory().unwrap(), OtaConfig::default()).unwrap();
+        let sw =
+            set_boot_partition(&mut f, &t, t.factory().unwrap(), OtaConfig::default()).unwrap();
         assert_eq!(sw, BootSwitch::Factory);
         assert_eq!(f.ops, [Op::Erase(0x9000), Op::Erase(0xA000)]);
         // An unverifiable target is refused before otadata is touched.
