@@ -253,10 +253,6 @@ impl Event {
             }
             Event::Md5Mismatch => LogEvent::OtaMd5Mismatch,
             Event::Failed(BackendError {
-                detail: Some(OtaError::Validate(reason)),
-                ..
-            }) => LogEvent::OtaImageInvalid { reason },
-            Event::Failed(BackendError {
                 code,
                 detail: Some(error),
             }) => LogEvent::OtaRejected { code, error },

@@ -122,9 +122,6 @@ pub enum LogEvent<'a> {
         code: u8,
         error: OtaError,
     },
-    OtaImageInvalid {
-        reason: ImageError,
-    },
     OtaMd5Mismatch,
     OtaConnectionLost {
         received: u32,
@@ -149,7 +146,6 @@ impl LogEvent<'_> {
             | SelfTestFailed { .. }
             | RollbackImpossible
             | OtaRejected { .. }
-            | OtaImageInvalid { .. }
             | OtaMd5Mismatch => Level::Error,
             BootPendingToAborted { .. }
             | Unconfirmed { .. }
@@ -190,7 +186,6 @@ impl LogEvent<'_> {
             | RollbackImpossible
             | FallbackBoot { .. }
             | Rebooting => "rollback",
-            OtaImageInvalid { .. } => "esp_image",
             _ => "ota",
         }
     }
@@ -276,7 +271,6 @@ impl fmt::Display for LogEvent<'_> {
             OtaStarting { size, slot } => write!(f, "Starting update of {size} bytes into {slot}"),
             OtaProgress { percent } => write!(f, "progress {percent}%"),
             OtaRejected { code, error } => write!(f, "update failed (0x{code:02X}): {error}"),
-            OtaImageInvalid { reason } => write!(f, "{reason}"),
             OtaMd5Mismatch => f.write_str("MD5 of the received image does not match"),
             OtaConnectionLost { received, size } => {
                 write!(f, "connection lost after {received} of {size} bytes")
@@ -316,7 +310,7 @@ impl fmt::Display for LogLine<'_> {
 }
 
 /// Every tag the catalogue uses: a log filter keeps these lines and drops others (ROM banners).
-pub const TAGS: &[&str] = &["boot", "app", "rollback", "ota", "esp_image"];
+pub const TAGS: &[&str] = &["boot", "app", "rollback", "ota"];
 
 /// Where the core's log lines go (UART on the chip, stdout in the emulator).
 pub trait LogSink {
@@ -354,12 +348,10 @@ mod tests {
             version: "2.0.0",
         };
         assert_eq!(format!("{e}"), "running ota_1 (app1): p version 2.0.0");
-        let e = LogEvent::OtaImageInvalid {
-            reason: ImageError::Hash,
-        };
+        let e = LogEvent::OtaRejected { code: 0x84, error: OtaError::Validate(ImageError::Hash) };
         assert_eq!(
             format!("{}", LogLine { ms: 1, event: &e }),
-            "E (1) esp_image: Image hash failed - image is corrupt"
+            "E (1) ota: update failed (0x84): New image failed verification: Image hash failed - image is corrupt"
         );
         assert!(TAGS.contains(&e.tag()));
     }

@@ -1,0 +1,303 @@
+//! The emulated ESP32-C3: power, the bootloader and the app's boot guard from `ota-core`, the
+//! serial log, and ESPHome OTA sessions — all independent of sockets and processes.
+
+use crate::flash::{FileFlash, PowerLoss, SplitMix};
+use ota_core::boot::{BootError, Booted, BootloaderConfig, GuardOutcome, boot_guard, run_bootloader};
+use ota_core::esphome::{self, Event, FlashBackend, NonceSource, Output, Server, ServerConfig};
+use ota_core::flash::PartitionSource;
+use ota_core::image::ChipInfo;
+use ota_core::log::{LogEvent, LogLine, SlotName};
+use ota_core::partition::PartitionTable;
+use ota_core::selftest::SelfTest;
+use ota_core::writer::OtaConfig;
+use std::io::Write;
+use std::time::Instant;
+
+/// A reboot loop longer than this is reported as a brick instead of spinning forever.
+const MAX_CONSECUTIVE_BOOTS: u32 = 8;
+
+#[derive(Clone, Debug)]
+pub struct DeviceConfig {
+    /// The OTA password (`None`: no authentication).
+    pub password: Option<&'static [u8]>,
+    /// ESPHome OTA protocol version (1 or 2).
+    pub protocol_version: u8,
+    /// Offer SHA-256 authentication to clients that support it.
+    pub sha256: bool,
+    /// The bootloader's `CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE` (espflash's: off).
+    pub bootloader_rollback: bool,
+    /// How the app writes updates (erase mode, app-side rollback support).
+    pub ota: OtaConfig,
+    /// The port the device's OTA server listens on (what its log says; the host side may differ).
+    pub device_port: u16,
+    /// Seed for nonces (and anything else random on the device).
+    pub seed: u64,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            password: None,
+            protocol_version: 2,
+            sha256: true,
+            bootloader_rollback: false,
+            ota: OtaConfig::default(),
+            device_port: esphome::DEFAULT_PORT,
+            seed: 0,
+        }
+    }
+}
+
+/// What the device is doing.
+#[derive(Clone, Debug)]
+pub enum Power {
+    Off,
+    /// The app runs and serves OTA.
+    Running { table: PartitionTable, booted: Booted },
+    /// The app's self-test never finishes: no OTA service until a reset.
+    Hung { booted: Booted },
+    /// The bootloader cannot start anything (or reboots forever): the reason.
+    Bricked(String),
+}
+
+/// How a session step ended for the transport.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionStep {
+    /// Send these bytes, keep the connection.
+    Continue(Vec<u8>),
+    /// Send these bytes, then close the connection.
+    Close { reply: Vec<u8>, reboot: bool },
+    /// The power went during the step: drop the connection without a word.
+    PowerLost(PowerLoss),
+}
+
+struct Rng(SplitMix);
+impl NonceSource for Rng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            *b = self.0.byte();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Collect {
+    sent: Vec<u8>,
+    events: Vec<Event>,
+}
+impl Output for Collect {
+    fn send(&mut self, bytes: &[u8]) {
+        self.sent.extend_from_slice(bytes);
+    }
+    fn event(&mut self, e: Event) {
+        self.events.push(e);
+    }
+}
+
+pub struct Device<W: Write> {
+    pub config: DeviceConfig,
+    flash: FileFlash,
+    flash_size: u32,
+    power: Power,
+    boot_at: Instant,
+    serial: W,
+    rng: Rng,
+    /// Boots since the last power-on, including reboots.
+    pub boots: u64,
+}
+
+impl<W: Write> Device<W> {
+    pub fn new(config: DeviceConfig, flash: FileFlash, serial: W) -> Self {
+        let flash_size = flash.data().len() as u32;
+        let rng = Rng(SplitMix(config.seed));
+        Device { config, flash, flash_size, power: Power::Off, boot_at: Instant::now(), serial, rng, boots: 0 }
+    }
+
+    pub fn power(&self) -> &Power {
+        &self.power
+    }
+
+    pub fn flash(&self) -> &FileFlash {
+        &self.flash
+    }
+
+    pub fn flash_mut(&mut self) -> &mut FileFlash {
+        &mut self.flash
+    }
+
+    pub fn serial(&mut self) -> &mut W {
+        &mut self.serial
+    }
+
+    /// Whether the app is up and serving OTA.
+    pub fn serving(&self) -> bool {
+        matches!(self.power, Power::Running { .. })
+    }
+
+    fn log(&mut self, event: &LogEvent<'_>) {
+        let ms = self.boot_at.elapsed().as_millis() as u32;
+        // The serial port is a pipe to whoever watches; if it is gone the device still runs.
+        let _ = writeln!(self.serial, "{}", LogLine { ms, event });
+        let _ = self.serial.flush();
+    }
+
+    /// Cuts the power now (between flash operations).
+    pub fn power_off(&mut self) {
+        self.power = Power::Off;
+    }
+
+    /// Powers on: bootloader, boot guard, app — rebooting as the guard asks.
+    pub fn power_on(&mut self) {
+        self.flash.restore_power();
+        for _ in 0..MAX_CONSECUTIVE_BOOTS {
+            match self.boot_once() {
+                Some(power) => {
+                    self.power = power;
+                    return;
+                }
+                None => continue,
+            }
+        }
+        self.power = Power::Bricked(format!("reboot loop: {MAX_CONSECUTIVE_BOOTS} boots without reaching the app"));
+    }
+
+    /// A reset (watchdog, reset button, `esp_restart`): power stays, the chip restarts.
+    pub fn reset(&mut self) {
+        self.power = Power::Off;
+        self.power_on();
+    }
+
+    /// One boot; `None` means the app asked for a reboot.
+    fn boot_once(&mut self) -> Option<Power> {
+        self.boot_at = Instant::now();
+        self.boots += 1;
+        let cfg = BootloaderConfig {
+            rollback: self.config.bootloader_rollback,
+            chip: self.config.ota.chip,
+            flash_size: self.flash_size,
+        };
+        let mut lines: Vec<String> = Vec::new();
+        let result = {
+            let boot_at = self.boot_at;
+            let serial = &mut self.serial;
+            let mut sink = |e: &LogEvent<'_>| {
+                let ms = boot_at.elapsed().as_millis() as u32;
+                lines.push(format!("{}", LogLine { ms, event: e }));
+                let _ = writeln!(serial, "{}", lines.last().unwrap());
+            };
+            run_bootloader(&mut self.flash, cfg, &mut sink)
+        };
+        let _ = self.serial.flush();
+        let (table, booted) = match result {
+            Ok(ok) => ok,
+            Err(_) if self.flash.power_loss().is_some() => return Some(Power::Off),
+            Err(BootError::Table(e)) => return Some(Power::Bricked(format!("partition table invalid: {e}"))),
+            Err(BootError::NoBootableApp) => return Some(Power::Bricked("no bootable app".into())),
+            Err(BootError::Flash(e)) => return Some(Power::Bricked(format!("flash failed: {e}"))),
+        };
+        let slot = SlotName(booted.index);
+        let desc = booted.image.desc;
+        self.log(&LogEvent::AppRunning {
+            slot,
+            label: booted.partition.label(),
+            project: desc.project_name(),
+            version: desc.version(),
+        });
+        let self_test = SelfTest::declared_by(&mut PartitionSource::new(&mut self.flash, &booted.partition), booted.image.len)
+            .unwrap_or_default();
+        let outcome = {
+            let boot_at = self.boot_at;
+            let serial = &mut self.serial;
+            let mut sink = |e: &LogEvent<'_>| {
+                let ms = boot_at.elapsed().as_millis() as u32;
+                let _ = writeln!(serial, "{}", LogLine { ms, event: e });
+            };
+            boot_guard(&mut self.flash, &table, &booted, self_test, ChipInfo::ESP32C3, &mut sink)
+        };
+        let _ = self.serial.flush();
+        match outcome {
+            Err(_) if self.flash.power_loss().is_some() => Some(Power::Off),
+            Err(e) => Some(Power::Bricked(format!("flash failed in the boot guard: {e}"))),
+            Ok(GuardOutcome::Reboot) => None,
+            Ok(GuardOutcome::Hang) => Some(Power::Hung { booted }),
+            Ok(GuardOutcome::Run) => {
+                self.log(&LogEvent::OtaListening { port: self.config.device_port });
+                Some(Power::Running { table, booted })
+            }
+        }
+    }
+
+    /// A new OTA connection: the server state for it, if the app serves OTA.
+    pub fn accept(&mut self) -> Option<Server<'static>> {
+        if !self.serving() {
+            return None;
+        }
+        self.log(&LogEvent::OtaClientConnected);
+        Some(Server::new(ServerConfig {
+            password: self.config.password,
+            version: self.config.protocol_version,
+            sha256: self.config.sha256,
+        }))
+    }
+
+    /// Bytes from the client (`Some`), its disconnect (`None`), or a read timeout.
+    pub fn session_input(&mut self, server: &mut Server<'static>, input: SessionInput<'_>) -> SessionStep {
+        let Power::Running { table, booted } = &self.power else {
+            return SessionStep::Close { reply: Vec::new(), reboot: false };
+        };
+        let (table, running) = (table.clone(), booted.partition);
+        let mut out = Collect::default();
+        {
+            let mut backend = FlashBackend::new(&mut self.flash, &table, running, self.config.ota);
+            match input {
+                SessionInput::Data(bytes) => server.feed(bytes, &mut backend, &mut self.rng, &mut out),
+                SessionInput::Closed => server.on_disconnect(false, &mut backend, &mut out),
+                SessionInput::TimedOut => server.on_disconnect(true, &mut backend, &mut out),
+            }
+        }
+        if let Some(loss) = self.flash.power_loss() {
+            self.power = Power::Off;
+            return SessionStep::PowerLost(loss);
+        }
+        for line in out.events.iter().filter_map(Event::log_event) {
+            self.log(&line);
+        }
+        if server.is_closed() {
+            let reboot = server.reboot_requested();
+            SessionStep::Close { reply: out.sent, reboot }
+        } else {
+            SessionStep::Continue(out.sent)
+        }
+    }
+
+    /// After a completed update: log and restart into the new image.
+    pub fn reboot_after_update(&mut self) {
+        self.log(&LogEvent::Rebooting);
+        self.reset();
+    }
+
+    /// One line describing the device, for the control channel.
+    pub fn status(&self) -> String {
+        let c = self.flash.counters();
+        let counters = format!("erases={} programs={} bytes_programmed={}", c.erases, c.programs, c.bytes_programmed);
+        match &self.power {
+            Power::Off => format!("power=off {counters}"),
+            Power::Running { booted, .. } | Power::Hung { booted } => format!(
+                "power=on state={} slot={} version={} project={} {counters}",
+                if self.serving() { "running" } else { "hung" },
+                SlotName(booted.index),
+                booted.image.desc.version(),
+                booted.image.desc.project_name(),
+            ),
+            Power::Bricked(why) => format!("power=on state=bricked reason=\"{why}\" {counters}"),
+        }
+    }
+}
+
+/// What the transport saw.
+#[derive(Clone, Copy, Debug)]
+pub enum SessionInput<'a> {
+    Data(&'a [u8]),
+    Closed,
+    TimedOut,
+}

@@ -1,0 +1,366 @@
+//! A NOR flash backed by a file: 4 KiB erase sectors, programming only clears bits (AND),
+//! erase sets 0xFF. Every erase and program is counted, and a [`Fault`] can cut the power
+//! between two operations or in the middle of one (a torn write, with seeded random bits).
+//!
+//! The file is written through on every operation, so at any moment — including right after
+//! a cut — it holds exactly what the chip's flash would.
+
+use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+pub const SECTOR: u32 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlashFileError {
+    #[error("cannot open flash file {path}: {source}")]
+    Open { path: String, source: std::io::Error },
+    #[error("flash file {path} is {len} bytes; expected a multiple of 4096 between 1 MiB and 16 MiB")]
+    BadSize { path: String, len: u64 },
+}
+
+/// When the power goes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CutPoint {
+    /// After this many further erase/program operations complete.
+    AfterOps(u64),
+    /// After this many further bytes were programmed (the program that crosses is cut there).
+    AfterBytes(u64),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Fault {
+    pub at: CutPoint,
+    /// `Some(seed)`: the interrupted operation is torn (random bits from `seed`);
+    /// `None`: it does not happen at all.
+    pub torn: Option<u64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum OpKind {
+    Erase,
+    Program,
+}
+
+/// Where the power was cut.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PowerLoss {
+    /// Index (from 1, over the flash file's whole life in this process) of the interrupted op.
+    pub op: u64,
+    pub kind: OpKind,
+    pub addr: u32,
+    pub torn: bool,
+}
+
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct Counters {
+    pub erases: u64,
+    pub programs: u64,
+    pub bytes_programmed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlashOpError {
+    /// The power was cut: nothing more happens until power-on.
+    PowerLost,
+    OutOfBounds,
+    NotAligned,
+}
+
+impl NorFlashError for FlashOpError {
+    fn kind(&self) -> NorFlashErrorKind {
+        match self {
+            FlashOpError::PowerLost => NorFlashErrorKind::Other,
+            FlashOpError::OutOfBounds => NorFlashErrorKind::OutOfBounds,
+            FlashOpError::NotAligned => NorFlashErrorKind::NotAligned,
+        }
+    }
+}
+
+/// splitmix64: small, seeded, reproducible.
+pub struct SplitMix(pub u64);
+impl SplitMix {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn byte(&mut self) -> u8 {
+        self.next_u64() as u8
+    }
+}
+
+pub struct FileFlash {
+    data: Vec<u8>,
+    file: Option<File>,
+    counters: Counters,
+    fault: Option<(Fault, Counters)>,
+    lost: Option<PowerLoss>,
+}
+
+impl FileFlash {
+    /// Opens an existing flash file (its size is the flash size).
+    pub fn open(path: &Path) -> Result<Self, FlashFileError> {
+        let name = path.display().to_string();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|source| FlashFileError::Open { path: name.clone(), source })?;
+        let len = file.metadata().map_err(|source| FlashFileError::Open { path: name.clone(), source })?.len();
+        if len % SECTOR as u64 != 0 || !(1 << 20..=16 << 20).contains(&len) {
+            return Err(FlashFileError::BadSize { path: name, len });
+        }
+        let mut data = Vec::with_capacity(len as usize);
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| file.read_to_end(&mut data))
+            .map_err(|source| FlashFileError::Open { path: name, source })?;
+        Ok(FileFlash { data, file: Some(file), counters: Counters::default(), fault: None, lost: None })
+    }
+
+    /// A flash that lives in memory only (tests, benchmarks).
+    pub fn in_memory(data: Vec<u8>) -> Self {
+        FileFlash { data, file: None, counters: Counters::default(), fault: None, lost: None }
+    }
+
+    /// Writes a complete image to `path` (creating or truncating it).
+    pub fn create(path: &Path, image: &[u8]) -> std::io::Result<()> {
+        let mut f = File::create(path)?;
+        f.write_all(image)?;
+        f.sync_all()
+    }
+
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Arms a power cut, counted from now. Replaces any armed one.
+    pub fn arm(&mut self, fault: Fault) {
+        self.fault = Some((fault, self.counters));
+    }
+
+    pub fn disarm(&mut self) {
+        self.fault = None;
+    }
+
+    pub fn armed(&self) -> Option<Fault> {
+        self.fault.map(|(f, _)| f)
+    }
+
+    /// The power loss that stopped the flash, if any.
+    pub fn power_loss(&self) -> Option<PowerLoss> {
+        self.lost
+    }
+
+    /// The cut was noticed and the device powered on again: operations work again.
+    pub fn restore_power(&mut self) {
+        self.lost = None;
+    }
+
+    fn persist(&mut self, from: usize, to: usize) -> Result<(), FlashOpError> {
+        if let Some(f) = &self.file {
+            // A failing host disk is not a device fault: report it loudly and stop the device.
+            if let Err(e) = f.write_all_at(&self.data[from..to], from as u64) {
+                eprintln!("ota-emu: writing the flash file failed: {e}");
+                return Err(FlashOpError::PowerLost);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides whether the next operation is cut. Returns how many bytes of a program of `len`
+    /// bytes still happen before the cut (`None`: no cut).
+    fn cut_check(&mut self, kind: OpKind, len: u64) -> Option<u64> {
+        let (fault, base) = self.fault?;
+        match fault.at {
+            CutPoint::AfterOps(n) => {
+                let done = self.counters.erases + self.counters.programs - base.erases - base.programs;
+                (done >= n).then_some(0)
+            }
+            CutPoint::AfterBytes(n) => {
+                let done = self.counters.bytes_programmed - base.bytes_programmed;
+                (kind == OpKind::Program && done + len > n).then(|| n.saturating_sub(done))
+            }
+        }
+    }
+
+    fn lose_power(&mut self, kind: OpKind, addr: u32, torn: bool) {
+        let op = self.counters.erases + self.counters.programs + 1;
+        self.lost = Some(PowerLoss { op, kind, addr, torn });
+        self.fault = None;
+    }
+}
+
+impl ErrorType for FileFlash {
+    type Error = FlashOpError;
+}
+
+impl ReadNorFlash for FileFlash {
+    const READ_SIZE: usize = 1;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), FlashOpError> {
+        if self.lost.is_some() {
+            return Err(FlashOpError::PowerLost);
+        }
+        let o = offset as usize;
+        bytes.copy_from_slice(self.data.get(o..o + bytes.len()).ok_or(FlashOpError::OutOfBounds)?);
+        Ok(())
+    }
+    fn capacity(&self) -> usize {
+        self.data.len()
+    }
+}
+
+impl NorFlash for FileFlash {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = SECTOR as usize;
+
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), FlashOpError> {
+        if self.lost.is_some() {
+            return Err(FlashOpError::PowerLost);
+        }
+        if from % SECTOR != 0 || to % SECTOR != 0 || from > to {
+            return Err(FlashOpError::NotAligned);
+        }
+        if to as usize > self.data.len() {
+            return Err(FlashOpError::OutOfBounds);
+        }
+        for sector in (from..to).step_by(SECTOR as usize) {
+            let range = sector as usize..(sector + SECTOR) as usize;
+            if self.cut_check(OpKind::Erase, 0).is_some() {
+                let torn = self.fault.and_then(|(f, _)| f.torn);
+                if let Some(seed) = torn {
+                    // An interrupted erase: each bit is erased (1) or keeps its old value.
+                    let mut rng = SplitMix(seed ^ sector as u64);
+                    for b in &mut self.data[range.clone()] {
+                        *b |= rng.byte();
+                    }
+                    self.persist(range.start, range.end)?;
+                }
+                self.lose_power(OpKind::Erase, sector, torn.is_some());
+                return Err(FlashOpError::PowerLost);
+            }
+            self.data[range.clone()].fill(0xFF);
+            self.counters.erases += 1;
+            self.persist(range.start, range.end)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), FlashOpError> {
+        if self.lost.is_some() {
+            return Err(FlashOpError::PowerLost);
+        }
+        if offset % 4 != 0 || bytes.len() % 4 != 0 {
+            return Err(FlashOpError::NotAligned);
+        }
+        let start = offset as usize;
+        let end = start + bytes.len();
+        if end > self.data.len() {
+            return Err(FlashOpError::OutOfBounds);
+        }
+        if let Some(keep) = self.cut_check(OpKind::Program, bytes.len() as u64) {
+            let keep = keep as usize;
+            for (d, b) in self.data[start..start + keep].iter_mut().zip(bytes) {
+                *d &= *b;
+            }
+            let torn = self.fault.and_then(|(f, _)| f.torn);
+            if let Some(seed) = torn {
+                // The rest of the page program lands partly: a random subset of the bits it
+                // would clear is cleared.
+                let mut rng = SplitMix(seed ^ offset as u64);
+                for (d, b) in self.data[start + keep..end].iter_mut().zip(&bytes[keep..]) {
+                    *d &= *b | rng.byte();
+                }
+            }
+            self.counters.bytes_programmed += keep as u64;
+            self.persist(start, end)?;
+            self.lose_power(OpKind::Program, offset, torn.is_some());
+            return Err(FlashOpError::PowerLost);
+        }
+        for (d, b) in self.data[start..end].iter_mut().zip(bytes) {
+            *d &= *b;
+        }
+        self.counters.programs += 1;
+        self.counters.bytes_programmed += bytes.len() as u64;
+        self.persist(start, end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nor_semantics_and_counting() {
+        let mut f = FileFlash::in_memory(vec![0xFF; 1 << 20]);
+        f.write(0, &[0xF0, 0x0F, 0xFF, 0x00]).unwrap();
+        f.write(0, &[0x3C, 0xFF, 0xFF, 0xFF]).unwrap();
+        assert_eq!(&f.data()[..4], &[0x30, 0x0F, 0xFF, 0x00], "program only clears bits");
+        f.erase(0, 8192).unwrap();
+        assert!(f.data()[..8192].iter().all(|&b| b == 0xFF));
+        assert_eq!(f.counters(), Counters { erases: 2, programs: 2, bytes_programmed: 8 });
+        assert_eq!(f.erase(1, 4096), Err(FlashOpError::NotAligned));
+        assert_eq!(f.write(2, &[0; 4]), Err(FlashOpError::NotAligned));
+        assert_eq!(f.write((1 << 20) - 4, &[0; 8]), Err(FlashOpError::OutOfBounds));
+    }
+
+    #[test]
+    fn cut_after_ops_is_atomic_without_torn() {
+        let mut f = FileFlash::in_memory(vec![0xFF; 1 << 20]);
+        f.arm(Fault { at: CutPoint::AfterOps(1), torn: None });
+        f.write(0, &[0; 4]).unwrap();
+        assert_eq!(f.write(4, &[0; 4]), Err(FlashOpError::PowerLost));
+        assert_eq!(&f.data()[4..8], &[0xFF; 4], "the interrupted program did not happen");
+        assert_eq!(f.power_loss(), Some(PowerLoss { op: 2, kind: OpKind::Program, addr: 4, torn: false }));
+        assert_eq!(f.erase(0, 4096), Err(FlashOpError::PowerLost), "dead until power-on");
+        f.restore_power();
+        f.erase(0, 4096).unwrap();
+    }
+
+    #[test]
+    fn cut_after_bytes_programs_exactly_that_many() {
+        let mut f = FileFlash::in_memory(vec![0xFF; 1 << 20]);
+        f.arm(Fault { at: CutPoint::AfterBytes(10), torn: None });
+        f.write(0, &[0; 8]).unwrap();
+        assert_eq!(f.write(8, &[0; 8]), Err(FlashOpError::PowerLost));
+        assert_eq!(&f.data()[..12], &[0; 10][..].iter().chain(&[0xFF; 2]).copied().collect::<Vec<_>>()[..]);
+        assert_eq!(f.counters().bytes_programmed, 10);
+    }
+
+    #[test]
+    fn torn_operations_are_seeded() {
+        let run = |seed| {
+            let mut f = FileFlash::in_memory(vec![0x00; 1 << 20]);
+            f.arm(Fault { at: CutPoint::AfterOps(0), torn: Some(seed) });
+            assert_eq!(f.erase(0, 4096), Err(FlashOpError::PowerLost));
+            f.data()[..4096].to_vec()
+        };
+        let a = run(1);
+        assert_eq!(a, run(1), "same seed, same bits");
+        assert_ne!(a, run(2));
+        assert!(a.iter().any(|&b| b != 0xFF) && a.iter().any(|&b| b != 0x00), "a torn erase is partial");
+    }
+
+    #[test]
+    fn file_is_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flash.bin");
+        FileFlash::create(&path, &vec![0xFF; 1 << 20]).unwrap();
+        let mut f = FileFlash::open(&path).unwrap();
+        f.arm(Fault { at: CutPoint::AfterOps(1), torn: None });
+        f.write(16, &[1, 2, 3, 4]).unwrap();
+        let _ = f.write(20, &[5, 6, 7, 8]);
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(&on_disk[16..24], &[1, 2, 3, 4, 0xFF, 0xFF, 0xFF, 0xFF]);
+        std::fs::write(&path, [0u8; 100]).unwrap();
+        assert!(matches!(FileFlash::open(&path), Err(FlashFileError::BadSize { len: 100, .. })));
+    }
+}

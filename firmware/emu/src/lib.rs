@@ -1,0 +1,16 @@
+//! `ota-emu`: an emulated ESP32-C3 running otahil's `ota-core`.
+//!
+//! - [`flash`]: the file-backed NOR flash with power-cut and torn-write injection.
+//! - [`device`]: power, boot, the serial log and OTA sessions, without any I/O of its own.
+//! - [`control`]: the line protocol on stdin that drives power and faults.
+//! - [`serve`]: the process: TCP OTA port on loopback, serial on stdout, control on stdin.
+//! - [`mkflash`]: fresh flash images from a partition table and an app.
+
+pub mod control;
+pub mod device;
+pub mod flash;
+pub mod mkflash;
+pub mod serve;
+
+/// The prefix of every control-channel line on stdout; serial log lines never start with it.
+pub const CONTROL_PREFIX: &str = "#otahil ";
