@@ -131,10 +131,7 @@ mod tests {
         assert_eq!(&b[112..118], b"v5.5.5");
         let back = AppDesc::parse(&b);
         assert_eq!(back, d);
-        assert_eq!(
-            (back.version(), back.project_name(), back.idf_ver()),
-            ("1.2.3", "demo", "v5.5.5")
-        );
+        assert_eq!((back.version(), back.project_name(), back.idf_ver()), ("1.2.3", "demo", "v5.5.5"));
         let long = AppDesc::new("p", "0123456789012345678901234567890123456789", "");
         assert_eq!(long.version().len(), 31);
     }

@@ -54,11 +54,7 @@ pub enum SelectReason {
     /// Both copies invalid, no factory: `No factory image, trying OTA 0`.
     NoValidCopyOta0,
     /// The active copy's `(seq - 1) % n`.
-    ActiveCopy {
-        copy: usize,
-        seq: u32,
-        state: OtaState,
-    },
+    ActiveCopy { copy: usize, seq: u32, state: OtaState },
     /// No copy is valid (CRC), factory present.
     OtadataInvalidFactory,
     /// No copy is valid, no factory: try every partition.
@@ -89,17 +85,9 @@ pub fn select(table: &PartitionTable, otadata: Option<&OtaData>) -> Selection {
     let initial = !has_factory && data.both_uninitialised();
     if data.both_invalid() || count == 0 {
         return if has_factory {
-            Selection {
-                index: BootIndex::Factory,
-                reason: SelectReason::NoValidCopyFactory,
-                initial,
-            }
+            Selection { index: BootIndex::Factory, reason: SelectReason::NoValidCopyFactory, initial }
         } else {
-            Selection {
-                index: BootIndex::Ota(0),
-                reason: SelectReason::NoValidCopyOta0,
-                initial,
-            }
+            Selection { index: BootIndex::Ota(0), reason: SelectReason::NoValidCopyOta0, initial }
         };
     }
     match data.active() {
@@ -108,33 +96,20 @@ pub fn select(table: &PartitionTable, otadata: Option<&OtaData>) -> Selection {
             let slot = ((e.seq - 1) % count as u32) as u8;
             Selection {
                 index: BootIndex::Ota(slot),
-                reason: SelectReason::ActiveCopy {
-                    copy,
-                    seq: e.seq,
-                    state: e.state,
-                },
+                reason: SelectReason::ActiveCopy { copy, seq: e.seq, state: e.state },
                 initial,
             }
         }
-        None if has_factory => Selection {
-            index: BootIndex::Factory,
-            reason: SelectReason::OtadataInvalidFactory,
-            initial,
-        },
-        None => Selection {
-            index: BootIndex::Factory,
-            reason: SelectReason::OtadataInvalidTryAll,
-            initial,
-        },
+        None if has_factory => {
+            Selection { index: BootIndex::Factory, reason: SelectReason::OtadataInvalidFactory, initial }
+        }
+        None => Selection { index: BootIndex::Factory, reason: SelectReason::OtadataInvalidTryAll, initial },
     }
 }
 
 /// The order in which the bootloader tries candidates: the chosen one, lower indices down to
 /// factory, higher OTA indices, then the test app.
-pub fn load_order(
-    chosen: BootIndex,
-    table: &PartitionTable,
-) -> impl Iterator<Item = BootIndex> + '_ {
+pub fn load_order(chosen: BootIndex, table: &PartitionTable) -> impl Iterator<Item = BootIndex> + '_ {
     let as_int = |i: BootIndex| match i {
         BootIndex::Factory => -1i32,
         BootIndex::Ota(n) => n as i32,
@@ -142,11 +117,7 @@ pub fn load_order(
     };
     let start = as_int(chosen);
     let from_int = |i: i32| {
-        if i < 0 {
-            BootIndex::Factory
-        } else {
-            BootIndex::Ota(i as u8)
-        }
+        if i < 0 { BootIndex::Factory } else { BootIndex::Ota(i as u8) }
     };
     let lower = (-1..start).rev().map(from_int);
     let higher = (start.max(-1) + 1..16).map(from_int);
@@ -167,11 +138,8 @@ pub struct BootloaderConfig {
 
 impl BootloaderConfig {
     /// The bootloader espflash bundles for an ESP32-C3 with 4 MB of flash.
-    pub const ESPFLASH_4MB: BootloaderConfig = BootloaderConfig {
-        rollback: false,
-        chip: ChipInfo::ESP32C3,
-        flash_size: 4 << 20,
-    };
+    pub const ESPFLASH_4MB: BootloaderConfig =
+        BootloaderConfig { rollback: false, chip: ChipInfo::ESP32C3, flash_size: 4 << 20 };
 }
 
 /// The image the bootloader handed control to.
@@ -199,10 +167,7 @@ impl From<FlashError> for BootError {
 }
 
 /// Reads and verifies the partition table at 0x8000.
-pub fn read_table<F: NorFlash>(
-    flash: &mut F,
-    flash_size: u32,
-) -> Result<PartitionTable, BootError> {
+pub fn read_table<F: NorFlash>(flash: &mut F, flash_size: u32) -> Result<PartitionTable, BootError> {
     let mut raw = [0u8; TABLE_LEN];
     crate::flash::read(flash, TABLE_OFFSET, &mut raw)?;
     PartitionTable::parse(&raw, flash_size).map_err(BootError::Table)
@@ -233,9 +198,7 @@ pub fn run_bootloader<F: NorFlash, L: LogSink>(
             return Err(e);
         }
     };
-    log.log(&LogEvent::TableOk {
-        partitions: table.partitions().len(),
-    });
+    log.log(&LogEvent::TableOk { partitions: table.partitions().len() });
     let mut otadata = match table.otadata() {
         Some(od) => Some((*od, read_otadata(flash, od)?)),
         None => None,
@@ -260,12 +223,7 @@ pub fn run_bootloader<F: NorFlash, L: LogSink>(
         SelectReason::OtadataInvalidFactory => log.log(&LogEvent::OtadataInvalidFactory),
         SelectReason::OtadataInvalidTryAll => log.log(&LogEvent::OtadataInvalidTryAll),
         SelectReason::ActiveCopy { copy, seq, state } => {
-            log.log(&LogEvent::BootSelected {
-                copy,
-                seq,
-                slot: SlotName(selection.index),
-                state,
-            });
+            log.log(&LogEvent::BootSelected { copy, seq, slot: SlotName(selection.index), state });
             if config.rollback
                 && state == OtaState::New
                 && let Some((od, data)) = otadata.as_mut()
@@ -283,33 +241,18 @@ pub fn run_bootloader<F: NorFlash, L: LogSink>(
         n += 1;
     }
     for &index in &candidates[..n] {
-        let p = *index
-            .partition(&table)
-            .expect("load_order yields existing partitions");
+        let p = *index.partition(&table).expect("load_order yields existing partitions");
         match verify_slot(flash, &p, config.chip) {
             Ok(image) => {
                 log.log(&LogEvent::Loaded { offset: p.offset });
-                if let (true, BootIndex::Ota(n), Some((od, _))) =
-                    (selection.initial, index, otadata)
-                {
+                if let (true, BootIndex::Ota(n), Some((od, _))) = (selection.initial, index, otadata) {
                     let entry = OtaEntry::new(n as u32 + 1, OtaState::Valid);
                     write_otadata_copy(flash, &od, 0, &entry)?;
                     log.log(&LogEvent::SetActualSeq { seq: entry.seq });
                 }
-                return Ok((
-                    table,
-                    Booted {
-                        index,
-                        partition: p,
-                        image,
-                        selection,
-                    },
-                ));
+                return Ok((table, Booted { index, partition: p, image, selection }));
             }
-            Err(reason) => log.log(&LogEvent::SlotNotBootable {
-                slot: SlotName(index),
-                reason,
-            }),
+            Err(reason) => log.log(&LogEvent::SlotNotBootable { slot: SlotName(index), reason }),
         }
     }
     log.log(&LogEvent::NoBootableApp);
@@ -372,16 +315,10 @@ pub fn boot_guard<F: NorFlash, L: LogSink>(
     let selected = ((data.entries[active].seq - 1) % count as u32) as u8;
     let me = SlotName(BootIndex::Ota(slot));
     if selected != slot {
-        log.log(&LogEvent::FallbackBoot {
-            running: me,
-            selected: SlotName(BootIndex::Ota(selected)),
-        });
+        log.log(&LogEvent::FallbackBoot { running: me, selected: SlotName(BootIndex::Ota(selected)) });
         return Ok(GuardOutcome::Run);
     }
-    debug_assert_eq!(
-        state_of_slot(&data, slot, count).map(|(c, _)| c),
-        Some(active)
-    );
+    debug_assert_eq!(state_of_slot(&data, slot, count).map(|(c, _)| c), Some(active));
     match data.entries[active].state {
         OtaState::New => {
             data.entries[active].state = OtaState::PendingVerify;
@@ -464,14 +401,8 @@ mod tests {
 
     fn boot(f: &mut RamFlash, rollback: bool) -> (Booted, Vec<std::string::String>) {
         let mut lines = Vec::new();
-        let cfg = BootloaderConfig {
-            rollback,
-            ..BootloaderConfig::ESPFLASH_4MB
-        };
-        let (_, b) = run_bootloader(f, cfg, &mut |e: &LogEvent<'_>| {
-            lines.push(std::format!("{e}"))
-        })
-        .unwrap();
+        let cfg = BootloaderConfig { rollback, ..BootloaderConfig::ESPFLASH_4MB };
+        let (_, b) = run_bootloader(f, cfg, &mut |e: &LogEvent<'_>| lines.push(std::format!("{e}"))).unwrap();
         (b, lines)
     }
 
@@ -481,23 +412,12 @@ mod tests {
         let (b, lines) = boot(&mut f, false);
         assert_eq!(b.index, BootIndex::Ota(0));
         assert_eq!(b.selection.reason, SelectReason::NoValidCopyOta0);
-        assert!(
-            lines
-                .iter()
-                .any(|l| l == "Set actual ota_seq=1 in otadata[0]")
-        );
+        assert!(lines.iter().any(|l| l == "Set actual ota_seq=1 in otadata[0]"));
         assert_eq!(copy(&f, 0), OtaEntry::new(1, OtaState::Valid));
         // Second boot: the active copy now selects ota_0; no more writes.
         f.ops.clear();
         let (b, _) = boot(&mut f, false);
-        assert_eq!(
-            b.selection.reason,
-            SelectReason::ActiveCopy {
-                copy: 0,
-                seq: 1,
-                state: OtaState::Valid
-            }
-        );
+        assert_eq!(b.selection.reason, SelectReason::ActiveCopy { copy: 0, seq: 1, state: OtaState::Valid });
         assert!(f.ops.is_empty());
     }
 
@@ -532,11 +452,7 @@ mod tests {
         f.ops.clear();
         let (b, lines) = boot(&mut f, false);
         assert_eq!(b.index, BootIndex::Ota(0));
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("ota_1 is not bootable: Checksum failed"))
-        );
+        assert!(lines.iter().any(|l| l.starts_with("ota_1 is not bootable: Checksum failed")));
         assert!(f.ops.is_empty());
     }
 
@@ -573,10 +489,8 @@ mod tests {
         let (b, _) = boot(f, false);
         let t = read_table(f, 4 << 20).unwrap();
         let mut lines = Vec::new();
-        let out = boot_guard(f, &t, &b, st, CHIP, &mut |e: &LogEvent<'_>| {
-            lines.push(std::format!("{e}"))
-        })
-        .unwrap();
+        let out =
+            boot_guard(f, &t, &b, st, CHIP, &mut |e: &LogEvent<'_>| lines.push(std::format!("{e}"))).unwrap();
         (out, lines)
     }
 
@@ -591,12 +505,7 @@ mod tests {
         assert_eq!(copy(&f, 1).state, OtaState::Valid);
         assert_eq!(
             f.ops,
-            [
-                Op::Erase(0xA000),
-                Op::Program(0xA000, 32),
-                Op::Erase(0xA000),
-                Op::Program(0xA000, 32)
-            ]
+            [Op::Erase(0xA000), Op::Program(0xA000, 32), Op::Erase(0xA000), Op::Program(0xA000, 32)]
         );
         // Already VALID: nothing more.
         f.ops.clear();
@@ -626,11 +535,7 @@ mod tests {
         put_image(&mut f, 0x1D0000, "2.0.0", SelfTest::Fail);
         let (out, lines) = guard(&mut f, SelfTest::Fail);
         assert_eq!(out, GuardOutcome::Run);
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("Rollback is not possible"))
-        );
+        assert!(lines.iter().any(|l| l.starts_with("Rollback is not possible")));
         assert_eq!(copy(&f, 1).state, OtaState::PendingVerify);
     }
 
@@ -665,67 +570,27 @@ mod tests {
     #[test]
     fn factory_layouts_and_load_order() {
         let mut t = PartitionTable::new();
-        t.push(Partition::new("otadata", TYPE_DATA, 0, 0x9000, 0x2000, 0))
-            .unwrap();
-        t.push(Partition::new(
-            "factory", TYPE_APP, 0x00, 0x10000, 0x100000, 0,
-        ))
-        .unwrap();
-        t.push(Partition::new(
-            "ota_0", TYPE_APP, 0x10, 0x110000, 0x100000, 0,
-        ))
-        .unwrap();
-        t.push(Partition::new(
-            "ota_1", TYPE_APP, 0x11, 0x210000, 0x100000, 0,
-        ))
-        .unwrap();
-        t.push(Partition::new("test", TYPE_APP, 0x20, 0x310000, 0x10000, 0))
-            .unwrap();
+        t.push(Partition::new("otadata", TYPE_DATA, 0, 0x9000, 0x2000, 0)).unwrap();
+        t.push(Partition::new("factory", TYPE_APP, 0x00, 0x10000, 0x100000, 0)).unwrap();
+        t.push(Partition::new("ota_0", TYPE_APP, 0x10, 0x110000, 0x100000, 0)).unwrap();
+        t.push(Partition::new("ota_1", TYPE_APP, 0x11, 0x210000, 0x100000, 0)).unwrap();
+        t.push(Partition::new("test", TYPE_APP, 0x20, 0x310000, 0x10000, 0)).unwrap();
         let order: Vec<_> = load_order(BootIndex::Ota(1), &t).collect();
-        assert_eq!(
-            order,
-            [
-                BootIndex::Ota(1),
-                BootIndex::Ota(0),
-                BootIndex::Factory,
-                BootIndex::Test
-            ]
-        );
+        assert_eq!(order, [BootIndex::Ota(1), BootIndex::Ota(0), BootIndex::Factory, BootIndex::Test]);
         let order: Vec<_> = load_order(BootIndex::Factory, &t).collect();
-        assert_eq!(
-            order,
-            [
-                BootIndex::Factory,
-                BootIndex::Ota(0),
-                BootIndex::Ota(1),
-                BootIndex::Test
-            ]
-        );
+        assert_eq!(order, [BootIndex::Factory, BootIndex::Ota(0), BootIndex::Ota(1), BootIndex::Test]);
 
         let empty = OtaEntry::parse(&[0xFF; 32]);
-        let blank = OtaData {
-            entries: [empty, empty],
-        };
-        assert_eq!(
-            select(&t, Some(&blank)).reason,
-            SelectReason::NoValidCopyFactory
-        );
+        let blank = OtaData { entries: [empty, empty] };
+        assert_eq!(select(&t, Some(&blank)).reason, SelectReason::NoValidCopyFactory);
         assert!(!select(&t, Some(&blank)).initial);
         let mut bad = OtaEntry::new(1, OtaState::Valid);
         bad.crc = 0;
-        let torn = OtaData {
-            entries: [bad, bad],
-        };
-        assert_eq!(
-            select(&t, Some(&torn)).reason,
-            SelectReason::OtadataInvalidFactory
-        );
+        let torn = OtaData { entries: [bad, bad] };
+        assert_eq!(select(&t, Some(&torn)).reason, SelectReason::OtadataInvalidFactory);
         assert_eq!(select(&t, None).reason, SelectReason::NoOtadataPartition);
         let no_factory = esphome_4mb_table();
-        assert_eq!(
-            select(&no_factory, Some(&torn)).reason,
-            SelectReason::OtadataInvalidTryAll
-        );
+        assert_eq!(select(&no_factory, Some(&torn)).reason, SelectReason::OtadataInvalidTryAll);
         assert!(select(&no_factory, Some(&torn)).initial);
     }
 
@@ -733,22 +598,11 @@ mod tests {
     fn bad_table_and_no_app() {
         let mut f = device();
         f.data[0x8000] = 0;
-        let r = run_bootloader(
-            &mut f,
-            BootloaderConfig::ESPFLASH_4MB,
-            &mut |_: &LogEvent<'_>| {},
-        );
-        assert!(matches!(
-            r,
-            Err(BootError::Table(TableError::InvalidMagic { row: 0, .. }))
-        ));
+        let r = run_bootloader(&mut f, BootloaderConfig::ESPFLASH_4MB, &mut |_: &LogEvent<'_>| {});
+        assert!(matches!(r, Err(BootError::Table(TableError::InvalidMagic { row: 0, .. }))));
         let mut f = device();
         f.data[0x10000] = 0xFF;
-        let r = run_bootloader(
-            &mut f,
-            BootloaderConfig::ESPFLASH_4MB,
-            &mut |_: &LogEvent<'_>| {},
-        );
+        let r = run_bootloader(&mut f, BootloaderConfig::ESPFLASH_4MB, &mut |_: &LogEvent<'_>| {});
         assert_eq!(r.unwrap_err(), BootError::NoBootableApp);
     }
 }

@@ -14,11 +14,7 @@ pub const fn esp_rom_crc32_le(seed: u32, data: &[u8]) -> u32 {
         crc ^= data[i] as u32;
         let mut bit = 0;
         while bit < 8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ POLY_REFLECTED
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ POLY_REFLECTED } else { crc >> 1 };
             bit += 1;
         }
         i += 1;

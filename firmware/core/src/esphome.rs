@@ -77,22 +77,13 @@ pub const CODE_NAMES: &[(u8, &str)] = &[
     (code::ERROR_WRITING_FLASH, "writing_flash"),
     (code::ERROR_UPDATE_END, "update_end"),
     (code::ERROR_INVALID_BOOTSTRAPPING, "invalid_bootstrapping"),
-    (
-        code::ERROR_WRONG_CURRENT_FLASH_CONFIG,
-        "wrong_current_flash_config",
-    ),
+    (code::ERROR_WRONG_CURRENT_FLASH_CONFIG, "wrong_current_flash_config"),
     (code::ERROR_WRONG_NEW_FLASH_CONFIG, "wrong_new_flash_config"),
-    (
-        code::ERROR_ESP8266_NOT_ENOUGH_SPACE,
-        "esp8266_not_enough_space",
-    ),
+    (code::ERROR_ESP8266_NOT_ENOUGH_SPACE, "esp8266_not_enough_space"),
     (code::ERROR_ESP32_NOT_ENOUGH_SPACE, "esp32_not_enough_space"),
     (code::ERROR_NO_UPDATE_PARTITION, "no_update_partition"),
     (code::ERROR_MD5_MISMATCH, "md5_mismatch"),
-    (
-        code::ERROR_RP2040_NOT_ENOUGH_SPACE,
-        "rp2040_not_enough_space",
-    ),
+    (code::ERROR_RP2040_NOT_ENOUGH_SPACE, "rp2040_not_enough_space"),
     (code::ERROR_SIGNATURE_INVALID, "signature_invalid"),
     (code::ERROR_UNSUPPORTED_OTA_TYPE, "unsupported_ota_type"),
     (code::ERROR_PARTITION_TABLE_VERIFY, "partition_table_verify"),
@@ -186,11 +177,7 @@ pub struct ServerConfig<'a> {
 
 impl Default for ServerConfig<'_> {
     fn default() -> Self {
-        ServerConfig {
-            password: None,
-            version: 2,
-            sha256: true,
-        }
+        ServerConfig { password: None, version: 2, sha256: true }
     }
 }
 
@@ -237,10 +224,9 @@ impl Event {
             Event::CompressionDeclined => LogEvent::OtaCompressionUnsupported,
             Event::AuthFailed => LogEvent::OtaAuthFailed,
             Event::AuthMissing => LogEvent::OtaAuthMissing,
-            Event::Begin { size, slot } => LogEvent::OtaStarting {
-                size,
-                slot: SlotName(crate::boot::BootIndex::Ota(slot)),
-            },
+            Event::Begin { size, slot } => {
+                LogEvent::OtaStarting { size, slot: SlotName(crate::boot::BootIndex::Ota(slot)) }
+            }
             Event::Progress { received, size } => {
                 // One line per quarter: enough to follow, few enough to snapshot.
                 let pct = |r: u32| (r as u64 * 100 / size.max(1) as u64) as u8;
@@ -252,14 +238,11 @@ impl Event {
                 LogEvent::OtaProgress { percent: now * 25 }
             }
             Event::Md5Mismatch => LogEvent::OtaMd5Mismatch,
-            Event::Failed(BackendError {
-                code,
-                detail: Some(error),
-            }) => LogEvent::OtaRejected { code, error },
-            Event::Interrupted { timeout: true, .. } => LogEvent::OtaTimeout,
-            Event::Interrupted { received, size, .. } => {
-                LogEvent::OtaConnectionLost { received, size }
+            Event::Failed(BackendError { code, detail: Some(error) }) => {
+                LogEvent::OtaRejected { code, error }
             }
+            Event::Interrupted { timeout: true, .. } => LogEvent::OtaTimeout,
+            Event::Interrupted { received, size, .. } => LogEvent::OtaConnectionLost { received, size },
             Event::Complete(s) => LogEvent::OtaComplete {
                 slot: SlotName(crate::boot::BootIndex::Ota(s.slot)),
                 seq: s.seq,
@@ -412,12 +395,7 @@ impl<'a> Server<'a> {
                 }
                 State::Size => {
                     if self.gather(&mut input, 4) {
-                        let size = u32::from_be_bytes([
-                            self.buf[0],
-                            self.buf[1],
-                            self.buf[2],
-                            self.buf[3],
-                        ]);
+                        let size = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
                         self.size = size;
                         match backend.begin(size) {
                             Ok(slot) => {
@@ -457,10 +435,7 @@ impl<'a> Server<'a> {
                         if self.config.version >= 2 {
                             out.send(&[code::CHUNK_OK]);
                         }
-                        out.event(Event::Progress {
-                            received: self.received,
-                            size: self.size,
-                        });
+                        out.event(Event::Progress { received: self.received, size: self.size });
                     }
                     if self.received == self.size {
                         self.finish_data(backend, out);
@@ -583,12 +558,7 @@ impl<'a> Server<'a> {
     }
 
     /// The peer closed the connection (`timeout: false`) or a read timed out (`true`).
-    pub fn on_disconnect<B: Backend, O: Output>(
-        &mut self,
-        timeout: bool,
-        backend: &mut B,
-        out: &mut O,
-    ) {
+    pub fn on_disconnect<B: Backend, O: Output>(&mut self, timeout: bool, backend: &mut B, out: &mut O) {
         match self.state {
             State::Closed => {}
             // The image is switched already; a missing final ack is only logged by ESPHome.
@@ -600,18 +570,9 @@ impl<'a> Server<'a> {
             }
             _ => {
                 // ESPHome's error_code is 0x00 once begin() succeeded, 0xFF before.
-                let code = if self.begun {
-                    code::OK
-                } else {
-                    code::ERROR_UNKNOWN
-                };
+                let code = if self.begun { code::OK } else { code::ERROR_UNKNOWN };
                 out.send(&[code]);
-                out.event(Event::Interrupted {
-                    received: self.received,
-                    size: self.size,
-                    timeout,
-                    code,
-                });
+                out.event(Event::Interrupted { received: self.received, size: self.size, timeout, code });
                 if self.begun {
                     backend.abort();
                     self.begun = false;

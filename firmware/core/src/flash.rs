@@ -35,9 +35,7 @@ pub fn read<F: ReadNorFlash>(flash: &mut F, addr: u32, buf: &mut [u8]) -> Result
         let skip = (at - start) as usize;
         let want = (buf.len() - done).min(64 - skip);
         let span = crate::align_up((skip + want) as u32, align) as usize;
-        flash
-            .read(start, &mut bounce[..span])
-            .map_err(FlashError::from_driver)?;
+        flash.read(start, &mut bounce[..span]).map_err(FlashError::from_driver)?;
         buf[done..done + want].copy_from_slice(&bounce[skip..skip + want]);
         done += want;
     }
@@ -53,11 +51,7 @@ pub struct PartitionSource<'a, F> {
 
 impl<'a, F: ReadNorFlash> PartitionSource<'a, F> {
     pub fn new(flash: &'a mut F, partition: &Partition) -> Self {
-        PartitionSource {
-            flash,
-            offset: partition.offset,
-            size: partition.size,
-        }
+        PartitionSource { flash, offset: partition.offset, size: partition.size }
     }
 }
 
@@ -73,9 +67,7 @@ impl<F: ReadNorFlash> ImageSource for PartitionSource<'_, F> {
 #[cfg(test)]
 pub(crate) mod ram {
     //! A RAM NOR flash with NOR semantics and an operation log, for the core's tests.
-    use embedded_storage::nor_flash::{
-        ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
-    };
+    use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
     use std::vec;
     use std::vec::Vec;
 
@@ -102,11 +94,7 @@ pub(crate) mod ram {
 
     impl RamFlash {
         pub fn new(size: usize) -> Self {
-            RamFlash {
-                data: vec![0xFF; size],
-                ops: Vec::new(),
-                fail_after: None,
-            }
+            RamFlash { data: vec![0xFF; size], ops: Vec::new(), fail_after: None }
         }
         fn check(&self) -> Result<(), RamError> {
             match self.fail_after {

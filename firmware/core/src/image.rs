@@ -117,17 +117,9 @@ pub enum ImageError {
     /// `invalid segment length 0x%x`
     SegmentLength { segment: u8, len: u32 },
     /// The segment's data runs past the end of the partition.
-    SegmentPastEnd {
-        segment: u8,
-        end: u32,
-        available: u32,
-    },
+    SegmentPastEnd { segment: u8, end: u32, available: u32 },
     /// `Segment %d load address 0x%08x, doesn't match data 0x%08x`
-    SegmentAlignment {
-        segment: u8,
-        load_addr: u32,
-        file_offset: u32,
-    },
+    SegmentAlignment { segment: u8, load_addr: u32, file_offset: u32 },
     /// `Checksum failed. Calculated 0x%x read 0x%x`
     Checksum { calculated: u8, read: u8 },
     /// `Image hash failed - image is corrupt`
@@ -148,16 +140,10 @@ impl fmt::Display for ImageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             ImageError::Truncated { needed, available } => {
-                write!(
-                    f,
-                    "image truncated: needs {needed} bytes, {available} available"
-                )
+                write!(f, "image truncated: needs {needed} bytes, {available} available")
             }
             ImageError::InvalidMagic { found } => {
-                write!(
-                    f,
-                    "image has invalid magic byte 0x{found:02x} (nothing flashed here?)"
-                )
+                write!(f, "image has invalid magic byte 0x{found:02x} (nothing flashed here?)")
             }
             ImageError::ChipIdMismatch { expected, found } => {
                 write!(f, "mismatch chip ID, expected {expected}, found {found}")
@@ -182,36 +168,21 @@ impl fmt::Display for ImageError {
             ImageError::SegmentLength { segment, len } => {
                 write!(f, "invalid segment length 0x{len:x} (segment {segment})")
             }
-            ImageError::SegmentPastEnd {
-                segment,
-                end,
-                available,
-            } => write!(
+            ImageError::SegmentPastEnd { segment, end, available } => write!(
                 f,
                 "segment {segment} ends at 0x{end:x}, past the end of the partition (0x{available:x})"
             ),
-            ImageError::SegmentAlignment {
-                segment,
-                load_addr,
-                file_offset,
-            } => write!(
+            ImageError::SegmentAlignment { segment, load_addr, file_offset } => write!(
                 f,
                 "Segment {segment} load address 0x{load_addr:08x}, doesn't match data 0x{file_offset:08x}"
             ),
             ImageError::Checksum { calculated, read } => {
-                write!(
-                    f,
-                    "Checksum failed. Calculated 0x{calculated:x} read 0x{read:x}"
-                )
+                write!(f, "Checksum failed. Calculated 0x{calculated:x} read 0x{read:x}")
             }
             ImageError::Hash => f.write_str("Image hash failed - image is corrupt"),
-            ImageError::TooBig {
-                image_len,
-                partition_len,
-            } => write!(
-                f,
-                "Image length {image_len} doesn't fit in partition length {partition_len}"
-            ),
+            ImageError::TooBig { image_len, partition_len } => {
+                write!(f, "Image length {image_len} doesn't fit in partition length {partition_len}")
+            }
             ImageError::AppDescMagic { found } => {
                 write!(f, "app descriptor magic 0x{found:08x} is not 0xabcd5432")
             }
@@ -252,10 +223,7 @@ pub struct ChipInfo {
 
 impl ChipInfo {
     /// An ESP32-C3 revision v0.4, the most common production silicon (and what QEMU reports).
-    pub const ESP32C3: ChipInfo = ChipInfo {
-        chip_id: CHIP_ID_ESP32C3,
-        revision: 4,
-    };
+    pub const ESP32C3: ChipInfo = ChipInfo { chip_id: CHIP_ID_ESP32C3, revision: 4 };
 }
 
 /// What a verified image is.
@@ -287,10 +255,7 @@ impl<S: ImageSource> Reader<'_, S> {
     fn take(&mut self, buf: &mut [u8]) -> Result<(), ImageError> {
         let needed = self.pos + buf.len() as u32;
         if needed > self.src.len() {
-            return Err(ImageError::Truncated {
-                needed,
-                available: self.src.len(),
-            });
+            return Err(ImageError::Truncated { needed, available: self.src.len() });
         }
         self.src.read(self.pos, buf).map_err(|_| ImageError::Read)?;
         self.sha.update(&*buf);
@@ -302,17 +267,10 @@ impl<S: ImageSource> Reader<'_, S> {
 /// Verifies the image at the start of `src`, as `esp_image_verify` does, against `chip`.
 pub fn verify<S: ImageSource>(src: &mut S, chip: ChipInfo) -> Result<ImageInfo, ImageError> {
     let available = src.len();
-    let mut r = Reader {
-        src,
-        pos: 0,
-        sha: Sha256::new(),
-    };
+    let mut r = Reader { src, pos: 0, sha: Sha256::new() };
     let mut hb = [0u8; HEADER_LEN as usize];
     if available == 0 {
-        return Err(ImageError::Truncated {
-            needed: HEADER_LEN,
-            available,
-        });
+        return Err(ImageError::Truncated { needed: HEADER_LEN, available });
     }
     // The magic byte is judged before the length so that a blank slot says "invalid magic".
     let mut first = [0u8; 1];
@@ -323,30 +281,19 @@ pub fn verify<S: ImageSource>(src: &mut S, chip: ChipInfo) -> Result<ImageInfo, 
     r.take(&mut hb)?;
     let header = ImageHeader::parse(&hb);
     if header.chip_id != chip.chip_id {
-        return Err(ImageError::ChipIdMismatch {
-            expected: chip.chip_id,
-            found: header.chip_id,
-        });
+        return Err(ImageError::ChipIdMismatch { expected: chip.chip_id, found: header.chip_id });
     }
     if header.min_chip_rev_full > chip.revision {
-        return Err(ImageError::ChipRevTooLow {
-            required: header.min_chip_rev_full,
-            found: chip.revision,
-        });
+        return Err(ImageError::ChipRevTooLow { required: header.min_chip_rev_full, found: chip.revision });
     }
     if header.max_chip_rev_full != 0
         && header.max_chip_rev_full != 0xFFFF
         && chip.revision > header.max_chip_rev_full
     {
-        return Err(ImageError::ChipRevTooHigh {
-            allowed: header.max_chip_rev_full,
-            found: chip.revision,
-        });
+        return Err(ImageError::ChipRevTooHigh { allowed: header.max_chip_rev_full, found: chip.revision });
     }
     if header.segment_count > MAX_SEGMENTS {
-        return Err(ImageError::SegmentCount {
-            count: header.segment_count,
-        });
+        return Err(ImageError::SegmentCount { count: header.segment_count });
     }
     let mut checksum = CHECKSUM_SEED;
     let mut desc_bytes = [0u8; APP_DESC_LEN];
@@ -370,11 +317,7 @@ pub fn verify<S: ImageSource>(src: &mut S, chip: ChipInfo) -> Result<ImageInfo, 
             });
         }
         if is_flash_mapped(load_addr) && data_start % MMU_PAGE != load_addr % MMU_PAGE {
-            return Err(ImageError::SegmentAlignment {
-                segment,
-                load_addr,
-                file_offset: data_start,
-            });
+            return Err(ImageError::SegmentAlignment { segment, load_addr, file_offset: data_start });
         }
         let mut left = len as usize;
         while left > 0 {
@@ -404,10 +347,7 @@ pub fn verify<S: ImageSource>(src: &mut S, chip: ChipInfo) -> Result<ImageInfo, 
     r.take(&mut stored)?;
     let mut len = r.pos;
     if stored[0] != checksum {
-        return Err(ImageError::Checksum {
-            calculated: checksum,
-            read: stored[0],
-        });
+        return Err(ImageError::Checksum { calculated: checksum, read: stored[0] });
     }
     let mut whole = r.sha.clone();
     if header.hash_appended == 1 {
@@ -417,9 +357,7 @@ pub fn verify<S: ImageSource>(src: &mut S, chip: ChipInfo) -> Result<ImageInfo, 
         if needed > available {
             return Err(ImageError::Truncated { needed, available });
         }
-        r.src
-            .read(len, &mut appended)
-            .map_err(|_| ImageError::Read)?;
+        r.src.read(len, &mut appended).map_err(|_| ImageError::Read)?;
         if appended != calculated {
             return Err(ImageError::Hash);
         }
@@ -433,13 +371,7 @@ pub fn verify<S: ImageSource>(src: &mut S, chip: ChipInfo) -> Result<ImageInfo, 
     if !desc.magic_ok() {
         return Err(ImageError::AppDescMagic { found: desc.magic });
     }
-    Ok(ImageInfo {
-        header,
-        desc,
-        len,
-        checksum,
-        sha256: whole.finalize().into(),
-    })
+    Ok(ImageInfo { header, desc, len, checksum, sha256: whole.finalize().into() })
 }
 
 /// Like [`verify`], then checks that the image fits a partition of `partition_len` bytes.
@@ -450,10 +382,7 @@ pub fn verify_in_partition<S: ImageSource>(
 ) -> Result<ImageInfo, ImageError> {
     let info = verify(src, chip)?;
     if info.len > partition_len {
-        return Err(ImageError::TooBig {
-            image_len: info.len,
-            partition_len,
-        });
+        return Err(ImageError::TooBig { image_len: info.len, partition_len });
     }
     Ok(info)
 }

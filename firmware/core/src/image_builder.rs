@@ -151,9 +151,7 @@ pub fn reseal(image: &mut [u8]) -> Option<()> {
     *image.get_mut(checksum_at)? = checksum;
     if header.hash_appended == 1 {
         let digest: [u8; 32] = Sha256::digest(image.get(..=checksum_at)?).into();
-        image
-            .get_mut(checksum_at + 1..checksum_at + 33)?
-            .copy_from_slice(&digest);
+        image.get_mut(checksum_at + 1..checksum_at + 33)?.copy_from_slice(&digest);
     }
     Some(())
 }
@@ -178,32 +176,16 @@ mod tests {
         assert_eq!(img.len(), 352);
         assert_eq!(
             &img[0..16],
-            &[
-                0xe9, 0x02, 0x02, 0x20, 0x00, 0x00, 0x38, 0x40, 0xee, 0, 0, 0, 0x05, 0x00, 0x03,
-                0x03
-            ]
+            &[0xe9, 0x02, 0x02, 0x20, 0x00, 0x00, 0x38, 0x40, 0xee, 0, 0, 0, 0x05, 0x00, 0x03, 0x03]
         );
-        assert_eq!(
-            &img[16..32],
-            &[
-                0x00, 0xc7, 0, 0, 0, 0, 0, 0x01, 0x20, 0, 0, 0x3c, 0x00, 0x01, 0, 0
-            ]
-        );
-        assert_eq!(
-            &img[0x120..0x130],
-            &[
-                0, 0, 0x38, 0x40, 0x10, 0, 0, 0, 0x13, 0, 0, 0, 0x13, 0, 0, 0
-            ]
-        );
+        assert_eq!(&img[16..32], &[0x00, 0xc7, 0, 0, 0, 0, 0, 0x01, 0x20, 0, 0, 0x3c, 0x00, 0x01, 0, 0]);
+        assert_eq!(&img[0x120..0x130], &[0, 0, 0x38, 0x40, 0x10, 0, 0, 0, 0x13, 0, 0, 0, 0x13, 0, 0, 0]);
         // The spec's hexdump elides descriptor bytes 0x36..0x11F, and its checksum (0x1a) and hash
         // imply non-zero fields there that it does not list, so those two bytes cannot be
         // compared; everything the dump shows is.
         assert_eq!(&img[0x20..0x24], &[0x32, 0x54, 0xcd, 0xab]);
         assert_eq!(&img[0x30..0x36], b"1.2.3\0");
-        assert_eq!(
-            &img[0x130..0x13F],
-            &[0x13, 0, 0, 0, 0x13, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-        );
+        assert_eq!(&img[0x130..0x13F], &[0x13, 0, 0, 0, 0x13, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         let info = verify(&mut img.as_slice(), ChipInfo::ESP32C3).unwrap();
         assert_eq!(info.len, 352);
         assert_eq!(info.desc.version(), "1.2.3");
@@ -222,12 +204,7 @@ mod tests {
         assert!(verify(&mut a.as_slice(), ChipInfo::ESP32C3).is_ok());
         assert_eq!(a.len(), spec.image_len());
         let mut small = [0u8; 10];
-        assert_eq!(
-            build(&spec, &mut small),
-            Err(BufferTooSmall {
-                needed: spec.image_len()
-            })
-        );
+        assert_eq!(build(&spec, &mut small), Err(BufferTooSmall { needed: spec.image_len() }));
     }
 
     #[test]
@@ -237,10 +214,7 @@ mod tests {
             spec.self_test = st;
             spec.payload_len = 3000;
             let img = built(&spec);
-            assert_eq!(
-                SelfTest::declared_by(&mut img.as_slice(), img.len() as u32),
-                Ok(st)
-            );
+            assert_eq!(SelfTest::declared_by(&mut img.as_slice(), img.len() as u32), Ok(st));
         }
     }
 
@@ -252,28 +226,12 @@ mod tests {
         let good = built(&spec);
         let check = |img: &[u8]| verify(&mut &img[..], chip).unwrap_err();
 
-        assert_eq!(
-            check(&[]),
-            ImageError::Truncated {
-                needed: 24,
-                available: 0
-            }
-        );
+        assert_eq!(check(&[]), ImageError::Truncated { needed: 24, available: 0 });
         assert_eq!(
             check(&good[..180]),
-            ImageError::SegmentPastEnd {
-                segment: 0,
-                end: 32 + 5256,
-                available: 180
-            }
+            ImageError::SegmentPastEnd { segment: 0, end: 32 + 5256, available: 180 }
         );
-        assert_eq!(
-            check(&good[..20]),
-            ImageError::Truncated {
-                needed: 24,
-                available: 20
-            }
-        );
+        assert_eq!(check(&good[..20]), ImageError::Truncated { needed: 24, available: 20 });
         let cut = good.len() - 40;
         assert!(
             matches!(check(&good[..cut]), ImageError::Truncated { available, .. } if available == cut as u32)
@@ -281,10 +239,7 @@ mod tests {
         let cut = good.len() - 1; // the appended hash is one byte short
         assert_eq!(
             check(&good[..cut]),
-            ImageError::Truncated {
-                needed: good.len() as u32,
-                available: cut as u32
-            }
+            ImageError::Truncated { needed: good.len() as u32, available: cut as u32 }
         );
 
         let mut bad = good.clone();
@@ -293,33 +248,15 @@ mod tests {
 
         let mut bad = good.clone();
         bad[13] = 0xFE; // esp-idf's own test sets byte 13 to 0xFE
-        assert_eq!(
-            check(&bad),
-            ImageError::ChipIdMismatch {
-                expected: 5,
-                found: 0xFE05
-            }
-        );
+        assert_eq!(check(&bad), ImageError::ChipIdMismatch { expected: 5, found: 0xFE05 });
 
         let mut bad = good.clone();
         bad[15] = 5; // min_chip_rev_full v0.5 on a v0.4 chip
-        assert_eq!(
-            check(&bad),
-            ImageError::ChipRevTooLow {
-                required: 5,
-                found: 4
-            }
-        );
+        assert_eq!(check(&bad), ImageError::ChipRevTooLow { required: 5, found: 4 });
         let mut bad = good.clone();
         bad[17] = 2;
         bad[18] = 0;
-        assert_eq!(
-            check(&bad),
-            ImageError::ChipRevTooHigh {
-                allowed: 2,
-                found: 4
-            }
-        );
+        assert_eq!(check(&bad), ImageError::ChipRevTooHigh { allowed: 2, found: 4 });
 
         let mut bad = good.clone();
         bad[1] = 17;
@@ -327,27 +264,17 @@ mod tests {
 
         let mut bad = good.clone();
         bad[28] = bad[28].wrapping_add(1); // seg0 length no longer a multiple of 4
-        assert!(matches!(
-            check(&bad),
-            ImageError::SegmentLength { segment: 0, .. }
-        ));
+        assert!(matches!(check(&bad), ImageError::SegmentLength { segment: 0, .. }));
 
         let mut bad = good.clone();
         bad[30] = 0x10; // seg0 length 0x10_xxxx: past the end
-        assert!(matches!(
-            check(&bad),
-            ImageError::SegmentPastEnd { segment: 0, .. }
-        ));
+        assert!(matches!(check(&bad), ImageError::SegmentPastEnd { segment: 0, .. }));
 
         let mut bad = good.clone();
         bad[24] = 0x40; // DROM load address 0x3C000040 vs file offset 0x20
         assert_eq!(
             check(&bad),
-            ImageError::SegmentAlignment {
-                segment: 0,
-                load_addr: 0x3C00_0040,
-                file_offset: 0x20
-            }
+            ImageError::SegmentAlignment { segment: 0, load_addr: 0x3C00_0040, file_offset: 0x20 }
         );
 
         let mut bad = good.clone();
@@ -355,10 +282,7 @@ mod tests {
         bad[checksum_at] ^= 0x01;
         assert_eq!(
             check(&bad),
-            ImageError::Checksum {
-                calculated: good[checksum_at],
-                read: good[checksum_at] ^ 1
-            }
+            ImageError::Checksum { calculated: good[checksum_at], read: good[checksum_at] ^ 1 }
         );
 
         let mut bad = good.clone();
@@ -377,10 +301,7 @@ mod tests {
 
         assert_eq!(
             verify_in_partition(&mut good.as_slice(), chip, 4096).unwrap_err(),
-            ImageError::TooBig {
-                image_len: good.len() as u32,
-                partition_len: 4096
-            }
+            ImageError::TooBig { image_len: good.len() as u32, partition_len: 4096 }
         );
 
         // Every reason has a distinct kind and a message.
@@ -395,12 +316,6 @@ mod tests {
         img[0x30] = b'9';
         assert!(verify(&mut img.as_slice(), ChipInfo::ESP32C3).is_err());
         reseal(&mut img).unwrap();
-        assert_eq!(
-            verify(&mut img.as_slice(), ChipInfo::ESP32C3)
-                .unwrap()
-                .desc
-                .version(),
-            "9.0.0"
-        );
+        assert_eq!(verify(&mut img.as_slice(), ChipInfo::ESP32C3).unwrap().desc.version(), "9.0.0");
     }
 }

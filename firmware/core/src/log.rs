@@ -44,96 +44,43 @@ pub enum LogEvent<'a> {
     // --- second-stage bootloader (tag `boot`), ESP-IDF's own texts where it has them
     BootStart,
     TableInvalid(TableError),
-    TableOk {
-        partitions: usize,
-    },
+    TableOk { partitions: usize },
     DefaultingToFactory,
     NoFactoryTryingOta0,
     OtadataInvalidFactory,
     OtadataInvalidTryAll,
-    BootPendingToAborted {
-        copy: usize,
-    },
-    BootNewToPending {
-        copy: usize,
-    },
-    BootSelected {
-        copy: usize,
-        seq: u32,
-        slot: SlotName,
-        state: OtaState,
-    },
-    SlotNotBootable {
-        slot: SlotName,
-        reason: ImageError,
-    },
+    BootPendingToAborted { copy: usize },
+    BootNewToPending { copy: usize },
+    BootSelected { copy: usize, seq: u32, slot: SlotName, state: OtaState },
+    SlotNotBootable { slot: SlotName, reason: ImageError },
     NoBootableApp,
-    Loaded {
-        offset: u32,
-    },
-    SetActualSeq {
-        seq: u32,
-    },
+    Loaded { offset: u32 },
+    SetActualSeq { seq: u32 },
     // --- the app (tag `app`)
-    AppRunning {
-        slot: SlotName,
-        label: &'a str,
-        project: &'a str,
-        version: &'a str,
-    },
+    AppRunning { slot: SlotName, label: &'a str, project: &'a str, version: &'a str },
     // --- the app's boot guard (tag `rollback`)
-    GuardFirstBoot {
-        slot: SlotName,
-    },
-    SelfTestPassed {
-        slot: SlotName,
-    },
-    SelfTestFailed {
-        slot: SlotName,
-    },
-    SelfTestHung {
-        slot: SlotName,
-    },
-    Unconfirmed {
-        slot: SlotName,
-    },
+    GuardFirstBoot { slot: SlotName },
+    SelfTestPassed { slot: SlotName },
+    SelfTestFailed { slot: SlotName },
+    SelfTestHung { slot: SlotName },
+    Unconfirmed { slot: SlotName },
     RollbackImpossible,
-    FallbackBoot {
-        running: SlotName,
-        selected: SlotName,
-    },
+    FallbackBoot { running: SlotName, selected: SlotName },
     Rebooting,
     // --- the OTA server (tag `ota`)
-    OtaListening {
-        port: u16,
-    },
+    OtaListening { port: u16 },
     OtaClientConnected,
     OtaMagicMismatch,
     OtaAuthFailed,
     OtaAuthMissing,
-    OtaStarting {
-        size: u32,
-        slot: SlotName,
-    },
-    OtaProgress {
-        percent: u8,
-    },
-    OtaRejected {
-        code: u8,
-        error: OtaError,
-    },
+    OtaStarting { size: u32, slot: SlotName },
+    OtaProgress { percent: u8 },
+    OtaRejected { code: u8, error: OtaError },
     OtaMd5Mismatch,
-    OtaConnectionLost {
-        received: u32,
-        size: u32,
-    },
+    OtaConnectionLost { received: u32, size: u32 },
     OtaTimeout,
     OtaCompressionUnsupported,
-    OtaComplete {
-        slot: SlotName,
-        seq: u32,
-        state: OtaState,
-    },
+    OtaComplete { slot: SlotName, seq: u32, state: OtaState },
 }
 
 impl LogEvent<'_> {
@@ -203,37 +150,22 @@ impl fmt::Display for LogEvent<'_> {
             }
             DefaultingToFactory => f.write_str("Defaulting to factory image"),
             NoFactoryTryingOta0 => f.write_str("No factory image, trying OTA 0"),
-            OtadataInvalidFactory => {
-                f.write_str("ota data partition invalid, falling back to factory")
-            }
+            OtadataInvalidFactory => f.write_str("ota data partition invalid, falling back to factory"),
             OtadataInvalidTryAll => {
                 f.write_str("ota data partition invalid and no factory, will try all partitions")
             }
             BootPendingToAborted { copy } => {
-                write!(
-                    f,
-                    "otadata[{copy}] was PENDING_VERIFY: marked ABORTED (rollback)"
-                )
+                write!(f, "otadata[{copy}] was PENDING_VERIFY: marked ABORTED (rollback)")
             }
             BootNewToPending { copy } => write!(f, "otadata[{copy}] NEW -> PENDING_VERIFY"),
-            BootSelected {
-                copy,
-                seq,
-                slot,
-                state,
-            } => {
+            BootSelected { copy, seq, slot, state } => {
                 write!(f, "otadata[{copy}] seq={seq} state={state} selects {slot}")
             }
             SlotNotBootable { slot, reason } => write!(f, "{slot} is not bootable: {reason}"),
             NoBootableApp => f.write_str("No bootable app partitions in the partition table"),
             Loaded { offset } => write!(f, "Loaded app from partition at offset 0x{offset:x}"),
             SetActualSeq { seq } => write!(f, "Set actual ota_seq={seq} in otadata[0]"),
-            AppRunning {
-                slot,
-                label,
-                project,
-                version,
-            } => {
+            AppRunning { slot, label, project, version } => {
                 write!(f, "running {slot} ({label}): {project} version {version}")
             }
             GuardFirstBoot { slot } => {
@@ -244,16 +176,10 @@ impl fmt::Display for LogEvent<'_> {
                 write!(f, "self-test failed: {slot} marked INVALID, rolling back")
             }
             SelfTestHung { slot } => {
-                write!(
-                    f,
-                    "self-test of {slot} did not finish: image stays PENDING_VERIFY"
-                )
+                write!(f, "self-test of {slot} did not finish: image stays PENDING_VERIFY")
             }
             Unconfirmed { slot } => {
-                write!(
-                    f,
-                    "{slot} was reset before it confirmed itself: marked ABORTED, rolling back"
-                )
+                write!(f, "{slot} was reset before it confirmed itself: marked ABORTED, rolling back")
             }
             RollbackImpossible => {
                 f.write_str("Rollback is not possible, do not have any suitable apps in slots")
@@ -280,10 +206,7 @@ impl fmt::Display for LogEvent<'_> {
                 f.write_str("client offers compression: not supported, uploading uncompressed")
             }
             OtaComplete { slot, seq, state } => {
-                write!(
-                    f,
-                    "update complete: boot set to {slot} (seq {seq}, {state})"
-                )
+                write!(f, "update complete: boot set to {slot} (seq {seq}, {state})")
             }
         }
     }
@@ -298,14 +221,7 @@ pub struct LogLine<'a> {
 
 impl fmt::Display for LogLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} ({}) {}: {}",
-            self.event.level().letter(),
-            self.ms,
-            self.event.tag(),
-            self.event
-        )
+        write!(f, "{} ({}) {}: {}", self.event.level().letter(), self.ms, self.event.tag(), self.event)
     }
 }
 

@@ -81,25 +81,14 @@ pub struct OtaEntry {
 impl OtaEntry {
     /// A fresh entry with the right CRC and an `FF` label.
     pub fn new(seq: u32, state: OtaState) -> Self {
-        OtaEntry {
-            seq,
-            seq_label: [0xFF; 20],
-            state,
-            crc: otadata_crc(seq),
-        }
+        OtaEntry { seq, seq_label: [0xFF; 20], state, crc: otadata_crc(seq) }
     }
 
     pub fn parse(bytes: &[u8; ENTRY_LEN]) -> Self {
-        let u32_at =
-            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let u32_at = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
         let mut seq_label = [0u8; 20];
         seq_label.copy_from_slice(&bytes[4..24]);
-        OtaEntry {
-            seq: u32_at(0),
-            seq_label,
-            state: OtaState::from_u32(u32_at(24)),
-            crc: u32_at(28),
-        }
+        OtaEntry { seq: u32_at(0), seq_label, state: OtaState::from_u32(u32_at(24)), crc: u32_at(28) }
     }
 
     pub fn to_bytes(&self) -> [u8; ENTRY_LEN] {
@@ -140,9 +129,7 @@ pub struct OtaData {
 impl OtaData {
     /// Decodes the two copies from the first 32 bytes of each sector.
     pub fn parse(copy0: &[u8; ENTRY_LEN], copy1: &[u8; ENTRY_LEN]) -> Self {
-        OtaData {
-            entries: [OtaEntry::parse(copy0), OtaEntry::parse(copy1)],
-        }
+        OtaData { entries: [OtaEntry::parse(copy0), OtaEntry::parse(copy1)] }
     }
 
     /// The active copy: the valid one with the larger `seq` (tie → copy 0), if any.
@@ -240,64 +227,32 @@ mod tests {
         assert!(!bad_crc.is_invalid() && !bad_crc.is_valid() && bad_crc.is_uninitialised());
         assert!(!OtaEntry::new(1, OtaState::Aborted).is_valid());
         assert!(!OtaEntry::new(1, OtaState::Invalid).is_valid());
-        for s in [
-            OtaState::New,
-            OtaState::PendingVerify,
-            OtaState::Valid,
-            OtaState::Undefined,
-        ] {
+        for s in [OtaState::New, OtaState::PendingVerify, OtaState::Valid, OtaState::Undefined] {
             assert!(OtaEntry::new(1, s).is_valid());
         }
         assert_eq!(OtaState::from_u32(7), OtaState::Other(7));
-        assert_eq!(
-            std::format!("{}", OtaState::Other(7)),
-            "UNKNOWN(0x00000007)"
-        );
+        assert_eq!(std::format!("{}", OtaState::Other(7)), "UNKNOWN(0x00000007)");
     }
 
     #[test]
     fn active_copy_and_next_seq() {
         let empty = OtaEntry::parse(&[0xFF; 32]);
-        let d = OtaData {
-            entries: [empty, empty],
-        };
+        let d = OtaData { entries: [empty, empty] };
         assert_eq!(d.active(), None);
         assert_eq!(d.next_for_slot(1, 2), (0, 2));
         // Spec: ota_0 active with seq 1 → ota_1 writes copy 1 seq 2; → ota_0 copy 0 seq 3; → ota_1 copy 1 seq 4.
-        let d = OtaData {
-            entries: [OtaEntry::new(1, OtaState::Valid), empty],
-        };
+        let d = OtaData { entries: [OtaEntry::new(1, OtaState::Valid), empty] };
         assert_eq!(d.next_for_slot(1, 2), (1, 2));
-        let d = OtaData {
-            entries: [
-                OtaEntry::new(1, OtaState::Valid),
-                OtaEntry::new(2, OtaState::Valid),
-            ],
-        };
+        let d = OtaData { entries: [OtaEntry::new(1, OtaState::Valid), OtaEntry::new(2, OtaState::Valid)] };
         assert_eq!(d.active(), Some(1));
         assert_eq!(d.next_for_slot(0, 2), (0, 3));
-        let d = OtaData {
-            entries: [
-                OtaEntry::new(3, OtaState::Valid),
-                OtaEntry::new(2, OtaState::Valid),
-            ],
-        };
+        let d = OtaData { entries: [OtaEntry::new(3, OtaState::Valid), OtaEntry::new(2, OtaState::Valid)] };
         assert_eq!(d.next_for_slot(1, 2), (1, 4));
         // Tie → copy 0.
-        let d = OtaData {
-            entries: [
-                OtaEntry::new(2, OtaState::Valid),
-                OtaEntry::new(2, OtaState::Valid),
-            ],
-        };
+        let d = OtaData { entries: [OtaEntry::new(2, OtaState::Valid), OtaEntry::new(2, OtaState::Valid)] };
         assert_eq!(d.active(), Some(0));
         // An aborted copy is ignored: the other one is active.
-        let d = OtaData {
-            entries: [
-                OtaEntry::new(1, OtaState::Valid),
-                OtaEntry::new(2, OtaState::Aborted),
-            ],
-        };
+        let d = OtaData { entries: [OtaEntry::new(1, OtaState::Valid), OtaEntry::new(2, OtaState::Aborted)] };
         assert_eq!(d.active(), Some(0));
     }
 }

@@ -43,28 +43,15 @@ pub struct Partition {
 }
 
 impl Partition {
-    pub const EMPTY: Partition = Partition {
-        ptype: 0xFF,
-        subtype: 0xFF,
-        offset: 0,
-        size: 0,
-        label: [0; 16],
-        flags: 0,
-    };
+    pub const EMPTY: Partition =
+        Partition { ptype: 0xFF, subtype: 0xFF, offset: 0, size: 0, label: [0; 16], flags: 0 };
 
     /// A partition with `label` (at most 16 bytes; longer labels are cut as the generator does).
     pub fn new(label: &str, ptype: u8, subtype: u8, offset: u32, size: u32, flags: u32) -> Self {
         let mut l = [0u8; 16];
         let n = label.len().min(16);
         l[..n].copy_from_slice(&label.as_bytes()[..n]);
-        Partition {
-            ptype,
-            subtype,
-            offset,
-            size,
-            label: l,
-            flags,
-        }
+        Partition { ptype, subtype, offset, size, label: l, flags }
     }
 
     /// The label up to its first NUL (labels that are not UTF-8 read as `"?"`).
@@ -188,12 +175,7 @@ pub enum TableError {
     /// `partition %d invalid magic number 0x%x`
     InvalidMagic { row: usize, magic: u16 },
     /// `partition %d invalid - offset 0x.. size 0x.. exceeds flash chip size 0x..`
-    ExceedsFlash {
-        row: usize,
-        offset: u32,
-        size: u32,
-        flash_size: u32,
-    },
+    ExceedsFlash { row: usize, offset: u32, size: u32, flash_size: u32 },
     /// `Incorrect MD5 checksum`
     Md5Mismatch,
     /// `Only one MD5 checksum is allowed`
@@ -210,20 +192,13 @@ impl fmt::Display for TableError {
             TableError::InvalidMagic { row, magic } => {
                 write!(f, "partition {row} invalid magic number 0x{magic:x}")
             }
-            TableError::ExceedsFlash {
-                row,
-                offset,
-                size,
-                flash_size,
-            } => write!(
+            TableError::ExceedsFlash { row, offset, size, flash_size } => write!(
                 f,
                 "partition {row} invalid - offset 0x{offset:x} size 0x{size:x} exceeds flash chip size 0x{flash_size:x}"
             ),
             TableError::Md5Mismatch => f.write_str("Incorrect MD5 checksum"),
             TableError::SecondMd5 => f.write_str("Only one MD5 checksum is allowed"),
-            TableError::NoTerminator => {
-                f.write_str("partition table has no terminating entry, not valid")
-            }
+            TableError::NoTerminator => f.write_str("partition table has no terminating entry, not valid"),
             TableError::Truncated => f.write_str("partition table shorter than one row"),
         }
     }
@@ -244,27 +219,18 @@ impl fmt::Display for LayoutError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             LayoutError::TooManyPartitions => {
-                write!(
-                    f,
-                    "more than {MAX_PARTITIONS} partitions do not fit in the table"
-                )
+                write!(f, "more than {MAX_PARTITIONS} partitions do not fit in the table")
             }
             LayoutError::Overlap { a, b } => write!(f, "partitions {a} and {b} overlap"),
             LayoutError::Misaligned { index, align } => {
                 write!(f, "partition {index} offset is not aligned to 0x{align:x}")
             }
             LayoutError::OtadataSize { size } => {
-                write!(
-                    f,
-                    "otadata partition must have size = 0x2000 (found 0x{size:x})"
-                )
+                write!(f, "otadata partition must have size = 0x2000 (found 0x{size:x})")
             }
             LayoutError::SecondOtadata => f.write_str("found multiple otadata partitions"),
             LayoutError::BeforeTable { index } => {
-                write!(
-                    f,
-                    "partition {index} starts before the end of the partition table"
-                )
+                write!(f, "partition {index} starts before the end of the partition table")
             }
         }
     }
@@ -295,11 +261,7 @@ impl Default for PartitionTable {
 
 impl PartitionTable {
     pub const fn new() -> Self {
-        PartitionTable {
-            rows: [Partition::EMPTY; MAX_PARTITIONS],
-            len: 0,
-            md5: Md5Row::Absent,
-        }
+        PartitionTable { rows: [Partition::EMPTY; MAX_PARTITIONS], len: 0, md5: Md5Row::Absent }
     }
 
     pub fn partitions(&self) -> &[Partition] {
@@ -321,10 +283,7 @@ impl PartitionTable {
         if !p.offset.is_multiple_of(align) {
             return Err(LayoutError::Misaligned { index, align });
         }
-        if p.offset < TABLE_OFFSET + 0x1000
-            && p.ptype != TYPE_BOOTLOADER
-            && p.ptype != TYPE_PARTITION_TABLE
-        {
+        if p.offset < TABLE_OFFSET + 0x1000 && p.ptype != TYPE_BOOTLOADER && p.ptype != TYPE_PARTITION_TABLE {
             return Err(LayoutError::BeforeTable { index });
         }
         if p.is_otadata() {
@@ -427,10 +386,7 @@ impl PartitionTable {
 
     /// Number of `ota_N` app partitions, counted as the bootloader counts them (every ota_N).
     pub fn ota_count(&self) -> u8 {
-        self.partitions()
-            .iter()
-            .filter(|p| p.ota_slot().is_some())
-            .count() as u8
+        self.partitions().iter().filter(|p| p.ota_slot().is_some()).count() as u8
     }
 
     pub fn by_label(&self, label: &str) -> Option<&Partition> {
@@ -439,9 +395,7 @@ impl PartitionTable {
 
     /// The app partition that holds `offset` (what "running from" means on the chip).
     pub fn app_at(&self, offset: u32) -> Option<&Partition> {
-        self.partitions()
-            .iter()
-            .find(|p| p.is_app() && p.offset == offset)
+        self.partitions().iter().find(|p| p.is_app() && p.offset == offset)
     }
 }
 
@@ -451,10 +405,8 @@ mod tests {
     use crate::testutil::esphome_4mb_table;
 
     // The spec's worked example, verified there against gen_esp32part.py.
-    const SPEC_MD5: [u8; 16] = [
-        0xb1, 0x76, 0x45, 0x0e, 0xd6, 0xde, 0xdd, 0x5e, 0xbf, 0x17, 0x3d, 0x91, 0xc2, 0x8c, 0xfb,
-        0x4a,
-    ];
+    const SPEC_MD5: [u8; 16] =
+        [0xb1, 0x76, 0x45, 0x0e, 0xd6, 0xde, 0xdd, 0x5e, 0xbf, 0x17, 0x3d, 0x91, 0xc2, 0x8c, 0xfb, 0x4a];
 
     #[test]
     fn builds_the_spec_example_byte_for_byte() {
@@ -462,28 +414,21 @@ mod tests {
         assert_eq!(
             &bytes[0..32],
             &[
-                0xaa, 0x50, 0x01, 0x00, 0x00, 0x90, 0x00, 0x00, 0x00, 0x20, 0x00, 0x00, b'o', b't',
-                b'a', b'd', b'a', b't', b'a', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+                0xaa, 0x50, 0x01, 0x00, 0x00, 0x90, 0x00, 0x00, 0x00, 0x20, 0x00, 0x00, b'o', b't', b'a',
+                b'd', b'a', b't', b'a', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
             ]
         );
         assert_eq!(
             &bytes[0x40..0x4c],
-            &[
-                0xaa, 0x50, 0x00, 0x10, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x1c, 0x00
-            ]
+            &[0xaa, 0x50, 0x00, 0x10, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x1c, 0x00]
         );
         assert_eq!(
             &bytes[0x80..0x8c],
-            &[
-                0xaa, 0x50, 0x01, 0x02, 0x00, 0x00, 0x39, 0x00, 0x00, 0xd0, 0x06, 0x00
-            ]
+            &[0xaa, 0x50, 0x01, 0x02, 0x00, 0x00, 0x39, 0x00, 0x00, 0xd0, 0x06, 0x00]
         );
         assert_eq!(
             &bytes[0xa0..0xb0],
-            &[
-                0xeb, 0xeb, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-                0xff, 0xff
-            ]
+            &[0xeb, 0xeb, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
         );
         assert_eq!(&bytes[0xb0..0xc0], &SPEC_MD5);
         assert!(bytes[0xc0..].iter().all(|&b| b == 0xFF));
@@ -515,45 +460,28 @@ mod tests {
 
         let mut bad = good;
         bad[0x20 + 5] ^= 0x01; // phy_init offset changed: MD5 no longer matches
-        assert_eq!(
-            PartitionTable::parse(&bad, 4 << 20),
-            Err(TableError::Md5Mismatch)
-        );
+        assert_eq!(PartitionTable::parse(&bad, 4 << 20), Err(TableError::Md5Mismatch));
 
         let mut bad = good;
         bad[0x20] = 0x12;
         assert_eq!(
             PartitionTable::parse(&bad, 4 << 20),
-            Err(TableError::InvalidMagic {
-                row: 1,
-                magic: 0x5012
-            })
+            Err(TableError::InvalidMagic { row: 1, magic: 0x5012 })
         );
 
         assert_eq!(
             PartitionTable::parse(&good, 2 << 20),
-            Err(TableError::ExceedsFlash {
-                row: 3,
-                offset: 0x1D0000,
-                size: 0x1C0000,
-                flash_size: 2 << 20
-            })
+            Err(TableError::ExceedsFlash { row: 3, offset: 0x1D0000, size: 0x1C0000, flash_size: 2 << 20 })
         );
 
         let mut bad = good;
         bad.copy_within(0xa0..0xc0, 0xc0);
-        assert_eq!(
-            PartitionTable::parse(&bad, 4 << 20),
-            Err(TableError::SecondMd5)
-        );
+        assert_eq!(PartitionTable::parse(&bad, 4 << 20), Err(TableError::SecondMd5));
 
         let blank = [0xFFu8; TABLE_LEN];
         assert_eq!(
             PartitionTable::parse(&blank, 4 << 20),
-            Err(TableError::InvalidMagic {
-                row: 0,
-                magic: 0xFFFF
-            })
+            Err(TableError::InvalidMagic { row: 0, magic: 0xFFFF })
         );
 
         let mut full = [0u8; TABLE_LEN];
@@ -561,31 +489,21 @@ mod tests {
         for r in 0..MAX_ROWS {
             full[r * ROW_LEN..(r + 1) * ROW_LEN].copy_from_slice(&row);
         }
-        assert_eq!(
-            PartitionTable::parse(&full, 4 << 20),
-            Err(TableError::NoTerminator)
-        );
-        assert_eq!(
-            PartitionTable::parse(&full[..10], 4 << 20),
-            Err(TableError::Truncated)
-        );
+        assert_eq!(PartitionTable::parse(&full, 4 << 20), Err(TableError::NoTerminator));
+        assert_eq!(PartitionTable::parse(&full[..10], 4 << 20), Err(TableError::Truncated));
     }
 
     #[test]
     fn layout_rules() {
         let mut t = PartitionTable::new();
-        t.push(Partition::new("otadata", TYPE_DATA, 0, 0x9000, 0x2000, 0))
-            .unwrap();
+        t.push(Partition::new("otadata", TYPE_DATA, 0, 0x9000, 0x2000, 0)).unwrap();
         assert_eq!(
             t.push(Partition::new("od2", TYPE_DATA, 0, 0xB000, 0x2000, 0)),
             Err(LayoutError::SecondOtadata)
         );
         assert_eq!(
             t.push(Partition::new("app", TYPE_APP, 0x10, 0x18000, 0x10000, 0)),
-            Err(LayoutError::Misaligned {
-                index: 1,
-                align: 0x10000
-            })
+            Err(LayoutError::Misaligned { index: 1, align: 0x10000 })
         );
         assert_eq!(
             t.push(Partition::new("nvs", TYPE_DATA, 2, 0xA000, 0x1000, 0)),

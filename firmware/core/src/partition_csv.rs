@@ -3,8 +3,8 @@
 //! sizes such as `1M`, `64K` or `0x4000`, flags `encrypted` / `readonly` separated by `:`.
 
 use crate::partition::{
-    DATA_SUBTYPES, FLAG_ENCRYPTED, FLAG_READONLY, LayoutError, Partition, PartitionTable,
-    TABLE_OFFSET, TYPE_APP, TYPE_BOOTLOADER, TYPE_DATA, TYPE_PARTITION_TABLE,
+    DATA_SUBTYPES, FLAG_ENCRYPTED, FLAG_READONLY, LayoutError, Partition, PartitionTable, TABLE_OFFSET,
+    TYPE_APP, TYPE_BOOTLOADER, TYPE_DATA, TYPE_PARTITION_TABLE,
 };
 use core::fmt;
 
@@ -37,24 +37,20 @@ impl fmt::Display for CsvError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "line {}: ", self.line)?;
         match self.kind {
-            CsvErrorKind::MissingFields { found } => write!(
-                f,
-                "expected `name, type, subtype, offset, size[, flags]`, found {found} field(s)"
-            ),
+            CsvErrorKind::MissingFields { found } => {
+                write!(f, "expected `name, type, subtype, offset, size[, flags]`, found {found} field(s)")
+            }
             CsvErrorKind::EmptyName => f.write_str("partition name is empty"),
             CsvErrorKind::NameTooLong => f.write_str("partition name is longer than 16 bytes"),
-            CsvErrorKind::UnknownType => f.write_str(
-                "unknown type: expected app, data, bootloader, partition_table or a number",
-            ),
-            CsvErrorKind::UnknownSubtype => f.write_str("unknown subtype for this type"),
-            CsvErrorKind::BadNumber { field } => write!(
-                f,
-                "{field} is not a number (expected decimal, 0x hex, or a K/M suffix)"
-            ),
-            CsvErrorKind::MissingSize => f.write_str("size is required"),
-            CsvErrorKind::UnknownFlag => {
-                f.write_str("unknown flag: expected encrypted or readonly")
+            CsvErrorKind::UnknownType => {
+                f.write_str("unknown type: expected app, data, bootloader, partition_table or a number")
             }
+            CsvErrorKind::UnknownSubtype => f.write_str("unknown subtype for this type"),
+            CsvErrorKind::BadNumber { field } => {
+                write!(f, "{field} is not a number (expected decimal, 0x hex, or a K/M suffix)")
+            }
+            CsvErrorKind::MissingSize => f.write_str("size is required"),
+            CsvErrorKind::UnknownFlag => f.write_str("unknown flag: expected encrypted or readonly"),
             CsvErrorKind::Layout(e) => e.fmt(f),
         }
     }
@@ -70,10 +66,7 @@ pub fn parse_size(text: &str) -> Option<u32> {
     } else {
         (t, 1)
     };
-    let value = if let Some(hex) = digits
-        .strip_prefix("0x")
-        .or_else(|| digits.strip_prefix("0X"))
-    {
+    let value = if let Some(hex) = digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
         u32::from_str_radix(hex, 16).ok()?
     } else {
         digits.parse::<u32>().ok()?
@@ -102,10 +95,7 @@ fn parse_subtype(ptype: u8, text: &str) -> Option<u8> {
                 .filter(|n| *n < 16)
                 .map(|n| 0x10 + n),
         },
-        TYPE_DATA => DATA_SUBTYPES
-            .iter()
-            .find(|(n, _)| *n == text)
-            .map(|(_, v)| *v),
+        TYPE_DATA => DATA_SUBTYPES.iter().find(|(n, _)| *n == text).map(|(_, v)| *v),
         TYPE_BOOTLOADER => match text {
             "primary" => Some(0),
             "ota" => Some(1),
@@ -172,9 +162,7 @@ pub fn parse_csv(text: &str) -> Result<PartitionTable, CsvError> {
             };
         }
         table
-            .push(Partition::new(
-                name, ptype, subtype, offset, size, flag_bits,
-            ))
+            .push(Partition::new(name, ptype, subtype, offset, size, flag_bits))
             .map_err(|e| err(CsvErrorKind::Layout(e)))?;
         next_free = offset.saturating_add(size);
     }
@@ -222,34 +210,16 @@ mod tests {
         let e = |csv| parse_csv(csv).unwrap_err();
         assert_eq!(
             e("\n\nnvs, data\n"),
-            CsvError {
-                line: 3,
-                kind: CsvErrorKind::MissingFields { found: 2 }
-            }
+            CsvError { line: 3, kind: CsvErrorKind::MissingFields { found: 2 } }
         );
         assert_eq!(e("a, blob, nvs, , 4K").kind, CsvErrorKind::UnknownType);
-        assert_eq!(
-            e("a, app, ota_16, , 64K").kind,
-            CsvErrorKind::UnknownSubtype
-        );
-        assert_eq!(
-            e("a, data, nvs, , lots").kind,
-            CsvErrorKind::BadNumber { field: "size" }
-        );
-        assert_eq!(
-            e("a, data, nvs, zz, 4K").kind,
-            CsvErrorKind::BadNumber { field: "offset" }
-        );
+        assert_eq!(e("a, app, ota_16, , 64K").kind, CsvErrorKind::UnknownSubtype);
+        assert_eq!(e("a, data, nvs, , lots").kind, CsvErrorKind::BadNumber { field: "size" });
+        assert_eq!(e("a, data, nvs, zz, 4K").kind, CsvErrorKind::BadNumber { field: "offset" });
         assert_eq!(e("a, data, nvs, ,").kind, CsvErrorKind::MissingSize);
-        assert_eq!(
-            e("a, data, nvs, , 4K, shiny").kind,
-            CsvErrorKind::UnknownFlag
-        );
+        assert_eq!(e("a, data, nvs, , 4K, shiny").kind, CsvErrorKind::UnknownFlag);
         assert_eq!(e(", data, nvs, , 4K").kind, CsvErrorKind::EmptyName);
-        assert_eq!(
-            e("abcdefghijklmnopq, data, nvs, , 4K").kind,
-            CsvErrorKind::NameTooLong
-        );
+        assert_eq!(e("abcdefghijklmnopq, data, nvs, , 4K").kind, CsvErrorKind::NameTooLong);
         assert_eq!(
             e("o, data, ota, , 4K").kind,
             CsvErrorKind::Layout(LayoutError::OtadataSize { size: 0x1000 })

@@ -5,21 +5,10 @@ use crate::partition::{Partition, PartitionTable, TYPE_APP, TYPE_DATA};
 /// ESPHome's 4 MB ESP-IDF layout: the spec's worked example.
 pub fn esphome_4mb_table() -> PartitionTable {
     let mut t = PartitionTable::new();
-    t.push(Partition::new(
-        "otadata", TYPE_DATA, 0x00, 0x9000, 0x2000, 0,
-    ))
-    .unwrap();
-    t.push(Partition::new(
-        "phy_init", TYPE_DATA, 0x01, 0xB000, 0x1000, 0,
-    ))
-    .unwrap();
-    t.push(Partition::new("app0", TYPE_APP, 0x10, 0x10000, 0x1C0000, 0))
-        .unwrap();
-    t.push(Partition::new(
-        "app1", TYPE_APP, 0x11, 0x1D0000, 0x1C0000, 0,
-    ))
-    .unwrap();
-    t.push(Partition::new("nvs", TYPE_DATA, 0x02, 0x390000, 0x6D000, 0))
-        .unwrap();
+    t.push(Partition::new("otadata", TYPE_DATA, 0x00, 0x9000, 0x2000, 0)).unwrap();
+    t.push(Partition::new("phy_init", TYPE_DATA, 0x01, 0xB000, 0x1000, 0)).unwrap();
+    t.push(Partition::new("app0", TYPE_APP, 0x10, 0x10000, 0x1C0000, 0)).unwrap();
+    t.push(Partition::new("app1", TYPE_APP, 0x11, 0x1D0000, 0x1C0000, 0)).unwrap();
+    t.push(Partition::new("nvs", TYPE_DATA, 0x02, 0x390000, 0x6D000, 0)).unwrap();
     t
 }

@@ -33,11 +33,7 @@ pub struct OtaConfig {
 
 impl Default for OtaConfig {
     fn default() -> Self {
-        OtaConfig {
-            erase: EraseMode::default(),
-            rollback: true,
-            chip: ChipInfo::ESP32C3,
-        }
+        OtaConfig { erase: EraseMode::default(), rollback: true, chip: ChipInfo::ESP32C3 }
     }
 }
 
@@ -87,14 +83,12 @@ impl fmt::Display for OtaError {
             OtaError::RollbackInvalidState => {
                 f.write_str("Running app has not confirmed state (ESP_OTA_IMG_PENDING_VERIFY)")
             }
-            OtaError::InvalidSize { size, partition } => write!(
-                f,
-                "image of {size} bytes does not fit the {partition}-byte partition"
-            ),
-            OtaError::InvalidMagic { found } => write!(
-                f,
-                "OTA image has invalid magic byte (expected 0xE9, saw 0x{found:02x})"
-            ),
+            OtaError::InvalidSize { size, partition } => {
+                write!(f, "image of {size} bytes does not fit the {partition}-byte partition")
+            }
+            OtaError::InvalidMagic { found } => {
+                write!(f, "OTA image has invalid magic byte (expected 0xE9, saw 0x{found:02x})")
+            }
             OtaError::NothingWritten => f.write_str("nothing was written"),
             OtaError::Validate(e) => write!(f, "New image failed verification: {e}"),
             OtaError::NoOtadata => f.write_str("no otadata partition"),
@@ -110,10 +104,7 @@ impl From<FlashError> for OtaError {
 }
 
 /// `esp_ota_get_next_update_partition(NULL)`: the first OTA slot after `running`, wrapping.
-pub fn next_update_partition(
-    table: &PartitionTable,
-    running: Option<&Partition>,
-) -> Option<Partition> {
+pub fn next_update_partition(table: &PartitionTable, running: Option<&Partition>) -> Option<Partition> {
     let mut slots = table.partitions().iter().filter(|p| p.ota_slot().is_some());
     let first = *slots.clone().min_by_key(|p| p.subtype)?;
     let Some(running) = running.and_then(|r| r.ota_slot()) else {
@@ -134,10 +125,7 @@ pub fn contiguous_ota_count(table: &PartitionTable) -> u8 {
 }
 
 /// Reads both otadata copies.
-pub fn read_otadata<F: NorFlash>(
-    flash: &mut F,
-    otadata: &Partition,
-) -> Result<OtaData, FlashError> {
+pub fn read_otadata<F: NorFlash>(flash: &mut F, otadata: &Partition) -> Result<OtaData, FlashError> {
     let mut a = [0u8; ENTRY_LEN];
     let mut b = [0u8; ENTRY_LEN];
     flash::read(flash, otadata.offset, &mut a)?;
@@ -153,12 +141,8 @@ pub fn write_otadata_copy<F: NorFlash>(
     entry: &OtaEntry,
 ) -> Result<(), FlashError> {
     let sector = otadata.offset + copy as u32 * SECTOR_SIZE;
-    flash
-        .erase(sector, sector + SECTOR_SIZE)
-        .map_err(FlashError::from_driver)?;
-    flash
-        .write(sector, &entry.to_bytes())
-        .map_err(FlashError::from_driver)
+    flash.erase(sector, sector + SECTOR_SIZE).map_err(FlashError::from_driver)?;
+    flash.write(sector, &entry.to_bytes()).map_err(FlashError::from_driver)
 }
 
 /// The state of the otadata copy that selects `slot` (`esp_ota_get_state_partition`).
@@ -168,10 +152,7 @@ pub fn state_of_slot(data: &OtaData, slot: u8, ota_count: u8) -> Option<(usize, 
     }
     let mut found: Option<(usize, u32)> = None;
     for (i, e) in data.entries.iter().enumerate() {
-        if e.seq != crate::otadata::SEQ_EMPTY
-            && e.crc_ok()
-            && (e.seq - 1) % ota_count as u32 == slot as u32
-        {
+        if e.seq != crate::otadata::SEQ_EMPTY && e.crc_ok() && (e.seq - 1) % ota_count as u32 == slot as u32 {
             // Two copies for the same slot: the newer one speaks for it.
             if found.is_none_or(|(_, seq)| e.seq > seq) {
                 found = Some((i, e.seq));
@@ -214,39 +195,24 @@ impl OtaUpdate {
             && let (Some(od), Some(slot)) = (otadata, running.ota_slot())
         {
             let data = read_otadata(flash, od)?;
-            if let Some((_, OtaState::PendingVerify)) =
-                state_of_slot(&data, slot, table.ota_count())
-            {
+            if let Some((_, OtaState::PendingVerify)) = state_of_slot(&data, slot, table.ota_count()) {
                 return Err(OtaError::RollbackInvalidState);
             }
         }
         // The size check comes before any erase: an oversized image must leave flash untouched.
-        let needed = size
-            .checked_add(SECTOR_SIZE - 1)
-            .map(|v| v & !(SECTOR_SIZE - 1));
+        let needed = size.checked_add(SECTOR_SIZE - 1).map(|v| v & !(SECTOR_SIZE - 1));
         let needed = match needed {
             Some(n) if n <= target.size => n,
             _ => {
-                return Err(OtaError::InvalidSize {
-                    size,
-                    partition: target.size,
-                });
+                return Err(OtaError::InvalidSize { size, partition: target.size });
             }
         };
-        let mut update = OtaUpdate {
-            target: *target,
-            config,
-            written: 0,
-            erased_to: 0,
-            tail: [0xFF; 8],
-        };
+        let mut update = OtaUpdate { target: *target, config, written: 0, erased_to: 0, tail: [0xFF; 8] };
         if config.erase == EraseMode::Upfront {
             let len = if size == 0 { target.size } else { needed };
             for s in (0..len).step_by(SECTOR_SIZE as usize) {
                 let at = target.offset + s;
-                flash
-                    .erase(at, at + SECTOR_SIZE)
-                    .map_err(FlashError::from_driver)?;
+                flash.erase(at, at + SECTOR_SIZE).map_err(FlashError::from_driver)?;
             }
             update.erased_to = len;
         }
@@ -293,9 +259,7 @@ impl OtaUpdate {
             let end = align_up(at + n as u32, word);
             while self.erased_to < end {
                 let sector = self.target.offset + self.erased_to;
-                flash
-                    .erase(sector, sector + SECTOR_SIZE)
-                    .map_err(FlashError::from_driver)?;
+                flash.erase(sector, sector + SECTOR_SIZE).map_err(FlashError::from_driver)?;
                 self.erased_to += SECTOR_SIZE;
             }
             let span = (end - start) as usize;
@@ -306,9 +270,7 @@ impl OtaUpdate {
                 // Keep the bytes of this word that an earlier call already programmed.
                 buf[..skip].copy_from_slice(&self.tail[..skip]);
             }
-            flash
-                .write(self.target.offset + start, &buf[..span])
-                .map_err(FlashError::from_driver)?;
+            flash.write(self.target.offset + start, &buf[..span]).map_err(FlashError::from_driver)?;
             let last_word = span - word as usize;
             self.tail[..word as usize].copy_from_slice(&buf[last_word..span]);
             self.written += n as u32;
@@ -323,8 +285,7 @@ impl OtaUpdate {
             return Err(OtaError::NothingWritten);
         }
         let mut src = PartitionSource::new(flash, &self.target);
-        verify_in_partition(&mut src, self.config.chip, self.target.size)
-            .map_err(OtaError::Validate)
+        verify_in_partition(&mut src, self.config.chip, self.target.size).map_err(OtaError::Validate)
     }
 
     /// `esp_ota_abort`: forgets the update. No flash operation: what was written stays.
@@ -352,9 +313,7 @@ fn invalidate_inactive_copy<F: NorFlash>(
     match table.ota(slot) {
         Some(p) if p.offset != running.offset => {
             let sector = otadata.offset + (1 - active) as u32 * SECTOR_SIZE;
-            flash
-                .erase(sector, sector + SECTOR_SIZE)
-                .map_err(FlashError::from_driver)?;
+            flash.erase(sector, sector + SECTOR_SIZE).map_err(FlashError::from_driver)?;
             Ok(())
         }
         _ => Ok(()),
@@ -385,9 +344,7 @@ pub fn set_boot_partition<F: NorFlash>(
     if target.is_factory() {
         for s in 0..2 {
             let at = otadata.offset + s * SECTOR_SIZE;
-            flash
-                .erase(at, at + SECTOR_SIZE)
-                .map_err(FlashError::from_driver)?;
+            flash.erase(at, at + SECTOR_SIZE).map_err(FlashError::from_driver)?;
         }
         return Ok(BootSwitch::Factory);
     }
@@ -398,11 +355,7 @@ pub fn set_boot_partition<F: NorFlash>(
     }
     let data = read_otadata(flash, otadata)?;
     let (copy, seq) = data.next_for_slot(slot, count);
-    let state = if config.rollback {
-        OtaState::New
-    } else {
-        OtaState::Undefined
-    };
+    let state = if config.rollback { OtaState::New } else { OtaState::Undefined };
     let mut entry = OtaEntry::new(seq, state);
     entry.seq_label = data.entries[copy].seq_label;
     write_otadata_copy(flash, otadata, copy, &entry)?;
@@ -451,10 +404,7 @@ mod tests {
         let running = *t.ota(0).unwrap();
         let target = *t.ota(1).unwrap();
         let v2 = image("2.0.0", 9000);
-        let cfg = OtaConfig {
-            rollback: false,
-            ..OtaConfig::default()
-        };
+        let cfg = OtaConfig { rollback: false, ..OtaConfig::default() };
         let mut u = OtaUpdate::begin(&mut f, &t, &running, &target, v2.len() as u32, cfg).unwrap();
         assert!(f.ops.is_empty(), "sequential mode erases nothing in begin");
         for chunk in v2.chunks(256) {
@@ -478,13 +428,7 @@ mod tests {
 
         f.ops.clear();
         let sw = set_boot_partition(&mut f, &t, &target, cfg).unwrap();
-        assert_eq!(
-            sw,
-            BootSwitch::Copy {
-                copy: 1,
-                entry: OtaEntry::new(2, OtaState::Undefined)
-            }
-        );
+        assert_eq!(sw, BootSwitch::Copy { copy: 1, entry: OtaEntry::new(2, OtaState::Undefined) });
         assert_eq!(f.ops, [Op::Erase(0xA000), Op::Program(0xA000, 32)]);
     }
 
@@ -495,22 +439,14 @@ mod tests {
             let (mut f, t) = setup();
             let running = *t.ota(0).unwrap();
             let target = *t.ota(1).unwrap();
-            let cfg = OtaConfig {
-                rollback: false,
-                ..OtaConfig::default()
-            };
-            let mut u =
-                OtaUpdate::begin(&mut f, &t, &running, &target, v2.len() as u32, cfg).unwrap();
+            let cfg = OtaConfig { rollback: false, ..OtaConfig::default() };
+            let mut u = OtaUpdate::begin(&mut f, &t, &running, &target, v2.len() as u32, cfg).unwrap();
             let mut sent = 0;
             for piece in v2.chunks(chunk) {
                 u.write(&mut f, piece).unwrap();
                 sent += piece.len();
                 // Everything received so far is in flash already (a disconnect loses nothing).
-                assert_eq!(
-                    &f.data[0x1D0000..0x1D0000 + sent],
-                    &v2[..sent],
-                    "chunk {chunk}"
-                );
+                assert_eq!(&f.data[0x1D0000..0x1D0000 + sent], &v2[..sent], "chunk {chunk}");
             }
             for op in &f.ops {
                 if let Op::Program(at, len) = op {
@@ -528,20 +464,9 @@ mod tests {
         f.data[0xA000..0xA020].copy_from_slice(&OtaEntry::new(0x100, OtaState::Invalid).to_bytes());
         let running = *t.ota(0).unwrap();
         let target = *t.ota(1).unwrap();
-        let cfg = OtaConfig {
-            erase: EraseMode::Upfront,
-            ..OtaConfig::default()
-        };
+        let cfg = OtaConfig { erase: EraseMode::Upfront, ..OtaConfig::default() };
         let u = OtaUpdate::begin(&mut f, &t, &running, &target, 10_000, cfg).unwrap();
-        assert_eq!(
-            f.ops,
-            [
-                Op::Erase(0x1D0000),
-                Op::Erase(0x1D1000),
-                Op::Erase(0x1D2000),
-                Op::Erase(0xA000)
-            ]
-        );
+        assert_eq!(f.ops, [Op::Erase(0x1D0000), Op::Erase(0x1D1000), Op::Erase(0x1D2000), Op::Erase(0xA000)]);
         u.abort();
         assert_eq!(f.ops.len(), 4, "abort performs no flash operation");
     }
@@ -552,18 +477,9 @@ mod tests {
         let running = *t.ota(0).unwrap();
         let target = *t.ota(1).unwrap();
         for erase in [EraseMode::Upfront, EraseMode::Sequential] {
-            let cfg = OtaConfig {
-                erase,
-                ..OtaConfig::default()
-            };
+            let cfg = OtaConfig { erase, ..OtaConfig::default() };
             let err = OtaUpdate::begin(&mut f, &t, &running, &target, 0x1C0001, cfg).unwrap_err();
-            assert_eq!(
-                err,
-                OtaError::InvalidSize {
-                    size: 0x1C0001,
-                    partition: 0x1C0000
-                }
-            );
+            assert_eq!(err, OtaError::InvalidSize { size: 0x1C0001, partition: 0x1C0000 });
             assert_eq!(err.esp_err(), 0x104);
         }
         assert!(f.ops.is_empty());
@@ -583,8 +499,7 @@ mod tests {
             OtaUpdate::begin(&mut f, &t, &running, &nvs, 100, cfg).unwrap_err(),
             OtaError::NoUpdatePartition
         );
-        f.data[0x9000..0x9020]
-            .copy_from_slice(&OtaEntry::new(1, OtaState::PendingVerify).to_bytes());
+        f.data[0x9000..0x9020].copy_from_slice(&OtaEntry::new(1, OtaState::PendingVerify).to_bytes());
         let target = *t.ota(1).unwrap();
         assert_eq!(
             OtaUpdate::begin(&mut f, &t, &running, &target, 100, cfg).unwrap_err(),
@@ -598,15 +513,9 @@ mod tests {
         let (mut f, t) = setup();
         let running = *t.ota(0).unwrap();
         let target = *t.ota(1).unwrap();
-        let cfg = OtaConfig {
-            rollback: false,
-            ..OtaConfig::default()
-        };
+        let cfg = OtaConfig { rollback: false, ..OtaConfig::default() };
         let mut u = OtaUpdate::begin(&mut f, &t, &running, &target, 1000, cfg).unwrap();
-        assert_eq!(
-            u.write(&mut f, &[0x00, 1, 2]).unwrap_err(),
-            OtaError::InvalidMagic { found: 0 }
-        );
+        assert_eq!(u.write(&mut f, &[0x00, 1, 2]).unwrap_err(), OtaError::InvalidMagic { found: 0 });
         assert!(f.ops.is_empty());
 
         let mut bad = image("2.0.0", 3000);
@@ -622,10 +531,7 @@ mod tests {
         let mut u = OtaUpdate::begin(&mut f, &t, &running, &target, 10, cfg).unwrap();
         u.write(&mut f, &[0xE9]).unwrap();
         let big = vec![0u8; 0x1C0000];
-        assert!(matches!(
-            u.write(&mut f, &big).unwrap_err(),
-            OtaError::InvalidSize { .. }
-        ));
+        assert!(matches!(u.write(&mut f, &big).unwrap_err(), OtaError::InvalidSize { .. }));
     }
 
     #[test]
@@ -634,31 +540,22 @@ mod tests {
         f.fail_after = Some(0);
         let running = *t.ota(0).unwrap();
         let target = *t.ota(1).unwrap();
-        let cfg = OtaConfig {
-            rollback: false,
-            ..OtaConfig::default()
-        };
+        let cfg = OtaConfig { rollback: false, ..OtaConfig::default() };
         let mut u = OtaUpdate::begin(&mut f, &t, &running, &target, 1000, cfg).unwrap();
         let v = image("2.0.0", 1000);
-        assert!(matches!(
-            u.write(&mut f, &v).unwrap_err(),
-            OtaError::Flash(_)
-        ));
+        assert!(matches!(u.write(&mut f, &v).unwrap_err(), OtaError::Flash(_)));
     }
 
     #[test]
     fn set_boot_to_factory_erases_both_copies() {
         let mut t = PartitionTable::new();
         use crate::partition::{TYPE_APP, TYPE_DATA};
-        t.push(Partition::new("otadata", TYPE_DATA, 0, 0x9000, 0x2000, 0))
-            .unwrap();
-        t.push(Partition::new("factory", TYPE_APP, 0, 0x10000, 0x100000, 0))
-            .unwrap();
+        t.push(Partition::new("otadata", TYPE_DATA, 0, 0x9000, 0x2000, 0)).unwrap();
+        t.push(Partition::new("factory", TYPE_APP, 0, 0x10000, 0x100000, 0)).unwrap();
         let mut f = RamFlash::new(4 << 20);
         let v = image("1.0.0", 10);
         f.data[0x10000..0x10000 + v.len()].copy_from_slice(&v);
-        let sw =
-            set_boot_partition(&mut f, &t, t.factory().unwrap(), OtaConfig::default()).unwrap();
+        let sw = set_boot_partition(&mut f, &t, t.factory().unwrap(), OtaConfig::default()).unwrap();
         assert_eq!(sw, BootSwitch::Factory);
         assert_eq!(f.ops, [Op::Erase(0x9000), Op::Erase(0xA000)]);
         // An unverifiable target is refused before otadata is touched.

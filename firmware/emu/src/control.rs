@@ -59,7 +59,9 @@ pub fn parse(line: &str) -> Result<Command, String> {
                 Command::Cut(Some(Fault { at, torn }))
             }
             other => {
-                return Err(format!("expected `cut after-ops N`, `cut after-bytes N` or `cut clear`, got {other:?}"));
+                return Err(format!(
+                    "expected `cut after-ops N`, `cut after-bytes N` or `cut clear`, got {other:?}"
+                ));
             }
         },
         other => {

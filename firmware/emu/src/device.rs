@@ -53,9 +53,14 @@ impl Default for DeviceConfig {
 pub enum Power {
     Off,
     /// The app runs and serves OTA.
-    Running { table: PartitionTable, booted: Booted },
+    Running {
+        table: PartitionTable,
+        booted: Booted,
+    },
     /// The app's self-test never finishes: no OTA service until a reset.
-    Hung { booted: Booted },
+    Hung {
+        booted: Booted,
+    },
     /// The bootloader cannot start anything (or reboots forever): the reason.
     Bricked(String),
 }
@@ -110,7 +115,16 @@ impl<W: Write> Device<W> {
     pub fn new(config: DeviceConfig, flash: FileFlash, serial: W) -> Self {
         let flash_size = flash.data().len() as u32;
         let rng = Rng(SplitMix(config.seed));
-        Device { config, flash, flash_size, power: Power::Off, boot_at: Instant::now(), serial, rng, boots: 0 }
+        Device {
+            config,
+            flash,
+            flash_size,
+            power: Power::Off,
+            boot_at: Instant::now(),
+            serial,
+            rng,
+            boots: 0,
+        }
     }
 
     pub fn power(&self) -> &Power {
@@ -158,7 +172,8 @@ impl<W: Write> Device<W> {
                 None => continue,
             }
         }
-        self.power = Power::Bricked(format!("reboot loop: {MAX_CONSECUTIVE_BOOTS} boots without reaching the app"));
+        self.power =
+            Power::Bricked(format!("reboot loop: {MAX_CONSECUTIVE_BOOTS} boots without reaching the app"));
     }
 
     /// A reset (watchdog, reset button, `esp_restart`): power stays, the chip restarts.
@@ -203,8 +218,11 @@ impl<W: Write> Device<W> {
             project: desc.project_name(),
             version: desc.version(),
         });
-        let self_test = SelfTest::declared_by(&mut PartitionSource::new(&mut self.flash, &booted.partition), booted.image.len)
-            .unwrap_or_default();
+        let self_test = SelfTest::declared_by(
+            &mut PartitionSource::new(&mut self.flash, &booted.partition),
+            booted.image.len,
+        )
+        .unwrap_or_default();
         let outcome = {
             let boot_at = self.boot_at;
             let serial = &mut self.serial;
@@ -227,28 +245,32 @@ impl<W: Write> Device<W> {
         }
     }
 
-    /// A new OTA connection: the server state for it, if the app serves OTA.
-    pub fn accept(&mut self) -> Option<Server<'static>> {
+    /// A new OTA connection: its session state, if the app serves OTA.
+    pub fn accept(&mut self) -> Option<OtaSession> {
         if !self.serving() {
             return None;
         }
         self.log(&LogEvent::OtaClientConnected);
-        Some(Server::new(ServerConfig {
-            password: self.config.password,
-            version: self.config.protocol_version,
-            sha256: self.config.sha256,
-        }))
+        Some(OtaSession {
+            server: Server::new(ServerConfig {
+                password: self.config.password,
+                version: self.config.protocol_version,
+                sha256: self.config.sha256,
+            }),
+            update: None,
+        })
     }
 
     /// Bytes from the client (`Some`), its disconnect (`None`), or a read timeout.
-    pub fn session_input(&mut self, server: &mut Server<'static>, input: SessionInput<'_>) -> SessionStep {
+    pub fn session_input(&mut self, session: &mut OtaSession, input: SessionInput<'_>) -> SessionStep {
+        let OtaSession { server, update } = session;
         let Power::Running { table, booted } = &self.power else {
             return SessionStep::Close { reply: Vec::new(), reboot: false };
         };
         let (table, running) = (table.clone(), booted.partition);
         let mut out = Collect::default();
         {
-            let mut backend = FlashBackend::new(&mut self.flash, &table, running, self.config.ota);
+            let mut backend = FlashBackend::new(&mut self.flash, &table, running, self.config.ota, update);
             match input {
                 SessionInput::Data(bytes) => server.feed(bytes, &mut backend, &mut self.rng, &mut out),
                 SessionInput::Closed => server.on_disconnect(false, &mut backend, &mut out),
@@ -279,7 +301,8 @@ impl<W: Write> Device<W> {
     /// One line describing the device, for the control channel.
     pub fn status(&self) -> String {
         let c = self.flash.counters();
-        let counters = format!("erases={} programs={} bytes_programmed={}", c.erases, c.programs, c.bytes_programmed);
+        let counters =
+            format!("erases={} programs={} bytes_programmed={}", c.erases, c.programs, c.bytes_programmed);
         match &self.power {
             Power::Off => format!("power=off {counters}"),
             Power::Running { booted, .. } | Power::Hung { booted } => format!(
@@ -292,6 +315,12 @@ impl<W: Write> Device<W> {
             Power::Bricked(why) => format!("power=on state=bricked reason=\"{why}\" {counters}"),
         }
     }
+}
+
+/// One OTA connection's state: the protocol server and the update it is writing.
+pub struct OtaSession {
+    server: Server<'static>,
+    update: Option<ota_core::writer::OtaUpdate>,
 }
 
 /// What the transport saw.

@@ -111,7 +111,8 @@ impl FileFlash {
             .write(true)
             .open(path)
             .map_err(|source| FlashFileError::Open { path: name.clone(), source })?;
-        let len = file.metadata().map_err(|source| FlashFileError::Open { path: name.clone(), source })?.len();
+        let len =
+            file.metadata().map_err(|source| FlashFileError::Open { path: name.clone(), source })?.len();
         if len % SECTOR as u64 != 0 || !(1 << 20..=16 << 20).contains(&len) {
             return Err(FlashFileError::BadSize { path: name, len });
         }

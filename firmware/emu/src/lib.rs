@@ -6,6 +6,7 @@
 //! - [`serve`]: the process: TCP OTA port on loopback, serial on stdout, control on stdin.
 //! - [`mkflash`]: fresh flash images from a partition table and an app.
 
+pub mod cli;
 pub mod control;
 pub mod device;
 pub mod flash;

@@ -2,10 +2,9 @@
 //! stdout (and optionally a file), the control channel on stdin. One thread runs the device;
 //! another only reads stdin lines into a channel.
 
-use crate::control::{self, Command};
-use crate::device::{Device, SessionInput, SessionStep};
 use crate::CONTROL_PREFIX;
-use ota_core::esphome::Server;
+use crate::control::{self, Command};
+use crate::device::{Device, OtaSession, SessionInput, SessionStep};
 use std::fs::File;
 use std::io::{self, BufRead, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -41,7 +40,7 @@ pub struct ServeOptions {
 
 struct Connection {
     stream: TcpStream,
-    server: Server<'static>,
+    session: OtaSession,
     last_input: Instant,
 }
 
@@ -138,11 +137,11 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
         if conn.is_none() {
             match listener.accept() {
                 Ok((stream, _)) => {
-                    if let Some(server) = device.accept() {
+                    if let Some(session) = device.accept() {
                         stream.set_nonblocking(false)?;
                         stream.set_read_timeout(Some(Duration::from_millis(2)))?;
                         stream.set_nodelay(true)?;
-                        conn = Some(Connection { stream, server, last_input: Instant::now() });
+                        conn = Some(Connection { stream, session, last_input: Instant::now() });
                     } else {
                         // Nothing serves OTA (off, hung, bricked): the connection is refused.
                         let _ = stream.shutdown(Shutdown::Both);
@@ -168,11 +167,11 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
             }
             Err(_) => SessionInput::Closed,
         };
-        let step = device.session_input(&mut c.server, input);
+        let step = device.session_input(&mut c.session, input);
         match step {
             SessionStep::Continue(reply) => {
                 if !reply.is_empty() && c.stream.write_all(&reply).is_err() {
-                    let step = device.session_input(&mut c.server, SessionInput::Closed);
+                    let step = device.session_input(&mut c.session, SessionInput::Closed);
                     if let SessionStep::PowerLost(loss) = step {
                         report_loss(&mut device, loss);
                     }

@@ -103,7 +103,8 @@ fn run(config: ServerConfig<'_>, stream: &[u8], chunk: usize, eof: bool) -> Run 
     let mut rng = Fixed(RNG_MD5.to_vec());
     let mut server = Server::new(config);
     {
-        let mut backend = FlashBackend::new(&mut flash, &table, running, OtaConfig::default());
+        let mut pending = None;
+        let mut backend = FlashBackend::new(&mut flash, &table, running, OtaConfig::default(), &mut pending);
         for piece in stream.chunks(chunk) {
             server.feed(piece, &mut backend, &mut rng, &mut out);
         }
@@ -111,12 +112,7 @@ fn run(config: ServerConfig<'_>, stream: &[u8], chunk: usize, eof: bool) -> Run 
             server.on_disconnect(false, &mut backend, &mut out);
         }
     }
-    Run {
-        out,
-        flash,
-        closed: server.is_closed(),
-        reboot: server.reboot_requested(),
-    }
+    Run { out, flash, closed: server.is_closed(), reboot: server.reboot_requested() }
 }
 
 const NONCE_MD5: &[u8] = b"25d55ad283aa400af464c76d713c07ad"; // md5("12345678"), spec vector
@@ -132,21 +128,14 @@ fn expected_reply(version: u8, password: bool, size: u32) -> Vec<u8> {
     }
     r.extend_from_slice(&[0x42, 0x43]);
     if version == 2 {
-        r.extend(core::iter::repeat_n(
-            0x47,
-            size.div_ceil(CHUNK_SIZE) as usize,
-        ));
+        r.extend(core::iter::repeat_n(0x47, size.div_ceil(CHUNK_SIZE) as usize));
     }
     r.extend_from_slice(&[0x44, 0x45]);
     r
 }
 
 fn cfg(password: Option<&str>, version: u8) -> ServerConfig<'_> {
-    ServerConfig {
-        password: password.map(str::as_bytes),
-        version,
-        sha256: true,
-    }
+    ServerConfig { password: password.map(str::as_bytes), version, sha256: true }
 }
 
 #[test]
@@ -164,14 +153,7 @@ fn successful_sessions_v1_and_v2_byte_by_byte() {
     let img = image("2.0.0", 20_000);
     for version in [1u8, 2] {
         for password in [None, Some("otapass")] {
-            let stream = client_stream(
-                0x01,
-                password,
-                NONCE_MD5,
-                img.len() as u32,
-                &md5_hex(&img),
-                &img,
-            );
+            let stream = client_stream(0x01, password, NONCE_MD5, img.len() as u32, &md5_hex(&img), &img);
             let r = run(cfg(password, version), &stream, 1, false);
             assert_eq!(
                 r.out.sent,
@@ -180,11 +162,7 @@ fn successful_sessions_v1_and_v2_byte_by_byte() {
             );
             assert!(r.closed && r.reboot);
             assert_eq!(&r.flash.data[0x1D0000..0x1D0000 + img.len()], &img[..]);
-            let switched = Switched {
-                slot: 1,
-                seq: 2,
-                state: OtaState::New,
-            };
+            let switched = Switched { slot: 1, seq: 2, state: OtaState::New };
             assert_eq!(r.out.events.last(), Some(&Event::Complete(switched)));
             assert!(r.out.events.contains(&Event::CompressionDeclined));
             assert_eq!(
@@ -201,46 +179,27 @@ fn chunk_acks_follow_8192_boundaries_whatever_the_read_size() {
     let stream = client_stream(0, None, &[], img.len() as u32, &md5_hex(&img), &img);
     for chunk in [1, 7, 1000, 8192, 100_000] {
         let r = run(cfg(None, 2), &stream, chunk, false);
-        assert_eq!(
-            r.out.sent,
-            expected_reply(2, false, img.len() as u32),
-            "chunk {chunk}"
-        );
+        assert_eq!(r.out.sent, expected_reply(2, false, img.len() as u32), "chunk {chunk}");
     }
 }
 
 #[test]
 fn wrong_password_leaves_flash_untouched() {
     let img = image("2.0.0", 100);
-    let stream = client_stream(
-        0,
-        Some("nope"),
-        NONCE_MD5,
-        img.len() as u32,
-        &md5_hex(&img),
-        &img,
-    );
+    let stream = client_stream(0, Some("nope"), NONCE_MD5, img.len() as u32, &md5_hex(&img), &img);
     let r = run(cfg(Some("otapass"), 2), &stream, 1, false);
     let mut want = vec![0x00, 0x02, 0x40, 0x01];
     want.extend_from_slice(NONCE_MD5);
     want.push(0x82);
     assert_eq!(r.out.sent, want);
     assert!(r.out.events.contains(&Event::AuthFailed));
-    assert!(
-        r.flash.ops.is_empty(),
-        "no flash operation after a wrong password"
-    );
+    assert!(r.flash.ops.is_empty(), "no flash operation after a wrong password");
     assert!(r.closed && !r.reboot);
 }
 
 #[test]
 fn missing_password_is_an_eof_during_auth() {
-    let r = run(
-        cfg(Some("otapass"), 2),
-        &[&MAGIC[..], &[0x01]].concat(),
-        1,
-        true,
-    );
+    let r = run(cfg(Some("otapass"), 2), &[&MAGIC[..], &[0x01]].concat(), 1, true);
     assert_eq!(*r.out.sent.last().unwrap(), 0xFF);
     assert_eq!(r.out.events.last(), Some(&Event::AuthMissing));
     assert!(r.flash.ops.is_empty());
@@ -251,16 +210,12 @@ fn sha256_auth_when_the_client_offers_it() {
     // Spec vector: nonce from seed bytes 00..07, cnonce "ab"*32.
     let (mut flash, table) = device();
     let running = *table.ota(0).unwrap();
-    let mut backend = FlashBackend::new(&mut flash, &table, running, OtaConfig::default());
+    let mut pending = None;
+    let mut backend = FlashBackend::new(&mut flash, &table, running, OtaConfig::default(), &mut pending);
     let mut rng = Fixed((0u8..8).collect());
     let mut out = Recorder::default();
     let mut server = Server::new(cfg(Some("otapass"), 2));
-    server.feed(
-        &[&MAGIC[..], &[0x03]].concat(),
-        &mut backend,
-        &mut rng,
-        &mut out,
-    );
+    server.feed(&[&MAGIC[..], &[0x03]].concat(), &mut backend, &mut rng, &mut out);
     let nonce = b"8a851ff82ee7048ad09ec3847f1ddf44944104d2cbd17ef4e3db22c6785a0d45";
     assert_eq!(out.sent[..4], [0x00, 0x02, 0x40, 0x02]);
     assert_eq!(&out.sent[4..], nonce);
@@ -295,10 +250,7 @@ fn oversized_image_is_89_with_zero_erases() {
     assert_eq!(r.out.sent, [0x00, 0x02, 0x40, 0x41, 0x89]);
     assert!(matches!(
         r.out.events.last(),
-        Some(Event::Failed(BackendError {
-            code: 0x89,
-            detail: Some(OtaError::InvalidSize { .. })
-        }))
+        Some(Event::Failed(BackendError { code: 0x89, detail: Some(OtaError::InvalidSize { .. }) }))
     ));
     assert!(r.flash.ops.is_empty());
 }
@@ -312,17 +264,9 @@ fn truncated_stream_sends_00_and_keeps_the_old_boot() {
     assert_eq!(*r.out.sent.last().unwrap(), 0x00);
     assert_eq!(
         r.out.events.last(),
-        Some(&Event::Interrupted {
-            received: 10_000,
-            size: img.len() as u32,
-            timeout: false,
-            code: 0x00
-        })
+        Some(&Event::Interrupted { received: 10_000, size: img.len() as u32, timeout: false, code: 0x00 })
     );
-    assert!(
-        r.flash.data[0xA000..0xA020].iter().all(|&b| b == 0xFF),
-        "otadata untouched"
-    );
+    assert!(r.flash.data[0xA000..0xA020].iter().all(|&b| b == 0xFF), "otadata untouched");
     // Before begin(), an interrupted session answers 0xFF.
     let r = run(cfg(None, 2), &stream[..8], 1, true);
     assert_eq!(*r.out.sent.last().unwrap(), 0xFF);
@@ -337,36 +281,22 @@ fn invalid_image_is_84_and_bad_first_byte_is_80() {
     let r = run(cfg(None, 2), &stream, 4096, false);
     assert_eq!(&r.out.sent[r.out.sent.len() - 2..], &[0x44, 0x84]);
     let failed = r.out.events.iter().find_map(|e| match e {
-        Event::Failed(BackendError {
-            detail: Some(OtaError::Validate(reason)),
-            ..
-        }) => Some(*reason),
+        Event::Failed(BackendError { detail: Some(OtaError::Validate(reason)), .. }) => Some(*reason),
         _ => None,
     });
-    assert!(matches!(
-        failed,
-        Some(crate::image::ImageError::Checksum { .. })
-    ));
+    assert!(matches!(failed, Some(crate::image::ImageError::Checksum { .. })));
     assert!(r.flash.data[0xA000..0xA020].iter().all(|&b| b == 0xFF));
 
     let junk = vec![0x00u8; 9000];
     let stream = client_stream(0, None, &[], junk.len() as u32, &md5_hex(&junk), &junk);
     let r = run(cfg(None, 2), &stream, 1, false);
     assert_eq!(*r.out.sent.last().unwrap(), 0x80);
-    assert!(
-        r.flash.ops.is_empty(),
-        "sequential erase: nothing erased before the magic check"
-    );
+    assert!(r.flash.ops.is_empty(), "sequential erase: nothing erased before the magic check");
 }
 
 #[test]
 fn wrong_protocol_magic_is_80() {
-    let r = run(
-        cfg(None, 2),
-        &[0x6C, 0x26, 0xF7, 0x5C, 0x46, 0x01],
-        1,
-        false,
-    );
+    let r = run(cfg(None, 2), &[0x6C, 0x26, 0xF7, 0x5C, 0x46, 0x01], 1, false);
     assert_eq!(r.out.sent, [0x80]);
     assert!(r.closed);
 }
@@ -375,13 +305,7 @@ fn wrong_protocol_magic_is_80() {
 fn progress_log_lines_are_quarterly() {
     let size = 100 * CHUNK_SIZE;
     let lines: Vec<String> = (1..=100)
-        .filter_map(|i| {
-            Event::Progress {
-                received: i * CHUNK_SIZE,
-                size,
-            }
-            .log_event()
-        })
+        .filter_map(|i| Event::Progress { received: i * CHUNK_SIZE, size }.log_event())
         .map(|e| std::format!("{e}"))
         .collect();
     assert_eq!(lines, ["progress 25%", "progress 50%", "progress 75%"]);

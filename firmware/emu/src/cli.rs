@@ -1,0 +1,137 @@
+//! The `ota-emu` command line: run an emulated ESP32-C3, or make a flash image for it.
+
+use crate::device::{Device, DeviceConfig};
+use crate::flash::FileFlash;
+use crate::serve::{Serial, ServeOptions, serve};
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use ota_core::writer::{EraseMode, OtaConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "ota-emu", version, about = "An emulated ESP32-C3 that receives ESPHome OTA updates")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the device: serial log on stdout, OTA on --listen, control commands on stdin.
+    ///
+    /// Control commands (one per line): power-on, power-off, reset, status,
+    /// `cut after-ops N [torn SEED]`, `cut after-bytes N [torn SEED]`, `cut clear`, quit.
+    /// Replies and events are printed on stdout prefixed with "#otahil ".
+    Run(RunArgs),
+    /// Make a fresh flash file, as `espflash save-image --merge` would: the partition table at
+    /// 0x8000 (with its MD5 row), the app in the factory slot (or ota_0), otadata erased, FF elsewhere.
+    MakeFlash {
+        /// Partition table as CSV (`# Name, Type, SubType, Offset, Size, Flags`).
+        #[arg(long)]
+        partitions: PathBuf,
+        /// The app image (`.bin`, ESP app image format).
+        #[arg(long)]
+        app: PathBuf,
+        /// Flash size: 1M, 2M, 4M, 8M or 16M (or a byte count).
+        #[arg(long, default_value = "4M")]
+        size: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The flash file (its size is the flash size; make one with `make-flash`).
+    #[arg(long)]
+    flash: PathBuf,
+    /// Host address for the device's OTA port; port 0 picks a free one (printed on the ready line).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// The OTA password (none: no authentication).
+    #[arg(long)]
+    password: Option<String>,
+    /// ESPHome OTA protocol version.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    protocol: u8,
+    /// Refuse SHA-256 authentication (MD5 only, as ESPHome before 2025.10).
+    #[arg(long)]
+    md5_only: bool,
+    /// Model a bootloader built with CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE (espflash's is not).
+    #[arg(long)]
+    bootloader_rollback: bool,
+    /// Erase the whole image range before writing (ESPHome's IDF backend) instead of sector by sector.
+    #[arg(long)]
+    erase_upfront: bool,
+    /// Also write the serial log to this file.
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Stay powered off until the `power-on` command.
+    #[arg(long)]
+    start_off: bool,
+    /// Drop an OTA session after this many seconds without data from the client.
+    #[arg(long, default_value_t = 10)]
+    session_timeout: u64,
+    /// Seed for the device's randomness (nonces), for reproducible runs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// Parses `args` (the first is the program name) and runs the command.
+pub fn run_from<I, T>(args: I) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    run(Cli::parse_from(args))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Run(a) => {
+            let flash = FileFlash::open(&a.flash)?;
+            let file = match &a.log {
+                Some(p) => {
+                    Some(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
+                }
+                None => None,
+            };
+            let config = DeviceConfig {
+                password: a.password.map(|p| &*Box::leak(p.into_bytes().into_boxed_slice())),
+                protocol_version: a.protocol,
+                sha256: !a.md5_only,
+                bootloader_rollback: a.bootloader_rollback,
+                ota: OtaConfig {
+                    erase: if a.erase_upfront { EraseMode::Upfront } else { EraseMode::Sequential },
+                    ..OtaConfig::default()
+                },
+                seed: a.seed,
+                ..DeviceConfig::default()
+            };
+            let device = Device::new(config, flash, Serial { stdout: std::io::stdout(), file });
+            serve(
+                device,
+                ServeOptions {
+                    listen: a.listen,
+                    start_off: a.start_off,
+                    session_timeout: Duration::from_secs(a.session_timeout),
+                },
+            )
+        }
+        Cmd::MakeFlash { partitions, app, size, out } => {
+            let csv = std::fs::read_to_string(&partitions)
+                .with_context(|| format!("reading {}", partitions.display()))?;
+            let table = ota_core::partition_csv::parse_csv(&csv)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", partitions.display()))?;
+            let app_bytes = std::fs::read(&app).with_context(|| format!("reading {}", app.display()))?;
+            let Some(flash_size) = ota_core::partition_csv::parse_size(&size) else {
+                bail!("--size `{size}` is not a size (expected e.g. 4M)");
+            };
+            let image = crate::mkflash::merged_image(&table, &app_bytes, flash_size)?;
+            FileFlash::create(&out, &image).with_context(|| format!("writing {}", out.display()))?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The device under test, whatever runs it. Backends differ only by [`Capabilities`]: a step
+//! that needs one a backend lacks is skipped with the reason, never passed silently.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DutError {
+    #[error("{0}")]
+    Start(String),
+    #[error("the device process exited: {0}")]
+    Exited(String),
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+    #[error("the device refused `{command}`: {message}")]
+    Refused { command: String, message: String },
+    #[error("{what} is not supported by the {backend} backend")]
+    Unsupported { backend: &'static str, what: &'static str },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// What a backend can do beyond booting, serial and OTA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Cut the power exactly after N flash operations / bytes.
+    pub exact_power_cut: bool,
+    /// Count erase and program operations.
+    pub flash_op_counters: bool,
+    /// Switch the power off and on (a bench needs a power switch for this).
+    pub power_switch: bool,
+}
+
+/// Where the power is cut during the next operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerCut {
+    AfterOps { count: u64, torn_seed: Option<u64> },
+    AfterBytes { count: u64, torn_seed: Option<u64> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlashCounters {
+    pub erases: u64,
+    pub programs: u64,
+    pub bytes_programmed: u64,
+}
+
+/// A line the device printed, or something the backend observed about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DutEvent {
+    Serial(String),
+    /// An armed power cut fired (a description of the interrupted operation).
+    PowerLost(String),
+    /// The device rebooted by itself after an update.
+    Rebooted,
+}
+
+pub trait Dut {
+    fn backend(&self) -> &'static str;
+    fn capabilities(&self) -> Capabilities;
+    /// Power on (or boot the first time) and wait until the boot is over.
+    fn power_on(&mut self) -> Result<(), DutError>;
+    fn power_off(&mut self) -> Result<(), DutError>;
+    /// A reset: the chip restarts, power stays.
+    fn reset(&mut self) -> Result<(), DutError>;
+    fn arm_power_cut(&mut self, cut: PowerCut) -> Result<(), DutError>;
+    fn disarm_power_cut(&mut self) -> Result<(), DutError>;
+    /// Where the device's OTA port is reachable from here.
+    fn ota_addr(&self) -> SocketAddr;
+    /// The next event, waiting at most `timeout` (`None`: nothing happened).
+    fn next_event(&mut self, timeout: Duration) -> Result<Option<DutEvent>, DutError>;
+    /// The whole flash as it is now.
+    fn read_flash(&mut self) -> Result<Vec<u8>, DutError>;
+    fn flash_counters(&mut self) -> Result<FlashCounters, DutError>;
+    /// Stops the device and frees what the backend holds.
+    fn shutdown(&mut self);
+}

@@ -1,0 +1,283 @@
+//! The emu backend: one `ota-emu` process per scenario, its flash file in a temp dir, serial and
+//! control lines on its stdout, commands on its stdin.
+
+use crate::dut::{Capabilities, Dut, DutError, DutEvent, FlashCounters, PowerCut};
+use ota_emu::CONTROL_PREFIX;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// How to start the emulator: a program and the arguments that come before `run`.
+#[derive(Debug, Clone)]
+pub struct EmuProgram {
+    pub program: PathBuf,
+    pub prefix_args: Vec<String>,
+}
+
+impl EmuProgram {
+    /// `OTAHIL_EMU` if set, else the `ota-emu` next to the running executable, else this
+    /// executable's own `emu` subcommand (the `otahil` CLI embeds the emulator).
+    pub fn locate() -> Result<Self, DutError> {
+        if let Some(p) = std::env::var_os("OTAHIL_EMU") {
+            return Ok(EmuProgram { program: p.into(), prefix_args: vec![] });
+        }
+        let exe = std::env::current_exe()?;
+        if let Some(dir) = exe.parent() {
+            let sibling = dir.join("ota-emu");
+            if sibling.is_file() {
+                return Ok(EmuProgram { program: sibling, prefix_args: vec![] });
+            }
+        }
+        if exe.file_stem().is_some_and(|s| s == "otahil") {
+            return Ok(EmuProgram { program: exe, prefix_args: vec!["emu".into()] });
+        }
+        Err(DutError::Start(
+            "cannot find the emulator: build it (`cargo build -p ota-emu`) or set OTAHIL_EMU".into(),
+        ))
+    }
+}
+
+/// How the emulated device is set up.
+#[derive(Debug, Clone)]
+pub struct EmuSetup {
+    pub flash_image: Vec<u8>,
+    pub password: Option<String>,
+    pub protocol: u8,
+    pub bootloader_rollback: bool,
+    pub erase_upfront: bool,
+    pub seed: u64,
+}
+
+enum Line {
+    Serial(String),
+    Control(String),
+    Eof,
+}
+
+pub struct EmuDut {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<Line>,
+    addr: SocketAddr,
+    flash_path: PathBuf,
+    /// Events read while waiting for a command's reply, handed out by `next_event` in order.
+    pending: std::collections::VecDeque<DutEvent>,
+    _dir: tempfile::TempDir,
+}
+
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl EmuDut {
+    pub fn start(program: &EmuProgram, setup: &EmuSetup) -> Result<Self, DutError> {
+        let dir = tempfile::tempdir()?;
+        let flash_path = dir.path().join("flash.bin");
+        std::fs::write(&flash_path, &setup.flash_image)?;
+        let mut cmd = Command::new(&program.program);
+        cmd.args(&program.prefix_args)
+            .arg("run")
+            .arg("--flash")
+            .arg(&flash_path)
+            .args(["--listen", "127.0.0.1:0", "--start-off", "--protocol"])
+            .arg(setup.protocol.to_string())
+            .arg("--seed")
+            .arg(setup.seed.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(p) = &setup.password {
+            cmd.arg("--password").arg(p);
+        }
+        if setup.bootloader_rollback {
+            cmd.arg("--bootloader-rollback");
+        }
+        if setup.erase_upfront {
+            cmd.arg("--erase-upfront");
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| DutError::Start(format!("cannot start {}: {e}", program.program.display())))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let msg = match line.strip_prefix(CONTROL_PREFIX) {
+                    Some(c) => Line::Control(c.to_string()),
+                    None => Line::Serial(line),
+                };
+                if tx.send(msg).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Line::Eof);
+        });
+        let mut dut = EmuDut {
+            child,
+            stdin,
+            lines,
+            addr: "127.0.0.1:0".parse().expect("literal"),
+            flash_path,
+            pending: Default::default(),
+            _dir: dir,
+        };
+        let ready = dut.wait_control(|c| c.starts_with("ready "), REPLY_TIMEOUT, "the ready line")?;
+        let addr = ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("listen="))
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| DutError::Start(format!("unexpected ready line `{ready}`")))?;
+        dut.addr = addr;
+        Ok(dut)
+    }
+
+    /// Reads lines until a control line matching `want`; serial lines and events are queued.
+    fn wait_control(
+        &mut self,
+        want: impl Fn(&str) -> bool,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<String, DutError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(Line::Serial(s)) => self.pending.push_back(DutEvent::Serial(s)),
+                Ok(Line::Control(c)) if want(&c) => return Ok(c),
+                Ok(Line::Control(c)) => {
+                    if let Some(ev) = control_event(&c) {
+                        self.pending.push_back(ev);
+                    } else if let Some(msg) = c.strip_prefix("err ") {
+                        return Err(DutError::Refused { command: what.into(), message: msg.into() });
+                    }
+                }
+                Ok(Line::Eof) | Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
+                    return Err(DutError::Exited(status));
+                }
+                Err(RecvTimeoutError::Timeout) => return Err(DutError::Timeout(timeout, what.into())),
+            }
+        }
+    }
+
+    fn command(&mut self, command: &str) -> Result<String, DutError> {
+        writeln!(self.stdin, "{command}")?;
+        self.stdin.flush()?;
+        let verb = command.split_whitespace().next().unwrap_or_default().to_string();
+        self.wait_control(
+            |c| c.starts_with(&format!("ok {verb}")) || c.starts_with("err "),
+            REPLY_TIMEOUT,
+            command,
+        )
+    }
+}
+
+fn control_event(c: &str) -> Option<DutEvent> {
+    if let Some(rest) = c.strip_prefix("event power-lost ") {
+        Some(DutEvent::PowerLost(rest.to_string()))
+    } else if c.starts_with("event rebooted") {
+        Some(DutEvent::Rebooted)
+    } else {
+        None
+    }
+}
+
+impl Dut for EmuDut {
+    fn backend(&self) -> &'static str {
+        "emu"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { exact_power_cut: true, flash_op_counters: true, power_switch: true }
+    }
+
+    fn power_on(&mut self) -> Result<(), DutError> {
+        self.command("power-on").map(drop)
+    }
+
+    fn power_off(&mut self) -> Result<(), DutError> {
+        self.command("power-off").map(drop)
+    }
+
+    fn reset(&mut self) -> Result<(), DutError> {
+        self.command("reset").map(drop)
+    }
+
+    fn arm_power_cut(&mut self, cut: PowerCut) -> Result<(), DutError> {
+        let (kind, count, torn) = match cut {
+            PowerCut::AfterOps { count, torn_seed } => ("after-ops", count, torn_seed),
+            PowerCut::AfterBytes { count, torn_seed } => ("after-bytes", count, torn_seed),
+        };
+        let torn = torn.map(|s| format!(" torn {s}")).unwrap_or_default();
+        self.command(&format!("cut {kind} {count}{torn}")).map(drop)
+    }
+
+    fn disarm_power_cut(&mut self) -> Result<(), DutError> {
+        self.command("cut clear").map(drop)
+    }
+
+    fn ota_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn next_event(&mut self, timeout: Duration) -> Result<Option<DutEvent>, DutError> {
+        if let Some(e) = self.pending.pop_front() {
+            return Ok(Some(e));
+        }
+        match self.lines.recv_timeout(timeout) {
+            Ok(Line::Serial(s)) => Ok(Some(DutEvent::Serial(s))),
+            Ok(Line::Control(c)) => Ok(control_event(&c)),
+            Ok(Line::Eof) | Err(RecvTimeoutError::Disconnected) => {
+                let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
+                Err(DutError::Exited(status))
+            }
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+        }
+    }
+
+    fn read_flash(&mut self) -> Result<Vec<u8>, DutError> {
+        // The emulator writes through on every operation, and between commands it is idle.
+        Ok(std::fs::read(&self.flash_path)?)
+    }
+
+    fn flash_counters(&mut self) -> Result<FlashCounters, DutError> {
+        let status = self.command("status")?;
+        let field = |name: &str| {
+            status
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(FlashCounters {
+            erases: field("erases"),
+            programs: field("programs"),
+            bytes_programmed: field("bytes_programmed"),
+        })
+    }
+
+    fn shutdown(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.stdin.flush();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EmuDut {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

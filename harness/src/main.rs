@@ -1,0 +1,195 @@
+//! The `otahil` command line.
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use otahil::emu::EmuProgram;
+use otahil::report::{ScenarioReport, junit, summary};
+use otahil::runner::{self, Backend};
+use otahil::snapshot::{self, Verdict};
+use otahil::{fixtures, inspect, scenario};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "otahil", version, about = "OTA hardware-in-the-loop test harness for the ESP32-C3")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendKind {
+    /// The host emulator (ota-emu): no hardware, milliseconds per scenario.
+    Emu,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Play scenarios and check their snapshots.
+    Run {
+        #[arg(long, value_enum, default_value = "emu")]
+        backend: BackendKind,
+        /// Directory of scenario files.
+        #[arg(long, default_value = "scenarios")]
+        scenarios: PathBuf,
+        /// Run only this scenario (its `name`).
+        #[arg(long)]
+        scenario: Vec<String>,
+        /// Directory of snapshot files (insta format).
+        #[arg(long, default_value = "harness/tests/snapshots")]
+        snapshots: PathBuf,
+        /// Also write the results as JUnit XML.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+    },
+    /// Check scenario files without running them.
+    Check {
+        #[arg(default_value = "scenarios")]
+        scenarios: PathBuf,
+    },
+    /// Print the partition state of a flash dump.
+    Inspect { flash: PathBuf },
+    /// Write the fixture images to a directory.
+    Fixtures {
+        #[arg(long, default_value = "fixtures/images")]
+        out: PathBuf,
+    },
+    /// Run the emulator (the same as the `ota-emu` binary; see `otahil emu --help`).
+    #[command(disable_help_flag = true)]
+    Emu {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_all(dir: &PathBuf, only: &[String]) -> anyhow::Result<(Vec<scenario::Scenario>, Vec<String>)> {
+    let files = otahil::scenario_files(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let mut loaded = Vec::new();
+    let mut errors = Vec::new();
+    for f in files {
+        match scenario::load(&f) {
+            Ok(s) => loaded.push(s),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !only.is_empty() {
+        for name in only {
+            if !loaded.iter().any(|s| &s.name == name) && errors.is_empty() {
+                let names: Vec<&str> = loaded.iter().map(|s| s.name.as_str()).collect();
+                bail!("no scenario named `{name}` in {} (there are: {})", dir.display(), names.join(", "));
+            }
+        }
+        loaded.retain(|s| only.contains(&s.name));
+    }
+    Ok((loaded, errors))
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Emu { args } => {
+            let argv = std::iter::once("ota-emu".to_string()).chain(args);
+            ota_emu::cli::run_from(argv)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Inspect { flash } => {
+            let dump = std::fs::read(&flash).with_context(|| format!("reading {}", flash.display()))?;
+            print!("{}", inspect::partition_state(&dump));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Fixtures { out } => {
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            for f in fixtures::FIXTURES {
+                let path = out.join(format!("{}.bin", f.name));
+                let bytes = f.bytes();
+                std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+                println!("{:<40} {:>8} bytes  {}", path.display(), bytes.len(), f.about);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Check { scenarios } => {
+            let (loaded, errors) = load_all(&scenarios, &[])?;
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            println!("{} scenario(s) ok, {} with errors", loaded.len(), errors.len());
+            Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Cmd::Run { backend, scenarios, scenario, snapshots, junit: junit_path } => {
+            let (loaded, errors) = load_all(&scenarios, &scenario)?;
+            if !errors.is_empty() {
+                for e in &errors {
+                    eprintln!("{e}");
+                }
+                bail!("{} scenario file(s) do not load", errors.len());
+            }
+            let backend = match backend {
+                BackendKind::Emu => Backend::Emu(EmuProgram::locate()?),
+            };
+            let bar = if std::io::stderr().is_terminal() {
+                ProgressBar::new(loaded.len() as u64)
+            } else {
+                ProgressBar::hidden()
+            };
+            bar.set_style(
+                ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("static template"),
+            );
+            let mut reports: Vec<ScenarioReport> = Vec::new();
+            for s in &loaded {
+                bar.set_message(s.name.clone());
+                let mut r = runner::run(s, &backend);
+                check_snapshots(&mut r, &snapshots)?;
+                if let Some(d) = r.failure_details() {
+                    bar.suspend(|| eprintln!("FAIL {}: {d}", r.name));
+                }
+                reports.push(r);
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            print!("{}", summary(&reports));
+            if let Some(p) = junit_path {
+                std::fs::write(&p, junit(&reports)).with_context(|| format!("writing {}", p.display()))?;
+            }
+            Ok(if reports.iter().all(|r| r.passed()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+/// Turns snapshot mismatches into a failure of the scenario (the step has passed already).
+fn check_snapshots(r: &mut ScenarioReport, dir: &std::path::Path) -> anyhow::Result<()> {
+    if r.error.is_some() {
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    for (name, content) in &r.snapshots {
+        match snapshot::check(dir, name, content).with_context(|| format!("snapshot {name}"))? {
+            Verdict::Matches => {}
+            Verdict::New(p) => {
+                problems.push(format!("new snapshot {name}: review {} (cargo insta review)", p.display()))
+            }
+            Verdict::Differs { new, line, expected, actual } => problems.push(format!(
+                "snapshot {name} differs at line {line}: expected `{expected}`, got `{actual}` (review {})",
+                new.display()
+            )),
+        }
+    }
+    if !problems.is_empty() {
+        r.error = Some(problems.join("; "));
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! Results: per step and per scenario, the summary table, and JUnit XML.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepOutcome {
+    Passed,
+    /// The backend lacks a capability the step needs.
+    Skipped(String),
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    pub line: u64,
+    pub label: String,
+    pub outcome: StepOutcome,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScenarioReport {
+    pub name: String,
+    pub file: String,
+    pub backend: String,
+    pub duration: Duration,
+    pub steps: Vec<StepReport>,
+    /// Set when the scenario could not run at all (bad file, backend failed to start).
+    pub error: Option<String>,
+    /// The last serial lines, kept when something failed.
+    pub log_tail: Vec<String>,
+    /// (snapshot name, content), in the order taken.
+    pub snapshots: Vec<(String, String)>,
+}
+
+impl ScenarioReport {
+    pub fn failure(&self) -> Option<String> {
+        if let Some(e) = &self.error {
+            return Some(e.clone());
+        }
+        self.steps.iter().enumerate().find_map(|(i, s)| match &s.outcome {
+            StepOutcome::Failed(m) => Some(format!("step {} (line {}, {}): {m}", i + 1, s.line, s.label)),
+            _ => None,
+        })
+    }
+
+    pub fn passed(&self) -> bool {
+        self.failure().is_none()
+    }
+
+    pub fn skipped_steps(&self) -> usize {
+        self.steps.iter().filter(|s| matches!(s.outcome, StepOutcome::Skipped(_))).count()
+    }
+
+    /// A multi-line explanation of the failure, with the last log lines.
+    pub fn failure_details(&self) -> Option<String> {
+        let mut out = self.failure()?;
+        if !self.log_tail.is_empty() {
+            out.push_str("\n  last serial lines:");
+            for l in &self.log_tail {
+                let _ = write!(out, "\n    | {l}");
+            }
+        }
+        Some(out)
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// The table printed after a run.
+pub fn summary(reports: &[ScenarioReport]) -> String {
+    let width = reports.iter().map(|r| r.name.len()).max().unwrap_or(8).max(8);
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<width$}  {:<7}  {:>6}  {:>10}  result", "scenario", "backend", "steps", "time");
+    for r in reports {
+        let result = match r.failure() {
+            None if r.skipped_steps() > 0 => format!("PASS ({} step(s) skipped)", r.skipped_steps()),
+            None => "PASS".to_string(),
+            Some(f) => format!("FAIL  {f}"),
+        };
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:<7}  {:>6}  {:>10}  {result}",
+            r.name,
+            r.backend,
+            r.steps.len(),
+            ms(r.duration)
+        );
+    }
+    let passed = reports.iter().filter(|r| r.passed()).count();
+    let total: Duration = reports.iter().map(|r| r.duration).sum();
+    let _ = writeln!(out, "{passed} passed, {} failed ({} in scenarios)", reports.len() - passed, ms(total));
+    out
+}
+
+fn xml_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '&' => "&amp;".to_string(),
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '"' => "&quot;".to_string(),
+            '\'' => "&apos;".to_string(),
+            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => format!("&#{};", c as u32),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+/// JUnit XML: one testsuite, one testcase per scenario.
+pub fn junit(reports: &[ScenarioReport]) -> String {
+    let failures = reports.iter().filter(|r| !r.passed()).count();
+    let total: Duration = reports.iter().map(|r| r.duration).sum();
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(
+        out,
+        "<testsuite name=\"otahil\" tests=\"{}\" failures=\"{failures}\" time=\"{:.3}\">",
+        reports.len(),
+        total.as_secs_f64()
+    );
+    for r in reports {
+        let _ = write!(
+            out,
+            "  <testcase classname=\"otahil.{}\" name=\"{}\" file=\"{}\" time=\"{:.3}\"",
+            xml_escape(&r.backend),
+            xml_escape(&r.name),
+            xml_escape(&r.file),
+            r.duration.as_secs_f64()
+        );
+        match r.failure_details() {
+            None if r.skipped_steps() > 0 => {
+                let reasons: Vec<String> = r
+                    .steps
+                    .iter()
+                    .filter_map(|s| match &s.outcome {
+                        StepOutcome::Skipped(why) => {
+                            Some(format!("line {}: {} skipped: {why}", s.line, s.label))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    ">\n    <system-out>{}</system-out>\n  </testcase>",
+                    xml_escape(&reasons.join("\n"))
+                );
+            }
+            None => out.push_str("/>\n"),
+            Some(details) => {
+                let first = details.lines().next().unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    ">\n    <failure message=\"{}\">{}</failure>\n  </testcase>",
+                    xml_escape(first),
+                    xml_escape(&details)
+                );
+            }
+        }
+    }
+    out.push_str("</testsuite>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(name: &str, outcome: StepOutcome) -> ScenarioReport {
+        ScenarioReport {
+            name: name.into(),
+            file: format!("scenarios/{name}.yaml"),
+            backend: "emu".into(),
+            duration: Duration::from_millis(12),
+            steps: vec![StepReport { line: 4, label: "boot".into(), outcome, duration: Duration::ZERO }],
+            error: None,
+            log_tail: vec!["I (1) boot: <x>".into()],
+            snapshots: vec![],
+        }
+    }
+
+    #[test]
+    fn summary_and_junit() {
+        let reports = [report("a", StepOutcome::Passed), report("b&c", StepOutcome::Failed("boom".into()))];
+        let s = summary(&reports);
+        assert!(s.contains("1 passed, 1 failed"), "{s}");
+        assert!(s.contains("FAIL  step 1 (line 4, boot): boom"), "{s}");
+        let x = junit(&reports);
+        assert!(x.contains("tests=\"2\" failures=\"1\""), "{x}");
+        assert!(x.contains("name=\"b&amp;c\""), "{x}");
+        assert!(x.contains("I (1) boot: &lt;x&gt;"), "{x}");
+        let skipped = junit(&[report("s", StepOutcome::Skipped("no power switch".into()))]);
+        assert!(skipped.contains("skipped: no power switch"), "{skipped}");
+    }
+}

@@ -1,0 +1,341 @@
+//! Plays a scenario against a [`Dut`]: steps in order, each checked, the first failure stops
+//! the scenario with what was expected, what happened and the last serial lines.
+
+use crate::client::{self, Outcome, Upload};
+use crate::dut::{Dut, DutError, DutEvent, PowerCut};
+use crate::emu::{EmuDut, EmuProgram, EmuSetup};
+use crate::inspect;
+use crate::report::{ScenarioReport, StepOutcome, StepReport};
+use crate::scenario::{AuthSpec, CutPower, EraseSpec, Expect, OtaStep, Scenario, SnapshotKind, StepKind};
+use crate::serial::{SerialLog, normalise};
+use std::time::{Duration, Instant};
+
+/// Which backend runs the device.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Emu(EmuProgram),
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Emu(_) => "emu",
+        }
+    }
+
+    fn start(&self, s: &Scenario) -> Result<Box<dyn Dut>, String> {
+        match self {
+            Backend::Emu(program) => {
+                let d = &s.device;
+                let flash_image =
+                    ota_emu::mkflash::merged_image(&d.partitions, &d.firmware.bytes, d.flash_size)
+                        .map_err(|e| format!("cannot build the flash image: {e}"))?;
+                let setup = EmuSetup {
+                    flash_image,
+                    password: d.password.clone(),
+                    protocol: d.protocol,
+                    bootloader_rollback: d.bootloader_rollback,
+                    erase_upfront: d.erase == EraseSpec::Upfront,
+                    seed: d.seed,
+                };
+                EmuDut::start(program, &setup).map(|d| Box::new(d) as Box<dyn Dut>).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// How long to wait for the device to reboot after an update, or for an armed cut to fire.
+const DEVICE_EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Run<'a> {
+    dut: &'a mut dyn Dut,
+    serial: SerialLog,
+    power_losses: Vec<String>,
+    reboots: usize,
+    rt: tokio::runtime::Runtime,
+    snapshots: Vec<(String, String)>,
+    scenario: &'a Scenario,
+}
+
+type StepResult = Result<StepOutcome, String>;
+
+impl Run<'_> {
+    fn record(&mut self, e: DutEvent) {
+        match e {
+            DutEvent::Serial(l) => self.serial.push(l),
+            DutEvent::PowerLost(what) => self.power_losses.push(what),
+            DutEvent::Rebooted => self.reboots += 1,
+        }
+    }
+
+    /// Takes in everything the device has said, waiting `quiet` for more after the last event.
+    fn drain(&mut self, quiet: Duration) -> Result<(), DutError> {
+        while let Some(e) = self.dut.next_event(quiet)? {
+            self.record(e);
+        }
+        Ok(())
+    }
+
+    fn wait_until(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&Self) -> bool,
+    ) -> Result<bool, DutError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(self) {
+                return Ok(true);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            if let Some(e) = self.dut.next_event(left.min(Duration::from_millis(50)))? {
+                self.record(e);
+            }
+        }
+    }
+
+    fn step(&mut self, kind: &StepKind, snapshot_no: &mut usize) -> StepResult {
+        let dut_err = |e: DutError| e.to_string();
+        match kind {
+            StepKind::Boot | StepKind::PowerOn => {
+                self.drain(Duration::ZERO).map_err(dut_err)?;
+                self.serial.mark_boot();
+                self.dut.power_on().map_err(dut_err)?;
+                self.drain(Duration::ZERO).map_err(dut_err)?;
+                Ok(StepOutcome::Passed)
+            }
+            StepKind::PowerOff => {
+                if !self.dut.capabilities().power_switch {
+                    return Ok(StepOutcome::Skipped(format!(
+                        "the {} backend has no power switch",
+                        self.dut.backend()
+                    )));
+                }
+                self.dut.power_off().map_err(dut_err)?;
+                Ok(StepOutcome::Passed)
+            }
+            StepKind::Reset => {
+                self.drain(Duration::ZERO).map_err(dut_err)?;
+                self.serial.mark_boot();
+                self.dut.reset().map_err(dut_err)?;
+                self.drain(Duration::ZERO).map_err(dut_err)?;
+                Ok(StepOutcome::Passed)
+            }
+            StepKind::ExpectLog { pattern, timeout, absent: false } => {
+                let mut found = None;
+                // Take in events and search after each one.
+                let deadline = Instant::now() + *timeout;
+                loop {
+                    if let Some(l) = self.serial.find(pattern) {
+                        found = Some(l);
+                        break;
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    if let Some(e) =
+                        self.dut.next_event(left.min(Duration::from_millis(50))).map_err(dut_err)?
+                    {
+                        self.record(e);
+                    }
+                }
+                match found {
+                    Some(_) => Ok(StepOutcome::Passed),
+                    None => Ok(StepOutcome::Failed(format!(
+                        "no serial line matching /{}/ within {:?} since the last boot",
+                        pattern.as_str(),
+                        timeout
+                    ))),
+                }
+            }
+            StepKind::ExpectLog { pattern, timeout, absent: true } => {
+                self.wait_until(*timeout, |r| r.serial.contains(pattern)).map_err(dut_err)?;
+                match self.serial.contains(pattern) {
+                    false => Ok(StepOutcome::Passed),
+                    true => Ok(StepOutcome::Failed(format!(
+                        "a serial line matches /{}/, which must not appear",
+                        pattern.as_str()
+                    ))),
+                }
+            }
+            StepKind::Ota(o) => self.ota(o),
+            StepKind::Snapshot(kinds) => {
+                self.drain(Duration::ZERO).map_err(dut_err)?;
+                *snapshot_no += 1;
+                for k in kinds {
+                    let content = match k {
+                        SnapshotKind::Partitions => {
+                            inspect::partition_state(&self.dut.read_flash().map_err(dut_err)?)
+                        }
+                        SnapshotKind::Log => normalise(&self.serial.lines),
+                    };
+                    let name = format!("{}-{}-{}", self.scenario.name, snapshot_no, k.name());
+                    self.snapshots.push((name, content));
+                }
+                Ok(StepOutcome::Passed)
+            }
+        }
+    }
+
+    fn ota(&mut self, o: &OtaStep) -> StepResult {
+        let dut_err = |e: DutError| e.to_string();
+        let caps = self.dut.capabilities();
+        if o.cut_power.is_some() && !caps.exact_power_cut {
+            return Ok(StepOutcome::Skipped(format!(
+                "the {} backend cannot cut power at an exact flash operation",
+                self.dut.backend()
+            )));
+        }
+        if o.erases.is_some() && !caps.flash_op_counters {
+            return Ok(StepOutcome::Skipped(format!(
+                "the {} backend does not count flash operations",
+                self.dut.backend()
+            )));
+        }
+        self.drain(Duration::ZERO).map_err(dut_err)?;
+        self.serial.mark_boot();
+        let before = if o.flash_unchanged { Some(self.dut.read_flash().map_err(dut_err)?) } else { None };
+        let counters =
+            if o.erases.is_some() { Some(self.dut.flash_counters().map_err(dut_err)?) } else { None };
+        let losses = self.power_losses.len();
+        let reboots = self.reboots;
+        if let Some((at, torn_seed)) = o.cut_power {
+            let cut = match at {
+                CutPower::AfterBytes(count) => PowerCut::AfterBytes { count, torn_seed },
+                CutPower::AfterOps(count) => PowerCut::AfterOps { count, torn_seed },
+            };
+            self.dut.arm_power_cut(cut).map_err(dut_err)?;
+        }
+        let upload = Upload {
+            image: &o.image.bytes,
+            password: o.password.as_deref(),
+            offer_sha256: o.auth == AuthSpec::Sha256,
+            declared_size: o.declared_size,
+            md5: o.md5,
+            disconnect_after: o.disconnect_after,
+            send_delay: o.send_delay,
+            timeout: o.timeout,
+            seed: self.scenario.device.seed,
+        };
+        let addr = self.dut.ota_addr();
+        let outcome = self.rt.block_on(client::upload(addr, &upload));
+        let matches = match (o.expect, &outcome) {
+            (Expect::Ok, Outcome::Ok { .. }) => true,
+            (Expect::Code(c), Outcome::DeviceError { code, .. }) => c == *code,
+            (Expect::Interrupted, Outcome::Interrupted { .. } | Outcome::Disconnected { .. }) => true,
+            (Expect::PasswordRequired, Outcome::PasswordRequired) => true,
+            _ => false,
+        };
+        if !matches {
+            return Ok(StepOutcome::Failed(format!("expected {}, got {outcome}", o.expect)));
+        }
+        if o.expect == Expect::Ok {
+            let rebooted = self.wait_until(DEVICE_EVENT_TIMEOUT, |r| r.reboots > reboots).map_err(dut_err)?;
+            if !rebooted {
+                return Ok(StepOutcome::Failed(format!(
+                    "the update succeeded but the device did not reboot within {DEVICE_EVENT_TIMEOUT:?}"
+                )));
+            }
+        } else {
+            // The device finishes its side of the session (logs, abort) before we look at it.
+            self.drain(Duration::from_millis(20)).map_err(dut_err)?;
+        }
+        if o.cut_power.is_some() {
+            let fired =
+                self.wait_until(DEVICE_EVENT_TIMEOUT, |r| r.power_losses.len() > losses).map_err(dut_err)?;
+            if !fired {
+                self.dut.disarm_power_cut().map_err(dut_err)?;
+                return Ok(StepOutcome::Failed(
+                    "the armed power cut never fired: the update performed fewer flash operations than the cut point"
+                        .into(),
+                ));
+            }
+        }
+        if let Some(before) = before {
+            let after = self.dut.read_flash().map_err(dut_err)?;
+            if let Some(at) = before.iter().zip(&after).position(|(a, b)| a != b) {
+                return Ok(StepOutcome::Failed(format!(
+                    "flash changed: first difference at {at:#x} ({:#04x} -> {:#04x})",
+                    before[at], after[at]
+                )));
+            }
+        }
+        if let (Some(want), Some(c0)) = (o.erases, counters) {
+            let c1 = self.dut.flash_counters().map_err(dut_err)?;
+            let erases = c1.erases - c0.erases;
+            if erases != want {
+                return Ok(StepOutcome::Failed(format!(
+                    "expected {want} sector erase(s), the device performed {erases}"
+                )));
+            }
+        }
+        Ok(StepOutcome::Passed)
+    }
+}
+
+/// Plays `scenario` on `backend`.
+pub fn run(scenario: &Scenario, backend: &Backend) -> ScenarioReport {
+    let started = Instant::now();
+    let mut report = ScenarioReport {
+        name: scenario.name.clone(),
+        file: scenario.file.display().to_string(),
+        backend: backend.name().into(),
+        duration: Duration::ZERO,
+        steps: Vec::new(),
+        error: None,
+        log_tail: Vec::new(),
+        snapshots: Vec::new(),
+    };
+    let mut dut = match backend.start(scenario) {
+        Ok(d) => d,
+        Err(e) => {
+            report.error = Some(format!("the {} backend did not start: {e}", backend.name()));
+            report.duration = started.elapsed();
+            return report;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            report.error = Some(format!("cannot start the async runtime: {e}"));
+            return report;
+        }
+    };
+    let mut run = Run {
+        dut: dut.as_mut(),
+        serial: SerialLog::default(),
+        power_losses: Vec::new(),
+        reboots: 0,
+        rt,
+        snapshots: Vec::new(),
+        scenario,
+    };
+    let mut snapshot_no = 0;
+    for step in &scenario.steps {
+        let t = Instant::now();
+        let outcome = match run.step(&step.kind, &mut snapshot_no) {
+            Ok(o) => o,
+            Err(e) => StepOutcome::Failed(e),
+        };
+        let failed = matches!(outcome, StepOutcome::Failed(_));
+        tracing::debug!(scenario = %scenario.name, line = step.line, step = %step.kind.label(), ?outcome);
+        report.steps.push(StepReport {
+            line: step.line,
+            label: step.kind.label(),
+            outcome,
+            duration: t.elapsed(),
+        });
+        if failed {
+            let _ = run.drain(Duration::from_millis(20));
+            report.log_tail = run.serial.tail(15).to_vec();
+            break;
+        }
+    }
+    report.snapshots = std::mem::take(&mut run.snapshots);
+    dut.shutdown();
+    report.duration = started.elapsed();
+    report
+}

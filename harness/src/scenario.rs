@@ -1,0 +1,626 @@
+//! Scenarios: the YAML model, its strict loader, and the checks that turn names and strings
+//! into images, regexes and durations — every error with file, line and column.
+
+use crate::fixtures;
+use ota_core::partition::PartitionTable;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A scenario that cannot be loaded: where, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ScenarioError {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+    }
+}
+
+// ---- the YAML as written -------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: Spanned<String>,
+    #[serde(default)]
+    about: Option<String>,
+    device: RawDevice,
+    steps: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    firmware: Spanned<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    partitions: Option<Spanned<String>>,
+    #[serde(default)]
+    flash_size: Option<Spanned<String>>,
+    #[serde(default)]
+    protocol: Option<Spanned<u8>>,
+    #[serde(default)]
+    bootloader_rollback: Option<bool>,
+    #[serde(default)]
+    erase: Option<EraseSpec>,
+    #[serde(default)]
+    seed: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EraseSpec {
+    Sequential,
+    Upfront,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum RawStep {
+    Boot,
+    PowerOn,
+    PowerOff,
+    Reset,
+    ExpectLog(RawExpectLog),
+    Ota(RawOta),
+    Snapshot(RawSnapshot),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawExpectLog {
+    Pattern(String),
+    Full(RawExpectLogFull),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExpectLogFull {
+    pattern: String,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    absent: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawSnapshot {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOta {
+    image: Spanned<String>,
+    expect: Spanned<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    auth: Option<AuthSpec>,
+    #[serde(default)]
+    declared_size: Option<u32>,
+    #[serde(default)]
+    md5: Option<Spanned<String>>,
+    #[serde(default)]
+    disconnect_after: Option<u64>,
+    #[serde(default)]
+    send_delay: Option<Spanned<String>>,
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    cut_power: Option<RawCut>,
+    #[serde(default)]
+    flash: Option<FlashExpect>,
+    #[serde(default)]
+    erases: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCut {
+    #[serde(default)]
+    after_bytes: Option<u64>,
+    #[serde(default)]
+    after_ops: Option<u64>,
+    #[serde(default)]
+    torn_seed: Option<u64>,
+}
+
+/// Which authentication the client offers.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthSpec {
+    /// Feature bit 1 set: a device that supports it challenges with SHA-256.
+    #[default]
+    Sha256,
+    /// An ESPHome 2024.11 client: MD5 only.
+    Md5,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FlashExpect {
+    /// The whole flash must be byte-identical before and after the step.
+    Unchanged,
+}
+
+// ---- the checked model ---------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub about: Option<String>,
+    pub file: PathBuf,
+    pub device: Device,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub firmware: Image,
+    pub password: Option<String>,
+    pub partitions: PartitionTable,
+    pub partitions_name: String,
+    pub flash_size: u32,
+    pub protocol: u8,
+    pub bootloader_rollback: bool,
+    pub erase: EraseSpec,
+    pub seed: u64,
+}
+
+/// An image resolved from a fixture name or a file.
+#[derive(Clone)]
+pub struct Image {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Image({}, {} bytes)", self.name, self.bytes.len())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub line: u64,
+    pub kind: StepKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum StepKind {
+    Boot,
+    PowerOn,
+    PowerOff,
+    Reset,
+    ExpectLog { pattern: regex::Regex, timeout: Duration, absent: bool },
+    Ota(Box<OtaStep>),
+    Snapshot(Vec<SnapshotKind>),
+}
+
+impl StepKind {
+    pub fn label(&self) -> String {
+        match self {
+            StepKind::Boot => "boot".into(),
+            StepKind::PowerOn => "power_on".into(),
+            StepKind::PowerOff => "power_off".into(),
+            StepKind::Reset => "reset".into(),
+            StepKind::ExpectLog { pattern, absent, .. } => {
+                format!("expect_log{} '{}'", if *absent { " (absent)" } else { "" }, pattern.as_str())
+            }
+            StepKind::Ota(o) => format!("ota {} (expect {})", o.image.name, o.expect),
+            StepKind::Snapshot(k) => {
+                format!("snapshot {}", k.iter().map(|k| k.name()).collect::<Vec<_>>().join("+"))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    Partitions,
+    Log,
+}
+
+impl SnapshotKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SnapshotKind::Partitions => "partitions",
+            SnapshotKind::Log => "log",
+        }
+    }
+}
+
+/// What the OTA step must end with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// `UPDATE_END_OK`, final ack sent, device reboots.
+    Ok,
+    /// The device answered this error code.
+    Code(u8),
+    /// The connection ended without an answer (power cut, client disconnect).
+    Interrupted,
+    /// The device asked for a password and the step gave none.
+    PasswordRequired,
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expect::Ok => f.write_str("ok"),
+            Expect::Code(c) => write!(f, "{} (0x{c:02X})", ota_core::esphome::code_name(*c).unwrap_or("?")),
+            Expect::Interrupted => f.write_str("interrupted"),
+            Expect::PasswordRequired => f.write_str("password_required"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutPower {
+    AfterBytes(u64),
+    AfterOps(u64),
+}
+
+#[derive(Debug, Clone)]
+pub struct OtaStep {
+    pub image: Image,
+    pub expect: Expect,
+    pub password: Option<String>,
+    pub auth: AuthSpec,
+    pub declared_size: Option<u32>,
+    pub md5: Option<[u8; 32]>,
+    pub disconnect_after: Option<u64>,
+    pub send_delay: Option<Duration>,
+    pub timeout: Duration,
+    pub cut_power: Option<(CutPower, Option<u64>)>,
+    pub flash_unchanged: bool,
+    pub erases: Option<u64>,
+}
+
+// ---- loading -------------------------------------------------------------------------------
+
+struct Ctx<'a> {
+    file: &'a Path,
+    dir: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err<T>(&self, line: u64, column: u64, message: impl Into<String>) -> Result<T, ScenarioError> {
+        Err(ScenarioError { file: self.file.to_path_buf(), line, column, message: message.into() })
+    }
+
+    fn at<T, U>(&self, s: &Spanned<U>, message: impl Into<String>) -> Result<T, ScenarioError> {
+        self.err(s.referenced.line(), s.referenced.column(), message)
+    }
+
+    fn image(&self, s: &Spanned<String>) -> Result<Image, ScenarioError> {
+        if let Some(f) = fixtures::find(&s.value) {
+            return Ok(Image { name: s.value.clone(), bytes: f.bytes() });
+        }
+        let path = self.dir.join(&s.value);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Image { name: s.value.clone(), bytes }),
+            Err(e) => self.at(
+                s,
+                format!(
+                    "unknown image `{}`: expected a fixture ({}) or a file relative to the scenario ({}: {e})",
+                    s.value,
+                    fixtures::names(),
+                    path.display()
+                ),
+            ),
+        }
+    }
+
+    fn duration(&self, s: &Spanned<String>) -> Result<Duration, ScenarioError> {
+        parse_duration(&s.value).ok_or(()).or_else(|_| {
+            self.at(s, format!("`{}` is not a duration: expected e.g. `500ms`, `5s` or `1m`", s.value))
+        })
+    }
+}
+
+/// `500ms`, `5s`, `1.5s`, `2m`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    let (num, unit) = t.find(|c: char| c.is_ascii_alphabetic()).map(|i| t.split_at(i))?;
+    let value: f64 = num.trim().parse().ok()?;
+    if !value.is_finite() || value < 0.0 {
+        return None;
+    }
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(secs))
+}
+
+/// Loads and checks a scenario file.
+pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(&text, path)
+}
+
+/// Parses scenario text; `path` names it in errors and anchors relative file references.
+pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
+    let raw: RawScenario = serde_saphyr::from_str(text).map_err(|e| {
+        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+        // The library's message carries a rendered snippet; keep its first line only.
+        let message = e.to_string().lines().next().unwrap_or("invalid YAML").to_string();
+        ScenarioError { file: path.to_path_buf(), line, column, message }
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let cx = Ctx { file: path, dir };
+    check(raw, &cx)
+}
+
+fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
+    if raw.name.value.is_empty()
+        || !raw.name.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return cx.at(&raw.name, "name must be non-empty and use only letters, digits, `-` and `_`");
+    }
+    let d = raw.device;
+    let (partitions, partitions_name) = match &d.partitions {
+        None => (
+            ota_core::partition_csv::parse_csv(fixtures::DEFAULT_PARTITIONS_CSV)
+                .expect("built-in table parses"),
+            "esphome-4mb".to_string(),
+        ),
+        Some(p) => {
+            let path = cx.dir.join(&p.value);
+            let csv = match std::fs::read_to_string(&path) {
+                Ok(c) => c,
+                Err(e) => return cx.at(p, format!("cannot read partition table {}: {e}", path.display())),
+            };
+            match ota_core::partition_csv::parse_csv(&csv) {
+                Ok(t) => (t, p.value.clone()),
+                Err(e) => return cx.at(p, format!("partition table {}: {e}", path.display())),
+            }
+        }
+    };
+    let flash_size = match &d.flash_size {
+        None => 4 << 20,
+        Some(s) => match ota_core::partition_csv::parse_size(&s.value) {
+            Some(n) if n.is_power_of_two() && (1 << 20..=16 << 20).contains(&n) => n,
+            _ => return cx.at(s, format!("flash_size `{}`: expected 1M, 2M, 4M, 8M or 16M", s.value)),
+        },
+    };
+    let protocol = match &d.protocol {
+        None => 2,
+        Some(p) if p.value == 1 || p.value == 2 => p.value,
+        Some(p) => return cx.at(p, format!("protocol {}: expected 1 or 2", p.value)),
+    };
+    let device = Device {
+        firmware: cx.image(&d.firmware)?,
+        password: d.password,
+        partitions,
+        partitions_name,
+        flash_size,
+        protocol,
+        bootloader_rollback: d.bootloader_rollback.unwrap_or(false),
+        erase: d.erase.unwrap_or(EraseSpec::Sequential),
+        seed: d.seed.unwrap_or(0),
+    };
+    let mut steps = Vec::new();
+    for s in raw.steps {
+        let line = s.referenced.line();
+        let column = s.referenced.column();
+        let kind = match s.value {
+            RawStep::Boot => StepKind::Boot,
+            RawStep::PowerOn => StepKind::PowerOn,
+            RawStep::PowerOff => StepKind::PowerOff,
+            RawStep::Reset => StepKind::Reset,
+            RawStep::ExpectLog(e) => {
+                let (pattern, timeout, absent) = match e {
+                    RawExpectLog::Pattern(p) => (p, None, false),
+                    RawExpectLog::Full(f) => (f.pattern, f.timeout, f.absent),
+                };
+                let regex = match regex::Regex::new(&pattern) {
+                    Ok(r) => r,
+                    Err(e) => return cx.err(line, column, format!("expect_log pattern is not a regex: {e}")),
+                };
+                let timeout = match timeout {
+                    None => Duration::from_secs(5),
+                    Some(t) => match parse_duration(&t) {
+                        Some(d) => d,
+                        None => {
+                            return cx.err(
+                                line,
+                                column,
+                                format!("timeout `{t}`: expected e.g. `500ms` or `5s`"),
+                            );
+                        }
+                    },
+                };
+                StepKind::ExpectLog { pattern: regex, timeout, absent }
+            }
+            RawStep::Snapshot(k) => {
+                let names = match k {
+                    RawSnapshot::One(n) => vec![n],
+                    RawSnapshot::Many(v) => v,
+                };
+                let mut kinds = Vec::new();
+                for n in names {
+                    kinds.push(match n.as_str() {
+                        "partitions" => SnapshotKind::Partitions,
+                        "log" => SnapshotKind::Log,
+                        other => {
+                            return cx.err(
+                                line,
+                                column,
+                                format!("snapshot `{other}`: expected `partitions` or `log`"),
+                            );
+                        }
+                    });
+                }
+                StepKind::Snapshot(kinds)
+            }
+            RawStep::Ota(o) => StepKind::Ota(Box::new(check_ota(o, cx)?)),
+        };
+        steps.push(Step { line, kind });
+    }
+    Ok(Scenario { name: raw.name.value, about: raw.about, file: cx.file.to_path_buf(), device, steps })
+}
+
+fn check_ota(o: RawOta, cx: &Ctx<'_>) -> Result<OtaStep, ScenarioError> {
+    let expect = match o.expect.value.as_str() {
+        "ok" => Expect::Ok,
+        "interrupted" => Expect::Interrupted,
+        "password_required" => Expect::PasswordRequired,
+        name => match ota_core::esphome::code_by_name(name) {
+            Some(c) if c >= 0x80 => Expect::Code(c),
+            _ => {
+                let codes: Vec<&str> = ota_core::esphome::CODE_NAMES
+                    .iter()
+                    .filter(|(c, _)| *c >= 0x80)
+                    .map(|(_, n)| *n)
+                    .collect();
+                return cx.at(
+                    &o.expect,
+                    format!(
+                        "expect `{name}`: expected ok, interrupted, password_required or an error code ({})",
+                        codes.join(", ")
+                    ),
+                );
+            }
+        },
+    };
+    let md5 = match &o.md5 {
+        None => None,
+        Some(m) if m.value == "wrong" => Some(*b"00000000000000000000000000000000"),
+        Some(m) if m.value.len() == 32 && m.value.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(m.value.as_bytes());
+            Some(out)
+        }
+        Some(m) => return cx.at(m, "md5: expected `wrong` or 32 hex digits"),
+    };
+    let cut_power = match &o.cut_power {
+        None => None,
+        Some(c) => {
+            let at = match (c.after_bytes, c.after_ops) {
+                (Some(b), None) => CutPower::AfterBytes(b),
+                (None, Some(n)) => CutPower::AfterOps(n),
+                _ => {
+                    return cx
+                        .at(&o.image, "cut_power: expected exactly one of `after_bytes` or `after_ops`");
+                }
+            };
+            Some((at, c.torn_seed))
+        }
+    };
+    Ok(OtaStep {
+        image: cx.image(&o.image)?,
+        expect,
+        password: o.password,
+        auth: o.auth.unwrap_or_default(),
+        declared_size: o.declared_size,
+        md5,
+        disconnect_after: o.disconnect_after,
+        send_delay: o.send_delay.as_ref().map(|d| cx.duration(d)).transpose()?,
+        timeout: o.timeout.as_ref().map(|d| cx.duration(d)).transpose()?.unwrap_or(Duration::from_secs(20)),
+        cut_power,
+        flash_unchanged: o.flash == Some(FlashExpect::Unchanged),
+        erases: o.erases,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn err(text: &str) -> ScenarioError {
+        parse(text, Path::new("scenarios/x.yaml")).unwrap_err()
+    }
+
+    const OK: &str =
+        "name: t\ndevice: { firmware: v1 }\nsteps:\n  - boot\n  - ota: { image: v2, expect: ok }\n";
+
+    #[test]
+    fn loads_a_scenario() {
+        let s = parse(OK, Path::new("x.yaml")).unwrap();
+        assert_eq!(s.steps.len(), 2);
+        assert_eq!(s.steps[1].line, 5);
+        assert!(matches!(&s.steps[1].kind, StepKind::Ota(o) if o.expect == Expect::Ok));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_column() {
+        let e = err(
+            "name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { image: v2, expect: ok, colour: red }\n",
+        );
+        assert_eq!((e.line, e.file.as_path()), (4, Path::new("scenarios/x.yaml")));
+        assert!(e.column > 0);
+        assert!(e.message.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_missing_image() {
+        let e = err(
+            "name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { image: v2, expect: ok, declared_size: lots }\n",
+        );
+        assert_eq!(e.line, 4, "{e}");
+        let e =
+            err("name: t\ndevice: { firmware: v1 }\nsteps:\n  - boot\n  - ota: { image: v7, expect: ok }\n");
+        assert_eq!((e.line, e.column), (5, 19), "{e}");
+        assert!(e.message.contains("unknown image `v7`") && e.message.contains("v1, v2"), "{e}");
+        let e = err("name: t\ndevice: { firmware: nope.bin }\nsteps: []\n");
+        assert_eq!(e.line, 2);
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let e = err("name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { image: v2, expect: sorta }\n");
+        assert!(e.message.contains("expect `sorta`") && e.message.contains("auth_invalid"), "{e}");
+        let e = err("name: t\ndevice: { firmware: v1 }\nsteps:\n  - explode\n");
+        assert_eq!(e.line, 4, "{e}");
+        let e =
+            err("name: t\ndevice: { firmware: v1 }\nsteps:\n  - expect_log: { pattern: '(', timeout: 1s }\n");
+        assert!(e.message.contains("not a regex"), "{e}");
+        let e = err(
+            "name: t\ndevice: { firmware: v1 }\nsteps:\n  - expect_log: { pattern: 'x', timeout: soon }\n",
+        );
+        assert!(e.message.contains("timeout `soon`"), "{e}");
+        let e = err("name: bad name\ndevice: { firmware: v1 }\nsteps: []\n");
+        assert_eq!(e.line, 1);
+        let e = err("name: t\nsteps: []\n");
+        assert!(e.message.contains("device"), "{e}");
+        let e = err(
+            "name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { image: v2, expect: ok, cut_power: { after_ops: 1, after_bytes: 2 } }\n",
+        );
+        assert!(e.message.contains("exactly one"), "{e}");
+        let e = err("name: t\ndevice: { firmware: v1, flash_size: 3M }\nsteps: []\n");
+        assert!(e.message.contains("flash_size"), "{e}");
+        let e = err("name: t\ndevice: [1, 2\n");
+        assert!(e.line > 0, "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("1h"), None);
+    }
+}

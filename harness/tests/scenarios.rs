@@ -1,0 +1,29 @@
+//! Every scenario under `scenarios/` played on the emulator, its snapshots checked by insta.
+
+use otahil::emu::EmuProgram;
+use otahil::runner::{self, Backend};
+use otahil::scenario;
+use rstest::rstest;
+use std::path::PathBuf;
+
+fn backend() -> Backend {
+    // The otahil binary embeds the emulator (`otahil emu …`); cargo builds it for this test.
+    Backend::Emu(EmuProgram { program: env!("CARGO_BIN_EXE_otahil").into(), prefix_args: vec!["emu".into()] })
+}
+
+#[rstest]
+fn plays(#[files("../scenarios/*.yaml")] path: PathBuf) {
+    let s = scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let report = runner::run(&s, &backend());
+    if let Some(details) = report.failure_details() {
+        panic!("scenario {} failed: {details}", s.name);
+    }
+    let mut settings = insta::Settings::clone_current();
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(false);
+    settings.bind(|| {
+        for (name, content) in &report.snapshots {
+            insta::assert_snapshot!(name.as_str(), content);
+        }
+    });
+}
