@@ -80,6 +80,8 @@ pub enum LogEvent<'a> {
     OtaConnectionLost { received: u32, size: u32 },
     OtaTimeout,
     OtaCompressionUnsupported,
+    /// The device restarts into the image it just received.
+    OtaRebooting,
     OtaComplete { slot: SlotName, seq: u32, state: OtaState },
 }
 
@@ -189,6 +191,7 @@ impl fmt::Display for LogEvent<'_> {
                 "running {running} but otadata selects {selected} (bootloader fallback): otadata left as is"
             ),
             Rebooting => f.write_str("Rebooting..."),
+            OtaRebooting => f.write_str("Rebooting into the new image..."),
             OtaListening { port } => write!(f, "listening on port {port}"),
             OtaClientConnected => f.write_str("client connected"),
             OtaMagicMismatch => f.write_str("Magic bytes do not match"),

@@ -294,7 +294,7 @@ impl<W: Write> Device<W> {
 
     /// After a completed update: log and restart into the new image.
     pub fn reboot_after_update(&mut self) {
-        self.log(&LogEvent::Rebooting);
+        self.log(&LogEvent::OtaRebooting);
         self.reset();
     }
 
