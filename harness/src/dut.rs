@@ -53,6 +53,8 @@ pub enum DutEvent {
     PowerLost(String),
     /// The device rebooted by itself after an update.
     Rebooted,
+    /// The device finished with an OTA connection (its logs for it are out).
+    SessionClosed,
 }
 
 pub trait Dut {

@@ -180,6 +180,8 @@ fn control_event(c: &str) -> Option<DutEvent> {
         Some(DutEvent::PowerLost(rest.to_string()))
     } else if c.starts_with("event rebooted") {
         Some(DutEvent::Rebooted)
+    } else if c.starts_with("event session-closed") {
+        Some(DutEvent::SessionClosed)
     } else {
         None
     }

@@ -52,6 +52,7 @@ struct Run<'a> {
     serial: SerialLog,
     power_losses: Vec<String>,
     reboots: usize,
+    sessions_closed: usize,
     rt: tokio::runtime::Runtime,
     snapshots: Vec<(String, String)>,
     scenario: &'a Scenario,
@@ -65,6 +66,7 @@ impl Run<'_> {
             DutEvent::Serial(l) => self.serial.push(l),
             DutEvent::PowerLost(what) => self.power_losses.push(what),
             DutEvent::Rebooted => self.reboots += 1,
+            DutEvent::SessionClosed => self.sessions_closed += 1,
         }
     }
 
@@ -202,6 +204,7 @@ impl Run<'_> {
             if o.erases.is_some() { Some(self.dut.flash_counters().map_err(dut_err)?) } else { None };
         let losses = self.power_losses.len();
         let reboots = self.reboots;
+        let sessions = self.sessions_closed;
         if let Some((at, torn_seed)) = o.cut_power {
             let cut = match at {
                 CutPower::AfterBytes(count) => PowerCut::AfterBytes { count, torn_seed },
@@ -232,6 +235,13 @@ impl Run<'_> {
         if !matches {
             return Ok(StepOutcome::Failed(format!("expected {}, got {outcome}", o.expect)));
         }
+        // The device's side of the session (its logs, its abort) is over before we look at it.
+        let closed = self.wait_until(DEVICE_EVENT_TIMEOUT, |r| r.sessions_closed > sessions).map_err(dut_err)?;
+        if !closed {
+            return Ok(StepOutcome::Failed(format!(
+                "the device did not close the OTA session within {DEVICE_EVENT_TIMEOUT:?} (client saw: {outcome})"
+            )));
+        }
         if o.expect == Expect::Ok {
             let rebooted = self.wait_until(DEVICE_EVENT_TIMEOUT, |r| r.reboots > reboots).map_err(dut_err)?;
             if !rebooted {
@@ -239,9 +249,6 @@ impl Run<'_> {
                     "the update succeeded but the device did not reboot within {DEVICE_EVENT_TIMEOUT:?}"
                 )));
             }
-        } else {
-            // The device finishes its side of the session (logs, abort) before we look at it.
-            self.drain(Duration::from_millis(20)).map_err(dut_err)?;
         }
         if o.cut_power.is_some() {
             let fired =
@@ -309,6 +316,7 @@ pub fn run(scenario: &Scenario, backend: &Backend) -> ScenarioReport {
         serial: SerialLog::default(),
         power_losses: Vec::new(),
         reboots: 0,
+        sessions_closed: 0,
         rt,
         snapshots: Vec::new(),
         scenario,

@@ -13,7 +13,8 @@
 //! | `quit` | exit the process | `ok quit` |
 //!
 //! Errors answer `err <message>`. When an armed cut fires: `event power-lost op=K kind=erase|program
-//! addr=0x… torn=true|false`. After an update completes: `event rebooted <status>`.
+//! addr=0x… torn=true|false`. When an OTA connection ends (or is refused because nothing serves
+//! OTA): `event session-closed`. After an update completes: `event rebooted <status>`.
 
 use crate::flash::{CutPoint, Fault};
 

@@ -97,6 +97,7 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
                         // The device stops serving: the client sees the connection drop.
                         if let Some(c) = conn.take() {
                             let _ = c.stream.shutdown(Shutdown::Both);
+                            control_line(&mut device, "event session-closed");
                         }
                     }
                     match cmd {
@@ -145,6 +146,7 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
                     } else {
                         // Nothing serves OTA (off, hung, bricked): the connection is refused.
                         let _ = stream.shutdown(Shutdown::Both);
+                        control_line(&mut device, "event session-closed refused");
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
@@ -176,12 +178,14 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
                         report_loss(&mut device, loss);
                     }
                     conn = None;
+                    control_line(&mut device, "event session-closed");
                 }
             }
             SessionStep::Close { reply, reboot } => {
                 let _ = c.stream.write_all(&reply);
                 let _ = c.stream.shutdown(Shutdown::Write);
                 conn = None;
+                control_line(&mut device, "event session-closed");
                 if reboot {
                     device.reboot_after_update();
                     let s = device.status();
@@ -192,6 +196,7 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
                 let _ = c.stream.shutdown(Shutdown::Both);
                 conn = None;
                 report_loss(&mut device, loss);
+                control_line(&mut device, "event session-closed");
             }
         }
     }

@@ -1,0 +1,140 @@
+//! `cargo xtask …`: the project's tasks, as cargo commands so they need nothing but cargo.
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build what the backend needs and play the scenarios (emulator by default).
+    Hil {
+        /// Device backend.
+        #[arg(long, default_value = "emu")]
+        backend: String,
+        /// Play only this scenario (repeatable).
+        #[arg(long)]
+        scenario: Vec<String>,
+        /// Write JUnit XML here.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+    },
+    /// Write the fixture images to fixtures/images/ (deterministic).
+    Fixtures,
+    /// What CI runs: fmt check, clippy -D warnings, the tests, the no_std build of the core,
+    /// and `hil` on the emulator.
+    Ci,
+    /// Time the emulator suite: builds once, then plays every scenario N times and prints figures.
+    Bench {
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(mut cmd: Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("xtask: {shown}");
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Builds the harness and the emulator (release: the suite's speed is part of the product).
+fn build_emu() -> anyhow::Result<PathBuf> {
+    let mut c = cargo();
+    c.args(["build", "--release", "-p", "otahil", "-p", "ota-emu"]);
+    run(c)?;
+    Ok(root().join("target/release"))
+}
+
+fn hil(backend: &str, scenarios: &[String], junit: Option<&Path>) -> anyhow::Result<()> {
+    if backend != "emu" {
+        bail!(
+            "backend `{backend}` is not available: this build of otahil has the `emu` backend only \
+             (the QEMU and bench backends are tracked as their own issue)"
+        );
+    }
+    let bin = build_emu()?;
+    let mut c = Command::new(bin.join("otahil"));
+    c.current_dir(root()).args(["run", "--backend", backend]);
+    for s in scenarios {
+        c.args(["--scenario", s]);
+    }
+    if let Some(j) = junit {
+        c.arg("--junit").arg(j);
+    }
+    c.env("OTAHIL_EMU", bin.join("ota-emu"));
+    run(c)
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Hil { backend, scenario, junit } => hil(&backend, &scenario, junit.as_deref()),
+        Task::Fixtures => {
+            let bin = build_emu()?;
+            let mut c = Command::new(bin.join("otahil"));
+            c.current_dir(root()).args(["fixtures", "--out", "fixtures/images"]);
+            run(c)
+        }
+        Task::Ci => {
+            let mut c = cargo();
+            c.args(["fmt", "--all", "--", "--check"]);
+            run(c)?;
+            let mut c = cargo();
+            c.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+            run(c)?;
+            let mut c = cargo();
+            c.args(["build", "-p", "ota-core", "--target", "riscv32imc-unknown-none-elf"]);
+            run(c)?;
+            let mut c = cargo();
+            c.args(["test", "--workspace"]);
+            run(c)?;
+            hil("emu", &[], None)
+        }
+        Task::Bench { runs } => {
+            let bin = build_emu()?;
+            let mut times = Vec::new();
+            for i in 0..runs {
+                let t = Instant::now();
+                let mut c = Command::new(bin.join("otahil"));
+                c.current_dir(root()).args(["run"]).env("OTAHIL_EMU", bin.join("ota-emu"));
+                let out = c.output().context("running otahil")?;
+                if !out.status.success() {
+                    bail!("run {i} failed:\n{}", String::from_utf8_lossy(&out.stdout));
+                }
+                times.push(t.elapsed().as_secs_f64());
+                if i == 0 {
+                    print!("{}", String::from_utf8_lossy(&out.stdout));
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            let median = times[times.len() / 2];
+            println!(
+                "bench: whole emu suite, {runs} runs (process start to exit): min {:.3} s, median {median:.3} s, max {:.3} s",
+                times[0],
+                times[times.len() - 1]
+            );
+            Ok(())
+        }
+    }
+}
