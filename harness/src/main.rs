@@ -78,7 +78,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_all(dir: &PathBuf, only: &[String]) -> anyhow::Result<(Vec<scenario::Scenario>, Vec<String>)> {
+fn load_all(
+    dir: &std::path::Path,
+    only: &[String],
+) -> anyhow::Result<(Vec<scenario::Scenario>, Vec<String>)> {
     let files = otahil::scenario_files(dir).with_context(|| format!("reading {}", dir.display()))?;
     let mut loaded = Vec::new();
     let mut errors = Vec::new();

@@ -236,7 +236,8 @@ impl Run<'_> {
             return Ok(StepOutcome::Failed(format!("expected {}, got {outcome}", o.expect)));
         }
         // The device's side of the session (its logs, its abort) is over before we look at it.
-        let closed = self.wait_until(DEVICE_EVENT_TIMEOUT, |r| r.sessions_closed > sessions).map_err(dut_err)?;
+        let closed =
+            self.wait_until(DEVICE_EVENT_TIMEOUT, |r| r.sessions_closed > sessions).map_err(dut_err)?;
         if !closed {
             return Ok(StepOutcome::Failed(format!(
                 "the device did not close the OTA session within {DEVICE_EVENT_TIMEOUT:?} (client saw: {outcome})"

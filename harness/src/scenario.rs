@@ -71,7 +71,7 @@ enum RawStep {
     PowerOff,
     Reset,
     ExpectLog(RawExpectLog),
-    Ota(RawOta),
+    Ota(Box<RawOta>),
     Snapshot(RawSnapshot),
 }
 
@@ -473,7 +473,7 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
                 }
                 StepKind::Snapshot(kinds)
             }
-            RawStep::Ota(o) => StepKind::Ota(Box::new(check_ota(o, cx)?)),
+            RawStep::Ota(o) => StepKind::Ota(Box::new(check_ota(*o, cx)?)),
         };
         steps.push(Step { line, kind });
     }

@@ -47,10 +47,10 @@ static CATALOGUE_LINE: LazyLock<Regex> =
 pub fn normalise(lines: &[String]) -> String {
     let mut out = String::new();
     for line in lines {
-        if let Some(c) = CATALOGUE_LINE.captures(line) {
-            if ota_core::log::TAGS.contains(&&c[3]) {
-                out.push_str(&format!("{} (T) {}: {}\n", &c[1], &c[3], &c[4]));
-            }
+        if let Some(c) = CATALOGUE_LINE.captures(line)
+            && ota_core::log::TAGS.contains(&&c[3])
+        {
+            out.push_str(&format!("{} (T) {}: {}\n", &c[1], &c[3], &c[4]));
         }
     }
     out

@@ -44,45 +44,98 @@ pub enum LogEvent<'a> {
     // --- second-stage bootloader (tag `boot`), ESP-IDF's own texts where it has them
     BootStart,
     TableInvalid(TableError),
-    TableOk { partitions: usize },
+    TableOk {
+        partitions: usize,
+    },
     DefaultingToFactory,
     NoFactoryTryingOta0,
     OtadataInvalidFactory,
     OtadataInvalidTryAll,
-    BootPendingToAborted { copy: usize },
-    BootNewToPending { copy: usize },
-    BootSelected { copy: usize, seq: u32, slot: SlotName, state: OtaState },
-    SlotNotBootable { slot: SlotName, reason: ImageError },
+    BootPendingToAborted {
+        copy: usize,
+    },
+    BootNewToPending {
+        copy: usize,
+    },
+    BootSelected {
+        copy: usize,
+        seq: u32,
+        slot: SlotName,
+        state: OtaState,
+    },
+    SlotNotBootable {
+        slot: SlotName,
+        reason: ImageError,
+    },
     NoBootableApp,
-    Loaded { offset: u32 },
-    SetActualSeq { seq: u32 },
+    Loaded {
+        offset: u32,
+    },
+    SetActualSeq {
+        seq: u32,
+    },
     // --- the app (tag `app`)
-    AppRunning { slot: SlotName, label: &'a str, project: &'a str, version: &'a str },
+    AppRunning {
+        slot: SlotName,
+        label: &'a str,
+        project: &'a str,
+        version: &'a str,
+    },
     // --- the app's boot guard (tag `rollback`)
-    GuardFirstBoot { slot: SlotName },
-    SelfTestPassed { slot: SlotName },
-    SelfTestFailed { slot: SlotName },
-    SelfTestHung { slot: SlotName },
-    Unconfirmed { slot: SlotName },
+    GuardFirstBoot {
+        slot: SlotName,
+    },
+    SelfTestPassed {
+        slot: SlotName,
+    },
+    SelfTestFailed {
+        slot: SlotName,
+    },
+    SelfTestHung {
+        slot: SlotName,
+    },
+    Unconfirmed {
+        slot: SlotName,
+    },
     RollbackImpossible,
-    FallbackBoot { running: SlotName, selected: SlotName },
+    FallbackBoot {
+        running: SlotName,
+        selected: SlotName,
+    },
     Rebooting,
     // --- the OTA server (tag `ota`)
-    OtaListening { port: u16 },
+    OtaListening {
+        port: u16,
+    },
     OtaClientConnected,
     OtaMagicMismatch,
     OtaAuthFailed,
     OtaAuthMissing,
-    OtaStarting { size: u32, slot: SlotName },
-    OtaProgress { percent: u8 },
-    OtaRejected { code: u8, error: OtaError },
+    OtaStarting {
+        size: u32,
+        slot: SlotName,
+    },
+    OtaProgress {
+        percent: u8,
+    },
+    OtaRejected {
+        code: u8,
+        error: OtaError,
+    },
     OtaMd5Mismatch,
-    OtaConnectionLost { received: u32, size: u32 },
+    OtaConnectionLost {
+        received: u32,
+        size: u32,
+    },
     OtaTimeout,
     OtaCompressionUnsupported,
     /// The device restarts into the image it just received.
     OtaRebooting,
-    OtaComplete { slot: SlotName, seq: u32, state: OtaState },
+    OtaComplete {
+        slot: SlotName,
+        seq: u32,
+        state: OtaState,
+    },
 }
 
 impl LogEvent<'_> {

@@ -54,7 +54,7 @@ pub enum Power {
     Off,
     /// The app runs and serves OTA.
     Running {
-        table: PartitionTable,
+        table: Box<PartitionTable>,
         booted: Booted,
     },
     /// The app's self-test never finishes: no OTA service until a reset.
@@ -240,7 +240,7 @@ impl<W: Write> Device<W> {
             Ok(GuardOutcome::Hang) => Some(Power::Hung { booted }),
             Ok(GuardOutcome::Run) => {
                 self.log(&LogEvent::OtaListening { port: self.config.device_port });
-                Some(Power::Running { table, booted })
+                Some(Power::Running { table: Box::new(table), booted })
             }
         }
     }
@@ -267,7 +267,7 @@ impl<W: Write> Device<W> {
         let Power::Running { table, booted } = &self.power else {
             return SessionStep::Close { reply: Vec::new(), reboot: false };
         };
-        let (table, running) = (table.clone(), booted.partition);
+        let (table, running) = (table.as_ref().clone(), booted.partition);
         let mut out = Collect::default();
         {
             let mut backend = FlashBackend::new(&mut self.flash, &table, running, self.config.ota, update);

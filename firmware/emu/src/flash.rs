@@ -227,7 +227,7 @@ impl NorFlash for FileFlash {
         if self.lost.is_some() {
             return Err(FlashOpError::PowerLost);
         }
-        if from % SECTOR != 0 || to % SECTOR != 0 || from > to {
+        if !from.is_multiple_of(SECTOR) || !to.is_multiple_of(SECTOR) || from > to {
             return Err(FlashOpError::NotAligned);
         }
         if to as usize > self.data.len() {
@@ -259,7 +259,7 @@ impl NorFlash for FileFlash {
         if self.lost.is_some() {
             return Err(FlashOpError::PowerLost);
         }
-        if offset % 4 != 0 || bytes.len() % 4 != 0 {
+        if !offset.is_multiple_of(4) || !bytes.len().is_multiple_of(4) {
             return Err(FlashOpError::NotAligned);
         }
         let start = offset as usize;

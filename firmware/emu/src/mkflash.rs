@@ -19,7 +19,7 @@ pub enum MergeError {
 /// Builds a `flash_size`-byte image with `table` (MD5 row included) and `app` in its first app
 /// slot (factory if the table has one, else ota_0). otadata stays erased, as espflash leaves it.
 pub fn merged_image(table: &PartitionTable, app: &[u8], flash_size: u32) -> Result<Vec<u8>, MergeError> {
-    if flash_size % 4096 != 0 || !(1 << 20..=16 << 20).contains(&flash_size) {
+    if !flash_size.is_multiple_of(4096) || !(1 << 20..=16 << 20).contains(&flash_size) {
         return Err(MergeError::FlashSize(flash_size));
     }
     for p in table.partitions() {
