@@ -182,10 +182,42 @@ pub fn verify_slot<F: NorFlash>(
     verify_in_partition(&mut PartitionSource::new(flash, p), chip, p.size)
 }
 
+/// How boot code checks an image. Verification is a pure function of a slot's bytes, so a
+/// caller that knows when those bytes last changed (the power-cut sweep) may answer from memory.
+pub trait SlotVerifier<F> {
+    /// `esp_image_verify` of the image in `p`.
+    fn verify(&mut self, flash: &mut F, p: &Partition, chip: ChipInfo) -> Result<ImageInfo, ImageError>;
+    /// The self-test outcome the verified image `booted` declares.
+    fn self_test(&mut self, flash: &mut F, booted: &Booted) -> SelfTest;
+}
+
+/// Verifies every time, reading the flash.
+pub struct DirectVerify;
+
+impl<F: NorFlash> SlotVerifier<F> for DirectVerify {
+    fn verify(&mut self, flash: &mut F, p: &Partition, chip: ChipInfo) -> Result<ImageInfo, ImageError> {
+        verify_slot(flash, p, chip)
+    }
+    fn self_test(&mut self, flash: &mut F, booted: &Booted) -> SelfTest {
+        SelfTest::declared_by(&mut PartitionSource::new(flash, &booted.partition), booted.image.len)
+            .unwrap_or_default()
+    }
+}
+
 /// Runs the second-stage bootloader: selection, its otadata writes, loading with fallback.
 pub fn run_bootloader<F: NorFlash, L: LogSink>(
     flash: &mut F,
     config: BootloaderConfig,
+    log: &mut L,
+) -> Result<(PartitionTable, Booted), BootError> {
+    run_bootloader_with(flash, config, &mut DirectVerify, log)
+}
+
+/// [`run_bootloader`] with a chosen [`SlotVerifier`].
+pub fn run_bootloader_with<F: NorFlash, V: SlotVerifier<F>, L: LogSink>(
+    flash: &mut F,
+    config: BootloaderConfig,
+    verifier: &mut V,
     log: &mut L,
 ) -> Result<(PartitionTable, Booted), BootError> {
     log.log(&LogEvent::BootStart);
@@ -242,7 +274,7 @@ pub fn run_bootloader<F: NorFlash, L: LogSink>(
     }
     for &index in &candidates[..n] {
         let p = *index.partition(&table).expect("load_order yields existing partitions");
-        match verify_slot(flash, &p, config.chip) {
+        match verifier.verify(flash, &p, config.chip) {
             Ok(image) => {
                 log.log(&LogEvent::Loaded { offset: p.offset });
                 if let (true, BootIndex::Ota(n), Some((od, _))) = (selection.initial, index, otadata) {
@@ -272,24 +304,25 @@ pub enum GuardOutcome {
 
 /// `esp_ota_check_rollback_is_possible`: another copy is valid and its slot's image verifies,
 /// or no other copy is valid but a factory app verifies.
-pub fn rollback_possible<F: NorFlash>(
+pub fn rollback_possible<F: NorFlash, V: SlotVerifier<F>>(
     flash: &mut F,
     table: &PartitionTable,
     data: &OtaData,
     active: usize,
     chip: ChipInfo,
+    verifier: &mut V,
 ) -> bool {
     let other = &data.entries[1 - active];
     let count = table.ota_count() as u32;
     if other.is_valid() && count > 0 {
         let slot = ((other.seq - 1) % count) as u8;
         if let Some(p) = table.ota(slot).copied() {
-            return verify_slot(flash, &p, chip).is_ok();
+            return verifier.verify(flash, &p, chip).is_ok();
         }
         return false;
     }
     match table.factory().copied() {
-        Some(p) => verify_slot(flash, &p, chip).is_ok(),
+        Some(p) => verifier.verify(flash, &p, chip).is_ok(),
         None => false,
     }
 }
@@ -302,6 +335,19 @@ pub fn boot_guard<F: NorFlash, L: LogSink>(
     booted: &Booted,
     self_test: SelfTest,
     chip: ChipInfo,
+    log: &mut L,
+) -> Result<GuardOutcome, FlashError> {
+    boot_guard_with(flash, table, booted, self_test, chip, &mut DirectVerify, log)
+}
+
+/// [`boot_guard`] with a chosen [`SlotVerifier`] (used to check that a rollback is possible).
+pub fn boot_guard_with<F: NorFlash, V: SlotVerifier<F>, L: LogSink>(
+    flash: &mut F,
+    table: &PartitionTable,
+    booted: &Booted,
+    self_test: SelfTest,
+    chip: ChipInfo,
+    verifier: &mut V,
     log: &mut L,
 ) -> Result<GuardOutcome, FlashError> {
     let (Some(slot), Some(od)) = (booted.partition.ota_slot(), table.otadata().copied()) else {
@@ -332,7 +378,7 @@ pub fn boot_guard<F: NorFlash, L: LogSink>(
                     Ok(GuardOutcome::Run)
                 }
                 SelfTest::Fail => {
-                    if !rollback_possible(flash, table, &data, active, chip) {
+                    if !rollback_possible(flash, table, &data, active, chip, verifier) {
                         log.log(&LogEvent::RollbackImpossible);
                         return Ok(GuardOutcome::Run);
                     }
@@ -358,6 +404,54 @@ pub fn boot_guard<F: NorFlash, L: LogSink>(
         }
         _ => Ok(GuardOutcome::Run),
     }
+}
+
+/// How a power-on ended.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum PowerOn {
+    /// The app runs: its table and the image it booted.
+    Running { table: PartitionTable, booted: Booted },
+    /// The app's self-test never finishes.
+    Hung { table: PartitionTable, booted: Booted },
+    /// The bootloader cannot start anything (the chip resets forever).
+    Failed(BootError),
+    /// The app rebooted this many times in a row without settling.
+    BootLoop(u32),
+    /// A flash operation of the boot failed (the power went again, in the emulator).
+    Flash(FlashError),
+}
+
+/// A power-on as the chip does it: the bootloader, the app's identity line, its boot guard —
+/// again after every reboot the guard asks for, at most `max_boots` times.
+pub fn power_on<F: NorFlash, V: SlotVerifier<F>, L: LogSink>(
+    flash: &mut F,
+    config: BootloaderConfig,
+    verifier: &mut V,
+    log: &mut L,
+    max_boots: u32,
+) -> PowerOn {
+    for _ in 0..max_boots {
+        let (table, booted) = match run_bootloader_with(flash, config, verifier, log) {
+            Ok(ok) => ok,
+            Err(BootError::Flash(e)) => return PowerOn::Flash(e),
+            Err(e) => return PowerOn::Failed(e),
+        };
+        let desc = booted.image.desc;
+        log.log(&LogEvent::AppRunning {
+            slot: SlotName(booted.index),
+            label: booted.partition.label(),
+            project: desc.project_name(),
+            version: desc.version(),
+        });
+        let self_test = verifier.self_test(flash, &booted);
+        match boot_guard_with(flash, &table, &booted, self_test, config.chip, verifier, log) {
+            Err(e) => return PowerOn::Flash(e),
+            Ok(GuardOutcome::Reboot) => continue,
+            Ok(GuardOutcome::Hang) => return PowerOn::Hung { table, booted },
+            Ok(GuardOutcome::Run) => return PowerOn::Running { table, booted },
+        }
+    }
+    PowerOn::BootLoop(max_boots)
 }
 
 #[cfg(test)]

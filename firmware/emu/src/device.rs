@@ -2,13 +2,10 @@
 //! serial log, and ESPHome OTA sessions — all independent of sockets and processes.
 
 use crate::flash::{FileFlash, PowerLoss, SplitMix};
-use ota_core::boot::{BootError, Booted, BootloaderConfig, GuardOutcome, boot_guard, run_bootloader};
+use ota_core::boot::{BootError, Booted, BootloaderConfig, DirectVerify, PowerOn, power_on};
 use ota_core::esphome::{self, Event, FlashBackend, NonceSource, Output, Server, ServerConfig};
-use ota_core::flash::PartitionSource;
-use ota_core::image::ChipInfo;
 use ota_core::log::{LogEvent, LogLine, SlotName};
 use ota_core::partition::PartitionTable;
-use ota_core::selftest::SelfTest;
 use ota_core::writer::OtaConfig;
 use std::io::Write;
 use std::time::Instant;
@@ -163,27 +160,6 @@ impl<W: Write> Device<W> {
     /// Powers on: bootloader, boot guard, app — rebooting as the guard asks.
     pub fn power_on(&mut self) {
         self.flash.restore_power();
-        for _ in 0..MAX_CONSECUTIVE_BOOTS {
-            match self.boot_once() {
-                Some(power) => {
-                    self.power = power;
-                    return;
-                }
-                None => continue,
-            }
-        }
-        self.power =
-            Power::Bricked(format!("reboot loop: {MAX_CONSECUTIVE_BOOTS} boots without reaching the app"));
-    }
-
-    /// A reset (watchdog, reset button, `esp_restart`): power stays, the chip restarts.
-    pub fn reset(&mut self) {
-        self.power = Power::Off;
-        self.power_on();
-    }
-
-    /// One boot; `None` means the app asked for a reboot.
-    fn boot_once(&mut self) -> Option<Power> {
         self.boot_at = Instant::now();
         self.boots += 1;
         let cfg = BootloaderConfig {
@@ -191,58 +167,40 @@ impl<W: Write> Device<W> {
             chip: self.config.ota.chip,
             flash_size: self.flash_size,
         };
-        let mut lines: Vec<String> = Vec::new();
-        let result = {
-            let boot_at = self.boot_at;
-            let serial = &mut self.serial;
-            let mut sink = |e: &LogEvent<'_>| {
-                let ms = boot_at.elapsed().as_millis() as u32;
-                lines.push(format!("{}", LogLine { ms, event: e }));
-                let _ = writeln!(serial, "{}", lines.last().unwrap());
-            };
-            run_bootloader(&mut self.flash, cfg, &mut sink)
-        };
-        let _ = self.serial.flush();
-        let (table, booted) = match result {
-            Ok(ok) => ok,
-            Err(_) if self.flash.power_loss().is_some() => return Some(Power::Off),
-            Err(BootError::Table(e)) => return Some(Power::Bricked(format!("partition table invalid: {e}"))),
-            Err(BootError::NoBootableApp) => return Some(Power::Bricked("no bootable app".into())),
-            Err(BootError::Flash(e)) => return Some(Power::Bricked(format!("flash failed: {e}"))),
-        };
-        let slot = SlotName(booted.index);
-        let desc = booted.image.desc;
-        self.log(&LogEvent::AppRunning {
-            slot,
-            label: booted.partition.label(),
-            project: desc.project_name(),
-            version: desc.version(),
-        });
-        let self_test = SelfTest::declared_by(
-            &mut PartitionSource::new(&mut self.flash, &booted.partition),
-            booted.image.len,
-        )
-        .unwrap_or_default();
         let outcome = {
-            let boot_at = self.boot_at;
+            let boot_at = &mut self.boot_at;
             let serial = &mut self.serial;
             let mut sink = |e: &LogEvent<'_>| {
+                if let LogEvent::BootStart = e {
+                    // Every boot restarts the chip's millisecond clock.
+                    *boot_at = Instant::now();
+                }
                 let ms = boot_at.elapsed().as_millis() as u32;
                 let _ = writeln!(serial, "{}", LogLine { ms, event: e });
             };
-            boot_guard(&mut self.flash, &table, &booted, self_test, ChipInfo::ESP32C3, &mut sink)
+            power_on(&mut self.flash, cfg, &mut DirectVerify, &mut sink, MAX_CONSECUTIVE_BOOTS)
         };
         let _ = self.serial.flush();
-        match outcome {
-            Err(_) if self.flash.power_loss().is_some() => Some(Power::Off),
-            Err(e) => Some(Power::Bricked(format!("flash failed in the boot guard: {e}"))),
-            Ok(GuardOutcome::Reboot) => None,
-            Ok(GuardOutcome::Hang) => Some(Power::Hung { booted }),
-            Ok(GuardOutcome::Run) => {
+        self.power = match outcome {
+            _ if self.flash.power_loss().is_some() => Power::Off,
+            PowerOn::Running { table, booted } => {
                 self.log(&LogEvent::OtaListening { port: self.config.device_port });
-                Some(Power::Running { table: Box::new(table), booted })
+                Power::Running { table: Box::new(table), booted }
             }
-        }
+            PowerOn::Hung { booted, .. } => Power::Hung { booted },
+            PowerOn::Failed(BootError::Table(e)) => Power::Bricked(format!("partition table invalid: {e}")),
+            PowerOn::Failed(BootError::NoBootableApp) => Power::Bricked("no bootable app".into()),
+            PowerOn::Failed(BootError::Flash(e)) | PowerOn::Flash(e) => {
+                Power::Bricked(format!("flash failed during boot: {e}"))
+            }
+            PowerOn::BootLoop(n) => Power::Bricked(format!("reboot loop: {n} boots without reaching the app")),
+        };
+    }
+
+    /// A reset (watchdog, reset button, `esp_restart`): power stays, the chip restarts.
+    pub fn reset(&mut self) {
+        self.power = Power::Off;
+        self.power_on();
     }
 
     /// A new OTA connection: its session state, if the app serves OTA.
