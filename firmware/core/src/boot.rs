@@ -17,7 +17,7 @@ use crate::writer::{read_otadata, state_of_slot, write_otadata_copy};
 use embedded_storage::nor_flash::NorFlash;
 
 /// A boot candidate, as the bootloader indexes them.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord, Hash)]
 pub enum BootIndex {
     Factory,
     Ota(u8),

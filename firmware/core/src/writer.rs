@@ -21,6 +21,17 @@ pub enum EraseMode {
     Sequential,
 }
 
+/// A deliberate defect, for proving that otahil's power-cut sweep catches a broken writer.
+/// Never set in firmware.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum WriterFault {
+    #[default]
+    None,
+    /// Switch otadata to the target slot in `begin`, before any of the image is written (and
+    /// not again after verification).
+    SwitchBeforeWrite,
+}
+
 /// How the app side of the update behaves.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct OtaConfig {
@@ -29,11 +40,17 @@ pub struct OtaConfig {
     /// while the running app is PENDING_VERIFY and invalidates the inactive otadata copy.
     pub rollback: bool,
     pub chip: ChipInfo,
+    pub fault: WriterFault,
 }
 
 impl Default for OtaConfig {
     fn default() -> Self {
-        OtaConfig { erase: EraseMode::default(), rollback: true, chip: ChipInfo::ESP32C3 }
+        OtaConfig {
+            erase: EraseMode::default(),
+            rollback: true,
+            chip: ChipInfo::ESP32C3,
+            fault: WriterFault::None,
+        }
     }
 }
 
@@ -221,6 +238,9 @@ impl OtaUpdate {
         {
             invalidate_inactive_copy(flash, table, od, running)?;
         }
+        if config.fault == WriterFault::SwitchBeforeWrite {
+            switch_boot_slot(flash, table, target, config)?;
+        }
         Ok(update)
     }
 
@@ -340,6 +360,23 @@ pub fn set_boot_partition<F: NorFlash>(
         let mut src = PartitionSource::new(flash, target);
         verify_in_partition(&mut src, config.chip, target.size).map_err(OtaError::Validate)?;
     }
+    if config.fault == WriterFault::SwitchBeforeWrite {
+        // The broken writer switched in `begin` already; report what otadata says now.
+        let otadata = table.otadata().ok_or(OtaError::NoOtadata)?;
+        let data = read_otadata(flash, otadata)?;
+        let copy = data.active().unwrap_or(0);
+        return Ok(BootSwitch::Copy { copy, entry: data.entries[copy] });
+    }
+    switch_boot_slot(flash, table, target, config)
+}
+
+/// The otadata half of `esp_ota_set_boot_partition`, without the image check.
+fn switch_boot_slot<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    target: &Partition,
+    config: OtaConfig,
+) -> Result<BootSwitch, OtaError> {
     let otadata = table.otadata().ok_or(OtaError::NoOtadata)?;
     if target.is_factory() {
         for s in 0..2 {

@@ -193,7 +193,9 @@ impl<W: Write> Device<W> {
             PowerOn::Failed(BootError::Flash(e)) | PowerOn::Flash(e) => {
                 Power::Bricked(format!("flash failed during boot: {e}"))
             }
-            PowerOn::BootLoop(n) => Power::Bricked(format!("reboot loop: {n} boots without reaching the app")),
+            PowerOn::BootLoop(n) => {
+                Power::Bricked(format!("reboot loop: {n} boots without reaching the app"))
+            }
         };
     }
 

@@ -94,6 +94,24 @@ impl SplitMix {
     }
 }
 
+/// What an erase interrupted half-way leaves in its sector: each bit is erased (1) or keeps its
+/// old value, chosen by `seed`.
+pub fn torn_erase(sector: &mut [u8], seed: u64) {
+    let mut rng = SplitMix(seed);
+    for b in sector {
+        *b |= rng.byte();
+    }
+}
+
+/// What a program interrupted half-way leaves: a random subset (from `seed`) of the bits it
+/// would clear is cleared.
+pub fn torn_program(dst: &mut [u8], src: &[u8], seed: u64) {
+    let mut rng = SplitMix(seed);
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d &= *s | rng.byte();
+    }
+}
+
 pub struct FileFlash {
     data: Vec<u8>,
     file: Option<File>,
@@ -239,10 +257,7 @@ impl NorFlash for FileFlash {
                 let torn = self.fault.and_then(|(f, _)| f.torn);
                 if let Some(seed) = torn {
                     // An interrupted erase: each bit is erased (1) or keeps its old value.
-                    let mut rng = SplitMix(seed ^ sector as u64);
-                    for b in &mut self.data[range.clone()] {
-                        *b |= rng.byte();
-                    }
+                    torn_erase(&mut self.data[range.clone()], seed ^ sector as u64);
                     self.persist(range.start, range.end)?;
                 }
                 self.lose_power(OpKind::Erase, sector, torn.is_some());
@@ -276,10 +291,7 @@ impl NorFlash for FileFlash {
             if let Some(seed) = torn {
                 // The rest of the page program lands partly: a random subset of the bits it
                 // would clear is cleared.
-                let mut rng = SplitMix(seed ^ offset as u64);
-                for (d, b) in self.data[start + keep..end].iter_mut().zip(&bytes[keep..]) {
-                    *d &= *b | rng.byte();
-                }
+                torn_program(&mut self.data[start + keep..end], &bytes[keep..], seed ^ offset as u64);
             }
             self.counters.bytes_programmed += keep as u64;
             self.persist(start, end)?;

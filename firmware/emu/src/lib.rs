@@ -12,6 +12,7 @@ pub mod device;
 pub mod flash;
 pub mod mkflash;
 pub mod serve;
+pub mod sweep;
 
 /// The prefix of every control-channel line on stdout; serial log lines never start with it.
 pub const CONTROL_PREFIX: &str = "#otahil ";

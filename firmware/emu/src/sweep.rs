@@ -1,0 +1,720 @@
+//! The power-cut sweep: record every flash operation of one update (image write, boot switch,
+//! and the new image's first boot), then for every cut point k — power lost after k operations,
+//! the next one not done or torn — power on, check that a valid image boots (the old or the
+//! new, selected by otadata, never by bootloader fallback), and that a retried update succeeds.
+//!
+//! Nothing is replayed per cut: the flash state after k operations is kept by applying one
+//! operation per step, each cut runs on a copy-on-write overlay of it, image verification is
+//! remembered per (slot, last operation that touched the slot), and the retry's outcome per
+//! (booted slot, otadata bytes) — everything a retry depends on when each sector it writes is
+//! erased first. `exact` turns that last shortcut off; the tests check both agree.
+
+use crate::flash::{SplitMix, torn_erase, torn_program};
+use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
+use ota_core::boot::{
+    BootIndex, Booted, BootloaderConfig, DirectVerify, PowerOn, SlotVerifier, power_on, verify_slot,
+};
+use ota_core::image::{ChipInfo, ImageError, ImageInfo};
+use ota_core::log::{LogEvent, LogLine, SlotName};
+use ota_core::partition::Partition;
+use ota_core::selftest::SelfTest;
+use ota_core::writer::{OtaConfig, OtaUpdate, next_update_partition, read_otadata, set_boot_partition};
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+const SECTOR: usize = 4096;
+/// The device reads the OTA stream in 1 KiB pieces (ESPHome's buffer): one write per piece.
+const WRITE_PIECE: usize = 1024;
+const MAX_BOOTS: u32 = 8;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    /// `esp_ota_begin` and the image writes.
+    Write,
+    /// `esp_ota_end` + `esp_ota_set_boot_partition`.
+    Switch,
+    /// The reboot into the new image: bootloader and boot guard writes.
+    FirstBoot,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Write => "write",
+            Phase::Switch => "switch",
+            Phase::FirstBoot => "first_boot",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Op {
+    Erase { addr: u32 },
+    Program { addr: u32, data: Vec<u8> },
+}
+
+impl Op {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Erase { .. } => "erase",
+            Op::Program { .. } => "program",
+        }
+    }
+    pub fn addr(&self) -> u32 {
+        match self {
+            Op::Erase { addr } | Op::Program { addr, .. } => *addr,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SweepError;
+impl NorFlashError for SweepError {
+    fn kind(&self) -> NorFlashErrorKind {
+        NorFlashErrorKind::Other
+    }
+}
+
+/// Records the operations of the reference run.
+struct Recorder {
+    data: Vec<u8>,
+    ops: Vec<(Op, Phase)>,
+    phase: Phase,
+}
+
+impl ErrorType for Recorder {
+    type Error = SweepError;
+}
+impl ReadNorFlash for Recorder {
+    const READ_SIZE: usize = 1;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), SweepError> {
+        let o = offset as usize;
+        bytes.copy_from_slice(self.data.get(o..o + bytes.len()).ok_or(SweepError)?);
+        Ok(())
+    }
+    fn capacity(&self) -> usize {
+        self.data.len()
+    }
+}
+impl NorFlash for Recorder {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = SECTOR;
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), SweepError> {
+        for s in (from..to).step_by(SECTOR) {
+            self.data[s as usize..s as usize + SECTOR].fill(0xFF);
+            self.ops.push((Op::Erase { addr: s }, self.phase));
+        }
+        Ok(())
+    }
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), SweepError> {
+        for (d, b) in self.data[offset as usize..].iter_mut().zip(bytes) {
+            *d &= *b;
+        }
+        self.ops.push((Op::Program { addr: offset, data: bytes.to_vec() }, self.phase));
+        Ok(())
+    }
+}
+
+/// The flash after k operations (`base`, with `last_touch` per sector) plus this cut's own
+/// changes, copy-on-write per sector.
+struct Overlay<'a> {
+    base: &'a [u8],
+    last_touch: &'a [u32],
+    dirty: HashMap<u32, Box<[u8]>>,
+}
+
+impl<'a> Overlay<'a> {
+    fn new(base: &'a [u8], last_touch: &'a [u32]) -> Self {
+        Overlay { base, last_touch, dirty: HashMap::new() }
+    }
+
+    fn sector_mut(&mut self, sector: u32) -> &mut [u8] {
+        let base = self.base;
+        self.dirty.entry(sector).or_insert_with(|| {
+            let s = sector as usize * SECTOR;
+            base[s..s + SECTOR].to_vec().into_boxed_slice()
+        })
+    }
+
+    /// What the contents of `p` are, as a number: the last operation that touched it (its
+    /// content at step k is a function of that), or `None` if this cut changed it.
+    fn identity(&self, p: &Partition) -> Option<u32> {
+        let first = p.offset / SECTOR as u32;
+        let last = (p.offset + p.size) / SECTOR as u32;
+        if self.dirty.keys().any(|s| (first..last).contains(s)) {
+            return None;
+        }
+        self.last_touch[first as usize..last as usize].iter().max().copied()
+    }
+
+    fn read_at(&self, offset: usize, out: &mut [u8]) {
+        let mut done = 0;
+        while done < out.len() {
+            let at = offset + done;
+            let sector = (at / SECTOR) as u32;
+            let within = at % SECTOR;
+            let n = (SECTOR - within).min(out.len() - done);
+            match self.dirty.get(&sector) {
+                Some(d) => out[done..done + n].copy_from_slice(&d[within..within + n]),
+                None => out[done..done + n].copy_from_slice(&self.base[at..at + n]),
+            }
+            done += n;
+        }
+    }
+}
+
+impl ErrorType for Overlay<'_> {
+    type Error = SweepError;
+}
+impl ReadNorFlash for Overlay<'_> {
+    const READ_SIZE: usize = 1;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), SweepError> {
+        if offset as usize + bytes.len() > self.base.len() {
+            return Err(SweepError);
+        }
+        self.read_at(offset as usize, bytes);
+        Ok(())
+    }
+    fn capacity(&self) -> usize {
+        self.base.len()
+    }
+}
+impl NorFlash for Overlay<'_> {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = SECTOR;
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), SweepError> {
+        for s in (from..to).step_by(SECTOR) {
+            self.sector_mut(s / SECTOR as u32).fill(0xFF);
+        }
+        Ok(())
+    }
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), SweepError> {
+        let mut done = 0;
+        while done < bytes.len() {
+            let at = offset as usize + done;
+            let within = at % SECTOR;
+            let n = (SECTOR - within).min(bytes.len() - done);
+            let sector = self.sector_mut((at / SECTOR) as u32);
+            for (d, b) in sector[within..within + n].iter_mut().zip(&bytes[done..done + n]) {
+                *d &= *b;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// Remembers verification per (slot offset, slot identity).
+#[derive(Default)]
+struct Memo {
+    verify: HashMap<(u32, u32), Result<ImageInfo, ImageError>>,
+    self_test: HashMap<(u32, u32), SelfTest>,
+}
+
+impl SlotVerifier<Overlay<'_>> for Memo {
+    fn verify(
+        &mut self,
+        flash: &mut Overlay<'_>,
+        p: &Partition,
+        chip: ChipInfo,
+    ) -> Result<ImageInfo, ImageError> {
+        match flash.identity(p) {
+            Some(id) => *self.verify.entry((p.offset, id)).or_insert_with(|| verify_slot(flash, p, chip)),
+            None => verify_slot(flash, p, chip),
+        }
+    }
+    fn self_test(&mut self, flash: &mut Overlay<'_>, booted: &Booted) -> SelfTest {
+        match flash.identity(&booted.partition) {
+            Some(id) => *self
+                .self_test
+                .entry((booted.partition.offset, id))
+                .or_insert_with(|| DirectVerify.self_test(flash, booted)),
+            None => DirectVerify.self_test(flash, booted),
+        }
+    }
+}
+
+/// What to sweep.
+#[derive(Clone, Debug)]
+pub struct SweepConfig {
+    pub image: Vec<u8>,
+    pub bootloader: BootloaderConfig,
+    pub ota: OtaConfig,
+    /// Also tear each interrupted operation (seeded random bits), besides the clean cut.
+    pub torn: bool,
+    pub seed: u64,
+    /// Only this cut point (and this variant: torn or not), with its serial log kept.
+    pub only: Option<(u64, bool)>,
+    /// Retry for real after every cut instead of once per (booted slot, otadata) class.
+    pub exact: bool,
+    /// Worker threads (0: one per core).
+    pub threads: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord, Hash)]
+pub enum Booted2 {
+    Old,
+    New,
+}
+
+/// One cut that broke an invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CutFailure {
+    pub cut: u64,
+    pub torn: bool,
+    pub op: String,
+    pub phase: Phase,
+    pub problem: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SweepReport {
+    /// Operations of the reference update, per phase and kind.
+    pub ops_by_phase: BTreeMap<(Phase, &'static str), u64>,
+    pub cut_points: u64,
+    /// Cuts evaluated (cut points × variants).
+    pub evaluated: u64,
+    /// (phase, booted old/new) → count, over the cuts that passed.
+    pub outcomes: BTreeMap<(Phase, Booted2), u64>,
+    pub retries_ok: u64,
+    /// Distinct (booted slot, otadata) classes whose retry was run for real.
+    pub retry_classes: u64,
+    pub failures: Vec<CutFailure>,
+    pub elapsed: Duration,
+    /// The serial log of the single cut asked for with `only`.
+    pub log: Vec<String>,
+}
+
+impl SweepReport {
+    /// A stable text summary for snapshots (no timings).
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "reference update: {} flash operations", self.cut_points);
+        for ((phase, kind), n) in &self.ops_by_phase {
+            let _ = writeln!(out, "  {:<10} {:<7} {n}", phase.name(), kind);
+        }
+        let _ = writeln!(out, "cuts evaluated: {}", self.evaluated);
+        let _ = writeln!(out, "outcomes (phase, booted image after power-on):");
+        for ((phase, booted), n) in &self.outcomes {
+            let b = match booted {
+                Booted2::Old => "old",
+                Booted2::New => "new",
+            };
+            let _ = writeln!(out, "  {:<10} booted {b}: {n}", phase.name());
+        }
+        let _ = writeln!(out, "retried updates ok: {}", self.retries_ok);
+        let _ = writeln!(out, "failures: {}", self.failures.len());
+        for f in self.failures.iter().take(20) {
+            let _ = writeln!(
+                out,
+                "  cut {}{} ({} {}): {}",
+                f.cut,
+                if f.torn { " torn" } else { "" },
+                f.phase.name(),
+                f.op,
+                f.problem
+            );
+        }
+        out
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.evaluated as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+struct Reference {
+    /// The flash when the update starts (after the device booted).
+    start: Vec<u8>,
+    ops: Vec<(Op, Phase)>,
+    old_sha: [u8; 32],
+    new_sha: [u8; 32],
+}
+
+fn apply(data: &mut [u8], op: &Op) {
+    match op {
+        Op::Erase { addr } => data[*addr as usize..*addr as usize + SECTOR].fill(0xFF),
+        Op::Program { addr, data: bytes } => {
+            for (d, b) in data[*addr as usize..].iter_mut().zip(bytes) {
+                *d &= *b;
+            }
+        }
+    }
+}
+
+fn tear(overlay: &mut Overlay<'_>, op: &Op, seed: u64) {
+    match op {
+        Op::Erase { addr } => torn_erase(overlay.sector_mut(addr / SECTOR as u32), seed),
+        Op::Program { addr, data } => {
+            let within = *addr as usize % SECTOR;
+            // Programs never cross a page, so never a sector.
+            let sector = overlay.sector_mut(addr / SECTOR as u32);
+            torn_program(&mut sector[within..within + data.len()], data, seed);
+        }
+    }
+}
+
+/// Writes `image` as the device's OTA server would (1 KiB writes), then switches the boot slot.
+fn update<F: NorFlash>(
+    flash: &mut F,
+    table: &ota_core::partition::PartitionTable,
+    running: &Partition,
+    image: &[u8],
+    cfg: OtaConfig,
+    mut on_switch: impl FnMut(&mut F),
+) -> Result<(), String> {
+    let target = next_update_partition(table, Some(running)).ok_or("no update partition")?;
+    let mut u = OtaUpdate::begin(flash, table, running, &target, image.len() as u32, cfg)
+        .map_err(|e| format!("begin: {e}"))?;
+    for piece in image.chunks(WRITE_PIECE) {
+        u.write(flash, piece).map_err(|e| format!("write: {e}"))?;
+    }
+    on_switch(flash);
+    u.end(flash).map_err(|e| format!("end: {e}"))?;
+    set_boot_partition(flash, table, &target, cfg).map_err(|e| format!("set boot: {e}"))?;
+    Ok(())
+}
+
+fn record(base: &[u8], cfg: &SweepConfig) -> Result<Reference, String> {
+    let mut rec = Recorder { data: base.to_vec(), ops: Vec::new(), phase: Phase::Write };
+    let mut quiet = |_: &LogEvent<'_>| {};
+    let (table, booted) = match power_on(&mut rec, cfg.bootloader, &mut DirectVerify, &mut quiet, MAX_BOOTS) {
+        PowerOn::Running { table, booted } => (table, booted),
+        other => return Err(format!("the device does not run before the sweep: {other:?}")),
+    };
+    rec.ops.clear();
+    let start = rec.data.clone();
+    update(&mut rec, &table, &booted.partition, &cfg.image, cfg.ota, |r| r.phase = Phase::Switch)
+        .map_err(|e| format!("the reference update fails: {e}"))?;
+    rec.phase = Phase::FirstBoot;
+    let new_sha = match power_on(&mut rec, cfg.bootloader, &mut DirectVerify, &mut quiet, MAX_BOOTS) {
+        PowerOn::Running { booted: b, .. } if b.index != booted.index => b.image.sha256,
+        other => return Err(format!("the reference update does not boot the new image: {other:?}")),
+    };
+    Ok(Reference { start, ops: rec.ops, old_sha: booted.image.sha256, new_sha })
+}
+
+type RetryKey = (BootIndex, [u8; 32], [u8; 32]);
+
+struct Worker<'a> {
+    cfg: &'a SweepConfig,
+    reference: &'a Reference,
+    memo: Memo,
+    retries: HashMap<RetryKey, Result<(), String>>,
+    report: SweepReport,
+}
+
+impl Worker<'_> {
+    fn evaluate(&mut self, state: &[u8], last_touch: &[u32], k: usize, torn: bool, keep_log: bool) {
+        let (op, phase) = &self.reference.ops[k];
+        let mut overlay = Overlay::new(state, last_touch);
+        if torn {
+            tear(&mut overlay, op, self.cfg.seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        }
+        let mut lines = Vec::new();
+        let result = self.check(&mut overlay, keep_log, &mut lines);
+        if keep_log {
+            self.report.log = lines;
+        }
+        self.report.evaluated += 1;
+        match result {
+            Ok(booted) => {
+                *self.report.outcomes.entry((*phase, booted)).or_default() += 1;
+                self.report.retries_ok += 1;
+            }
+            Err(problem) => self.report.failures.push(CutFailure {
+                cut: k as u64,
+                torn,
+                op: format!("{} at {:#x}", op.kind(), op.addr()),
+                phase: *phase,
+                problem,
+            }),
+        }
+    }
+
+    fn check(
+        &mut self,
+        flash: &mut Overlay<'_>,
+        keep_log: bool,
+        lines: &mut Vec<String>,
+    ) -> Result<Booted2, String> {
+        let mut log = |e: &LogEvent<'_>| {
+            if keep_log {
+                lines.push(LogLine { ms: 0, event: e }.to_string());
+            }
+        };
+        let bl = self.cfg.bootloader;
+        let (table, booted) = match power_on(flash, bl, &mut self.memo, &mut log, MAX_BOOTS) {
+            PowerOn::Running { table, booted } => (table, booted),
+            PowerOn::Hung { booted, .. } => {
+                return Err(format!("bricked: the app hangs in {}", SlotName(booted.index)));
+            }
+            other => return Err(format!("bricked: {other:?}")),
+        };
+        if booted.selection.index != booted.index {
+            return Err(format!(
+                "otadata selects {} but it does not verify: {} booted only by bootloader fallback",
+                SlotName(booted.selection.index),
+                SlotName(booted.index)
+            ));
+        }
+        let which = if booted.image.sha256 == self.reference.old_sha {
+            Booted2::Old
+        } else if booted.image.sha256 == self.reference.new_sha {
+            Booted2::New
+        } else {
+            return Err(format!(
+                "booted {} holding neither the old nor the new image",
+                SlotName(booted.index)
+            ));
+        };
+        let od = table.otadata().copied().ok_or("no otadata partition")?;
+        let data = read_otadata(flash, &od).map_err(|e| e.to_string())?;
+        let key = (booted.index, data.entries[0].to_bytes(), data.entries[1].to_bytes());
+        if !self.cfg.exact
+            && let Some(r) = self.retries.get(&key)
+        {
+            return r.clone().map(|_| which);
+        }
+        let result = self.retry(flash, &table, &booted, &mut log);
+        self.report.retry_classes += 1;
+        if !self.cfg.exact {
+            self.retries.insert(key, result.clone());
+        }
+        result.map(|_| which)
+    }
+
+    fn retry(
+        &mut self,
+        flash: &mut Overlay<'_>,
+        table: &ota_core::partition::PartitionTable,
+        booted: &Booted,
+        log: &mut impl FnMut(&LogEvent<'_>),
+    ) -> Result<(), String> {
+        update(flash, table, &booted.partition, &self.cfg.image, self.cfg.ota, |_| {})
+            .map_err(|e| format!("retried update failed: {e}"))?;
+        match power_on(flash, self.cfg.bootloader, &mut self.memo, log, MAX_BOOTS) {
+            PowerOn::Running { booted: b, .. } if b.image.sha256 == self.reference.new_sha => Ok(()),
+            PowerOn::Running { booted: b, .. } => {
+                Err(format!("after the retried update {} runs, not the new image", SlotName(b.index)))
+            }
+            other => Err(format!("after the retried update: {other:?}")),
+        }
+    }
+}
+
+/// Sweeps every cut point of an update of `cfg.image` starting from the flash `base`.
+pub fn sweep(base: &[u8], cfg: &SweepConfig) -> Result<SweepReport, String> {
+    let started = Instant::now();
+    let reference = record(base, cfg)?;
+    let base = &reference.start[..];
+    let n = reference.ops.len();
+    let mut ops_by_phase = BTreeMap::new();
+    for (op, phase) in &reference.ops {
+        *ops_by_phase.entry((*phase, op.kind())).or_default() += 1;
+    }
+    let threads = if cfg.threads == 0 { rayon::current_num_threads() } else { cfg.threads }.max(1);
+    let ranges: Vec<(usize, usize)> = match cfg.only {
+        Some((k, _)) if (k as usize) < n => vec![(k as usize, k as usize + 1)],
+        Some((k, _)) => return Err(format!("cut {k} is out of range: the update has {n} operations")),
+        None => {
+            let chunk = n.div_ceil(threads).max(1);
+            (0..n).step_by(chunk).map(|s| (s, (s + chunk).min(n))).collect()
+        }
+    };
+    let sectors = base.len() / SECTOR;
+    let run_range = |(start, end): (usize, usize)| {
+        let mut state = base.to_vec();
+        let mut last_touch = vec![0u32; sectors];
+        let touch = |last_touch: &mut [u32], op: &Op, i: usize| {
+            let s = op.addr() as usize / SECTOR;
+            last_touch[s] = i as u32 + 1;
+        };
+        for (i, (op, _)) in reference.ops[..start].iter().enumerate() {
+            apply(&mut state, op);
+            touch(&mut last_touch, op, i);
+        }
+        let mut w = Worker {
+            cfg,
+            reference: &reference,
+            memo: Memo::default(),
+            retries: HashMap::new(),
+            report: SweepReport::default(),
+        };
+        for k in start..end {
+            match cfg.only {
+                Some((_, torn)) => w.evaluate(&state, &last_touch, k, torn, true),
+                None => {
+                    w.evaluate(&state, &last_touch, k, false, false);
+                    if cfg.torn {
+                        w.evaluate(&state, &last_touch, k, true, false);
+                    }
+                }
+            }
+            let op = &reference.ops[k].0;
+            apply(&mut state, op);
+            touch(&mut last_touch, op, k);
+        }
+        w.report
+    };
+    let parts: Vec<SweepReport> = if ranges.len() > 1 {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?;
+        pool.install(|| ranges.par_iter().copied().map(run_range).collect())
+    } else {
+        ranges.iter().copied().map(run_range).collect()
+    };
+    let mut report = SweepReport { ops_by_phase, cut_points: n as u64, ..SweepReport::default() };
+    for p in parts {
+        report.evaluated += p.evaluated;
+        report.retries_ok += p.retries_ok;
+        report.retry_classes += p.retry_classes;
+        for (k, v) in p.outcomes {
+            *report.outcomes.entry(k).or_default() += v;
+        }
+        report.failures.extend(p.failures);
+        if !p.log.is_empty() {
+            report.log = p.log;
+        }
+    }
+    report.failures.sort_by_key(|f| (f.cut, f.torn));
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+/// A seeded random multi-cut run: up to `max_cuts` power losses at random operations of one
+/// update and the reboots after it, then power on and check as the sweep does. Returns the
+/// problem, if any, with the cut positions so the run can be repeated.
+pub fn random_multi_cut(
+    base: &[u8],
+    cfg: &SweepConfig,
+    max_cuts: u32,
+    seed: u64,
+) -> Result<Option<String>, String> {
+    let reference = record(base, cfg)?;
+    let n = reference.ops.len() as u64;
+    let mut rng = SplitMix(seed);
+    let cuts = 1 + (rng.next_u64() % max_cuts.max(1) as u64) as usize;
+    let mut positions: Vec<u64> = (0..cuts).map(|_| rng.next_u64() % n).collect();
+    positions.sort_unstable();
+    // Each cut interrupts the update at its position; the device then powers on (its boot
+    // writes happen), and the update is started again from the top — until the last cut.
+    let mut flash = crate::flash::FileFlash::in_memory(base.to_vec());
+    let mut quiet = |_: &LogEvent<'_>| {};
+    for &at in &positions {
+        let (table, booted) =
+            match power_on(&mut flash, cfg.bootloader, &mut DirectVerify, &mut quiet, MAX_BOOTS) {
+                PowerOn::Running { table, booted } => (table, booted),
+                other => {
+                    return Ok(Some(format!("cuts {positions:?}: bricked before cut at op {at}: {other:?}")));
+                }
+            };
+        flash.arm(crate::flash::Fault {
+            at: crate::flash::CutPoint::AfterOps(at),
+            torn: cfg.torn.then_some(seed ^ at),
+        });
+        let _ = update(&mut flash, &table, &booted.partition, &cfg.image, cfg.ota, |_| {});
+        let _ = power_on(&mut flash, cfg.bootloader, &mut DirectVerify, &mut quiet, MAX_BOOTS);
+        flash.disarm();
+        flash.restore_power();
+    }
+    match power_on(&mut flash, cfg.bootloader, &mut DirectVerify, &mut quiet, MAX_BOOTS) {
+        PowerOn::Running { booted, .. } if booted.selection.index == booted.index => {
+            let sha = booted.image.sha256;
+            if sha == reference.old_sha || sha == reference.new_sha {
+                Ok(None)
+            } else {
+                Ok(Some(format!("cuts {positions:?}: booted an image that is neither old nor new")))
+            }
+        }
+        PowerOn::Running { booted, .. } => {
+            Ok(Some(format!("cuts {positions:?}: {} booted by bootloader fallback", SlotName(booted.index))))
+        }
+        other => Ok(Some(format!("cuts {positions:?}: bricked: {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ota_core::image_builder::{ImageSpec, build};
+    use ota_core::writer::WriterFault;
+
+    fn image(version: &str, payload: u32, seed: u64) -> Vec<u8> {
+        let mut spec = ImageSpec::new("otahil-fw", version);
+        spec.payload_len = payload;
+        spec.seed = seed;
+        let mut v = vec![0; spec.image_len()];
+        build(&spec, &mut v).unwrap();
+        v
+    }
+
+    fn base() -> Vec<u8> {
+        let csv = "otadata, data, ota, , 0x2000\nphy_init, data, phy, , 0x1000\napp0, app, ota_0, , 0x1C0000\napp1, app, ota_1, , 0x1C0000\n";
+        let table = ota_core::partition_csv::parse_csv(csv).unwrap();
+        crate::mkflash::merged_image(&table, &image("1.0.0", 30_000, 1), 4 << 20).unwrap()
+    }
+
+    fn config(exact: bool) -> SweepConfig {
+        SweepConfig {
+            image: image("2.0.0", 20_000, 2),
+            bootloader: BootloaderConfig::ESPFLASH_4MB,
+            ota: OtaConfig::default(),
+            torn: true,
+            seed: 7,
+            only: None,
+            exact,
+            threads: 2,
+        }
+    }
+
+    #[test]
+    fn every_cut_boots_old_or_new_and_retries() {
+        let r = sweep(&base(), &config(false)).unwrap();
+        assert!(r.failures.is_empty(), "{}", r.summary());
+        assert_eq!(r.evaluated, 2 * r.cut_points);
+        assert_eq!(r.retries_ok, r.evaluated);
+        let phase = |p, b| r.outcomes.get(&(p, b)).copied().unwrap_or(0);
+        assert!(phase(Phase::Write, Booted2::Old) > 0);
+        assert_eq!(phase(Phase::Write, Booted2::New), 0, "nothing boots the new image before the switch");
+        assert!(phase(Phase::FirstBoot, Booted2::New) > 0);
+        // Switch (2) + first boot guard (4) operations are part of the sweep.
+        assert_eq!(r.ops_by_phase.get(&(Phase::Switch, "erase")), Some(&1));
+        assert_eq!(r.ops_by_phase.get(&(Phase::FirstBoot, "program")), Some(&2));
+    }
+
+    #[test]
+    fn remembered_retries_agree_with_exact_retries() {
+        let fast = sweep(&base(), &config(false)).unwrap();
+        let exact = sweep(&base(), &config(true)).unwrap();
+        assert_eq!(fast.outcomes, exact.outcomes);
+        assert_eq!(fast.failures, exact.failures);
+        assert_eq!(exact.retry_classes, exact.evaluated);
+        assert!(fast.retry_classes < exact.retry_classes / 10, "{} classes", fast.retry_classes);
+    }
+
+    #[test]
+    fn a_writer_that_switches_first_is_caught() {
+        let mut cfg = config(false);
+        cfg.ota.fault = WriterFault::SwitchBeforeWrite;
+        let r = sweep(&base(), &cfg).unwrap();
+        assert!(!r.failures.is_empty());
+        let f = &r.failures[0];
+        assert_eq!(f.phase, Phase::Write);
+        assert!(f.problem.contains("bootloader fallback"), "{}", f.problem);
+        // The single cut reproduces, with its log.
+        cfg.only = Some((f.cut, f.torn));
+        let one = sweep(&base(), &cfg).unwrap();
+        assert_eq!(one.failures, vec![f.clone()]);
+        assert!(one.log.iter().any(|l| l.contains("is not bootable")), "{:?}", one.log);
+    }
+
+    #[test]
+    fn random_multi_cuts_never_brick() {
+        let cfg = config(false);
+        for seed in 0..20 {
+            assert_eq!(random_multi_cut(&base(), &cfg, 4, seed).unwrap(), None, "seed {seed}");
+        }
+    }
+}
