@@ -44,6 +44,9 @@ fn v1() -> Vec<u8> {
 fn v2() -> Vec<u8> {
     app("2.0.0", 2, SelfTest::Pass, APP_PAYLOAD)
 }
+fn v2_1mib() -> Vec<u8> {
+    app("2.0.0-1mib", 7, SelfTest::Pass, 1024 * 1024)
+}
 fn v3() -> Vec<u8> {
     app("3.0.0", 3, SelfTest::Pass, APP_PAYLOAD)
 }
@@ -87,6 +90,11 @@ fn not_an_image() -> Vec<u8> {
 pub const FIXTURES: &[Fixture] = &[
     Fixture { name: "v1", about: "valid app 1.0.0", make: v1 },
     Fixture { name: "v2", about: "valid app 2.0.0", make: v2 },
+    Fixture {
+        name: "v2-1mib",
+        about: "valid app 2.0.0 with 1 MiB of data (the sweep's image)",
+        make: v2_1mib,
+    },
     Fixture { name: "v3", about: "valid app 3.0.0", make: v3 },
     Fixture {
         name: "selftest-fail",

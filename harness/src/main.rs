@@ -43,6 +43,15 @@ enum Cmd {
         /// Also write the results as JUnit XML.
         #[arg(long)]
         junit: Option<PathBuf>,
+        /// Sweeps evaluate only this cut point and print its serial log (a failure's reproduction).
+        #[arg(long)]
+        cut: Option<u64>,
+        /// With --cut: the torn variant of that cut.
+        #[arg(long, requires = "cut")]
+        torn: bool,
+        /// Override every scenario's device seed.
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Check scenario files without running them.
     Check {
@@ -133,7 +142,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{} scenario(s) ok, {} with errors", loaded.len(), errors.len());
             Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Cmd::Run { backend, scenarios, scenario, snapshots, junit: junit_path } => {
+        Cmd::Run { backend, scenarios, scenario, snapshots, junit: junit_path, cut, torn, seed } => {
+            let options = runner::RunOptions { only_cut: cut.map(|c| (c, torn)), seed };
             let (loaded, errors) = load_all(&scenarios, &scenario)?;
             if !errors.is_empty() {
                 for e in &errors {
@@ -155,8 +165,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut reports: Vec<ScenarioReport> = Vec::new();
             for s in &loaded {
                 bar.set_message(s.name.clone());
-                let mut r = runner::run(s, &backend);
-                check_snapshots(&mut r, &snapshots)?;
+                let mut r = runner::run(s, &backend, &options);
+                // A partial run (one cut, another seed) produces other figures: not compared.
+                if options.only_cut.is_none() && options.seed.is_none() {
+                    check_snapshots(&mut r, &snapshots)?;
+                }
+                for n in &r.notes {
+                    bar.suspend(|| println!("{}: {n}", r.name));
+                }
                 if let Some(d) = r.failure_details() {
                     bar.suspend(|| eprintln!("FAIL {}: {d}", r.name));
                 }

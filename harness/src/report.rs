@@ -32,6 +32,8 @@ pub struct ScenarioReport {
     pub log_tail: Vec<String>,
     /// (snapshot name, content), in the order taken.
     pub snapshots: Vec<(String, String)>,
+    /// Figures and logs worth printing (sweep rates, a reproduced cut's log).
+    pub notes: Vec<String>,
 }
 
 impl ScenarioReport {
@@ -178,6 +180,7 @@ mod tests {
             error: None,
             log_tail: vec!["I (1) boot: <x>".into()],
             snapshots: vec![],
+            notes: vec![],
         }
     }
 

@@ -6,7 +6,10 @@ use crate::dut::{Dut, DutError, DutEvent, PowerCut};
 use crate::emu::{EmuDut, EmuProgram, EmuSetup};
 use crate::inspect;
 use crate::report::{ScenarioReport, StepOutcome, StepReport};
-use crate::scenario::{AuthSpec, CutPower, EraseSpec, Expect, OtaStep, Scenario, SnapshotKind, StepKind};
+use crate::scenario::{
+    AuthSpec, CutPower, EraseSpec, Expect, OtaStep, Scenario, SnapshotKind, StepKind, SweepStep,
+    WriterFaultSpec,
+};
 use crate::serial::{SerialLog, normalise};
 use std::time::{Duration, Instant};
 
@@ -23,7 +26,7 @@ impl Backend {
         }
     }
 
-    fn start(&self, s: &Scenario) -> Result<Box<dyn Dut>, String> {
+    fn start(&self, s: &Scenario, options: &RunOptions) -> Result<Box<dyn Dut>, String> {
         match self {
             Backend::Emu(program) => {
                 let d = &s.device;
@@ -36,12 +39,22 @@ impl Backend {
                     protocol: d.protocol,
                     bootloader_rollback: d.bootloader_rollback,
                     erase_upfront: d.erase == EraseSpec::Upfront,
-                    seed: d.seed,
+                    seed: options.seed.unwrap_or(d.seed),
                 };
                 EmuDut::start(program, &setup).map(|d| Box::new(d) as Box<dyn Dut>).map_err(|e| e.to_string())
             }
         }
     }
+}
+
+/// Options of one run beyond the scenario itself.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Evaluate only this cut point of every sweep (and its torn variant if `true`), keeping
+    /// its serial log: the reproduction of a sweep failure.
+    pub only_cut: Option<(u64, bool)>,
+    /// Override the scenario's device seed.
+    pub seed: Option<u64>,
 }
 
 /// How long to wait for the device to reboot after an update, or for an armed cut to fire.
@@ -56,6 +69,8 @@ struct Run<'a> {
     rt: tokio::runtime::Runtime,
     snapshots: Vec<(String, String)>,
     scenario: &'a Scenario,
+    options: &'a RunOptions,
+    notes: Vec<String>,
 }
 
 type StepResult = Result<StepOutcome, String>;
@@ -164,6 +179,7 @@ impl Run<'_> {
                 }
             }
             StepKind::Ota(o) => self.ota(o),
+            StepKind::Sweep(w) => self.sweep(w, snapshot_no),
             StepKind::Snapshot(kinds) => {
                 self.drain(Duration::ZERO).map_err(dut_err)?;
                 *snapshot_no += 1;
@@ -180,6 +196,93 @@ impl Run<'_> {
                 Ok(StepOutcome::Passed)
             }
         }
+    }
+
+    fn seed(&self) -> u64 {
+        self.options.seed.unwrap_or(self.scenario.device.seed)
+    }
+
+    fn sweep(&mut self, w: &SweepStep, snapshot_no: &mut usize) -> StepResult {
+        if !self.dut.capabilities().exact_power_cut {
+            return Ok(StepOutcome::Skipped(format!(
+                "the {} backend cannot cut power at an exact flash operation",
+                self.dut.backend()
+            )));
+        }
+        self.drain(Duration::ZERO).map_err(|e| e.to_string())?;
+        let base = self.dut.read_flash().map_err(|e| e.to_string())?;
+        let d = &self.scenario.device;
+        let cfg = ota_emu::sweep::SweepConfig {
+            image: w.image.bytes.clone(),
+            bootloader: ota_core::boot::BootloaderConfig {
+                rollback: d.bootloader_rollback,
+                chip: ota_core::image::ChipInfo::ESP32C3,
+                flash_size: d.flash_size,
+            },
+            ota: ota_core::writer::OtaConfig {
+                erase: match d.erase {
+                    EraseSpec::Sequential => ota_core::writer::EraseMode::Sequential,
+                    EraseSpec::Upfront => ota_core::writer::EraseMode::Upfront,
+                },
+                fault: match d.writer_fault {
+                    None => ota_core::writer::WriterFault::None,
+                    Some(WriterFaultSpec::SwitchBeforeWrite) => {
+                        ota_core::writer::WriterFault::SwitchBeforeWrite
+                    }
+                },
+                ..ota_core::writer::OtaConfig::default()
+            },
+            torn: w.torn,
+            seed: self.seed(),
+            only: self.options.only_cut,
+            exact: w.exact,
+            threads: 0,
+        };
+        let report = ota_emu::sweep::sweep(&base, &cfg)?;
+        self.notes.push(format!(
+            "sweep of {}: {} cut points, {} cuts evaluated in {:.1} ms ({:.0} cuts/s)",
+            w.image.name,
+            report.cut_points,
+            report.evaluated,
+            report.elapsed.as_secs_f64() * 1000.0,
+            report.rate()
+        ));
+        if let Some((k, torn)) = self.options.only_cut {
+            self.notes.push(format!("serial log after cut {k}{}:", if torn { " (torn)" } else { "" }));
+            self.notes.extend(report.log.iter().map(|l| format!("  | {l}")));
+        } else {
+            *snapshot_no += 1;
+            self.snapshots.push((format!("{}-{}-sweep", self.scenario.name, snapshot_no), report.summary()));
+        }
+        if let Some(f) = report.failures.first() {
+            return Ok(StepOutcome::Failed(format!(
+                "{} of {} cuts broke the device; first: cut {}{} ({} {}): {}\n  reproduce: cargo xtask hil --scenario {} --cut {}{} --seed {}",
+                report.failures.len(),
+                report.evaluated,
+                f.cut,
+                if f.torn { " torn" } else { "" },
+                f.phase.name(),
+                f.op,
+                f.problem,
+                self.scenario.name,
+                f.cut,
+                if f.torn { " --torn" } else { "" },
+                self.seed()
+            )));
+        }
+        if self.options.only_cut.is_none() {
+            for run in 0..w.random_runs {
+                let seed = self.seed().wrapping_add(run as u64);
+                if let Some(problem) = ota_emu::sweep::random_multi_cut(&base, &cfg, w.max_cuts, seed)? {
+                    return Ok(StepOutcome::Failed(format!(
+                        "random multi-cut run {run} (seed {seed}): {problem}\n  reproduce: cargo xtask hil --scenario {} --seed {}",
+                        self.scenario.name,
+                        self.seed()
+                    )));
+                }
+            }
+        }
+        Ok(StepOutcome::Passed)
     }
 
     fn ota(&mut self, o: &OtaStep) -> StepResult {
@@ -221,7 +324,7 @@ impl Run<'_> {
             disconnect_after: o.disconnect_after,
             send_delay: o.send_delay,
             timeout: o.timeout,
-            seed: self.scenario.device.seed,
+            seed: self.seed(),
         };
         let addr = self.dut.ota_addr();
         let outcome = self.rt.block_on(client::upload(addr, &upload));
@@ -285,7 +388,7 @@ impl Run<'_> {
 }
 
 /// Plays `scenario` on `backend`.
-pub fn run(scenario: &Scenario, backend: &Backend) -> ScenarioReport {
+pub fn run(scenario: &Scenario, backend: &Backend, options: &RunOptions) -> ScenarioReport {
     let started = Instant::now();
     let mut report = ScenarioReport {
         name: scenario.name.clone(),
@@ -296,8 +399,9 @@ pub fn run(scenario: &Scenario, backend: &Backend) -> ScenarioReport {
         error: None,
         log_tail: Vec::new(),
         snapshots: Vec::new(),
+        notes: Vec::new(),
     };
-    let mut dut = match backend.start(scenario) {
+    let mut dut = match backend.start(scenario, options) {
         Ok(d) => d,
         Err(e) => {
             report.error = Some(format!("the {} backend did not start: {e}", backend.name()));
@@ -321,6 +425,8 @@ pub fn run(scenario: &Scenario, backend: &Backend) -> ScenarioReport {
         rt,
         snapshots: Vec::new(),
         scenario,
+        options,
+        notes: Vec::new(),
     };
     let mut snapshot_no = 0;
     for step in &scenario.steps {
@@ -344,6 +450,7 @@ pub fn run(scenario: &Scenario, backend: &Backend) -> ScenarioReport {
         }
     }
     report.snapshots = std::mem::take(&mut run.snapshots);
+    report.notes = std::mem::take(&mut run.notes);
     dut.shutdown();
     report.duration = started.elapsed();
     report

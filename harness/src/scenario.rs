@@ -54,6 +54,15 @@ struct RawDevice {
     erase: Option<EraseSpec>,
     #[serde(default)]
     seed: Option<u64>,
+    #[serde(default)]
+    writer_fault: Option<WriterFaultSpec>,
+}
+
+/// A deliberately broken writer, to show the sweep catches one (never a real device setting).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WriterFaultSpec {
+    SwitchBeforeWrite,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +82,21 @@ enum RawStep {
     ExpectLog(RawExpectLog),
     Ota(Box<RawOta>),
     Snapshot(RawSnapshot),
+    Sweep(RawSweep),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSweep {
+    image: Spanned<String>,
+    #[serde(default)]
+    torn: bool,
+    #[serde(default)]
+    exact: bool,
+    #[serde(default)]
+    random_runs: u32,
+    #[serde(default)]
+    max_cuts: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +201,7 @@ pub struct Device {
     pub bootloader_rollback: bool,
     pub erase: EraseSpec,
     pub seed: u64,
+    pub writer_fault: Option<WriterFaultSpec>,
 }
 
 /// An image resolved from a fixture name or a file.
@@ -207,6 +232,18 @@ pub enum StepKind {
     ExpectLog { pattern: regex::Regex, timeout: Duration, absent: bool },
     Ota(Box<OtaStep>),
     Snapshot(Vec<SnapshotKind>),
+    Sweep(Box<SweepStep>),
+}
+
+/// Cut the power at every flash operation of an update (and tear it, with `torn`).
+#[derive(Debug, Clone)]
+pub struct SweepStep {
+    pub image: Image,
+    pub torn: bool,
+    pub exact: bool,
+    /// Seeded runs with several cuts each, after the sweep.
+    pub random_runs: u32,
+    pub max_cuts: u32,
 }
 
 impl StepKind {
@@ -223,6 +260,7 @@ impl StepKind {
             StepKind::Snapshot(k) => {
                 format!("snapshot {}", k.iter().map(|k| k.name()).collect::<Vec<_>>().join("+"))
             }
+            StepKind::Sweep(s) => format!("sweep {}{}", s.image.name, if s.torn { " (torn)" } else { "" }),
         }
     }
 }
@@ -418,6 +456,7 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
         bootloader_rollback: d.bootloader_rollback.unwrap_or(false),
         erase: d.erase.unwrap_or(EraseSpec::Sequential),
         seed: d.seed.unwrap_or(0),
+        writer_fault: d.writer_fault,
     };
     let mut steps = Vec::new();
     for s in raw.steps {
@@ -474,6 +513,13 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
                 StepKind::Snapshot(kinds)
             }
             RawStep::Ota(o) => StepKind::Ota(Box::new(check_ota(*o, cx)?)),
+            RawStep::Sweep(w) => StepKind::Sweep(Box::new(SweepStep {
+                image: cx.image(&w.image)?,
+                torn: w.torn,
+                exact: w.exact,
+                random_runs: w.random_runs,
+                max_cuts: w.max_cuts.unwrap_or(4),
+            })),
         };
         steps.push(Step { line, kind });
     }

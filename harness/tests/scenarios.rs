@@ -14,7 +14,7 @@ fn backend() -> Backend {
 #[rstest]
 fn plays(#[files("../scenarios/*.yaml")] path: PathBuf) {
     let s = scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let report = runner::run(&s, &backend());
+    let report = runner::run(&s, &backend(), &runner::RunOptions::default());
     if let Some(details) = report.failure_details() {
         panic!("scenario {} failed: {details}", s.name);
     }

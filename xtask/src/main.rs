@@ -26,6 +26,15 @@ enum Task {
         /// Write JUnit XML here.
         #[arg(long)]
         junit: Option<PathBuf>,
+        /// Sweeps evaluate only this cut (reproduces a sweep failure, printing its log).
+        #[arg(long)]
+        cut: Option<u64>,
+        /// With --cut: its torn variant.
+        #[arg(long)]
+        torn: bool,
+        /// Override the scenarios' device seed.
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Write the fixture images to fixtures/images/ (deterministic).
     Fixtures,
@@ -67,7 +76,16 @@ fn build_emu() -> anyhow::Result<PathBuf> {
     Ok(root().join("target/release"))
 }
 
-fn hil(backend: &str, scenarios: &[String], junit: Option<&Path>) -> anyhow::Result<()> {
+#[derive(Default)]
+struct HilArgs {
+    scenarios: Vec<String>,
+    junit: Option<PathBuf>,
+    cut: Option<u64>,
+    torn: bool,
+    seed: Option<u64>,
+}
+
+fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
     if backend != "emu" {
         bail!(
             "backend `{backend}` is not available: this build of otahil has the `emu` backend only \
@@ -77,11 +95,20 @@ fn hil(backend: &str, scenarios: &[String], junit: Option<&Path>) -> anyhow::Res
     let bin = build_emu()?;
     let mut c = Command::new(bin.join("otahil"));
     c.current_dir(root()).args(["run", "--backend", backend]);
-    for s in scenarios {
+    for s in &args.scenarios {
         c.args(["--scenario", s]);
     }
-    if let Some(j) = junit {
+    if let Some(j) = &args.junit {
         c.arg("--junit").arg(j);
+    }
+    if let Some(k) = args.cut {
+        c.args(["--cut", &k.to_string()]);
+    }
+    if args.torn {
+        c.arg("--torn");
+    }
+    if let Some(s) = args.seed {
+        c.args(["--seed", &s.to_string()]);
     }
     c.env("OTAHIL_EMU", bin.join("ota-emu"));
     run(c)
@@ -89,7 +116,9 @@ fn hil(backend: &str, scenarios: &[String], junit: Option<&Path>) -> anyhow::Res
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
-        Task::Hil { backend, scenario, junit } => hil(&backend, &scenario, junit.as_deref()),
+        Task::Hil { backend, scenario, junit, cut, torn, seed } => {
+            hil(&backend, &HilArgs { scenarios: scenario, junit, cut, torn, seed })
+        }
         Task::Fixtures => {
             let bin = build_emu()?;
             let mut c = Command::new(bin.join("otahil"));
@@ -109,7 +138,7 @@ fn main() -> anyhow::Result<()> {
             let mut c = cargo();
             c.args(["test", "--workspace"]);
             run(c)?;
-            hil("emu", &[], None)
+            hil("emu", &HilArgs::default())
         }
         Task::Bench { runs } => {
             let bin = build_emu()?;
