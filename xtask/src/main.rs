@@ -41,6 +41,18 @@ enum Task {
     /// What CI runs: fmt check, clippy -D warnings, the tests, the no_std build of the core,
     /// and `hil` on the emulator.
     Ci,
+    /// Fuzz the ESPHome server, the flash-format parsers and the scenario loader with libFuzzer
+    /// (needs `cargo install cargo-fuzz`). The time is split between the targets.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (esphome_server, flash_formats, scenario_loader).
+        #[arg(long)]
+        target: Option<String>,
+        /// libFuzzer's seed (0: libFuzzer picks one and prints it).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Time the emulator suite: builds once, then plays every scenario N times and prints figures.
     Bench {
         #[arg(long, default_value_t = 5)]
@@ -114,6 +126,62 @@ fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
     run(c)
 }
 
+const FUZZ_TARGETS: &[&str] = &["esphome_server", "flash_formats", "scenario_loader"];
+
+fn fuzz(seconds: u64, only: Option<&str>, seed: u64) -> anyhow::Result<()> {
+    let have = Command::new("cargo").args(["fuzz", "--version"]).output().map(|o| o.status.success());
+    if !matches!(have, Ok(true)) {
+        bail!(
+            "cargo-fuzz is not installed: `cargo install cargo-fuzz` (it runs on stable Rust here: xtask sets RUSTC_BOOTSTRAP=1 for it)"
+        );
+    }
+    let targets: Vec<&str> = match only {
+        Some(t) if FUZZ_TARGETS.contains(&t) => vec![t],
+        Some(t) => bail!("unknown fuzz target `{t}` (have: {})", FUZZ_TARGETS.join(", ")),
+        None => FUZZ_TARGETS.to_vec(),
+    };
+    let per_target = (seconds / targets.len() as u64).max(1);
+    let fuzz_dir = root().join("fuzz");
+    let mut total = 0u64;
+    for t in &targets {
+        let work = fuzz_dir.join("corpus-work").join(t);
+        std::fs::create_dir_all(&work)?;
+        let mut c = Command::new("cargo");
+        // libFuzzer writes new inputs to the first directory: the committed seeds stay as they are.
+        c.current_dir(&fuzz_dir)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "run", "--sanitizer", "none", "-O", t])
+            .arg(&work)
+            .arg(fuzz_dir.join("corpus").join(t))
+            .arg("--")
+            .arg(format!("-max_total_time={per_target}"))
+            .arg(format!("-seed={seed}"))
+            .arg("-print_final_stats=1");
+        eprintln!("xtask: fuzzing {t} for {per_target} s");
+        let out = c.output().context("running cargo fuzz")?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let runs = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
+            .and_then(|n| n.trim().parse::<u64>().ok());
+        let used_seed =
+            stderr.lines().find_map(|l| l.split("Seed: ").nth(1)).unwrap_or("?").trim().to_string();
+        if !out.status.success() {
+            let tail: Vec<&str> =
+                stderr.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+            bail!(
+                "fuzz target {t} failed (seed {used_seed}); artifacts in fuzz/artifacts/{t}\n{}",
+                tail.join("\n")
+            );
+        }
+        let runs = runs.unwrap_or(0);
+        total += runs;
+        println!("fuzz {t}: {runs} executions in {per_target} s, no crash (seed {used_seed})");
+    }
+    println!("fuzz: {total} executions in total");
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Hil { backend, scenario, junit, cut, torn, seed } => {
@@ -140,6 +208,7 @@ fn main() -> anyhow::Result<()> {
             run(c)?;
             hil("emu", &HilArgs::default())
         }
+        Task::Fuzz { seconds, target, seed } => fuzz(seconds, target.as_deref(), seed),
         Task::Bench { runs } => {
             let bin = build_emu()?;
             let mut times = Vec::new();
