@@ -212,6 +212,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { runs } => {
             let bin = build_emu()?;
             let mut times = Vec::new();
+            let mut sweeps = Vec::new();
             for i in 0..runs {
                 let t = Instant::now();
                 let mut c = Command::new(bin.join("otahil"));
@@ -221,6 +222,8 @@ fn main() -> anyhow::Result<()> {
                     bail!("run {i} failed:\n{}", String::from_utf8_lossy(&out.stdout));
                 }
                 times.push(t.elapsed().as_secs_f64());
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                sweeps.extend(stdout.lines().filter(|l| l.contains("cuts/s")).map(str::to_string));
                 if i == 0 {
                     print!("{}", String::from_utf8_lossy(&out.stdout));
                 }
@@ -232,6 +235,9 @@ fn main() -> anyhow::Result<()> {
                 times[0],
                 times[times.len() - 1]
             );
+            for s in sweeps {
+                println!("bench: {s}");
+            }
             Ok(())
         }
     }
