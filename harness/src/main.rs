@@ -52,6 +52,9 @@ enum Cmd {
         /// Override every scenario's device seed.
         #[arg(long)]
         seed: Option<u64>,
+        /// Write every sweep's per-cut matrix (CSV) into this directory.
+        #[arg(long)]
+        sweep_matrix: Option<PathBuf>,
     },
     /// Check scenario files without running them.
     Check {
@@ -142,8 +145,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{} scenario(s) ok, {} with errors", loaded.len(), errors.len());
             Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Cmd::Run { backend, scenarios, scenario, snapshots, junit: junit_path, cut, torn, seed } => {
-            let options = runner::RunOptions { only_cut: cut.map(|c| (c, torn)), seed };
+        Cmd::Run {
+            backend,
+            scenarios,
+            scenario,
+            snapshots,
+            junit: junit_path,
+            cut,
+            torn,
+            seed,
+            sweep_matrix,
+        } => {
+            let options = runner::RunOptions { only_cut: cut.map(|c| (c, torn)), seed, sweep_matrix };
             let (loaded, errors) = load_all(&scenarios, &scenario)?;
             if !errors.is_empty() {
                 for e in &errors {

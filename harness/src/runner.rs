@@ -55,6 +55,8 @@ pub struct RunOptions {
     pub only_cut: Option<(u64, bool)>,
     /// Override the scenario's device seed.
     pub seed: Option<u64>,
+    /// Write each sweep's per-cut matrix as `<dir>/<scenario>-<n>-sweep.csv`.
+    pub sweep_matrix: Option<std::path::PathBuf>,
 }
 
 /// How long to wait for the device to reboot after an update, or for an armed cut to fire.
@@ -237,6 +239,7 @@ impl Run<'_> {
             only: self.options.only_cut,
             exact: w.exact,
             threads: 0,
+            matrix: self.options.sweep_matrix.is_some(),
         };
         let report = ota_emu::sweep::sweep(&base, &cfg)?;
         self.notes.push(format!(
@@ -247,6 +250,13 @@ impl Run<'_> {
             report.elapsed.as_secs_f64() * 1000.0,
             report.rate()
         ));
+        if let Some(dir) = &self.options.sweep_matrix {
+            let path = dir.join(format!("{}-{}-sweep.csv", self.scenario.name, *snapshot_no + 1));
+            std::fs::create_dir_all(dir)
+                .and_then(|_| std::fs::write(&path, report.matrix_csv()))
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            self.notes.push(format!("per-cut matrix written to {}", path.display()));
+        }
         if let Some((k, torn)) = self.options.only_cut {
             self.notes.push(format!("serial log after cut {k}{}:", if torn { " (torn)" } else { "" }));
             self.notes.extend(report.log.iter().map(|l| format!("  | {l}")));

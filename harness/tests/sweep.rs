@@ -25,7 +25,11 @@ fn a_broken_writer_fails_the_sweep_with_a_reproduction() {
     let cut: u64 = words[words.iter().position(|w| *w == "--cut").unwrap() + 1].parse().unwrap();
     let torn = words.contains(&"--torn");
     let seed: u64 = words[words.iter().position(|w| *w == "--seed").unwrap() + 1].parse().unwrap();
-    let again = runner::run(&s, &backend(), &RunOptions { only_cut: Some((cut, torn)), seed: Some(seed) });
+    let again = runner::run(
+        &s,
+        &backend(),
+        &RunOptions { only_cut: Some((cut, torn)), seed: Some(seed), sweep_matrix: None },
+    );
     let step = &again.steps[1];
     assert!(
         matches!(&step.outcome, StepOutcome::Failed(m) if m.contains("1 of 1 cuts")),

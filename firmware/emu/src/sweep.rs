@@ -251,6 +251,20 @@ pub struct SweepConfig {
     pub exact: bool,
     /// Worker threads (0: one per core).
     pub threads: usize,
+    /// Keep one row per evaluated cut in the report.
+    pub matrix: bool,
+}
+
+/// One evaluated cut, for the full per-cut matrix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CutRow {
+    pub cut: u64,
+    pub torn: bool,
+    pub phase: Phase,
+    pub kind: &'static str,
+    pub addr: u32,
+    /// `booted old, retry ok`, `booted new, retry ok`, or the failure.
+    pub outcome: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord, Hash)]
@@ -285,6 +299,8 @@ pub struct SweepReport {
     pub elapsed: Duration,
     /// The serial log of the single cut asked for with `only`.
     pub log: Vec<String>,
+    /// Every cut, when asked for (`SweepConfig::matrix`), ordered by cut and variant.
+    pub matrix: Vec<CutRow>,
 }
 
 impl SweepReport {
@@ -315,6 +331,24 @@ impl SweepReport {
                 f.phase.name(),
                 f.op,
                 f.problem
+            );
+        }
+        out
+    }
+
+    /// The per-cut matrix as CSV.
+    pub fn matrix_csv(&self) -> String {
+        let mut out = String::from("cut,torn,phase,kind,addr,outcome\n");
+        for r in &self.matrix {
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{:#x},\"{}\"",
+                r.cut,
+                r.torn,
+                r.phase.name(),
+                r.kind,
+                r.addr,
+                r.outcome.replace('"', "'")
             );
         }
         out
@@ -419,6 +453,20 @@ impl Worker<'_> {
             self.report.log = lines;
         }
         self.report.evaluated += 1;
+        if self.cfg.matrix {
+            self.report.matrix.push(CutRow {
+                cut: k as u64,
+                torn,
+                phase: *phase,
+                kind: op.kind(),
+                addr: op.addr(),
+                outcome: match &result {
+                    Ok(Booted2::Old) => "booted old, retry ok".into(),
+                    Ok(Booted2::New) => "booted new, retry ok".into(),
+                    Err(e) => e.clone(),
+                },
+            });
+        }
         match result {
             Ok(booted) => {
                 *self.report.outcomes.entry((*phase, booted)).or_default() += 1;
@@ -574,11 +622,13 @@ pub fn sweep(base: &[u8], cfg: &SweepConfig) -> Result<SweepReport, String> {
             *report.outcomes.entry(k).or_default() += v;
         }
         report.failures.extend(p.failures);
+        report.matrix.extend(p.matrix);
         if !p.log.is_empty() {
             report.log = p.log;
         }
     }
     report.failures.sort_by_key(|f| (f.cut, f.torn));
+    report.matrix.sort_by_key(|r| (r.cut, r.torn));
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -666,6 +716,7 @@ mod tests {
             only: None,
             exact,
             threads: 2,
+            matrix: true,
         }
     }
 
@@ -675,6 +726,8 @@ mod tests {
         assert!(r.failures.is_empty(), "{}", r.summary());
         assert_eq!(r.evaluated, 2 * r.cut_points);
         assert_eq!(r.retries_ok, r.evaluated);
+        assert_eq!(r.matrix.len() as u64, r.evaluated);
+        assert!(r.matrix_csv().lines().nth(1).unwrap().starts_with("0,false,write,"));
         let phase = |p, b| r.outcomes.get(&(p, b)).copied().unwrap_or(0);
         assert!(phase(Phase::Write, Booted2::Old) > 0);
         assert_eq!(phase(Phase::Write, Booted2::New), 0, "nothing boots the new image before the switch");
