@@ -385,6 +385,17 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(secs))
 }
 
+/// Drops a leading `line N column M: ` that the YAML library puts in its messages.
+fn strip_position(message: &str) -> &str {
+    let Some(rest) = message.strip_prefix("line ") else { return message };
+    match rest.find(": ") {
+        Some(i) if rest[..i].split_whitespace().all(|w| w == "column" || w.parse::<u64>().is_ok()) => {
+            &rest[i + 2..]
+        }
+        _ => message,
+    }
+}
+
 /// Loads and checks a scenario file.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
     let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
@@ -400,8 +411,10 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
 pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
     let raw: RawScenario = serde_saphyr::from_str(text).map_err(|e| {
         let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-        // The library's message carries a rendered snippet; keep its first line only.
-        let message = e.to_string().lines().next().unwrap_or("invalid YAML").to_string();
+        // The library's message carries a rendered snippet and its own position; keep the
+        // first line without them (the position is ours, in front).
+        let first = e.to_string().lines().next().unwrap_or("invalid YAML").to_string();
+        let message = strip_position(first.strip_prefix("error: ").unwrap_or(&first)).to_string();
         ScenarioError { file: path.to_path_buf(), line, column, message }
     })?;
     let dir = path.parent().unwrap_or(Path::new("."));
