@@ -18,7 +18,8 @@ static BASE: LazyLock<Vec<u8>> = LazyLock::new(|| {
     let mut app = vec![0; spec.image_len()];
     ota_core::image_builder::build(&spec, &mut app).unwrap();
     let mut image = ota_emu::mkflash::merged_image(&table, &app, 1 << 20).unwrap();
-    image[0x9000..0x9020].copy_from_slice(&ota_core::otadata::OtaEntry::new(1, ota_core::otadata::OtaState::Valid).to_bytes());
+    image[0x9000..0x9020]
+        .copy_from_slice(&ota_core::otadata::OtaEntry::new(1, ota_core::otadata::OtaState::Valid).to_bytes());
     image
 });
 
@@ -51,7 +52,8 @@ fuzz_target!(|data: &[u8]| {
     let table = ota_core::partition_csv::parse_csv(CSV).unwrap();
     let mut flash = FileFlash::in_memory(BASE.clone());
     let password: Option<&[u8]> = if cfg & 1 != 0 { Some(b"pw") } else { None };
-    let mut server = Server::new(ServerConfig { password, version: 1 + (cfg >> 1 & 1), sha256: cfg & 4 != 0 });
+    let mut server =
+        Server::new(ServerConfig { password, version: 1 + (cfg >> 1 & 1), sha256: cfg & 4 != 0 });
     let mut pending = None;
     let mut out = Out::default();
     let mut rng = Rng(cfg as u64);
@@ -67,7 +69,11 @@ fuzz_target!(|data: &[u8]| {
     assert!(server.is_closed());
     let after = flash.data();
     if !server.reboot_requested() {
-        assert_eq!(&after[0x9000..0xB000], &BASE[0x9000..0xB000], "otadata changed by an update that did not complete");
+        assert_eq!(
+            &after[0x9000..0xB000],
+            &BASE[0x9000..0xB000],
+            "otadata changed by an update that did not complete"
+        );
     }
     if !out.authenticated {
         let c = flash.counters();

@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(t) = ota_core::partition_csv::parse_csv(text) {
             let bytes = t.to_bytes(true);
-            assert_eq!(PartitionTable::parse(&bytes, u32::MAX).map(|p| p.partitions().len()), Ok(t.partitions().len()));
+            assert_eq!(
+                PartitionTable::parse(&bytes, u32::MAX).map(|p| p.partitions().len()),
+                Ok(t.partitions().len())
+            );
         }
     }
     if data.len() >= 64 {

@@ -38,6 +38,9 @@ enum Task {
     },
     /// Write the fixture images to fixtures/images/ (deterministic).
     Fixtures,
+    /// Build the ESP32-C3 firmware variants (v1, v2, v3, selftest-fail, selftest-hang) into
+    /// target/firmware/: ELF, app image and merged 4 MiB flash image, each checked with ota-core.
+    Firmware,
     /// What CI runs: fmt check, clippy -D warnings, the tests, the no_std build of the core,
     /// and `hil` on the emulator.
     Ci,
@@ -126,6 +129,70 @@ fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
     run(c)
 }
 
+/// (name, app-descriptor version, cargo feature, declared self-test)
+const FIRMWARE_VARIANTS: &[(&str, &str, Option<&str>, &str)] = &[
+    ("v1", "1.0.0", None, "pass"),
+    ("v2", "2.0.0", None, "pass"),
+    ("v3", "3.0.0", None, "pass"),
+    ("selftest-fail", "2.0.0-selftest-fail", Some("selftest-fail"), "fail"),
+    ("selftest-hang", "2.0.0-selftest-hang", Some("selftest-hang"), "hang"),
+];
+
+fn firmware() -> anyhow::Result<()> {
+    let targets = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    if let Ok(out) = targets
+        && !String::from_utf8_lossy(&out.stdout).contains("riscv32imc-unknown-none-elf")
+    {
+        bail!("the firmware needs the riscv32imc target: `rustup target add riscv32imc-unknown-none-elf`");
+    }
+    let root = root();
+    let fw = root.join("firmware/esp32c3");
+    let out_dir = root.join("target/firmware");
+    std::fs::create_dir_all(&out_dir)?;
+    // Reproducible images: the app descriptor's build date/time come from the last commit.
+    let epoch = Command::new("git")
+        .current_dir(&root)
+        .args(["log", "-1", "--format=%ct"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "0".into());
+    let mut tool = cargo();
+    tool.args(["build", "--release", "--manifest-path"]).arg(root.join("firmware/image-tool/Cargo.toml"));
+    run(tool)?;
+    let tool = root.join("firmware/image-tool/target/release/otahil-fwimage");
+    for (name, version, feature, self_test) in FIRMWARE_VARIANTS {
+        let mut c = cargo();
+        c.current_dir(&fw)
+            .args(["build", "--release"])
+            .env("OTAHIL_FW_VERSION", version)
+            .env("SOURCE_DATE_EPOCH", &epoch);
+        if let Some(f) = feature {
+            c.args(["--features", f]);
+        }
+        run(c)?;
+        let elf = out_dir.join(format!("{name}.elf"));
+        std::fs::copy(fw.join("target/riscv32imc-unknown-none-elf/release/otahil-firmware"), &elf)?;
+        let mut c = Command::new(&tool);
+        c.arg(&elf)
+            .arg(root.join("fixtures/partitions/esphome-4mb.csv"))
+            .arg(out_dir.join(format!("{name}.bin")))
+            .arg(out_dir.join(format!("{name}-flash.bin")))
+            .args([version, self_test]);
+        run(c)?;
+    }
+    println!("firmware: {} variants in {}", FIRMWARE_VARIANTS.len(), out_dir.display());
+    // The emulator plays OTA with these real images (espflash's bytes, our descriptors).
+    let bin = build_emu()?;
+    let mut c = Command::new(bin.join("otahil"));
+    c.current_dir(&root)
+        .args(["run", "--scenarios", "firmware/esp32c3/scenarios"])
+        .env("OTAHIL_EMU", bin.join("ota-emu"));
+    run(c)
+}
+
 const FUZZ_TARGETS: &[&str] = &["esphome_server", "flash_formats", "scenario_loader"];
 
 fn fuzz(seconds: u64, only: Option<&str>, seed: u64) -> anyhow::Result<()> {
@@ -187,6 +254,7 @@ fn main() -> anyhow::Result<()> {
         Task::Hil { backend, scenario, junit, cut, torn, seed } => {
             hil(&backend, &HilArgs { scenarios: scenario, junit, cut, torn, seed })
         }
+        Task::Firmware => firmware(),
         Task::Fixtures => {
             let bin = build_emu()?;
             let mut c = Command::new(bin.join("otahil"));

@@ -105,7 +105,7 @@ pub fn build(spec: &ImageSpec<'_>, out: &mut [u8]) -> Result<usize, BufferTooSma
     out[pos..pos + 256].copy_from_slice(&desc.to_bytes());
     let mut p = pos + 256;
     if let Some(marker) = spec.self_test.marker() {
-        out[p..p + marker.len()].copy_from_slice(marker);
+        out[p..p + marker.len()].copy_from_slice(&marker);
         p += marker.len();
     }
     let mut state = spec.seed;

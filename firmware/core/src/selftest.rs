@@ -8,8 +8,35 @@
 
 use crate::image::{ImageSource, ReadFailed, contains};
 
-pub const FAIL_MARKER: &[u8] = b"otahil:self-test=fail;";
-pub const HANG_MARKER: &[u8] = b"otahil:self-test=hang;";
+/// Length of both markers.
+pub const MARKER_LEN: usize = 22;
+
+/// The markers are kept inverted (every bit flipped) in this crate, and turned back only at run
+/// time: every firmware links the code that looks for them, and a verbatim copy in its read-only
+/// data would make every image "declare" a failing self-test.
+pub const FAIL_MARKER_INVERTED: [u8; MARKER_LEN] = invert(*b"otahil:self-test=fail;");
+pub const HANG_MARKER_INVERTED: [u8; MARKER_LEN] = invert(*b"otahil:self-test=hang;");
+
+/// Flips every bit; its own inverse. A `const fn`, so a build that *wants* a marker in its image
+/// (the self-test-failing firmware) writes `static M: [u8; MARKER_LEN] = invert(FAIL_MARKER_INVERTED);`.
+pub const fn invert(mut bytes: [u8; MARKER_LEN]) -> [u8; MARKER_LEN] {
+    let mut i = 0;
+    while i < MARKER_LEN {
+        bytes[i] = !bytes[i];
+        i += 1;
+    }
+    bytes
+}
+
+/// The marker, built at run time (`black_box` keeps the compiler from folding it into a constant).
+fn restore(inverted: [u8; MARKER_LEN]) -> [u8; MARKER_LEN] {
+    let mask = core::hint::black_box(0xFFu8);
+    let mut out = inverted;
+    for b in &mut out {
+        *b ^= mask;
+    }
+    out
+}
 
 /// What the app's self-test does on the first boot of an image.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -24,11 +51,12 @@ pub enum SelfTest {
 }
 
 impl SelfTest {
-    pub fn marker(self) -> Option<&'static [u8]> {
+    /// The bytes an image carries to declare this outcome (`None` for a passing self-test).
+    pub fn marker(self) -> Option<[u8; MARKER_LEN]> {
         match self {
             SelfTest::Pass => None,
-            SelfTest::Fail => Some(FAIL_MARKER),
-            SelfTest::Hang => Some(HANG_MARKER),
+            SelfTest::Fail => Some(restore(FAIL_MARKER_INVERTED)),
+            SelfTest::Hang => Some(restore(HANG_MARKER_INVERTED)),
         }
     }
 
@@ -42,12 +70,25 @@ impl SelfTest {
 
     /// The outcome declared by the first `len` bytes of an image.
     pub fn declared_by<S: ImageSource>(src: &mut S, len: u32) -> Result<Self, ReadFailed> {
-        if contains(src, len, FAIL_MARKER)? {
+        if contains(src, len, &restore(FAIL_MARKER_INVERTED))? {
             Ok(SelfTest::Fail)
-        } else if contains(src, len, HANG_MARKER)? {
+        } else if contains(src, len, &restore(HANG_MARKER_INVERTED))? {
             Ok(SelfTest::Hang)
         } else {
             Ok(SelfTest::Pass)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_round_trip_and_differ() {
+        assert_eq!(&SelfTest::Fail.marker().unwrap(), b"otahil:self-test=fail;");
+        assert_eq!(&SelfTest::Hang.marker().unwrap(), b"otahil:self-test=hang;");
+        assert_eq!(invert(FAIL_MARKER_INVERTED), *b"otahil:self-test=fail;");
+        assert!(!FAIL_MARKER_INVERTED.windows(6).any(|w| w == b"otahil"));
     }
 }

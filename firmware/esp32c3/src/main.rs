@@ -1,0 +1,108 @@
+//! otahil's device under test on a real ESP32-C3 (or Espressif's QEMU): the same `ota-core` the
+//! emulator runs, on esp-hal and esp-storage.
+//!
+//! This build does what the chip does before it serves OTA: it finds the partition the
+//! bootloader started, prints the app's identity, and runs the boot-time rollback guard (the
+//! bootloader espflash bundles has no rollback support), including the image's self-test, whose
+//! outcome the image declares with `ota_core::selftest`'s marker, exactly as in the emulator.
+//! The network side (open_eth under QEMU, Wi-Fi on boards) and the ESPHome server over it are
+//! the next part of this firmware and are not in this build.
+#![no_std]
+#![no_main]
+
+use esp_backtrace as _;
+use esp_hal::main;
+use esp_hal::time::Instant;
+use esp_println::println;
+use esp_storage::FlashStorage;
+use ota_core::boot::{
+    BootIndex, Booted, DirectVerify, GuardOutcome, SlotVerifier, boot_guard, select, verify_slot,
+};
+use ota_core::image::ChipInfo;
+use ota_core::log::{LogEvent, LogLine, SlotName};
+use ota_core::writer::read_otadata;
+
+mod markers;
+
+const VERSION: &str = match option_env!("OTAHIL_FW_VERSION") {
+    Some(v) => v,
+    None => "0.0.0-dev",
+};
+
+esp_bootloader_esp_idf::esp_app_desc!(
+    VERSION,
+    "otahil-fw",
+    esp_bootloader_esp_idf::BUILD_TIME,
+    esp_bootloader_esp_idf::BUILD_DATE,
+    esp_bootloader_esp_idf::ESP_IDF_COMPATIBLE_VERSION,
+    esp_bootloader_esp_idf::MMU_PAGE_SIZE,
+    0,
+    u16::MAX,
+    esp_bootloader_esp_idf::SECURE_VERSION
+);
+
+/// The flash offset the bootloader mapped the running app from (MMU entry 0 of the ESP32-C3,
+/// as ESP-IDF's `mmu_hal` reads it).
+fn booted_offset() -> u32 {
+    // SAFETY: a read of an always-mapped, read-only MMU table register.
+    unsafe { ((0x600C_5000 as *const u32).read_volatile() & 0xFF) << 16 }
+}
+
+/// Espressif's QEMU starts with SYSTIMER unit 0 stopped, so delays would hang; enabling it
+/// (TIMER_UNIT0_WORK_EN, bit 30 of SYSTIMER_CONF) is harmless on silicon.
+fn start_systimer_unit0() {
+    const SYSTIMER_CONF: *mut u32 = 0x6002_3000 as *mut u32;
+    // SAFETY: read-modify-write of a SYSTIMER configuration register at start-up, before any
+    // driver uses the timer.
+    unsafe { SYSTIMER_CONF.write_volatile(SYSTIMER_CONF.read_volatile() | 1 << 30) };
+}
+
+#[main]
+fn main() -> ! {
+    let peripherals = esp_hal::init(esp_hal::Config::default());
+    start_systimer_unit0();
+    markers::keep();
+    let started = Instant::now();
+    let mut log = |e: &LogEvent<'_>| {
+        println!("{}", LogLine { ms: started.elapsed().as_millis() as u32, event: e });
+    };
+    let mut flash = FlashStorage::new(peripherals.FLASH);
+    let flash_size = embedded_storage::nor_flash::ReadNorFlash::capacity(&flash) as u32;
+    let table = match ota_core::boot::read_table(&mut flash, flash_size) {
+        Ok(t) => t,
+        Err(e) => halt(&format_args!("partition table unreadable: {e:?}")),
+    };
+    let Some(partition) = table.app_at(booted_offset()).copied() else {
+        halt(&format_args!("no app partition at 0x{:x}", booted_offset()))
+    };
+    let Some(index) = BootIndex::of(&partition) else { halt(&"the running partition is not an app slot") };
+    let image = match verify_slot(&mut flash, &partition, ChipInfo::ESP32C3) {
+        Ok(i) => i,
+        Err(e) => halt(&format_args!("the running image does not verify: {e}")),
+    };
+    let otadata = table.otadata().and_then(|od| read_otadata(&mut flash, od).ok());
+    let booted = Booted { index, partition, image, selection: select(&table, otadata.as_ref()) };
+    log(&LogEvent::AppRunning {
+        slot: SlotName(index),
+        label: partition.label(),
+        project: image.desc.project_name(),
+        version: image.desc.version(),
+    });
+    let self_test = DirectVerify.self_test(&mut flash, &booted);
+    match boot_guard(&mut flash, &table, &booted, self_test, ChipInfo::ESP32C3, &mut log) {
+        Ok(GuardOutcome::Reboot) => esp_hal::system::software_reset(),
+        Ok(GuardOutcome::Run) | Ok(GuardOutcome::Hang) => {}
+        Err(e) => halt(&format_args!("flash failed in the boot guard: {e}")),
+    }
+    println!("otahil-fw: no network interface in this build: OTA is not served");
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+fn halt(why: &dyn core::fmt::Display) -> ! {
+    println!("otahil-fw: halted: {why}");
+    loop {
+        core::hint::spin_loop();
+    }
+}
