@@ -61,6 +61,23 @@ enum Cmd {
         #[arg(default_value = "scenarios")]
         scenarios: PathBuf,
     },
+    /// Upload an image to a device's ESPHome OTA port (an emulator, QEMU's forwarded port, a board).
+    Ota {
+        /// The device's OTA address, e.g. 127.0.0.1:3232.
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        /// The image: a fixture name or a file.
+        #[arg(long)]
+        image: String,
+        #[arg(long)]
+        password: Option<String>,
+        /// Offer MD5 authentication only (an ESPHome 2024.11 client).
+        #[arg(long)]
+        md5_auth: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// Print the partition state of a flash dump.
     Inspect { flash: PathBuf },
     /// Write the fixture images to a directory.
@@ -121,6 +138,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let argv = std::iter::once("ota-emu".to_string()).chain(args);
             ota_emu::cli::run_from(argv)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ota { addr, image, password, md5_auth, timeout } => {
+            let bytes = match fixtures::find(&image) {
+                Some(f) => f.bytes(),
+                None => std::fs::read(&image).with_context(|| format!("reading {image}"))?,
+            };
+            let upload = otahil::client::Upload {
+                image: &bytes,
+                password: password.as_deref(),
+                offer_sha256: !md5_auth,
+                declared_size: None,
+                md5: None,
+                disconnect_after: None,
+                send_delay: None,
+                timeout: std::time::Duration::from_secs(timeout),
+                seed: 0,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let started = std::time::Instant::now();
+            let outcome = rt.block_on(otahil::client::upload(addr, &upload));
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "{outcome} ({} bytes in {secs:.2} s, {:.0} KiB/s)",
+                bytes.len(),
+                bytes.len() as f64 / 1024.0 / secs
+            );
+            Ok(if matches!(outcome, otahil::client::Outcome::Ok { .. }) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Inspect { flash } => {
             let dump = std::fs::read(&flash).with_context(|| format!("reading {}", flash.display()))?;

@@ -165,6 +165,7 @@ fn firmware() -> anyhow::Result<()> {
     let tool = root.join("firmware/image-tool/target/release/otahil-fwimage");
     for (name, version, feature, self_test) in FIRMWARE_VARIANTS {
         let mut c = cargo();
+        // OTAHIL_FW_PASSWORD / OTAHIL_FW_OTA_PROTOCOL, if set, pass through to the build.
         c.current_dir(&fw)
             .args(["build", "--release"])
             .env("OTAHIL_FW_VERSION", version)

@@ -5,8 +5,8 @@
 //! bootloader started, prints the app's identity, and runs the boot-time rollback guard (the
 //! bootloader espflash bundles has no rollback support), including the image's self-test, whose
 //! outcome the image declares with `ota_core::selftest`'s marker, exactly as in the emulator.
-//! The network side (open_eth under QEMU, Wi-Fi on boards) and the ESPHome server over it are
-//! the next part of this firmware and are not in this build.
+//! Then it serves ESPHome OTA on TCP 3232 over the OpenCores Ethernet MAC that Espressif's QEMU
+//! emulates (Wi-Fi for boards is not in this build).
 #![no_std]
 #![no_main]
 
@@ -18,15 +18,27 @@ use esp_storage::FlashStorage;
 use ota_core::boot::{
     BootIndex, Booted, DirectVerify, GuardOutcome, SlotVerifier, boot_guard, select, verify_slot,
 };
+use ota_core::esphome::ServerConfig;
 use ota_core::image::ChipInfo;
 use ota_core::log::{LogEvent, LogLine, SlotName};
-use ota_core::writer::read_otadata;
+use ota_core::writer::{OtaConfig, read_otadata};
 
 mod markers;
+mod net;
+mod open_eth;
 
 const VERSION: &str = match option_env!("OTAHIL_FW_VERSION") {
     Some(v) => v,
     None => "0.0.0-dev",
+};
+
+/// The OTA password, set at build time (`OTAHIL_FW_PASSWORD`); none means no authentication.
+const PASSWORD: Option<&str> = option_env!("OTAHIL_FW_PASSWORD");
+
+/// ESPHome OTA protocol version (`OTAHIL_FW_OTA_PROTOCOL`, default 2).
+const PROTOCOL: u8 = match option_env!("OTAHIL_FW_OTA_PROTOCOL") {
+    Some(v) if v.len() == 1 && v.as_bytes()[0] == b'1' => 1,
+    _ => 2,
 };
 
 esp_bootloader_esp_idf::esp_app_desc!(
@@ -91,13 +103,24 @@ fn main() -> ! {
     let self_test = DirectVerify.self_test(&mut flash, &booted);
     match boot_guard(&mut flash, &table, &booted, self_test, ChipInfo::ESP32C3, &mut log) {
         Ok(GuardOutcome::Reboot) => esp_hal::system::software_reset(),
-        Ok(GuardOutcome::Run) | Ok(GuardOutcome::Hang) => {}
+        Ok(GuardOutcome::Run) => {}
+        // The self-test never finishes: the app never gets to serve OTA (a reset rolls back).
+        Ok(GuardOutcome::Hang) => loop {
+            core::hint::spin_loop();
+        },
         Err(e) => halt(&format_args!("flash failed in the boot guard: {e}")),
     }
-    println!("otahil-fw: no network interface in this build: OTA is not served");
-    loop {
-        core::hint::spin_loop();
-    }
+    let server = ServerConfig { password: PASSWORD.map(str::as_bytes), version: PROTOCOL, sha256: true };
+    let mut rng = net::HwRng(esp_hal::rng::Rng::new());
+    let net = net::NetConfig {
+        mac: [0x02, 0x00, 0x00, 0x12, 0x34, 0x56],
+        ip: [10, 0, 2, 15],
+        prefix: 24,
+        gateway: [10, 0, 2, 2],
+        port: ota_core::esphome::DEFAULT_PORT,
+    };
+    let service = net::Service { table: &table, running: partition, server, ota: OtaConfig::default(), net };
+    net::serve(&mut flash, service, &mut rng, &mut log)
 }
 
 fn halt(why: &dyn core::fmt::Display) -> ! {

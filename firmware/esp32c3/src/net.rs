@@ -1,0 +1,153 @@
+//! The OTA service: smoltcp on the open_eth MAC, one TCP socket on port 3232, and `ota-core`'s
+//! ESPHome server writing the inactive slot through esp-storage. A tight polled loop: one
+//! 8 KiB chunk acknowledgement waits for nothing but the next poll.
+
+use crate::open_eth::{BUF_LEN, N_RX, N_TX, OpenEth};
+use esp_storage::FlashStorage;
+use ota_core::esphome::{Event, FlashBackend, NonceSource, Output, Server, ServerConfig};
+use ota_core::log::LogEvent;
+use ota_core::partition::{Partition, PartitionTable};
+use ota_core::writer::{OtaConfig, OtaUpdate};
+use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+
+/// Where the device sits on QEMU's user-mode network (slirp gives the guest 10.0.2.15 and the
+/// host is reached through 10.0.2.2); `hostfwd` maps a host port to port 3232 here.
+pub struct NetConfig {
+    pub mac: [u8; 6],
+    pub ip: [u8; 4],
+    pub prefix: u8,
+    pub gateway: [u8; 4],
+    pub port: u16,
+}
+
+fn now() -> smoltcp::time::Instant {
+    smoltcp::time::Instant::from_micros(
+        esp_hal::time::Instant::now().duration_since_epoch().as_micros() as i64
+    )
+}
+
+/// Nonces from the chip's hardware random number generator.
+pub struct HwRng(pub esp_hal::rng::Rng);
+
+impl NonceSource for HwRng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        self.0.read(buf);
+    }
+}
+
+/// What the server wants sent and has not been taken by the socket yet.
+struct Pending {
+    bytes: [u8; 1024],
+    len: usize,
+}
+
+struct Reply<'l, L: FnMut(&LogEvent<'_>)> {
+    pending: &'l mut Pending,
+    log: &'l mut L,
+}
+
+impl<L: FnMut(&LogEvent<'_>)> Output for Reply<'_, L> {
+    fn send(&mut self, bytes: &[u8]) {
+        let p = &mut *self.pending;
+        // The server sends at most a few bytes per 8 KiB received; 1 KiB is never reached while
+        // the socket drains between reads.
+        let n = bytes.len().min(p.bytes.len() - p.len);
+        p.bytes[p.len..p.len + n].copy_from_slice(&bytes[..n]);
+        p.len += n;
+    }
+    fn event(&mut self, e: Event) {
+        if let Some(line) = e.log_event() {
+            (self.log)(&line);
+        }
+    }
+}
+
+/// What the service serves with.
+pub struct Service<'t> {
+    pub table: &'t PartitionTable,
+    /// The partition the app runs from.
+    pub running: Partition,
+    pub server: ServerConfig<'static>,
+    pub ota: OtaConfig,
+    pub net: NetConfig,
+}
+
+/// Serves OTA forever; resets into the new image after a completed update.
+pub fn serve<L: FnMut(&LogEvent<'_>)>(
+    flash: &mut FlashStorage<'_>,
+    service: Service<'_>,
+    rng: &mut HwRng,
+    log: &mut L,
+) -> ! {
+    let Service { table, running, server: server_config, ota, net } = service;
+    let mut rx_bufs = [[0u8; BUF_LEN]; N_RX];
+    let mut tx_bufs = [[0u8; BUF_LEN]; N_TX];
+    let mut dev = OpenEth::new(net.mac, &mut rx_bufs, &mut tx_bufs);
+    let mut iface =
+        Interface::new(Config::new(HardwareAddress::Ethernet(EthernetAddress(net.mac))), &mut dev, now());
+    let [a, b, c, d] = net.ip;
+    iface.update_ip_addrs(|addrs| {
+        let _ = addrs.push(IpCidr::new(IpAddress::v4(a, b, c, d), net.prefix));
+    });
+    let [a, b, c, d] = net.gateway;
+    let _ = iface.routes_mut().add_default_ipv4_route(Ipv4Address::new(a, b, c, d));
+    let mut socket_rx = [0u8; 16 * 1024];
+    let mut socket_tx = [0u8; 2 * 1024];
+    let mut storage = [SocketStorage::EMPTY; 1];
+    let mut sockets = SocketSet::new(&mut storage[..]);
+    let handle = sockets.add(tcp::Socket::new(
+        tcp::SocketBuffer::new(&mut socket_rx[..]),
+        tcp::SocketBuffer::new(&mut socket_tx[..]),
+    ));
+    log(&LogEvent::OtaListening { port: net.port });
+    let mut session: Option<(Server<'static>, Option<OtaUpdate>)> = None;
+    let mut pending = Pending { bytes: [0; 1024], len: 0 };
+    let mut reboot = false;
+    loop {
+        iface.poll(now(), &mut dev, &mut sockets);
+        let sock = sockets.get_mut::<tcp::Socket>(handle);
+        if !sock.is_open() {
+            if reboot {
+                log(&LogEvent::OtaRebooting);
+                esp_hal::system::software_reset();
+            }
+            session = None;
+            pending.len = 0;
+            if sock.listen(net.port).is_err() {
+                continue;
+            }
+        }
+        if session.is_none() && sock.state() == tcp::State::Established {
+            log(&LogEvent::OtaClientConnected);
+            session = Some((Server::new(server_config), None));
+        }
+        let Some((server, update)) = session.as_mut() else { continue };
+        let mut reply = Reply { pending: &mut pending, log: &mut *log };
+        if !server.is_closed() && sock.can_recv() {
+            let _ = sock.recv(|data| {
+                let mut backend = FlashBackend::new(flash, table, running, ota, update);
+                server.feed(data, &mut backend, rng, &mut reply);
+                (data.len(), ())
+            });
+        } else if !server.is_closed() && !sock.may_recv() {
+            let mut backend = FlashBackend::new(flash, table, running, ota, update);
+            server.on_disconnect(false, &mut backend, &mut reply);
+        }
+        if pending.len > 0
+            && let Ok(n) = sock.send_slice(&pending.bytes[..pending.len])
+        {
+            pending.bytes.copy_within(n..pending.len, 0);
+            pending.len -= n;
+        }
+        if server.is_closed()
+            && pending.len == 0
+            && sock.send_queue() == 0
+            && sock.state() != tcp::State::Closed
+        {
+            reboot |= server.reboot_requested();
+            sock.close();
+        }
+    }
+}
