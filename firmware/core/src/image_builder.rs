@@ -62,15 +62,6 @@ pub struct BufferTooSmall {
     pub needed: usize,
 }
 
-/// A small deterministic generator for payload bytes (splitmix64).
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Writes the image for `spec` into `out`; returns its length.
 pub fn build(spec: &ImageSpec<'_>, out: &mut [u8]) -> Result<usize, BufferTooSmall> {
     let total = spec.image_len();
@@ -108,9 +99,9 @@ pub fn build(spec: &ImageSpec<'_>, out: &mut [u8]) -> Result<usize, BufferTooSma
         out[p..p + marker.len()].copy_from_slice(&marker);
         p += marker.len();
     }
-    let mut state = spec.seed;
+    let mut rng = crate::rng::SplitMix(spec.seed);
     for chunk in out[p..pos + drom_len].chunks_mut(8) {
-        let word = splitmix(&mut state).to_le_bytes();
+        let word = rng.next_u64().to_le_bytes();
         chunk.copy_from_slice(&word[..chunk.len()]);
     }
     let mut checksum = CHECKSUM_SEED;

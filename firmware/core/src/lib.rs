@@ -32,6 +32,7 @@ pub mod log;
 pub mod otadata;
 pub mod partition;
 pub mod partition_csv;
+pub mod rng;
 pub mod selftest;
 pub mod writer;
 

@@ -104,24 +104,13 @@ pub struct Device<W: Write> {
     boot_at: Instant,
     serial: W,
     rng: Rng,
-    /// Boots since the last power-on, including reboots.
-    pub boots: u64,
 }
 
 impl<W: Write> Device<W> {
     pub fn new(config: DeviceConfig, flash: FileFlash, serial: W) -> Self {
         let flash_size = flash.data().len() as u32;
         let rng = Rng(SplitMix(config.seed));
-        Device {
-            config,
-            flash,
-            flash_size,
-            power: Power::Off,
-            boot_at: Instant::now(),
-            serial,
-            rng,
-            boots: 0,
-        }
+        Device { config, flash, flash_size, power: Power::Off, boot_at: Instant::now(), serial, rng }
     }
 
     pub fn power(&self) -> &Power {
@@ -161,7 +150,6 @@ impl<W: Write> Device<W> {
     pub fn power_on(&mut self) {
         self.flash.restore_power();
         self.boot_at = Instant::now();
-        self.boots += 1;
         let cfg = BootloaderConfig {
             rollback: self.config.bootloader_rollback,
             chip: self.config.ota.chip,

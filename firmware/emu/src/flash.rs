@@ -79,20 +79,7 @@ impl NorFlashError for FlashOpError {
     }
 }
 
-/// splitmix64: small, seeded, reproducible.
-pub struct SplitMix(pub u64);
-impl SplitMix {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn byte(&mut self) -> u8 {
-        self.next_u64() as u8
-    }
-}
+pub use ota_core::rng::SplitMix;
 
 /// What an erase interrupted half-way leaves in its sector: each bit is erased (1) or keeps its
 /// old value, chosen by `seed`.
