@@ -278,3 +278,73 @@ pub enum SessionInput<'a> {
     Closed,
     TimedOut,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flash::{CutPoint, Fault};
+    use ota_core::image_builder::{ImageSpec, build};
+
+    fn app(version: &str) -> Vec<u8> {
+        let mut spec = ImageSpec::new("otahil-fw", version);
+        spec.payload_len = 5000;
+        let mut v = vec![0; spec.image_len()];
+        build(&spec, &mut v).unwrap();
+        v
+    }
+
+    fn flash() -> Vec<u8> {
+        let csv =
+            "otadata, data, ota, , 0x2000\napp0, app, ota_0, , 0x100000\napp1, app, ota_1, , 0x100000\n";
+        let table = ota_core::partition_csv::parse_csv(csv).unwrap();
+        crate::mkflash::merged_image(&table, &app("1.0.0"), 4 << 20).unwrap()
+    }
+
+    fn serial(d: &Device<Vec<u8>>) -> String {
+        String::from_utf8(d.serial.clone()).unwrap()
+    }
+
+    #[test]
+    fn boots_and_reports_status() {
+        let mut d = Device::new(DeviceConfig::default(), FileFlash::in_memory(flash()), Vec::new());
+        assert!(matches!(d.power(), Power::Off));
+        assert!(d.accept().is_none(), "nothing serves OTA while off");
+        d.power_on();
+        assert!(d.serving());
+        assert!(d.status().starts_with("power=on state=running slot=ota_0 version=1.0.0"), "{}", d.status());
+        let log = serial(&d);
+        assert!(log.contains("boot: No factory image, trying OTA 0"), "{log}");
+        assert!(log.contains("ota: listening on port 3232"), "{log}");
+    }
+
+    #[test]
+    fn a_broken_table_or_no_app_is_a_brick_not_a_panic() {
+        let mut f = flash();
+        f[0x8000] = 0;
+        let mut d = Device::new(DeviceConfig::default(), FileFlash::in_memory(f), Vec::new());
+        d.power_on();
+        assert!(
+            matches!(d.power(), Power::Bricked(why) if why.contains("partition table invalid")),
+            "{}",
+            d.status()
+        );
+        let mut f = flash();
+        f[0x10000] = 0xFF;
+        let mut d = Device::new(DeviceConfig::default(), FileFlash::in_memory(f), Vec::new());
+        d.power_on();
+        assert!(matches!(d.power(), Power::Bricked(why) if why == "no bootable app"));
+        assert!(serial(&d).contains("E (0) boot: No bootable app partitions in the partition table"));
+    }
+
+    #[test]
+    fn a_cut_during_boot_leaves_the_device_off() {
+        let mut d = Device::new(DeviceConfig::default(), FileFlash::in_memory(flash()), Vec::new());
+        // The first boot writes otadata copy 0 (erase, program): cut the erase.
+        d.flash_mut().arm(Fault { at: CutPoint::AfterOps(0), torn: None });
+        d.power_on();
+        assert!(matches!(d.power(), Power::Off));
+        assert!(d.flash().power_loss().is_some());
+        d.power_on();
+        assert!(d.serving(), "{}", d.status());
+    }
+}
