@@ -29,6 +29,9 @@ pub struct Capabilities {
     pub flash_op_counters: bool,
     /// Switch the power off and on (a bench needs a power switch for this).
     pub power_switch: bool,
+    /// Report the end of each OTA session (`DutEvent::SessionClosed`); without it the runner
+    /// waits for the serial log to go quiet.
+    pub session_events: bool,
 }
 
 /// Where the power is cut during the next operation.

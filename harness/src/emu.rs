@@ -193,7 +193,12 @@ impl Dut for EmuDut {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { exact_power_cut: true, flash_op_counters: true, power_switch: true }
+        Capabilities {
+            exact_power_cut: true,
+            flash_op_counters: true,
+            power_switch: true,
+            session_events: true,
+        }
     }
 
     fn power_on(&mut self) -> Result<(), DutError> {

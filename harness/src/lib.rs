@@ -14,6 +14,7 @@ pub mod dut;
 pub mod emu;
 pub mod fixtures;
 pub mod inspect;
+pub mod qemu;
 pub mod report;
 pub mod runner;
 pub mod scenario;

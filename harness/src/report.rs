@@ -28,6 +28,8 @@ pub struct ScenarioReport {
     pub steps: Vec<StepReport>,
     /// Set when the scenario could not run at all (bad file, backend failed to start).
     pub error: Option<String>,
+    /// Set when the backend cannot play this scenario: the reason (not a pass, not a failure).
+    pub skipped: Option<String>,
     /// The last serial lines, kept when something failed.
     pub log_tail: Vec<String>,
     /// (snapshot name, content), in the order taken.
@@ -79,6 +81,7 @@ pub fn summary(reports: &[ScenarioReport]) -> String {
     let _ = writeln!(out, "{:<width$}  {:<7}  {:>6}  {:>10}  result", "scenario", "backend", "steps", "time");
     for r in reports {
         let result = match r.failure() {
+            None if r.skipped.is_some() => format!("SKIP  {}", r.skipped.as_deref().unwrap_or_default()),
             None if r.skipped_steps() > 0 => format!("PASS ({} step(s) skipped)", r.skipped_steps()),
             None => "PASS".to_string(),
             Some(f) => format!("FAIL  {f}"),
@@ -92,9 +95,11 @@ pub fn summary(reports: &[ScenarioReport]) -> String {
             ms(r.duration)
         );
     }
-    let passed = reports.iter().filter(|r| r.passed()).count();
+    let skipped = reports.iter().filter(|r| r.skipped.is_some()).count();
+    let passed = reports.iter().filter(|r| r.passed()).count() - skipped;
     let total: Duration = reports.iter().map(|r| r.duration).sum();
-    let _ = writeln!(out, "{passed} passed, {} failed ({} in scenarios)", reports.len() - passed, ms(total));
+    let failed = reports.len() - passed - skipped;
+    let _ = writeln!(out, "{passed} passed, {failed} failed, {skipped} skipped ({} in scenarios)", ms(total));
     out
 }
 
@@ -133,6 +138,13 @@ pub fn junit(reports: &[ScenarioReport]) -> String {
             r.duration.as_secs_f64()
         );
         match r.failure_details() {
+            None if r.skipped.is_some() => {
+                let _ = writeln!(
+                    out,
+                    ">\n    <skipped message=\"{}\"/>\n  </testcase>",
+                    xml_escape(r.skipped.as_deref().unwrap_or_default())
+                );
+            }
             None if r.skipped_steps() > 0 => {
                 let reasons: Vec<String> = r
                     .steps
@@ -178,6 +190,7 @@ mod tests {
             duration: Duration::from_millis(12),
             steps: vec![StepReport { line: 4, label: "boot".into(), outcome, duration: Duration::ZERO }],
             error: None,
+            skipped: None,
             log_tail: vec!["I (1) boot: <x>".into()],
             snapshots: vec![],
             notes: vec![],
@@ -188,7 +201,7 @@ mod tests {
     fn summary_and_junit() {
         let reports = [report("a", StepOutcome::Passed), report("b&c", StepOutcome::Failed("boom".into()))];
         let s = summary(&reports);
-        assert!(s.contains("1 passed, 1 failed"), "{s}");
+        assert!(s.contains("1 passed, 1 failed, 0 skipped"), "{s}");
         assert!(s.contains("FAIL  step 1 (line 4, boot): boom"), "{s}");
         let x = junit(&reports);
         assert!(x.contains("tests=\"2\" failures=\"1\""), "{x}");

@@ -101,11 +101,11 @@ struct HilArgs {
 }
 
 fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
-    if backend != "emu" {
-        bail!(
-            "backend `{backend}` is not available: this build of otahil has the `emu` backend only \
-             (the QEMU and bench backends are tracked as their own issue)"
-        );
+    match backend {
+        "emu" => {}
+        // The qemu backend runs the firmware builds: make them first.
+        "qemu" => build_firmware()?,
+        other => bail!("backend `{other}` is not available (emu, qemu; the bench backend is its own issue)"),
     }
     let bin = build_emu()?;
     let mut c = Command::new(bin.join("otahil"));
@@ -139,6 +139,17 @@ const FIRMWARE_VARIANTS: &[(&str, &str, Option<&str>, &str)] = &[
 ];
 
 fn firmware() -> anyhow::Result<()> {
+    build_firmware()?;
+    // The emulator plays OTA with these real images (espflash's bytes, our descriptors).
+    let bin = build_emu()?;
+    let mut c = Command::new(bin.join("otahil"));
+    c.current_dir(root())
+        .args(["run", "--scenarios", "firmware/esp32c3/scenarios"])
+        .env("OTAHIL_EMU", bin.join("ota-emu"));
+    run(c)
+}
+
+fn build_firmware() -> anyhow::Result<()> {
     let targets = Command::new("rustup").args(["target", "list", "--installed"]).output();
     if let Ok(out) = targets
         && !String::from_utf8_lossy(&out.stdout).contains("riscv32imc-unknown-none-elf")
@@ -184,14 +195,15 @@ fn firmware() -> anyhow::Result<()> {
             .args([version, self_test]);
         run(c)?;
     }
+    // What the builds were configured with, for the qemu backend to match against scenarios.
+    let manifest = format!(
+        "password={}\nprotocol={}\n",
+        std::env::var("OTAHIL_FW_PASSWORD").unwrap_or_default(),
+        std::env::var("OTAHIL_FW_OTA_PROTOCOL").unwrap_or_else(|_| "2".into())
+    );
+    std::fs::write(out_dir.join("build.txt"), manifest)?;
     println!("firmware: {} variants in {}", FIRMWARE_VARIANTS.len(), out_dir.display());
-    // The emulator plays OTA with these real images (espflash's bytes, our descriptors).
-    let bin = build_emu()?;
-    let mut c = Command::new(bin.join("otahil"));
-    c.current_dir(&root)
-        .args(["run", "--scenarios", "firmware/esp32c3/scenarios"])
-        .env("OTAHIL_EMU", bin.join("ota-emu"));
-    run(c)
+    Ok(())
 }
 
 const FUZZ_TARGETS: &[&str] = &["esphome_server", "flash_formats", "scenario_loader"];

@@ -33,7 +33,10 @@ const VERSION: &str = match option_env!("OTAHIL_FW_VERSION") {
 };
 
 /// The OTA password, set at build time (`OTAHIL_FW_PASSWORD`); none means no authentication.
-const PASSWORD: Option<&str> = option_env!("OTAHIL_FW_PASSWORD");
+const PASSWORD: Option<&str> = match option_env!("OTAHIL_FW_PASSWORD") {
+    Some(p) if !p.is_empty() => Some(p),
+    _ => None,
+};
 
 /// ESPHome OTA protocol version (`OTAHIL_FW_OTA_PROTOCOL`, default 2).
 const PROTOCOL: u8 = match option_env!("OTAHIL_FW_OTA_PROTOCOL") {

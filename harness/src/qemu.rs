@@ -1,0 +1,248 @@
+//! The qemu backend: the chip firmware (`cargo xtask firmware`) on Espressif's QEMU
+//! `-machine esp32c3`, one process per power-on, UART on its stdout, OTA through slirp's
+//! `hostfwd` on a free loopback port, the flash a file that persists across power cycles.
+//!
+//! Reboots the device announces are done as power cycles: the QEMU fork tested keeps stale
+//! translated code across a guest software reset into a different image and hangs.
+
+use crate::dut::{Capabilities, Dut, DutError, DutEvent, FlashCounters, PowerCut};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+/// Where QEMU is: `ESP_QEMU` or `qemu-system-riscv32` on PATH, with `ESP_QEMU_BIOS_DIR` as `-L`.
+#[derive(Debug, Clone)]
+pub struct QemuProgram {
+    pub program: PathBuf,
+    pub bios_dir: Option<PathBuf>,
+}
+
+impl QemuProgram {
+    /// Finds a QEMU with the esp32c3 machine, or says why there is none.
+    pub fn locate() -> Result<Self, String> {
+        let program: PathBuf =
+            std::env::var_os("ESP_QEMU").map(PathBuf::from).unwrap_or_else(|| "qemu-system-riscv32".into());
+        let out = Command::new(&program).args(["-machine", "help"]).output().map_err(|e| {
+            format!("no QEMU ({}: {e}); set ESP_QEMU to Espressif's qemu-system-riscv32", program.display())
+        })?;
+        if !String::from_utf8_lossy(&out.stdout).contains("esp32c3") {
+            return Err(format!("{} has no esp32c3 machine (Espressif's fork is needed)", program.display()));
+        }
+        Ok(QemuProgram { program, bios_dir: std::env::var_os("ESP_QEMU_BIOS_DIR").map(PathBuf::from) })
+    }
+}
+
+/// The firmware builds the backend runs: `target/firmware/` from `cargo xtask firmware`.
+#[derive(Debug, Clone)]
+pub struct FirmwareBuilds {
+    pub dir: PathBuf,
+    /// The password and protocol the builds were made with (`build.txt`).
+    pub password: Option<String>,
+    pub protocol: u8,
+    /// The ESP-IDF bootloader espflash put at 0x0 (from `v1-flash.bin`).
+    pub bootloader: Vec<u8>,
+}
+
+impl FirmwareBuilds {
+    pub fn load(dir: &Path) -> Result<Self, String> {
+        let manifest = std::fs::read_to_string(dir.join("build.txt")).map_err(|e| {
+            format!("no firmware builds in {} ({e}): run `cargo xtask firmware`", dir.display())
+        })?;
+        let field =
+            |k: &str| manifest.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix('=')).unwrap_or("");
+        let merged =
+            std::fs::read(dir.join("v1-flash.bin")).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(FirmwareBuilds {
+            dir: dir.to_path_buf(),
+            password: Some(field("password")).filter(|p| !p.is_empty()).map(str::to_string),
+            protocol: field("protocol").parse().unwrap_or(2),
+            bootloader: merged[..0x8000].to_vec(),
+        })
+    }
+
+    /// The app image built for fixture `name`, if there is one.
+    pub fn app(&self, name: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.dir.join(format!("{name}.bin"))).ok()
+    }
+}
+
+pub struct QemuDut {
+    program: QemuProgram,
+    flash: PathBuf,
+    port: u16,
+    child: Option<Child>,
+    lines: Option<Receiver<String>>,
+    pending: std::collections::VecDeque<DutEvent>,
+    _dir: tempfile::TempDir,
+}
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl QemuDut {
+    pub fn new(program: QemuProgram, flash_image: &[u8]) -> Result<Self, DutError> {
+        if ![2usize << 20, 4 << 20, 8 << 20, 16 << 20].contains(&flash_image.len()) {
+            return Err(DutError::Start("QEMU takes only 2, 4, 8 or 16 MiB flash images".into()));
+        }
+        let dir = tempfile::tempdir()?;
+        let flash = dir.path().join("flash.bin");
+        std::fs::write(&flash, flash_image)?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Ok(QemuDut { program, flash, port, child: None, lines: None, pending: Default::default(), _dir: dir })
+    }
+
+    fn spawn(&mut self) -> Result<(), DutError> {
+        let mut cmd = Command::new(&self.program.program);
+        if let Some(dir) = &self.program.bios_dir {
+            cmd.arg("-L").arg(dir);
+        }
+        let mut child = cmd
+            .args(["-nographic", "-machine", "esp32c3", "-drive"])
+            .arg(format!("file={},if=mtd,format=raw", self.flash.display()))
+            .arg("-nic")
+            .arg(format!("user,model=open_eth,hostfwd=tcp:127.0.0.1:{}-:3232", self.port))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| DutError::Start(format!("cannot start {}: {e}", self.program.program.display())))?;
+        let out = child.stdout.take().expect("piped");
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        self.child = Some(child);
+        self.lines = Some(rx);
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.lines = None;
+    }
+
+    /// Powers on and waits until the app serves OTA, hangs in its self-test or halts.
+    fn boot(&mut self) -> Result<(), DutError> {
+        self.spawn()?;
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(line) = self.read_line(left)? else {
+                return Err(DutError::Timeout(BOOT_TIMEOUT, "the firmware to boot".into()));
+            };
+            let settled = line.contains("ota: listening on port")
+                || line.contains("did not finish: image stays PENDING_VERIFY")
+                || line.contains("otahil-fw: halted");
+            let reboot = line.contains("rollback: Rebooting...");
+            self.pending.push_back(DutEvent::Serial(line));
+            if reboot {
+                self.kill();
+                self.spawn()?;
+            } else if settled {
+                return Ok(());
+            }
+        }
+    }
+
+    fn read_line(&mut self, timeout: Duration) -> Result<Option<String>, DutError> {
+        let Some(rx) = &self.lines else { return Ok(None) };
+        match rx.recv_timeout(timeout) {
+            Ok(l) => Ok(Some(l)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                Err(DutError::Exited(format!("QEMU stopped ({status:?})")))
+            }
+        }
+    }
+}
+
+impl Dut for QemuDut {
+    fn backend(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            exact_power_cut: false,
+            flash_op_counters: false,
+            power_switch: true,
+            session_events: false,
+        }
+    }
+
+    fn power_on(&mut self) -> Result<(), DutError> {
+        self.kill();
+        self.boot()
+    }
+
+    fn power_off(&mut self) -> Result<(), DutError> {
+        self.kill();
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<(), DutError> {
+        self.kill();
+        self.boot()
+    }
+
+    fn arm_power_cut(&mut self, _cut: PowerCut) -> Result<(), DutError> {
+        Err(DutError::Unsupported { backend: "qemu", what: "a power cut at an exact flash operation" })
+    }
+
+    fn disarm_power_cut(&mut self) -> Result<(), DutError> {
+        Ok(())
+    }
+
+    fn ota_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn next_event(&mut self, timeout: Duration) -> Result<Option<DutEvent>, DutError> {
+        if let Some(e) = self.pending.pop_front() {
+            return Ok(Some(e));
+        }
+        let Some(line) = self.read_line(timeout)? else { return Ok(None) };
+        if line.contains("ota: Rebooting into the new image") {
+            self.pending.push_back(DutEvent::Serial(line));
+            self.kill();
+            self.boot()?;
+            self.pending.push_back(DutEvent::Rebooted);
+            return Ok(self.pending.pop_front());
+        }
+        if line.contains("rollback: Rebooting...") {
+            self.pending.push_back(DutEvent::Serial(line));
+            self.kill();
+            self.boot()?;
+            return Ok(self.pending.pop_front());
+        }
+        Ok(Some(DutEvent::Serial(line)))
+    }
+
+    fn read_flash(&mut self) -> Result<Vec<u8>, DutError> {
+        Ok(std::fs::read(&self.flash)?)
+    }
+
+    fn flash_counters(&mut self) -> Result<FlashCounters, DutError> {
+        Err(DutError::Unsupported { backend: "qemu", what: "flash operation counters" })
+    }
+
+    fn shutdown(&mut self) {
+        self.kill();
+    }
+}
+
+impl Drop for QemuDut {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
