@@ -42,13 +42,15 @@ impl SerialLog {
 static CATALOGUE_LINE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^([EWI]) \((\d+)\) ([a-z_]+): (.*)$").expect("static regex"));
 
-/// The log as a snapshot sees it: only lines from the device's catalogue (so ROM banners and
-/// other chatter that differ between backends drop out), timestamps replaced by `T`.
+/// The log as a snapshot sees it: the app's catalogue lines and the bootloader lines whose text
+/// is ESP-IDF's (so ROM banners, the real bootloader's table dump and the emulator's selection
+/// details, which differ between backends, drop out), timestamps replaced by `T`.
 pub fn normalise(lines: &[String]) -> String {
     let mut out = String::new();
     for line in lines {
         if let Some(c) = CATALOGUE_LINE.captures(line)
-            && ota_core::log::TAGS.contains(&&c[3])
+            && (ota_core::log::APP_TAGS.contains(&&c[3])
+                || (&c[3] == "boot" && ota_core::log::ESP_IDF_BOOT_TEXTS.iter().any(|t| c[4].starts_with(t))))
         {
             out.push_str(&format!("{} (T) {}: {}\n", &c[1], &c[3], &c[4]));
         }
@@ -64,6 +66,8 @@ mod tests {
     fn normalise_keeps_catalogue_lines_only() {
         let lines = vec![
             "ESP-ROM:esp32c3-api1-20210207".to_string(),
+            "I (14) boot: Partition Table:".to_string(),
+            "I (0) boot: otadata[1] seq=2 state=NEW selects ota_1".to_string(),
             "I (123) boot: Loaded app from partition at offset 0x10000".to_string(),
             "W (5) ota: Auth failed! Passwords do not match".to_string(),
             "I (9) wifi: connected".to_string(),

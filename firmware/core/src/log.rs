@@ -284,6 +284,23 @@ impl fmt::Display for LogLine<'_> {
 /// Every tag the catalogue uses: a log filter keeps these lines and drops others (ROM banners).
 pub const TAGS: &[&str] = &["boot", "app", "rollback", "ota"];
 
+/// The app's own tags: every line with one of these comes from `ota-core`, on any backend.
+pub const APP_TAGS: &[&str] = &["app", "rollback", "ota"];
+
+/// The beginnings of the bootloader lines whose text is ESP-IDF's own: the real bootloader prints
+/// them too, so a log filtered to these (plus [`APP_TAGS`]) reads the same on every backend. The
+/// emulator's other `boot` lines (its selection details) and the real bootloader's table dump are
+/// not among them.
+pub const ESP_IDF_BOOT_TEXTS: &[&str] = &[
+    "Defaulting to factory image",
+    "No factory image, trying OTA 0",
+    "ota data partition invalid, falling back to factory",
+    "ota data partition invalid and no factory, will try all partitions",
+    "No bootable app partitions in the partition table",
+    "Loaded app from partition at offset 0x",
+    "Set actual ota_seq=",
+];
+
 /// Where the core's log lines go (UART on the chip, stdout in the emulator).
 pub trait LogSink {
     fn log(&mut self, event: &LogEvent<'_>);
@@ -326,5 +343,17 @@ mod tests {
             "E (1) ota: update failed (0x84): New image failed verification: Image hash failed - image is corrupt"
         );
         assert!(TAGS.contains(&e.tag()));
+        for e in [
+            LogEvent::DefaultingToFactory,
+            LogEvent::NoFactoryTryingOta0,
+            LogEvent::OtadataInvalidFactory,
+            LogEvent::OtadataInvalidTryAll,
+            LogEvent::NoBootableApp,
+            LogEvent::Loaded { offset: 0x10000 },
+            LogEvent::SetActualSeq { seq: 1 },
+        ] {
+            let text = format!("{e}");
+            assert!(ESP_IDF_BOOT_TEXTS.iter().any(|t| text.starts_with(t)), "{text}");
+        }
     }
 }

@@ -104,15 +104,19 @@ pub fn serve<L: FnMut(&LogEvent<'_>)>(
     log(&LogEvent::OtaListening { port: net.port });
     let mut session: Option<(Server<'static>, Option<OtaUpdate>)> = None;
     let mut pending = Pending { bytes: [0; 1024], len: 0 };
-    let mut reboot = false;
+    // Set when a completed update closed its connection: the device restarts once the close is
+    // done, or after a short grace (ESPHome waits ~110 ms) if the peer never finishes it.
+    let mut reboot_from: Option<esp_hal::time::Instant> = None;
     loop {
         iface.poll(now(), &mut dev, &mut sockets);
         let sock = sockets.get_mut::<tcp::Socket>(handle);
+        if let Some(since) = reboot_from
+            && (!sock.is_open() || since.elapsed() > esp_hal::time::Duration::from_millis(300))
+        {
+            log(&LogEvent::OtaRebooting);
+            esp_hal::system::software_reset();
+        }
         if !sock.is_open() {
-            if reboot {
-                log(&LogEvent::OtaRebooting);
-                esp_hal::system::software_reset();
-            }
             session = None;
             pending.len = 0;
             if sock.listen(net.port).is_err() {
@@ -146,7 +150,9 @@ pub fn serve<L: FnMut(&LogEvent<'_>)>(
             && sock.send_queue() == 0
             && sock.state() != tcp::State::Closed
         {
-            reboot |= server.reboot_requested();
+            if server.reboot_requested() && reboot_from.is_none() {
+                reboot_from = Some(esp_hal::time::Instant::now());
+            }
             sock.close();
         }
     }
