@@ -129,6 +129,9 @@ fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
     run(c)
 }
 
+/// The firmware's build date in its app descriptor (2026-01-01): fixed, so builds reproduce.
+const FIRMWARE_EPOCH: u64 = 1_767_225_600;
+
 /// (name, app-descriptor version, cargo feature, declared self-test)
 const FIRMWARE_VARIANTS: &[(&str, &str, Option<&str>, &str)] = &[
     ("v1", "1.0.0", None, "pass"),
@@ -160,16 +163,17 @@ fn build_firmware() -> anyhow::Result<()> {
     let fw = root.join("firmware/esp32c3");
     let out_dir = root.join("target/firmware");
     std::fs::create_dir_all(&out_dir)?;
-    // Reproducible images: the app descriptor's build date/time come from the last commit.
-    let epoch = Command::new("git")
-        .current_dir(&root)
-        .args(["log", "-1", "--format=%ct"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "0".into());
+    // Reproducible images, whatever the checkout path or the day: a fixed build date/time in the
+    // app descriptor and no machine paths in panic locations.
+    let epoch = FIRMWARE_EPOCH.to_string();
+    let cargo_home = std::env::var("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
+    });
+    let remap = format!(
+        "target.riscv32imc-unknown-none-elf.rustflags=[\"--remap-path-prefix={}=/otahil\", \"--remap-path-prefix={}=/cargo\"]",
+        root.display(),
+        cargo_home.display()
+    );
     let mut tool = cargo();
     tool.args(["build", "--release", "--manifest-path"]).arg(root.join("firmware/image-tool/Cargo.toml"));
     run(tool)?;
@@ -178,7 +182,7 @@ fn build_firmware() -> anyhow::Result<()> {
         let mut c = cargo();
         // OTAHIL_FW_PASSWORD / OTAHIL_FW_OTA_PROTOCOL, if set, pass through to the build.
         c.current_dir(&fw)
-            .args(["build", "--release"])
+            .args(["build", "--release", "--config", &remap])
             .env("OTAHIL_FW_VERSION", version)
             .env("SOURCE_DATE_EPOCH", &epoch);
         if let Some(f) = feature {
