@@ -134,6 +134,32 @@ fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
     run(c)
 }
 
+/// Where the firmware is built from (see `build_firmware`).
+const FIRMWARE_BUILD_DIR: &str = "/tmp/otahil-firmware-build";
+
+/// Copies `from` into `to` (files whose bytes differ, and no `target/`), so unchanged files keep
+/// their times and cargo rebuilds only what changed.
+fn sync_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == "target" {
+            continue;
+        }
+        let (src, dst) = (entry.path(), to.join(&name));
+        if entry.file_type()?.is_dir() {
+            sync_tree(&src, &dst)?;
+        } else {
+            let bytes = std::fs::read(&src)?;
+            if std::fs::read(&dst).ok().as_deref() != Some(&bytes[..]) {
+                std::fs::write(&dst, &bytes)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The firmware's build date in its app descriptor (2026-01-01): fixed, so builds reproduce.
 const FIRMWARE_EPOCH: u64 = 1_767_225_600;
 
@@ -195,7 +221,21 @@ fn build_firmware() -> anyhow::Result<()> {
         bail!("the firmware needs the riscv32imc target: `rustup target add riscv32imc-unknown-none-elf`");
     }
     let root = root();
-    let fw = root.join("firmware/esp32c3");
+    // Cargo's crate hashes include the path of path dependencies, and they steer code layout:
+    // the firmware is built from a copy of its sources at a fixed place, so every checkout gets
+    // the same bytes.
+    let fixed = PathBuf::from(FIRMWARE_BUILD_DIR);
+    for dir in ["firmware/esp32c3", "firmware/core"] {
+        sync_tree(&root.join(dir), &fixed.join(dir))?;
+    }
+    // ota-core inherits from the workspace root: a root manifest with it as the only member.
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml"))?;
+    let members = manifest.lines().find(|l| l.starts_with("members = ")).context("workspace members")?;
+    let manifest = manifest.replace(members, "members = [\"firmware/core\"]");
+    if std::fs::read_to_string(fixed.join("Cargo.toml")).ok().as_deref() != Some(&manifest[..]) {
+        std::fs::write(fixed.join("Cargo.toml"), &manifest)?;
+    }
+    let fw = fixed.join("firmware/esp32c3");
     let out_dir = root.join("target/firmware");
     std::fs::create_dir_all(&out_dir)?;
     // Reproducible images, whatever the checkout path or the day: a fixed build date/time in the
@@ -206,7 +246,7 @@ fn build_firmware() -> anyhow::Result<()> {
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
     let remap = format!(
         "target.riscv32imc-unknown-none-elf.rustflags=[\"--remap-path-prefix={}=/otahil\", \"--remap-path-prefix={}=/cargo\"]",
-        root.display(),
+        fixed.display(),
         cargo_home.display()
     );
     let mut tool = cargo();
