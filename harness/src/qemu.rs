@@ -88,6 +88,18 @@ pub struct QemuDut {
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Whether `line` is the device announcing a reboot (done here as a power cycle): `Some(true)`
+/// after a completed update, `Some(false)` for the boot guard's rollback.
+fn announced_reboot(line: &str) -> Option<bool> {
+    if line.contains("ota: Rebooting into the new image") {
+        Some(true)
+    } else if line.contains("rollback: Rebooting...") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 impl QemuDut {
     pub fn new(program: QemuProgram, flash_image: &[u8]) -> Result<Self, DutError> {
         if ![2usize << 20, 4 << 20, 8 << 20, 16 << 20].contains(&flash_image.len()) {
@@ -149,9 +161,10 @@ impl QemuDut {
             let settled = line.contains("ota: listening on port")
                 || line.contains("did not finish: image stays PENDING_VERIFY")
                 || line.contains("otahil-fw: halted");
-            let reboot = line.contains("rollback: Rebooting...");
+            let reboot = announced_reboot(&line).is_some();
             self.pending.push_back(DutEvent::Serial(line));
             if reboot {
+                // A reboot during boot (the guard rolling back): power-cycle and keep waiting.
                 self.kill();
                 self.spawn()?;
             } else if settled {
@@ -219,20 +232,14 @@ impl Dut for QemuDut {
             return Ok(Some(e));
         }
         let Some(line) = self.read_line(timeout)? else { return Ok(None) };
-        if line.contains("ota: Rebooting into the new image") {
-            self.pending.push_back(DutEvent::Serial(line));
-            self.kill();
-            self.boot()?;
+        let Some(after_update) = announced_reboot(&line) else { return Ok(Some(DutEvent::Serial(line))) };
+        self.pending.push_back(DutEvent::Serial(line));
+        self.kill();
+        self.boot()?;
+        if after_update {
             self.pending.push_back(DutEvent::Rebooted);
-            return Ok(self.pending.pop_front());
         }
-        if line.contains("rollback: Rebooting...") {
-            self.pending.push_back(DutEvent::Serial(line));
-            self.kill();
-            self.boot()?;
-            return Ok(self.pending.pop_front());
-        }
-        Ok(Some(DutEvent::Serial(line)))
+        Ok(self.pending.pop_front())
     }
 
     fn read_flash(&mut self) -> Result<Vec<u8>, DutError> {
