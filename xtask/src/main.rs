@@ -60,6 +60,10 @@ enum Task {
         /// libFuzzer's seed (0: libFuzzer picks one and prints it).
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Stop each target after this many executions (0: only the time bounds it). With a fixed
+        /// seed this makes a run reproducible on any machine fast enough to finish it in time.
+        #[arg(long, default_value_t = 0)]
+        runs: u64,
     },
     /// Time the emulator suite: builds once, then plays every scenario N times and prints figures.
     Bench {
@@ -287,7 +291,7 @@ fn build_firmware() -> anyhow::Result<()> {
 
 const FUZZ_TARGETS: &[&str] = &["esphome_server", "flash_formats", "scenario_loader"];
 
-fn fuzz(seconds: u64, only: Option<&str>, seed: u64) -> anyhow::Result<()> {
+fn fuzz(seconds: u64, only: Option<&str>, seed: u64, max_runs: u64) -> anyhow::Result<()> {
     let have = Command::new("cargo").args(["fuzz", "--version"]).output().map(|o| o.status.success());
     if !matches!(have, Ok(true)) {
         bail!(
@@ -315,8 +319,10 @@ fn fuzz(seconds: u64, only: Option<&str>, seed: u64) -> anyhow::Result<()> {
             .arg("--")
             .arg(format!("-max_total_time={per_target}"))
             .arg(format!("-seed={seed}"))
+            .arg(format!("-runs={}", if max_runs == 0 { -1 } else { max_runs as i64 }))
             .arg("-print_final_stats=1");
         eprintln!("xtask: fuzzing {t} for {per_target} s");
+        let started = Instant::now();
         let out = c.output().context("running cargo fuzz")?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         let runs = stderr
@@ -329,13 +335,25 @@ fn fuzz(seconds: u64, only: Option<&str>, seed: u64) -> anyhow::Result<()> {
             let tail: Vec<&str> =
                 stderr.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
             bail!(
-                "fuzz target {t} failed (seed {used_seed}); artifacts in fuzz/artifacts/{t}\n{}",
-                tail.join("\n")
+                "fuzz target {t} failed (seed {used_seed}); artifacts in fuzz/artifacts/{t}\n{}\n\
+                 reproduce: cargo xtask fuzz --target {t} --seed {used_seed}{} --seconds {per_target}",
+                tail.join("\n"),
+                if max_runs == 0 { String::new() } else { format!(" --runs {max_runs}") }
             );
         }
         let runs = runs.unwrap_or(0);
         total += runs;
-        println!("fuzz {t}: {runs} executions in {per_target} s, no crash (seed {used_seed})");
+        // libFuzzer says how long it fuzzed ("Done N runs in S second(s)"); the wall time also
+        // counts building the target.
+        let fuzzed = stderr
+            .lines()
+            .find_map(|l| l.split(" runs in ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .map_or_else(|| "?".to_string(), str::to_string);
+        println!(
+            "fuzz {t}: {runs} executions in {fuzzed} s ({:.1} s with the build), no crash (seed {used_seed})",
+            started.elapsed().as_secs_f64()
+        );
     }
     println!("fuzz: {total} executions in total");
     Ok(())
@@ -368,7 +386,7 @@ fn main() -> anyhow::Result<()> {
             run(c)?;
             hil("emu", &HilArgs::default())
         }
-        Task::Fuzz { seconds, target, seed } => fuzz(seconds, target.as_deref(), seed),
+        Task::Fuzz { seconds, target, seed, runs } => fuzz(seconds, target.as_deref(), seed, runs),
         Task::Bench { runs } => {
             let bin = build_emu()?;
             let mut times = Vec::new();

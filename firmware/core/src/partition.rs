@@ -208,11 +208,25 @@ impl fmt::Display for TableError {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum LayoutError {
     TooManyPartitions,
-    Overlap { a: usize, b: usize },
-    Misaligned { index: usize, align: u32 },
-    OtadataSize { size: u32 },
+    Overlap {
+        a: usize,
+        b: usize,
+    },
+    Misaligned {
+        index: usize,
+        align: u32,
+    },
+    OtadataSize {
+        size: u32,
+    },
     SecondOtadata,
-    BeforeTable { index: usize },
+    BeforeTable {
+        index: usize,
+    },
+    /// Ends past the 32-bit flash address space, which no binary table row can describe.
+    PastAddressSpace {
+        index: usize,
+    },
 }
 
 impl fmt::Display for LayoutError {
@@ -231,6 +245,9 @@ impl fmt::Display for LayoutError {
             LayoutError::SecondOtadata => f.write_str("found multiple otadata partitions"),
             LayoutError::BeforeTable { index } => {
                 write!(f, "partition {index} starts before the end of the partition table")
+            }
+            LayoutError::PastAddressSpace { index } => {
+                write!(f, "partition {index} ends past the 4 GiB flash address space")
             }
         }
     }
@@ -279,6 +296,9 @@ impl PartitionTable {
             return Err(LayoutError::TooManyPartitions);
         }
         let index = self.len;
+        if p.end() > u64::from(u32::MAX) {
+            return Err(LayoutError::PastAddressSpace { index });
+        }
         let align = if p.is_app() { 0x10000 } else { 0x1000 };
         if !p.offset.is_multiple_of(align) {
             return Err(LayoutError::Misaligned { index, align });

@@ -30,6 +30,8 @@ pub enum CsvErrorKind {
     },
     MissingSize,
     UnknownFlag,
+    /// An empty offset, but no aligned room is left after the previous partition.
+    NoRoomForAutoOffset,
     Layout(LayoutError),
 }
 
@@ -51,6 +53,9 @@ impl fmt::Display for CsvError {
             }
             CsvErrorKind::MissingSize => f.write_str("size is required"),
             CsvErrorKind::UnknownFlag => f.write_str("unknown flag: expected encrypted or readonly"),
+            CsvErrorKind::NoRoomForAutoOffset => {
+                f.write_str("empty offset, but no aligned room is left after the previous partition")
+            }
             CsvErrorKind::Layout(e) => e.fmt(f),
         }
     }
@@ -149,7 +154,7 @@ pub fn parse_csv(text: &str) -> Result<PartitionTable, CsvError> {
         let size = parse_size(size).ok_or(err(CsvErrorKind::BadNumber { field: "size" }))?;
         let align = if ptype == TYPE_APP { 0x10000 } else { 0x1000 };
         let offset = if offset.is_empty() {
-            crate::align_up(next_free, align)
+            next_free.checked_next_multiple_of(align).ok_or(err(CsvErrorKind::NoRoomForAutoOffset))?
         } else {
             parse_size(offset).ok_or(err(CsvErrorKind::BadNumber { field: "offset" }))?
         };
@@ -164,7 +169,8 @@ pub fn parse_csv(text: &str) -> Result<PartitionTable, CsvError> {
         table
             .push(Partition::new(name, ptype, subtype, offset, size, flag_bits))
             .map_err(|e| err(CsvErrorKind::Layout(e)))?;
-        next_free = offset.saturating_add(size);
+        // `push` has checked that the partition ends inside the 32-bit address space.
+        next_free = offset + size;
     }
     Ok(table)
 }
@@ -229,5 +235,26 @@ mod tests {
             std::format!("{}", e("x\n")),
             "line 1: expected `name, type, subtype, offset, size[, flags]`, found 1 field(s)"
         );
+    }
+
+    /// Found by the `flash_formats` fuzz target (CI smoke, seed 3444091490): two 3 GiB app
+    /// partitions were accepted, but the second ends past 4 GiB, so the binary table made from
+    /// them no longer parsed.
+    #[test]
+    fn partitions_past_the_address_space_are_refused() {
+        let text = "#\np,app, 0,,0x0C0006001\n#\np,app, 0,,0x0C0006001";
+        assert_eq!(
+            parse_csv(text),
+            Err(CsvError { line: 4, kind: CsvErrorKind::Layout(LayoutError::PastAddressSpace { index: 1 }) })
+        );
+        // The last byte of the address space is still addressable.
+        let t = parse_csv("a, data, nvs, 0xFFFFF000, 0xFFF\n").expect("ends at 0xFFFF_FFFF");
+        assert_eq!(t.partitions()[0].end(), u64::from(u32::MAX));
+    }
+
+    #[test]
+    fn an_auto_offset_with_no_room_left_is_an_error_not_an_overflow() {
+        let text = "a, data, nvs, 0xFFFF0000, 0xFFFF\nb, data, nvs, , 0x1000\n";
+        assert_eq!(parse_csv(text), Err(CsvError { line: 2, kind: CsvErrorKind::NoRoomForAutoOffset }));
     }
 }
