@@ -14,6 +14,8 @@
 //! - [`boot`]: the bootloader's slot choice (rollback on or off) and the app's boot guard.
 //! - [`esphome`]: the ESPHome native OTA server as a sans-IO state machine.
 //! - [`log`]: the device's log line catalogue.
+//! - [`nvs`]: reading settings from ESP-IDF NVS, and building an NVS page.
+//! - [`settings`]: the device's OTA password and protocol, built in or provisioned in NVS.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -29,11 +31,13 @@ pub mod hex;
 pub mod image;
 pub mod image_builder;
 pub mod log;
+pub mod nvs;
 pub mod otadata;
 pub mod partition;
 pub mod partition_csv;
 pub mod rng;
 pub mod selftest;
+pub mod settings;
 pub mod writer;
 
 #[cfg(test)]

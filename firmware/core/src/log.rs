@@ -81,6 +81,17 @@ pub enum LogEvent<'a> {
         project: &'a str,
         version: &'a str,
     },
+    // --- the app's settings (tag `config`)
+    ConfigOta {
+        password: bool,
+        password_from: crate::settings::Source,
+        protocol: u8,
+        protocol_from: crate::settings::Source,
+    },
+    ConfigIgnored {
+        key: &'a str,
+        why: crate::settings::Rejected,
+    },
     // --- the app's boot guard (tag `rollback`)
     GuardFirstBoot {
         slot: SlotName,
@@ -150,6 +161,7 @@ impl LogEvent<'_> {
             | OtaRejected { .. }
             | OtaMd5Mismatch => Level::Error,
             BootPendingToAborted { .. }
+            | ConfigIgnored { .. }
             | Unconfirmed { .. }
             | SelfTestHung { .. }
             | FallbackBoot { .. }
@@ -180,6 +192,7 @@ impl LogEvent<'_> {
             | Loaded { .. }
             | SetActualSeq { .. } => "boot",
             AppRunning { .. } => "app",
+            ConfigOta { .. } | ConfigIgnored { .. } => "config",
             GuardFirstBoot { .. }
             | SelfTestPassed { .. }
             | SelfTestFailed { .. }
@@ -222,6 +235,14 @@ impl fmt::Display for LogEvent<'_> {
             SetActualSeq { seq } => write!(f, "Set actual ota_seq={seq} in otadata[0]"),
             AppRunning { slot, label, project, version } => {
                 write!(f, "running {slot} ({label}): {project} version {version}")
+            }
+            ConfigOta { password, password_from, protocol, protocol_from } => write!(
+                f,
+                "OTA password {} ({password_from}), protocol {protocol} ({protocol_from})",
+                if *password { "set" } else { "none" }
+            ),
+            ConfigIgnored { key, why } => {
+                write!(f, "ignoring nvs {}/{key}: {why}", crate::settings::NAMESPACE)
             }
             GuardFirstBoot { slot } => {
                 write!(f, "first boot of {slot}: PENDING_VERIFY, running self-test")
@@ -282,7 +303,7 @@ impl fmt::Display for LogLine<'_> {
 }
 
 /// Every tag the catalogue uses: a log filter keeps these lines and drops others (ROM banners).
-pub const TAGS: &[&str] = &["boot", "app", "rollback", "ota"];
+pub const TAGS: &[&str] = &["boot", "app", "config", "rollback", "ota"];
 
 /// The app's own tags: every line with one of these comes from `ota-core`, on any backend.
 pub const APP_TAGS: &[&str] = &["app", "rollback", "ota"];
