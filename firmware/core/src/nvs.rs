@@ -394,7 +394,6 @@ mod tests {
         let mut flash = Vec::new();
         // The newer page first in flash: sequence numbers, not positions, order pages.
         flash.extend_from_slice(&newer.finish());
-        let mut older = older;
         older.str(ns, "ota_password", "from-page-0").unwrap();
         flash.extend_from_slice(&older.finish());
         let part = nvs_part(0x2000);
