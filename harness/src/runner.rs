@@ -66,13 +66,16 @@ impl Backend {
         let d = &s.device;
         match self {
             Backend::Emu(program) => {
-                let flash_image =
+                let mut flash_image =
                     ota_emu::mkflash::merged_image(&d.partitions, &d.firmware.bytes, d.flash_size)
                         .map_err(|e| StartError::Fail(format!("cannot build the flash image: {e}")))?;
+                // Provisioned settings are how the chip gets them; the emulator's built-in
+                // values are only for a layout without an nvs partition.
+                let provisioned = provision(&mut flash_image, s)?;
                 let setup = EmuSetup {
                     flash_image,
-                    password: d.password.clone(),
-                    protocol: d.protocol,
+                    password: if provisioned { None } else { d.password.clone() },
+                    protocol: if provisioned { 2 } else { d.protocol },
                     bootloader_rollback: d.bootloader_rollback,
                     erase_upfront: d.erase == EraseSpec::Upfront,
                     seed: options.seed.unwrap_or(d.seed),
@@ -82,13 +85,17 @@ impl Backend {
                     .map_err(|e| StartError::Fail(e.to_string()))
             }
             Backend::Qemu(program, builds) => {
-                if d.password != builds.password {
+                let app = self.ota_image(&d.firmware).map_err(StartError::Skip)?;
+                let mut flash_image = ota_emu::mkflash::merged_image(&d.partitions, &app, d.flash_size)
+                    .map_err(|e| StartError::Fail(format!("cannot build the flash image: {e}")))?;
+                let provisioned = provision(&mut flash_image, s)?;
+                if !provisioned && d.password != builds.password {
                     return Err(StartError::Skip(format!(
                         "the firmware was built with password {:?}, the scenario's device has {:?} (OTAHIL_FW_PASSWORD at `cargo xtask firmware`)",
                         builds.password, d.password
                     )));
                 }
-                if d.protocol != builds.protocol {
+                if !provisioned && d.protocol != builds.protocol {
                     return Err(StartError::Skip(format!(
                         "the firmware was built for OTA protocol {}, the scenario wants {} (OTAHIL_FW_OTA_PROTOCOL)",
                         builds.protocol, d.protocol
@@ -105,9 +112,6 @@ impl Backend {
                         "the firmware's writer is fixed at sequential erase, without faults".into(),
                     ));
                 }
-                let app = self.ota_image(&d.firmware).map_err(StartError::Skip)?;
-                let mut flash_image = ota_emu::mkflash::merged_image(&d.partitions, &app, d.flash_size)
-                    .map_err(|e| StartError::Fail(format!("cannot build the flash image: {e}")))?;
                 flash_image[..builds.bootloader.len()].copy_from_slice(&builds.bootloader);
                 let mut dut = QemuDut::new(program.clone(), &flash_image)
                     .map_err(|e| StartError::Fail(e.to_string()))?;
@@ -115,6 +119,18 @@ impl Backend {
                 Ok(Box::new(dut))
             }
         }
+    }
+}
+
+/// Provisions the scenario device's OTA settings into its nvs partition, as a factory would;
+/// `false` when the layout has no nvs partition (the firmware's built-in settings apply then).
+fn provision(flash_image: &mut [u8], s: &Scenario) -> Result<bool, StartError> {
+    let d = &s.device;
+    match ota_emu::mkflash::provision_settings(flash_image, &d.partitions, d.password.as_deref(), d.protocol)
+    {
+        Ok(()) => Ok(true),
+        Err(ota_emu::mkflash::ProvisionError::NoNvsPartition) => Ok(false),
+        Err(e) => Err(StartError::Fail(format!("cannot provision the device's settings: {e}"))),
     }
 }
 

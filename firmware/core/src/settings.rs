@@ -66,11 +66,10 @@ pub struct OtaSettings {
 
 impl OtaSettings {
     /// The values an image was built with; `password` longer than [`MAX_PASSWORD_LEN`] is cut.
-    pub const fn built_in(password: Option<&str>, protocol: u8) -> Self {
+    pub const fn built_in(password: Option<&[u8]>, protocol: u8) -> Self {
         let mut buf = [0u8; MAX_PASSWORD_LEN];
         let password_len = match password {
-            Some(p) => {
-                let bytes = p.as_bytes();
+            Some(bytes) => {
                 let n = if bytes.len() < MAX_PASSWORD_LEN { bytes.len() } else { MAX_PASSWORD_LEN };
                 let mut i = 0;
                 while i < n {
@@ -214,7 +213,7 @@ mod tests {
 
     #[test]
     fn nothing_provisioned_keeps_the_built_in_values() {
-        let (s, lines) = load(None, OtaSettings::built_in(Some("baked"), 1));
+        let (s, lines) = load(None, OtaSettings::built_in(Some(b"baked"), 1));
         assert_eq!((s.password(), s.protocol), (Some(&b"baked"[..]), 1));
         assert_eq!((s.password_from, s.protocol_from), (Source::BuiltIn, Source::BuiltIn));
         assert!(lines.is_empty());
@@ -229,7 +228,7 @@ mod tests {
         assert_eq!(format!("{}", s.log_event()), "OTA password set (nvs), protocol 1 (nvs)");
         // An empty password switches authentication off even when the build has one.
         let page = provisioning_page(None, 2).unwrap();
-        let (s, _) = load(Some(&page), OtaSettings::built_in(Some("baked"), 2));
+        let (s, _) = load(Some(&page), OtaSettings::built_in(Some(b"baked"), 2));
         assert_eq!(s.password(), None);
         assert_eq!(format!("{}", s.log_event()), "OTA password none (nvs), protocol 2 (nvs)");
     }
@@ -247,7 +246,7 @@ mod tests {
         let ns = b.namespace(NAMESPACE).unwrap();
         b.u8(ns, KEY_PASSWORD, 7).unwrap();
         b.u8(ns, KEY_PROTOCOL, 3).unwrap();
-        let (s, lines) = load(Some(&b.finish()), OtaSettings::built_in(Some("baked"), 2));
+        let (s, lines) = load(Some(&b.finish()), OtaSettings::built_in(Some(b"baked"), 2));
         assert_eq!((s.password(), s.protocol), (Some(&b"baked"[..]), 2));
         assert_eq!(
             lines,

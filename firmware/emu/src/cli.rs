@@ -39,6 +39,14 @@ enum Cmd {
         size: String,
         #[arg(long)]
         out: PathBuf,
+        /// Provision the OTA password into the nvs partition (NVS namespace `otahil`, key
+        /// `ota_password`); it overrides the `run --password` a device was started with.
+        #[arg(long)]
+        password: Option<String>,
+        /// Provision the ESPHome OTA protocol version (key `ota_protocol`) together with the password;
+        /// either flag provisions both (no --password: no authentication).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
+        protocol: Option<u8>,
     },
 }
 
@@ -50,10 +58,11 @@ struct RunArgs {
     /// Host address for the device's OTA port; port 0 picks a free one (printed on the ready line).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// The OTA password (none: no authentication).
+    /// The OTA password the firmware has built in (none: no authentication). As on the chip, a
+    /// password provisioned in NVS (`make-flash --password`) overrides it at boot.
     #[arg(long)]
     password: Option<String>,
-    /// ESPHome OTA protocol version.
+    /// ESPHome OTA protocol version built in (NVS `ota_protocol` overrides it).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
     protocol: u8,
     /// Refuse SHA-256 authentication (MD5 only, as ESPHome before 2025.10).
@@ -120,7 +129,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             )
         }
-        Cmd::MakeFlash { partitions, app, size, out } => {
+        Cmd::MakeFlash { partitions, app, size, out, password, protocol } => {
             let csv = std::fs::read_to_string(&partitions)
                 .with_context(|| format!("reading {}", partitions.display()))?;
             let table = ota_core::partition_csv::parse_csv(&csv)
@@ -129,7 +138,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let Some(flash_size) = ota_core::partition_csv::parse_size(&size) else {
                 bail!("--size `{size}` is not a size (expected e.g. 4M)");
             };
-            let image = crate::mkflash::merged_image(&table, &app_bytes, flash_size)?;
+            let mut image = crate::mkflash::merged_image(&table, &app_bytes, flash_size)?;
+            if password.is_some() || protocol.is_some() {
+                crate::mkflash::provision_settings(
+                    &mut image,
+                    &table,
+                    password.as_deref(),
+                    protocol.unwrap_or(2),
+                )?;
+            }
             FileFlash::create(&out, &image).with_context(|| format!("writing {}", out.display()))?;
             Ok(())
         }

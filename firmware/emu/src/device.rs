@@ -6,8 +6,10 @@ use ota_core::boot::{BootError, Booted, BootloaderConfig, DirectVerify, PowerOn,
 use ota_core::esphome::{self, Event, FlashBackend, NonceSource, Output, Server, ServerConfig};
 use ota_core::log::{LogEvent, LogLine, SlotName};
 use ota_core::partition::PartitionTable;
+use ota_core::settings::OtaSettings;
 use ota_core::writer::OtaConfig;
 use std::io::Write;
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// A reboot loop longer than this is reported as a brick instead of spinning forever.
@@ -15,9 +17,10 @@ const MAX_CONSECUTIVE_BOOTS: u32 = 8;
 
 #[derive(Clone, Debug)]
 pub struct DeviceConfig {
-    /// The OTA password (`None`: no authentication).
+    /// The OTA password built in (`None`: no authentication); NVS overrides it at boot, as on
+    /// the chip (`ota_core::settings`).
     pub password: Option<&'static [u8]>,
-    /// ESPHome OTA protocol version (1 or 2).
+    /// ESPHome OTA protocol version built in (1 or 2); NVS overrides it at boot.
     pub protocol_version: u8,
     /// Offer SHA-256 authentication to clients that support it.
     pub sha256: bool,
@@ -53,6 +56,8 @@ pub enum Power {
     Running {
         table: Box<PartitionTable>,
         booted: Booted,
+        /// What this boot's OTA server answers with (built-in settings after NVS overrides).
+        server: ServerConfig<'static>,
     },
     /// The app's self-test never finishes: no OTA service until a reset.
     Hung {
@@ -172,8 +177,26 @@ impl<W: Write> Device<W> {
         self.power = match outcome {
             _ if self.flash.power_loss().is_some() => Power::Off,
             PowerOn::Running { table, booted } => {
+                let built_in = OtaSettings::built_in(self.config.password, self.config.protocol_version);
+                let settings = {
+                    let (boot_at, serial) = (self.boot_at, &mut self.serial);
+                    let mut sink = |e: &LogEvent<'_>| {
+                        let _ = writeln!(
+                            serial,
+                            "{}",
+                            LogLine { ms: boot_at.elapsed().as_millis() as u32, event: e }
+                        );
+                    };
+                    built_in.load(&mut self.flash, &table, &mut sink)
+                };
+                self.log(&settings.log_event());
+                let server = ServerConfig {
+                    password: settings.password().map(interned),
+                    version: settings.protocol,
+                    sha256: self.config.sha256,
+                };
                 self.log(&LogEvent::OtaListening { port: self.config.device_port });
-                Power::Running { table: Box::new(table), booted }
+                Power::Running { table: Box::new(table), booted, server }
             }
             PowerOn::Hung { booted, .. } => Power::Hung { booted },
             PowerOn::Failed(BootError::Table(e)) => Power::Bricked(format!("partition table invalid: {e}")),
@@ -198,21 +221,16 @@ impl<W: Write> Device<W> {
         if !self.serving() {
             return None;
         }
+        let Power::Running { server, .. } = &self.power else { return None };
+        let server = Server::new(*server);
         self.log(&LogEvent::OtaClientConnected);
-        Some(OtaSession {
-            server: Server::new(ServerConfig {
-                password: self.config.password,
-                version: self.config.protocol_version,
-                sha256: self.config.sha256,
-            }),
-            update: None,
-        })
+        Some(OtaSession { server, update: None })
     }
 
     /// Bytes from the client (`Some`), its disconnect (`None`), or a read timeout.
     pub fn session_input(&mut self, session: &mut OtaSession, input: SessionInput<'_>) -> SessionStep {
         let OtaSession { server, update } = session;
-        let Power::Running { table, booted } = &self.power else {
+        let Power::Running { table, booted, .. } = &self.power else {
             return SessionStep::Close { reply: Vec::new(), reboot: false };
         };
         let (table, running) = (table.as_ref().clone(), booted.partition);
@@ -265,6 +283,19 @@ impl<W: Write> Device<W> {
     }
 }
 
+/// `password` with a `'static` life for the sessions of a boot. Interned, so a device that
+/// boots thousands of times keeps one copy per distinct password.
+fn interned(password: &[u8]) -> &'static [u8] {
+    static SEEN: Mutex<Vec<&'static [u8]>> = Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(known) = seen.iter().find(|known| **known == password) {
+        return known;
+    }
+    let leaked: &'static [u8] = Box::leak(password.into());
+    seen.push(leaked);
+    leaked
+}
+
 /// One OTA connection's state: the protocol server and the update it is writing.
 pub struct OtaSession {
     server: Server<'static>,
@@ -302,6 +333,32 @@ mod tests {
 
     fn serial(d: &Device<Vec<u8>>) -> String {
         String::from_utf8(d.serial.clone()).unwrap()
+    }
+
+    /// The chip reads its OTA settings from NVS at boot; so does the emulated device, and
+    /// provisioned values beat the ones it was started with.
+    #[test]
+    fn provisioned_settings_override_the_built_in_ones() {
+        let csv = "nvs, data, nvs, 0x9000, 0x5000\notadata, data, ota, , 0x2000\n\
+                   app0, app, ota_0, 0x10000, 0x100000\napp1, app, ota_1, , 0x100000\n";
+        let table = ota_core::partition_csv::parse_csv(csv).unwrap();
+        let mut image = crate::mkflash::merged_image(&table, &app("1.0.0"), 4 << 20).unwrap();
+        crate::mkflash::provision_settings(&mut image, &table, Some("hunter2"), 1).unwrap();
+        let mut d = Device::new(config_with(b"built-in"), FileFlash::in_memory(image), Vec::new());
+        d.power_on();
+        assert!(serial(&d).contains("config: OTA password set (nvs), protocol 1 (nvs)"), "{}", serial(&d));
+        let Power::Running { server, .. } = d.power() else { panic!("not running: {}", d.status()) };
+        assert_eq!((server.password, server.version), (Some(&b"hunter2"[..]), 1));
+        // Nothing provisioned: the values the device was started with.
+        let mut d = Device::new(config_with(b"built-in"), FileFlash::in_memory(flash()), Vec::new());
+        d.power_on();
+        assert!(serial(&d).contains("config: OTA password set (built in), protocol 2 (built in)"));
+        let Power::Running { server, .. } = d.power() else { panic!("not running: {}", d.status()) };
+        assert_eq!(server.password, Some(&b"built-in"[..]));
+    }
+
+    fn config_with(password: &'static [u8]) -> DeviceConfig {
+        DeviceConfig { password: Some(password), ..DeviceConfig::default() }
     }
 
     #[test]

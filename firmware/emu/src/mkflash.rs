@@ -1,6 +1,7 @@
 //! Fresh flash images: a partition table at 0x8000 and an app in the first app slot, FF
 //! elsewhere — the layout `espflash save-image --merge` produces (minus the bootloader binary,
-//! which the emulator models in code).
+//! which the emulator models in code) — and the device's OTA settings provisioned into its nvs
+//! partition, as a factory would with `nvs_partition_gen.py`.
 
 use ota_core::partition::{PartitionTable, TABLE_OFFSET};
 
@@ -15,6 +16,42 @@ pub enum MergeError {
     #[error("the app image ({len} bytes) does not fit partition {label} ({size} bytes)")]
     AppTooBig { len: usize, label: String, size: u32 },
 }
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProvisionError {
+    #[error("the partition table has no nvs partition to hold the device's settings")]
+    NoNvsPartition,
+    #[error("the flash image ({len} bytes) does not hold the nvs partition (ends at {end:#x})")]
+    ImageTooSmall { len: usize, end: u64 },
+    #[error("{0}")]
+    Settings(ota_core::settings::ProvisionError),
+}
+
+/// Writes the OTA settings (password `None`: no authentication) as the first page of `table`'s
+/// nvs partition in `image`, erasing the rest of the partition: a device booted from it uses
+/// these settings whatever its firmware has built in (`ota_core::settings`).
+pub fn provision_settings(
+    image: &mut [u8],
+    table: &PartitionTable,
+    password: Option<&str>,
+    protocol: u8,
+) -> Result<(), ProvisionError> {
+    let nvs = table
+        .partitions()
+        .iter()
+        .find(|p| p.ptype == ota_core::partition::TYPE_DATA && p.subtype == NVS_SUBTYPE)
+        .ok_or(ProvisionError::NoNvsPartition)?;
+    if nvs.end() > image.len() as u64 {
+        return Err(ProvisionError::ImageTooSmall { len: image.len(), end: nvs.end() });
+    }
+    let page = ota_core::settings::provisioning_page(password, protocol).map_err(ProvisionError::Settings)?;
+    let region = &mut image[nvs.offset as usize..nvs.end() as usize];
+    region.fill(0xFF);
+    region[..page.len()].copy_from_slice(&page);
+    Ok(())
+}
+
+const NVS_SUBTYPE: u8 = 0x02;
 
 /// Builds a `flash_size`-byte image with `table` (MD5 row included) and `app` in its first app
 /// slot (factory if the table has one, else ota_0). otadata stays erased, as espflash leaves it.
@@ -36,4 +73,38 @@ pub fn merged_image(table: &PartitionTable, app: &[u8], flash_size: u32) -> Resu
     image[TABLE_OFFSET as usize..TABLE_OFFSET as usize + t.len()].copy_from_slice(&t);
     image[slot.offset as usize..slot.offset as usize + app.len()].copy_from_slice(app);
     Ok(image)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ota_core::partition_csv::parse_csv;
+
+    const APP: &[u8] = &[0xE9; 64];
+
+    #[test]
+    fn provisioning_writes_one_page_and_erases_the_rest_of_nvs() {
+        let table = parse_csv("nvs, data, nvs, 0x9000, 0x5000\napp0, app, ota_0, 0x10000, 1M\n").unwrap();
+        let mut image = merged_image(&table, APP, 4 << 20).unwrap();
+        image[0xA000] = 0x00; // stale bytes in the partition's second page
+        provision_settings(&mut image, &table, Some("pw"), 2).unwrap();
+        let page = ota_core::settings::provisioning_page(Some("pw"), 2).unwrap();
+        assert_eq!(&image[0x9000..0xA000], &page[..]);
+        assert!(image[0xA000..0xE000].iter().all(|&b| b == 0xFF));
+        assert_eq!(&image[0x10000..0x10040], APP, "nothing outside nvs moves");
+    }
+
+    #[test]
+    fn provisioning_errors_are_named() {
+        let table = parse_csv("app0, app, factory, 0x10000, 1M\n").unwrap();
+        let mut image = merged_image(&table, APP, 4 << 20).unwrap();
+        assert_eq!(provision_settings(&mut image, &table, None, 2), Err(ProvisionError::NoNvsPartition));
+        let table = parse_csv("nvs, data, nvs, 0x9000, 0x5000\napp0, app, factory, 0x10000, 1M\n").unwrap();
+        let mut image = merged_image(&table, APP, 4 << 20).unwrap();
+        let long = "x".repeat(65);
+        let e = provision_settings(&mut image, &table, Some(&long), 2).unwrap_err();
+        assert_eq!(e.to_string(), "password of 65 bytes: the device stores at most 64");
+        let e = provision_settings(&mut image[..0xA000], &table, None, 2).unwrap_err();
+        assert_eq!(e, ProvisionError::ImageTooSmall { len: 0xA000, end: 0xE000 });
+    }
 }

@@ -18,9 +18,9 @@ use esp_storage::FlashStorage;
 use ota_core::boot::{
     BootIndex, Booted, DirectVerify, GuardOutcome, SlotVerifier, boot_guard, select, verify_slot,
 };
-use ota_core::esphome::ServerConfig;
 use ota_core::image::ChipInfo;
 use ota_core::log::{LogEvent, LogLine, SlotName};
+use ota_core::settings::OtaSettings;
 use ota_core::writer::{OtaConfig, read_otadata};
 
 mod markers;
@@ -32,13 +32,15 @@ const VERSION: &str = match option_env!("OTAHIL_FW_VERSION") {
     None => "0.0.0-dev",
 };
 
-/// The OTA password, set at build time (`OTAHIL_FW_PASSWORD`); none means no authentication.
+/// The OTA password built in (`OTAHIL_FW_PASSWORD`; none means no authentication). NVS
+/// (namespace `otahil`, key `ota_password`) overrides it at boot: see `ota_core::settings`.
 const PASSWORD: Option<&str> = match option_env!("OTAHIL_FW_PASSWORD") {
     Some(p) if !p.is_empty() => Some(p),
     _ => None,
 };
 
-/// ESPHome OTA protocol version (`OTAHIL_FW_OTA_PROTOCOL`, default 2).
+/// ESPHome OTA protocol version built in (`OTAHIL_FW_OTA_PROTOCOL`, default 2); NVS key
+/// `ota_protocol` overrides it.
 const PROTOCOL: u8 = match option_env!("OTAHIL_FW_OTA_PROTOCOL") {
     Some(v) if v.len() == 1 && v.as_bytes()[0] == b'1' => 1,
     _ => 2,
@@ -113,7 +115,10 @@ fn main() -> ! {
         },
         Err(e) => halt(&format_args!("flash failed in the boot guard: {e}")),
     }
-    let server = ServerConfig { password: PASSWORD.map(str::as_bytes), version: PROTOCOL, sha256: true };
+    let settings =
+        OtaSettings::built_in(PASSWORD.map(str::as_bytes), PROTOCOL).load(&mut flash, &table, &mut log);
+    log(&settings.log_event());
+    let server = settings.server_config();
     let mut rng = net::HwRng(esp_hal::rng::Rng::new());
     let net = net::NetConfig {
         mac: [0x02, 0x00, 0x00, 0x12, 0x34, 0x56],

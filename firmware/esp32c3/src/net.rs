@@ -69,7 +69,7 @@ pub struct Service<'t> {
     pub table: &'t PartitionTable,
     /// The partition the app runs from.
     pub running: Partition,
-    pub server: ServerConfig<'static>,
+    pub server: ServerConfig<'t>,
     pub ota: OtaConfig,
     pub net: NetConfig,
 }
@@ -102,7 +102,7 @@ pub fn serve<L: FnMut(&LogEvent<'_>)>(
         tcp::SocketBuffer::new(&mut socket_tx[..]),
     ));
     log(&LogEvent::OtaListening { port: net.port });
-    let mut session: Option<(Server<'static>, Option<OtaUpdate>)> = None;
+    let mut session: Option<(Server<'_>, Option<OtaUpdate>)> = None;
     let mut pending = Pending { bytes: [0; 1024], len: 0 };
     // Set when a completed update closed its connection: the device restarts once the close is
     // done, or after a short grace (ESPHome waits ~110 ms) if the peer never finishes it.
