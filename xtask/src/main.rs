@@ -229,6 +229,14 @@ fn build_firmware() -> anyhow::Result<()> {
     // the firmware is built from a copy of its sources at a fixed place, so every checkout gets
     // the same bytes.
     let fixed = PathBuf::from(FIRMWARE_BUILD_DIR);
+    // Two checkouts building at once would overwrite each other's sources there: one at a time,
+    // holding the lock until the images are copied out.
+    let lock = std::fs::File::create(format!("{FIRMWARE_BUILD_DIR}.lock"))
+        .with_context(|| format!("creating {FIRMWARE_BUILD_DIR}.lock"))?;
+    if lock.try_lock().is_err() {
+        eprintln!("xtask: another firmware build holds {FIRMWARE_BUILD_DIR}.lock; waiting for it");
+        lock.lock().context("locking the firmware build directory")?;
+    }
     for dir in ["firmware/esp32c3", "firmware/core"] {
         sync_tree(&root.join(dir), &fixed.join(dir))?;
     }
