@@ -22,6 +22,33 @@ pub struct NetConfig {
     pub port: u16,
 }
 
+/// Asks who has the gateway's address, once at start-up. The answer does not matter; the
+/// question tells the network (QEMU's slirp, a router) where this device is. Without it slirp
+/// holds the first packet of the first connection while it resolves the address and sends it
+/// only at its next poll, up to half a second later, on every boot.
+fn announce(dev: &mut OpenEth<'_>, net: &NetConfig) {
+    use smoltcp::phy::{Device, TxToken};
+    use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, EthernetRepr};
+    let arp = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: EthernetAddress(net.mac),
+        source_protocol_addr: Ipv4Address::from_octets(net.ip),
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: Ipv4Address::from_octets(net.gateway),
+    };
+    let eth = EthernetRepr {
+        src_addr: EthernetAddress(net.mac),
+        dst_addr: EthernetAddress::BROADCAST,
+        ethertype: EthernetProtocol::Arp,
+    };
+    let Some(tx) = dev.transmit(now()) else { return };
+    tx.consume(eth.buffer_len() + arp.buffer_len(), |buf| {
+        let mut frame = EthernetFrame::new_unchecked(buf);
+        eth.emit(&mut frame);
+        arp.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+    });
+}
+
 fn now() -> smoltcp::time::Instant {
     smoltcp::time::Instant::from_micros(
         esp_hal::time::Instant::now().duration_since_epoch().as_micros() as i64
@@ -101,7 +128,12 @@ pub fn serve<L: FnMut(&LogEvent<'_>)>(
         tcp::SocketBuffer::new(&mut socket_rx[..]),
         tcp::SocketBuffer::new(&mut socket_tx[..]),
     ));
+    // Listening before the interface first runs: a connection that waited for the device to
+    // boot (its SYN queued in the network) must find the port open, not get a reset.
+    // (It cannot fail for a fresh socket and a non-zero port; the loop listens again if it did.)
+    let _ = sockets.get_mut::<tcp::Socket>(handle).listen(net.port);
     log(&LogEvent::OtaListening { port: net.port });
+    announce(&mut dev, &net);
     let mut session: Option<(Server<'_>, Option<OtaUpdate>)> = None;
     let mut pending = Pending { bytes: [0; 1024], len: 0 };
     // Set when a completed update closed its connection: the device restarts once the close is
@@ -117,6 +149,15 @@ pub fn serve<L: FnMut(&LogEvent<'_>)>(
             esp_hal::system::software_reset();
         }
         if !sock.is_open() {
+            // A peer that resets the connection (an RST, e.g. a client that closes with our
+            // bytes unread) sends no FIN: the session must still hear that its client is gone.
+            if let Some((server, update)) = session.as_mut()
+                && !server.is_closed()
+            {
+                let mut reply = Reply { pending: &mut pending, log: &mut *log };
+                let mut backend = FlashBackend::new(flash, table, running, ota, update);
+                server.on_disconnect(false, &mut backend, &mut reply);
+            }
             session = None;
             pending.len = 0;
             if sock.listen(net.port).is_err() {
