@@ -126,8 +126,15 @@ impl Backend {
 /// `false` when the layout has no nvs partition (the firmware's built-in settings apply then).
 fn provision(flash_image: &mut [u8], s: &Scenario) -> Result<bool, StartError> {
     let d = &s.device;
-    match ota_emu::mkflash::provision_settings(flash_image, &d.partitions, d.password.as_deref(), d.protocol)
-    {
+    match ota_emu::mkflash::provision_settings(
+        flash_image,
+        &d.partitions,
+        &ota_core::settings::Provision {
+            ota_password: d.password.as_deref(),
+            protocol: d.protocol,
+            wifi: None,
+        },
+    ) {
         Ok(()) => Ok(true),
         Err(ota_emu::mkflash::ProvisionError::NoNvsPartition) => Ok(false),
         Err(e) => Err(StartError::Fail(format!("cannot provision the device's settings: {e}"))),

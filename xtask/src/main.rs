@@ -45,6 +45,11 @@ enum Task {
         /// Replace fixtures/firmware/ with this build (then review the snapshot changes).
         #[arg(long)]
         update_fixtures: bool,
+        /// Build the same variants for boards instead: OTA over Wi-Fi (`--features wifi`), into
+        /// target/firmware-wifi/. Every image a board is updated with must be such a build, or it
+        /// comes up without a network. Not compared with the fixtures.
+        #[arg(long, conflicts_with = "update_fixtures")]
+        wifi: bool,
     },
     /// What CI runs: fmt check, clippy -D warnings, the tests, the no_std build of the core,
     /// and `hil` on the emulator.
@@ -113,7 +118,7 @@ fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
     match backend {
         "emu" => {}
         // The qemu backend runs the firmware builds: make them first.
-        "qemu" => build_firmware()?,
+        "qemu" => build_firmware(FirmwareLink::QemuEthernet)?,
         other => bail!("backend `{other}` is not available (emu, qemu; the bench backend is its own issue)"),
     }
     let bin = build_emu()?;
@@ -177,7 +182,7 @@ const FIRMWARE_VARIANTS: &[(&str, &str, Option<&str>, &str)] = &[
 ];
 
 fn firmware(update_fixtures: bool) -> anyhow::Result<()> {
-    build_firmware()?;
+    build_firmware(FirmwareLink::QemuEthernet)?;
     check_fixtures(update_fixtures)?;
     // The emulator plays OTA with these real images (espflash's bytes, our descriptors).
     let bin = build_emu()?;
@@ -217,7 +222,16 @@ fn check_fixtures(update: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_firmware() -> anyhow::Result<()> {
+/// The network a firmware build serves OTA on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FirmwareLink {
+    /// The OpenCores MAC of Espressif's QEMU (the default build, the fixtures).
+    QemuEthernet,
+    /// Wi-Fi on a board (`--features wifi`).
+    Wifi,
+}
+
+fn build_firmware(link: FirmwareLink) -> anyhow::Result<()> {
     let targets = Command::new("rustup").args(["target", "list", "--installed"]).output();
     if let Ok(out) = targets
         && !String::from_utf8_lossy(&out.stdout).contains("riscv32imc-unknown-none-elf")
@@ -248,7 +262,10 @@ fn build_firmware() -> anyhow::Result<()> {
         std::fs::write(fixed.join("Cargo.toml"), &manifest)?;
     }
     let fw = fixed.join("firmware/esp32c3");
-    let out_dir = root.join("target/firmware");
+    let out_dir = root.join(match link {
+        FirmwareLink::QemuEthernet => "target/firmware",
+        FirmwareLink::Wifi => "target/firmware-wifi",
+    });
     std::fs::create_dir_all(&out_dir)?;
     // Reproducible images, whatever the checkout path or the day: a fixed build date/time in the
     // app descriptor and no machine paths in panic locations.
@@ -272,8 +289,10 @@ fn build_firmware() -> anyhow::Result<()> {
             .args(["build", "--release", "--config", &remap])
             .env("OTAHIL_FW_VERSION", version)
             .env("SOURCE_DATE_EPOCH", &epoch);
-        if let Some(f) = feature {
-            c.args(["--features", f]);
+        let features: Vec<&str> =
+            feature.iter().copied().chain((link == FirmwareLink::Wifi).then_some("wifi")).collect();
+        if !features.is_empty() {
+            c.args(["--features", &features.join(",")]);
         }
         run(c)?;
         let elf = out_dir.join(format!("{name}.elf"));
@@ -288,7 +307,8 @@ fn build_firmware() -> anyhow::Result<()> {
     }
     // What the builds were configured with, for the qemu backend to match against scenarios.
     let manifest = format!(
-        "password={}\nprotocol={}\n",
+        "link={}\npassword={}\nprotocol={}\n",
+        if link == FirmwareLink::Wifi { "wifi" } else { "qemu-ethernet" },
         std::env::var("OTAHIL_FW_PASSWORD").unwrap_or_default(),
         std::env::var("OTAHIL_FW_OTA_PROTOCOL").unwrap_or_else(|_| "2".into())
     );
@@ -372,7 +392,8 @@ fn main() -> anyhow::Result<()> {
         Task::Hil { backend, scenario, junit, cut, torn, seed } => {
             hil(&backend, &HilArgs { scenarios: scenario, junit, cut, torn, seed })
         }
-        Task::Firmware { update_fixtures } => firmware(update_fixtures),
+        Task::Firmware { update_fixtures, wifi: false } => firmware(update_fixtures),
+        Task::Firmware { wifi: true, .. } => build_firmware(FirmwareLink::Wifi),
         Task::Fixtures => {
             let bin = build_emu()?;
             let mut c = Command::new(bin.join("otahil"));

@@ -92,6 +92,25 @@ pub enum LogEvent<'a> {
         key: &'a str,
         why: crate::settings::Rejected,
     },
+    // --- the board's network link (tag `net`; the emulator has none)
+    WifiJoining {
+        ssid: &'a str,
+        from: crate::settings::Source,
+    },
+    WifiJoined {
+        channel: u8,
+    },
+    WifiJoinFailed {
+        reason: &'a str,
+        retry_in_s: u8,
+    },
+    WifiNoCredentials,
+    NetAddress {
+        ip: [u8; 4],
+        prefix: u8,
+        dhcp: bool,
+    },
+    NetAddressLost,
     // --- the app's boot guard (tag `rollback`)
     GuardFirstBoot {
         slot: SlotName,
@@ -154,6 +173,7 @@ impl LogEvent<'_> {
         use LogEvent::*;
         match self {
             TableInvalid(_)
+            | WifiNoCredentials
             | SlotNotBootable { .. }
             | NoBootableApp
             | SelfTestFailed { .. }
@@ -162,6 +182,8 @@ impl LogEvent<'_> {
             | OtaMd5Mismatch => Level::Error,
             BootPendingToAborted { .. }
             | ConfigIgnored { .. }
+            | WifiJoinFailed { .. }
+            | NetAddressLost
             | Unconfirmed { .. }
             | SelfTestHung { .. }
             | FallbackBoot { .. }
@@ -193,6 +215,12 @@ impl LogEvent<'_> {
             | SetActualSeq { .. } => "boot",
             AppRunning { .. } => "app",
             ConfigOta { .. } | ConfigIgnored { .. } => "config",
+            WifiJoining { .. }
+            | WifiJoined { .. }
+            | WifiJoinFailed { .. }
+            | WifiNoCredentials
+            | NetAddress { .. }
+            | NetAddressLost => "net",
             GuardFirstBoot { .. }
             | SelfTestPassed { .. }
             | SelfTestFailed { .. }
@@ -244,6 +272,18 @@ impl fmt::Display for LogEvent<'_> {
             ConfigIgnored { key, why } => {
                 write!(f, "ignoring nvs {}/{key}: {why}", crate::settings::NAMESPACE)
             }
+            WifiJoining { ssid, from } => write!(f, "joining Wi-Fi \"{ssid}\" (credentials {from})"),
+            WifiJoined { channel } => write!(f, "Wi-Fi connected on channel {channel}"),
+            WifiJoinFailed { reason, retry_in_s } => {
+                write!(f, "Wi-Fi connection failed ({reason}), retrying in {retry_in_s} s")
+            }
+            WifiNoCredentials => f.write_str(
+                "no Wi-Fi credentials: provision nvs otahil/wifi_ssid (and wifi_password) or build with OTAHIL_FW_WIFI_SSID",
+            ),
+            NetAddress { ip: [a, b, c, d], prefix, dhcp } => {
+                write!(f, "address {a}.{b}.{c}.{d}/{prefix} ({})", if *dhcp { "dhcp" } else { "static" })
+            }
+            NetAddressLost => f.write_str("DHCP lease lost: no address until it is renewed"),
             GuardFirstBoot { slot } => {
                 write!(f, "first boot of {slot}: PENDING_VERIFY, running self-test")
             }
@@ -303,7 +343,7 @@ impl fmt::Display for LogLine<'_> {
 }
 
 /// Every tag the catalogue uses: a log filter keeps these lines and drops others (ROM banners).
-pub const TAGS: &[&str] = &["boot", "app", "config", "rollback", "ota"];
+pub const TAGS: &[&str] = &["boot", "app", "config", "net", "rollback", "ota"];
 
 /// The app's own tags: every line with one of these comes from `ota-core`, on any backend.
 pub const APP_TAGS: &[&str] = &["app", "rollback", "ota"];

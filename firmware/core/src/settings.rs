@@ -105,20 +105,12 @@ impl OtaSettings {
         table: &PartitionTable,
         log: &mut impl LogSink,
     ) -> Self {
-        let Some(part) = table.partitions().iter().find(|p| p.ptype == TYPE_DATA && p.subtype == SUBTYPE_NVS)
-        else {
-            return self;
-        };
+        let Some(part) = nvs_partition(table) else { return self };
         let mut buf = [0u8; MAX_PASSWORD_LEN + 1];
-        match nvs::get(flash, part, NAMESPACE, KEY_PASSWORD, &mut buf) {
-            Ok(None) => {}
-            Ok(Some(Value::Str(p))) => {
-                self.password[..p.len()].copy_from_slice(p.as_bytes());
-                self.password_len = (!p.is_empty()).then_some(p.len());
-                self.password_from = Source::Nvs;
-            }
-            Ok(Some(_)) => log.log(&LogEvent::ConfigIgnored { key: KEY_PASSWORD, why: Rejected::WrongType }),
-            Err(e) => log.log(&LogEvent::ConfigIgnored { key: KEY_PASSWORD, why: Rejected::Read(e) }),
+        if let Some(p) = read_str(flash, part, KEY_PASSWORD, &mut buf, log) {
+            self.password[..p.len()].copy_from_slice(p.as_bytes());
+            self.password_len = (!p.is_empty()).then_some(p.len());
+            self.password_from = Source::Nvs;
         }
         match nvs::get(flash, part, NAMESPACE, KEY_PROTOCOL, &mut buf) {
             Ok(None) => {}
@@ -146,23 +138,131 @@ impl OtaSettings {
     }
 }
 
-/// An NVS page holding these settings, for provisioning a flash image: `password` `None` is
-/// stored as the empty string (no authentication), so the page decides both settings.
-pub fn provisioning_page(
-    password: Option<&str>,
-    protocol: u8,
-) -> Result<[u8; nvs::PAGE_SIZE], ProvisionError> {
-    let password = password.unwrap_or("");
+fn nvs_partition(table: &PartitionTable) -> Option<&crate::partition::Partition> {
+    table.partitions().iter().find(|p| p.ptype == TYPE_DATA && p.subtype == SUBTYPE_NVS)
+}
+
+/// The string at `key`, or `None` (missing, or unusable and logged as ignored).
+fn read_str<'b, F: ReadNorFlash>(
+    flash: &mut F,
+    part: &crate::partition::Partition,
+    key: &'static str,
+    buf: &'b mut [u8],
+    log: &mut impl LogSink,
+) -> Option<&'b str> {
+    match nvs::get(flash, part, NAMESPACE, key, buf) {
+        Ok(None) => None,
+        Ok(Some(Value::Str(s))) => Some(s),
+        Ok(Some(_)) => {
+            log.log(&LogEvent::ConfigIgnored { key, why: Rejected::WrongType });
+            None
+        }
+        Err(e) => {
+            log.log(&LogEvent::ConfigIgnored { key, why: Rejected::Read(e) });
+            None
+        }
+    }
+}
+
+pub const KEY_WIFI_SSID: &str = "wifi_ssid";
+pub const KEY_WIFI_PASSWORD: &str = "wifi_password";
+/// 802.11 limits: an SSID is at most 32 bytes, a WPA2 passphrase at most 64.
+pub const MAX_SSID_LEN: usize = 32;
+pub const MAX_WIFI_PASSWORD_LEN: usize = 64;
+
+/// The network a board joins: NVS `wifi_ssid` / `wifi_password` when provisioned (a missing
+/// password means an open network), else the credentials built in.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct WifiCredentials {
+    ssid: [u8; MAX_SSID_LEN],
+    ssid_len: usize,
+    password: [u8; MAX_WIFI_PASSWORD_LEN],
+    password_len: usize,
+    pub from: Source,
+}
+
+impl WifiCredentials {
+    fn new(ssid: &str, password: &str, from: Source) -> Option<Self> {
+        if ssid.is_empty() || ssid.len() > MAX_SSID_LEN || password.len() > MAX_WIFI_PASSWORD_LEN {
+            return None;
+        }
+        let mut c = WifiCredentials {
+            ssid: [0; MAX_SSID_LEN],
+            ssid_len: ssid.len(),
+            password: [0; MAX_WIFI_PASSWORD_LEN],
+            password_len: password.len(),
+            from,
+        };
+        c.ssid[..ssid.len()].copy_from_slice(ssid.as_bytes());
+        c.password[..password.len()].copy_from_slice(password.as_bytes());
+        Some(c)
+    }
+
+    pub fn ssid(&self) -> &str {
+        // Only ever filled from a `&str`, cut at its own length.
+        core::str::from_utf8(&self.ssid[..self.ssid_len]).unwrap_or("")
+    }
+
+    pub fn password(&self) -> &str {
+        core::str::from_utf8(&self.password[..self.password_len]).unwrap_or("")
+    }
+
+    /// The provisioned credentials, else `built_in_ssid` / `built_in_password` (empty SSID: none).
+    pub fn load<F: ReadNorFlash>(
+        flash: &mut F,
+        table: &PartitionTable,
+        built_in_ssid: &str,
+        built_in_password: &str,
+        log: &mut impl LogSink,
+    ) -> Option<Self> {
+        if let Some(part) = nvs_partition(table) {
+            let mut ssid_buf = [0u8; MAX_SSID_LEN + 1];
+            let mut pass_buf = [0u8; MAX_WIFI_PASSWORD_LEN + 1];
+            let ssid = read_str(flash, part, KEY_WIFI_SSID, &mut ssid_buf, log).filter(|s| !s.is_empty());
+            if let Some(ssid) = ssid {
+                let password = read_str(flash, part, KEY_WIFI_PASSWORD, &mut pass_buf, log).unwrap_or("");
+                return WifiCredentials::new(ssid, password, Source::Nvs);
+            }
+        }
+        WifiCredentials::new(built_in_ssid, built_in_password, Source::BuiltIn)
+    }
+}
+
+/// What a factory (or the harness) provisions into a device's nvs partition.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Provision<'a> {
+    /// `None` is stored as the empty string: no authentication, whatever the build says.
+    pub ota_password: Option<&'a str>,
+    /// 1 or 2.
+    pub protocol: u8,
+    /// SSID and password of the network to join (boards with the `wifi` build).
+    pub wifi: Option<(&'a str, &'a str)>,
+}
+
+/// An NVS page holding `p`, for provisioning a flash image: the page decides the OTA password
+/// and protocol (and the Wi-Fi network when given) whatever the firmware has built in.
+pub fn provisioning_page(p: &Provision<'_>) -> Result<[u8; nvs::PAGE_SIZE], ProvisionError> {
+    let password = p.ota_password.unwrap_or("");
     if password.len() > MAX_PASSWORD_LEN {
         return Err(ProvisionError::PasswordTooLong { len: password.len() });
     }
-    if !(1..=2).contains(&protocol) {
-        return Err(ProvisionError::Protocol(protocol));
+    if !(1..=2).contains(&p.protocol) {
+        return Err(ProvisionError::Protocol(p.protocol));
     }
     let mut page = nvs::PageBuilder::new(0);
     let ns = page.namespace(NAMESPACE).map_err(ProvisionError::Nvs)?;
     page.str(ns, KEY_PASSWORD, password).map_err(ProvisionError::Nvs)?;
-    page.u8(ns, KEY_PROTOCOL, protocol).map_err(ProvisionError::Nvs)?;
+    page.u8(ns, KEY_PROTOCOL, p.protocol).map_err(ProvisionError::Nvs)?;
+    if let Some((ssid, wifi_password)) = p.wifi {
+        if ssid.is_empty() || ssid.len() > MAX_SSID_LEN {
+            return Err(ProvisionError::Ssid { len: ssid.len() });
+        }
+        if wifi_password.len() > MAX_WIFI_PASSWORD_LEN {
+            return Err(ProvisionError::WifiPasswordTooLong { len: wifi_password.len() });
+        }
+        page.str(ns, KEY_WIFI_SSID, ssid).map_err(ProvisionError::Nvs)?;
+        page.str(ns, KEY_WIFI_PASSWORD, wifi_password).map_err(ProvisionError::Nvs)?;
+    }
     Ok(page.finish())
 }
 
@@ -170,6 +270,8 @@ pub fn provisioning_page(
 pub enum ProvisionError {
     PasswordTooLong { len: usize },
     Protocol(u8),
+    Ssid { len: usize },
+    WifiPasswordTooLong { len: usize },
     Nvs(nvs::BuildError),
 }
 
@@ -180,6 +282,10 @@ impl core::fmt::Display for ProvisionError {
                 write!(f, "password of {len} bytes: the device stores at most {MAX_PASSWORD_LEN}")
             }
             ProvisionError::Protocol(v) => write!(f, "protocol {v}: expected 1 or 2"),
+            ProvisionError::Ssid { len } => write!(f, "SSID of {len} bytes: expected 1 to {MAX_SSID_LEN}"),
+            ProvisionError::WifiPasswordTooLong { len } => {
+                write!(f, "Wi-Fi password of {len} bytes: at most {MAX_WIFI_PASSWORD_LEN}")
+            }
             ProvisionError::Nvs(e) => e.fmt(f),
         }
     }
@@ -221,13 +327,14 @@ mod tests {
 
     #[test]
     fn provisioned_values_override_the_build() {
-        let page = provisioning_page(Some("hunter2"), 1).unwrap();
+        let page =
+            provisioning_page(&Provision { ota_password: Some("hunter2"), protocol: 1, wifi: None }).unwrap();
         let (s, _) = load(Some(&page), OtaSettings::built_in(None, 2));
         assert_eq!((s.password(), s.protocol), (Some(&b"hunter2"[..]), 1));
         assert_eq!((s.password_from, s.protocol_from), (Source::Nvs, Source::Nvs));
         assert_eq!(format!("{}", s.log_event()), "OTA password set (nvs), protocol 1 (nvs)");
         // An empty password switches authentication off even when the build has one.
-        let page = provisioning_page(None, 2).unwrap();
+        let page = provisioning_page(&Provision { protocol: 2, ..Provision::default() }).unwrap();
         let (s, _) = load(Some(&page), OtaSettings::built_in(Some(b"baked"), 2));
         assert_eq!(s.password(), None);
         assert_eq!(format!("{}", s.log_event()), "OTA password none (nvs), protocol 2 (nvs)");
@@ -263,9 +370,35 @@ mod tests {
         assert_eq!(s.password(), None);
         assert_eq!(lines, ["ignoring nvs otahil/ota_password: value of 65 bytes exceeds the 64-byte buffer"]);
         assert_eq!(
-            provisioning_page(Some(&long), 2),
+            provisioning_page(&Provision { ota_password: Some(&long), protocol: 2, wifi: None }),
             Err(ProvisionError::PasswordTooLong { len: MAX_PASSWORD_LEN + 1 })
         );
-        assert_eq!(provisioning_page(None, 0), Err(ProvisionError::Protocol(0)));
+        assert_eq!(provisioning_page(&Provision::default()), Err(ProvisionError::Protocol(0)));
+    }
+
+    #[test]
+    fn wifi_credentials_come_from_nvs_then_the_build() {
+        let (mut flash, table) = device(None);
+        let none = WifiCredentials::load(&mut flash, &table, "", "", &mut |_: &LogEvent<'_>| {});
+        assert_eq!(none, None, "no SSID anywhere: nothing to join");
+        let built =
+            WifiCredentials::load(&mut flash, &table, "lab", "secret", &mut |_: &LogEvent<'_>| {}).unwrap();
+        assert_eq!((built.ssid(), built.password(), built.from), ("lab", "secret", Source::BuiltIn));
+        let page = provisioning_page(&Provision {
+            protocol: 2,
+            wifi: Some(("bench-5", "")),
+            ..Provision::default()
+        })
+        .unwrap();
+        let (mut flash, table) = device(Some(&page));
+        let c =
+            WifiCredentials::load(&mut flash, &table, "lab", "secret", &mut |_: &LogEvent<'_>| {}).unwrap();
+        assert_eq!((c.ssid(), c.password(), c.from), ("bench-5", "", Source::Nvs));
+        let e = provisioning_page(&Provision { protocol: 2, wifi: Some(("", "x")), ..Provision::default() });
+        assert_eq!(e, Err(ProvisionError::Ssid { len: 0 }));
+        let long = "s".repeat(33);
+        let e =
+            provisioning_page(&Provision { protocol: 2, wifi: Some((&long, "")), ..Provision::default() });
+        assert_eq!(format!("{}", e.unwrap_err()), "SSID of 33 bytes: expected 1 to 32");
     }
 }

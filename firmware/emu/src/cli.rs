@@ -47,6 +47,13 @@ enum Cmd {
         /// either flag provisions both (no --password: no authentication).
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
         protocol: Option<u8>,
+        /// Provision the Wi-Fi network a board with the `wifi` firmware joins (keys `wifi_ssid`,
+        /// `wifi_password`; no password: an open network). Any provisioning flag writes the whole
+        /// settings page.
+        #[arg(long)]
+        wifi_ssid: Option<String>,
+        #[arg(long)]
+        wifi_password: Option<String>,
     },
 }
 
@@ -129,7 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             )
         }
-        Cmd::MakeFlash { partitions, app, size, out, password, protocol } => {
+        Cmd::MakeFlash { partitions, app, size, out, password, protocol, wifi_ssid, wifi_password } => {
             let csv = std::fs::read_to_string(&partitions)
                 .with_context(|| format!("reading {}", partitions.display()))?;
             let table = ota_core::partition_csv::parse_csv(&csv)
@@ -139,13 +146,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("--size `{size}` is not a size (expected e.g. 4M)");
             };
             let mut image = crate::mkflash::merged_image(&table, &app_bytes, flash_size)?;
-            if password.is_some() || protocol.is_some() {
-                crate::mkflash::provision_settings(
-                    &mut image,
-                    &table,
-                    password.as_deref(),
-                    protocol.unwrap_or(2),
-                )?;
+            if password.is_some() || protocol.is_some() || wifi_ssid.is_some() {
+                let settings = ota_core::settings::Provision {
+                    ota_password: password.as_deref(),
+                    protocol: protocol.unwrap_or(2),
+                    wifi: wifi_ssid.as_deref().map(|ssid| (ssid, wifi_password.as_deref().unwrap_or(""))),
+                };
+                crate::mkflash::provision_settings(&mut image, &table, &settings)?;
+            } else if wifi_password.is_some() {
+                bail!("--wifi-password needs --wifi-ssid");
             }
             FileFlash::create(&out, &image).with_context(|| format!("writing {}", out.display()))?;
             Ok(())

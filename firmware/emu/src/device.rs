@@ -343,7 +343,12 @@ mod tests {
                    app0, app, ota_0, 0x10000, 0x100000\napp1, app, ota_1, , 0x100000\n";
         let table = ota_core::partition_csv::parse_csv(csv).unwrap();
         let mut image = crate::mkflash::merged_image(&table, &app("1.0.0"), 4 << 20).unwrap();
-        crate::mkflash::provision_settings(&mut image, &table, Some("hunter2"), 1).unwrap();
+        crate::mkflash::provision_settings(
+            &mut image,
+            &table,
+            &ota_core::settings::Provision { ota_password: Some("hunter2"), protocol: 1, wifi: None },
+        )
+        .unwrap();
         let mut d = Device::new(config_with(b"built-in"), FileFlash::in_memory(image), Vec::new());
         d.power_on();
         assert!(serial(&d).contains("config: OTA password set (nvs), protocol 1 (nvs)"), "{}", serial(&d));

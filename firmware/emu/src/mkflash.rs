@@ -27,14 +27,13 @@ pub enum ProvisionError {
     Settings(ota_core::settings::ProvisionError),
 }
 
-/// Writes the OTA settings (password `None`: no authentication) as the first page of `table`'s
+/// Writes `settings` (OTA password `None`: no authentication) as the first page of `table`'s
 /// nvs partition in `image`, erasing the rest of the partition: a device booted from it uses
 /// these settings whatever its firmware has built in (`ota_core::settings`).
 pub fn provision_settings(
     image: &mut [u8],
     table: &PartitionTable,
-    password: Option<&str>,
-    protocol: u8,
+    settings: &ota_core::settings::Provision<'_>,
 ) -> Result<(), ProvisionError> {
     let nvs = table
         .partitions()
@@ -44,7 +43,7 @@ pub fn provision_settings(
     if nvs.end() > image.len() as u64 {
         return Err(ProvisionError::ImageTooSmall { len: image.len(), end: nvs.end() });
     }
-    let page = ota_core::settings::provisioning_page(password, protocol).map_err(ProvisionError::Settings)?;
+    let page = ota_core::settings::provisioning_page(settings).map_err(ProvisionError::Settings)?;
     let region = &mut image[nvs.offset as usize..nvs.end() as usize];
     region.fill(0xFF);
     region[..page.len()].copy_from_slice(&page);
@@ -79,6 +78,7 @@ pub fn merged_image(table: &PartitionTable, app: &[u8], flash_size: u32) -> Resu
 mod tests {
     use super::*;
     use ota_core::partition_csv::parse_csv;
+    use ota_core::settings::Provision;
 
     const APP: &[u8] = &[0xE9; 64];
 
@@ -87,8 +87,9 @@ mod tests {
         let table = parse_csv("nvs, data, nvs, 0x9000, 0x5000\napp0, app, ota_0, 0x10000, 1M\n").unwrap();
         let mut image = merged_image(&table, APP, 4 << 20).unwrap();
         image[0xA000] = 0x00; // stale bytes in the partition's second page
-        provision_settings(&mut image, &table, Some("pw"), 2).unwrap();
-        let page = ota_core::settings::provisioning_page(Some("pw"), 2).unwrap();
+        let settings = Provision { ota_password: Some("pw"), protocol: 2, wifi: None };
+        provision_settings(&mut image, &table, &settings).unwrap();
+        let page = ota_core::settings::provisioning_page(&settings).unwrap();
         assert_eq!(&image[0x9000..0xA000], &page[..]);
         assert!(image[0xA000..0xE000].iter().all(|&b| b == 0xFF));
         assert_eq!(&image[0x10000..0x10040], APP, "nothing outside nvs moves");
@@ -98,13 +99,26 @@ mod tests {
     fn provisioning_errors_are_named() {
         let table = parse_csv("app0, app, factory, 0x10000, 1M\n").unwrap();
         let mut image = merged_image(&table, APP, 4 << 20).unwrap();
-        assert_eq!(provision_settings(&mut image, &table, None, 2), Err(ProvisionError::NoNvsPartition));
+        assert_eq!(
+            provision_settings(&mut image, &table, &Provision { protocol: 2, ..Provision::default() }),
+            Err(ProvisionError::NoNvsPartition)
+        );
         let table = parse_csv("nvs, data, nvs, 0x9000, 0x5000\napp0, app, factory, 0x10000, 1M\n").unwrap();
         let mut image = merged_image(&table, APP, 4 << 20).unwrap();
         let long = "x".repeat(65);
-        let e = provision_settings(&mut image, &table, Some(&long), 2).unwrap_err();
+        let e = provision_settings(
+            &mut image,
+            &table,
+            &Provision { ota_password: Some(&long), protocol: 2, wifi: None },
+        )
+        .unwrap_err();
         assert_eq!(e.to_string(), "password of 65 bytes: the device stores at most 64");
-        let e = provision_settings(&mut image[..0xA000], &table, None, 2).unwrap_err();
+        let e = provision_settings(
+            &mut image[..0xA000],
+            &table,
+            &Provision { protocol: 2, ..Provision::default() },
+        )
+        .unwrap_err();
         assert_eq!(e, ProvisionError::ImageTooSmall { len: 0xA000, end: 0xE000 });
     }
 }

@@ -5,8 +5,9 @@
 //! bootloader started, prints the app's identity, and runs the boot-time rollback guard (the
 //! bootloader espflash bundles has no rollback support), including the image's self-test, whose
 //! outcome the image declares with `ota_core::selftest`'s marker, exactly as in the emulator.
-//! Then it serves ESPHome OTA on TCP 3232 over the OpenCores Ethernet MAC that Espressif's QEMU
-//! emulates (Wi-Fi for boards is not in this build).
+//! Then it serves ESPHome OTA on TCP 3232: over the OpenCores Ethernet MAC that Espressif's QEMU
+//! emulates, or, built with `--features wifi`, over Wi-Fi on a board (DHCP; the network from
+//! NVS `otahil/wifi_ssid` and `wifi_password`, or `OTAHIL_FW_WIFI_SSID` / `_PASSWORD` at build).
 #![no_std]
 #![no_main]
 
@@ -25,7 +26,10 @@ use ota_core::writer::{OtaConfig, read_otadata};
 
 mod markers;
 mod net;
+#[cfg(not(feature = "wifi"))]
 mod open_eth;
+#[cfg(feature = "wifi")]
+mod wifi;
 
 const VERSION: &str = match option_env!("OTAHIL_FW_VERSION") {
     Some(v) => v,
@@ -120,18 +124,37 @@ fn main() -> ! {
     log(&settings.log_event());
     let server = settings.server_config();
     let mut rng = net::HwRng(esp_hal::rng::Rng::new());
-    let net = net::NetConfig {
-        mac: [0x02, 0x00, 0x00, 0x12, 0x34, 0x56],
-        ip: [10, 0, 2, 15],
-        prefix: 24,
-        gateway: [10, 0, 2, 2],
-        port: ota_core::esphome::DEFAULT_PORT,
-    };
-    let service = net::Service { table: &table, running: partition, server, ota: OtaConfig::default(), net };
-    net::serve(&mut flash, service, &mut rng, &mut log)
+    let service =
+        |net| net::Service { table: &table, running: partition, server, ota: OtaConfig::default(), net };
+    let port = ota_core::esphome::DEFAULT_PORT;
+    #[cfg(not(feature = "wifi"))]
+    {
+        // Espressif's QEMU: the OpenCores MAC on its user-mode network, at slirp's fixed address.
+        let mac = [0x02, 0x00, 0x00, 0x12, 0x34, 0x56];
+        let mut rx_bufs = [[0u8; open_eth::BUF_LEN]; open_eth::N_RX];
+        let mut tx_bufs = [[0u8; open_eth::BUF_LEN]; open_eth::N_TX];
+        let mut dev = open_eth::OpenEth::new(mac, &mut rx_bufs, &mut tx_bufs);
+        let addressing = net::Addressing::Static { ip: [10, 0, 2, 15], prefix: 24, gateway: [10, 0, 2, 2] };
+        let net = net::NetConfig { mac, addressing, port };
+        net::serve(&mut dev, &mut (), &mut flash, service(net), &mut rng, &mut log)
+    }
+    #[cfg(feature = "wifi")]
+    {
+        let credentials = ota_core::settings::WifiCredentials::load(
+            &mut flash,
+            &table,
+            wifi::BUILT_IN_SSID,
+            wifi::BUILT_IN_PASSWORD,
+            &mut log,
+        );
+        let (mut dev, mac, mut link) =
+            wifi::up(peripherals.WIFI, peripherals.TIMG0, peripherals.FROM_CPU_INTR0, credentials, &mut log);
+        let net = net::NetConfig { mac, addressing: net::Addressing::Dhcp, port };
+        net::serve(&mut dev, &mut link, &mut flash, service(net), &mut rng, &mut log)
+    }
 }
 
-fn halt(why: &dyn core::fmt::Display) -> ! {
+pub(crate) fn halt(why: &dyn core::fmt::Display) -> ! {
     println!("otahil-fw: halted: {why}");
     loop {
         core::hint::spin_loop();

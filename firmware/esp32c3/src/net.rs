@@ -1,43 +1,62 @@
-//! The OTA service: smoltcp on the open_eth MAC, one TCP socket on port 3232, and `ota-core`'s
-//! ESPHome server writing the inactive slot through esp-storage. A tight polled loop: one
-//! 8 KiB chunk acknowledgement waits for nothing but the next poll.
+//! The OTA service: smoltcp on a link (QEMU's open_eth MAC, or Wi-Fi on a board), one TCP socket
+//! on port 3232, and `ota-core`'s ESPHome server writing the inactive slot through esp-storage.
+//! A tight polled loop: one 8 KiB chunk acknowledgement waits for nothing but the next poll.
 
-use crate::open_eth::{BUF_LEN, N_RX, N_TX, OpenEth};
 use esp_storage::FlashStorage;
 use ota_core::esphome::{Event, FlashBackend, NonceSource, Output, Server, ServerConfig};
 use ota_core::log::LogEvent;
 use ota_core::partition::{Partition, PartitionTable};
 use ota_core::writer::{OtaConfig, OtaUpdate};
 use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
+use smoltcp::phy::Device;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
 
-/// Where the device sits on QEMU's user-mode network (slirp gives the guest 10.0.2.15 and the
-/// host is reached through 10.0.2.2); `hostfwd` maps a host port to port 3232 here.
+/// How the device gets its IPv4 address.
+#[derive(Clone, Copy)]
+pub enum Addressing {
+    /// Fixed, as on QEMU's user-mode network (slirp gives the guest 10.0.2.15/24 and is itself
+    /// the gateway, 10.0.2.2; `hostfwd` maps a host port to port 3232 here). Wi-Fi builds use
+    /// DHCP only, for now.
+    #[cfg_attr(feature = "wifi", allow(dead_code))]
+    Static { ip: [u8; 4], prefix: u8, gateway: [u8; 4] },
+    /// From the network's DHCP server (a board on Wi-Fi).
+    #[cfg(feature = "wifi")]
+    Dhcp,
+}
+
 pub struct NetConfig {
     pub mac: [u8; 6],
-    pub ip: [u8; 4],
-    pub prefix: u8,
-    pub gateway: [u8; 4],
+    pub addressing: Addressing,
     pub port: u16,
+}
+
+/// Keeps the link up between polls (Wi-Fi rejoins a network it lost); a wired link has
+/// nothing to do.
+pub trait LinkWatch {
+    fn check(&mut self, log: &mut dyn FnMut(&LogEvent<'_>));
+}
+
+impl LinkWatch for () {
+    fn check(&mut self, _log: &mut dyn FnMut(&LogEvent<'_>)) {}
 }
 
 /// Asks who has the gateway's address, once at start-up. The answer does not matter; the
 /// question tells the network (QEMU's slirp, a router) where this device is. Without it slirp
 /// holds the first packet of the first connection while it resolves the address and sends it
 /// only at its next poll, up to half a second later, on every boot.
-fn announce(dev: &mut OpenEth<'_>, net: &NetConfig) {
-    use smoltcp::phy::{Device, TxToken};
+fn announce<D: Device>(dev: &mut D, mac: [u8; 6], ip: [u8; 4], gateway: [u8; 4]) {
+    use smoltcp::phy::TxToken;
     use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, EthernetRepr};
     let arp = ArpRepr::EthernetIpv4 {
         operation: ArpOperation::Request,
-        source_hardware_addr: EthernetAddress(net.mac),
-        source_protocol_addr: Ipv4Address::from_octets(net.ip),
+        source_hardware_addr: EthernetAddress(mac),
+        source_protocol_addr: Ipv4Address::from_octets(ip),
         target_hardware_addr: EthernetAddress([0; 6]),
-        target_protocol_addr: Ipv4Address::from_octets(net.gateway),
+        target_protocol_addr: Ipv4Address::from_octets(gateway),
     };
     let eth = EthernetRepr {
-        src_addr: EthernetAddress(net.mac),
+        src_addr: EthernetAddress(mac),
         dst_addr: EthernetAddress::BROADCAST,
         ethertype: EthernetProtocol::Arp,
     };
@@ -101,29 +120,36 @@ pub struct Service<'t> {
     pub net: NetConfig,
 }
 
-/// Serves OTA forever; resets into the new image after a completed update.
-pub fn serve<L: FnMut(&LogEvent<'_>)>(
+/// Serves OTA on `dev` forever; resets into the new image after a completed update.
+pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
+    dev: &mut D,
+    link: &mut W,
     flash: &mut FlashStorage<'_>,
     service: Service<'_>,
     rng: &mut HwRng,
     log: &mut L,
 ) -> ! {
     let Service { table, running, server: server_config, ota, net } = service;
-    let mut rx_bufs = [[0u8; BUF_LEN]; N_RX];
-    let mut tx_bufs = [[0u8; BUF_LEN]; N_TX];
-    let mut dev = OpenEth::new(net.mac, &mut rx_bufs, &mut tx_bufs);
     let mut iface =
-        Interface::new(Config::new(HardwareAddress::Ethernet(EthernetAddress(net.mac))), &mut dev, now());
-    let [a, b, c, d] = net.ip;
-    iface.update_ip_addrs(|addrs| {
-        let _ = addrs.push(IpCidr::new(IpAddress::v4(a, b, c, d), net.prefix));
-    });
-    let [a, b, c, d] = net.gateway;
-    let _ = iface.routes_mut().add_default_ipv4_route(Ipv4Address::new(a, b, c, d));
+        Interface::new(Config::new(HardwareAddress::Ethernet(EthernetAddress(net.mac))), dev, now());
+    let mut storage = [SocketStorage::EMPTY; 2];
+    let mut sockets = SocketSet::new(&mut storage[..]);
+    #[cfg(feature = "wifi")]
+    let mut dhcp = None;
+    match net.addressing {
+        Addressing::Static { ip, prefix, gateway } => {
+            let [a, b, c, d] = ip;
+            iface.update_ip_addrs(|addrs| {
+                let _ = addrs.push(IpCidr::new(IpAddress::v4(a, b, c, d), prefix));
+            });
+            let _ = iface.routes_mut().add_default_ipv4_route(Ipv4Address::from_octets(gateway));
+            log(&LogEvent::NetAddress { ip, prefix, dhcp: false });
+        }
+        #[cfg(feature = "wifi")]
+        Addressing::Dhcp => dhcp = Some(sockets.add(smoltcp::socket::dhcpv4::Socket::new())),
+    }
     let mut socket_rx = [0u8; 16 * 1024];
     let mut socket_tx = [0u8; 2 * 1024];
-    let mut storage = [SocketStorage::EMPTY; 1];
-    let mut sockets = SocketSet::new(&mut storage[..]);
     let handle = sockets.add(tcp::Socket::new(
         tcp::SocketBuffer::new(&mut socket_rx[..]),
         tcp::SocketBuffer::new(&mut socket_tx[..]),
@@ -133,14 +159,24 @@ pub fn serve<L: FnMut(&LogEvent<'_>)>(
     // (It cannot fail for a fresh socket and a non-zero port; the loop listens again if it did.)
     let _ = sockets.get_mut::<tcp::Socket>(handle).listen(net.port);
     log(&LogEvent::OtaListening { port: net.port });
-    announce(&mut dev, &net);
+    match net.addressing {
+        Addressing::Static { ip, gateway, .. } => announce(dev, net.mac, ip, gateway),
+        // The DHCP exchange introduces the device.
+        #[cfg(feature = "wifi")]
+        Addressing::Dhcp => {}
+    }
     let mut session: Option<(Server<'_>, Option<OtaUpdate>)> = None;
     let mut pending = Pending { bytes: [0; 1024], len: 0 };
     // Set when a completed update closed its connection: the device restarts once the close is
     // done, or after a short grace (ESPHome waits ~110 ms) if the peer never finishes it.
     let mut reboot_from: Option<esp_hal::time::Instant> = None;
     loop {
-        iface.poll(now(), &mut dev, &mut sockets);
+        link.check(&mut *log);
+        iface.poll(now(), dev, &mut sockets);
+        #[cfg(feature = "wifi")]
+        if let Some(h) = dhcp {
+            dhcp_update(&mut iface, sockets.get_mut::<smoltcp::socket::dhcpv4::Socket>(h), log);
+        }
         let sock = sockets.get_mut::<tcp::Socket>(handle);
         if let Some(since) = reboot_from
             && (!sock.is_open() || since.elapsed() > esp_hal::time::Duration::from_millis(300))
@@ -195,6 +231,43 @@ pub fn serve<L: FnMut(&LogEvent<'_>)>(
                 reboot_from = Some(esp_hal::time::Instant::now());
             }
             sock.close();
+        }
+    }
+}
+
+/// Applies what the DHCP client learnt: address and default route, or their loss.
+#[cfg(feature = "wifi")]
+fn dhcp_update<L: FnMut(&LogEvent<'_>)>(
+    iface: &mut Interface,
+    socket: &mut smoltcp::socket::dhcpv4::Socket<'_>,
+    log: &mut L,
+) {
+    use smoltcp::socket::dhcpv4::Event;
+    match socket.poll() {
+        None => {}
+        Some(Event::Configured(config)) => {
+            iface.update_ip_addrs(|addrs| {
+                addrs.clear();
+                let _ = addrs.push(IpCidr::Ipv4(config.address));
+            });
+            match config.router {
+                Some(router) => {
+                    let _ = iface.routes_mut().add_default_ipv4_route(router);
+                }
+                None => {
+                    iface.routes_mut().remove_default_ipv4_route();
+                }
+            }
+            log(&LogEvent::NetAddress {
+                ip: config.address.address().octets(),
+                prefix: config.address.prefix_len(),
+                dhcp: true,
+            });
+        }
+        Some(Event::Deconfigured) => {
+            iface.update_ip_addrs(|addrs| addrs.clear());
+            iface.routes_mut().remove_default_ipv4_route();
+            log(&LogEvent::NetAddressLost);
         }
     }
 }
