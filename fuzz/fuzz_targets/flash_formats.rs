@@ -1,11 +1,45 @@
-//! The parsers of everything the harness reads from a flash dump or a user: the binary
-//! partition table (and its round trip), the CSV table, otadata entries, app images.
+//! The parsers of everything the harness reads from a flash dump or a user, and the device reads
+//! from its flash: the binary partition table (and its round trip), the CSV table, otadata
+//! entries, app images, and an NVS partition with the device's settings.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use ota_core::image::{ChipInfo, verify};
 use ota_core::otadata::{OtaData, OtaEntry};
-use ota_core::partition::PartitionTable;
+use ota_core::partition::{Partition, PartitionTable, TYPE_DATA};
+use ota_core::settings::{OtaSettings, WifiCredentials};
+use ota_emu::flash::FileFlash;
+
+/// `data` as the nvs partition (at 0x9000, up to three pages) of a device reading its settings.
+fn nvs_settings(data: &[u8]) {
+    const AT: usize = 0x9000;
+    let pages = data.len().div_ceil(4096).clamp(1, 3);
+    let mut image = vec![0xFF; AT + pages * 4096];
+    let n = data.len().min(pages * 4096);
+    image[AT..AT + n].copy_from_slice(&data[..n]);
+    let part = Partition::new("nvs", TYPE_DATA, 0x02, AT as u32, (pages * 4096) as u32, 0);
+    let mut table = PartitionTable::new();
+    table.push(part).expect("a valid layout");
+    let mut flash = FileFlash::in_memory(image);
+    for key in ["ota_password", "ota_protocol", "wifi_ssid"] {
+        for room in [4usize, 65] {
+            let mut buf = vec![0u8; room];
+            if let Ok(Some(ota_core::nvs::Value::Str(s))) =
+                ota_core::nvs::get(&mut flash, &part, "otahil", key, &mut buf)
+            {
+                assert!(s.len() < room, "a string and its NUL fit the buffer");
+            }
+        }
+    }
+    let mut lines = 0usize;
+    let settings =
+        OtaSettings::built_in(None, 2)
+            .load(&mut flash, &table, &mut |_: &ota_core::log::LogEvent<'_>| lines += 1);
+    assert!(settings.password().is_none_or(|p| p.len() <= ota_core::settings::MAX_PASSWORD_LEN));
+    assert!(matches!(settings.protocol, 1 | 2));
+    let _ =
+        WifiCredentials::load(&mut flash, &table, "", "", &mut |_: &ota_core::log::LogEvent<'_>| lines += 1);
+}
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(t) = PartitionTable::parse(data, 16 << 20) {
@@ -30,6 +64,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = d.next_for_slot(data[0] % 16, 1 + data[1] % 16);
     }
+    nvs_settings(data);
     if let Ok(info) = verify(&mut &data[..], ChipInfo::ESP32C3) {
         assert!(info.len as usize <= data.len());
     }
