@@ -41,7 +41,7 @@ struct RawScenario {
 struct RawDevice {
     firmware: Spanned<String>,
     #[serde(default)]
-    password: Option<String>,
+    password: Option<Spanned<String>>,
     #[serde(default)]
     partitions: Option<Spanned<String>>,
     #[serde(default)]
@@ -459,9 +459,25 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
         Some(p) if p.value == 1 || p.value == 2 => p.value,
         Some(p) => return cx.at(p, format!("protocol {}: expected 1 or 2", p.value)),
     };
+    // The device keeps its password in NVS; what it cannot hold is a scenario error, not a
+    // surprise at power-on.
+    let password = match d.password {
+        Some(p) if p.value.len() > ota_core::settings::MAX_PASSWORD_LEN => {
+            return cx.at(
+                &p,
+                format!(
+                    "password of {} bytes: the device stores at most {}",
+                    p.value.len(),
+                    ota_core::settings::MAX_PASSWORD_LEN
+                ),
+            );
+        }
+        Some(p) if p.value.contains('\0') => return cx.at(&p, "password: a NUL byte cannot be stored"),
+        p => p.map(|p| p.value),
+    };
     let device = Device {
         firmware: cx.image(&d.firmware)?,
-        password: d.password,
+        password,
         partitions,
         partitions_name,
         flash_size,

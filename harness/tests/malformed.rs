@@ -57,3 +57,10 @@ fn every_shipped_scenario_loads() {
         scenario::load(&f).unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+#[test]
+fn a_password_the_device_cannot_store() {
+    let long = "p".repeat(65);
+    let e = load_err("g.yaml", &format!("name: g\ndevice:\n  firmware: v1\n  password: {long}\nsteps: []\n"));
+    assert!(e.starts_with("DIR/g.yaml:4:13: password of 65 bytes: the device stores at most 64"), "{e}");
+}
