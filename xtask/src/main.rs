@@ -362,6 +362,10 @@ fn fuzz(seconds: u64, only: Option<&str>, seed: u64, max_runs: u64) -> anyhow::R
         if !out.status.success() {
             let tail: Vec<&str> =
                 stderr.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+            if used_seed == "?" {
+                // libFuzzer never started (it prints its seed first): the target did not build.
+                bail!("fuzz target {t} did not build or start:\n{}", tail.join("\n"));
+            }
             bail!(
                 "fuzz target {t} failed (seed {used_seed}); artifacts in fuzz/artifacts/{t}\n{}\n\
                  reproduce: cargo xtask fuzz --target {t} --seed {used_seed}{} --seconds {per_target}",
