@@ -141,10 +141,14 @@ impl QemuDut {
         Ok(())
     }
 
+    /// Stops QEMU the way a power cut stops a chip: what the guest has written stays written.
+    /// QEMU's SPI flash model writes the backing file asynchronously, so a SIGKILL can lose
+    /// writes the guest already completed (seen under load: an otadata entry the boot guard wrote
+    /// just before rebooting was gone). SIGTERM makes QEMU drain its I/O and exit; SIGKILL only if
+    /// it does not within `STOP_TIMEOUT`.
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            terminate(&mut c);
         }
         self.lines = None;
     }
@@ -259,4 +263,27 @@ impl Drop for QemuDut {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// How long QEMU gets to write back its flash and exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn terminate(child: &mut std::process::Child) {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(child.id()) else { return };
+        // SAFETY: `kill` with a pid this process spawned and has not reaped yet (no reuse).
+        if unsafe { libc::kill(pid, libc::SIGTERM) } == 0 {
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            tracing::warn!("QEMU did not exit {STOP_TIMEOUT:?} after SIGTERM; killing it");
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
