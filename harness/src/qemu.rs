@@ -55,6 +55,14 @@ impl FirmwareBuilds {
         })?;
         let field =
             |k: &str| manifest.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix('=')).unwrap_or("");
+        // QEMU has no Wi-Fi: such a build would never come up on its network.
+        if field("link") == "wifi" {
+            return Err(format!(
+                "{} holds Wi-Fi builds for boards (`cargo xtask firmware --wifi`); QEMU needs the default \
+                 build (`cargo xtask firmware`, target/firmware)",
+                dir.display()
+            ));
+        }
         let merged =
             std::fs::read(dir.join("v1-flash.bin")).map_err(|e| format!("{}: {e}", dir.display()))?;
         let matches_fixtures = ["v1", "v2", "v3", "selftest-fail", "selftest-hang"].iter().all(|name| {
@@ -286,4 +294,44 @@ fn terminate(child: &mut std::process::Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builds_dir(manifest: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("build.txt"), manifest).unwrap();
+        std::fs::write(dir.path().join("v1-flash.bin"), vec![0xFF; 4 << 20]).unwrap();
+        dir
+    }
+
+    #[test]
+    fn build_manifests_are_read_and_wifi_builds_refused() {
+        let dir = builds_dir("link=qemu-ethernet\npassword=hunter2\nprotocol=1\n");
+        let b = FirmwareBuilds::load(dir.path()).unwrap();
+        assert_eq!((b.password.as_deref(), b.protocol, b.bootloader.len()), (Some("hunter2"), 1, 0x8000));
+        assert!(!b.matches_fixtures, "no images in the directory");
+        let dir = builds_dir("link=wifi\npassword=\nprotocol=2\n");
+        let e = FirmwareBuilds::load(dir.path()).unwrap_err();
+        assert!(e.contains("Wi-Fi builds for boards"), "{e}");
+        let empty = tempfile::tempdir().unwrap();
+        let e = FirmwareBuilds::load(empty.path()).unwrap_err();
+        assert!(e.contains("run `cargo xtask firmware`"), "{e}");
+    }
+
+    #[test]
+    fn reboots_the_device_announces() {
+        assert_eq!(announced_reboot("I (9) ota: Rebooting into the new image..."), Some(true));
+        assert_eq!(announced_reboot("I (9) rollback: Rebooting..."), Some(false));
+        assert_eq!(announced_reboot("I (9) ota: client connected"), None);
+    }
+
+    #[test]
+    fn flash_images_qemu_cannot_take_are_refused() {
+        let program = QemuProgram { program: "qemu-system-riscv32".into(), bios_dir: None };
+        let e = QemuDut::new(program, &[0xFF; 3 << 20]).err().expect("3 MiB is refused");
+        assert!(e.to_string().contains("2, 4, 8 or 16 MiB"), "{e}");
+    }
 }
