@@ -9,8 +9,8 @@
 //! entry's data holds its size (with the NUL), 0xFFFF and the CRC of the bytes that fill the
 //! `span - 1` entries after it. The CRCs are `esp_rom_crc32_le(0xFFFF_FFFF, ..)`.
 //!
-//! Reading follows what `nvs_flash` trusts: pages in state ACTIVE or FULL with a good header
-//! CRC, entries marked written with a good CRC; where a key appears more than once (a power cut
+//! Reading follows what `nvs_flash` trusts: pages in state ACTIVE, FULL or FREEING with a good
+//! header CRC, entries marked written with a good CRC; where a key appears more than once (a power cut
 //! between writing the new item and erasing the old one), the page with the higher sequence
 //! number, then the later entry, wins.
 
@@ -27,6 +27,10 @@ pub const MAX_KEY_LEN: usize = 15;
 
 const PAGE_ACTIVE: u32 = 0xFFFF_FFFE;
 const PAGE_FULL: u32 = 0xFFFF_FFFC;
+/// Being emptied by nvs_flash's garbage collection: its items are copied to a newer page before
+/// it is erased, and a power cut mid-copy leaves some only here (nvs_flash finishes the copy at
+/// its next start), so they still count, below any copy on a newer page.
+const PAGE_FREEING: u32 = 0xFFFF_FFF8;
 const VERSION_2: u8 = 0xFE;
 const FIRST_ENTRY: usize = 64;
 const CHUNK_ANY: u8 = 0xFF;
@@ -116,7 +120,7 @@ fn scan<F: ReadNorFlash>(
         read(flash, base, &mut header)?;
         let state = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
         let stored_crc = u32::from_le_bytes([header[28], header[29], header[30], header[31]]);
-        if !(state == PAGE_ACTIVE || state == PAGE_FULL) || header_crc(&header) != stored_crc {
+        if !matches!(state, PAGE_ACTIVE | PAGE_FULL | PAGE_FREEING) || header_crc(&header) != stored_crc {
             continue;
         }
         let seq = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
@@ -422,5 +426,27 @@ mod tests {
         let mut buf = std::vec![0u8; 4096];
         let got = get(&mut f, &nvs_part(0x1000), "n", "k", &mut buf).unwrap();
         assert_eq!(got, Some(Value::Str(fits.as_str())));
+    }
+
+    /// A power cut during nvs_flash's garbage collection: the old page is FREEING, the new page
+    /// holds some of its items. Both count; the new page's copy wins where there is one.
+    #[test]
+    fn items_on_a_freeing_page_still_count() {
+        let mut old = PageBuilder::new(3);
+        let ns = old.namespace("otahil").unwrap();
+        old.str(ns, "ota_password", "old").unwrap();
+        old.u8(ns, "ota_protocol", 1).unwrap();
+        let mut old = old.finish();
+        old[..4].copy_from_slice(&PAGE_FREEING.to_le_bytes()); // the state is outside the header CRC
+        let mut new = PageBuilder::new(4);
+        let ns = new.namespace("otahil").unwrap();
+        new.str(ns, "ota_password", "copied").unwrap();
+        let mut flash = old.to_vec();
+        flash.extend_from_slice(&new.finish());
+        let part = nvs_part(0x2000);
+        let mut buf = [0u8; 64];
+        let mut f = ram(&flash);
+        assert_eq!(get(&mut f, &part, "otahil", "ota_password", &mut buf), Ok(Some(Value::Str("copied"))));
+        assert_eq!(get(&mut f, &part, "otahil", "ota_protocol", &mut buf), Ok(Some(Value::U8(1))));
     }
 }
