@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use ota_core::image::{ChipInfo, verify};
 use ota_core::otadata::{OtaData, OtaEntry};
-use ota_core::partition::{Partition, PartitionTable, TYPE_DATA};
+use ota_core::partition::{Partition, PartitionTable, SUBTYPE_DATA_NVS, TYPE_DATA};
 use ota_core::settings::{OtaSettings, WifiCredentials};
 use ota_emu::flash::FileFlash;
 
@@ -17,7 +17,7 @@ fn nvs_settings(data: &[u8]) {
     let mut image = vec![0xFF; AT + pages * 4096];
     let n = data.len().min(pages * 4096);
     image[AT..AT + n].copy_from_slice(&data[..n]);
-    let part = Partition::new("nvs", TYPE_DATA, 0x02, AT as u32, (pages * 4096) as u32, 0);
+    let part = Partition::new("nvs", TYPE_DATA, SUBTYPE_DATA_NVS, AT as u32, (pages * 4096) as u32, 0);
     let mut table = PartitionTable::new();
     table.push(part).expect("a valid layout");
     let mut flash = FileFlash::in_memory(image);

@@ -66,12 +66,9 @@ impl Backend {
         let d = &s.device;
         match self {
             Backend::Emu(program) => {
-                let mut flash_image =
-                    ota_emu::mkflash::merged_image(&d.partitions, &d.firmware.bytes, d.flash_size)
-                        .map_err(|e| StartError::Fail(format!("cannot build the flash image: {e}")))?;
                 // Provisioned settings are how the chip gets them; the emulator's built-in
                 // values are only for a layout without an nvs partition.
-                let provisioned = provision(&mut flash_image, s)?;
+                let (flash_image, provisioned) = device_flash(s, &d.firmware.bytes)?;
                 let setup = EmuSetup {
                     flash_image,
                     password: if provisioned { None } else { d.password.clone() },
@@ -86,9 +83,7 @@ impl Backend {
             }
             Backend::Qemu(program, builds) => {
                 let app = self.ota_image(&d.firmware).map_err(StartError::Skip)?;
-                let mut flash_image = ota_emu::mkflash::merged_image(&d.partitions, &app, d.flash_size)
-                    .map_err(|e| StartError::Fail(format!("cannot build the flash image: {e}")))?;
-                let provisioned = provision(&mut flash_image, s)?;
+                let (mut flash_image, provisioned) = device_flash(s, &app)?;
                 if !provisioned && d.password != builds.password {
                     return Err(StartError::Skip(format!(
                         "the firmware was built with password {:?}, the scenario's device has {:?} (OTAHIL_FW_PASSWORD at `cargo xtask firmware`)",
@@ -122,12 +117,15 @@ impl Backend {
     }
 }
 
-/// Provisions the scenario device's OTA settings into its nvs partition, as a factory would;
-/// `false` when the layout has no nvs partition (the firmware's built-in settings apply then).
-fn provision(flash_image: &mut [u8], s: &Scenario) -> Result<bool, StartError> {
+/// The scenario device's flash: its partition table, `app` in the first app slot and its OTA
+/// settings provisioned into the nvs partition, as a factory would. `false` with it when the
+/// layout has no nvs partition (the firmware's built-in settings apply then).
+fn device_flash(s: &Scenario, app: &[u8]) -> Result<(Vec<u8>, bool), StartError> {
     let d = &s.device;
-    match ota_emu::mkflash::provision_settings(
-        flash_image,
+    let mut image = ota_emu::mkflash::merged_image(&d.partitions, app, d.flash_size)
+        .map_err(|e| StartError::Fail(format!("cannot build the flash image: {e}")))?;
+    let provisioned = match ota_emu::mkflash::provision_settings(
+        &mut image,
         &d.partitions,
         &ota_core::settings::Provision {
             ota_password: d.password.as_deref(),
@@ -135,10 +133,11 @@ fn provision(flash_image: &mut [u8], s: &Scenario) -> Result<bool, StartError> {
             wifi: None,
         },
     ) {
-        Ok(()) => Ok(true),
-        Err(ota_emu::mkflash::ProvisionError::NoNvsPartition) => Ok(false),
-        Err(e) => Err(StartError::Fail(format!("cannot provision the device's settings: {e}"))),
-    }
+        Ok(()) => true,
+        Err(ota_emu::mkflash::ProvisionError::NoNvsPartition) => false,
+        Err(e) => return Err(StartError::Fail(format!("cannot provision the device's settings: {e}"))),
+    };
+    Ok((image, provisioned))
 }
 
 /// Options of one run beyond the scenario itself.

@@ -318,7 +318,7 @@ impl PageBuilder {
 mod tests {
     use super::*;
     use crate::flash::ram::RamFlash;
-    use crate::partition::{Partition, TYPE_DATA};
+    use crate::partition::{Partition, SUBTYPE_DATA_NVS, TYPE_DATA};
     use std::vec::Vec;
 
     fn ram(bytes: &[u8]) -> RamFlash {
@@ -332,7 +332,7 @@ mod tests {
     const GENERATED: &[u8] = include_bytes!("../../../fixtures/nvs/otahil-hunter2.bin");
 
     fn nvs_part(size: u32) -> Partition {
-        Partition::new("nvs", TYPE_DATA, 0x02, 0, size, 0)
+        Partition::new("nvs", TYPE_DATA, SUBTYPE_DATA_NVS, 0, size, 0)
     }
 
     fn hunter2_page() -> [u8; PAGE_SIZE] {

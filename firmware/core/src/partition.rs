@@ -26,6 +26,7 @@ pub const SUBTYPE_FACTORY: u8 = 0x00;
 pub const SUBTYPE_OTA_0: u8 = 0x10;
 pub const SUBTYPE_TEST: u8 = 0x20;
 pub const SUBTYPE_DATA_OTA: u8 = 0x00;
+pub const SUBTYPE_DATA_NVS: u8 = 0x02;
 pub const FLAG_ENCRYPTED: u32 = 1;
 pub const FLAG_READONLY: u32 = 2;
 /// Size the bootloader and the generator require of the otadata partition.
@@ -80,6 +81,10 @@ impl Partition {
 
     pub fn is_otadata(&self) -> bool {
         self.ptype == TYPE_DATA && self.subtype == SUBTYPE_DATA_OTA
+    }
+
+    pub fn is_nvs(&self) -> bool {
+        self.ptype == TYPE_DATA && self.subtype == SUBTYPE_DATA_NVS
     }
 
     pub fn end(&self) -> u64 {
@@ -389,6 +394,12 @@ impl PartitionTable {
     /// The `data/ota` partition, if any.
     pub fn otadata(&self) -> Option<&Partition> {
         self.partitions().iter().find(|p| p.is_otadata())
+    }
+
+    /// The first nvs partition (the one ESP-IDF's default NVS uses is labelled `nvs`; ours need
+    /// not be).
+    pub fn nvs(&self) -> Option<&Partition> {
+        self.partitions().iter().find(|p| p.is_nvs())
     }
 
     pub fn factory(&self) -> Option<&Partition> {

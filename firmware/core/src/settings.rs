@@ -10,7 +10,7 @@
 use crate::esphome::ServerConfig;
 use crate::log::{LogEvent, LogSink};
 use crate::nvs::{self, NvsError, Value};
-use crate::partition::{PartitionTable, TYPE_DATA};
+use crate::partition::PartitionTable;
 use embedded_storage::nor_flash::ReadNorFlash;
 
 pub const NAMESPACE: &str = "otahil";
@@ -18,7 +18,6 @@ pub const KEY_PASSWORD: &str = "ota_password";
 pub const KEY_PROTOCOL: &str = "ota_protocol";
 /// Longest password the device stores (ESPHome's are short; this bounds the buffer).
 pub const MAX_PASSWORD_LEN: usize = 64;
-const SUBTYPE_NVS: u8 = 0x02;
 
 /// Where a setting's value came from.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -66,27 +65,20 @@ pub struct OtaSettings {
 
 impl OtaSettings {
     /// The values an image was built with; `password` longer than [`MAX_PASSWORD_LEN`] is cut.
-    pub const fn built_in(password: Option<&[u8]>, protocol: u8) -> Self {
-        let mut buf = [0u8; MAX_PASSWORD_LEN];
-        let password_len = match password {
-            Some(bytes) => {
-                let n = if bytes.len() < MAX_PASSWORD_LEN { bytes.len() } else { MAX_PASSWORD_LEN };
-                let mut i = 0;
-                while i < n {
-                    buf[i] = bytes[i];
-                    i += 1;
-                }
-                Some(n)
-            }
-            None => None,
-        };
-        OtaSettings {
-            password: buf,
-            password_len,
+    pub fn built_in(password: Option<&[u8]>, protocol: u8) -> Self {
+        let mut settings = OtaSettings {
+            password: [0; MAX_PASSWORD_LEN],
+            password_len: None,
             protocol,
             password_from: Source::BuiltIn,
             protocol_from: Source::BuiltIn,
+        };
+        if let Some(bytes) = password {
+            let n = bytes.len().min(MAX_PASSWORD_LEN);
+            settings.password[..n].copy_from_slice(&bytes[..n]);
+            settings.password_len = Some(n);
         }
+        settings
     }
 
     pub fn password(&self) -> Option<&[u8]> {
@@ -105,7 +97,7 @@ impl OtaSettings {
         table: &PartitionTable,
         log: &mut impl LogSink,
     ) -> Self {
-        let Some(part) = nvs_partition(table) else { return self };
+        let Some(part) = table.nvs() else { return self };
         let mut buf = [0u8; MAX_PASSWORD_LEN + 1];
         if let Some(p) = read_str(flash, part, KEY_PASSWORD, &mut buf, log) {
             self.password[..p.len()].copy_from_slice(p.as_bytes());
@@ -136,10 +128,6 @@ impl OtaSettings {
             protocol_from: self.protocol_from,
         }
     }
-}
-
-fn nvs_partition(table: &PartitionTable) -> Option<&crate::partition::Partition> {
-    table.partitions().iter().find(|p| p.ptype == TYPE_DATA && p.subtype == SUBTYPE_NVS)
 }
 
 /// The string at `key`, or `None` (missing, or unusable and logged as ignored).
@@ -215,7 +203,7 @@ impl WifiCredentials {
         built_in_password: &str,
         log: &mut impl LogSink,
     ) -> Option<Self> {
-        if let Some(part) = nvs_partition(table) {
+        if let Some(part) = table.nvs() {
             let mut ssid_buf = [0u8; MAX_SSID_LEN + 1];
             let mut pass_buf = [0u8; MAX_WIFI_PASSWORD_LEN + 1];
             let ssid = read_str(flash, part, KEY_WIFI_SSID, &mut ssid_buf, log).filter(|s| !s.is_empty());

@@ -140,9 +140,7 @@ impl<W: Write> Device<W> {
     }
 
     fn log(&mut self, event: &LogEvent<'_>) {
-        let ms = self.boot_at.elapsed().as_millis() as u32;
-        // The serial port is a pipe to whoever watches; if it is gone the device still runs.
-        let _ = writeln!(self.serial, "{}", LogLine { ms, event });
+        print_line(&mut self.serial, self.boot_at, event);
         let _ = self.serial.flush();
     }
 
@@ -168,8 +166,7 @@ impl<W: Write> Device<W> {
                     // Every boot restarts the chip's millisecond clock.
                     *boot_at = Instant::now();
                 }
-                let ms = boot_at.elapsed().as_millis() as u32;
-                let _ = writeln!(serial, "{}", LogLine { ms, event: e });
+                print_line(serial, *boot_at, e);
             };
             power_on(&mut self.flash, cfg, &mut DirectVerify, &mut sink, MAX_CONSECUTIVE_BOOTS)
         };
@@ -180,14 +177,8 @@ impl<W: Write> Device<W> {
                 let built_in = OtaSettings::built_in(self.config.password, self.config.protocol_version);
                 let settings = {
                     let (boot_at, serial) = (self.boot_at, &mut self.serial);
-                    let mut sink = |e: &LogEvent<'_>| {
-                        let _ = writeln!(
-                            serial,
-                            "{}",
-                            LogLine { ms: boot_at.elapsed().as_millis() as u32, event: e }
-                        );
-                    };
-                    built_in.load(&mut self.flash, &table, &mut sink)
+                    built_in
+                        .load(&mut self.flash, &table, &mut |e: &LogEvent<'_>| print_line(serial, boot_at, e))
                 };
                 self.log(&settings.log_event());
                 let server = ServerConfig {
@@ -281,6 +272,13 @@ impl<W: Write> Device<W> {
             Power::Bricked(why) => format!("power=on state=bricked reason=\"{why}\" {counters}"),
         }
     }
+}
+
+/// One serial line, stamped in milliseconds since `boot_at` (the chip's clock restarts at each
+/// boot). The serial port is a pipe to whoever watches; if it is gone the device still runs.
+fn print_line<W: Write>(serial: &mut W, boot_at: Instant, event: &LogEvent<'_>) {
+    let ms = boot_at.elapsed().as_millis() as u32;
+    let _ = writeln!(serial, "{}", LogLine { ms, event });
 }
 
 /// `password` with a `'static` life for the sessions of a boot. Interned, so a device that

@@ -35,11 +35,7 @@ pub fn provision_settings(
     table: &PartitionTable,
     settings: &ota_core::settings::Provision<'_>,
 ) -> Result<(), ProvisionError> {
-    let nvs = table
-        .partitions()
-        .iter()
-        .find(|p| p.ptype == ota_core::partition::TYPE_DATA && p.subtype == NVS_SUBTYPE)
-        .ok_or(ProvisionError::NoNvsPartition)?;
+    let nvs = table.nvs().ok_or(ProvisionError::NoNvsPartition)?;
     if nvs.end() > image.len() as u64 {
         return Err(ProvisionError::ImageTooSmall { len: image.len(), end: nvs.end() });
     }
@@ -49,8 +45,6 @@ pub fn provision_settings(
     region[..page.len()].copy_from_slice(&page);
     Ok(())
 }
-
-const NVS_SUBTYPE: u8 = 0x02;
 
 /// Builds a `flash_size`-byte image with `table` (MD5 row included) and `app` in its first app
 /// slot (factory if the table has one, else ota_0). otadata stays erased, as espflash leaves it.

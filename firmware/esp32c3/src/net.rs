@@ -10,7 +10,7 @@ use ota_core::writer::{OtaConfig, OtaUpdate};
 use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
 use smoltcp::phy::Device;
 use smoltcp::socket::tcp;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
 
 /// How the device gets its IPv4 address.
 #[derive(Clone, Copy)]
@@ -138,9 +138,8 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
     let mut dhcp = None;
     match net.addressing {
         Addressing::Static { ip, prefix, gateway } => {
-            let [a, b, c, d] = ip;
             iface.update_ip_addrs(|addrs| {
-                let _ = addrs.push(IpCidr::new(IpAddress::v4(a, b, c, d), prefix));
+                let _ = addrs.push(IpCidr::new(Ipv4Address::from_octets(ip).into(), prefix));
             });
             let _ = iface.routes_mut().add_default_ipv4_route(Ipv4Address::from_octets(gateway));
             log(&LogEvent::NetAddress { ip, prefix, dhcp: false });
