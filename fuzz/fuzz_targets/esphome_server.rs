@@ -4,7 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ota_core::esphome::{Event, FlashBackend, NonceSource, Output, Server, ServerConfig};
+use ota_core::proto::esphome::{Event, NonceSource, Output, Server, ServerConfig};
+use ota_core::update::FlashSink;
 use ota_core::writer::OtaConfig;
 use ota_emu::flash::FileFlash;
 use std::sync::LazyLock;
@@ -59,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
     let mut rng = Rng(cfg as u64);
     {
         let running = *table.ota(0).unwrap();
-        let mut backend = FlashBackend::new(&mut flash, &table, running, OtaConfig::default(), &mut pending);
+        let mut backend = FlashSink::new(&mut flash, &table, running, OtaConfig::default(), &mut pending);
         let step = 1 + chunking as usize;
         for piece in stream.chunks(step) {
             server.feed(piece, &mut backend, &mut rng, &mut out);

@@ -3,7 +3,7 @@
 //! disconnect after N bytes, a slow sender. It reports the device's answer by name.
 
 use md5::{Digest, Md5};
-use ota_core::esphome::{CHUNK_SIZE, FEATURE_COMPRESSION, FEATURE_SHA256_AUTH, MAGIC, code};
+use ota_core::proto::esphome::{CHUNK_SIZE, FEATURE_COMPRESSION, FEATURE_SHA256_AUTH, MAGIC, code};
 use sha2::Sha256;
 use std::fmt;
 use std::net::SocketAddr;
@@ -55,7 +55,7 @@ impl fmt::Display for Outcome {
             Outcome::DeviceError { code, phase } => write!(
                 f,
                 "device error {} (0x{code:02X}) during {phase}",
-                ota_core::esphome::code_name(*code).unwrap_or("undefined")
+                ota_core::proto::esphome::code_name(*code).unwrap_or("undefined")
             ),
             Outcome::Interrupted { phase, sent, detail } => {
                 write!(f, "interrupted during {phase} after {sent} image bytes ({detail})")

@@ -297,7 +297,7 @@ impl fmt::Display for Expect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Expect::Ok => f.write_str("ok"),
-            Expect::Code(c) => write!(f, "{} (0x{c:02X})", ota_core::esphome::code_name(*c).unwrap_or("?")),
+            Expect::Code(c) => write!(f, "{} (0x{c:02X})", ota_core::proto::esphome::code_name(*c).unwrap_or("?")),
             Expect::Interrupted => f.write_str("interrupted"),
             Expect::PasswordRequired => f.write_str("password_required"),
         }
@@ -560,10 +560,10 @@ fn check_ota(o: RawOta, cx: &Ctx<'_>) -> Result<OtaStep, ScenarioError> {
         "ok" => Expect::Ok,
         "interrupted" => Expect::Interrupted,
         "password_required" => Expect::PasswordRequired,
-        name => match ota_core::esphome::code_by_name(name) {
+        name => match ota_core::proto::esphome::code_by_name(name) {
             Some(c) if c >= 0x80 => Expect::Code(c),
             _ => {
-                let codes: Vec<&str> = ota_core::esphome::CODE_NAMES
+                let codes: Vec<&str> = ota_core::proto::esphome::CODE_NAMES
                     .iter()
                     .filter(|(c, _)| *c >= 0x80)
                     .map(|(_, n)| *n)

@@ -3,7 +3,7 @@
 //! reason, leaving otadata as it was.
 
 use md5::{Digest, Md5};
-use ota_core::esphome::MAGIC;
+use ota_core::proto::esphome::MAGIC;
 use ota_emu::device::{Device, DeviceConfig, SessionInput, SessionStep};
 use ota_emu::flash::{FileFlash, SplitMix};
 use otahil::fixtures;

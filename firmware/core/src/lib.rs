@@ -11,8 +11,9 @@
 //! - [`image`], [`app_desc`], [`image_builder`]: the app image, its descriptor, a builder.
 //! - [`flash`]: partition-relative flash access over `NorFlash`.
 //! - [`writer`]: `esp_ota_begin/write/end/set_boot_partition` semantics.
+//! - [`update`]: the protocol-neutral update sink every update path writes through.
 //! - [`boot`]: the bootloader's slot choice (rollback on or off) and the app's boot guard.
-//! - [`esphome`]: the ESPHome native OTA server as a sans-IO state machine.
+//! - [`proto`]: the update paths, each a sans-IO state machine (ESPHome native OTA, ArduinoOTA).
 //! - [`log`]: the device's log line catalogue.
 //! - [`nvs`]: reading settings from ESP-IDF NVS, and building an NVS page.
 //! - [`settings`]: the device's OTA password and protocol, built in or provisioned in NVS.
@@ -25,7 +26,6 @@ extern crate std;
 pub mod app_desc;
 pub mod boot;
 pub mod crc;
-pub mod esphome;
 pub mod flash;
 pub mod hex;
 pub mod image;
@@ -35,9 +35,11 @@ pub mod nvs;
 pub mod otadata;
 pub mod partition;
 pub mod partition_csv;
+pub mod proto;
 pub mod rng;
 pub mod selftest;
 pub mod settings;
+pub mod update;
 pub mod writer;
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! way ESP-IDF users already do, with `nvs_partition_gen.py`. An empty `ota_password` means "no
 //! authentication", so a provisioned device never depends on what its build had compiled in.
 
-use crate::esphome::ServerConfig;
+use crate::proto::esphome::ServerConfig;
 use crate::log::{LogEvent, LogSink};
 use crate::nvs::{self, NvsError, Value};
 use crate::partition::PartitionTable;

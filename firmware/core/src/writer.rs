@@ -75,6 +75,8 @@ pub enum OtaError {
     NoOtadata,
     /// `ESP_ERR_FLASH_OP_FAIL`.
     Flash(FlashError),
+    /// `ESP_ERR_INVALID_ARG`: a write or end with no update begun.
+    NotStarted,
 }
 
 impl OtaError {
@@ -86,7 +88,7 @@ impl OtaError {
             OtaError::RollbackInvalidState => 0x1506,
             OtaError::InvalidSize { .. } => 0x104,
             OtaError::InvalidMagic { .. } | OtaError::Validate(_) => 0x1503,
-            OtaError::NothingWritten => 0x102,
+            OtaError::NothingWritten | OtaError::NotStarted => 0x102,
             OtaError::Flash(_) => 0x6001,
         }
     }
@@ -110,6 +112,7 @@ impl fmt::Display for OtaError {
             OtaError::Validate(e) => write!(f, "New image failed verification: {e}"),
             OtaError::NoOtadata => f.write_str("no otadata partition"),
             OtaError::Flash(e) => e.fmt(f),
+            OtaError::NotStarted => f.write_str("no update in progress"),
         }
     }
 }

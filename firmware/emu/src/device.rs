@@ -3,7 +3,8 @@
 
 use crate::flash::{FileFlash, PowerLoss, SplitMix};
 use ota_core::boot::{BootError, Booted, BootloaderConfig, DirectVerify, PowerOn, power_on};
-use ota_core::esphome::{self, Event, FlashBackend, NonceSource, Output, Server, ServerConfig};
+use ota_core::proto::esphome::{self, Event, NonceSource, Output, Server, ServerConfig};
+use ota_core::update::FlashSink;
 use ota_core::log::{LogEvent, LogLine, SlotName};
 use ota_core::partition::PartitionTable;
 use ota_core::settings::OtaSettings;
@@ -227,7 +228,7 @@ impl<W: Write> Device<W> {
         let (table, running) = (table.as_ref().clone(), booted.partition);
         let mut out = Collect::default();
         {
-            let mut backend = FlashBackend::new(&mut self.flash, &table, running, self.config.ota, update);
+            let mut backend = FlashSink::new(&mut self.flash, &table, running, self.config.ota, update);
             match input {
                 SessionInput::Data(bytes) => server.feed(bytes, &mut backend, &mut self.rng, &mut out),
                 SessionInput::Closed => server.on_disconnect(false, &mut backend, &mut out),

@@ -126,7 +126,7 @@ fn main() -> ! {
     let mut rng = net::HwRng(esp_hal::rng::Rng::new());
     let service =
         |net| net::Service { table: &table, running: partition, server, ota: OtaConfig::default(), net };
-    let port = ota_core::esphome::DEFAULT_PORT;
+    let port = ota_core::proto::esphome::DEFAULT_PORT;
     #[cfg(not(feature = "wifi"))]
     {
         // Espressif's QEMU: the OpenCores MAC on its user-mode network, at slirp's fixed address.

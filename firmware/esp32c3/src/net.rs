@@ -3,7 +3,8 @@
 //! A tight polled loop: one 8 KiB chunk acknowledgement waits for nothing but the next poll.
 
 use esp_storage::FlashStorage;
-use ota_core::esphome::{Event, FlashBackend, NonceSource, Output, Server, ServerConfig};
+use ota_core::proto::esphome::{Event, NonceSource, Output, Server, ServerConfig};
+use ota_core::update::FlashSink;
 use ota_core::log::LogEvent;
 use ota_core::partition::{Partition, PartitionTable};
 use ota_core::writer::{OtaConfig, OtaUpdate};
@@ -190,7 +191,7 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
                 && !server.is_closed()
             {
                 let mut reply = Reply { pending: &mut pending, log: &mut *log };
-                let mut backend = FlashBackend::new(flash, table, running, ota, update);
+                let mut backend = FlashSink::new(flash, table, running, ota, update);
                 server.on_disconnect(false, &mut backend, &mut reply);
             }
             session = None;
@@ -207,12 +208,12 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         let mut reply = Reply { pending: &mut pending, log: &mut *log };
         if !server.is_closed() && sock.can_recv() {
             let _ = sock.recv(|data| {
-                let mut backend = FlashBackend::new(flash, table, running, ota, update);
+                let mut backend = FlashSink::new(flash, table, running, ota, update);
                 server.feed(data, &mut backend, rng, &mut reply);
                 (data.len(), ())
             });
         } else if !server.is_closed() && !sock.may_recv() {
-            let mut backend = FlashBackend::new(flash, table, running, ota, update);
+            let mut backend = FlashSink::new(flash, table, running, ota, update);
             server.on_disconnect(false, &mut backend, &mut reply);
         }
         if pending.len > 0

@@ -3,7 +3,7 @@
 use super::*;
 use crate::flash::ram::RamFlash;
 use crate::image_builder::{ImageSpec, build};
-use crate::otadata::OtaEntry;
+use crate::otadata::{OtaEntry, OtaState};
 use crate::partition::PartitionTable;
 use crate::testutil::esphome_4mb_table;
 use crate::writer::OtaConfig;
@@ -104,7 +104,7 @@ fn run(config: ServerConfig<'_>, stream: &[u8], chunk: usize, eof: bool) -> Run 
     let mut server = Server::new(config);
     {
         let mut pending = None;
-        let mut backend = FlashBackend::new(&mut flash, &table, running, OtaConfig::default(), &mut pending);
+        let mut backend = crate::update::FlashSink::new(&mut flash, &table, running, OtaConfig::default(), &mut pending);
         for piece in stream.chunks(chunk) {
             server.feed(piece, &mut backend, &mut rng, &mut out);
         }
@@ -211,7 +211,7 @@ fn sha256_auth_when_the_client_offers_it() {
     let (mut flash, table) = device();
     let running = *table.ota(0).unwrap();
     let mut pending = None;
-    let mut backend = FlashBackend::new(&mut flash, &table, running, OtaConfig::default(), &mut pending);
+    let mut backend = crate::update::FlashSink::new(&mut flash, &table, running, OtaConfig::default(), &mut pending);
     let mut rng = Fixed((0u8..8).collect());
     let mut out = Recorder::default();
     let mut server = Server::new(cfg(Some("otapass"), 2));
@@ -250,7 +250,7 @@ fn oversized_image_is_89_with_zero_erases() {
     assert_eq!(r.out.sent, [0x00, 0x02, 0x40, 0x41, 0x89]);
     assert!(matches!(
         r.out.events.last(),
-        Some(Event::Failed(BackendError { code: 0x89, detail: Some(OtaError::InvalidSize { .. }) }))
+        Some(Event::Failed(Rejection { code: 0x89, error: OtaError::InvalidSize { .. } }))
     ));
     assert!(r.flash.ops.is_empty());
 }
@@ -281,7 +281,7 @@ fn invalid_image_is_84_and_bad_first_byte_is_80() {
     let r = run(cfg(None, 2), &stream, 4096, false);
     assert_eq!(&r.out.sent[r.out.sent.len() - 2..], &[0x44, 0x84]);
     let failed = r.out.events.iter().find_map(|e| match e {
-        Event::Failed(BackendError { detail: Some(OtaError::Validate(reason)), .. }) => Some(*reason),
+        Event::Failed(Rejection { error: OtaError::Validate(reason), .. }) => Some(*reason),
         _ => None,
     });
     assert!(matches!(failed, Some(crate::image::ImageError::Checksum { .. })));

@@ -1,16 +1,14 @@
 //! The ESPHome native OTA server (spec: esphome-ota.md) as a sans-IO state machine.
 //!
 //! Bytes received from the TCP peer go into [`Server::feed`]; bytes to send and [`Event`]s come
-//! out through an [`Output`]; the update itself goes to a [`Backend`] ([`FlashBackend`] writes
-//! the inactive slot with `esp_ota_*` semantics). Sockets, timers and reboots are the adapter's.
-//! Protocol versions 1 and 2, MD5 and SHA-256 challenge-response; compression is declined.
-
-mod backend;
-pub use backend::FlashBackend;
+//! out through an [`Output`]; the update itself goes to an [`UpdateSink`], whose protocol-neutral
+//! errors this module maps to ESPHome's response codes. Sockets, timers and reboots are the
+//! adapter's. Protocol versions 1 and 2, MD5 and SHA-256 challenge-response; compression is
+//! declined.
 
 use crate::hex;
 use crate::log::{LogEvent, SlotName};
-use crate::otadata::OtaState;
+use crate::update::{Switched, UpdateSink};
 use crate::writer::OtaError;
 use md5::{Digest, Md5};
 use sha2::Sha256;
@@ -102,7 +100,7 @@ pub fn code_by_name(name: &str) -> Option<u8> {
 }
 
 /// Error codes ESPHome's ESP-IDF backend sends for writer errors, per call.
-pub fn begin_error_code(e: &OtaError) -> u8 {
+fn begin_error_code(e: &OtaError) -> u8 {
     match e {
         OtaError::InvalidSize { .. } => code::ERROR_ESP32_NOT_ENOUGH_SPACE,
         OtaError::NoUpdatePartition => code::ERROR_NO_UPDATE_PARTITION,
@@ -111,7 +109,7 @@ pub fn begin_error_code(e: &OtaError) -> u8 {
     }
 }
 
-pub fn write_error_code(e: &OtaError) -> u8 {
+fn write_error_code(e: &OtaError) -> u8 {
     match e {
         OtaError::InvalidMagic { .. } => code::ERROR_MAGIC,
         OtaError::Flash(_) => code::ERROR_WRITING_FLASH,
@@ -119,7 +117,7 @@ pub fn write_error_code(e: &OtaError) -> u8 {
     }
 }
 
-pub fn end_error_code(e: &OtaError) -> u8 {
+fn end_error_code(e: &OtaError) -> u8 {
     match e {
         OtaError::Validate(_) => code::ERROR_UPDATE_END,
         OtaError::Flash(_) => code::ERROR_WRITING_FLASH,
@@ -127,30 +125,11 @@ pub fn end_error_code(e: &OtaError) -> u8 {
     }
 }
 
-/// A failed backend call: the code to send and, when known, the writer's reason.
+/// A failed update call: the code sent and the writer's reason.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct BackendError {
+pub struct Rejection {
     pub code: u8,
-    pub detail: Option<OtaError>,
-}
-
-/// Where the update goes.
-pub trait Backend {
-    /// Prepares an update of `size` bytes; returns the target OTA slot.
-    fn begin(&mut self, size: u32) -> Result<u8, BackendError>;
-    fn write(&mut self, data: &[u8]) -> Result<(), BackendError>;
-    /// Verifies the image and switches the boot slot.
-    fn end(&mut self) -> Result<Switched, BackendError>;
-    /// Forgets the update; flash stays as it is.
-    fn abort(&mut self);
-}
-
-/// What `end` switched to.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Switched {
-    pub slot: u8,
-    pub seq: u32,
-    pub state: OtaState,
+    pub error: OtaError,
 }
 
 /// Random bytes for nonces.
@@ -203,8 +182,8 @@ pub enum Event {
         size: u32,
     },
     Md5Mismatch,
-    /// A backend call failed; `code` was sent.
-    Failed(BackendError),
+    /// An update call failed; `code` was sent.
+    Failed(Rejection),
     /// Peer closed or timed out mid-session; `code` was sent (0x00 after `begin`, per ESPHome).
     Interrupted {
         received: u32,
@@ -238,9 +217,7 @@ impl Event {
                 LogEvent::OtaProgress { percent: now * 25 }
             }
             Event::Md5Mismatch => LogEvent::OtaMd5Mismatch,
-            Event::Failed(BackendError { code, detail: Some(error) }) => {
-                LogEvent::OtaRejected { code, error }
-            }
+            Event::Failed(Rejection { code, error }) => LogEvent::OtaRejected { code, error },
             Event::Interrupted { timeout: true, .. } => LogEvent::OtaTimeout,
             Event::Interrupted { received, size, .. } => LogEvent::OtaConnectionLost { received, size },
             Event::Complete(s) => LogEvent::OtaComplete {
@@ -248,7 +225,7 @@ impl Event {
                 seq: s.seq,
                 state: s.state,
             },
-            Event::AuthRequested(_) | Event::AuthOk | Event::Received { .. } | Event::Failed(_) => {
+            Event::AuthRequested(_) | Event::AuthOk | Event::Received { .. } => {
                 return None;
             }
         })
@@ -331,7 +308,7 @@ impl<'a> Server<'a> {
         self.state = State::Closed;
     }
 
-    fn fail<B: Backend, O: Output>(&mut self, err: BackendError, backend: &mut B, out: &mut O) {
+    fn fail<B: UpdateSink, O: Output>(&mut self, err: Rejection, backend: &mut B, out: &mut O) {
         out.send(&[err.code]);
         out.event(Event::Failed(err));
         if self.begun {
@@ -356,7 +333,7 @@ impl<'a> Server<'a> {
     }
 
     /// Feeds bytes received from the client. Bytes after the session closed are ignored.
-    pub fn feed<B: Backend, N: NonceSource, O: Output>(
+    pub fn feed<B: UpdateSink, N: NonceSource, O: Output>(
         &mut self,
         mut input: &[u8],
         backend: &mut B,
@@ -404,7 +381,9 @@ impl<'a> Server<'a> {
                                 out.send(&[code::UPDATE_PREPARE_OK]);
                                 self.state = State::Md5;
                             }
-                            Err(e) => self.fail(e, backend, out),
+                            Err(error) => {
+                                self.fail(Rejection { code: begin_error_code(&error), error }, backend, out)
+                            }
                         }
                     }
                 }
@@ -425,8 +404,8 @@ impl<'a> Server<'a> {
                     let take = take.min(to_boundary);
                     let (data, rest) = input.split_at(take);
                     input = rest;
-                    if let Err(e) = backend.write(data) {
-                        self.fail(e, backend, out);
+                    if let Err(error) = backend.write(data) {
+                        self.fail(Rejection { code: write_error_code(&error), error }, backend, out);
                         break;
                     }
                     self.md5.update(data);
@@ -522,7 +501,7 @@ impl<'a> Server<'a> {
         }
     }
 
-    fn finish_data<B: Backend, O: Output>(&mut self, backend: &mut B, out: &mut O) {
+    fn finish_data<B: UpdateSink, O: Output>(&mut self, backend: &mut B, out: &mut O) {
         out.send(&[code::RECEIVE_OK]);
         out.event(Event::Received { size: self.size });
         let digest: [u8; 16] = core::mem::take(&mut self.md5).finalize().into();
@@ -542,9 +521,9 @@ impl<'a> Server<'a> {
                 self.switched = Some(s);
                 self.state = State::FinalAck;
             }
-            Err(e) => {
+            Err(error) => {
                 self.begun = false;
-                self.fail(e, backend, out);
+                self.fail(Rejection { code: end_error_code(&error), error }, backend, out);
             }
         }
     }
@@ -558,7 +537,7 @@ impl<'a> Server<'a> {
     }
 
     /// The peer closed the connection (`timeout: false`) or a read timed out (`true`).
-    pub fn on_disconnect<B: Backend, O: Output>(&mut self, timeout: bool, backend: &mut B, out: &mut O) {
+    pub fn on_disconnect<B: UpdateSink, O: Output>(&mut self, timeout: bool, backend: &mut B, out: &mut O) {
         match self.state {
             State::Closed => {}
             // The image is switched already; a missing final ack is only logged by ESPHome.
