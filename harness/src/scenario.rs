@@ -297,7 +297,9 @@ impl fmt::Display for Expect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Expect::Ok => f.write_str("ok"),
-            Expect::Code(c) => write!(f, "{} (0x{c:02X})", ota_core::proto::esphome::code_name(*c).unwrap_or("?")),
+            Expect::Code(c) => {
+                write!(f, "{} (0x{c:02X})", ota_core::proto::esphome::code_name(*c).unwrap_or("?"))
+            }
             Expect::Interrupted => f.write_str("interrupted"),
             Expect::PasswordRequired => f.write_str("password_required"),
         }

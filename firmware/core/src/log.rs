@@ -166,6 +166,39 @@ pub enum LogEvent<'a> {
         seq: u32,
         state: OtaState,
     },
+    // --- ArduinoOTA (tag `arduino`); its updates share the `ota` lines above
+    ArduinoInvitationIgnored(crate::proto::arduino::InvitationError),
+    ArduinoBusy,
+    ArduinoAuthUnexpected {
+        got: u32,
+    },
+    ArduinoAuthMalformed(crate::proto::arduino::InvitationError),
+    ArduinoAuthFailed,
+    ArduinoBeginFailed {
+        error: crate::proto::arduino::UpdateError,
+        cause: Option<OtaError>,
+    },
+    ArduinoConnectFailed,
+    ArduinoWriteFailed {
+        error: crate::proto::arduino::UpdateError,
+        cause: OtaError,
+    },
+    ArduinoReceiveFailed {
+        received: u32,
+        size: u32,
+    },
+    ArduinoUpdateFailed {
+        error: crate::proto::arduino::UpdateError,
+        cause: Option<OtaError>,
+    },
+    /// The settings ArduinoOTA runs with (tag `config`).
+    ConfigArduino {
+        port: u16,
+        password: bool,
+        password_from: crate::settings::Source,
+        auth: crate::proto::arduino::AuthScheme,
+        auth_from: crate::settings::Source,
+    },
 }
 
 impl LogEvent<'_> {
@@ -179,7 +212,12 @@ impl LogEvent<'_> {
             | SelfTestFailed { .. }
             | RollbackImpossible
             | OtaRejected { .. }
-            | OtaMd5Mismatch => Level::Error,
+            | OtaMd5Mismatch
+            | ArduinoBeginFailed { .. }
+            | ArduinoConnectFailed
+            | ArduinoWriteFailed { .. }
+            | ArduinoReceiveFailed { .. }
+            | ArduinoUpdateFailed { .. } => Level::Error,
             BootPendingToAborted { .. }
             | ConfigIgnored { .. }
             | WifiJoinFailed { .. }
@@ -191,7 +229,12 @@ impl LogEvent<'_> {
             | OtaAuthFailed
             | OtaAuthMissing
             | OtaConnectionLost { .. }
-            | OtaTimeout => Level::Warn,
+            | OtaTimeout
+            | ArduinoInvitationIgnored(_)
+            | ArduinoBusy
+            | ArduinoAuthUnexpected { .. }
+            | ArduinoAuthMalformed(_)
+            | ArduinoAuthFailed => Level::Warn,
             _ => Level::Info,
         }
     }
@@ -214,7 +257,17 @@ impl LogEvent<'_> {
             | Loaded { .. }
             | SetActualSeq { .. } => "boot",
             AppRunning { .. } => "app",
-            ConfigOta { .. } | ConfigIgnored { .. } => "config",
+            ConfigOta { .. } | ConfigIgnored { .. } | ConfigArduino { .. } => "config",
+            ArduinoInvitationIgnored(_)
+            | ArduinoBusy
+            | ArduinoAuthUnexpected { .. }
+            | ArduinoAuthMalformed(_)
+            | ArduinoAuthFailed
+            | ArduinoBeginFailed { .. }
+            | ArduinoConnectFailed
+            | ArduinoWriteFailed { .. }
+            | ArduinoReceiveFailed { .. }
+            | ArduinoUpdateFailed { .. } => "arduino",
             WifiJoining { .. }
             | WifiJoined { .. }
             | WifiJoinFailed { .. }
@@ -325,6 +378,29 @@ impl fmt::Display for LogEvent<'_> {
             OtaComplete { slot, seq, state } => {
                 write!(f, "update complete: boot set to {slot} (seq {seq}, {state})")
             }
+            ArduinoInvitationIgnored(why) => write!(f, "invitation ignored: {why}"),
+            ArduinoBusy => f.write_str("invitation ignored: an update is already running"),
+            ArduinoAuthUnexpected { got } => write!(f, "200 was expected. got {got} instead"),
+            ArduinoAuthMalformed(why) => write!(f, "authentication answer ignored: {why}"),
+            ArduinoAuthFailed => f.write_str("Authentication Failed"),
+            ArduinoBeginFailed { error, cause } => {
+                write!(f, "Begin ERROR: {error}")?;
+                cause.map_or(Ok(()), |c| write!(f, " ({c})"))
+            }
+            ArduinoConnectFailed => f.write_str("could not connect back to the uploader: update dropped"),
+            ArduinoWriteFailed { error, cause } => write!(f, "Write ERROR: {error} ({cause})"),
+            ArduinoReceiveFailed { received, size } => {
+                write!(f, "Receive Failed after {received} of {size} bytes")
+            }
+            ArduinoUpdateFailed { error, cause } => {
+                write!(f, "Update ERROR: {error}")?;
+                cause.map_or(Ok(()), |c| write!(f, " ({c})"))
+            }
+            ConfigArduino { port, password, password_from, auth, auth_from } => write!(
+                f,
+                "ArduinoOTA on UDP port {port}: password {} ({password_from}), auth {auth} ({auth_from})",
+                if *password { "set" } else { "none" }
+            ),
         }
     }
 }
@@ -343,10 +419,10 @@ impl fmt::Display for LogLine<'_> {
 }
 
 /// Every tag the catalogue uses: a log filter keeps these lines and drops others (ROM banners).
-pub const TAGS: &[&str] = &["boot", "app", "config", "net", "rollback", "ota"];
+pub const TAGS: &[&str] = &["boot", "app", "config", "net", "rollback", "ota", "arduino"];
 
 /// The app's own tags: every line with one of these comes from `ota-core`, on any backend.
-pub const APP_TAGS: &[&str] = &["app", "rollback", "ota"];
+pub const APP_TAGS: &[&str] = &["app", "rollback", "ota", "arduino"];
 
 /// The beginnings of the bootloader lines whose text is ESP-IDF's own: the real bootloader prints
 /// them too, so a log filtered to these (plus [`APP_TAGS`]) reads the same on every backend. The

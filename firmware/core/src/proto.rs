@@ -3,4 +3,5 @@
 //! [`UpdateSink`](crate::update::UpdateSink), with its own mapping of writer errors to the
 //! protocol's codes and texts. Sockets, timers and reboots belong to the adapters.
 
+pub mod arduino;
 pub mod esphome;

@@ -7,10 +7,10 @@
 //! way ESP-IDF users already do, with `nvs_partition_gen.py`. An empty `ota_password` means "no
 //! authentication", so a provisioned device never depends on what its build had compiled in.
 
-use crate::proto::esphome::ServerConfig;
 use crate::log::{LogEvent, LogSink};
 use crate::nvs::{self, NvsError, Value};
 use crate::partition::PartitionTable;
+use crate::proto::esphome::ServerConfig;
 use embedded_storage::nor_flash::ReadNorFlash;
 
 pub const NAMESPACE: &str = "otahil";

@@ -66,7 +66,8 @@ impl<'a, F: NorFlash> FlashSink<'a, F> {
 
 impl<F: NorFlash> UpdateSink for FlashSink<'_, F> {
     fn begin(&mut self, size: u32) -> Result<u8, OtaError> {
-        let target = next_update_partition(self.table, Some(&self.running)).ok_or(OtaError::NoUpdatePartition)?;
+        let target =
+            next_update_partition(self.table, Some(&self.running)).ok_or(OtaError::NoUpdatePartition)?;
         let update = OtaUpdate::begin(self.flash, self.table, &self.running, &target, size, self.config)?;
         self.update.replace(update);
         Ok(target.ota_slot().unwrap_or(0))

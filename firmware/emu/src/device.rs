@@ -3,11 +3,11 @@
 
 use crate::flash::{FileFlash, PowerLoss, SplitMix};
 use ota_core::boot::{BootError, Booted, BootloaderConfig, DirectVerify, PowerOn, power_on};
-use ota_core::proto::esphome::{self, Event, NonceSource, Output, Server, ServerConfig};
-use ota_core::update::FlashSink;
 use ota_core::log::{LogEvent, LogLine, SlotName};
 use ota_core::partition::PartitionTable;
+use ota_core::proto::esphome::{self, Event, NonceSource, Output, Server, ServerConfig};
 use ota_core::settings::OtaSettings;
+use ota_core::update::FlashSink;
 use ota_core::writer::OtaConfig;
 use std::io::Write;
 use std::sync::Mutex;

@@ -104,7 +104,8 @@ fn run(config: ServerConfig<'_>, stream: &[u8], chunk: usize, eof: bool) -> Run 
     let mut server = Server::new(config);
     {
         let mut pending = None;
-        let mut backend = crate::update::FlashSink::new(&mut flash, &table, running, OtaConfig::default(), &mut pending);
+        let mut backend =
+            crate::update::FlashSink::new(&mut flash, &table, running, OtaConfig::default(), &mut pending);
         for piece in stream.chunks(chunk) {
             server.feed(piece, &mut backend, &mut rng, &mut out);
         }
@@ -211,7 +212,8 @@ fn sha256_auth_when_the_client_offers_it() {
     let (mut flash, table) = device();
     let running = *table.ota(0).unwrap();
     let mut pending = None;
-    let mut backend = crate::update::FlashSink::new(&mut flash, &table, running, OtaConfig::default(), &mut pending);
+    let mut backend =
+        crate::update::FlashSink::new(&mut flash, &table, running, OtaConfig::default(), &mut pending);
     let mut rng = Fixed((0u8..8).collect());
     let mut out = Recorder::default();
     let mut server = Server::new(cfg(Some("otapass"), 2));
