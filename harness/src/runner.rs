@@ -131,6 +131,7 @@ fn device_flash(s: &Scenario, app: &[u8]) -> Result<(Vec<u8>, bool), StartError>
             ota_password: d.password.as_deref(),
             protocol: d.protocol,
             wifi: None,
+            arduino: None,
         },
     ) {
         Ok(()) => true,

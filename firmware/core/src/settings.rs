@@ -10,6 +10,7 @@
 use crate::log::{LogEvent, LogSink};
 use crate::nvs::{self, NvsError, Value};
 use crate::partition::PartitionTable;
+use crate::proto::arduino::{self, AuthScheme};
 use crate::proto::esphome::ServerConfig;
 use embedded_storage::nor_flash::ReadNorFlash;
 
@@ -41,6 +42,7 @@ pub enum Rejected {
     Read(NvsError),
     WrongType,
     ProtocolOutOfRange(u8),
+    AuthSchemeOutOfRange(u8),
 }
 
 impl core::fmt::Display for Rejected {
@@ -49,6 +51,7 @@ impl core::fmt::Display for Rejected {
             Rejected::Read(e) => e.fmt(f),
             Rejected::WrongType => f.write_str("unexpected item type"),
             Rejected::ProtocolOutOfRange(v) => write!(f, "protocol {v} is not 1 or 2"),
+            Rejected::AuthSchemeOutOfRange(v) => write!(f, "auth scheme {v} is not 1 (md5) or 2 (pbkdf2)"),
         }
     }
 }
@@ -152,6 +155,94 @@ fn read_str<'b, F: ReadNorFlash>(
     }
 }
 
+pub const KEY_ARDUINO_PASSWORD: &str = "arduino_passwd";
+/// 1: classic MD5 challenge, 2: PBKDF2-HMAC-SHA256 (arduino-esp32 3.3.1+).
+pub const KEY_ARDUINO_AUTH: &str = "arduino_auth";
+
+/// The ArduinoOTA settings: NVS `arduino_passwd` (empty = no authentication) and
+/// `arduino_auth`, else the values built in. ArduinoOTA's password is its own, as in a sketch
+/// that sets `ArduinoOTA.setPassword` beside ESPHome's.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ArduinoSettings {
+    password: [u8; MAX_PASSWORD_LEN],
+    password_len: Option<usize>,
+    pub auth: AuthScheme,
+    pub password_from: Source,
+    pub auth_from: Source,
+}
+
+impl ArduinoSettings {
+    /// The values an image was built with; `password` longer than [`MAX_PASSWORD_LEN`] is cut.
+    pub fn built_in(password: Option<&[u8]>, auth: AuthScheme) -> Self {
+        let mut settings = ArduinoSettings {
+            password: [0; MAX_PASSWORD_LEN],
+            password_len: None,
+            auth,
+            password_from: Source::BuiltIn,
+            auth_from: Source::BuiltIn,
+        };
+        if let Some(bytes) = password {
+            let n = bytes.len().min(MAX_PASSWORD_LEN);
+            settings.password[..n].copy_from_slice(&bytes[..n]);
+            settings.password_len = Some(n);
+        }
+        settings
+    }
+
+    pub fn password(&self) -> Option<&[u8]> {
+        self.password_len.map(|n| &self.password[..n])
+    }
+
+    pub fn config(&self) -> arduino::Config<'_> {
+        arduino::Config { password: self.password(), auth: self.auth }
+    }
+
+    /// The settings after the NVS overrides, each unusable override logged and skipped.
+    pub fn load<F: ReadNorFlash>(
+        mut self,
+        flash: &mut F,
+        table: &PartitionTable,
+        log: &mut impl LogSink,
+    ) -> Self {
+        let Some(part) = table.nvs() else { return self };
+        let mut buf = [0u8; MAX_PASSWORD_LEN + 1];
+        if let Some(p) = read_str(flash, part, KEY_ARDUINO_PASSWORD, &mut buf, log) {
+            self.password[..p.len()].copy_from_slice(p.as_bytes());
+            self.password_len = (!p.is_empty()).then_some(p.len());
+            self.password_from = Source::Nvs;
+        }
+        match nvs::get(flash, part, NAMESPACE, KEY_ARDUINO_AUTH, &mut buf) {
+            Ok(None) => {}
+            Ok(Some(Value::U8(v))) => match AuthScheme::from_code(v) {
+                Some(auth) => {
+                    self.auth = auth;
+                    self.auth_from = Source::Nvs;
+                }
+                None => log.log(&LogEvent::ConfigIgnored {
+                    key: KEY_ARDUINO_AUTH,
+                    why: Rejected::AuthSchemeOutOfRange(v),
+                }),
+            },
+            Ok(Some(_)) => {
+                log.log(&LogEvent::ConfigIgnored { key: KEY_ARDUINO_AUTH, why: Rejected::WrongType })
+            }
+            Err(e) => log.log(&LogEvent::ConfigIgnored { key: KEY_ARDUINO_AUTH, why: Rejected::Read(e) }),
+        }
+        self
+    }
+
+    /// The line that says what ArduinoOTA will use on `port` (never the password itself).
+    pub fn log_event(&self, port: u16) -> LogEvent<'static> {
+        LogEvent::ConfigArduino {
+            port,
+            password: self.password_len.is_some(),
+            password_from: self.password_from,
+            auth: self.auth,
+            auth_from: self.auth_from,
+        }
+    }
+}
+
 pub const KEY_WIFI_SSID: &str = "wifi_ssid";
 pub const KEY_WIFI_PASSWORD: &str = "wifi_password";
 /// 802.11 limits: an SSID is at most 32 bytes, a WPA2 passphrase at most 64.
@@ -225,6 +316,9 @@ pub struct Provision<'a> {
     pub protocol: u8,
     /// SSID and password of the network to join (boards with the `wifi` build).
     pub wifi: Option<(&'a str, &'a str)>,
+    /// ArduinoOTA's password (`None` stored as empty: no authentication) and auth scheme; not
+    /// written at all when `None` (the build's values apply).
+    pub arduino: Option<(Option<&'a str>, AuthScheme)>,
 }
 
 /// An NVS page holding `p`, for provisioning a flash image: the page decides the OTA password
@@ -250,6 +344,14 @@ pub fn provisioning_page(p: &Provision<'_>) -> Result<[u8; nvs::PAGE_SIZE], Prov
         }
         page.str(ns, KEY_WIFI_SSID, ssid).map_err(ProvisionError::Nvs)?;
         page.str(ns, KEY_WIFI_PASSWORD, wifi_password).map_err(ProvisionError::Nvs)?;
+    }
+    if let Some((arduino_password, auth)) = p.arduino {
+        let arduino_password = arduino_password.unwrap_or("");
+        if arduino_password.len() > MAX_PASSWORD_LEN {
+            return Err(ProvisionError::PasswordTooLong { len: arduino_password.len() });
+        }
+        page.str(ns, KEY_ARDUINO_PASSWORD, arduino_password).map_err(ProvisionError::Nvs)?;
+        page.u8(ns, KEY_ARDUINO_AUTH, auth.code()).map_err(ProvisionError::Nvs)?;
     }
     Ok(page.finish())
 }
@@ -315,8 +417,13 @@ mod tests {
 
     #[test]
     fn provisioned_values_override_the_build() {
-        let page =
-            provisioning_page(&Provision { ota_password: Some("hunter2"), protocol: 1, wifi: None }).unwrap();
+        let page = provisioning_page(&Provision {
+            ota_password: Some("hunter2"),
+            protocol: 1,
+            wifi: None,
+            arduino: None,
+        })
+        .unwrap();
         let (s, _) = load(Some(&page), OtaSettings::built_in(None, 2));
         assert_eq!((s.password(), s.protocol), (Some(&b"hunter2"[..]), 1));
         assert_eq!((s.password_from, s.protocol_from), (Source::Nvs, Source::Nvs));
@@ -358,7 +465,12 @@ mod tests {
         assert_eq!(s.password(), None);
         assert_eq!(lines, ["ignoring nvs otahil/ota_password: value of 65 bytes exceeds the 64-byte buffer"]);
         assert_eq!(
-            provisioning_page(&Provision { ota_password: Some(&long), protocol: 2, wifi: None }),
+            provisioning_page(&Provision {
+                ota_password: Some(&long),
+                protocol: 2,
+                wifi: None,
+                arduino: None
+            }),
             Err(ProvisionError::PasswordTooLong { len: MAX_PASSWORD_LEN + 1 })
         );
         assert_eq!(provisioning_page(&Provision::default()), Err(ProvisionError::Protocol(0)));
@@ -388,5 +500,56 @@ mod tests {
         let e =
             provisioning_page(&Provision { protocol: 2, wifi: Some((&long, "")), ..Provision::default() });
         assert_eq!(format!("{}", e.unwrap_err()), "SSID of 33 bytes: expected 1 to 32");
+    }
+
+    #[test]
+    fn arduino_settings_from_nvs_or_built_in() {
+        let built_in = ArduinoSettings::built_in(None, AuthScheme::Md5);
+        let page = provisioning_page(&Provision {
+            protocol: 2,
+            arduino: Some((Some("admin"), AuthScheme::Pbkdf2Sha256)),
+            ..Provision::default()
+        })
+        .unwrap();
+        let (mut flash, table) = device(Some(&page));
+        let s = built_in.load(&mut flash, &table, &mut |_: &LogEvent<'_>| {});
+        assert_eq!((s.password(), s.auth), (Some(&b"admin"[..]), AuthScheme::Pbkdf2Sha256));
+        assert_eq!((s.password_from, s.auth_from), (Source::Nvs, Source::Nvs));
+        assert_eq!(
+            std::format!("{}", s.log_event(3232)),
+            "ArduinoOTA on UDP port 3232: password set (nvs), auth pbkdf2 (nvs)"
+        );
+        // Provisioned without a password: none, whatever was built in.
+        let page = provisioning_page(&Provision {
+            protocol: 2,
+            arduino: Some((None, AuthScheme::Md5)),
+            ..Provision::default()
+        })
+        .unwrap();
+        let (mut flash, table) = device(Some(&page));
+        let s = ArduinoSettings::built_in(Some(b"x"), AuthScheme::Md5).load(
+            &mut flash,
+            &table,
+            &mut |_: &LogEvent<'_>| {},
+        );
+        assert_eq!(s.password(), None);
+        // Nothing provisioned for ArduinoOTA: the built-in values, and the ESPHome page unchanged.
+        let page = provisioning_page(&Provision { protocol: 2, ..Provision::default() }).unwrap();
+        let (mut flash, table) = device(Some(&page));
+        let s = ArduinoSettings::built_in(Some(b"x"), AuthScheme::Md5).load(
+            &mut flash,
+            &table,
+            &mut |_: &LogEvent<'_>| {},
+        );
+        assert_eq!((s.password(), s.password_from), (Some(&b"x"[..]), Source::BuiltIn));
+        // An auth value the device does not know is logged and ignored.
+        let mut b = nvs::PageBuilder::new(0);
+        let ns = b.namespace(NAMESPACE).unwrap();
+        b.u8(ns, KEY_ARDUINO_AUTH, 9).unwrap();
+        let (mut flash, table) = device(Some(&b.finish()));
+        let mut lines = std::vec::Vec::new();
+        let s = built_in.load(&mut flash, &table, &mut |e: &LogEvent<'_>| lines.push(std::format!("{e}")));
+        assert_eq!(s.auth, AuthScheme::Md5);
+        assert_eq!(lines, ["ignoring nvs otahil/arduino_auth: auth scheme 9 is not 1 (md5) or 2 (pbkdf2)"]);
     }
 }

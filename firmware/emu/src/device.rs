@@ -345,7 +345,12 @@ mod tests {
         crate::mkflash::provision_settings(
             &mut image,
             &table,
-            &ota_core::settings::Provision { ota_password: Some("hunter2"), protocol: 1, wifi: None },
+            &ota_core::settings::Provision {
+                ota_password: Some("hunter2"),
+                protocol: 1,
+                wifi: None,
+                arduino: None,
+            },
         )
         .unwrap();
         let mut d = Device::new(config_with(b"built-in"), FileFlash::in_memory(image), Vec::new());
