@@ -5,13 +5,18 @@ use crate::flash::FileFlash;
 use crate::serve::{Serial, ServeOptions, serve};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use ota_core::proto::arduino::AuthScheme;
 use ota_core::writer::{EraseMode, OtaConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "ota-emu", version, about = "An emulated ESP32-C3 that receives ESPHome OTA updates")]
+#[command(
+    name = "ota-emu",
+    version,
+    about = "An emulated ESP32-C3 that receives ESPHome OTA and ArduinoOTA updates"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -62,9 +67,20 @@ struct RunArgs {
     /// The flash file (its size is the flash size; make one with `make-flash`).
     #[arg(long)]
     flash: PathBuf,
-    /// Host address for the device's OTA port; port 0 picks a free one (printed on the ready line).
+    /// Host address for the device's ESPHome OTA port (TCP); port 0 picks a free one (printed on
+    /// the ready line).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Host address for the device's ArduinoOTA invitation port (UDP); port 0 picks a free one
+    /// (printed on the ready line as `arduino=`).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    arduino_listen: SocketAddr,
+    /// ArduinoOTA's password built in (none: no authentication); NVS `arduino_passwd` overrides it.
+    #[arg(long)]
+    arduino_password: Option<String>,
+    /// ArduinoOTA's authentication built in: md5 (classic) or pbkdf2 (arduino-esp32 3.3.1+).
+    #[arg(long, default_value = "md5", value_parser = parse_auth_scheme)]
+    arduino_auth: AuthScheme,
     /// The OTA password the firmware has built in (none: no authentication). As on the chip, a
     /// password provisioned in NVS (`make-flash --password`) overrides it at boot.
     #[arg(long)]
@@ -93,6 +109,13 @@ struct RunArgs {
     /// Seed for the device's randomness (nonces), for reproducible runs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+fn parse_auth_scheme(s: &str) -> Result<AuthScheme, String> {
+    [AuthScheme::Md5, AuthScheme::Pbkdf2Sha256]
+        .into_iter()
+        .find(|a| a.name() == s)
+        .ok_or_else(|| format!("`{s}`: expected md5 or pbkdf2"))
 }
 
 /// Parses `args` (the first is the program name) and runs the command.
@@ -124,6 +147,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ..OtaConfig::default()
                 },
                 seed: a.seed,
+                arduino_password: a.arduino_password.map(String::into_bytes),
+                arduino_auth: a.arduino_auth,
                 ..DeviceConfig::default()
             };
             let device = Device::new(config, flash, Serial { stdout: std::io::stdout(), file });
@@ -131,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 device,
                 ServeOptions {
                     listen: a.listen,
+                    arduino_listen: a.arduino_listen,
                     start_off: a.start_off,
                     session_timeout: Duration::from_secs(a.session_timeout),
                 },

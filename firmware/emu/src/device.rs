@@ -1,15 +1,17 @@
 //! The emulated ESP32-C3: power, the bootloader and the app's boot guard from `ota-core`, the
-//! serial log, and ESPHome OTA sessions — all independent of sockets and processes.
+//! serial log, ESPHome OTA sessions and ArduinoOTA — all independent of sockets and processes.
 
 use crate::flash::{FileFlash, PowerLoss, SplitMix};
 use ota_core::boot::{BootError, Booted, BootloaderConfig, DirectVerify, PowerOn, power_on};
 use ota_core::log::{LogEvent, LogLine, SlotName};
 use ota_core::partition::PartitionTable;
+use ota_core::proto::arduino::{self, AuthScheme};
 use ota_core::proto::esphome::{self, Event, NonceSource, Output, Server, ServerConfig};
-use ota_core::settings::OtaSettings;
+use ota_core::settings::{ArduinoSettings, OtaSettings};
 use ota_core::update::FlashSink;
 use ota_core::writer::OtaConfig;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -33,6 +35,10 @@ pub struct DeviceConfig {
     pub device_port: u16,
     /// Seed for nonces (and anything else random on the device).
     pub seed: u64,
+    /// ArduinoOTA's password built in (`None`: no authentication); NVS overrides it at boot.
+    pub arduino_password: Option<Vec<u8>>,
+    /// ArduinoOTA's authentication scheme built in; NVS overrides it at boot.
+    pub arduino_auth: AuthScheme,
 }
 
 impl Default for DeviceConfig {
@@ -45,6 +51,8 @@ impl Default for DeviceConfig {
             ota: OtaConfig::default(),
             device_port: esphome::DEFAULT_PORT,
             seed: 0,
+            arduino_password: None,
+            arduino_auth: AuthScheme::Md5,
         }
     }
 }
@@ -110,13 +118,26 @@ pub struct Device<W: Write> {
     boot_at: Instant,
     serial: W,
     rng: Rng,
+    /// This boot's ArduinoOTA service (while the app runs) and the update it is writing.
+    arduino: Option<arduino::Server>,
+    arduino_update: Option<ota_core::writer::OtaUpdate>,
 }
 
 impl<W: Write> Device<W> {
     pub fn new(config: DeviceConfig, flash: FileFlash, serial: W) -> Self {
         let flash_size = flash.data().len() as u32;
         let rng = Rng(SplitMix(config.seed));
-        Device { config, flash, flash_size, power: Power::Off, boot_at: Instant::now(), serial, rng }
+        Device {
+            config,
+            flash,
+            flash_size,
+            power: Power::Off,
+            boot_at: Instant::now(),
+            serial,
+            rng,
+            arduino: None,
+            arduino_update: None,
+        }
     }
 
     pub fn power(&self) -> &Power {
@@ -148,6 +169,8 @@ impl<W: Write> Device<W> {
     /// Cuts the power now (between flash operations).
     pub fn power_off(&mut self) {
         self.power = Power::Off;
+        self.arduino = None;
+        self.arduino_update = None;
     }
 
     /// Powers on: bootloader, boot guard, app — rebooting as the guard asks.
@@ -187,6 +210,17 @@ impl<W: Write> Device<W> {
                     version: settings.protocol,
                     sha256: self.config.sha256,
                 };
+                let built_in = ArduinoSettings::built_in(
+                    self.config.arduino_password.as_deref(),
+                    self.config.arduino_auth,
+                );
+                let arduino_settings = {
+                    let (boot_at, serial) = (self.boot_at, &mut self.serial);
+                    built_in
+                        .load(&mut self.flash, &table, &mut |e: &LogEvent<'_>| print_line(serial, boot_at, e))
+                };
+                self.log(&arduino_settings.log_event(arduino::DEFAULT_PORT));
+                self.arduino = Some(arduino::Server::new(arduino_settings.config()));
                 self.log(&LogEvent::OtaListening { port: self.config.device_port });
                 Power::Running { table: Box::new(table), booted, server }
             }
@@ -204,8 +238,66 @@ impl<W: Write> Device<W> {
 
     /// A reset (watchdog, reset button, `esp_restart`): power stays, the chip restarts.
     pub fn reset(&mut self) {
-        self.power = Power::Off;
+        self.power_off();
         self.power_on();
+    }
+
+    /// Milliseconds since this boot (the clock ArduinoOTA's timeouts run on).
+    fn now_ms(&self) -> u64 {
+        self.boot_at.elapsed().as_millis() as u64
+    }
+
+    /// Whether an ArduinoOTA update is under way (another update path must wait).
+    pub fn arduino_busy(&self) -> bool {
+        self.arduino.as_ref().is_some_and(arduino::Server::is_busy)
+    }
+
+    /// Whether ArduinoOTA has a timer that has run out (the transport then sends `Poll`).
+    pub fn arduino_due(&self) -> bool {
+        let deadline = self.arduino.as_ref().and_then(arduino::Server::deadline);
+        deadline.is_some_and(|d| self.now_ms() >= d)
+    }
+
+    /// Something for ArduinoOTA: a datagram on its port, news of its back-connection, or time.
+    /// `other_update_running`: an ESPHome session is writing, so no invitation is taken.
+    pub fn arduino_input(&mut self, input: ArduinoInput<'_>, other_update_running: bool) -> ArduinoStep {
+        let now = self.now_ms();
+        let Power::Running { table, booted, .. } = &self.power else { return ArduinoStep::default() };
+        let (table, running) = (table.as_ref().clone(), booted.partition);
+        let Some(server) = self.arduino.as_mut() else { return ArduinoStep::default() };
+        let mut out = ArduinoOut::default();
+        {
+            let mut sink =
+                FlashSink::new(&mut self.flash, &table, running, self.config.ota, &mut self.arduino_update)
+                    .with_erase(arduino::ERASE_MODE);
+            match input {
+                ArduinoInput::Datagram { from, bytes } => server.datagram(
+                    from,
+                    bytes,
+                    other_update_running,
+                    &mut sink,
+                    &mut ArduinoRng(&mut self.rng),
+                    &mut out,
+                ),
+                ArduinoInput::Connected => server.connected(now),
+                ArduinoInput::ConnectFailed => server.connect_failed(&mut sink, &mut out),
+                ArduinoInput::Data(bytes) => server.data(bytes, now, &mut sink, &mut out),
+                ArduinoInput::Closed => server.closed(&mut sink, &mut out),
+                ArduinoInput::Poll => server.poll(now, &mut sink, &mut out),
+            }
+        }
+        let reboot = server.reboot_requested();
+        let mut step = out.step;
+        if let Some(loss) = self.flash.power_loss() {
+            self.power_off();
+            return ArduinoStep { power_lost: Some(loss), exchange_over: true, ..ArduinoStep::default() };
+        }
+        for line in out.events.iter().filter_map(arduino::Event::log_event) {
+            self.log(&line);
+        }
+        step.exchange_over = out.events.iter().any(ends_exchange);
+        step.reboot = reboot && step.close;
+        step
     }
 
     /// A new OTA connection: its session state, if the app serves OTA.
@@ -293,6 +385,72 @@ fn interned(password: &[u8]) -> &'static [u8] {
     let leaked: &'static [u8] = Box::leak(password.into());
     seen.push(leaked);
     leaked
+}
+
+/// What happened to ArduinoOTA's sockets, or that time passed.
+#[derive(Clone, Copy, Debug)]
+pub enum ArduinoInput<'a> {
+    Datagram { from: SocketAddr, bytes: &'a [u8] },
+    Connected,
+    ConnectFailed,
+    Data(&'a [u8]),
+    Closed,
+    Poll,
+}
+
+/// What the transport does for ArduinoOTA after one input, in this order.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ArduinoStep {
+    pub datagrams: Vec<(SocketAddr, Vec<u8>)>,
+    /// Open the back-connection (then report `Connected` or `ConnectFailed`).
+    pub connect: Option<SocketAddr>,
+    /// Bytes for the back-connection.
+    pub send: Vec<u8>,
+    /// Close the back-connection after `send` (then report `Closed`).
+    pub close: bool,
+    /// The exchange ended (refused, failed or complete): its log lines are out.
+    pub exchange_over: bool,
+    /// Reboot into the new image once the connection is closed.
+    pub reboot: bool,
+    /// The power went during the step: drop everything without a word.
+    pub power_lost: Option<PowerLoss>,
+}
+
+#[derive(Default)]
+struct ArduinoOut {
+    step: ArduinoStep,
+    events: Vec<arduino::Event>,
+}
+
+impl arduino::Output for ArduinoOut {
+    fn datagram(&mut self, to: SocketAddr, bytes: &[u8]) {
+        self.step.datagrams.push((to, bytes.to_vec()));
+    }
+    fn connect(&mut self, to: SocketAddr) {
+        self.step.connect = Some(to);
+    }
+    fn send(&mut self, bytes: &[u8]) {
+        self.step.send.extend_from_slice(bytes);
+    }
+    fn close(&mut self) {
+        self.step.close = true;
+    }
+    fn event(&mut self, event: arduino::Event) {
+        self.events.push(event);
+    }
+}
+
+struct ArduinoRng<'a>(&'a mut Rng);
+impl arduino::NonceSource for ArduinoRng<'_> {
+    fn fill(&mut self, buf: &mut [u8]) {
+        NonceSource::fill(self.0, buf);
+    }
+}
+
+/// Whether `event` ends an ArduinoOTA exchange (a refused invitation during a transfer does not).
+fn ends_exchange(event: &arduino::Event) -> bool {
+    use arduino::Event::*;
+    !matches!(event, Busy | AuthRequested | Begin { .. } | Progress { .. })
 }
 
 /// One OTA connection's state: the protocol server and the update it is writing.

@@ -1,13 +1,15 @@
-//! The emulator process: the device's OTA port on a loopback TCP listener, its serial log on
-//! stdout (and optionally a file), the control channel on stdin. One thread runs the device;
-//! another only reads stdin lines into a channel.
+//! The emulator process: the device's ESPHome OTA port on a loopback TCP listener, its
+//! ArduinoOTA port on a loopback UDP socket (and the device's back-connections from it), its
+//! serial log on stdout (and optionally a file), the control channel on stdin. One thread runs
+//! the device; another only reads stdin lines into a channel. One update at a time, as on the
+//! chip, where each library's update loop holds the app's loop until it is done.
 
 use crate::CONTROL_PREFIX;
 use crate::control::{self, Command};
-use crate::device::{Device, OtaSession, SessionInput, SessionStep};
+use crate::device::{ArduinoInput, ArduinoStep, Device, OtaSession, SessionInput, SessionStep};
 use std::fs::File;
 use std::io::{self, BufRead, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -31,7 +33,10 @@ impl Write for Serial {
 }
 
 pub struct ServeOptions {
+    /// The ESPHome OTA port (TCP).
     pub listen: SocketAddr,
+    /// The ArduinoOTA invitation port (UDP).
+    pub arduino_listen: SocketAddr,
     /// Start powered off (the harness powers on when a scenario says `boot`).
     pub start_off: bool,
     /// A session with no bytes from the client for this long is dropped (as a device timeout).
@@ -68,81 +73,81 @@ fn spawn_stdin_reader() -> Receiver<Option<String>> {
     rx
 }
 
+/// How long the device tries to reach the uploader for the back-connection (arduino-esp32's
+/// `WiFiClient` connect timeout).
+const ARDUINO_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The sockets of the device's network services.
+struct Net {
+    listener: TcpListener,
+    udp: UdpSocket,
+    /// The ESPHome session in progress.
+    conn: Option<Connection>,
+    /// ArduinoOTA's back-connection to the uploader.
+    arduino: Option<TcpStream>,
+}
+
+impl Net {
+    /// The device stops serving (power, reset): every client sees its connection drop.
+    fn drop_connections(&mut self, device: &mut Device<Serial>) {
+        if let Some(c) = self.conn.take() {
+            let _ = c.stream.shutdown(Shutdown::Both);
+            control_line(device, "event session-closed");
+        }
+        if let Some(a) = self.arduino.take() {
+            let _ = a.shutdown(Shutdown::Both);
+            control_line(device, "event session-closed");
+        }
+    }
+}
+
 /// Runs until `quit` or the end of stdin.
 pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<()> {
     let listener = TcpListener::bind(opts.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
     listener.set_nonblocking(true)?;
+    let udp = UdpSocket::bind(opts.arduino_listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on UDP {}: {e}", opts.arduino_listen))?;
+    udp.set_nonblocking(true)?;
     let local = listener.local_addr()?;
-    control_line(&mut device, &format!("ready listen={local}"));
+    let arduino_local = udp.local_addr()?;
+    control_line(&mut device, &format!("ready listen={local} arduino={arduino_local}"));
     if !opts.start_off {
         device.power_on();
     }
     let commands = spawn_stdin_reader();
-    let mut conn: Option<Connection> = None;
+    let mut net = Net { listener, udp, conn: None, arduino: None };
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         // Commands first: a power cut must land between two reads of an upload.
         loop {
-            let wait = if conn.is_some() { Duration::ZERO } else { Duration::from_millis(2) };
+            let busy = net.conn.is_some() || net.arduino.is_some();
+            let wait = if busy { Duration::ZERO } else { Duration::from_millis(1) };
             let line = match commands.recv_timeout(wait) {
                 Ok(Some(line)) => line,
                 Ok(None) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
                 Err(RecvTimeoutError::Timeout) => break,
             };
-            match control::parse(&line) {
-                Err(e) => control_line(&mut device, &format!("err {e}")),
-                Ok(cmd) => {
-                    if matches!(cmd, Command::PowerOn | Command::PowerOff | Command::Reset) {
-                        // The device stops serving: the client sees the connection drop.
-                        if let Some(c) = conn.take() {
-                            let _ = c.stream.shutdown(Shutdown::Both);
-                            control_line(&mut device, "event session-closed");
-                        }
-                    }
-                    match cmd {
-                        Command::PowerOn => {
-                            device.power_off();
-                            device.power_on();
-                            let s = device.status();
-                            control_line(&mut device, &format!("ok power-on {s}"));
-                        }
-                        Command::PowerOff => {
-                            device.power_off();
-                            control_line(&mut device, "ok power-off");
-                        }
-                        Command::Reset => {
-                            device.reset();
-                            let s = device.status();
-                            control_line(&mut device, &format!("ok reset {s}"));
-                        }
-                        Command::Status => {
-                            let s = device.status();
-                            control_line(&mut device, &format!("ok status {s}"));
-                        }
-                        Command::Cut(fault) => {
-                            match fault {
-                                Some(f) => device.flash_mut().arm(f),
-                                None => device.flash_mut().disarm(),
-                            }
-                            control_line(&mut device, "ok cut");
-                        }
-                        Command::Quit => {
-                            control_line(&mut device, "ok quit");
-                            return Ok(());
-                        }
-                    }
-                }
+            if !command(&mut device, &mut net, &line) {
+                return Ok(());
             }
         }
-        if conn.is_none() {
-            match listener.accept() {
+        let mut active = arduino_datagrams(&mut device, &mut net, &mut buf)?;
+        active |= arduino_connection(&mut device, &mut net, &mut buf);
+        if device.arduino_busy() {
+            // ArduinoOTA's `_runUpdate` holds the device's loop: ESPHome waits in the backlog.
+            if !active {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            continue;
+        }
+        if net.conn.is_none() {
+            match net.listener.accept() {
                 Ok((stream, _)) => {
                     if let Some(session) = device.accept() {
-                        stream.set_nonblocking(false)?;
-                        stream.set_read_timeout(Some(Duration::from_millis(2)))?;
+                        stream.set_nonblocking(true)?;
                         stream.set_nodelay(true)?;
-                        conn = Some(Connection { stream, session, last_input: Instant::now() });
+                        net.conn = Some(Connection { stream, session, last_input: Instant::now() });
                     } else {
                         // Nothing serves OTA (off, hung, bricked): the connection is refused.
                         let _ = stream.shutdown(Shutdown::Both);
@@ -154,52 +159,221 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
             }
             continue;
         }
-        let c = conn.as_mut().expect("checked above");
-        let input = match c.stream.read(&mut buf) {
-            Ok(0) => SessionInput::Closed,
-            Ok(n) => {
-                c.last_input = Instant::now();
-                SessionInput::Data(&buf[..n])
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                if c.last_input.elapsed() < opts.session_timeout {
-                    continue;
-                }
-                SessionInput::TimedOut
-            }
-            Err(_) => SessionInput::Closed,
-        };
-        let step = device.session_input(&mut c.session, input);
-        match step {
-            SessionStep::Continue(reply) => {
-                if !reply.is_empty() && c.stream.write_all(&reply).is_err() {
-                    let step = device.session_input(&mut c.session, SessionInput::Closed);
-                    if let SessionStep::PowerLost(loss) = step {
-                        report_loss(&mut device, loss);
-                    }
-                    conn = None;
-                    control_line(&mut device, "event session-closed");
-                }
-            }
-            SessionStep::Close { reply, reboot } => {
-                let _ = c.stream.write_all(&reply);
-                let _ = c.stream.shutdown(Shutdown::Write);
-                conn = None;
-                control_line(&mut device, "event session-closed");
-                if reboot {
-                    device.reboot_after_update();
-                    let s = device.status();
-                    control_line(&mut device, &format!("event rebooted {s}"));
-                }
-            }
-            SessionStep::PowerLost(loss) => {
-                let _ = c.stream.shutdown(Shutdown::Both);
-                conn = None;
-                report_loss(&mut device, loss);
-                control_line(&mut device, "event session-closed");
-            }
+        if !esphome_connection(&mut device, &mut net, &mut buf, opts.session_timeout) && !active {
+            std::thread::sleep(Duration::from_micros(200));
         }
     }
+}
+
+/// One control command; `false` to quit.
+fn command(device: &mut Device<Serial>, net: &mut Net, line: &str) -> bool {
+    let cmd = match control::parse(line) {
+        Err(e) => {
+            control_line(device, &format!("err {e}"));
+            return true;
+        }
+        Ok(cmd) => cmd,
+    };
+    if matches!(cmd, Command::PowerOn | Command::PowerOff | Command::Reset) {
+        net.drop_connections(device);
+    }
+    match cmd {
+        Command::PowerOn => {
+            device.power_off();
+            device.power_on();
+            let s = device.status();
+            control_line(device, &format!("ok power-on {s}"));
+        }
+        Command::PowerOff => {
+            device.power_off();
+            control_line(device, "ok power-off");
+        }
+        Command::Reset => {
+            device.reset();
+            let s = device.status();
+            control_line(device, &format!("ok reset {s}"));
+        }
+        Command::Status => {
+            let s = device.status();
+            control_line(device, &format!("ok status {s}"));
+        }
+        Command::Cut(fault) => {
+            match fault {
+                Some(f) => device.flash_mut().arm(f),
+                None => device.flash_mut().disarm(),
+            }
+            control_line(device, "ok cut");
+        }
+        Command::Quit => {
+            control_line(device, "ok quit");
+            return false;
+        }
+    }
+    true
+}
+
+/// Reads the ArduinoOTA port; true if a datagram came. Datagrams to a device that is off are
+/// lost, as on the chip.
+fn arduino_datagrams(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) -> anyhow::Result<bool> {
+    let (n, from) = match net.udp.recv_from(buf) {
+        Ok(got) => got,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::WouldBlock | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let esphome_busy = net.conn.is_some();
+    let step = device.arduino_input(ArduinoInput::Datagram { from, bytes: &buf[..n] }, esphome_busy);
+    apply_arduino(device, net, step);
+    Ok(true)
+}
+
+/// Reads ArduinoOTA's back-connection and runs its timers; true if bytes came.
+fn arduino_connection(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) -> bool {
+    if device.arduino_due() {
+        let step = device.arduino_input(ArduinoInput::Poll, false);
+        apply_arduino(device, net, step);
+    }
+    let Some(stream) = net.arduino.as_mut() else { return false };
+    let input = match stream.read(buf) {
+        Ok(0) => ArduinoInput::Closed,
+        Ok(n) => ArduinoInput::Data(&buf[..n]),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+        Err(_) => ArduinoInput::Closed,
+    };
+    let closed = matches!(input, ArduinoInput::Closed);
+    if closed {
+        net.arduino = None;
+    }
+    let step = device.arduino_input(input, false);
+    apply_arduino(device, net, step);
+    !closed
+}
+
+/// Carries out what ArduinoOTA asked for, feeding the outcome of each socket call back to it.
+fn apply_arduino(device: &mut Device<Serial>, net: &mut Net, mut step: ArduinoStep) {
+    loop {
+        if let Some(loss) = step.power_lost {
+            if let Some(a) = net.arduino.take() {
+                let _ = a.shutdown(Shutdown::Both);
+            }
+            report_loss(device, loss);
+            control_line(device, "event session-closed");
+            return;
+        }
+        for (to, bytes) in &step.datagrams {
+            // A lost reply is what UDP does; the uploader retries or times out.
+            let _ = net.udp.send_to(bytes, to);
+        }
+        if let Some(to) = step.connect {
+            let input = match TcpStream::connect_timeout(&to, ARDUINO_CONNECT_TIMEOUT) {
+                Ok(stream) if stream.set_nonblocking(true).is_ok() => {
+                    let _ = stream.set_nodelay(true);
+                    net.arduino = Some(stream);
+                    ArduinoInput::Connected
+                }
+                _ => ArduinoInput::ConnectFailed,
+            };
+            step = device.arduino_input(input, false);
+            continue;
+        }
+        if !step.send.is_empty()
+            && let Some(stream) = net.arduino.as_mut()
+        {
+            // Counts and texts are a few bytes: the socket takes them whole.
+            let _ = stream.set_nonblocking(false);
+            let sent = stream.write_all(&step.send);
+            let _ = stream.set_nonblocking(true);
+            if sent.is_err() && !step.close {
+                net.arduino = None;
+                step = device.arduino_input(ArduinoInput::Closed, false);
+                continue;
+            }
+        }
+        if step.close {
+            if let Some(stream) = net.arduino.take() {
+                let _ = stream.shutdown(Shutdown::Write);
+            }
+            let reboot = step.reboot;
+            let _ = device.arduino_input(ArduinoInput::Closed, false);
+            control_line(device, "event session-closed");
+            if reboot {
+                device.reboot_after_update();
+                let s = device.status();
+                control_line(device, &format!("event rebooted {s}"));
+            }
+            return;
+        }
+        if step.exchange_over {
+            control_line(device, "event session-closed");
+        }
+        return;
+    }
+}
+
+/// Serves the ESPHome session; true if bytes came.
+fn esphome_connection(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8], timeout: Duration) -> bool {
+    let Some(c) = net.conn.as_mut() else { return false };
+    let mut got_bytes = false;
+    let input = match c.stream.read(buf) {
+        Ok(0) => SessionInput::Closed,
+        Ok(n) => {
+            c.last_input = Instant::now();
+            got_bytes = true;
+            SessionInput::Data(&buf[..n])
+        }
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+            if c.last_input.elapsed() < timeout {
+                return false;
+            }
+            SessionInput::TimedOut
+        }
+        Err(_) => SessionInput::Closed,
+    };
+    let step = device.session_input(&mut c.session, input);
+    match step {
+        SessionStep::Continue(reply) => {
+            if !reply.is_empty() && !write_blocking(&mut c.stream, &reply) {
+                let step = device.session_input(&mut c.session, SessionInput::Closed);
+                if let SessionStep::PowerLost(loss) = step {
+                    report_loss(device, loss);
+                }
+                net.conn = None;
+                control_line(device, "event session-closed");
+            }
+        }
+        SessionStep::Close { reply, reboot } => {
+            let _ = write_blocking(&mut c.stream, &reply);
+            let _ = c.stream.shutdown(Shutdown::Write);
+            net.conn = None;
+            control_line(device, "event session-closed");
+            if reboot {
+                device.reboot_after_update();
+                let s = device.status();
+                control_line(device, &format!("event rebooted {s}"));
+            }
+        }
+        SessionStep::PowerLost(loss) => {
+            let _ = c.stream.shutdown(Shutdown::Both);
+            net.conn = None;
+            report_loss(device, loss);
+            control_line(device, "event session-closed");
+        }
+    }
+    got_bytes
+}
+
+/// Writes all of `bytes` on a non-blocking stream (replies are a few bytes).
+fn write_blocking(stream: &mut TcpStream, bytes: &[u8]) -> bool {
+    let _ = stream.set_nonblocking(false);
+    let ok = stream.write_all(bytes).is_ok();
+    let _ = stream.set_nonblocking(true);
+    ok
 }
 
 fn report_loss(device: &mut Device<Serial>, loss: crate::flash::PowerLoss) {
