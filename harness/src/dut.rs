@@ -1,6 +1,7 @@
 //! The device under test, whatever runs it. Backends differ only by [`Capabilities`]: a step
 //! that needs one a backend lacks is skipped with the reason, never passed silently.
 
+use crate::client::UpdatePath;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -70,8 +71,9 @@ pub trait Dut {
     fn reset(&mut self) -> Result<(), DutError>;
     fn arm_power_cut(&mut self, cut: PowerCut) -> Result<(), DutError>;
     fn disarm_power_cut(&mut self) -> Result<(), DutError>;
-    /// Where the device's OTA port is reachable from here.
-    fn ota_addr(&self) -> SocketAddr;
+    /// Where the device's endpoint for `path` is reachable from here (ESPHome's TCP port,
+    /// ArduinoOTA's UDP invitation port), or why this backend has none.
+    fn endpoint(&self, path: UpdatePath) -> Result<SocketAddr, String>;
     /// The next event, waiting at most `timeout` (`None`: nothing happened).
     fn next_event(&mut self, timeout: Duration) -> Result<Option<DutEvent>, DutError>;
     /// The whole flash as it is now.

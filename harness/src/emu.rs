@@ -1,6 +1,7 @@
 //! The emu backend: one `ota-emu` process per scenario, its flash file in a temp dir, serial and
 //! control lines on its stdout, commands on its stdin.
 
+use crate::client::UpdatePath;
 use crate::dut::{Capabilities, Dut, DutError, DutEvent, FlashCounters, PowerCut};
 use ota_emu::CONTROL_PREFIX;
 use std::io::{BufRead, BufReader, Write};
@@ -49,6 +50,8 @@ pub struct EmuSetup {
     pub bootloader_rollback: bool,
     pub erase_upfront: bool,
     pub seed: u64,
+    /// ArduinoOTA's built-in password and scheme (for a layout without an nvs partition).
+    pub arduino: Option<crate::scenario::ArduinoDevice>,
 }
 
 enum Line {
@@ -62,6 +65,7 @@ pub struct EmuDut {
     stdin: ChildStdin,
     lines: Receiver<Line>,
     addr: SocketAddr,
+    arduino_addr: SocketAddr,
     flash_path: PathBuf,
     /// Events read while waiting for a command's reply, handed out by `next_event` in order.
     pending: std::collections::VecDeque<DutEvent>,
@@ -96,6 +100,12 @@ impl EmuDut {
         if setup.erase_upfront {
             cmd.arg("--erase-upfront");
         }
+        if let Some(a) = &setup.arduino {
+            cmd.arg("--arduino-auth").arg(a.auth.name());
+            if let Some(p) = &a.password {
+                cmd.arg("--arduino-password").arg(p);
+            }
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| DutError::Start(format!("cannot start {}: {e}", program.program.display())))?;
@@ -120,17 +130,21 @@ impl EmuDut {
             stdin,
             lines,
             addr: "127.0.0.1:0".parse().expect("literal"),
+            arduino_addr: "127.0.0.1:0".parse().expect("literal"),
             flash_path,
             pending: Default::default(),
             _dir: dir,
         };
         let ready = dut.wait_control(|c| c.starts_with("ready "), REPLY_TIMEOUT, "the ready line")?;
-        let addr = ready
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("listen="))
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| DutError::Start(format!("unexpected ready line `{ready}`")))?;
-        dut.addr = addr;
+        let field = |name: &str| {
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| DutError::Start(format!("unexpected ready line `{ready}` (no {name}ADDR)")))
+        };
+        dut.addr = field("listen=")?;
+        dut.arduino_addr = field("arduino=")?;
         Ok(dut)
     }
 
@@ -226,8 +240,11 @@ impl Dut for EmuDut {
         self.command("cut clear").map(drop)
     }
 
-    fn ota_addr(&self) -> SocketAddr {
-        self.addr
+    fn endpoint(&self, path: UpdatePath) -> Result<SocketAddr, String> {
+        Ok(match path {
+            UpdatePath::Esphome => self.addr,
+            UpdatePath::Arduino => self.arduino_addr,
+        })
     }
 
     fn next_event(&mut self, timeout: Duration) -> Result<Option<DutEvent>, DutError> {

@@ -67,9 +67,14 @@ enum Cmd {
         #[arg(default_value = "scenarios")]
         scenarios: PathBuf,
     },
-    /// Upload an image to a device's ESPHome OTA port (an emulator, QEMU's forwarded port, a board).
+    /// Upload an image to a device (an emulator, QEMU's forwarded port, a board) over ESPHome OTA
+    /// (TCP) or ArduinoOTA (a UDP invitation; the device connects back to this machine).
     Ota {
-        /// The device's OTA address, e.g. 127.0.0.1:3232.
+        /// The update path: esphome or arduino.
+        #[arg(long, default_value = "esphome", value_parser = parse_update_path)]
+        protocol: otahil::client::UpdatePath,
+        /// The device's OTA address, e.g. 127.0.0.1:3232 (ESPHome's TCP port, or ArduinoOTA's
+        /// UDP port).
         #[arg(long)]
         addr: std::net::SocketAddr,
         /// The image: a fixture name or a file.
@@ -77,7 +82,8 @@ enum Cmd {
         image: String,
         #[arg(long)]
         password: Option<String>,
-        /// Offer MD5 authentication only (an ESPHome 2024.11 client).
+        /// ESPHome: offer MD5 authentication only (an ESPHome 2024.11 client). ArduinoOTA takes
+        /// the scheme the device's challenge announces.
         #[arg(long)]
         md5_auth: bool,
         /// Give up after this many seconds.
@@ -138,6 +144,13 @@ fn load_all(
     Ok((loaded, errors))
 }
 
+fn parse_update_path(s: &str) -> Result<otahil::client::UpdatePath, String> {
+    otahil::client::UpdatePath::by_name(s).ok_or_else(|| {
+        let names: Vec<&str> = otahil::client::UpdatePath::ALL.iter().map(|p| p.name()).collect();
+        format!("`{s}`: expected one of {}", names.join(", "))
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Emu { args } => {
@@ -145,13 +158,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ota_emu::cli::run_from(argv)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Ota { addr, image, password, md5_auth, timeout } => {
+        Cmd::Ota { protocol, addr, image, password, md5_auth, timeout } => {
             let bytes = match fixtures::find(&image) {
                 Some(f) => f.bytes(),
                 None => std::fs::read(&image).with_context(|| format!("reading {image}"))?,
             };
+            let file_name = std::path::Path::new(&image)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| image.clone());
             let upload = otahil::client::Upload {
                 image: &bytes,
+                file_name: &file_name,
                 password: password.as_deref(),
                 offer_sha256: !md5_auth,
                 declared_size: None,
@@ -160,16 +178,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 send_delay: None,
                 timeout: std::time::Duration::from_secs(timeout),
                 seed: 0,
+                arduino: Default::default(),
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let started = std::time::Instant::now();
-            let outcome = rt.block_on(otahil::client::upload(addr, &upload));
+            let outcome = rt.block_on(otahil::client::upload(protocol, addr, &upload));
             let secs = started.elapsed().as_secs_f64();
-            println!(
-                "{outcome} ({} bytes in {secs:.2} s, {:.0} KiB/s)",
-                bytes.len(),
-                bytes.len() as f64 / 1024.0 / secs
-            );
+            // Only what reached the device counts: a refused session sent nothing.
+            let sent = match &outcome {
+                otahil::client::Outcome::Ok { .. } => Some(bytes.len() as u64),
+                other => other.sent(),
+            };
+            match sent {
+                Some(n) if n > 0 => {
+                    println!("{outcome} ({n} bytes in {secs:.2} s, {:.0} KiB/s)", n as f64 / 1024.0 / secs)
+                }
+                _ => println!("{outcome} (no image bytes sent, {secs:.2} s)"),
+            }
             Ok(if matches!(outcome, otahil::client::Outcome::Ok { .. }) {
                 ExitCode::SUCCESS
             } else {

@@ -5,6 +5,7 @@
 //! Reboots the device announces are done as power cycles: the QEMU fork tested keeps stale
 //! translated code across a guest software reset into a different image and hangs.
 
+use crate::client::UpdatePath;
 use crate::dut::{Capabilities, Dut, DutError, DutEvent, FlashCounters, PowerCut};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -235,8 +236,13 @@ impl Dut for QemuDut {
         Ok(())
     }
 
-    fn ota_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+    fn endpoint(&self, path: UpdatePath) -> Result<SocketAddr, String> {
+        match path {
+            UpdatePath::Esphome => Ok(SocketAddr::from(([127, 0, 0, 1], self.port))),
+            UpdatePath::Arduino => {
+                Err("the chip firmware does not serve ArduinoOTA yet (its UDP port is not forwarded)".into())
+            }
+        }
     }
 
     fn next_event(&mut self, timeout: Duration) -> Result<Option<DutEvent>, DutError> {

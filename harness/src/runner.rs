@@ -1,14 +1,14 @@
 //! Plays a scenario against a [`Dut`]: steps in order, each checked, the first failure stops
 //! the scenario with what was expected, what happened and the last serial lines.
 
-use crate::client::{self, Outcome, Upload};
+use crate::client::{self, Upload};
 use crate::dut::{Dut, DutError, DutEvent, PowerCut};
 use crate::emu::{EmuDut, EmuProgram, EmuSetup};
 use crate::inspect;
 use crate::qemu::{FirmwareBuilds, QemuDut, QemuProgram};
 use crate::report::{ScenarioReport, StepOutcome, StepReport};
 use crate::scenario::{
-    AuthSpec, CutPower, EraseSpec, Expect, Image, OtaStep, Scenario, SnapshotKind, StepKind, SweepStep,
+    AuthSpec, CutPower, EraseSpec, Image, OtaStep, Scenario, SnapshotKind, StepKind, SweepStep,
     WriterFaultSpec,
 };
 use crate::serial::{SerialLog, normalise};
@@ -76,6 +76,7 @@ impl Backend {
                     bootloader_rollback: d.bootloader_rollback,
                     erase_upfront: d.erase == EraseSpec::Upfront,
                     seed: options.seed.unwrap_or(d.seed),
+                    arduino: if provisioned { None } else { d.arduino.clone() },
                 };
                 EmuDut::start(program, &setup)
                     .map(|d| Box::new(d) as Box<dyn Dut>)
@@ -131,7 +132,7 @@ fn device_flash(s: &Scenario, app: &[u8]) -> Result<(Vec<u8>, bool), StartError>
             ota_password: d.password.as_deref(),
             protocol: d.protocol,
             wifi: None,
-            arduino: None,
+            arduino: d.arduino.as_ref().map(|a| (a.password.as_deref(), a.auth)),
         },
     ) {
         Ok(()) => true,
@@ -429,8 +430,13 @@ impl Run<'_> {
             Ok(i) => i,
             Err(why) => return Ok(StepOutcome::Skipped(why)),
         };
+        let endpoint = match self.dut.endpoint(o.path) {
+            Ok(addr) => addr,
+            Err(why) => return Ok(StepOutcome::Skipped(why)),
+        };
         let upload = Upload {
             image: &image,
+            file_name: &o.image.name,
             password: o.password.as_deref(),
             offer_sha256: o.auth == AuthSpec::Sha256,
             declared_size: o.declared_size,
@@ -439,17 +445,10 @@ impl Run<'_> {
             send_delay: o.send_delay,
             timeout: o.timeout,
             seed: self.seed(),
+            arduino: o.arduino.clone(),
         };
-        let addr = self.dut.ota_addr();
-        let outcome = self.rt.block_on(client::upload(addr, &upload));
-        let matches = match (o.expect, &outcome) {
-            (Expect::Ok, Outcome::Ok { .. }) => true,
-            (Expect::Code(c), Outcome::DeviceError { code, .. }) => c == *code,
-            (Expect::Interrupted, Outcome::Interrupted { .. } | Outcome::Disconnected { .. }) => true,
-            (Expect::PasswordRequired, Outcome::PasswordRequired) => true,
-            _ => false,
-        };
-        if !matches {
+        let outcome = self.rt.block_on(client::upload(o.path, endpoint, &upload));
+        if outcome.name() != o.expect.0 {
             return Ok(StepOutcome::Failed(format!("expected {}, got {outcome}", o.expect)));
         }
         // The device's side of the session (its logs, its abort) is over before we look at it.
@@ -457,7 +456,7 @@ impl Run<'_> {
             self.wait_until(DEVICE_EVENT_TIMEOUT, |r| r.sessions_closed > sessions).map_err(dut_err)?
         } else {
             // No session events from this backend: the session is over when its log goes quiet.
-            if o.expect != Expect::Ok {
+            if !o.expect.is_ok() {
                 self.drain(Duration::from_millis(300)).map_err(dut_err)?;
             }
             true
@@ -467,7 +466,7 @@ impl Run<'_> {
                 "the device did not close the OTA session within {DEVICE_EVENT_TIMEOUT:?} (client saw: {outcome})"
             )));
         }
-        if o.expect == Expect::Ok {
+        if o.expect.is_ok() {
             let rebooted = self.wait_until(DEVICE_EVENT_TIMEOUT, |r| r.reboots > reboots).map_err(dut_err)?;
             if !rebooted {
                 return Ok(StepOutcome::Failed(format!(

@@ -1,8 +1,10 @@
 //! Scenarios: the YAML model, its strict loader, and the checks that turn names and strings
 //! into images, regexes and durations — every error with file, line and column.
 
+use crate::client::UpdatePath;
 use crate::fixtures;
 use ota_core::partition::PartitionTable;
+use ota_core::proto::arduino::AuthScheme;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 use std::fmt;
@@ -56,6 +58,25 @@ struct RawDevice {
     seed: Option<u64>,
     #[serde(default)]
     writer_fault: Option<WriterFaultSpec>,
+    #[serde(default)]
+    arduino: Option<RawArduinoDevice>,
+}
+
+/// The device's ArduinoOTA settings, provisioned in NVS like ESPHome's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArduinoDevice {
+    #[serde(default)]
+    password: Option<Spanned<String>>,
+    #[serde(default)]
+    auth: Option<ArduinoAuthSpec>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum ArduinoAuthSpec {
+    Md5,
+    Pbkdf2,
 }
 
 /// A deliberately broken writer, to show the sweep catches one (never a real device setting).
@@ -126,6 +147,8 @@ enum RawSnapshot {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawOta {
+    #[serde(default)]
+    protocol: Option<Spanned<String>>,
     image: Spanned<String>,
     expect: Spanned<String>,
     #[serde(default)]
@@ -148,6 +171,25 @@ struct RawOta {
     flash: Option<FlashExpect>,
     #[serde(default)]
     erases: Option<u64>,
+    // ArduinoOTA's uploader faults.
+    #[serde(default)]
+    invitation: Option<Spanned<String>>,
+    #[serde(default)]
+    command: Option<Spanned<u32>>,
+    #[serde(default)]
+    stall: Option<Spanned<RawStall>>,
+    #[serde(default)]
+    no_ack: Option<Spanned<bool>>,
+    #[serde(default)]
+    second_invitation: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStall {
+    after_bytes: u64,
+    #[serde(rename = "for")]
+    pause: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +244,14 @@ pub struct Device {
     pub erase: EraseSpec,
     pub seed: u64,
     pub writer_fault: Option<WriterFaultSpec>,
+    /// ArduinoOTA's password and scheme, when the scenario provisions them.
+    pub arduino: Option<ArduinoDevice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArduinoDevice {
+    pub password: Option<String>,
+    pub auth: AuthScheme,
 }
 
 /// An image resolved from a fixture name or a file.
@@ -256,7 +306,10 @@ impl StepKind {
             StepKind::ExpectLog { pattern, absent, .. } => {
                 format!("expect_log{} '{}'", if *absent { " (absent)" } else { "" }, pattern.as_str())
             }
-            StepKind::Ota(o) => format!("ota {} (expect {})", o.image.name, o.expect),
+            StepKind::Ota(o) if o.path == UpdatePath::Esphome => {
+                format!("ota {} (expect {})", o.image.name, o.expect)
+            }
+            StepKind::Ota(o) => format!("ota {} over {} (expect {})", o.image.name, o.path, o.expect),
             StepKind::Snapshot(k) => {
                 format!("snapshot {}", k.iter().map(|k| k.name()).collect::<Vec<_>>().join("+"))
             }
@@ -280,28 +333,26 @@ impl SnapshotKind {
     }
 }
 
-/// What the OTA step must end with.
+/// What the OTA step must end with: `ok`, `interrupted`, `password_required`, or one of the
+/// update path's own outcome names ([`UpdatePath::error_names`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expect {
-    /// `UPDATE_END_OK`, final ack sent, device reboots.
-    Ok,
-    /// The device answered this error code.
-    Code(u8),
-    /// The connection ended without an answer (power cut, client disconnect).
-    Interrupted,
-    /// The device asked for a password and the step gave none.
-    PasswordRequired,
+pub struct Expect(pub &'static str);
+
+impl Expect {
+    pub const OK: Expect = Expect("ok");
+    pub const INTERRUPTED: Expect = Expect("interrupted");
+    pub const PASSWORD_REQUIRED: Expect = Expect("password_required");
+
+    pub fn is_ok(self) -> bool {
+        self == Expect::OK
+    }
 }
 
 impl fmt::Display for Expect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Expect::Ok => f.write_str("ok"),
-            Expect::Code(c) => {
-                write!(f, "{} (0x{c:02X})", ota_core::proto::esphome::code_name(*c).unwrap_or("?"))
-            }
-            Expect::Interrupted => f.write_str("interrupted"),
-            Expect::PasswordRequired => f.write_str("password_required"),
+        match ota_core::proto::esphome::code_by_name(self.0) {
+            Some(c) if c >= 0x80 => write!(f, "{} (0x{c:02X})", self.0),
+            _ => f.write_str(self.0),
         }
     }
 }
@@ -314,6 +365,7 @@ pub enum CutPower {
 
 #[derive(Debug, Clone)]
 pub struct OtaStep {
+    pub path: UpdatePath,
     pub image: Image,
     pub expect: Expect,
     pub password: Option<String>,
@@ -326,6 +378,7 @@ pub struct OtaStep {
     pub cut_power: Option<(CutPower, Option<u64>)>,
     pub flash_unchanged: bool,
     pub erases: Option<u64>,
+    pub arduino: crate::client::ArduinoFaults,
 }
 
 // ---- loading -------------------------------------------------------------------------------
@@ -477,6 +530,32 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
         Some(p) if p.value.contains('\0') => return cx.at(&p, "password: a NUL byte cannot be stored"),
         p => p.map(|p| p.value),
     };
+    let arduino = match d.arduino {
+        None => None,
+        Some(a) => {
+            let password = match a.password {
+                Some(p) if p.value.len() > ota_core::settings::MAX_PASSWORD_LEN => {
+                    return cx.at(
+                        &p,
+                        format!(
+                            "arduino password of {} bytes: the device stores at most {}",
+                            p.value.len(),
+                            ota_core::settings::MAX_PASSWORD_LEN
+                        ),
+                    );
+                }
+                Some(p) if p.value.contains('\0') => {
+                    return cx.at(&p, "arduino password: a NUL byte cannot be stored");
+                }
+                p => p.map(|p| p.value),
+            };
+            let auth = match a.auth {
+                None | Some(ArduinoAuthSpec::Md5) => AuthScheme::Md5,
+                Some(ArduinoAuthSpec::Pbkdf2) => AuthScheme::Pbkdf2Sha256,
+            };
+            Some(ArduinoDevice { password, auth })
+        }
+    };
     let device = Device {
         firmware: cx.image(&d.firmware)?,
         password,
@@ -488,6 +567,7 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
         erase: d.erase.unwrap_or(EraseSpec::Sequential),
         seed: d.seed.unwrap_or(0),
         writer_fault: d.writer_fault,
+        arduino,
     };
     let mut steps = Vec::new();
     for s in raw.steps {
@@ -558,27 +638,73 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
 }
 
 fn check_ota(o: RawOta, cx: &Ctx<'_>) -> Result<OtaStep, ScenarioError> {
+    let path = match &o.protocol {
+        None => UpdatePath::Esphome,
+        Some(p) => match UpdatePath::by_name(&p.value) {
+            Some(path) => path,
+            None => {
+                let names: Vec<&str> = UpdatePath::ALL.iter().map(|p| p.name()).collect();
+                return cx.at(p, format!("protocol `{}`: expected one of {}", p.value, names.join(", ")));
+            }
+        },
+    };
+    let errors = path.error_names();
     let expect = match o.expect.value.as_str() {
-        "ok" => Expect::Ok,
-        "interrupted" => Expect::Interrupted,
-        "password_required" => Expect::PasswordRequired,
-        name => match ota_core::proto::esphome::code_by_name(name) {
-            Some(c) if c >= 0x80 => Expect::Code(c),
-            _ => {
-                let codes: Vec<&str> = ota_core::proto::esphome::CODE_NAMES
-                    .iter()
-                    .filter(|(c, _)| *c >= 0x80)
-                    .map(|(_, n)| *n)
-                    .collect();
+        "ok" => Expect::OK,
+        "interrupted" => Expect::INTERRUPTED,
+        "password_required" => Expect::PASSWORD_REQUIRED,
+        name => match errors.iter().find(|n| **n == name) {
+            Some(n) => Expect(n),
+            None => {
                 return cx.at(
                     &o.expect,
                     format!(
-                        "expect `{name}`: expected ok, interrupted, password_required or an error code ({})",
-                        codes.join(", ")
+                        "expect `{name}`: expected ok, interrupted, password_required or an outcome of {path} OTA ({})",
+                        errors.join(", ")
                     ),
                 );
             }
         },
+    };
+    // Options that only one update path has are errors on the other, where they would do nothing.
+    let only = |present: bool, name: &str, on: UpdatePath| -> Result<(), ScenarioError> {
+        if present && path != on {
+            return cx.at(
+                &o.expect,
+                format!("`{name}` is an option of {on} OTA steps, this step's protocol is {path}"),
+            );
+        }
+        Ok(())
+    };
+    only(o.auth.is_some(), "auth", UpdatePath::Esphome)?;
+    only(o.invitation.is_some(), "invitation", UpdatePath::Arduino)?;
+    only(o.command.is_some(), "command", UpdatePath::Arduino)?;
+    only(o.stall.is_some(), "stall", UpdatePath::Arduino)?;
+    only(o.no_ack.is_some(), "no_ack", UpdatePath::Arduino)?;
+    only(o.second_invitation.is_some(), "second_invitation", UpdatePath::Arduino)?;
+    let command = match &o.command {
+        None => ota_core::proto::arduino::CMD_FLASH,
+        Some(c) if c.value == 0 || c.value == 100 => c.value,
+        Some(c) => return cx.at(c, format!("command {}: expected 0 (flash) or 100 (filesystem)", c.value)),
+    };
+    let stall = match &o.stall {
+        None => None,
+        Some(st) => match parse_duration(&st.value.pause) {
+            Some(d) => Some((st.value.after_bytes, d)),
+            None => {
+                return cx.at(
+                    st,
+                    format!("stall for `{}`: expected a duration such as `1500ms` or `5s`", st.value.pause),
+                );
+            }
+        },
+    };
+    let arduino = crate::client::ArduinoFaults {
+        raw_invitation: o.invitation.as_ref().map(|i| i.value.clone()),
+        command,
+        stall,
+        no_ack: o.no_ack.as_ref().is_some_and(|b| b.value),
+        second_invitation: o.second_invitation.as_ref().is_some_and(|b| b.value),
     };
     let md5 = match &o.md5 {
         None => None,
@@ -605,6 +731,7 @@ fn check_ota(o: RawOta, cx: &Ctx<'_>) -> Result<OtaStep, ScenarioError> {
         }
     };
     Ok(OtaStep {
+        path,
         image: cx.image(&o.image)?,
         expect,
         password: o.password,
@@ -617,6 +744,7 @@ fn check_ota(o: RawOta, cx: &Ctx<'_>) -> Result<OtaStep, ScenarioError> {
         cut_power,
         flash_unchanged: o.flash == Some(FlashExpect::Unchanged),
         erases: o.erases,
+        arduino,
     })
 }
 
@@ -637,7 +765,7 @@ mod tests {
         let s = parse(OK, Path::new("x.yaml")).unwrap();
         assert_eq!(s.steps.len(), 2);
         assert_eq!(s.steps[1].line, 5);
-        assert!(matches!(&s.steps[1].kind, StepKind::Ota(o) if o.expect == Expect::Ok));
+        assert!(matches!(&s.steps[1].kind, StepKind::Ota(o) if o.expect == Expect::OK));
     }
 
     #[test]

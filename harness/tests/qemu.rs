@@ -6,7 +6,7 @@
 //! (`cargo xtask firmware`). The firmware's password comes from `OTAHIL_FW_PASSWORD`, as for its
 //! build.
 
-use otahil::client::{Outcome, Upload, upload};
+use otahil::client::{Outcome, UpdatePath, Upload, upload};
 use otahil::dut::{Dut, DutEvent};
 use otahil::qemu::{FirmwareBuilds, QemuDut, QemuProgram};
 use std::path::Path;
@@ -57,11 +57,12 @@ fn firmware_updates_and_rolls_back_on_qemu() {
     expect(&mut dut, &mut log, "ota: listening on port 3232", Duration::from_secs(20));
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let addr = dut.ota_addr();
+    let addr = dut.endpoint(UpdatePath::Esphome).unwrap();
     let send = |image: &str| {
         let bytes = builds.app(image).unwrap_or_else(|| panic!("no build of {image}"));
         let up = Upload {
             image: &bytes,
+            file_name: image,
             password: builds.password.as_deref(),
             offer_sha256: true,
             declared_size: None,
@@ -70,9 +71,10 @@ fn firmware_updates_and_rolls_back_on_qemu() {
             send_delay: None,
             timeout: Duration::from_secs(180),
             seed: 1,
+            arduino: Default::default(),
         };
         let started = Instant::now();
-        let outcome = rt.block_on(upload(addr, &up));
+        let outcome = rt.block_on(upload(UpdatePath::Esphome, addr, &up));
         eprintln!("{image}: {outcome} in {:.1} s", started.elapsed().as_secs_f64());
         outcome
     };

@@ -1,108 +1,47 @@
 //! An ESPHome native OTA client (what `espota2.py` does), async on tokio, with the faults a
 //! test wants to inject: wrong or missing password, a declared size or MD5 that lies, a
-//! disconnect after N bytes, a slow sender. It reports the device's answer by name.
+//! disconnect after N bytes, a slow sender. It reports the device's answer by its code's name.
 
+use super::{Outcome, Phase, Progress, Upload, hex};
 use md5::{Digest, Md5};
-use ota_core::proto::esphome::{CHUNK_SIZE, FEATURE_COMPRESSION, FEATURE_SHA256_AUTH, MAGIC, code};
+use ota_core::proto::esphome::{
+    CHUNK_SIZE, CODE_NAMES, FEATURE_COMPRESSION, FEATURE_SHA256_AUTH, MAGIC, code, code_name,
+};
 use sha2::Sha256;
-use std::fmt;
 use std::net::SocketAddr;
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-#[derive(Debug, Clone)]
-pub struct Upload<'a> {
-    pub image: &'a [u8],
-    pub password: Option<&'a str>,
-    /// Offer SHA-256 authentication (feature bit 1), as ESPHome clients since 2025.10 do.
-    pub offer_sha256: bool,
-    /// Announce this size instead of the image's.
-    pub declared_size: Option<u32>,
-    /// Announce this MD5 (32 hex characters) instead of the image's.
-    pub md5: Option<[u8; 32]>,
-    /// Close the connection after sending this many image bytes.
-    pub disconnect_after: Option<u64>,
-    /// Pause between 8 KiB blocks.
-    pub send_delay: Option<Duration>,
-    /// For the whole session.
-    pub timeout: Duration,
-    /// Seed for the client nonce.
-    pub seed: u64,
+/// The outcome names of ESPHome's error codes.
+pub fn error_names() -> Vec<&'static str> {
+    CODE_NAMES.iter().filter(|(c, _)| *c >= 0x80).map(|(_, n)| *n).collect()
 }
 
-/// How the session ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// `UPDATE_END_OK` received and the final acknowledgement sent.
-    Ok { version: u8, acks: u32 },
-    /// The device answered an error code.
-    DeviceError { code: u8, phase: Phase },
-    /// The connection ended with no answer.
-    Interrupted { phase: Phase, sent: u64, detail: String },
-    /// The device wants a password and none was given (the client closes, as espota2 does).
-    PasswordRequired,
-    /// A byte the protocol does not allow at that point.
-    Unexpected { byte: u8, phase: Phase },
-    /// The client stopped after `disconnect_after` bytes, as asked.
-    Disconnected { sent: u64 },
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Outcome::Ok { version, acks } => write!(f, "ok (protocol v{version}, {acks} chunk acks)"),
-            Outcome::DeviceError { code, phase } => write!(
-                f,
-                "device error {} (0x{code:02X}) during {phase}",
-                ota_core::proto::esphome::code_name(*code).unwrap_or("undefined")
-            ),
-            Outcome::Interrupted { phase, sent, detail } => {
-                write!(f, "interrupted during {phase} after {sent} image bytes ({detail})")
-            }
-            Outcome::PasswordRequired => f.write_str("device requires a password, none given"),
-            Outcome::Unexpected { byte, phase } => write!(f, "unexpected byte 0x{byte:02X} during {phase}"),
-            Outcome::Disconnected { sent } => write!(f, "client disconnected after {sent} image bytes"),
-        }
+fn device_error(code: u8, phase: Phase) -> Outcome {
+    Outcome::DeviceError {
+        name: code_name(code).unwrap_or("undefined"),
+        detail: format!("0x{code:02X}"),
+        phase,
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Connect,
-    Handshake,
-    Auth,
-    Prepare,
-    Md5,
-    Data,
-    End,
+fn unexpected(byte: u8, phase: Phase) -> Outcome {
+    Outcome::Unexpected { detail: format!("byte 0x{byte:02X}"), phase }
 }
 
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Phase::Connect => "connect",
-            Phase::Handshake => "handshake",
-            Phase::Auth => "authentication",
-            Phase::Prepare => "prepare",
-            Phase::Md5 => "md5",
-            Phase::Data => "data",
-            Phase::End => "end",
-        })
-    }
-}
-
-struct Session {
+struct Session<'p> {
     stream: TcpStream,
     sent: u64,
+    progress: &'p Progress,
 }
 
 enum Stop {
     Outcome(Outcome),
 }
 
-impl Session {
+impl Session<'_> {
     async fn read_byte(&mut self, phase: Phase) -> Result<u8, Stop> {
+        self.progress.enter(phase);
         let mut b = [0u8; 1];
         match self.stream.read_exact(&mut b).await {
             Ok(_) => Ok(b[0]),
@@ -118,55 +57,43 @@ impl Session {
         if want.contains(&b) {
             Ok(b)
         } else if b >= 0x80 {
-            Err(Stop::Outcome(Outcome::DeviceError { code: b, phase }))
+            Err(Stop::Outcome(device_error(b, phase)))
         } else {
-            Err(Stop::Outcome(Outcome::Unexpected { byte: b, phase }))
+            Err(Stop::Outcome(unexpected(b, phase)))
         }
     }
 
     async fn send(&mut self, bytes: &[u8], phase: Phase) -> Result<(), Stop> {
+        self.progress.enter(phase);
         self.stream.write_all(bytes).await.map_err(|e| {
             Stop::Outcome(Outcome::Interrupted { phase, sent: self.sent, detail: e.to_string() })
         })
     }
 }
 
-fn hex(bytes: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; bytes.len() * 2];
-    ota_core::hex::encode_lower(bytes, &mut out);
-    out
+/// Runs one upload against `addr`, keeping `progress` up to date.
+pub async fn upload(addr: SocketAddr, up: &Upload<'_>, progress: &Progress) -> Outcome {
+    session(addr, up, progress).await
 }
 
-/// Runs one upload against `addr`. Never panics on what the device does.
-pub async fn upload(addr: SocketAddr, up: &Upload<'_>) -> Outcome {
-    match tokio::time::timeout(up.timeout, session(addr, up)).await {
-        Ok(outcome) => outcome,
-        Err(_) => Outcome::Interrupted {
-            phase: Phase::End,
-            sent: 0,
-            detail: format!("client timeout after {:?}", up.timeout),
-        },
-    }
-}
-
-async fn session(addr: SocketAddr, up: &Upload<'_>) -> Outcome {
+async fn session(addr: SocketAddr, up: &Upload<'_>, progress: &Progress) -> Outcome {
     let stream = match TcpStream::connect(addr).await {
         Ok(s) => s,
         Err(e) => return Outcome::Interrupted { phase: Phase::Connect, sent: 0, detail: e.to_string() },
     };
     let _ = stream.set_nodelay(true);
-    let mut s = Session { stream, sent: 0 };
+    let mut s = Session { stream, sent: 0, progress };
     match run(&mut s, up).await {
         Ok(o) | Err(Stop::Outcome(o)) => o,
     }
 }
 
-async fn run(s: &mut Session, up: &Upload<'_>) -> Result<Outcome, Stop> {
+async fn run(s: &mut Session<'_>, up: &Upload<'_>) -> Result<Outcome, Stop> {
     s.send(&MAGIC, Phase::Handshake).await?;
     s.expect(&[code::OK], Phase::Handshake).await?;
     let version = s.read_byte(Phase::Handshake).await?;
     if !(1..=2).contains(&version) {
-        return Err(Stop::Outcome(Outcome::Unexpected { byte: version, phase: Phase::Handshake }));
+        return Err(Stop::Outcome(unexpected(version, Phase::Handshake)));
     }
     let features = FEATURE_COMPRESSION | if up.offer_sha256 { FEATURE_SHA256_AUTH } else { 0 };
     s.send(&[features], Phase::Handshake).await?;
@@ -216,6 +143,7 @@ async fn run(s: &mut Session, up: &Upload<'_>) -> Result<Outcome, Stop> {
         let room = (limit - s.sent).min(block.len() as u64) as usize;
         s.send(&block[..room], Phase::Data).await?;
         s.sent += room as u64;
+        s.progress.add_sent(room as u64);
         if s.sent == limit {
             let _ = s.stream.shutdown().await;
             return Ok(Outcome::Disconnected { sent: s.sent });
@@ -232,5 +160,5 @@ async fn run(s: &mut Session, up: &Upload<'_>) -> Result<Outcome, Stop> {
     s.expect(&[code::UPDATE_END_OK], Phase::End).await?;
     s.send(&[code::OK], Phase::End).await?;
     let _ = s.stream.shutdown().await;
-    Ok(Outcome::Ok { version, acks })
+    Ok(Outcome::Ok { detail: format!("protocol v{version}, {acks} chunk acks") })
 }

@@ -1,0 +1,280 @@
+//! OTA clients, one module per update path, each with the faults a test wants to inject. They
+//! share one [`Upload`] description and one protocol-neutral [`Outcome`] that names the device's
+//! answer in the protocol's own words (ESPHome's response codes, the Arduino `Update` library's
+//! errors). [`UpdatePath`] is the registry: adding a path is one module and one variant.
+
+pub mod arduino;
+pub mod esphome;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The update paths a device serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdatePath {
+    /// ESPHome native OTA (TCP, `espota2.py`).
+    Esphome,
+    /// ArduinoOTA (UDP invitation, TCP back-connection, `espota.py`).
+    Arduino,
+}
+
+impl UpdatePath {
+    pub const ALL: [UpdatePath; 2] = [UpdatePath::Esphome, UpdatePath::Arduino];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UpdatePath::Esphome => "esphome",
+            UpdatePath::Arduino => "arduino",
+        }
+    }
+
+    pub fn by_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// The outcome names a step on this path may expect, besides `ok`, `interrupted` and
+    /// `password_required`.
+    pub fn error_names(self) -> Vec<&'static str> {
+        match self {
+            UpdatePath::Esphome => esphome::error_names(),
+            UpdatePath::Arduino => arduino::error_names(),
+        }
+    }
+}
+
+impl fmt::Display for UpdatePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Faults only an ArduinoOTA uploader can commit.
+#[derive(Debug, Clone, Default)]
+pub struct ArduinoFaults {
+    /// Send this datagram instead of the invitation (a malformed one, an unknown command).
+    pub raw_invitation: Option<String>,
+    /// The invitation's command (0 flash, 100 filesystem).
+    pub command: u32,
+    /// Stop sending for this long after this many image bytes.
+    pub stall: Option<(u64, Duration)>,
+    /// Send the image without waiting for the device's counts.
+    pub no_ack: bool,
+    /// Mid-transfer, invite the device again from another port; it must not answer.
+    pub second_invitation: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upload<'a> {
+    pub image: &'a [u8],
+    /// The name the uploader gives the file (ArduinoOTA's cnonce includes it).
+    pub file_name: &'a str,
+    pub password: Option<&'a str>,
+    /// ESPHome: offer SHA-256 authentication (feature bit 1), as ESPHome clients since 2025.10 do.
+    pub offer_sha256: bool,
+    /// Announce this size instead of the image's.
+    pub declared_size: Option<u32>,
+    /// Announce this MD5 (32 hex characters) instead of the image's.
+    pub md5: Option<[u8; 32]>,
+    /// Close the connection after sending this many image bytes.
+    pub disconnect_after: Option<u64>,
+    /// Pause between blocks.
+    pub send_delay: Option<Duration>,
+    /// For the whole session.
+    pub timeout: Duration,
+    /// Seed for the client nonce.
+    pub seed: u64,
+    pub arduino: ArduinoFaults,
+}
+
+/// Runs one upload on `path` against the device's endpoint for it. Never panics on what the
+/// device does.
+pub async fn upload(path: UpdatePath, endpoint: SocketAddr, up: &Upload<'_>) -> Outcome {
+    let progress = Progress::default();
+    let session = async {
+        match path {
+            UpdatePath::Esphome => esphome::upload(endpoint, up, &progress).await,
+            UpdatePath::Arduino => arduino::upload(endpoint, up, &progress).await,
+        }
+    };
+    match tokio::time::timeout(up.timeout, session).await {
+        Ok(outcome) => outcome,
+        Err(_) => Outcome::Interrupted {
+            phase: progress.phase(),
+            sent: progress.sent(),
+            detail: format!("client timeout after {:?}", up.timeout),
+        },
+    }
+}
+
+/// How the session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The device took the image and said so.
+    Ok { detail: String },
+    /// The device answered an error: its name in the protocol's words.
+    DeviceError { name: &'static str, detail: String, phase: Phase },
+    /// The connection ended with no answer.
+    Interrupted { phase: Phase, sent: u64, detail: String },
+    /// The device wants a password and none was given (the client stops, as the tools do).
+    PasswordRequired,
+    /// Something the protocol does not allow at that point.
+    Unexpected { detail: String, phase: Phase },
+    /// The client stopped after `disconnect_after` bytes, as asked.
+    Disconnected { sent: u64 },
+    /// A datagram got no answer (ArduinoOTA: a refused invitation is not answered).
+    NoAnswer { phase: Phase, waited: Duration },
+    /// The device accepted the invitation but never connected back (ArduinoOTA on ESP32: its
+    /// `Update.begin` failed after it said `OK`).
+    NoBackConnection { waited: Duration },
+}
+
+impl Outcome {
+    /// The name a scenario's `expect` uses for this outcome.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Ok { .. } => "ok",
+            Outcome::DeviceError { name, .. } => name,
+            Outcome::Interrupted { .. } | Outcome::Disconnected { .. } => "interrupted",
+            Outcome::PasswordRequired => "password_required",
+            Outcome::Unexpected { .. } => "unexpected",
+            Outcome::NoAnswer { .. } => "no_answer",
+            Outcome::NoBackConnection { .. } => "no_back_connection",
+        }
+    }
+
+    /// Image bytes that went to the device (for the speed a summary may print).
+    pub fn sent(&self) -> Option<u64> {
+        match self {
+            Outcome::Interrupted { sent, .. } | Outcome::Disconnected { sent } => Some(*sent),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Ok { detail } => write!(f, "ok ({detail})"),
+            Outcome::DeviceError { name, detail, phase } => {
+                write!(f, "device error {name} ({detail}) during {phase}")
+            }
+            Outcome::Interrupted { phase, sent, detail } => {
+                write!(f, "interrupted during {phase} after {sent} image bytes ({detail})")
+            }
+            Outcome::PasswordRequired => f.write_str("device requires a password, none given"),
+            Outcome::Unexpected { detail, phase } => write!(f, "unexpected {detail} during {phase}"),
+            Outcome::Disconnected { sent } => write!(f, "client disconnected after {sent} image bytes"),
+            Outcome::NoAnswer { phase, waited } => write!(f, "no answer during {phase} within {waited:?}"),
+            Outcome::NoBackConnection { waited } => {
+                write!(f, "the device accepted but did not connect back within {waited:?}")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Connect,
+    Handshake,
+    Invitation,
+    Auth,
+    BackConnection,
+    Prepare,
+    Md5,
+    Data,
+    End,
+}
+
+impl Phase {
+    const ALL: [Phase; 9] = [
+        Phase::Connect,
+        Phase::Handshake,
+        Phase::Invitation,
+        Phase::Auth,
+        Phase::BackConnection,
+        Phase::Prepare,
+        Phase::Md5,
+        Phase::Data,
+        Phase::End,
+    ];
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Connect => "connect",
+            Phase::Handshake => "handshake",
+            Phase::Invitation => "invitation",
+            Phase::Auth => "authentication",
+            Phase::BackConnection => "back-connection",
+            Phase::Prepare => "prepare",
+            Phase::Md5 => "md5",
+            Phase::Data => "data",
+            Phase::End => "end",
+        })
+    }
+}
+
+/// Where a session is, readable after its future was dropped by the overall timeout.
+#[derive(Default)]
+pub struct Progress {
+    phase: AtomicU8,
+    sent: AtomicU64,
+}
+
+impl Progress {
+    pub fn enter(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+    pub fn add_sent(&self, n: u64) {
+        self.sent.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn phase(&self) -> Phase {
+        Phase::ALL[self.phase.load(Ordering::Relaxed) as usize]
+    }
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+fn hex(bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; bytes.len() * 2];
+    ota_core::hex::encode_lower(bytes, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_says_where_the_session_was() {
+        let p = Progress::default();
+        assert_eq!((p.phase(), p.sent()), (Phase::Connect, 0));
+        p.enter(Phase::Data);
+        p.add_sent(1024);
+        p.add_sent(1024);
+        assert_eq!((p.phase(), p.sent()), (Phase::Data, 2048));
+        for phase in Phase::ALL {
+            p.enter(phase);
+            assert_eq!(p.phase(), phase);
+        }
+    }
+
+    #[test]
+    fn outcome_names_are_the_protocols_words() {
+        let e = Outcome::DeviceError { name: "md5_check_failed", detail: "x".into(), phase: Phase::End };
+        assert_eq!(e.name(), "md5_check_failed");
+        assert_eq!(Outcome::Disconnected { sent: 1 }.name(), "interrupted");
+        assert!(UpdatePath::Esphome.error_names().contains(&"auth_invalid"));
+        assert!(UpdatePath::Arduino.error_names().contains(&"md5_check_failed"));
+        assert!(UpdatePath::Arduino.error_names().contains(&"auth_failed"));
+        for p in UpdatePath::ALL {
+            assert_eq!(UpdatePath::by_name(p.name()), Some(p));
+        }
+    }
+}
