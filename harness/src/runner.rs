@@ -316,6 +316,7 @@ impl Run<'_> {
         let base = self.dut.read_flash().map_err(|e| e.to_string())?;
         let d = &self.scenario.device;
         let cfg = ota_emu::sweep::SweepConfig {
+            path: w.path,
             image: w.image.bytes.clone(),
             bootloader: ota_core::boot::BootloaderConfig {
                 rollback: d.bootloader_rollback,

@@ -109,6 +109,8 @@ enum RawStep {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSweep {
+    #[serde(default)]
+    protocol: Option<Spanned<String>>,
     image: Spanned<String>,
     #[serde(default)]
     torn: bool,
@@ -288,6 +290,8 @@ pub enum StepKind {
 /// Cut the power at every flash operation of an update (and tear it, with `torn`).
 #[derive(Debug, Clone)]
 pub struct SweepStep {
+    /// The update path whose state machine writes the swept update.
+    pub path: UpdatePath,
     pub image: Image,
     pub torn: bool,
     pub exact: bool,
@@ -313,7 +317,12 @@ impl StepKind {
             StepKind::Snapshot(k) => {
                 format!("snapshot {}", k.iter().map(|k| k.name()).collect::<Vec<_>>().join("+"))
             }
-            StepKind::Sweep(s) => format!("sweep {}{}", s.image.name, if s.torn { " (torn)" } else { "" }),
+            StepKind::Sweep(s) => format!(
+                "sweep {}{}{}",
+                s.image.name,
+                if s.path == UpdatePath::Esphome { String::new() } else { format!(" over {}", s.path) },
+                if s.torn { " (torn)" } else { "" }
+            ),
         }
     }
 }
@@ -334,7 +343,7 @@ impl SnapshotKind {
 }
 
 /// What the OTA step must end with: `ok`, `interrupted`, `password_required`, or one of the
-/// update path's own outcome names ([`UpdatePath::error_names`]).
+/// update path's own outcome names ([`crate::client::error_names`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expect(pub &'static str);
 
@@ -625,6 +634,7 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
             }
             RawStep::Ota(o) => StepKind::Ota(Box::new(check_ota(*o, cx)?)),
             RawStep::Sweep(w) => StepKind::Sweep(Box::new(SweepStep {
+                path: update_path(w.protocol.as_ref(), cx)?,
                 image: cx.image(&w.image)?,
                 torn: w.torn,
                 exact: w.exact,
@@ -637,18 +647,23 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
     Ok(Scenario { name: raw.name.value, about: raw.about, file: cx.file.to_path_buf(), device, steps })
 }
 
-fn check_ota(o: RawOta, cx: &Ctx<'_>) -> Result<OtaStep, ScenarioError> {
-    let path = match &o.protocol {
-        None => UpdatePath::Esphome,
-        Some(p) => match UpdatePath::by_name(&p.value) {
-            Some(path) => path,
-            None => {
+/// A step's `protocol`, ESPHome when it names none.
+fn update_path(protocol: Option<&Spanned<String>>, cx: &Ctx<'_>) -> Result<UpdatePath, ScenarioError> {
+    match protocol {
+        None => Ok(UpdatePath::Esphome),
+        Some(p) => UpdatePath::by_name(&p.value).map_or_else(
+            || {
                 let names: Vec<&str> = UpdatePath::ALL.iter().map(|p| p.name()).collect();
-                return cx.at(p, format!("protocol `{}`: expected one of {}", p.value, names.join(", ")));
-            }
-        },
-    };
-    let errors = path.error_names();
+                cx.at(p, format!("protocol `{}`: expected one of {}", p.value, names.join(", ")))
+            },
+            Ok,
+        ),
+    }
+}
+
+fn check_ota(o: RawOta, cx: &Ctx<'_>) -> Result<OtaStep, ScenarioError> {
+    let path = update_path(o.protocol.as_ref(), cx)?;
+    let errors = crate::client::error_names(path);
     let expect = match o.expect.value.as_str() {
         "ok" => Expect::OK,
         "interrupted" => Expect::INTERRUPTED,

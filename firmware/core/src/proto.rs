@@ -5,3 +5,33 @@
 
 pub mod arduino;
 pub mod esphome;
+
+/// The update paths a device serves, by the names scenarios and reports use.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum UpdatePath {
+    /// ESPHome native OTA (TCP, `espota2.py`).
+    Esphome,
+    /// ArduinoOTA (UDP invitation, TCP back-connection, `espota.py`).
+    Arduino,
+}
+
+impl UpdatePath {
+    pub const ALL: [UpdatePath; 2] = [UpdatePath::Esphome, UpdatePath::Arduino];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UpdatePath::Esphome => "esphome",
+            UpdatePath::Arduino => "arduino",
+        }
+    }
+
+    pub fn by_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+impl core::fmt::Display for UpdatePath {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}

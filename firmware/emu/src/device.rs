@@ -450,7 +450,7 @@ impl arduino::NonceSource for ArduinoRng<'_> {
 /// Whether `event` ends an ArduinoOTA exchange (a refused invitation during a transfer does not).
 fn ends_exchange(event: &arduino::Event) -> bool {
     use arduino::Event::*;
-    !matches!(event, Busy | AuthRequested | Begin { .. } | Progress { .. })
+    !matches!(event, Busy | AuthRequested | Begin { .. } | Progress { .. } | Received { .. })
 }
 
 /// One OTA connection's state: the protocol server and the update it is writing.

@@ -5,12 +5,15 @@
 //! - [`control`]: the line protocol on stdin that drives power and faults.
 //! - [`serve`]: the process: TCP OTA port on loopback, serial on stdout, control on stdin.
 //! - [`mkflash`]: fresh flash images from a partition table and an app.
+//! - [`script`]: one whole update over an update path, without sockets (the sweep's updates).
+//! - [`sweep`]: the power-cut sweep.
 
 pub mod cli;
 pub mod control;
 pub mod device;
 pub mod flash;
 pub mod mkflash;
+pub mod script;
 pub mod serve;
 pub mod sweep;
 

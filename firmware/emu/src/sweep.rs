@@ -10,6 +10,7 @@
 //! erased first. `exact` turns that last shortcut off; the tests check both agree.
 
 use crate::flash::{SplitMix, torn_erase, torn_program};
+use crate::script;
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
 use ota_core::boot::{
     BootIndex, Booted, BootloaderConfig, DirectVerify, PowerOn, SlotVerifier, power_on, verify_slot,
@@ -17,16 +18,17 @@ use ota_core::boot::{
 use ota_core::image::{ChipInfo, ImageError, ImageInfo};
 use ota_core::log::{LogEvent, LogLine, SlotName};
 use ota_core::partition::Partition;
+use ota_core::proto::UpdatePath;
 use ota_core::selftest::SelfTest;
-use ota_core::writer::{OtaConfig, OtaUpdate, next_update_partition, read_otadata, set_boot_partition};
+use ota_core::writer::{OtaConfig, read_otadata};
 use rayon::prelude::*;
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 const SECTOR: usize = 4096;
-/// The device reads the OTA stream in 1 KiB pieces (ESPHome's buffer): one write per piece.
-const WRITE_PIECE: usize = 1024;
 const MAX_BOOTS: u32 = 8;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord, Hash)]
@@ -81,7 +83,8 @@ impl NorFlashError for SweepError {
 struct Recorder {
     data: Vec<u8>,
     ops: Vec<(Op, Phase)>,
-    phase: Phase,
+    /// Shared with the update's `on_received`, which moves it to `Switch` mid-update.
+    phase: Rc<Cell<Phase>>,
 }
 
 impl ErrorType for Recorder {
@@ -104,7 +107,7 @@ impl NorFlash for Recorder {
     fn erase(&mut self, from: u32, to: u32) -> Result<(), SweepError> {
         for s in (from..to).step_by(SECTOR) {
             self.data[s as usize..s as usize + SECTOR].fill(0xFF);
-            self.ops.push((Op::Erase { addr: s }, self.phase));
+            self.ops.push((Op::Erase { addr: s }, self.phase.get()));
         }
         Ok(())
     }
@@ -112,7 +115,7 @@ impl NorFlash for Recorder {
         for (d, b) in self.data[offset as usize..].iter_mut().zip(bytes) {
             *d &= *b;
         }
-        self.ops.push((Op::Program { addr: offset, data: bytes.to_vec() }, self.phase));
+        self.ops.push((Op::Program { addr: offset, data: bytes.to_vec() }, self.phase.get()));
         Ok(())
     }
 }
@@ -239,6 +242,8 @@ impl SlotVerifier<Overlay<'_>> for Memo {
 /// What to sweep.
 #[derive(Clone, Debug)]
 pub struct SweepConfig {
+    /// The update path whose state machine writes the update.
+    pub path: UpdatePath,
     pub image: Vec<u8>,
     pub bootloader: BootloaderConfig,
     pub ota: OtaConfig,
@@ -390,29 +395,9 @@ fn tear(overlay: &mut Overlay<'_>, op: &Op, seed: u64) {
     }
 }
 
-/// Writes `image` as the device's OTA server would (1 KiB writes), then switches the boot slot.
-fn update<F: NorFlash>(
-    flash: &mut F,
-    table: &ota_core::partition::PartitionTable,
-    running: &Partition,
-    image: &[u8],
-    cfg: OtaConfig,
-    mut on_switch: impl FnMut(&mut F),
-) -> Result<(), String> {
-    let target = next_update_partition(table, Some(running)).ok_or("no update partition")?;
-    let mut u = OtaUpdate::begin(flash, table, running, &target, image.len() as u32, cfg)
-        .map_err(|e| format!("begin: {e}"))?;
-    for piece in image.chunks(WRITE_PIECE) {
-        u.write(flash, piece).map_err(|e| format!("write: {e}"))?;
-    }
-    on_switch(flash);
-    u.end(flash).map_err(|e| format!("end: {e}"))?;
-    set_boot_partition(flash, table, &target, cfg).map_err(|e| format!("set boot: {e}"))?;
-    Ok(())
-}
-
 fn record(base: &[u8], cfg: &SweepConfig) -> Result<Reference, String> {
-    let mut rec = Recorder { data: base.to_vec(), ops: Vec::new(), phase: Phase::Write };
+    let phase = Rc::new(Cell::new(Phase::Write));
+    let mut rec = Recorder { data: base.to_vec(), ops: Vec::new(), phase: phase.clone() };
     let mut quiet = |_: &LogEvent<'_>| {};
     let (table, booted) = match power_on(&mut rec, cfg.bootloader, &mut DirectVerify, &mut quiet, MAX_BOOTS) {
         PowerOn::Running { table, booted } => (table, booted),
@@ -420,9 +405,11 @@ fn record(base: &[u8], cfg: &SweepConfig) -> Result<Reference, String> {
     };
     rec.ops.clear();
     let start = rec.data.clone();
-    update(&mut rec, &table, &booted.partition, &cfg.image, cfg.ota, |r| r.phase = Phase::Switch)
-        .map_err(|e| format!("the reference update fails: {e}"))?;
-    rec.phase = Phase::FirstBoot;
+    script::upload(cfg.path, &mut rec, &table, &booted.partition, &cfg.image, cfg.ota, &mut || {
+        phase.set(Phase::Switch)
+    })
+    .map_err(|e| format!("the reference update fails: {e}"))?;
+    phase.set(Phase::FirstBoot);
     let new_sha = match power_on(&mut rec, cfg.bootloader, &mut DirectVerify, &mut quiet, MAX_BOOTS) {
         PowerOn::Running { booted: b, .. } if b.index != booted.index => b.image.sha256,
         other => return Err(format!("the reference update does not boot the new image: {other:?}")),
@@ -541,8 +528,16 @@ impl Worker<'_> {
         booted: &Booted,
         log: &mut impl FnMut(&LogEvent<'_>),
     ) -> Result<(), String> {
-        update(flash, table, &booted.partition, &self.cfg.image, self.cfg.ota, |_| {})
-            .map_err(|e| format!("retried update failed: {e}"))?;
+        script::upload(
+            self.cfg.path,
+            flash,
+            table,
+            &booted.partition,
+            &self.cfg.image,
+            self.cfg.ota,
+            &mut || {},
+        )
+        .map_err(|e| format!("retried update failed: {e}"))?;
         match power_on(flash, self.cfg.bootloader, &mut self.memo, log, MAX_BOOTS) {
             PowerOn::Running { booted: b, .. } if b.image.sha256 == self.reference.new_sha => Ok(()),
             PowerOn::Running { booted: b, .. } => {
@@ -664,7 +659,8 @@ pub fn random_multi_cut(
             at: crate::flash::CutPoint::AfterOps(at),
             torn: cfg.torn.then_some(seed ^ at),
         });
-        let _ = update(&mut flash, &table, &booted.partition, &cfg.image, cfg.ota, |_| {});
+        let _ =
+            script::upload(cfg.path, &mut flash, &table, &booted.partition, &cfg.image, cfg.ota, &mut || {});
         let _ = power_on(&mut flash, cfg.bootloader, &mut DirectVerify, &mut quiet, MAX_BOOTS);
         flash.disarm();
         flash.restore_power();
@@ -708,6 +704,7 @@ mod tests {
 
     fn config(exact: bool) -> SweepConfig {
         SweepConfig {
+            path: UpdatePath::Esphome,
             image: image("2.0.0", 20_000, 2),
             bootloader: BootloaderConfig::ESPFLASH_4MB,
             ota: OtaConfig::default(),

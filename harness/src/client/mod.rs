@@ -11,43 +11,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
-/// The update paths a device serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UpdatePath {
-    /// ESPHome native OTA (TCP, `espota2.py`).
-    Esphome,
-    /// ArduinoOTA (UDP invitation, TCP back-connection, `espota.py`).
-    Arduino,
-}
+pub use ota_core::proto::UpdatePath;
 
-impl UpdatePath {
-    pub const ALL: [UpdatePath; 2] = [UpdatePath::Esphome, UpdatePath::Arduino];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            UpdatePath::Esphome => "esphome",
-            UpdatePath::Arduino => "arduino",
-        }
-    }
-
-    pub fn by_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.name() == name)
-    }
-
-    /// The outcome names a step on this path may expect, besides `ok`, `interrupted` and
-    /// `password_required`.
-    pub fn error_names(self) -> Vec<&'static str> {
-        match self {
-            UpdatePath::Esphome => esphome::error_names(),
-            UpdatePath::Arduino => arduino::error_names(),
-        }
-    }
-}
-
-impl fmt::Display for UpdatePath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+/// The outcome names a step on `path` may expect, besides `ok`, `interrupted` and
+/// `password_required`.
+pub fn error_names(path: UpdatePath) -> Vec<&'static str> {
+    match path {
+        UpdatePath::Esphome => esphome::error_names(),
+        UpdatePath::Arduino => arduino::error_names(),
     }
 }
 
@@ -270,9 +241,9 @@ mod tests {
         let e = Outcome::DeviceError { name: "md5_check_failed", detail: "x".into(), phase: Phase::End };
         assert_eq!(e.name(), "md5_check_failed");
         assert_eq!(Outcome::Disconnected { sent: 1 }.name(), "interrupted");
-        assert!(UpdatePath::Esphome.error_names().contains(&"auth_invalid"));
-        assert!(UpdatePath::Arduino.error_names().contains(&"md5_check_failed"));
-        assert!(UpdatePath::Arduino.error_names().contains(&"auth_failed"));
+        assert!(error_names(UpdatePath::Esphome).contains(&"auth_invalid"));
+        assert!(error_names(UpdatePath::Arduino).contains(&"md5_check_failed"));
+        assert!(error_names(UpdatePath::Arduino).contains(&"auth_failed"));
         for p in UpdatePath::ALL {
             assert_eq!(UpdatePath::by_name(p.name()), Some(p));
         }

@@ -192,6 +192,10 @@ pub enum Event {
         received: u32,
         size: u32,
     },
+    /// The whole image arrived: the MD5 check and the boot switch come next.
+    Received {
+        size: u32,
+    },
     /// The uploader closed before the whole image arrived.
     ConnectionLost {
         received: u32,
@@ -237,7 +241,7 @@ impl Event {
                 seq: s.seq,
                 state: s.state,
             },
-            Event::AuthRequested => return None,
+            Event::AuthRequested | Event::Received { .. } => return None,
         })
     }
 }
@@ -491,11 +495,12 @@ impl Server {
         }
         self.state = State::Data(t);
         if t.received == t.size {
-            self.finish(sink, out);
+            self.finish(t.size, sink, out);
         }
     }
 
-    fn finish<S: UpdateSink, O: Output>(&mut self, sink: &mut S, out: &mut O) {
+    fn finish<S: UpdateSink, O: Output>(&mut self, size: u32, sink: &mut S, out: &mut O) {
+        out.event(Event::Received { size });
         let digest: [u8; 16] = core::mem::take(&mut self.md5).finalize().into();
         if digest != self.expected_md5 {
             sink.abort();

@@ -1,0 +1,160 @@
+//! One whole update without sockets: an uploader's side of an update path, scripted, fed to
+//! the device's own protocol state machine writing through the device's update sink. The sweep
+//! records and retries its updates this way, so a cut lands where the real protocol puts its
+//! flash operations (ESPHome's 8 KiB-acknowledged stream, ArduinoOTA's lazily erasing writes).
+
+use core::net::SocketAddr;
+use embedded_storage::nor_flash::NorFlash;
+use md5::{Digest, Md5};
+use ota_core::hex;
+use ota_core::partition::{Partition, PartitionTable};
+use ota_core::proto::{UpdatePath, arduino, esphome};
+use ota_core::update::FlashSink;
+use ota_core::writer::{OtaConfig, OtaUpdate};
+use std::fmt;
+
+/// The uploader's pieces: what `espota2.py` / `espota.py` send per socket write.
+const PIECE: usize = 1024;
+
+/// Why a scripted update did not complete: the device's own event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScriptError {
+    Esphome(esphome::Event),
+    Arduino(arduino::Event),
+    /// The session ended without completing and without saying why.
+    Incomplete,
+}
+
+impl fmt::Display for ScriptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let line = match self {
+            ScriptError::Esphome(e) => e.log_event(),
+            ScriptError::Arduino(e) => e.log_event(),
+            ScriptError::Incomplete => None,
+        };
+        match line {
+            Some(l) => write!(f, "{l}"),
+            None => write!(f, "{self:?}"),
+        }
+    }
+}
+
+/// Uploads `image` over `path` to a device running from `running`. `on_received` is called
+/// when the last image byte is written, before the boot switch.
+pub fn upload<F: NorFlash>(
+    path: UpdatePath,
+    flash: &mut F,
+    table: &PartitionTable,
+    running: &Partition,
+    image: &[u8],
+    config: OtaConfig,
+    on_received: &mut dyn FnMut(),
+) -> Result<(), ScriptError> {
+    let mut update: Option<OtaUpdate> = None;
+    let digest: [u8; 16] = Md5::digest(image).into();
+    let mut md5_hex = [0u8; 32];
+    hex::encode_lower(&digest, &mut md5_hex);
+    match path {
+        UpdatePath::Esphome => {
+            let mut sink = FlashSink::new(flash, table, *running, config, &mut update);
+            let mut server =
+                esphome::Server::new(esphome::ServerConfig { password: None, version: 2, sha256: true });
+            let mut out = EsphomeOut { on_received, complete: false, failure: None };
+            let mut feed =
+                |bytes: &[u8], out: &mut EsphomeOut<'_>| server.feed(bytes, &mut sink, &mut NoNonce, out);
+            feed(&esphome::MAGIC, &mut out);
+            feed(&[0], &mut out);
+            feed(&(image.len() as u32).to_be_bytes(), &mut out);
+            feed(&md5_hex, &mut out);
+            for piece in image.chunks(PIECE) {
+                feed(piece, &mut out);
+            }
+            feed(&[esphome::code::OK], &mut out);
+            match (out.complete, out.failure) {
+                (true, _) => Ok(()),
+                (false, Some(e)) => Err(ScriptError::Esphome(e)),
+                (false, None) => Err(ScriptError::Incomplete),
+            }
+        }
+        UpdatePath::Arduino => {
+            let mut sink =
+                FlashSink::new(flash, table, *running, config, &mut update).with_erase(arduino::ERASE_MODE);
+            let mut server = arduino::Server::new(arduino::Config::default());
+            let mut out = ArduinoOut { on_received, complete: false, failure: None };
+            let host = SocketAddr::from(([127, 0, 0, 1], 40000));
+            let mut invitation = Vec::with_capacity(64);
+            invitation.extend_from_slice(format!("0 40001 {} ", image.len()).as_bytes());
+            invitation.extend_from_slice(&md5_hex);
+            invitation.push(b'\n');
+            server.datagram(host, &invitation, false, &mut sink, &mut NoNonce, &mut out);
+            server.connected(0);
+            for piece in image.chunks(PIECE) {
+                server.data(piece, 0, &mut sink, &mut out);
+            }
+            server.closed(&mut sink, &mut out);
+            match (out.complete, out.failure) {
+                (true, _) => Ok(()),
+                (false, Some(e)) => Err(ScriptError::Arduino(e)),
+                (false, None) => Err(ScriptError::Incomplete),
+            }
+        }
+    }
+}
+
+/// Authentication is off in scripted updates: no nonce is ever drawn.
+struct NoNonce;
+impl esphome::NonceSource for NoNonce {
+    fn fill(&mut self, buf: &mut [u8]) {
+        buf.fill(0);
+    }
+}
+impl arduino::NonceSource for NoNonce {
+    fn fill(&mut self, buf: &mut [u8]) {
+        buf.fill(0);
+    }
+}
+
+struct EsphomeOut<'a> {
+    on_received: &'a mut dyn FnMut(),
+    complete: bool,
+    failure: Option<esphome::Event>,
+}
+
+impl esphome::Output for EsphomeOut<'_> {
+    fn send(&mut self, _bytes: &[u8]) {}
+    fn event(&mut self, event: esphome::Event) {
+        use esphome::Event::*;
+        match event {
+            Received { .. } => (self.on_received)(),
+            Complete(_) => self.complete = true,
+            MagicMismatch | AuthFailed | AuthMissing | Md5Mismatch | Failed(_) | Interrupted { .. } => {
+                self.failure.get_or_insert(event);
+            }
+            _ => {}
+        }
+    }
+}
+
+struct ArduinoOut<'a> {
+    on_received: &'a mut dyn FnMut(),
+    complete: bool,
+    failure: Option<arduino::Event>,
+}
+
+impl arduino::Output for ArduinoOut<'_> {
+    fn datagram(&mut self, _to: SocketAddr, _bytes: &[u8]) {}
+    fn connect(&mut self, _to: SocketAddr) {}
+    fn send(&mut self, _bytes: &[u8]) {}
+    fn close(&mut self) {}
+    fn event(&mut self, event: arduino::Event) {
+        use arduino::Event::*;
+        match event {
+            Received { .. } => (self.on_received)(),
+            Complete(_) => self.complete = true,
+            AuthRequested | Begin { .. } | Progress { .. } => {}
+            _ => {
+                self.failure.get_or_insert(event);
+            }
+        }
+    }
+}
