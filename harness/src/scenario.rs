@@ -184,6 +184,10 @@ struct RawOta {
     no_ack: Option<Spanned<bool>>,
     #[serde(default)]
     second_invitation: Option<Spanned<bool>>,
+    #[serde(default)]
+    answer_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    invitation_attempts: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -697,6 +701,13 @@ fn check_ota(o: RawOta, cx: &Ctx<'_>) -> Result<OtaStep, ScenarioError> {
     only(o.stall.is_some(), "stall", UpdatePath::Arduino)?;
     only(o.no_ack.is_some(), "no_ack", UpdatePath::Arduino)?;
     only(o.second_invitation.is_some(), "second_invitation", UpdatePath::Arduino)?;
+    only(o.answer_timeout.is_some(), "answer_timeout", UpdatePath::Arduino)?;
+    only(o.invitation_attempts.is_some(), "invitation_attempts", UpdatePath::Arduino)?;
+    let invitation_attempts = match &o.invitation_attempts {
+        None => crate::client::arduino::INVITATION_ATTEMPTS,
+        Some(n) if (1..=100).contains(&n.value) => n.value,
+        Some(n) => return cx.at(n, format!("invitation_attempts {}: expected 1 to 100", n.value)),
+    };
     let command = match &o.command {
         None => ota_core::proto::arduino::CMD_FLASH,
         Some(c) if c.value == 0 || c.value == 100 => c.value,
@@ -715,6 +726,11 @@ fn check_ota(o: RawOta, cx: &Ctx<'_>) -> Result<OtaStep, ScenarioError> {
         },
     };
     let arduino = crate::client::ArduinoFaults {
+        answer_timeout: match &o.answer_timeout {
+            Some(t) => cx.duration(t)?,
+            None => crate::client::arduino::WAIT,
+        },
+        invitation_attempts,
         raw_invitation: o.invitation.as_ref().map(|i| i.value.clone()),
         command,
         stall,

@@ -5,9 +5,7 @@
 
 use crate::otadata::OtaState;
 use crate::partition::{Partition, PartitionTable};
-use crate::writer::{
-    BootSwitch, EraseMode, OtaConfig, OtaError, OtaUpdate, next_update_partition, set_boot_partition,
-};
+use crate::writer::{BootSwitch, OtaConfig, OtaError, OtaUpdate, next_update_partition, set_boot_partition};
 use embedded_storage::nor_flash::NorFlash;
 
 /// What `end` switched the boot slot to.
@@ -56,10 +54,10 @@ impl<'a, F: NorFlash> FlashSink<'a, F> {
         FlashSink { flash, table, running, config, update }
     }
 
-    /// The same sink with another erase mode: an update path whose library erases its own way
-    /// (Arduino's `Update` erases lazily whatever the app's `esp_ota_begin` would do).
-    pub fn with_erase(mut self, erase: EraseMode) -> Self {
-        self.config.erase = erase;
+    /// The same sink writing the way an update path's library does (Arduino's `Update` erases
+    /// lazily and withholds the image's head, whatever the app's `esp_ota_begin` would do).
+    pub fn adapted(mut self, adapt: fn(OtaConfig) -> OtaConfig) -> Self {
+        self.config = adapt(self.config);
         self
     }
 }

@@ -41,7 +41,14 @@ pub struct OtaConfig {
     pub rollback: bool,
     pub chip: ChipInfo,
     pub fault: WriterFault,
+    /// Keep the image's first [`WITHHELD_HEAD`] bytes in RAM and program them only in `end`,
+    /// as arduino-esp32's `Update` library does, so a partly written slot never holds a valid
+    /// header. `esp_ota_write` (ESPHome) writes them at once.
+    pub withhold_head: bool,
 }
+
+/// How many bytes [`OtaConfig::withhold_head`] keeps back (`ENCRYPTED_BLOCK_SIZE` in `Update`).
+pub const WITHHELD_HEAD: u32 = 16;
 
 impl Default for OtaConfig {
     fn default() -> Self {
@@ -50,6 +57,7 @@ impl Default for OtaConfig {
             rollback: true,
             chip: ChipInfo::ESP32C3,
             fault: WriterFault::None,
+            withhold_head: false,
         }
     }
 }
@@ -192,6 +200,8 @@ pub struct OtaUpdate {
     erased_to: u32,
     /// The last programmed word, for a write that continues inside it.
     tail: [u8; 8],
+    /// The withheld first bytes of the image (`config.withhold_head`).
+    head: [u8; WITHHELD_HEAD as usize],
 }
 
 impl OtaUpdate {
@@ -227,7 +237,14 @@ impl OtaUpdate {
                 return Err(OtaError::InvalidSize { size, partition: target.size });
             }
         };
-        let mut update = OtaUpdate { target: *target, config, written: 0, erased_to: 0, tail: [0xFF; 8] };
+        let mut update = OtaUpdate {
+            target: *target,
+            config,
+            written: 0,
+            erased_to: 0,
+            tail: [0xFF; 8],
+            head: [0xFF; WITHHELD_HEAD as usize],
+        };
         if config.erase == EraseMode::Upfront {
             let len = if size == 0 { target.size } else { needed };
             for s in (0..len).step_by(SECTOR_SIZE as usize) {
@@ -269,6 +286,14 @@ impl OtaUpdate {
                 partition: self.target.size,
             });
         }
+        if self.config.withhold_head && self.written < WITHHELD_HEAD {
+            // Kept for `end`; the rest of the image is programmed after the erased head.
+            let n = ((WITHHELD_HEAD - self.written) as usize).min(data.len());
+            let at = self.written as usize;
+            self.head[at..at + n].copy_from_slice(&data[..n]);
+            self.written += n as u32;
+            data = &data[n..];
+        }
         // Programmed at once, as `esp_ota_write` does: a disconnect leaves every received byte
         // in flash. Each program stays within one page; a partial word is padded with FF and
         // programmed again when the rest arrives (NOR programming only clears bits).
@@ -302,10 +327,22 @@ impl OtaUpdate {
         Ok(())
     }
 
-    /// `esp_ota_end`: verifies the image in the partition.
-    pub fn end<F: NorFlash>(self, flash: &mut F) -> Result<ImageInfo, OtaError> {
+    /// `esp_ota_end`: verifies the image in the partition (after programming a withheld head).
+    pub fn end<F: NorFlash>(mut self, flash: &mut F) -> Result<ImageInfo, OtaError> {
         if self.written == 0 {
             return Err(OtaError::NothingWritten);
+        }
+        if self.config.withhold_head {
+            let n = self.written.min(WITHHELD_HEAD);
+            let end = align_up(n, F::WRITE_SIZE.max(1) as u32);
+            if self.erased_to == 0 {
+                let sector = self.target.offset;
+                flash.erase(sector, sector + SECTOR_SIZE).map_err(FlashError::from_driver)?;
+                self.erased_to = SECTOR_SIZE;
+            }
+            let mut head = [0xFFu8; WITHHELD_HEAD as usize];
+            head[..n as usize].copy_from_slice(&self.head[..n as usize]);
+            flash.write(self.target.offset, &head[..end as usize]).map_err(FlashError::from_driver)?;
         }
         let mut src = PartitionSource::new(flash, &self.target);
         verify_in_partition(&mut src, self.config.chip, self.target.size).map_err(OtaError::Validate)
@@ -470,6 +507,38 @@ mod tests {
         let sw = set_boot_partition(&mut f, &t, &target, cfg).unwrap();
         assert_eq!(sw, BootSwitch::Copy { copy: 1, entry: OtaEntry::new(2, OtaState::Undefined) });
         assert_eq!(f.ops, [Op::Erase(0xA000), Op::Program(0xA000, 32)]);
+    }
+
+    /// arduino-esp32's `Update`: the head waits in RAM, so a slot cut short has no header; `end`
+    /// programs it and the image verifies. Any piece size, down to single bytes.
+    #[test]
+    fn a_withheld_head_is_programmed_only_at_the_end() {
+        let v2 = image("2.0.0", 7001);
+        for chunk in [1usize, 5, 16, 17, 1024] {
+            let (mut f, t) = setup();
+            let (running, target) = (*t.ota(0).unwrap(), *t.ota(1).unwrap());
+            let cfg = OtaConfig { rollback: false, withhold_head: true, ..OtaConfig::default() };
+            let mut u = OtaUpdate::begin(&mut f, &t, &running, &target, v2.len() as u32, cfg).unwrap();
+            for piece in v2.chunks(chunk) {
+                u.write(&mut f, piece).unwrap();
+            }
+            assert_eq!(&f.data[0x1D0000..0x1D0010], &[0xFF; 16], "chunk {chunk}: head withheld");
+            assert_eq!(&f.data[0x1D0010..0x1D0000 + v2.len()], &v2[16..], "chunk {chunk}");
+            assert_eq!(u.end(&mut f).unwrap().desc.version(), "2.0.0");
+            assert_eq!(&f.data[0x1D0000..0x1D0000 + v2.len()], &v2[..]);
+            assert_eq!(f.ops.last(), Some(&Op::Program(0x1D0000, 16)));
+        }
+        // A head too short to reach the programmed part: `end` erases its sector first.
+        let (mut f, t) = setup();
+        let (running, target) = (*t.ota(0).unwrap(), *t.ota(1).unwrap());
+        f.data[0x1D0000] = 0x00;
+        let cfg = OtaConfig { rollback: false, withhold_head: true, ..OtaConfig::default() };
+        let mut u = OtaUpdate::begin(&mut f, &t, &running, &target, 8, cfg).unwrap();
+        u.write(&mut f, &v2[..8]).unwrap();
+        assert!(f.ops.is_empty());
+        assert!(u.end(&mut f).is_err(), "8 bytes are no image");
+        assert_eq!(f.ops[..2], [Op::Erase(0x1D0000), Op::Program(0x1D0000, 8)]);
+        assert_eq!(&f.data[0x1D0000..0x1D0008], &v2[..8]);
     }
 
     #[test]

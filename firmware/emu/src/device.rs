@@ -269,7 +269,7 @@ impl<W: Write> Device<W> {
         {
             let mut sink =
                 FlashSink::new(&mut self.flash, &table, running, self.config.ota, &mut self.arduino_update)
-                    .with_erase(arduino::ERASE_MODE);
+                    .adapted(arduino::library_writes);
             match input {
                 ArduinoInput::Datagram { from, bytes } => server.datagram(
                     from,

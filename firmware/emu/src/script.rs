@@ -78,7 +78,7 @@ pub fn upload<F: NorFlash>(
         }
         UpdatePath::Arduino => {
             let mut sink =
-                FlashSink::new(flash, table, *running, config, &mut update).with_erase(arduino::ERASE_MODE);
+                FlashSink::new(flash, table, *running, config, &mut update).adapted(arduino::library_writes);
             let mut server = arduino::Server::new(arduino::Config::default());
             let mut out = ArduinoOut { on_received, complete: false, failure: None };
             let host = SocketAddr::from(([127, 0, 0, 1], 40000));

@@ -22,6 +22,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 pub const CHUNK: usize = 1024;
 /// How long espota waits for an answer to a datagram, for the back-connection and for a count.
 pub const WAIT: Duration = Duration::from_secs(10);
+/// espota (ESP32) sends the invitation up to this many times.
+pub const INVITATION_ATTEMPTS: u32 = 10;
 /// How long the second invitation of `second_invitation` waits to be (wrongly) answered.
 const SECOND_INVITATION_WAIT: Duration = Duration::from_millis(500);
 
@@ -141,7 +143,17 @@ async fn run(device: SocketAddr, up: &Upload<'_>, progress: &Progress) -> Result
         Some(raw) => raw.clone(),
         None => format!("{} {port} {size} {md5_hex}\n", up.arduino.command),
     };
-    let reply = ask(&udp, invitation.as_bytes(), Phase::Invitation, WAIT).await?;
+    let wait = up.arduino.answer_timeout;
+    let mut attempt = 1;
+    let reply = loop {
+        match ask(&udp, invitation.as_bytes(), Phase::Invitation, wait).await {
+            Err(Outcome::NoAnswer { .. }) if attempt < up.arduino.invitation_attempts => attempt += 1,
+            Err(Outcome::NoAnswer { phase, .. }) => {
+                return Ok(Outcome::NoAnswer { phase, waited: wait * attempt });
+            }
+            other => break other?,
+        }
+    };
     if reply.starts_with(b"AUTH ") {
         progress.enter(Phase::Auth);
         let Some(password) = up.password else { return Ok(Outcome::PasswordRequired) };
@@ -153,7 +165,7 @@ async fn run(device: SocketAddr, up: &Upload<'_>, progress: &Progress) -> Result
             });
         }
         let answer = auth_answer(up, password, &nonce, &md5_hex, device.ip());
-        let reply = ask(&udp, &answer, Phase::Auth, WAIT).await?;
+        let reply = ask(&udp, &answer, Phase::Auth, wait).await?;
         if reply.starts_with(b"Authentication Failed") {
             return Ok(Outcome::DeviceError {
                 name: "auth_failed",
@@ -174,10 +186,10 @@ async fn run(device: SocketAddr, up: &Upload<'_>, progress: &Progress) -> Result
         });
     }
     progress.enter(Phase::BackConnection);
-    let stream = match tokio::time::timeout(WAIT, listener.accept()).await {
+    let stream = match tokio::time::timeout(wait, listener.accept()).await {
         Ok(Ok((stream, _))) => stream,
         Ok(Err(e)) => return Err(io_interrupted(Phase::BackConnection, progress, e)),
-        Err(_) => return Ok(Outcome::NoBackConnection { waited: WAIT }),
+        Err(_) => return Ok(Outcome::NoBackConnection { waited: wait }),
     };
     let _ = stream.set_nodelay(true);
     transfer(stream, device, up, progress).await
@@ -207,12 +219,6 @@ async fn transfer(
             let _ = stream.shutdown().await;
             return Ok(Outcome::Disconnected { sent: progress.sent() });
         }
-        if up.arduino.second_invitation && !second_invited && progress.sent() * 2 >= up.image.len() as u64 {
-            second_invited = true;
-            if let Some(o) = second_invitation(device, up).await {
-                return Ok(o);
-            }
-        }
         if let Some((after, pause)) = stall
             && !stalled
             && progress.sent() >= after
@@ -236,6 +242,14 @@ async fn transfer(
             };
             replies.push_str(&String::from_utf8_lossy(&buf[..n]));
             if let Some(o) = reply_outcome(read_replies(&replies), Phase::Data, progress, chunks) {
+                return Ok(o);
+            }
+        }
+        // After the device answered for the chunk that crossed half the image, so its log
+        // order is the same on every run.
+        if up.arduino.second_invitation && !second_invited && progress.sent() * 2 >= up.image.len() as u64 {
+            second_invited = true;
+            if let Some(o) = second_invitation(device, up).await {
                 return Ok(o);
             }
         }

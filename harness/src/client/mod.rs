@@ -22,9 +22,15 @@ pub fn error_names(path: UpdatePath) -> Vec<&'static str> {
     }
 }
 
-/// Faults only an ArduinoOTA uploader can commit.
-#[derive(Debug, Clone, Default)]
+/// Options and faults only an ArduinoOTA uploader has.
+#[derive(Debug, Clone)]
 pub struct ArduinoFaults {
+    /// How long to wait for an answer to a datagram and for the back-connection (espota's
+    /// `--timeout`, 10 s).
+    pub answer_timeout: Duration,
+    /// How often the invitation is sent before giving up (espota: 10; a device still waiting
+    /// for an earlier authentication answer takes the next invitation for one, and drops it).
+    pub invitation_attempts: u32,
     /// Send this datagram instead of the invitation (a malformed one, an unknown command).
     pub raw_invitation: Option<String>,
     /// The invitation's command (0 flash, 100 filesystem).
@@ -35,6 +41,20 @@ pub struct ArduinoFaults {
     pub no_ack: bool,
     /// Mid-transfer, invite the device again from another port; it must not answer.
     pub second_invitation: bool,
+}
+
+impl Default for ArduinoFaults {
+    fn default() -> Self {
+        ArduinoFaults {
+            answer_timeout: arduino::WAIT,
+            invitation_attempts: arduino::INVITATION_ATTEMPTS,
+            raw_invitation: None,
+            command: ota_core::proto::arduino::CMD_FLASH,
+            stall: None,
+            no_ack: false,
+            second_invitation: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +98,13 @@ pub async fn upload(path: UpdatePath, endpoint: SocketAddr, up: &Upload<'_>) -> 
             detail: format!("client timeout after {:?}", up.timeout),
         },
     }
+}
+
+/// Whether the device ends its side of a session that ended with `outcome` (its last log
+/// lines are out then). An ArduinoOTA device that sent a challenge nobody answers keeps waiting
+/// for the answer: there is no end to wait for.
+pub fn device_ends_session(path: UpdatePath, outcome: &Outcome) -> bool {
+    !(path == UpdatePath::Arduino && matches!(outcome, Outcome::PasswordRequired))
 }
 
 /// How the session ended.

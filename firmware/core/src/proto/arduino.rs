@@ -23,7 +23,7 @@ pub use invitation::{AuthRequest, Invitation, InvitationError, parse_auth, parse
 use crate::hex;
 use crate::log::{LogEvent, SlotName};
 use crate::update::{Switched, UpdateSink};
-use crate::writer::{EraseMode, OtaError};
+use crate::writer::{EraseMode, OtaConfig, OtaError};
 use core::fmt;
 use core::net::SocketAddr;
 use md5::{Digest, Md5};
@@ -40,8 +40,12 @@ pub const READ_CHUNK: usize = 1460;
 pub const DATA_TIMEOUT_MS: u64 = 1000;
 /// How often the last count is re-sent before the device gives up (`Receive Failed`).
 pub const ACK_RETRIES: u8 = 3;
-/// `Update` writes withhold nothing here; the erase is lazy, sector by sector.
-pub const ERASE_MODE: EraseMode = EraseMode::Sequential;
+/// How arduino-esp32's `Update` library writes, over what the app's writer would do: it erases
+/// lazily, sector by sector, and keeps the image's first 16 bytes back until `end()`, so a
+/// partly written slot never holds a valid header.
+pub fn library_writes(app: OtaConfig) -> OtaConfig {
+    OtaConfig { erase: EraseMode::Sequential, withhold_head: true, ..app }
+}
 
 /// The `Update` library's errors (`UPDATE_ERROR_*`), with the texts `printError` sends.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -179,7 +183,9 @@ pub enum Event {
         slot: u8,
     },
     ConnectFailed,
+    /// `written` bytes went to flash, `received` in all.
     Progress {
+        written: u32,
         received: u32,
         size: u32,
     },
@@ -224,10 +230,11 @@ impl Event {
                 LogEvent::OtaStarting { size, slot: SlotName(crate::boot::BootIndex::Ota(slot)) }
             }
             Event::ConnectFailed => LogEvent::ArduinoConnectFailed,
-            Event::Progress { received, size } => {
+            Event::Progress { written, received, size } => {
+                // One line per quarter crossed: enough to follow, few enough to snapshot.
                 let quarter = |r: u32| (r as u64 * 4 / size.max(1) as u64) as u8;
                 let now = quarter(received);
-                if now == quarter(received.saturating_sub(READ_CHUNK as u32)) || received >= size {
+                if now == quarter(received.saturating_sub(written)) || received >= size {
                     return None;
                 }
                 LogEvent::OtaProgress { percent: now * 25 }
@@ -491,7 +498,7 @@ impl Server {
             t.last_written = take as u32;
             let mut count = [0u8; 10];
             out.send(decimal(take as u32, &mut count));
-            out.event(Event::Progress { received: t.received, size: t.size });
+            out.event(Event::Progress { written: take as u32, received: t.received, size: t.size });
         }
         self.state = State::Data(t);
         if t.received == t.size {

@@ -172,7 +172,7 @@ impl Bench {
         let running = *self.table.ota(0).unwrap();
         let mut sink =
             FlashSink::new(&mut self.flash, &self.table, running, OtaConfig::default(), &mut self.update)
-                .with_erase(ERASE_MODE);
+                .adapted(library_writes);
         f(&mut self.server, &mut sink, &mut self.rng, &mut self.out)
     }
 
@@ -322,6 +322,10 @@ fn an_md5_mismatch_never_switches_the_boot_slot() {
     assert!(b.out.closed && !b.server.reboot_requested());
     assert!(b.out.events.contains(&Event::EndFailed { error: UpdateError::Md5, cause: None }));
     assert_eq!(b.otadata(), before);
+    // The Update library withheld the head: the slot holds no valid header.
+    let at = b.table.ota(1).unwrap().offset as usize;
+    assert_eq!(&b.flash.data[at..at + 16], &[0xFF; 16]);
+    assert_eq!(&b.flash.data[at + 16..at + img.len()], &img[16..]);
 }
 
 #[test]
@@ -423,7 +427,7 @@ fn counts_are_decimal_and_progress_lines_come_by_quarter() {
     assert_eq!(decimal(1460, &mut buf), b"1460");
     assert_eq!(decimal(u32::MAX, &mut buf), b"4294967295");
     let lines: Vec<u8> = (1..=100u32)
-        .filter_map(|k| Event::Progress { received: k * 1460, size: 146_000 }.log_event())
+        .filter_map(|k| Event::Progress { written: 1460, received: k * 1460, size: 146_000 }.log_event())
         .map(|e| match e {
             LogEvent::OtaProgress { percent } => percent,
             _ => unreachable!(),
