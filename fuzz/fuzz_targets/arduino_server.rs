@@ -1,0 +1,127 @@
+//! ArduinoOTA's device side under arbitrary datagrams, back-connection events, bytes and time,
+//! writing a real (RAM) flash. Properties: no panic; the invitation and auth parsers accept only
+//! well-formed fields; an update that did not complete leaves otadata exactly as it was; with a
+//! password set (which the fuzzer cannot answer) no flash operation happens at all; nothing
+//! outside the target slot and otadata is ever written.
+#![no_main]
+
+use core::net::SocketAddr;
+use libfuzzer_sys::fuzz_target;
+use ota_core::proto::arduino::{
+    AuthScheme, Config, Event, NonceSource, Output, Server, library_writes, parse_auth, parse_invitation,
+};
+use ota_core::update::FlashSink;
+use ota_core::writer::OtaConfig;
+use ota_emu::flash::FileFlash;
+use std::sync::LazyLock;
+
+const CSV: &str = "otadata, data, ota, , 0x2000\napp0, app, ota_0, , 0x70000\napp1, app, ota_1, , 0x70000\n";
+
+static BASE: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let table = ota_core::partition_csv::parse_csv(CSV).unwrap();
+    let mut spec = ota_core::image_builder::ImageSpec::new("fuzz", "1.0.0");
+    spec.payload_len = 1000;
+    let mut app = vec![0; spec.image_len()];
+    ota_core::image_builder::build(&spec, &mut app).unwrap();
+    let mut image = ota_emu::mkflash::merged_image(&table, &app, 1 << 20).unwrap();
+    image[0x9000..0x9020]
+        .copy_from_slice(&ota_core::otadata::OtaEntry::new(1, ota_core::otadata::OtaState::Valid).to_bytes());
+    image
+});
+
+struct Rng(u64);
+impl NonceSource for Rng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            *b = (self.0 >> 33) as u8;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Out {
+    begun: bool,
+    complete: bool,
+}
+impl Output for Out {
+    fn datagram(&mut self, _to: SocketAddr, _bytes: &[u8]) {}
+    fn connect(&mut self, _to: SocketAddr) {}
+    fn send(&mut self, _bytes: &[u8]) {}
+    fn close(&mut self) {}
+    fn event(&mut self, e: Event) {
+        match e {
+            Event::Begin { .. } => self.begun = true,
+            Event::Complete(_) => self.complete = true,
+            _ => {}
+        }
+    }
+}
+
+/// Takes `n` bytes (fewer at the end of the input).
+fn take<'a>(data: &mut &'a [u8], n: usize) -> &'a [u8] {
+    let n = n.min(data.len());
+    let (head, rest) = data.split_at(n);
+    *data = rest;
+    head
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&cfg, mut ops)) = data.split_first() else { return };
+    // The parsers on their own: whatever they accept is well formed.
+    if let Ok(i) = parse_invitation(ops) {
+        assert!(i.port != 0 && (i.command == 0 || i.command == 100));
+    }
+    if let Ok(a) = parse_auth(ops, 32) {
+        assert_eq!((a.cnonce().len(), a.response().len()), (32, 32));
+    }
+    let table = ota_core::partition_csv::parse_csv(CSV).unwrap();
+    let mut flash = FileFlash::in_memory(BASE.clone());
+    let password: Option<&[u8]> = if cfg & 1 != 0 { Some(b"pw") } else { None };
+    let auth = if cfg & 2 != 0 { AuthScheme::Pbkdf2Sha256 } else { AuthScheme::Md5 };
+    let mut server = Server::new(Config { password, auth });
+    let mut update = None;
+    let mut out = Out::default();
+    let mut rng = Rng(cfg as u64);
+    let host: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let mut now = 0u64;
+    {
+        let running = *table.ota(0).unwrap();
+        let mut sink = FlashSink::new(&mut flash, &table, running, OtaConfig::default(), &mut update)
+            .adapted(library_writes);
+        while let Some((&op, rest)) = ops.split_first() {
+            ops = rest;
+            match op % 6 {
+                0 => {
+                    let n = take(&mut ops, 1).first().copied().unwrap_or(0) as usize;
+                    let datagram = take(&mut ops, n);
+                    server.datagram(host, datagram, op & 0x80 != 0, &mut sink, &mut rng, &mut out);
+                }
+                1 => server.connected(now),
+                2 => server.connect_failed(&mut sink, &mut out),
+                3 => {
+                    let len = take(&mut ops, 2);
+                    let n = len.iter().fold(0usize, |v, b| v << 8 | *b as usize);
+                    let bytes = take(&mut ops, n);
+                    server.data(bytes, now, &mut sink, &mut out);
+                }
+                4 => server.closed(&mut sink, &mut out),
+                _ => {
+                    now += 100 * op as u64;
+                    server.poll(now, &mut sink, &mut out);
+                }
+            }
+        }
+        server.closed(&mut sink, &mut out);
+    }
+    let after = flash.data();
+    if !out.complete {
+        assert_eq!(&after[0x9000..0xB000], &BASE[0x9000..0xB000], "otadata changed by an update that did not complete");
+    }
+    if password.is_some() || !out.begun {
+        let c = flash.counters();
+        assert_eq!((c.erases, c.programs), (0, 0), "flash touched without an accepted invitation");
+    }
+    assert_eq!(&after[..0x9000], &BASE[..0x9000], "bootloader/table area touched");
+    assert_eq!(&after[0x10000..0x80000], &BASE[0x10000..0x80000], "the running slot was touched");
+});
