@@ -5,7 +5,7 @@
 //! bootloader started, prints the app's identity, and runs the boot-time rollback guard (the
 //! bootloader espflash bundles has no rollback support), including the image's self-test, whose
 //! outcome the image declares with `ota_core::selftest`'s marker, exactly as in the emulator.
-//! Then it serves ESPHome OTA on TCP 3232: over the OpenCores Ethernet MAC that Espressif's QEMU
+//! Then it serves ESPHome OTA on TCP 3232 and ArduinoOTA on UDP 3232: over the OpenCores Ethernet MAC that Espressif's QEMU
 //! emulates, or, built with `--features wifi`, over Wi-Fi on a board (DHCP; the network from
 //! NVS `otahil/wifi_ssid` and `wifi_password`, or `OTAHIL_FW_WIFI_SSID` / `_PASSWORD` at build).
 #![no_std]
@@ -21,9 +21,11 @@ use ota_core::boot::{
 };
 use ota_core::image::ChipInfo;
 use ota_core::log::{LogEvent, LogLine, SlotName};
-use ota_core::settings::OtaSettings;
+use ota_core::proto::arduino::AuthScheme;
+use ota_core::settings::{ArduinoSettings, OtaSettings};
 use ota_core::writer::{OtaConfig, read_otadata};
 
+mod arduino_link;
 mod markers;
 mod net;
 #[cfg(not(feature = "wifi"))]
@@ -41,6 +43,20 @@ const VERSION: &str = match option_env!("OTAHIL_FW_VERSION") {
 const PASSWORD: Option<&str> = match option_env!("OTAHIL_FW_PASSWORD") {
     Some(p) if !p.is_empty() => Some(p),
     _ => None,
+};
+
+/// ArduinoOTA's password built in (`OTAHIL_FW_ARDUINO_PASSWORD`; none means no authentication).
+/// NVS key `arduino_passwd` overrides it.
+const ARDUINO_PASSWORD: Option<&str> = match option_env!("OTAHIL_FW_ARDUINO_PASSWORD") {
+    Some(p) if !p.is_empty() => Some(p),
+    _ => None,
+};
+
+/// ArduinoOTA's authentication built in (`OTAHIL_FW_ARDUINO_AUTH=pbkdf2`, default classic MD5).
+/// NVS key `arduino_auth` overrides it.
+const ARDUINO_AUTH: AuthScheme = match option_env!("OTAHIL_FW_ARDUINO_AUTH") {
+    Some(v) if v.len() == 6 && v.as_bytes()[0] == b'p' => AuthScheme::Pbkdf2Sha256,
+    _ => AuthScheme::Md5,
 };
 
 /// ESPHome OTA protocol version built in (`OTAHIL_FW_OTA_PROTOCOL`, default 2); NVS key
@@ -123,9 +139,18 @@ fn main() -> ! {
         OtaSettings::built_in(PASSWORD.map(str::as_bytes), PROTOCOL).load(&mut flash, &table, &mut log);
     log(&settings.log_event());
     let server = settings.server_config();
+    let arduino = ArduinoSettings::built_in(ARDUINO_PASSWORD.map(str::as_bytes), ARDUINO_AUTH)
+        .load(&mut flash, &table, &mut log);
+    log(&arduino.log_event(ota_core::proto::arduino::DEFAULT_PORT));
     let mut rng = net::HwRng(esp_hal::rng::Rng::new());
-    let service =
-        |net| net::Service { table: &table, running: partition, server, ota: OtaConfig::default(), net };
+    let service = |net| net::Service {
+        table: &table,
+        running: partition,
+        server,
+        arduino: arduino.config(),
+        ota: OtaConfig::default(),
+        net,
+    };
     let port = ota_core::proto::esphome::DEFAULT_PORT;
     #[cfg(not(feature = "wifi"))]
     {

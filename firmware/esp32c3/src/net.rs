@@ -1,5 +1,6 @@
-//! The OTA service: smoltcp on a link (QEMU's open_eth MAC, or Wi-Fi on a board), one TCP socket
-//! on port 3232, and `ota-core`'s ESPHome server writing the inactive slot through esp-storage.
+//! The OTA service: smoltcp on a link (QEMU's open_eth MAC, or Wi-Fi on a board): ESPHome OTA on
+//! TCP port 3232 and ArduinoOTA on UDP port 3232 (`arduino_link`), `ota-core`'s servers writing
+//! the inactive slot through esp-storage.
 //! A tight polled loop: one 8 KiB chunk acknowledgement waits for nothing but the next poll.
 
 use esp_storage::FlashStorage;
@@ -10,7 +11,8 @@ use ota_core::partition::{Partition, PartitionTable};
 use ota_core::writer::{OtaConfig, OtaUpdate};
 use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
 use smoltcp::phy::Device;
-use smoltcp::socket::tcp;
+use crate::arduino_link::{self, ArduinoLink};
+use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
 
 /// How the device gets its IPv4 address.
@@ -75,6 +77,11 @@ fn now() -> smoltcp::time::Instant {
     )
 }
 
+/// Milliseconds since boot (ArduinoOTA's timeouts run on it).
+pub fn now_ms() -> u64 {
+    esp_hal::time::Instant::now().duration_since_epoch().as_millis()
+}
+
 /// Nonces from the chip's hardware random number generator.
 pub struct HwRng(pub esp_hal::rng::Rng);
 
@@ -84,10 +91,48 @@ impl NonceSource for HwRng {
     }
 }
 
-/// What the server wants sent and has not been taken by the socket yet.
-struct Pending {
+impl ota_core::proto::arduino::NonceSource for HwRng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        self.0.read(buf);
+    }
+}
+
+/// What a server wants sent and has not been taken by its socket yet.
+pub struct Pending {
     bytes: [u8; 1024],
     len: usize,
+}
+
+impl Pending {
+    pub fn new() -> Self {
+        Pending { bytes: [0; 1024], len: 0 }
+    }
+
+    /// Queues `bytes`. A server sends a few bytes per chunk it receives; 1 KiB is never reached
+    /// while the socket drains between reads.
+    pub fn push(&mut self, bytes: &[u8]) {
+        let n = bytes.len().min(self.bytes.len() - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+        self.len += n;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// The socket took the first `n` bytes.
+    pub fn consume(&mut self, n: usize) {
+        self.bytes.copy_within(n..self.len, 0);
+        self.len -= n;
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
 }
 
 struct Reply<'l, L: FnMut(&LogEvent<'_>)> {
@@ -97,12 +142,7 @@ struct Reply<'l, L: FnMut(&LogEvent<'_>)> {
 
 impl<L: FnMut(&LogEvent<'_>)> Output for Reply<'_, L> {
     fn send(&mut self, bytes: &[u8]) {
-        let p = &mut *self.pending;
-        // The server sends at most a few bytes per 8 KiB received; 1 KiB is never reached while
-        // the socket drains between reads.
-        let n = bytes.len().min(p.bytes.len() - p.len);
-        p.bytes[p.len..p.len + n].copy_from_slice(&bytes[..n]);
-        p.len += n;
+        self.pending.push(bytes);
     }
     fn event(&mut self, e: Event) {
         if let Some(line) = e.log_event() {
@@ -117,6 +157,8 @@ pub struct Service<'t> {
     /// The partition the app runs from.
     pub running: Partition,
     pub server: ServerConfig<'t>,
+    /// ArduinoOTA's settings (its server keeps its own copy of the password hash).
+    pub arduino: ota_core::proto::arduino::Config<'t>,
     pub ota: OtaConfig,
     pub net: NetConfig,
 }
@@ -130,10 +172,10 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
     rng: &mut HwRng,
     log: &mut L,
 ) -> ! {
-    let Service { table, running, server: server_config, ota, net } = service;
+    let Service { table, running, server: server_config, arduino, ota, net } = service;
     let mut iface =
         Interface::new(Config::new(HardwareAddress::Ethernet(EthernetAddress(net.mac))), dev, now());
-    let mut storage = [SocketStorage::EMPTY; 2];
+    let mut storage = [SocketStorage::EMPTY; 4];
     let mut sockets = SocketSet::new(&mut storage[..]);
     #[cfg(feature = "wifi")]
     let mut dhcp = None;
@@ -158,6 +200,24 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
     // boot (its SYN queued in the network) must find the port open, not get a reset.
     // (It cannot fail for a fresh socket and a non-zero port; the loop listens again if it did.)
     let _ = sockets.get_mut::<tcp::Socket>(handle).listen(net.port);
+    // ArduinoOTA: invitations on UDP, and the device's own connection back to the uploader.
+    let mut udp_rx_meta = [udp::PacketMetadata::EMPTY; 4];
+    let mut udp_rx = [0u8; 512];
+    let mut udp_tx_meta = [udp::PacketMetadata::EMPTY; 4];
+    let mut udp_tx = [0u8; 256];
+    let udp_handle = sockets.add(udp::Socket::new(
+        udp::PacketBuffer::new(&mut udp_rx_meta[..], &mut udp_rx[..]),
+        udp::PacketBuffer::new(&mut udp_tx_meta[..], &mut udp_tx[..]),
+    ));
+    // (Binding a fresh socket to a non-zero port cannot fail.)
+    let _ = sockets.get_mut::<udp::Socket>(udp_handle).bind(ota_core::proto::arduino::DEFAULT_PORT);
+    let mut client_rx = [0u8; 4 * 1024];
+    let mut client_tx = [0u8; 512];
+    let client_handle = sockets.add(tcp::Socket::new(
+        tcp::SocketBuffer::new(&mut client_rx[..]),
+        tcp::SocketBuffer::new(&mut client_tx[..]),
+    ));
+    let mut arduino = ArduinoLink::new(udp_handle, client_handle, arduino);
     log(&LogEvent::OtaListening { port: net.port });
     match net.addressing {
         Addressing::Static { ip, gateway, .. } => announce(dev, net.mac, ip, gateway),
@@ -166,7 +226,7 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         Addressing::Dhcp => {}
     }
     let mut session: Option<(Server<'_>, Option<OtaUpdate>)> = None;
-    let mut pending = Pending { bytes: [0; 1024], len: 0 };
+    let mut pending = Pending::new();
     // Set when a completed update closed its connection: the device restarts once the close is
     // done, or after a short grace (ESPHome waits ~110 ms) if the peer never finishes it.
     let mut reboot_from: Option<esp_hal::time::Instant> = None;
@@ -176,6 +236,15 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         #[cfg(feature = "wifi")]
         if let Some(h) = dhcp {
             dhcp_update(&mut iface, sockets.get_mut::<smoltcp::socket::dhcpv4::Socket>(h), log);
+        }
+        let mut target = arduino_link::Target { flash: &mut *flash, table, running, ota };
+        if arduino.poll(&mut iface, &mut sockets, &mut target, rng, session.is_some(), &mut *log) {
+            log(&LogEvent::OtaRebooting);
+            esp_hal::system::software_reset();
+        }
+        if arduino.busy() {
+            // ArduinoOTA's update loop holds the device: ESPHome's connection waits.
+            continue;
         }
         let sock = sockets.get_mut::<tcp::Socket>(handle);
         if let Some(since) = reboot_from
@@ -195,7 +264,7 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
                 server.on_disconnect(false, &mut backend, &mut reply);
             }
             session = None;
-            pending.len = 0;
+            pending.clear();
             if sock.listen(net.port).is_err() {
                 continue;
             }
@@ -216,14 +285,13 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
             let mut backend = FlashSink::new(flash, table, running, ota, update);
             server.on_disconnect(false, &mut backend, &mut reply);
         }
-        if pending.len > 0
-            && let Ok(n) = sock.send_slice(&pending.bytes[..pending.len])
+        if pending.len() > 0
+            && let Ok(n) = sock.send_slice(pending.bytes())
         {
-            pending.bytes.copy_within(n..pending.len, 0);
-            pending.len -= n;
+            pending.consume(n);
         }
         if server.is_closed()
-            && pending.len == 0
+            && pending.len() == 0
             && sock.send_queue() == 0
             && sock.state() != tcp::State::Closed
         {
