@@ -89,6 +89,8 @@ pub struct QemuDut {
     program: QemuProgram,
     flash: PathBuf,
     port: u16,
+    /// The host's UDP port forwarded to the guest's ArduinoOTA port.
+    arduino_port: u16,
     child: Option<Child>,
     lines: Option<Receiver<String>>,
     pending: std::collections::VecDeque<DutEvent>,
@@ -118,7 +120,17 @@ impl QemuDut {
         let flash = dir.path().join("flash.bin");
         std::fs::write(&flash, flash_image)?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        Ok(QemuDut { program, flash, port, child: None, lines: None, pending: Default::default(), _dir: dir })
+        let arduino_port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        Ok(QemuDut {
+            program,
+            flash,
+            port,
+            arduino_port,
+            child: None,
+            lines: None,
+            pending: Default::default(),
+            _dir: dir,
+        })
     }
 
     fn spawn(&mut self) -> Result<(), DutError> {
@@ -130,7 +142,12 @@ impl QemuDut {
             .args(["-nographic", "-machine", "esp32c3", "-drive"])
             .arg(format!("file={},if=mtd,format=raw", self.flash.display()))
             .arg("-nic")
-            .arg(format!("user,model=open_eth,hostfwd=tcp:127.0.0.1:{}-:3232", self.port))
+            // ESPHome's TCP port and ArduinoOTA's UDP port. The guest reaches the host (the
+            // uploader's back-connection) through slirp's gateway, 10.0.2.2.
+            .arg(format!(
+                "user,model=open_eth,hostfwd=tcp:127.0.0.1:{}-:3232,hostfwd=udp:127.0.0.1:{}-:3232",
+                self.port, self.arduino_port
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -239,9 +256,7 @@ impl Dut for QemuDut {
     fn endpoint(&self, path: UpdatePath) -> Result<SocketAddr, String> {
         match path {
             UpdatePath::Esphome => Ok(SocketAddr::from(([127, 0, 0, 1], self.port))),
-            UpdatePath::Arduino => {
-                Err("the chip firmware does not serve ArduinoOTA yet (its UDP port is not forwarded)".into())
-            }
+            UpdatePath::Arduino => Ok(SocketAddr::from(([127, 0, 0, 1], self.arduino_port))),
         }
     }
 
