@@ -3,23 +3,25 @@
 //!
 //! - [`scenario`]: the YAML model and its strict loader.
 //! - [`fixtures`]: the named test images.
-//! - [`dut`]: the device-under-test trait; [`emu`] is its emulator backend.
-//! - [`client`]: the ESPHome OTA client with fault injection.
+//! - [`dut`]: the device-under-test trait; [`backend`]: the backends that make them (emulator,
+//!   QEMU), listed once in [`backend::BACKENDS`].
+//! - [`client`]: one OTA client per update path, with fault injection.
 //! - [`serial`]: log capture, `expect_log`, normalisation.
 //! - [`inspect`]: flash dump → partition state.
 //! - [`runner`]: steps in order; [`report`]: summary and JUnit; [`snapshot`]: snapshot files.
 
+pub mod backend;
 pub mod client;
 pub mod dut;
-pub mod emu;
 pub mod fixtures;
 pub mod inspect;
-pub mod qemu;
 pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod serial;
 pub mod snapshot;
+
+pub use backend::{emu, qemu};
 
 use std::path::{Path, PathBuf};
 

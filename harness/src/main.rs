@@ -1,12 +1,10 @@
 //! The `otahil` command line.
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use otahil::emu::EmuProgram;
-use otahil::qemu::{FirmwareBuilds, QemuProgram};
 use otahil::report::{ScenarioReport, junit, summary};
-use otahil::runner::{self, Backend};
+use otahil::runner;
 use otahil::snapshot::{self, Verdict};
 use otahil::{fixtures, inspect, scenario};
 use std::io::IsTerminal;
@@ -20,20 +18,20 @@ struct Cli {
     command: Cmd,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum BackendKind {
-    /// The host emulator (ota-emu): no hardware, milliseconds per scenario.
-    Emu,
-    /// The chip firmware (`cargo xtask firmware`) on Espressif's QEMU (ESP_QEMU or PATH).
-    Qemu,
+/// A registered backend's name (`otahil::backend::BACKENDS`).
+fn parse_backend(name: &str) -> Result<&'static otahil::backend::BackendEntry, String> {
+    otahil::backend::by_name(name)
+        .ok_or_else(|| format!("`{name}`: expected one of {}", otahil::backend::names()))
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Play scenarios and check their snapshots.
     Run {
-        #[arg(long, value_enum, default_value = "emu")]
-        backend: BackendKind,
+        /// What runs the device: emu (the host emulator, no hardware) or qemu (the chip
+        /// firmware on Espressif's QEMU, found through ESP_QEMU or PATH).
+        #[arg(long, default_value = "emu", value_parser = parse_backend)]
+        backend: &'static otahil::backend::BackendEntry,
         /// Directory of scenario files.
         #[arg(long, default_value = "scenarios")]
         scenarios: PathBuf,
@@ -244,21 +242,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 bail!("{} scenario file(s) do not load", errors.len());
             }
-            let backend = match backend {
-                BackendKind::Emu => Backend::Emu(EmuProgram::locate()?),
-                BackendKind::Qemu => {
-                    let program = QemuProgram::locate()
-                        .map_err(|why| anyhow::anyhow!("cannot use the qemu backend: {why}"))?;
-                    let builds = FirmwareBuilds::load(&firmware)
-                        .map_err(|why| anyhow::anyhow!("cannot use the qemu backend: {why}"))?;
-                    Backend::Qemu(program, Box::new(builds))
-                }
-            };
+            let backend = (backend.make)(&otahil::backend::BackendOptions { firmware })
+                .map_err(|why| anyhow::anyhow!("{why}"))?;
             // Snapshots compare wherever the device runs the fixture images' bytes.
-            let compare_snapshots = match &backend {
-                Backend::Emu(_) => true,
-                Backend::Qemu(_, builds) => builds.matches_fixtures,
-            };
+            let compare_snapshots = backend.snapshots_compare();
             let bar = if std::io::stderr().is_terminal() {
                 ProgressBar::new(loaded.len() as u64)
             } else {
@@ -270,11 +257,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut reports: Vec<ScenarioReport> = Vec::new();
             for s in &loaded {
                 bar.set_message(s.name.clone());
-                let mut r = runner::run(s, &backend, &options);
+                let mut r = runner::run(s, backend.as_ref(), &options);
                 // A partial run (one cut, another seed) produces other figures: not compared.
                 let partial = options.only_cut.is_some() || options.seed.is_some();
                 let mut unchecked: Vec<String> = Vec::new();
-                if partial || !compare_snapshots {
+                if partial || compare_snapshots.is_err() {
                     unchecked = r.snapshots.iter().map(|(n, _)| n.clone()).collect();
                     r.snapshots.clear();
                 } else if !r.snapshots_after_skip.is_empty() {
@@ -287,9 +274,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     // Reported as a skipped check, never as a compared one.
                     let why = if partial {
                         "a partial run (--cut or --seed) produces other figures".to_string()
-                    } else if !compare_snapshots {
-                        "the firmware builds are not the fixture images (a configured build: OTAHIL_FW_*)"
-                            .to_string()
+                    } else if let Err(why) = &compare_snapshots {
+                        why.clone()
                     } else {
                         "taken after a step this backend skipped, so the state differs from the stored one"
                             .to_string()

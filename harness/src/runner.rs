@@ -1,146 +1,16 @@
 //! Plays a scenario against a [`Dut`]: steps in order, each checked, the first failure stops
 //! the scenario with what was expected, what happened and the last serial lines.
 
+use crate::backend::{Backend, StartError};
 use crate::client::{self, Upload};
 use crate::dut::{Dut, DutError, DutEvent, PowerCut};
-use crate::emu::{EmuDut, EmuProgram, EmuSetup};
 use crate::inspect;
-use crate::qemu::{FirmwareBuilds, QemuDut, QemuProgram};
 use crate::report::{ScenarioReport, StepOutcome, StepReport};
 use crate::scenario::{
-    AuthSpec, CutPower, EraseSpec, Image, OtaStep, Scenario, SnapshotKind, StepKind, SweepStep,
-    WriterFaultSpec,
+    AuthSpec, CutPower, EraseSpec, OtaStep, Scenario, SnapshotKind, StepKind, SweepStep, WriterFaultSpec,
 };
 use crate::serial::{SerialLog, normalise};
 use std::time::{Duration, Instant};
-
-/// Which backend runs the device.
-#[derive(Debug, Clone)]
-pub enum Backend {
-    Emu(EmuProgram),
-    /// The firmware builds on Espressif's QEMU.
-    Qemu(QemuProgram, Box<FirmwareBuilds>),
-}
-
-/// Why a scenario did not start.
-enum StartError {
-    /// The backend cannot play it (a capability or an image it lacks): the reason.
-    Skip(String),
-    Fail(String),
-}
-
-impl Backend {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Backend::Emu(_) => "emu",
-            Backend::Qemu(..) => "qemu",
-        }
-    }
-
-    /// The bytes this backend sends for `image`: itself on emu; on QEMU the firmware build of a
-    /// named fixture (or the same defect applied to the v2 build), files as they are.
-    fn ota_image(&self, image: &Image) -> Result<Vec<u8>, String> {
-        match self {
-            Backend::Emu(_) => Ok(image.bytes.clone()),
-            Backend::Qemu(_, builds) => {
-                if crate::fixtures::find(&image.name).is_none() {
-                    return Ok(image.bytes.clone());
-                }
-                if let Some(app) = builds.app(&image.name) {
-                    return Ok(app);
-                }
-                let v2 = builds.app("v2").ok_or("no firmware build of v2")?;
-                if let Some(d) = crate::fixtures::derived_from_v2(&image.name, &v2) {
-                    return Ok(d);
-                }
-                match image.name.as_str() {
-                    // Neither depends on the firmware's code: the same bytes on every backend.
-                    "oversized" | "not-an-image" => Ok(image.bytes.clone()),
-                    other => Err(format!("no firmware build of fixture `{other}` for QEMU")),
-                }
-            }
-        }
-    }
-
-    fn start(&self, s: &Scenario, options: &RunOptions) -> Result<Box<dyn Dut>, StartError> {
-        let d = &s.device;
-        match self {
-            Backend::Emu(program) => {
-                // Provisioned settings are how the chip gets them; the emulator's built-in
-                // values are only for a layout without an nvs partition.
-                let (flash_image, provisioned) = device_flash(s, &d.firmware.bytes)?;
-                let setup = EmuSetup {
-                    flash_image,
-                    password: if provisioned { None } else { d.password.clone() },
-                    protocol: if provisioned { 2 } else { d.protocol },
-                    bootloader_rollback: d.bootloader_rollback,
-                    erase_upfront: d.erase == EraseSpec::Upfront,
-                    seed: options.seed.unwrap_or(d.seed),
-                    arduino: if provisioned { None } else { d.arduino.clone() },
-                };
-                EmuDut::start(program, &setup)
-                    .map(|d| Box::new(d) as Box<dyn Dut>)
-                    .map_err(|e| StartError::Fail(e.to_string()))
-            }
-            Backend::Qemu(program, builds) => {
-                let app = self.ota_image(&d.firmware).map_err(StartError::Skip)?;
-                let (mut flash_image, provisioned) = device_flash(s, &app)?;
-                if !provisioned && d.password != builds.password {
-                    return Err(StartError::Skip(format!(
-                        "the firmware was built with password {:?}, the scenario's device has {:?} (OTAHIL_FW_PASSWORD at `cargo xtask firmware`)",
-                        builds.password, d.password
-                    )));
-                }
-                if !provisioned && d.protocol != builds.protocol {
-                    return Err(StartError::Skip(format!(
-                        "the firmware was built for OTA protocol {}, the scenario wants {} (OTAHIL_FW_OTA_PROTOCOL)",
-                        builds.protocol, d.protocol
-                    )));
-                }
-                if d.bootloader_rollback {
-                    return Err(StartError::Skip(
-                        "the firmware boots with espflash's bootloader, built without rollback support"
-                            .into(),
-                    ));
-                }
-                if d.erase != EraseSpec::Sequential || d.writer_fault.is_some() {
-                    return Err(StartError::Skip(
-                        "the firmware's writer is fixed at sequential erase, without faults".into(),
-                    ));
-                }
-                flash_image[..builds.bootloader.len()].copy_from_slice(&builds.bootloader);
-                let mut dut = QemuDut::new(program.clone(), &flash_image)
-                    .map_err(|e| StartError::Fail(e.to_string()))?;
-                dut.power_off().map_err(|e| StartError::Fail(e.to_string()))?;
-                Ok(Box::new(dut))
-            }
-        }
-    }
-}
-
-/// The scenario device's flash: its partition table, `app` in the first app slot and its OTA
-/// settings provisioned into the nvs partition, as a factory would. `false` with it when the
-/// layout has no nvs partition (the firmware's built-in settings apply then).
-fn device_flash(s: &Scenario, app: &[u8]) -> Result<(Vec<u8>, bool), StartError> {
-    let d = &s.device;
-    let mut image = ota_emu::mkflash::merged_image(&d.partitions, app, d.flash_size)
-        .map_err(|e| StartError::Fail(format!("cannot build the flash image: {e}")))?;
-    let provisioned = match ota_emu::mkflash::provision_settings(
-        &mut image,
-        &d.partitions,
-        &ota_core::settings::Provision {
-            ota_password: d.password.as_deref(),
-            protocol: d.protocol,
-            wifi: None,
-            arduino: d.arduino.as_ref().map(|a| (a.password.as_deref(), a.auth)),
-        },
-    ) {
-        Ok(()) => true,
-        Err(ota_emu::mkflash::ProvisionError::NoNvsPartition) => false,
-        Err(e) => return Err(StartError::Fail(format!("cannot provision the device's settings: {e}"))),
-    };
-    Ok((image, provisioned))
-}
 
 /// Options of one run beyond the scenario itself.
 #[derive(Debug, Clone, Default)]
@@ -168,7 +38,7 @@ struct Run<'a> {
     scenario: &'a Scenario,
     options: &'a RunOptions,
     notes: Vec<String>,
-    backend: &'a Backend,
+    backend: &'a dyn Backend,
     skipped_a_step: bool,
     snapshots_after_skip: Vec<String>,
 }
@@ -517,7 +387,7 @@ impl Run<'_> {
 }
 
 /// Plays `scenario` on `backend`.
-pub fn run(scenario: &Scenario, backend: &Backend, options: &RunOptions) -> ScenarioReport {
+pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> ScenarioReport {
     let started = Instant::now();
     let mut report = ScenarioReport {
         name: scenario.name.clone(),

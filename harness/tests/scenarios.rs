@@ -1,14 +1,16 @@
 //! Every scenario under `scenarios/` played on the emulator, its snapshots checked by insta.
 
-use otahil::emu::EmuProgram;
-use otahil::runner::{self, Backend};
+use otahil::emu::{EmuBackend, EmuProgram};
+use otahil::runner;
 use otahil::scenario;
 use rstest::rstest;
 use std::path::PathBuf;
 
-fn backend() -> Backend {
+fn backend() -> EmuBackend {
     // The otahil binary embeds the emulator (`otahil emu …`); cargo builds it for this test.
-    Backend::Emu(EmuProgram { program: env!("CARGO_BIN_EXE_otahil").into(), prefix_args: vec!["emu".into()] })
+    let program =
+        EmuProgram { program: env!("CARGO_BIN_EXE_otahil").into(), prefix_args: vec!["emu".into()] };
+    EmuBackend { program }
 }
 
 #[rstest]

@@ -1,13 +1,15 @@
 //! The sweep can fail: a broken writer is caught, with a reproduction line that works.
 
-use otahil::emu::EmuProgram;
+use otahil::emu::{EmuBackend, EmuProgram};
 use otahil::report::StepOutcome;
-use otahil::runner::{self, Backend, RunOptions};
+use otahil::runner::{self, RunOptions};
 use otahil::scenario;
 use std::path::Path;
 
-fn backend() -> Backend {
-    Backend::Emu(EmuProgram { program: env!("CARGO_BIN_EXE_otahil").into(), prefix_args: vec!["emu".into()] })
+fn backend() -> EmuBackend {
+    let program =
+        EmuProgram { program: env!("CARGO_BIN_EXE_otahil").into(), prefix_args: vec!["emu".into()] };
+    EmuBackend { program }
 }
 
 #[test]

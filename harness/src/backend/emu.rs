@@ -203,7 +203,7 @@ fn control_event(c: &str) -> Option<DutEvent> {
 
 impl Dut for EmuDut {
     fn backend(&self) -> &'static str {
-        "emu"
+        ENTRY.name
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -303,5 +303,53 @@ impl Drop for EmuDut {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// The emulator backend: every scenario, exact power cuts, flash counters.
+pub struct EmuBackend {
+    pub program: EmuProgram,
+}
+
+pub const ENTRY: super::BackendEntry = super::BackendEntry {
+    name: "emu",
+    about: "the host emulator (ota-emu): no hardware, milliseconds per scenario",
+    make: |_| Ok(Box::new(EmuBackend { program: EmuProgram::locate().map_err(|e| e.to_string())? })),
+};
+
+impl super::Backend for EmuBackend {
+    fn name(&self) -> &'static str {
+        ENTRY.name
+    }
+
+    fn ota_image(&self, image: &crate::scenario::Image) -> Result<Vec<u8>, String> {
+        Ok(image.bytes.clone())
+    }
+
+    fn start(
+        &self,
+        s: &crate::scenario::Scenario,
+        options: &crate::runner::RunOptions,
+    ) -> Result<Box<dyn Dut>, super::StartError> {
+        let d = &s.device;
+        // Provisioned settings are how the chip gets them; the emulator's built-in values are
+        // only for a layout without an nvs partition.
+        let (flash_image, provisioned) = super::device_flash(s, &d.firmware.bytes)?;
+        let setup = EmuSetup {
+            flash_image,
+            password: if provisioned { None } else { d.password.clone() },
+            protocol: if provisioned { 2 } else { d.protocol },
+            bootloader_rollback: d.bootloader_rollback,
+            erase_upfront: d.erase == crate::scenario::EraseSpec::Upfront,
+            seed: options.seed.unwrap_or(d.seed),
+            arduino: if provisioned { None } else { d.arduino.clone() },
+        };
+        EmuDut::start(&self.program, &setup)
+            .map(|d| Box::new(d) as Box<dyn Dut>)
+            .map_err(|e| super::StartError::Fail(e.to_string()))
+    }
+
+    fn snapshots_compare(&self) -> Result<(), String> {
+        Ok(())
     }
 }

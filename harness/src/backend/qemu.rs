@@ -218,7 +218,7 @@ impl QemuDut {
 
 impl Dut for QemuDut {
     fn backend(&self) -> &'static str {
-        "qemu"
+        ENTRY.name
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -246,7 +246,7 @@ impl Dut for QemuDut {
     }
 
     fn arm_power_cut(&mut self, _cut: PowerCut) -> Result<(), DutError> {
-        Err(DutError::Unsupported { backend: "qemu", what: "a power cut at an exact flash operation" })
+        Err(DutError::Unsupported { backend: ENTRY.name, what: "a power cut at an exact flash operation" })
     }
 
     fn disarm_power_cut(&mut self) -> Result<(), DutError> {
@@ -280,7 +280,7 @@ impl Dut for QemuDut {
     }
 
     fn flash_counters(&mut self) -> Result<FlashCounters, DutError> {
-        Err(DutError::Unsupported { backend: "qemu", what: "flash operation counters" })
+        Err(DutError::Unsupported { backend: ENTRY.name, what: "flash operation counters" })
     }
 
     fn shutdown(&mut self) {
@@ -315,6 +315,96 @@ fn terminate(child: &mut std::process::Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The chip firmware's builds on Espressif's QEMU.
+pub struct QemuBackend {
+    pub program: QemuProgram,
+    pub builds: FirmwareBuilds,
+}
+
+pub const ENTRY: super::BackendEntry = super::BackendEntry {
+    name: "qemu",
+    about: "the chip firmware (cargo xtask firmware) on Espressif's QEMU (ESP_QEMU or PATH)",
+    make: |options| {
+        let program = QemuProgram::locate().map_err(|why| format!("cannot use the qemu backend: {why}"))?;
+        let builds = FirmwareBuilds::load(&options.firmware)
+            .map_err(|why| format!("cannot use the qemu backend: {why}"))?;
+        Ok(Box::new(QemuBackend { program, builds }))
+    },
+};
+
+impl super::Backend for QemuBackend {
+    fn name(&self) -> &'static str {
+        ENTRY.name
+    }
+
+    /// The firmware build of a named fixture (or the same defect applied to the v2 build);
+    /// files as they are.
+    fn ota_image(&self, image: &crate::scenario::Image) -> Result<Vec<u8>, String> {
+        if crate::fixtures::find(&image.name).is_none() {
+            return Ok(image.bytes.clone());
+        }
+        if let Some(app) = self.builds.app(&image.name) {
+            return Ok(app);
+        }
+        let v2 = self.builds.app("v2").ok_or("no firmware build of v2")?;
+        if let Some(d) = crate::fixtures::derived_from_v2(&image.name, &v2) {
+            return Ok(d);
+        }
+        match image.name.as_str() {
+            // Neither depends on the firmware's code: the same bytes on every backend.
+            "oversized" | "not-an-image" => Ok(image.bytes.clone()),
+            other => Err(format!("no firmware build of fixture `{other}` for QEMU")),
+        }
+    }
+
+    fn start(
+        &self,
+        s: &crate::scenario::Scenario,
+        _options: &crate::runner::RunOptions,
+    ) -> Result<Box<dyn Dut>, super::StartError> {
+        use super::StartError;
+        let d = &s.device;
+        let builds = &self.builds;
+        let app = self.ota_image(&d.firmware).map_err(StartError::Skip)?;
+        let (mut flash_image, provisioned) = super::device_flash(s, &app)?;
+        if !provisioned && d.password != builds.password {
+            return Err(StartError::Skip(format!(
+                "the firmware was built with password {:?}, the scenario's device has {:?} (OTAHIL_FW_PASSWORD at `cargo xtask firmware`)",
+                builds.password, d.password
+            )));
+        }
+        if !provisioned && d.protocol != builds.protocol {
+            return Err(StartError::Skip(format!(
+                "the firmware was built for OTA protocol {}, the scenario wants {} (OTAHIL_FW_OTA_PROTOCOL)",
+                builds.protocol, d.protocol
+            )));
+        }
+        if d.bootloader_rollback {
+            return Err(StartError::Skip(
+                "the firmware boots with espflash's bootloader, built without rollback support".into(),
+            ));
+        }
+        if d.erase != crate::scenario::EraseSpec::Sequential || d.writer_fault.is_some() {
+            return Err(StartError::Skip(
+                "the firmware's writer is fixed at sequential erase, without faults".into(),
+            ));
+        }
+        flash_image[..builds.bootloader.len()].copy_from_slice(&builds.bootloader);
+        let mut dut =
+            QemuDut::new(self.program.clone(), &flash_image).map_err(|e| StartError::Fail(e.to_string()))?;
+        dut.power_off().map_err(|e| StartError::Fail(e.to_string()))?;
+        Ok(Box::new(dut))
+    }
+
+    fn snapshots_compare(&self) -> Result<(), String> {
+        if self.builds.matches_fixtures {
+            Ok(())
+        } else {
+            Err("the firmware builds are not the fixture images (a configured build: OTAHIL_FW_*)".into())
+        }
+    }
 }
 
 #[cfg(test)]

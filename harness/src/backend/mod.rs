@@ -1,0 +1,102 @@
+//! Backends: what runs the device. Each is one module implementing [`Backend`] (a factory of
+//! [`Dut`]s for scenarios) and one entry in [`BACKENDS`]; the runner only plays steps, and a
+//! scenario never names a backend.
+
+pub mod emu;
+pub mod qemu;
+
+use crate::dut::Dut;
+use crate::runner::RunOptions;
+use crate::scenario::{Image, Scenario};
+use std::path::PathBuf;
+
+/// Why a scenario did not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartError {
+    /// The backend cannot play it (a capability or an image it lacks): the reason.
+    Skip(String),
+    Fail(String),
+}
+
+/// A way to run the device under test.
+pub trait Backend {
+    /// The name `--backend` takes and reports show.
+    fn name(&self) -> &'static str;
+    /// The bytes this backend sends for `image` (a backend that runs firmware builds maps the
+    /// named fixtures to its builds).
+    fn ota_image(&self, image: &Image) -> Result<Vec<u8>, String>;
+    /// A device set up for `scenario`, powered off.
+    fn start(&self, scenario: &Scenario, options: &RunOptions) -> Result<Box<dyn Dut>, StartError>;
+    /// Whether its snapshots are comparable with the stored ones (the device runs the fixture
+    /// images' bytes), and if not, why.
+    fn snapshots_compare(&self) -> Result<(), String>;
+}
+
+/// What a backend may need from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct BackendOptions {
+    /// Where the firmware builds are (`cargo xtask firmware`).
+    pub firmware: PathBuf,
+}
+
+/// A registered backend.
+pub struct BackendEntry {
+    pub name: &'static str,
+    pub about: &'static str,
+    /// Sets the backend up, or says why it cannot run here.
+    pub make: fn(&BackendOptions) -> Result<Box<dyn Backend>, String>,
+}
+
+/// Every backend, in the order `--help` lists them; the first is the default.
+pub const BACKENDS: &[BackendEntry] = &[emu::ENTRY, qemu::ENTRY];
+
+/// The backend registered as `name`.
+pub fn by_name(name: &str) -> Option<&'static BackendEntry> {
+    BACKENDS.iter().find(|b| b.name == name)
+}
+
+/// The registered names, for messages.
+pub fn names() -> String {
+    BACKENDS.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
+}
+
+/// The scenario device's flash: its partition table, `app` in the first app slot and its OTA
+/// settings provisioned into the nvs partition, as a factory would. `false` with it when the
+/// layout has no nvs partition (the firmware's built-in settings apply then).
+pub fn device_flash(s: &Scenario, app: &[u8]) -> Result<(Vec<u8>, bool), StartError> {
+    let d = &s.device;
+    let mut image = ota_emu::mkflash::merged_image(&d.partitions, app, d.flash_size)
+        .map_err(|e| StartError::Fail(format!("cannot build the flash image: {e}")))?;
+    let provisioned = match ota_emu::mkflash::provision_settings(
+        &mut image,
+        &d.partitions,
+        &ota_core::settings::Provision {
+            ota_password: d.password.as_deref(),
+            protocol: d.protocol,
+            wifi: None,
+            arduino: d.arduino.as_ref().map(|a| (a.password.as_deref(), a.auth)),
+        },
+    ) {
+        Ok(()) => true,
+        Err(ota_emu::mkflash::ProvisionError::NoNvsPartition) => false,
+        Err(e) => return Err(StartError::Fail(format!("cannot provision the device's settings: {e}"))),
+    };
+    Ok((image, provisioned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_lists_each_backend_once_under_its_own_name() {
+        let mut seen = std::collections::HashSet::new();
+        for b in BACKENDS {
+            assert!(seen.insert(b.name), "{} twice", b.name);
+            assert!(by_name(b.name).is_some());
+        }
+        assert_eq!(BACKENDS[0].name, "emu", "the emulator is the default");
+        assert!(by_name("bench-of-dreams").is_none());
+        assert_eq!(names(), "emu, qemu");
+    }
+}
