@@ -17,6 +17,8 @@ pub enum DutError {
     Refused { command: String, message: String },
     #[error("{what} is not supported by the {backend} backend")]
     Unsupported { backend: &'static str, what: &'static str },
+    #[error("the emulator's control channel: {0}")]
+    Control(#[from] ota_emu::control::ControlError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

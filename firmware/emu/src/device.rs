@@ -1,6 +1,7 @@
 //! The emulated ESP32-C3: power, the bootloader and the app's boot guard from `ota-core`, the
 //! serial log, ESPHome OTA sessions and ArduinoOTA — all independent of sockets and processes.
 
+use crate::control::{Counters, DeviceState, Status};
 use crate::flash::{FileFlash, PowerLoss, SplitMix};
 use ota_core::boot::{BootError, Booted, BootloaderConfig, DirectVerify, PowerOn, power_on};
 use ota_core::log::{LogEvent, LogLine, SlotName};
@@ -348,22 +349,26 @@ impl<W: Write> Device<W> {
         self.reset();
     }
 
-    /// One line describing the device, for the control channel.
-    pub fn status(&self) -> String {
+    /// How the device is, for the control channel.
+    pub fn status(&self) -> Status {
         let c = self.flash.counters();
         let counters =
-            format!("erases={} programs={} bytes_programmed={}", c.erases, c.programs, c.bytes_programmed);
-        match &self.power {
-            Power::Off => format!("power=off {counters}"),
-            Power::Running { booted, .. } | Power::Hung { booted } => format!(
-                "power=on state={} slot={} version={} project={} {counters}",
-                if self.serving() { "running" } else { "hung" },
-                SlotName(booted.index),
-                booted.image.desc.version(),
-                booted.image.desc.project_name(),
-            ),
-            Power::Bricked(why) => format!("power=on state=bricked reason=\"{why}\" {counters}"),
-        }
+            Counters { erases: c.erases, programs: c.programs, bytes_programmed: c.bytes_programmed };
+        let state = match &self.power {
+            Power::Off => DeviceState::Off,
+            Power::Running { booted, .. } | Power::Hung { booted } => {
+                let slot = SlotName(booted.index).to_string();
+                let version = booted.image.desc.version().to_string();
+                let project = booted.image.desc.project_name().to_string();
+                if self.serving() {
+                    DeviceState::Running { slot, version, project }
+                } else {
+                    DeviceState::Hung { slot, version, project }
+                }
+            }
+            Power::Bricked(why) => DeviceState::Bricked { reason: why.clone() },
+        };
+        Status { state, counters }
     }
 }
 
@@ -535,7 +540,11 @@ mod tests {
         assert!(d.accept().is_none(), "nothing serves OTA while off");
         d.power_on();
         assert!(d.serving());
-        assert!(d.status().starts_with("power=on state=running slot=ota_0 version=1.0.0"), "{}", d.status());
+        assert!(
+            d.status().to_string().starts_with("power=on state=running slot=ota_0 version=1.0.0"),
+            "{}",
+            d.status()
+        );
         let log = serial(&d);
         assert!(log.contains("boot: No factory image, trying OTA 0"), "{log}");
         assert!(log.contains("ota: listening on port 3232"), "{log}");

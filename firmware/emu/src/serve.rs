@@ -5,7 +5,7 @@
 //! chip, where each library's update loop holds the app's loop until it is done.
 
 use crate::CONTROL_PREFIX;
-use crate::control::{self, Command};
+use crate::control::{self, Command, Message};
 use crate::device::{ArduinoInput, ArduinoStep, Device, OtaSession, SessionInput, SessionStep};
 use std::fs::File;
 use std::io::{self, BufRead, ErrorKind, Read, Write};
@@ -49,11 +49,13 @@ struct Connection {
     last_input: Instant,
 }
 
-fn control_line(device: &mut Device<Serial>, text: &str) {
+fn control_line(device: &mut Device<Serial>, message: &Message) {
     let out = device.serial();
-    let _ = writeln!(out.stdout, "{CONTROL_PREFIX}{text}");
+    let _ = writeln!(out.stdout, "{CONTROL_PREFIX}{message}");
     let _ = out.stdout.flush();
 }
+
+const SESSION_CLOSED: Message = Message::SessionClosed { refused: false };
 
 fn spawn_stdin_reader() -> Receiver<Option<String>> {
     let (tx, rx) = mpsc::channel();
@@ -92,11 +94,11 @@ impl Net {
     fn drop_connections(&mut self, device: &mut Device<Serial>) {
         if let Some(c) = self.conn.take() {
             let _ = c.stream.shutdown(Shutdown::Both);
-            control_line(device, "event session-closed");
+            control_line(device, &SESSION_CLOSED);
         }
         if let Some(a) = self.arduino.take() {
             let _ = a.shutdown(Shutdown::Both);
-            control_line(device, "event session-closed");
+            control_line(device, &SESSION_CLOSED);
         }
     }
 }
@@ -111,7 +113,7 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
     udp.set_nonblocking(true)?;
     let local = listener.local_addr()?;
     let arduino_local = udp.local_addr()?;
-    control_line(&mut device, &format!("ready listen={local} arduino={arduino_local}"));
+    control_line(&mut device, &Message::Ready { listen: local, arduino: arduino_local });
     if !opts.start_off {
         device.power_on();
     }
@@ -151,7 +153,7 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
                     } else {
                         // Nothing serves OTA (off, hung, bricked): the connection is refused.
                         let _ = stream.shutdown(Shutdown::Both);
-                        control_line(&mut device, "event session-closed refused");
+                        control_line(&mut device, &Message::SessionClosed { refused: true });
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
@@ -167,13 +169,14 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
 
 /// One control command; `false` to quit.
 fn command(device: &mut Device<Serial>, net: &mut Net, line: &str) -> bool {
-    let cmd = match control::parse(line) {
+    let cmd = match control::parse_command(line) {
         Err(e) => {
-            control_line(device, &format!("err {e}"));
+            control_line(device, &Message::Err(e.to_string()));
             return true;
         }
         Ok(cmd) => cmd,
     };
+    let verb = cmd.verb();
     if matches!(cmd, Command::PowerOn | Command::PowerOff | Command::Reset) {
         net.drop_connections(device);
     }
@@ -181,35 +184,18 @@ fn command(device: &mut Device<Serial>, net: &mut Net, line: &str) -> bool {
         Command::PowerOn => {
             device.power_off();
             device.power_on();
-            let s = device.status();
-            control_line(device, &format!("ok power-on {s}"));
         }
-        Command::PowerOff => {
-            device.power_off();
-            control_line(device, "ok power-off");
-        }
-        Command::Reset => {
-            device.reset();
-            let s = device.status();
-            control_line(device, &format!("ok reset {s}"));
-        }
-        Command::Status => {
-            let s = device.status();
-            control_line(device, &format!("ok status {s}"));
-        }
-        Command::Cut(fault) => {
-            match fault {
-                Some(f) => device.flash_mut().arm(f),
-                None => device.flash_mut().disarm(),
-            }
-            control_line(device, "ok cut");
-        }
-        Command::Quit => {
-            control_line(device, "ok quit");
-            return false;
-        }
+        Command::PowerOff => device.power_off(),
+        Command::Reset => device.reset(),
+        Command::Status | Command::Quit => {}
+        Command::Cut(fault) => match fault {
+            Some(f) => device.flash_mut().arm(f),
+            None => device.flash_mut().disarm(),
+        },
     }
-    true
+    let status = matches!(cmd, Command::PowerOn | Command::Reset | Command::Status).then(|| device.status());
+    control_line(device, &Message::Ok { verb, status });
+    cmd != Command::Quit
 }
 
 /// Reads the ArduinoOTA port; true if a datagram came. Datagrams to a device that is off are
@@ -263,7 +249,7 @@ fn apply_arduino(device: &mut Device<Serial>, net: &mut Net, mut step: ArduinoSt
                 let _ = a.shutdown(Shutdown::Both);
             }
             report_loss(device, loss);
-            control_line(device, "event session-closed");
+            control_line(device, &SESSION_CLOSED);
             return;
         }
         for (to, bytes) in &step.datagrams {
@@ -301,16 +287,16 @@ fn apply_arduino(device: &mut Device<Serial>, net: &mut Net, mut step: ArduinoSt
             }
             let reboot = step.reboot;
             let _ = device.arduino_input(ArduinoInput::Closed, false);
-            control_line(device, "event session-closed");
+            control_line(device, &SESSION_CLOSED);
             if reboot {
                 device.reboot_after_update();
                 let s = device.status();
-                control_line(device, &format!("event rebooted {s}"));
+                control_line(device, &Message::Rebooted(s));
             }
             return;
         }
         if step.exchange_over {
-            control_line(device, "event session-closed");
+            control_line(device, &SESSION_CLOSED);
         }
         return;
     }
@@ -344,25 +330,25 @@ fn esphome_connection(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]
                     report_loss(device, loss);
                 }
                 net.conn = None;
-                control_line(device, "event session-closed");
+                control_line(device, &SESSION_CLOSED);
             }
         }
         SessionStep::Close { reply, reboot } => {
             let _ = write_blocking(&mut c.stream, &reply);
             let _ = c.stream.shutdown(Shutdown::Write);
             net.conn = None;
-            control_line(device, "event session-closed");
+            control_line(device, &SESSION_CLOSED);
             if reboot {
                 device.reboot_after_update();
                 let s = device.status();
-                control_line(device, &format!("event rebooted {s}"));
+                control_line(device, &Message::Rebooted(s));
             }
         }
         SessionStep::PowerLost(loss) => {
             let _ = c.stream.shutdown(Shutdown::Both);
             net.conn = None;
             report_loss(device, loss);
-            control_line(device, "event session-closed");
+            control_line(device, &SESSION_CLOSED);
         }
     }
     got_bytes
@@ -377,12 +363,6 @@ fn write_blocking(stream: &mut TcpStream, bytes: &[u8]) -> bool {
 }
 
 fn report_loss(device: &mut Device<Serial>, loss: crate::flash::PowerLoss) {
-    let kind = match loss.kind {
-        crate::flash::OpKind::Erase => "erase",
-        crate::flash::OpKind::Program => "program",
-    };
-    control_line(
-        device,
-        &format!("event power-lost op={} kind={kind} addr={:#x} torn={}", loss.op, loss.addr, loss.torn),
-    );
+    let message = Message::PowerLost { op: loss.op, kind: loss.kind, addr: loss.addr, torn: loss.torn };
+    control_line(device, &message);
 }

@@ -4,10 +4,12 @@
 use crate::client::UpdatePath;
 use crate::dut::{Capabilities, Dut, DutError, DutEvent, FlashCounters, PowerCut};
 use ota_emu::CONTROL_PREFIX;
+use ota_emu::control::{self, Command, Message, Status};
+use ota_emu::flash::{CutPoint, Fault};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -56,7 +58,7 @@ pub struct EmuSetup {
 
 enum Line {
     Serial(String),
-    Control(String),
+    Control(Result<Message, control::ControlError>),
     Eof,
 }
 
@@ -79,7 +81,7 @@ impl EmuDut {
         let dir = tempfile::tempdir()?;
         let flash_path = dir.path().join("flash.bin");
         std::fs::write(&flash_path, &setup.flash_image)?;
-        let mut cmd = Command::new(&program.program);
+        let mut cmd = std::process::Command::new(&program.program);
         cmd.args(&program.prefix_args)
             .arg("run")
             .arg("--flash")
@@ -116,7 +118,7 @@ impl EmuDut {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let msg = match line.strip_prefix(CONTROL_PREFIX) {
-                    Some(c) => Line::Control(c.to_string()),
+                    Some(c) => Line::Control(control::parse_message(c)),
                     None => Line::Serial(line),
                 };
                 if tx.send(msg).is_err() {
@@ -135,37 +137,35 @@ impl EmuDut {
             pending: Default::default(),
             _dir: dir,
         };
-        let ready = dut.wait_control(|c| c.starts_with("ready "), REPLY_TIMEOUT, "the ready line")?;
-        let field = |name: &str| {
-            ready
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .and_then(|a| a.parse().ok())
-                .ok_or_else(|| DutError::Start(format!("unexpected ready line `{ready}` (no {name}ADDR)")))
-        };
-        dut.addr = field("listen=")?;
-        dut.arduino_addr = field("arduino=")?;
+        let ready =
+            dut.wait_control(|m| matches!(m, Message::Ready { .. }), REPLY_TIMEOUT, "the ready line")?;
+        if let Message::Ready { listen, arduino } = ready {
+            dut.addr = listen;
+            dut.arduino_addr = arduino;
+        }
         Ok(dut)
     }
 
     /// Reads lines until a control line matching `want`; serial lines and events are queued.
     fn wait_control(
         &mut self,
-        want: impl Fn(&str) -> bool,
+        want: impl Fn(&Message) -> bool,
         timeout: Duration,
         what: &str,
-    ) -> Result<String, DutError> {
+    ) -> Result<Message, DutError> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(Line::Serial(s)) => self.pending.push_back(DutEvent::Serial(s)),
-                Ok(Line::Control(c)) if want(&c) => return Ok(c),
-                Ok(Line::Control(c)) => {
-                    if let Some(ev) = control_event(&c) {
+                Ok(Line::Control(Err(e))) => return Err(DutError::Control(e)),
+                Ok(Line::Control(Ok(m))) if want(&m) => return Ok(m),
+                Ok(Line::Control(Ok(Message::Err(message)))) => {
+                    return Err(DutError::Refused { command: what.into(), message });
+                }
+                Ok(Line::Control(Ok(m))) => {
+                    if let Some(ev) = control_event(&m) {
                         self.pending.push_back(ev);
-                    } else if let Some(msg) = c.strip_prefix("err ") {
-                        return Err(DutError::Refused { command: what.into(), message: msg.into() });
                     }
                 }
                 Ok(Line::Eof) | Err(RecvTimeoutError::Disconnected) => {
@@ -177,27 +177,33 @@ impl EmuDut {
         }
     }
 
-    fn command(&mut self, command: &str) -> Result<String, DutError> {
+    /// Sends `command` and waits for its reply; the device's status when the reply has one.
+    fn command(&mut self, command: Command) -> Result<Option<Status>, DutError> {
         writeln!(self.stdin, "{command}")?;
         self.stdin.flush()?;
-        let verb = command.split_whitespace().next().unwrap_or_default().to_string();
-        self.wait_control(
-            |c| c.starts_with(&format!("ok {verb}")) || c.starts_with("err "),
+        let verb = command.verb();
+        let reply = self.wait_control(
+            |m| matches!(m, Message::Ok { verb: v, .. } if *v == verb),
             REPLY_TIMEOUT,
-            command,
-        )
+            &command.to_string(),
+        )?;
+        Ok(match reply {
+            Message::Ok { status, .. } => status,
+            _ => None,
+        })
     }
 }
 
-fn control_event(c: &str) -> Option<DutEvent> {
-    if let Some(rest) = c.strip_prefix("event power-lost ") {
-        Some(DutEvent::PowerLost(rest.to_string()))
-    } else if c.starts_with("event rebooted") {
-        Some(DutEvent::Rebooted)
-    } else if c.starts_with("event session-closed") {
-        Some(DutEvent::SessionClosed)
-    } else {
-        None
+/// What an unprompted control message means to the runner.
+fn control_event(m: &Message) -> Option<DutEvent> {
+    match m {
+        Message::PowerLost { .. } => {
+            let text = m.to_string();
+            Some(DutEvent::PowerLost(text.trim_start_matches("event power-lost ").to_string()))
+        }
+        Message::Rebooted(_) => Some(DutEvent::Rebooted),
+        Message::SessionClosed { .. } => Some(DutEvent::SessionClosed),
+        Message::Ready { .. } | Message::Ok { .. } | Message::Err(_) => None,
     }
 }
 
@@ -216,28 +222,31 @@ impl Dut for EmuDut {
     }
 
     fn power_on(&mut self) -> Result<(), DutError> {
-        self.command("power-on").map(drop)
+        self.command(Command::PowerOn).map(drop)
     }
 
     fn power_off(&mut self) -> Result<(), DutError> {
-        self.command("power-off").map(drop)
+        self.command(Command::PowerOff).map(drop)
     }
 
     fn reset(&mut self) -> Result<(), DutError> {
-        self.command("reset").map(drop)
+        self.command(Command::Reset).map(drop)
     }
 
     fn arm_power_cut(&mut self, cut: PowerCut) -> Result<(), DutError> {
-        let (kind, count, torn) = match cut {
-            PowerCut::AfterOps { count, torn_seed } => ("after-ops", count, torn_seed),
-            PowerCut::AfterBytes { count, torn_seed } => ("after-bytes", count, torn_seed),
+        let fault = match cut {
+            PowerCut::AfterOps { count, torn_seed } => {
+                Fault { at: CutPoint::AfterOps(count), torn: torn_seed }
+            }
+            PowerCut::AfterBytes { count, torn_seed } => {
+                Fault { at: CutPoint::AfterBytes(count), torn: torn_seed }
+            }
         };
-        let torn = torn.map(|s| format!(" torn {s}")).unwrap_or_default();
-        self.command(&format!("cut {kind} {count}{torn}")).map(drop)
+        self.command(Command::Cut(Some(fault))).map(drop)
     }
 
     fn disarm_power_cut(&mut self) -> Result<(), DutError> {
-        self.command("cut clear").map(drop)
+        self.command(Command::Cut(None)).map(drop)
     }
 
     fn endpoint(&self, path: UpdatePath) -> Result<SocketAddr, String> {
@@ -253,7 +262,8 @@ impl Dut for EmuDut {
         }
         match self.lines.recv_timeout(timeout) {
             Ok(Line::Serial(s)) => Ok(Some(DutEvent::Serial(s))),
-            Ok(Line::Control(c)) => Ok(control_event(&c)),
+            Ok(Line::Control(Ok(m))) => Ok(control_event(&m)),
+            Ok(Line::Control(Err(e))) => Err(DutError::Control(e)),
             Ok(Line::Eof) | Err(RecvTimeoutError::Disconnected) => {
                 let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
                 Err(DutError::Exited(status))
@@ -268,22 +278,14 @@ impl Dut for EmuDut {
     }
 
     fn flash_counters(&mut self) -> Result<FlashCounters, DutError> {
-        let status = self.command("status")?;
-        let field = |name: &str| {
-            status
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-                .unwrap_or(0)
-        };
-        Ok(FlashCounters {
-            erases: field("erases"),
-            programs: field("programs"),
-            bytes_programmed: field("bytes_programmed"),
-        })
+        let missing = ota_emu::control::ControlError::Missing("the status in the reply to `status`");
+        let status = self.command(Command::Status)?.ok_or(DutError::Control(missing))?;
+        let c = status.counters;
+        Ok(FlashCounters { erases: c.erases, programs: c.programs, bytes_programmed: c.bytes_programmed })
     }
 
     fn shutdown(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
+        let _ = writeln!(self.stdin, "{}", Command::Quit);
         let _ = self.stdin.flush();
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
