@@ -5,6 +5,7 @@
 //! The file is written through on every operation, so at any moment — including right after
 //! a cut — it holds exactly what the chip's flash would.
 
+use crate::nor::{self, NorViolation};
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -61,20 +62,24 @@ pub struct Counters {
     pub bytes_programmed: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FlashOpError {
     /// The power was cut: nothing more happens until power-on.
+    #[error("the power was lost")]
     PowerLost,
-    OutOfBounds,
-    NotAligned,
+    /// An operation the chip's flash does not do as asked (see [`crate::nor`]).
+    #[error(transparent)]
+    Violation(#[from] NorViolation),
 }
 
 impl NorFlashError for FlashOpError {
     fn kind(&self) -> NorFlashErrorKind {
         match self {
-            FlashOpError::PowerLost => NorFlashErrorKind::Other,
-            FlashOpError::OutOfBounds => NorFlashErrorKind::OutOfBounds,
-            FlashOpError::NotAligned => NorFlashErrorKind::NotAligned,
+            FlashOpError::PowerLost | FlashOpError::Violation(NorViolation::RaisesBit { .. }) => {
+                NorFlashErrorKind::Other
+            }
+            FlashOpError::Violation(NorViolation::OutOfBounds { .. }) => NorFlashErrorKind::OutOfBounds,
+            FlashOpError::Violation(NorViolation::NotAligned { .. }) => NorFlashErrorKind::NotAligned,
         }
     }
 }
@@ -210,13 +215,14 @@ impl ErrorType for FileFlash {
 }
 
 impl ReadNorFlash for FileFlash {
-    const READ_SIZE: usize = 1;
+    const READ_SIZE: usize = nor::READ_SIZE;
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), FlashOpError> {
         if self.lost.is_some() {
             return Err(FlashOpError::PowerLost);
         }
+        nor::check_read(offset, bytes.len(), self.data.len())?;
         let o = offset as usize;
-        bytes.copy_from_slice(self.data.get(o..o + bytes.len()).ok_or(FlashOpError::OutOfBounds)?);
+        bytes.copy_from_slice(&self.data[o..o + bytes.len()]);
         Ok(())
     }
     fn capacity(&self) -> usize {
@@ -225,19 +231,14 @@ impl ReadNorFlash for FileFlash {
 }
 
 impl NorFlash for FileFlash {
-    const WRITE_SIZE: usize = 4;
+    const WRITE_SIZE: usize = nor::WRITE_SIZE;
     const ERASE_SIZE: usize = SECTOR as usize;
 
     fn erase(&mut self, from: u32, to: u32) -> Result<(), FlashOpError> {
         if self.lost.is_some() {
             return Err(FlashOpError::PowerLost);
         }
-        if !from.is_multiple_of(SECTOR) || !to.is_multiple_of(SECTOR) || from > to {
-            return Err(FlashOpError::NotAligned);
-        }
-        if to as usize > self.data.len() {
-            return Err(FlashOpError::OutOfBounds);
-        }
+        nor::check_erase(from, to, self.data.len())?;
         for sector in (from..to).step_by(SECTOR as usize) {
             let range = sector as usize..(sector + SECTOR) as usize;
             if self.cut_check(OpKind::Erase, 0).is_some() {
@@ -261,19 +262,13 @@ impl NorFlash for FileFlash {
         if self.lost.is_some() {
             return Err(FlashOpError::PowerLost);
         }
-        if !offset.is_multiple_of(4) || !bytes.len().is_multiple_of(4) {
-            return Err(FlashOpError::NotAligned);
-        }
+        nor::check_program(offset, bytes, self.data.len())?;
         let start = offset as usize;
         let end = start + bytes.len();
-        if end > self.data.len() {
-            return Err(FlashOpError::OutOfBounds);
-        }
+        nor::check_no_raise(&self.data[start..end], bytes, offset)?;
         if let Some(keep) = self.cut_check(OpKind::Program, bytes.len() as u64) {
             let keep = keep as usize;
-            for (d, b) in self.data[start..start + keep].iter_mut().zip(bytes) {
-                *d &= *b;
-            }
+            nor::program_bits(&mut self.data[start..start + keep], bytes);
             let torn = self.fault.and_then(|(f, _)| f.torn);
             if let Some(seed) = torn {
                 // The rest of the page program lands partly: a random subset of the bits it
@@ -285,9 +280,7 @@ impl NorFlash for FileFlash {
             self.lose_power(OpKind::Program, offset, torn.is_some());
             return Err(FlashOpError::PowerLost);
         }
-        for (d, b) in self.data[start..end].iter_mut().zip(bytes) {
-            *d &= *b;
-        }
+        nor::program_bits(&mut self.data[start..end], bytes);
         self.counters.programs += 1;
         self.counters.bytes_programmed += bytes.len() as u64;
         self.persist(start, end)
@@ -302,14 +295,40 @@ mod tests {
     fn nor_semantics_and_counting() {
         let mut f = FileFlash::in_memory(vec![0xFF; 1 << 20]);
         f.write(0, &[0xF0, 0x0F, 0xFF, 0x00]).unwrap();
-        f.write(0, &[0x3C, 0xFF, 0xFF, 0xFF]).unwrap();
-        assert_eq!(&f.data()[..4], &[0x30, 0x0F, 0xFF, 0x00], "program only clears bits");
+        f.write(0, &[0x30, 0x0F, 0x7F, 0x00]).unwrap();
+        assert_eq!(&f.data()[..4], &[0x30, 0x0F, 0x7F, 0x00], "a second program clears more bits");
         f.erase(0, 8192).unwrap();
         assert!(f.data()[..8192].iter().all(|&b| b == 0xFF));
         assert_eq!(f.counters(), Counters { erases: 2, programs: 2, bytes_programmed: 8 });
-        assert_eq!(f.erase(1, 4096), Err(FlashOpError::NotAligned));
-        assert_eq!(f.write(2, &[0; 4]), Err(FlashOpError::NotAligned));
-        assert_eq!(f.write((1 << 20) - 4, &[0; 8]), Err(FlashOpError::OutOfBounds));
+    }
+
+    /// The strict model refuses what the chip would not do as asked, and changes nothing.
+    #[test]
+    fn the_strict_model_catches_a_raised_bit_and_misaligned_access() {
+        let mut f = FileFlash::in_memory(vec![0xFF; 1 << 20]);
+        f.write(0, &[0xF0, 0x0F, 0xFF, 0x00]).unwrap();
+        // A program without the erase it needs: bit 2 of byte 0 would have to go 0 -> 1.
+        assert_eq!(
+            f.write(0, &[0x3C, 0xFF, 0xFF, 0xFF]),
+            Err(FlashOpError::Violation(NorViolation::RaisesBit { addr: 0, flash: 0xF0, wanted: 0x3C }))
+        );
+        assert_eq!(&f.data()[..4], &[0xF0, 0x0F, 0xFF, 0x00], "nothing was programmed");
+        let misaligned = |r| matches!(r, Err(FlashOpError::Violation(NorViolation::NotAligned { .. })));
+        assert!(misaligned(f.erase(1, 4096)));
+        assert!(misaligned(f.write(2, &[0; 4])));
+        assert!(misaligned(f.write(4, &[0; 3])));
+        let mut buf = [0u8; 4];
+        assert!(misaligned(f.read(1, &mut buf)), "esp-storage reads whole words");
+        assert!(misaligned(f.read(0, &mut buf[..3])));
+        assert!(matches!(
+            f.write((1 << 20) - 4, &[0; 8]),
+            Err(FlashOpError::Violation(NorViolation::OutOfBounds { .. }))
+        ));
+        // ota-core's reader takes any address and length through whole-word reads.
+        let mut odd = [0u8; 3];
+        ota_core::flash::read(&mut f, 1, &mut odd).unwrap();
+        assert_eq!(odd, [0x0F, 0xFF, 0x00]);
+        assert_eq!(f.counters(), Counters { erases: 0, programs: 1, bytes_programmed: 4 });
     }
 
     #[test]

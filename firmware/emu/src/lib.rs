@@ -1,5 +1,6 @@
 //! `ota-emu`: an emulated ESP32-C3 running otahil's `ota-core`.
 //!
+//! - [`nor`]: the one strict NOR model's rules (bounds, alignment, bits only clear).
 //! - [`flash`]: the file-backed NOR flash with power-cut and torn-write injection.
 //! - [`device`]: power, boot, the serial log and OTA sessions, without any I/O of its own.
 //! - [`control`]: the line protocol on stdin that drives power and faults.
@@ -13,6 +14,7 @@ pub mod control;
 pub mod device;
 pub mod flash;
 pub mod mkflash;
+pub mod nor;
 pub mod script;
 pub mod serve;
 pub mod sweep;

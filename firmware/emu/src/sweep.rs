@@ -10,6 +10,7 @@
 //! erased first. `exact` turns that last shortcut off; the tests check both agree.
 
 use crate::flash::{SplitMix, torn_erase, torn_program};
+use crate::nor::{self, NorViolation};
 use crate::script;
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
 use ota_core::boot::{
@@ -71,11 +72,21 @@ impl Op {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct SweepError;
+/// A flash operation of the swept update that the strict NOR model refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepError(pub NorViolation);
 impl NorFlashError for SweepError {
     fn kind(&self) -> NorFlashErrorKind {
-        NorFlashErrorKind::Other
+        match self.0 {
+            NorViolation::OutOfBounds { .. } => NorFlashErrorKind::OutOfBounds,
+            NorViolation::NotAligned { .. } => NorFlashErrorKind::NotAligned,
+            NorViolation::RaisesBit { .. } => NorFlashErrorKind::Other,
+        }
+    }
+}
+impl From<NorViolation> for SweepError {
+    fn from(v: NorViolation) -> Self {
+        SweepError(v)
     }
 }
 
@@ -91,10 +102,11 @@ impl ErrorType for Recorder {
     type Error = SweepError;
 }
 impl ReadNorFlash for Recorder {
-    const READ_SIZE: usize = 1;
+    const READ_SIZE: usize = nor::READ_SIZE;
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), SweepError> {
+        nor::check_read(offset, bytes.len(), self.data.len())?;
         let o = offset as usize;
-        bytes.copy_from_slice(self.data.get(o..o + bytes.len()).ok_or(SweepError)?);
+        bytes.copy_from_slice(&self.data[o..o + bytes.len()]);
         Ok(())
     }
     fn capacity(&self) -> usize {
@@ -102,9 +114,10 @@ impl ReadNorFlash for Recorder {
     }
 }
 impl NorFlash for Recorder {
-    const WRITE_SIZE: usize = 4;
+    const WRITE_SIZE: usize = nor::WRITE_SIZE;
     const ERASE_SIZE: usize = SECTOR;
     fn erase(&mut self, from: u32, to: u32) -> Result<(), SweepError> {
+        nor::check_erase(from, to, self.data.len())?;
         for s in (from..to).step_by(SECTOR) {
             self.data[s as usize..s as usize + SECTOR].fill(0xFF);
             self.ops.push((Op::Erase { addr: s }, self.phase.get()));
@@ -112,9 +125,10 @@ impl NorFlash for Recorder {
         Ok(())
     }
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), SweepError> {
-        for (d, b) in self.data[offset as usize..].iter_mut().zip(bytes) {
-            *d &= *b;
-        }
+        nor::check_program(offset, bytes, self.data.len())?;
+        let range = offset as usize..offset as usize + bytes.len();
+        nor::check_no_raise(&self.data[range.clone()], bytes, offset)?;
+        nor::program_bits(&mut self.data[range], bytes);
         self.ops.push((Op::Program { addr: offset, data: bytes.to_vec() }, self.phase.get()));
         Ok(())
     }
@@ -152,6 +166,15 @@ impl<'a> Overlay<'a> {
         self.last_touch[first as usize..last as usize].iter().max().copied()
     }
 
+    /// The `n` bytes at `at`, all in one sector, as they are now.
+    fn within_sector(&self, at: usize, n: usize) -> &[u8] {
+        let within = at % SECTOR;
+        match self.dirty.get(&((at / SECTOR) as u32)) {
+            Some(d) => &d[within..within + n],
+            None => &self.base[at..at + n],
+        }
+    }
+
     fn read_at(&self, offset: usize, out: &mut [u8]) {
         let mut done = 0;
         while done < out.len() {
@@ -172,11 +195,9 @@ impl ErrorType for Overlay<'_> {
     type Error = SweepError;
 }
 impl ReadNorFlash for Overlay<'_> {
-    const READ_SIZE: usize = 1;
+    const READ_SIZE: usize = nor::READ_SIZE;
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), SweepError> {
-        if offset as usize + bytes.len() > self.base.len() {
-            return Err(SweepError);
-        }
+        nor::check_read(offset, bytes.len(), self.base.len())?;
         self.read_at(offset as usize, bytes);
         Ok(())
     }
@@ -185,24 +206,33 @@ impl ReadNorFlash for Overlay<'_> {
     }
 }
 impl NorFlash for Overlay<'_> {
-    const WRITE_SIZE: usize = 4;
+    const WRITE_SIZE: usize = nor::WRITE_SIZE;
     const ERASE_SIZE: usize = SECTOR;
     fn erase(&mut self, from: u32, to: u32) -> Result<(), SweepError> {
+        nor::check_erase(from, to, self.base.len())?;
         for s in (from..to).step_by(SECTOR) {
             self.sector_mut(s / SECTOR as u32).fill(0xFF);
         }
         Ok(())
     }
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), SweepError> {
+        nor::check_program(offset, bytes, self.base.len())?;
+        // Checked whole before anything changes: a refused program leaves the flash as it was.
+        let mut done = 0;
+        while done < bytes.len() {
+            let at = offset as usize + done;
+            let within = at % SECTOR;
+            let n = (SECTOR - within).min(bytes.len() - done);
+            nor::check_no_raise(self.within_sector(at, n), &bytes[done..done + n], at as u32)?;
+            done += n;
+        }
         let mut done = 0;
         while done < bytes.len() {
             let at = offset as usize + done;
             let within = at % SECTOR;
             let n = (SECTOR - within).min(bytes.len() - done);
             let sector = self.sector_mut((at / SECTOR) as u32);
-            for (d, b) in sector[within..within + n].iter_mut().zip(&bytes[done..done + n]) {
-                *d &= *b;
-            }
+            nor::program_bits(&mut sector[within..within + n], &bytes[done..done + n]);
             done += n;
         }
         Ok(())
