@@ -22,7 +22,9 @@ pub enum EraseMode {
 }
 
 /// A deliberate defect, for proving that otahil's power-cut sweep catches a broken writer.
-/// Never set in firmware.
+/// Only in builds with the `test-faults` feature (the emulator's); the chip firmware's writer
+/// does not contain it.
+#[cfg(feature = "test-faults")]
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum WriterFault {
     #[default]
@@ -40,6 +42,7 @@ pub struct OtaConfig {
     /// while the running app is PENDING_VERIFY and invalidates the inactive otadata copy.
     pub rollback: bool,
     pub chip: ChipInfo,
+    #[cfg(feature = "test-faults")]
     pub fault: WriterFault,
     /// Keep the image's first [`WITHHELD_HEAD`] bytes in RAM and program them only in `end`,
     /// as arduino-esp32's `Update` library does, so a partly written slot never holds a valid
@@ -56,6 +59,7 @@ impl Default for OtaConfig {
             erase: EraseMode::default(),
             rollback: true,
             chip: ChipInfo::ESP32C3,
+            #[cfg(feature = "test-faults")]
             fault: WriterFault::None,
             withhold_head: false,
         }
@@ -258,6 +262,8 @@ impl OtaUpdate {
         {
             invalidate_inactive_copy(flash, table, od, running)?;
         }
+        #[cfg(feature = "test-faults")]
+        #[cfg(feature = "test-faults")]
         if config.fault == WriterFault::SwitchBeforeWrite {
             switch_boot_slot(flash, table, target, config)?;
         }
@@ -400,6 +406,7 @@ pub fn set_boot_partition<F: NorFlash>(
         let mut src = PartitionSource::new(flash, target);
         verify_in_partition(&mut src, config.chip, target.size).map_err(OtaError::Validate)?;
     }
+    #[cfg(feature = "test-faults")]
     if config.fault == WriterFault::SwitchBeforeWrite {
         // The broken writer switched in `begin` already; report what otadata says now.
         let otadata = table.otadata().ok_or(OtaError::NoOtadata)?;
