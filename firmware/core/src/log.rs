@@ -344,9 +344,7 @@ impl fmt::Display for LogEvent<'_> {
             SelfTestFailed { slot } => {
                 write!(f, "self-test failed: {slot} marked INVALID, rolling back")
             }
-            SelfTestHung { slot } => {
-                write!(f, "self-test of {slot} did not finish: image stays PENDING_VERIFY")
-            }
+            SelfTestHung { slot } => write!(f, "self-test of {slot} {TEXT_SELF_TEST_HUNG}"),
             Unconfirmed { slot } => {
                 write!(f, "{slot} was reset before it confirmed itself: marked ABORTED, rolling back")
             }
@@ -357,9 +355,9 @@ impl fmt::Display for LogEvent<'_> {
                 f,
                 "running {running} but otadata selects {selected} (bootloader fallback): otadata left as is"
             ),
-            Rebooting => f.write_str("Rebooting..."),
-            OtaRebooting => f.write_str("Rebooting into the new image..."),
-            OtaListening { port } => write!(f, "listening on port {port}"),
+            Rebooting => f.write_str(TEXT_REBOOTING),
+            OtaRebooting => f.write_str(TEXT_OTA_REBOOTING),
+            OtaListening { port } => write!(f, "{TEXT_LISTENING} {port}"),
             OtaClientConnected => f.write_str("client connected"),
             OtaMagicMismatch => f.write_str("Magic bytes do not match"),
             OtaAuthFailed => f.write_str("Auth failed! Passwords do not match"),
@@ -438,6 +436,60 @@ pub const ESP_IDF_BOOT_TEXTS: &[&str] = &[
     "Set actual ota_seq=",
 ];
 
+const TEXT_REBOOTING: &str = "Rebooting...";
+const TEXT_OTA_REBOOTING: &str = "Rebooting into the new image...";
+const TEXT_LISTENING: &str = "listening on port";
+const TEXT_SELF_TEST_HUNG: &str = "did not finish: image stays PENDING_VERIFY";
+/// What the chip firmware prints when it cannot go on (not a catalogue line: it is printed
+/// before or instead of the app's logging).
+pub const HALTED: &str = "otahil-fw: halted";
+
+/// The points in a device's life that a backend waits for, recognised from the catalogue's own
+/// texts (so a reworded line cannot leave a backend waiting for the old words).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Milestone {
+    /// The app serves OTA (`ota: listening on port N`).
+    Serving,
+    /// The self-test never finishes: the app will not serve OTA until a reset.
+    SelfTestHung,
+    /// The firmware stopped (no table, no app, a flash failure).
+    Halted,
+    /// The device restarts into the image an update just wrote.
+    RebootIntoUpdate,
+    /// The boot guard restarts the device to roll back.
+    RebootForRollback,
+}
+
+impl Milestone {
+    /// The milestone `line` (a serial line, timestamp and level included) marks, if any.
+    pub fn of(line: &str) -> Option<Milestone> {
+        let text = |tag: &str| {
+            let at = line.find(") ")? + 2;
+            line[at..].strip_prefix(tag)?.strip_prefix(": ")
+        };
+        if line.starts_with(HALTED) {
+            return Some(Milestone::Halted);
+        }
+        if let Some(t) = text("ota") {
+            if t.starts_with(TEXT_LISTENING) {
+                return Some(Milestone::Serving);
+            }
+            if t.starts_with(TEXT_OTA_REBOOTING) {
+                return Some(Milestone::RebootIntoUpdate);
+            }
+        }
+        if let Some(t) = text("rollback") {
+            if t.ends_with(TEXT_SELF_TEST_HUNG) {
+                return Some(Milestone::SelfTestHung);
+            }
+            if t == TEXT_REBOOTING {
+                return Some(Milestone::RebootForRollback);
+            }
+        }
+        None
+    }
+}
+
 /// Where the core's log lines go (UART on the chip, stdout in the emulator).
 pub trait LogSink {
     fn log(&mut self, event: &LogEvent<'_>);
@@ -454,6 +506,25 @@ mod tests {
     use super::*;
     use crate::boot::BootIndex;
     use std::format;
+
+    #[test]
+    fn milestones_come_from_the_catalogue_lines() {
+        let slot = SlotName(BootIndex::Ota(1));
+        let cases = [
+            (LogEvent::OtaListening { port: 3232 }, Some(Milestone::Serving)),
+            (LogEvent::SelfTestHung { slot }, Some(Milestone::SelfTestHung)),
+            (LogEvent::OtaRebooting, Some(Milestone::RebootIntoUpdate)),
+            (LogEvent::Rebooting, Some(Milestone::RebootForRollback)),
+            (LogEvent::SelfTestPassed { slot }, None),
+            (LogEvent::OtaClientConnected, None),
+        ];
+        for (event, want) in cases {
+            let line = format!("{}", LogLine { ms: 1234, event: &event });
+            assert_eq!(Milestone::of(&line), want, "{line}");
+        }
+        assert_eq!(Milestone::of("otahil-fw: halted: no app partition at 0x10000"), Some(Milestone::Halted));
+        assert_eq!(Milestone::of("I (5) app: listening on port 3232"), None, "another tag");
+    }
 
     #[test]
     fn esp_idf_line_format() {

@@ -180,7 +180,7 @@ fn main() -> ! {
 }
 
 pub(crate) fn halt(why: &dyn core::fmt::Display) -> ! {
-    println!("otahil-fw: halted: {why}");
+    println!("{}: {why}", ota_core::log::HALTED);
     loop {
         core::hint::spin_loop();
     }

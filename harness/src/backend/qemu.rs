@@ -7,6 +7,7 @@
 
 use crate::client::UpdatePath;
 use crate::dut::{Capabilities, Dut, DutError, DutEvent, FlashCounters, PowerCut};
+use ota_core::log::Milestone;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -102,12 +103,10 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Whether `line` is the device announcing a reboot (done here as a power cycle): `Some(true)`
 /// after a completed update, `Some(false)` for the boot guard's rollback.
 fn announced_reboot(line: &str) -> Option<bool> {
-    if line.contains("ota: Rebooting into the new image") {
-        Some(true)
-    } else if line.contains("rollback: Rebooting...") {
-        Some(false)
-    } else {
-        None
+    match Milestone::of(line) {
+        Some(Milestone::RebootIntoUpdate) => Some(true),
+        Some(Milestone::RebootForRollback) => Some(false),
+        _ => None,
     }
 }
 
@@ -188,9 +187,10 @@ impl QemuDut {
             let Some(line) = self.read_line(left)? else {
                 return Err(DutError::Timeout(BOOT_TIMEOUT, "the firmware to boot".into()));
             };
-            let settled = line.contains("ota: listening on port")
-                || line.contains("did not finish: image stays PENDING_VERIFY")
-                || line.contains("otahil-fw: halted");
+            let settled = matches!(
+                Milestone::of(&line),
+                Some(Milestone::Serving | Milestone::SelfTestHung | Milestone::Halted)
+            );
             let reboot = announced_reboot(&line).is_some();
             self.pending.push_back(DutEvent::Serial(line));
             if reboot {
