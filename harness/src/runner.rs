@@ -213,7 +213,7 @@ impl Run<'_> {
             threads: 0,
             matrix: self.options.sweep_matrix.is_some(),
         };
-        let report = ota_emu::sweep::sweep(&base, &cfg)?;
+        let report = ota_emu::sweep::sweep(&base, &cfg).map_err(|e| e.to_string())?;
         self.notes.push(format!(
             "sweep of {}: {} cut points, {} cuts evaluated in {:.1} ms ({:.0} cuts/s)",
             w.image.name,
@@ -255,7 +255,9 @@ impl Run<'_> {
         if self.options.only_cut.is_none() {
             for run in 0..w.random_runs {
                 let seed = self.seed().wrapping_add(run as u64);
-                if let Some(problem) = ota_emu::sweep::random_multi_cut(&base, &cfg, w.max_cuts, seed)? {
+                let multi = ota_emu::sweep::random_multi_cut(&base, &cfg, w.max_cuts, seed)
+                    .map_err(|e| e.to_string())?;
+                if let Some(problem) = multi {
                     return Ok(StepOutcome::Failed(format!(
                         "random multi-cut run {run} (seed {seed}): {problem}\n  reproduce: cargo xtask hil --scenario {} --seed {}",
                         self.scenario.name,

@@ -11,7 +11,7 @@
 
 use crate::flash::{SplitMix, torn_erase, torn_program};
 use crate::nor::{self, NorViolation};
-use crate::script;
+use crate::script::{self, ScriptError};
 use embedded_storage::nor_flash::{ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash};
 use ota_core::boot::{
     BootIndex, Booted, BootloaderConfig, DirectVerify, PowerOn, SlotVerifier, power_on, verify_slot,
@@ -25,6 +25,7 @@ use ota_core::writer::{OtaConfig, read_otadata};
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::fmt::Write;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -298,8 +299,73 @@ pub struct CutRow {
     pub phase: Phase,
     pub kind: &'static str,
     pub addr: u32,
-    /// `booted old, retry ok`, `booted new, retry ok`, or the failure.
-    pub outcome: String,
+    /// Which image booted after the cut (and the retry worked), or the broken invariant.
+    pub outcome: Result<Booted2, Violation>,
+}
+
+/// An invariant a cut broke: what the sweep promises is a valid image chosen by otadata after
+/// every cut, and a retried update that works.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    #[error("bricked: the app hangs in {0}")]
+    Hangs(SlotName),
+    /// The device does not reach the app (how the power-on ended).
+    #[error("bricked: {0}")]
+    Bricked(String),
+    #[error("otadata selects {selected} but it does not verify: {booted} booted only by bootloader fallback")]
+    FallbackBoot { selected: SlotName, booted: SlotName },
+    #[error("booted {0} holding neither the old nor the new image")]
+    UnknownImage(SlotName),
+    #[error("no otadata partition")]
+    NoOtadata,
+    #[error("otadata unreadable: {0}")]
+    Otadata(ota_core::flash::FlashError),
+    #[error("retried update failed: {0}")]
+    RetryFailed(ScriptError),
+    #[error("after the retried update {0} runs, not the new image")]
+    RetryBootsOther(SlotName),
+    #[error("after the retried update: {0}")]
+    RetryBricked(String),
+}
+
+/// Why a sweep could not run at all.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SweepSetupError {
+    #[error("the device does not run before the sweep: {0}")]
+    NotRunning(String),
+    #[error("the reference update fails: {0}")]
+    ReferenceFails(ScriptError),
+    #[error("the reference update does not boot the new image: {0}")]
+    NewImageDoesNotBoot(String),
+    #[error("cut {cut} is out of range: the update has {ops} operations")]
+    CutOutOfRange { cut: u64, ops: usize },
+    #[error("cannot start the sweep's threads: {0}")]
+    Threads(String),
+}
+
+/// A seeded multi-cut run that broke an invariant, with the cut positions to repeat it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MultiCutFailure {
+    pub positions: Vec<u64>,
+    pub problem: MultiCutProblem,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MultiCutProblem {
+    #[error("bricked before the cut at op {at}: {how}")]
+    BrickedBefore { at: u64, how: String },
+    #[error("booted an image that is neither old nor new")]
+    UnknownImage,
+    #[error("{0} booted by bootloader fallback")]
+    FallbackBoot(SlotName),
+    #[error("bricked: {0}")]
+    Bricked(String),
+}
+
+impl fmt::Display for MultiCutFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cuts {:?}: {}", self.positions, self.problem)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord, Hash)]
@@ -315,7 +381,7 @@ pub struct CutFailure {
     pub torn: bool,
     pub op: String,
     pub phase: Phase,
-    pub problem: String,
+    pub problem: Violation,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -383,7 +449,11 @@ impl SweepReport {
                 r.phase.name(),
                 r.kind,
                 r.addr,
-                r.outcome.replace('"', "'")
+                match &r.outcome {
+                    Ok(Booted2::Old) => "booted old, retry ok".to_string(),
+                    Ok(Booted2::New) => "booted new, retry ok".to_string(),
+                    Err(v) => v.to_string().replace('"', "'"),
+                }
             );
         }
         out
@@ -425,24 +495,24 @@ fn tear(overlay: &mut Overlay<'_>, op: &Op, seed: u64) {
     }
 }
 
-fn record(base: &[u8], cfg: &SweepConfig) -> Result<Reference, String> {
+fn record(base: &[u8], cfg: &SweepConfig) -> Result<Reference, SweepSetupError> {
     let phase = Rc::new(Cell::new(Phase::Write));
     let mut rec = Recorder { data: base.to_vec(), ops: Vec::new(), phase: phase.clone() };
     let mut quiet = |_: &LogEvent<'_>| {};
     let (table, booted) = match power_on(&mut rec, cfg.bootloader, &mut DirectVerify, &mut quiet, MAX_BOOTS) {
         PowerOn::Running { table, booted } => (table, booted),
-        other => return Err(format!("the device does not run before the sweep: {other:?}")),
+        other => return Err(SweepSetupError::NotRunning(format!("{other:?}"))),
     };
     rec.ops.clear();
     let start = rec.data.clone();
     script::upload(cfg.path, &mut rec, &table, &booted.partition, &cfg.image, cfg.ota, &mut || {
         phase.set(Phase::Switch)
     })
-    .map_err(|e| format!("the reference update fails: {e}"))?;
+    .map_err(SweepSetupError::ReferenceFails)?;
     phase.set(Phase::FirstBoot);
     let new_sha = match power_on(&mut rec, cfg.bootloader, &mut DirectVerify, &mut quiet, MAX_BOOTS) {
         PowerOn::Running { booted: b, .. } if b.index != booted.index => b.image.sha256,
-        other => return Err(format!("the reference update does not boot the new image: {other:?}")),
+        other => return Err(SweepSetupError::NewImageDoesNotBoot(format!("{other:?}"))),
     };
     Ok(Reference { start, ops: rec.ops, old_sha: booted.image.sha256, new_sha })
 }
@@ -453,7 +523,7 @@ struct Worker<'a> {
     cfg: &'a SweepConfig,
     reference: &'a Reference,
     memo: Memo,
-    retries: HashMap<RetryKey, Result<(), String>>,
+    retries: HashMap<RetryKey, Result<(), Violation>>,
     report: SweepReport,
 }
 
@@ -477,11 +547,7 @@ impl Worker<'_> {
                 phase: *phase,
                 kind: op.kind(),
                 addr: op.addr(),
-                outcome: match &result {
-                    Ok(Booted2::Old) => "booted old, retry ok".into(),
-                    Ok(Booted2::New) => "booted new, retry ok".into(),
-                    Err(e) => e.clone(),
-                },
+                outcome: result.clone(),
             });
         }
         match result {
@@ -504,7 +570,7 @@ impl Worker<'_> {
         flash: &mut Overlay<'_>,
         keep_log: bool,
         lines: &mut Vec<String>,
-    ) -> Result<Booted2, String> {
+    ) -> Result<Booted2, Violation> {
         let mut log = |e: &LogEvent<'_>| {
             if keep_log {
                 lines.push(LogLine { ms: 0, event: e }.to_string());
@@ -513,30 +579,24 @@ impl Worker<'_> {
         let bl = self.cfg.bootloader;
         let (table, booted) = match power_on(flash, bl, &mut self.memo, &mut log, MAX_BOOTS) {
             PowerOn::Running { table, booted } => (table, booted),
-            PowerOn::Hung { booted, .. } => {
-                return Err(format!("bricked: the app hangs in {}", SlotName(booted.index)));
-            }
-            other => return Err(format!("bricked: {other:?}")),
+            PowerOn::Hung { booted, .. } => return Err(Violation::Hangs(SlotName(booted.index))),
+            other => return Err(Violation::Bricked(format!("{other:?}"))),
         };
         if booted.selection.index != booted.index {
-            return Err(format!(
-                "otadata selects {} but it does not verify: {} booted only by bootloader fallback",
-                SlotName(booted.selection.index),
-                SlotName(booted.index)
-            ));
+            return Err(Violation::FallbackBoot {
+                selected: SlotName(booted.selection.index),
+                booted: SlotName(booted.index),
+            });
         }
         let which = if booted.image.sha256 == self.reference.old_sha {
             Booted2::Old
         } else if booted.image.sha256 == self.reference.new_sha {
             Booted2::New
         } else {
-            return Err(format!(
-                "booted {} holding neither the old nor the new image",
-                SlotName(booted.index)
-            ));
+            return Err(Violation::UnknownImage(SlotName(booted.index)));
         };
-        let od = table.otadata().copied().ok_or("no otadata partition")?;
-        let data = read_otadata(flash, &od).map_err(|e| e.to_string())?;
+        let od = table.otadata().copied().ok_or(Violation::NoOtadata)?;
+        let data = read_otadata(flash, &od).map_err(Violation::Otadata)?;
         let key = (booted.index, data.entries[0].to_bytes(), data.entries[1].to_bytes());
         if !self.cfg.exact
             && let Some(r) = self.retries.get(&key)
@@ -557,7 +617,7 @@ impl Worker<'_> {
         table: &ota_core::partition::PartitionTable,
         booted: &Booted,
         log: &mut impl FnMut(&LogEvent<'_>),
-    ) -> Result<(), String> {
+    ) -> Result<(), Violation> {
         script::upload(
             self.cfg.path,
             flash,
@@ -567,19 +627,17 @@ impl Worker<'_> {
             self.cfg.ota,
             &mut || {},
         )
-        .map_err(|e| format!("retried update failed: {e}"))?;
+        .map_err(Violation::RetryFailed)?;
         match power_on(flash, self.cfg.bootloader, &mut self.memo, log, MAX_BOOTS) {
             PowerOn::Running { booted: b, .. } if b.image.sha256 == self.reference.new_sha => Ok(()),
-            PowerOn::Running { booted: b, .. } => {
-                Err(format!("after the retried update {} runs, not the new image", SlotName(b.index)))
-            }
-            other => Err(format!("after the retried update: {other:?}")),
+            PowerOn::Running { booted: b, .. } => Err(Violation::RetryBootsOther(SlotName(b.index))),
+            other => Err(Violation::RetryBricked(format!("{other:?}"))),
         }
     }
 }
 
 /// Sweeps every cut point of an update of `cfg.image` starting from the flash `base`.
-pub fn sweep(base: &[u8], cfg: &SweepConfig) -> Result<SweepReport, String> {
+pub fn sweep(base: &[u8], cfg: &SweepConfig) -> Result<SweepReport, SweepSetupError> {
     let started = Instant::now();
     let reference = record(base, cfg)?;
     let base = &reference.start[..];
@@ -591,7 +649,7 @@ pub fn sweep(base: &[u8], cfg: &SweepConfig) -> Result<SweepReport, String> {
     let threads = if cfg.threads == 0 { rayon::current_num_threads() } else { cfg.threads }.max(1);
     let ranges: Vec<(usize, usize)> = match cfg.only {
         Some((k, _)) if (k as usize) < n => vec![(k as usize, k as usize + 1)],
-        Some((k, _)) => return Err(format!("cut {k} is out of range: the update has {n} operations")),
+        Some((k, _)) => return Err(SweepSetupError::CutOutOfRange { cut: k, ops: n }),
         None => {
             let chunk = n.div_ceil(threads).max(1);
             (0..n).step_by(chunk).map(|s| (s, (s + chunk).min(n))).collect()
@@ -633,7 +691,10 @@ pub fn sweep(base: &[u8], cfg: &SweepConfig) -> Result<SweepReport, String> {
         w.report
     };
     let parts: Vec<SweepReport> = if ranges.len() > 1 {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| SweepSetupError::Threads(e.to_string()))?;
         pool.install(|| ranges.par_iter().copied().map(run_range).collect())
     } else {
         ranges.iter().copied().map(run_range).collect()
@@ -666,7 +727,7 @@ pub fn random_multi_cut(
     cfg: &SweepConfig,
     max_cuts: u32,
     seed: u64,
-) -> Result<Option<String>, String> {
+) -> Result<Option<MultiCutFailure>, SweepSetupError> {
     let reference = record(base, cfg)?;
     let n = reference.ops.len() as u64;
     let mut rng = SplitMix(seed);
@@ -682,7 +743,8 @@ pub fn random_multi_cut(
             match power_on(&mut flash, cfg.bootloader, &mut DirectVerify, &mut quiet, MAX_BOOTS) {
                 PowerOn::Running { table, booted } => (table, booted),
                 other => {
-                    return Ok(Some(format!("cuts {positions:?}: bricked before cut at op {at}: {other:?}")));
+                    let problem = MultiCutProblem::BrickedBefore { at, how: format!("{other:?}") };
+                    return Ok(Some(MultiCutFailure { positions, problem }));
                 }
             };
         flash.arm(crate::flash::Fault {
@@ -701,13 +763,16 @@ pub fn random_multi_cut(
             if sha == reference.old_sha || sha == reference.new_sha {
                 Ok(None)
             } else {
-                Ok(Some(format!("cuts {positions:?}: booted an image that is neither old nor new")))
+                Ok(Some(MultiCutFailure { positions, problem: MultiCutProblem::UnknownImage }))
             }
         }
-        PowerOn::Running { booted, .. } => {
-            Ok(Some(format!("cuts {positions:?}: {} booted by bootloader fallback", SlotName(booted.index))))
+        PowerOn::Running { booted, .. } => Ok(Some(MultiCutFailure {
+            positions,
+            problem: MultiCutProblem::FallbackBoot(SlotName(booted.index)),
+        })),
+        other => {
+            Ok(Some(MultiCutFailure { positions, problem: MultiCutProblem::Bricked(format!("{other:?}")) }))
         }
-        other => Ok(Some(format!("cuts {positions:?}: bricked: {other:?}"))),
     }
 }
 
@@ -782,7 +847,7 @@ mod tests {
         assert!(!r.failures.is_empty());
         let f = &r.failures[0];
         assert_eq!(f.phase, Phase::Write);
-        assert!(f.problem.contains("bootloader fallback"), "{}", f.problem);
+        assert!(matches!(f.problem, Violation::FallbackBoot { .. }), "{}", f.problem);
         // The single cut reproduces, with its log.
         cfg.only = Some((f.cut, f.torn));
         let one = sweep(&base(), &cfg).unwrap();
