@@ -22,16 +22,37 @@ pub struct QemuProgram {
     pub bios_dir: Option<PathBuf>,
 }
 
+/// Why the qemu backend cannot run here.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuSetupError {
+    #[error("no QEMU ({program}: {source}); set ESP_QEMU to Espressif's qemu-system-riscv32")]
+    NoQemu { program: String, source: std::io::Error },
+    #[error("{program} has no esp32c3 machine (Espressif's fork is needed)")]
+    NoEsp32c3 { program: String },
+    #[error("no firmware builds in {dir} ({source}): run `cargo xtask firmware`")]
+    NoBuilds { dir: String, source: std::io::Error },
+    #[error(
+        "{dir} holds Wi-Fi builds for boards (`cargo xtask firmware --wifi`); QEMU needs the default build (`cargo xtask firmware`, target/firmware)"
+    )]
+    WifiBuilds { dir: String },
+    #[error("{path}: {source}")]
+    Unreadable { path: String, source: std::io::Error },
+    #[error("{path} is {len} bytes, too short to hold the bootloader")]
+    ShortImage { path: String, len: usize },
+}
+
 impl QemuProgram {
     /// Finds a QEMU with the esp32c3 machine, or says why there is none.
-    pub fn locate() -> Result<Self, String> {
+    pub fn locate() -> Result<Self, QemuSetupError> {
         let program: PathBuf =
             std::env::var_os("ESP_QEMU").map(PathBuf::from).unwrap_or_else(|| "qemu-system-riscv32".into());
-        let out = Command::new(&program).args(["-machine", "help"]).output().map_err(|e| {
-            format!("no QEMU ({}: {e}); set ESP_QEMU to Espressif's qemu-system-riscv32", program.display())
-        })?;
+        let shown = program.display().to_string();
+        let out = Command::new(&program)
+            .args(["-machine", "help"])
+            .output()
+            .map_err(|source| QemuSetupError::NoQemu { program: shown.clone(), source })?;
         if !String::from_utf8_lossy(&out.stdout).contains("esp32c3") {
-            return Err(format!("{} has no esp32c3 machine (Espressif's fork is needed)", program.display()));
+            return Err(QemuSetupError::NoEsp32c3 { program: shown });
         }
         Ok(QemuProgram { program, bios_dir: std::env::var_os("ESP_QEMU_BIOS_DIR").map(PathBuf::from) })
     }
@@ -51,22 +72,25 @@ pub struct FirmwareBuilds {
 }
 
 impl FirmwareBuilds {
-    pub fn load(dir: &Path) -> Result<Self, String> {
-        let manifest = std::fs::read_to_string(dir.join("build.txt")).map_err(|e| {
-            format!("no firmware builds in {} ({e}): run `cargo xtask firmware`", dir.display())
-        })?;
+    pub fn load(dir: &Path) -> Result<Self, QemuSetupError> {
+        let shown = dir.display().to_string();
+        let manifest = std::fs::read_to_string(dir.join("build.txt"))
+            .map_err(|source| QemuSetupError::NoBuilds { dir: shown.clone(), source })?;
         let field =
             |k: &str| manifest.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix('=')).unwrap_or("");
         // QEMU has no Wi-Fi: such a build would never come up on its network.
         if field("link") == "wifi" {
-            return Err(format!(
-                "{} holds Wi-Fi builds for boards (`cargo xtask firmware --wifi`); QEMU needs the default \
-                 build (`cargo xtask firmware`, target/firmware)",
-                dir.display()
-            ));
+            return Err(QemuSetupError::WifiBuilds { dir: shown });
         }
-        let merged =
-            std::fs::read(dir.join("v1-flash.bin")).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let merged_path = dir.join("v1-flash.bin");
+        let merged = std::fs::read(&merged_path).map_err(|source| QemuSetupError::Unreadable {
+            path: merged_path.display().to_string(),
+            source,
+        })?;
+        if merged.len() < 0x8000 {
+            let path = merged_path.display().to_string();
+            return Err(QemuSetupError::ShortImage { path, len: merged.len() });
+        }
         let matches_fixtures = ["v1", "v2", "v3", "selftest-fail", "selftest-hang"].iter().all(|name| {
             std::fs::read(dir.join(format!("{name}.bin"))).ok()
                 == crate::fixtures::find(name).map(|f| f.bytes())
@@ -426,10 +450,12 @@ mod tests {
         assert!(!b.matches_fixtures, "no images in the directory");
         let dir = builds_dir("link=wifi\npassword=\nprotocol=2\n");
         let e = FirmwareBuilds::load(dir.path()).unwrap_err();
-        assert!(e.contains("Wi-Fi builds for boards"), "{e}");
+        assert!(matches!(e, QemuSetupError::WifiBuilds { .. }), "{e}");
+        assert!(e.to_string().contains("Wi-Fi builds for boards"), "{e}");
         let empty = tempfile::tempdir().unwrap();
         let e = FirmwareBuilds::load(empty.path()).unwrap_err();
-        assert!(e.contains("run `cargo xtask firmware`"), "{e}");
+        assert!(matches!(e, QemuSetupError::NoBuilds { .. }), "{e}");
+        assert!(e.to_string().contains("run `cargo xtask firmware`"), "{e}");
     }
 
     #[test]
