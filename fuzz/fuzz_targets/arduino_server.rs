@@ -8,9 +8,9 @@
 use core::net::SocketAddr;
 use libfuzzer_sys::fuzz_target;
 use ota_core::proto::arduino::{
-    AuthScheme, Config, Event, NonceSource, Output, Server, library_writes, parse_auth, parse_invitation,
+    AuthScheme, Config, Event, NonceSource, Output, Server, parse_auth, parse_invitation,
 };
-use ota_core::update::FlashSink;
+use ota_core::session::{Session, Target};
 use ota_core::writer::OtaConfig;
 use ota_emu::flash::FileFlash;
 use std::sync::LazyLock;
@@ -79,41 +79,38 @@ fuzz_target!(|data: &[u8]| {
     let mut flash = FileFlash::in_memory(BASE.clone());
     let password: Option<&[u8]> = if cfg & 1 != 0 { Some(b"pw") } else { None };
     let auth = if cfg & 2 != 0 { AuthScheme::Pbkdf2Sha256 } else { AuthScheme::Md5 };
-    let mut server = Server::new(Config { password, auth });
-    let mut update = None;
+    let mut session = Session::new(Server::new(Config { password, auth }));
     let mut out = Out::default();
     let mut rng = Rng(cfg as u64);
     let host: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let mut now = 0u64;
-    {
-        let running = *table.ota(0).unwrap();
-        let mut sink = FlashSink::new(&mut flash, &table, running, OtaConfig::default(), &mut update)
-            .adapted(library_writes);
+    let target = Target { table: &table, running: *table.ota(0).unwrap(), config: OtaConfig::default() };
+    session.with(&mut flash, &target, |server, sink| {
         while let Some((&op, rest)) = ops.split_first() {
             ops = rest;
             match op % 6 {
                 0 => {
                     let n = take(&mut ops, 1).first().copied().unwrap_or(0) as usize;
                     let datagram = take(&mut ops, n);
-                    server.datagram(host, datagram, op & 0x80 != 0, &mut sink, &mut rng, &mut out);
+                    server.datagram(host, datagram, op & 0x80 != 0, sink, &mut rng, &mut out);
                 }
                 1 => server.connected(now),
-                2 => server.connect_failed(&mut sink, &mut out),
+                2 => server.connect_failed(sink, &mut out),
                 3 => {
                     let len = take(&mut ops, 2);
                     let n = len.iter().fold(0usize, |v, b| v << 8 | *b as usize);
                     let bytes = take(&mut ops, n);
-                    server.data(bytes, now, &mut sink, &mut out);
+                    server.data(bytes, now, sink, &mut out);
                 }
-                4 => server.closed(&mut sink, &mut out),
+                4 => server.closed(sink, &mut out),
                 _ => {
                     now += 100 * op as u64;
-                    server.poll(now, &mut sink, &mut out);
+                    server.poll(now, sink, &mut out);
                 }
             }
         }
-        server.closed(&mut sink, &mut out);
-    }
+        server.closed(sink, &mut out);
+    });
     let after = flash.data();
     if !out.complete {
         assert_eq!(&after[0x9000..0xB000], &BASE[0x9000..0xB000], "otadata changed by an update that did not complete");

@@ -13,6 +13,7 @@
 //! - [`writer`]: `esp_ota_begin/write/end/set_boot_partition` semantics.
 //! - [`update`]: the protocol-neutral update sink every update path writes through.
 //! - [`boot`]: the bootloader's slot choice (rollback on or off) and the app's boot guard.
+//! - [`session`]: one update session of any path (state machine + update in progress).
 //! - [`proto`]: the update paths, each a sans-IO state machine (ESPHome native OTA, ArduinoOTA).
 //! - [`log`]: the device's log line catalogue.
 //! - [`nvs`]: reading settings from ESP-IDF NVS, and building an NVS page.
@@ -38,6 +39,7 @@ pub mod partition_csv;
 pub mod proto;
 pub mod rng;
 pub mod selftest;
+pub mod session;
 pub mod settings;
 pub mod update;
 pub mod writer;

@@ -53,13 +53,6 @@ impl<'a, F: NorFlash> FlashSink<'a, F> {
     ) -> Self {
         FlashSink { flash, table, running, config, update }
     }
-
-    /// The same sink writing the way an update path's library does (Arduino's `Update` erases
-    /// lazily and withholds the image's head, whatever the app's `esp_ota_begin` would do).
-    pub fn adapted(mut self, adapt: fn(OtaConfig) -> OtaConfig) -> Self {
-        self.config = adapt(self.config);
-        self
-    }
 }
 
 impl<F: NorFlash> UpdateSink for FlashSink<'_, F> {

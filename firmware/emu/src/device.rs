@@ -8,8 +8,8 @@ use ota_core::log::{LogEvent, LogLine, SlotName};
 use ota_core::partition::PartitionTable;
 use ota_core::proto::arduino::{self, AuthScheme};
 use ota_core::proto::esphome::{self, Event, NonceSource, Output, Server, ServerConfig};
+use ota_core::session::{Session, Target};
 use ota_core::settings::{ArduinoSettings, OtaSettings};
-use ota_core::update::FlashSink;
 use ota_core::writer::OtaConfig;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -120,8 +120,7 @@ pub struct Device<W: Write> {
     serial: W,
     rng: Rng,
     /// This boot's ArduinoOTA service (while the app runs) and the update it is writing.
-    arduino: Option<arduino::Server>,
-    arduino_update: Option<ota_core::writer::OtaUpdate>,
+    arduino: Option<Session<arduino::Server>>,
 }
 
 impl<W: Write> Device<W> {
@@ -137,7 +136,6 @@ impl<W: Write> Device<W> {
             serial,
             rng,
             arduino: None,
-            arduino_update: None,
         }
     }
 
@@ -171,7 +169,6 @@ impl<W: Write> Device<W> {
     pub fn power_off(&mut self) {
         self.power = Power::Off;
         self.arduino = None;
-        self.arduino_update = None;
     }
 
     /// Powers on: bootloader, boot guard, app — rebooting as the guard asks.
@@ -221,7 +218,7 @@ impl<W: Write> Device<W> {
                         .load(&mut self.flash, &table, &mut |e: &LogEvent<'_>| print_line(serial, boot_at, e))
                 };
                 self.log(&arduino_settings.log_event(arduino::DEFAULT_PORT));
-                self.arduino = Some(arduino::Server::new(arduino_settings.config()));
+                self.arduino = Some(Session::new(arduino::Server::new(arduino_settings.config())));
                 self.log(&LogEvent::OtaListening { port: self.config.device_port });
                 Power::Running { table: Box::new(table), booted, server }
             }
@@ -250,12 +247,12 @@ impl<W: Write> Device<W> {
 
     /// Whether an ArduinoOTA update is under way (another update path must wait).
     pub fn arduino_busy(&self) -> bool {
-        self.arduino.as_ref().is_some_and(arduino::Server::is_busy)
+        self.arduino.as_ref().is_some_and(|a| a.server.is_busy())
     }
 
     /// Whether ArduinoOTA has a timer that has run out (the transport then sends `Poll`).
     pub fn arduino_due(&self) -> bool {
-        let deadline = self.arduino.as_ref().and_then(arduino::Server::deadline);
+        let deadline = self.arduino.as_ref().and_then(|a| a.server.deadline());
         deadline.is_some_and(|d| self.now_ms() >= d)
     }
 
@@ -265,29 +262,21 @@ impl<W: Write> Device<W> {
         let now = self.now_ms();
         let Power::Running { table, booted, .. } = &self.power else { return ArduinoStep::default() };
         let (table, running) = (table.as_ref().clone(), booted.partition);
-        let Some(server) = self.arduino.as_mut() else { return ArduinoStep::default() };
+        let Some(session) = self.arduino.as_mut() else { return ArduinoStep::default() };
+        let target = Target { table: &table, running, config: self.config.ota };
         let mut out = ArduinoOut::default();
-        {
-            let mut sink =
-                FlashSink::new(&mut self.flash, &table, running, self.config.ota, &mut self.arduino_update)
-                    .adapted(arduino::library_writes);
-            match input {
-                ArduinoInput::Datagram { from, bytes } => server.datagram(
-                    from,
-                    bytes,
-                    other_update_running,
-                    &mut sink,
-                    &mut ArduinoRng(&mut self.rng),
-                    &mut out,
-                ),
-                ArduinoInput::Connected => server.connected(now),
-                ArduinoInput::ConnectFailed => server.connect_failed(&mut sink, &mut out),
-                ArduinoInput::Data(bytes) => server.data(bytes, now, &mut sink, &mut out),
-                ArduinoInput::Closed => server.closed(&mut sink, &mut out),
-                ArduinoInput::Poll => server.poll(now, &mut sink, &mut out),
+        let rng = &mut self.rng;
+        session.with(&mut self.flash, &target, |server, sink| match input {
+            ArduinoInput::Datagram { from, bytes } => {
+                server.datagram(from, bytes, other_update_running, sink, &mut ArduinoRng(rng), &mut out)
             }
-        }
-        let reboot = server.reboot_requested();
+            ArduinoInput::Connected => server.connected(now),
+            ArduinoInput::ConnectFailed => server.connect_failed(sink, &mut out),
+            ArduinoInput::Data(bytes) => server.data(bytes, now, sink, &mut out),
+            ArduinoInput::Closed => server.closed(sink, &mut out),
+            ArduinoInput::Poll => server.poll(now, sink, &mut out),
+        });
+        let reboot = session.server.reboot_requested();
         let mut step = out.step;
         if let Some(loss) = self.flash.power_loss() {
             self.power_off();
@@ -307,27 +296,27 @@ impl<W: Write> Device<W> {
             return None;
         }
         let Power::Running { server, .. } = &self.power else { return None };
-        let server = Server::new(*server);
+        let session = Session::new(Server::new(*server));
         self.log(&LogEvent::OtaClientConnected);
-        Some(OtaSession { server, update: None })
+        Some(OtaSession(session))
     }
 
     /// Bytes from the client (`Some`), its disconnect (`None`), or a read timeout.
     pub fn session_input(&mut self, session: &mut OtaSession, input: SessionInput<'_>) -> SessionStep {
-        let OtaSession { server, update } = session;
+        let OtaSession(session) = session;
         let Power::Running { table, booted, .. } = &self.power else {
             return SessionStep::Close { reply: Vec::new(), reboot: false };
         };
         let (table, running) = (table.as_ref().clone(), booted.partition);
+        let target = Target { table: &table, running, config: self.config.ota };
         let mut out = Collect::default();
-        {
-            let mut backend = FlashSink::new(&mut self.flash, &table, running, self.config.ota, update);
-            match input {
-                SessionInput::Data(bytes) => server.feed(bytes, &mut backend, &mut self.rng, &mut out),
-                SessionInput::Closed => server.on_disconnect(false, &mut backend, &mut out),
-                SessionInput::TimedOut => server.on_disconnect(true, &mut backend, &mut out),
-            }
-        }
+        let rng = &mut self.rng;
+        session.with(&mut self.flash, &target, |server, sink| match input {
+            SessionInput::Data(bytes) => server.feed(bytes, sink, rng, &mut out),
+            SessionInput::Closed => server.on_disconnect(false, sink, &mut out),
+            SessionInput::TimedOut => server.on_disconnect(true, sink, &mut out),
+        });
+        let server = &session.server;
         if let Some(loss) = self.flash.power_loss() {
             self.power = Power::Off;
             return SessionStep::PowerLost(loss);
@@ -458,11 +447,8 @@ fn ends_exchange(event: &arduino::Event) -> bool {
     !matches!(event, Busy | AuthRequested | Begin { .. } | Progress { .. } | Received { .. })
 }
 
-/// One OTA connection's state: the protocol server and the update it is writing.
-pub struct OtaSession {
-    server: Server<'static>,
-    update: Option<ota_core::writer::OtaUpdate>,
-}
+/// One ESPHome OTA connection's state: the protocol server and the update it is writing.
+pub struct OtaSession(Session<Server<'static>>);
 
 /// What the transport saw.
 #[derive(Clone, Copy, Debug)]

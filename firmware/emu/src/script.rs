@@ -9,8 +9,8 @@ use md5::{Digest, Md5};
 use ota_core::hex;
 use ota_core::partition::{Partition, PartitionTable};
 use ota_core::proto::{UpdatePath, arduino, esphome};
-use ota_core::update::FlashSink;
-use ota_core::writer::{OtaConfig, OtaUpdate};
+use ota_core::session::{Session, Target};
+use ota_core::writer::OtaConfig;
 use std::fmt;
 
 /// The uploader's pieces: what `espota2.py` / `espota.py` send per socket write.
@@ -50,18 +50,18 @@ pub fn upload<F: NorFlash>(
     config: OtaConfig,
     on_received: &mut dyn FnMut(),
 ) -> Result<(), ScriptError> {
-    let mut update: Option<OtaUpdate> = None;
+    let target = Target { table, running: *running, config };
     let digest: [u8; 16] = Md5::digest(image).into();
     let mut md5_hex = [0u8; 32];
     hex::encode_lower(&digest, &mut md5_hex);
     match path {
         UpdatePath::Esphome => {
-            let mut sink = FlashSink::new(flash, table, *running, config, &mut update);
-            let mut server =
-                esphome::Server::new(esphome::ServerConfig { password: None, version: 2, sha256: true });
+            let config = esphome::ServerConfig { password: None, version: 2, sha256: true };
+            let mut session = Session::new(esphome::Server::new(config));
             let mut out = EsphomeOut { on_received, complete: false, failure: None };
-            let mut feed =
-                |bytes: &[u8], out: &mut EsphomeOut<'_>| server.feed(bytes, &mut sink, &mut NoNonce, out);
+            let mut feed = |bytes: &[u8], out: &mut EsphomeOut<'_>| {
+                session.with(flash, &target, |server, sink| server.feed(bytes, sink, &mut NoNonce, out))
+            };
             feed(&esphome::MAGIC, &mut out);
             feed(&[0], &mut out);
             feed(&(image.len() as u32).to_be_bytes(), &mut out);
@@ -77,21 +77,21 @@ pub fn upload<F: NorFlash>(
             }
         }
         UpdatePath::Arduino => {
-            let mut sink =
-                FlashSink::new(flash, table, *running, config, &mut update).adapted(arduino::library_writes);
-            let mut server = arduino::Server::new(arduino::Config::default());
+            let mut session = Session::new(arduino::Server::new(arduino::Config::default()));
             let mut out = ArduinoOut { on_received, complete: false, failure: None };
             let host = SocketAddr::from(([127, 0, 0, 1], 40000));
             let mut invitation = Vec::with_capacity(64);
             invitation.extend_from_slice(format!("0 40001 {} ", image.len()).as_bytes());
             invitation.extend_from_slice(&md5_hex);
             invitation.push(b'\n');
-            server.datagram(host, &invitation, false, &mut sink, &mut NoNonce, &mut out);
-            server.connected(0);
-            for piece in image.chunks(PIECE) {
-                server.data(piece, 0, &mut sink, &mut out);
-            }
-            server.closed(&mut sink, &mut out);
+            session.with(flash, &target, |server, sink| {
+                server.datagram(host, &invitation, false, sink, &mut NoNonce, &mut out);
+                server.connected(0);
+                for piece in image.chunks(PIECE) {
+                    server.data(piece, 0, sink, &mut out);
+                }
+                server.closed(sink, &mut out);
+            });
             match (out.complete, out.failure) {
                 (true, _) => Ok(()),
                 (false, Some(e)) => Err(ScriptError::Arduino(e)),

@@ -7,10 +7,8 @@ use crate::net::{HwRng, Pending, now_ms};
 use core::net::{IpAddr, SocketAddr};
 use esp_storage::FlashStorage;
 use ota_core::log::LogEvent;
-use ota_core::partition::{Partition, PartitionTable};
 use ota_core::proto::arduino::{self, Event, Output, Server};
-use ota_core::update::FlashSink;
-use ota_core::writer::{OtaConfig, OtaUpdate};
+use ota_core::session::{Session, Target};
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{IpAddress, IpEndpoint};
@@ -68,19 +66,10 @@ fn socket_addr(ep: IpEndpoint) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(v4), ep.port)
 }
 
-/// Where the update goes: the device's flash, through the Arduino library's way of writing.
-pub struct Target<'a, 'd> {
-    pub flash: &'a mut FlashStorage<'d>,
-    pub table: &'a PartitionTable,
-    pub running: Partition,
-    pub ota: OtaConfig,
-}
-
 pub struct ArduinoLink {
     udp: SocketHandle,
     tcp: SocketHandle,
-    server: Server,
-    update: Option<OtaUpdate>,
+    session: Session<Server>,
     pending: Pending,
     /// The back-connection was asked for and is not up yet.
     connecting: bool,
@@ -96,8 +85,7 @@ impl ArduinoLink {
         ArduinoLink {
             udp,
             tcp,
-            server: Server::new(config),
-            update: None,
+            session: Session::new(Server::new(config)),
             pending: Pending::new(),
             connecting: false,
             closing: false,
@@ -108,7 +96,7 @@ impl ArduinoLink {
 
     /// An ArduinoOTA update holds the device (ESPHome waits, as on an ESP32 running both).
     pub fn busy(&self) -> bool {
-        self.server.is_busy()
+        self.session.server.is_busy()
     }
 
     /// One pass: invitations, the back-connection, timers. True when the device must restart
@@ -118,98 +106,91 @@ impl ArduinoLink {
         &mut self,
         iface: &mut Interface,
         sockets: &mut SocketSet<'_>,
-        target: &mut Target<'_, '_>,
+        flash: &mut FlashStorage<'_>,
+        target: &Target<'_>,
         rng: &mut HwRng,
         esphome_busy: bool,
         log: &mut L,
     ) -> bool {
         let now = now_ms();
-        let mut asked =
-            Asked { datagram: None, connect: None, close: false, pending: &mut self.pending, log: &mut *log };
-        let mut sink = FlashSink::new(target.flash, target.table, target.running, target.ota, &mut self.update)
-            .adapted(arduino::library_writes);
-        // Invitations (and authentication answers).
-        let udp = sockets.get_mut::<udp::Socket>(self.udp);
-        if let Ok((data, meta)) = udp.recv() {
-            self.server.datagram(socket_addr(meta.endpoint), data, esphome_busy, &mut sink, rng, &mut asked);
-        }
-        if let Some((to, buf, n)) = asked.datagram.take()
-            && let Some(ep) = endpoint(to)
-        {
-            // A reply that does not fit the socket is lost, as UDP loses it; the uploader retries.
-            let _ = sockets.get_mut::<udp::Socket>(self.udp).send_slice(&buf[..n], ep);
-        }
-        // The back-connection.
-        let tcp = sockets.get_mut::<tcp::Socket>(self.tcp);
-        if let Some(to) = asked.connect.take() {
-            let local = self.next_port;
-            self.next_port = if local == *EPHEMERAL.end() { *EPHEMERAL.start() } else { local + 1 };
-            tcp.abort();
-            tcp.set_timeout(Some(CONNECT_TIMEOUT));
-            let started = match endpoint(to) {
-                Some(ep) => tcp.connect(iface.context(), ep, local).is_ok(),
-                None => false,
-            };
-            if started {
-                self.connecting = true;
-            } else {
-                self.server.connect_failed(&mut sink, &mut asked);
+        let ArduinoLink { udp, tcp, session, pending, connecting, closing, closing_since, next_port } = self;
+        let (udp, tcp) = (*udp, *tcp);
+        let mut asked = Asked { datagram: None, connect: None, close: false, pending, log: &mut *log };
+        session.with(flash, target, |server, sink| {
+            // Invitations (and authentication answers).
+            if let Ok((data, meta)) = sockets.get_mut::<udp::Socket>(udp).recv() {
+                server.datagram(socket_addr(meta.endpoint), data, esphome_busy, sink, rng, &mut asked);
             }
-        }
-        let tcp = sockets.get_mut::<tcp::Socket>(self.tcp);
-        if self.connecting {
-            if tcp.state() == tcp::State::Established {
-                self.connecting = false;
-                // The data phase keeps its own timeouts (1 s and three re-sent counts).
-                tcp.set_timeout(None);
-                self.server.connected(now);
-            } else if !tcp.is_open() {
-                self.connecting = false;
-                self.server.connect_failed(&mut sink, &mut asked);
+            if let Some((to, buf, n)) = asked.datagram.take()
+                && let Some(ep) = endpoint(to)
+            {
+                // A reply that does not fit the socket is lost, as UDP loses it; the uploader
+                // retries.
+                let _ = sockets.get_mut::<udp::Socket>(udp).send_slice(&buf[..n], ep);
             }
-        } else if self.server.is_busy() && !self.closing {
-            if tcp.can_recv() {
-                let server = &mut self.server;
-                let _ = tcp.recv(|data| {
-                    server.data(data, now, &mut sink, &mut asked);
-                    (data.len(), ())
-                });
-            } else if !tcp.may_recv() || !tcp.is_open() {
-                self.server.closed(&mut sink, &mut asked);
-            } else {
-                self.server.poll(now, &mut sink, &mut asked);
-            }
-        }
-        if asked.close {
-            self.closing = true;
-        }
-        let tcp = sockets.get_mut::<tcp::Socket>(self.tcp);
-        if self.pending.len() > 0
-            && let Ok(n) = tcp.send_slice(self.pending.bytes())
-        {
-            self.pending.consume(n);
-        }
-        if self.closing && self.pending.len() == 0 && tcp.send_queue() == 0 {
-            tcp.close();
-            let since = *self.closing_since.get_or_insert(now);
-            if !tcp.is_open() || tcp.state() == tcp::State::TimeWait || now >= since + CLOSE_GRACE_MS {
-                self.closing = false;
-                self.closing_since = None;
-                let reboot = self.server.reboot_requested();
-                let mut sink =
-                    FlashSink::new(target.flash, target.table, target.running, target.ota, &mut self.update)
-                        .adapted(arduino::library_writes);
-                let mut asked = Asked {
-                    datagram: None,
-                    connect: None,
-                    close: false,
-                    pending: &mut self.pending,
-                    log: &mut *log,
+            // The back-connection.
+            let socket = sockets.get_mut::<tcp::Socket>(tcp);
+            if let Some(to) = asked.connect.take() {
+                let local = *next_port;
+                *next_port = if local == *EPHEMERAL.end() { *EPHEMERAL.start() } else { local + 1 };
+                socket.abort();
+                socket.set_timeout(Some(CONNECT_TIMEOUT));
+                let started = match endpoint(to) {
+                    Some(ep) => socket.connect(iface.context(), ep, local).is_ok(),
+                    None => false,
                 };
-                self.server.closed(&mut sink, &mut asked);
-                return reboot;
+                if started {
+                    *connecting = true;
+                } else {
+                    server.connect_failed(sink, &mut asked);
+                }
             }
-        }
-        false
+            if *connecting {
+                if socket.state() == tcp::State::Established {
+                    *connecting = false;
+                    // The data phase keeps its own timeouts (1 s and three re-sent counts).
+                    socket.set_timeout(None);
+                    server.connected(now);
+                } else if !socket.is_open() {
+                    *connecting = false;
+                    server.connect_failed(sink, &mut asked);
+                }
+            } else if server.is_busy() && !*closing {
+                if socket.can_recv() {
+                    let _ = socket.recv(|data| {
+                        server.data(data, now, sink, &mut asked);
+                        (data.len(), ())
+                    });
+                } else if !socket.may_recv() || !socket.is_open() {
+                    server.closed(sink, &mut asked);
+                } else {
+                    server.poll(now, sink, &mut asked);
+                }
+            }
+            if asked.close {
+                *closing = true;
+            }
+            let pending = &mut *asked.pending;
+            if pending.len() > 0
+                && let Ok(n) = socket.send_slice(pending.bytes())
+            {
+                pending.consume(n);
+            }
+            if *closing && pending.len() == 0 && socket.send_queue() == 0 {
+                socket.close();
+                let since = *closing_since.get_or_insert(now);
+                if !socket.is_open()
+                    || socket.state() == tcp::State::TimeWait
+                    || now >= since + CLOSE_GRACE_MS
+                {
+                    *closing = false;
+                    *closing_since = None;
+                    let reboot = server.reboot_requested();
+                    server.closed(sink, &mut asked);
+                    return reboot;
+                }
+            }
+            false
+        })
     }
 }

@@ -3,15 +3,15 @@
 //! the inactive slot through esp-storage.
 //! A tight polled loop: one 8 KiB chunk acknowledgement waits for nothing but the next poll.
 
+use crate::arduino_link::ArduinoLink;
 use esp_storage::FlashStorage;
-use ota_core::proto::esphome::{Event, NonceSource, Output, Server, ServerConfig};
-use ota_core::update::FlashSink;
 use ota_core::log::LogEvent;
 use ota_core::partition::{Partition, PartitionTable};
-use ota_core::writer::{OtaConfig, OtaUpdate};
+use ota_core::proto::esphome::{Event, NonceSource, Output, Server, ServerConfig};
+use ota_core::session::{Session, Target};
+use ota_core::writer::OtaConfig;
 use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
 use smoltcp::phy::Device;
-use crate::arduino_link::{self, ArduinoLink};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
 
@@ -225,7 +225,8 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         #[cfg(feature = "wifi")]
         Addressing::Dhcp => {}
     }
-    let mut session: Option<(Server<'_>, Option<OtaUpdate>)> = None;
+    let target = Target { table, running, config: ota };
+    let mut session: Option<Session<Server<'_>>> = None;
     let mut pending = Pending::new();
     // Set when a completed update closed its connection: the device restarts once the close is
     // done, or after a short grace (ESPHome waits ~110 ms) if the peer never finishes it.
@@ -237,8 +238,7 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         if let Some(h) = dhcp {
             dhcp_update(&mut iface, sockets.get_mut::<smoltcp::socket::dhcpv4::Socket>(h), log);
         }
-        let mut target = arduino_link::Target { flash: &mut *flash, table, running, ota };
-        if arduino.poll(&mut iface, &mut sockets, &mut target, rng, session.is_some(), &mut *log) {
+        if arduino.poll(&mut iface, &mut sockets, flash, &target, rng, session.is_some(), &mut *log) {
             log(&LogEvent::OtaRebooting);
             esp_hal::system::software_reset();
         }
@@ -256,12 +256,11 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         if !sock.is_open() {
             // A peer that resets the connection (an RST, e.g. a client that closes with our
             // bytes unread) sends no FIN: the session must still hear that its client is gone.
-            if let Some((server, update)) = session.as_mut()
-                && !server.is_closed()
+            if let Some(session) = session.as_mut()
+                && !session.server.is_closed()
             {
                 let mut reply = Reply { pending: &mut pending, log: &mut *log };
-                let mut backend = FlashSink::new(flash, table, running, ota, update);
-                server.on_disconnect(false, &mut backend, &mut reply);
+                session.with(flash, &target, |server, sink| server.on_disconnect(false, sink, &mut reply));
             }
             session = None;
             pending.clear();
@@ -271,20 +270,19 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         }
         if session.is_none() && sock.state() == tcp::State::Established {
             log(&LogEvent::OtaClientConnected);
-            session = Some((Server::new(server_config), None));
+            session = Some(Session::new(Server::new(server_config)));
         }
-        let Some((server, update)) = session.as_mut() else { continue };
+        let Some(session) = session.as_mut() else { continue };
         let mut reply = Reply { pending: &mut pending, log: &mut *log };
-        if !server.is_closed() && sock.can_recv() {
+        if !session.server.is_closed() && sock.can_recv() {
             let _ = sock.recv(|data| {
-                let mut backend = FlashSink::new(flash, table, running, ota, update);
-                server.feed(data, &mut backend, rng, &mut reply);
+                session.with(flash, &target, |server, sink| server.feed(data, sink, rng, &mut reply));
                 (data.len(), ())
             });
-        } else if !server.is_closed() && !sock.may_recv() {
-            let mut backend = FlashSink::new(flash, table, running, ota, update);
-            server.on_disconnect(false, &mut backend, &mut reply);
+        } else if !session.server.is_closed() && !sock.may_recv() {
+            session.with(flash, &target, |server, sink| server.on_disconnect(false, sink, &mut reply));
         }
+        let server = &session.server;
         if pending.len() > 0
             && let Ok(n) = sock.send_slice(pending.bytes())
         {

@@ -6,6 +6,7 @@ use crate::flash::ram::RamFlash;
 use crate::image_builder::{ImageSpec, build};
 use crate::otadata::{OtaEntry, OtaState};
 use crate::partition::PartitionTable;
+use crate::session::{Session, Target};
 use crate::testutil::esphome_4mb_table;
 use crate::update::FlashSink;
 use crate::writer::OtaConfig;
@@ -142,8 +143,7 @@ fn image(version: &str, payload: u32) -> Vec<u8> {
 struct Bench {
     flash: RamFlash,
     table: PartitionTable,
-    update: Option<crate::writer::OtaUpdate>,
-    server: Server,
+    session: Session<Server>,
     rng: Counter,
     out: Recorder,
 }
@@ -158,8 +158,7 @@ impl Bench {
         Bench {
             flash,
             table,
-            update: None,
-            server: Server::new(config),
+            session: Session::new(Server::new(config)),
             rng: Counter(0),
             out: Recorder::default(),
         }
@@ -169,11 +168,10 @@ impl Bench {
         &mut self,
         f: impl FnOnce(&mut Server, &mut FlashSink<'_, RamFlash>, &mut Counter, &mut Recorder) -> R,
     ) -> R {
-        let running = *self.table.ota(0).unwrap();
-        let mut sink =
-            FlashSink::new(&mut self.flash, &self.table, running, OtaConfig::default(), &mut self.update)
-                .adapted(library_writes);
-        f(&mut self.server, &mut sink, &mut self.rng, &mut self.out)
+        let target =
+            Target { table: &self.table, running: *self.table.ota(0).unwrap(), config: OtaConfig::default() };
+        let (rng, out) = (&mut self.rng, &mut self.out);
+        self.session.with(&mut self.flash, &target, |server, sink| f(server, sink, rng, out))
     }
 
     fn datagram(&mut self, text: &[u8]) {
@@ -229,14 +227,14 @@ fn answer(scheme: AuthScheme, password: &str, nonce: &[u8]) -> Vec<u8> {
 /// Runs a whole upload of `img` in 1024-byte pieces (as the ESP32 espota sends).
 fn upload(b: &mut Bench, img: &[u8]) {
     assert_eq!(b.out.connect, Some(SocketAddr::new(HOST.ip(), 45678)));
-    b.server.connected(0);
+    b.session.server.connected(0);
     for (i, piece) in img.chunks(1024).enumerate() {
         b.data(piece, i as u64);
     }
 }
 
 fn assert_switched_to_ota_1(b: &Bench) {
-    assert!(b.server.reboot_requested());
+    assert!(b.session.server.reboot_requested());
     assert!(b.out.closed);
     assert!(b.out.sent.ends_with(b"OK"), "{:?}", String::from_utf8_lossy(&b.out.sent));
     let complete = b.out.events.iter().find_map(|e| match e {
@@ -319,7 +317,7 @@ fn an_md5_mismatch_never_switches_the_boot_slot() {
     b.datagram(&inv);
     upload(&mut b, &img);
     assert!(b.out.sent.ends_with(b"MD5 Check Failed\r\n"));
-    assert!(b.out.closed && !b.server.reboot_requested());
+    assert!(b.out.closed && !b.session.server.reboot_requested());
     assert!(b.out.events.contains(&Event::EndFailed { error: UpdateError::Md5, cause: None }));
     assert_eq!(b.otadata(), before);
     // The Update library withheld the head: the slot holds no valid header.
@@ -340,7 +338,7 @@ fn an_oversized_image_is_refused_before_any_erase() {
         Some(Event::BeginFailed { error: UpdateError::Size, cause: Some(OtaError::InvalidSize { .. }) })
     ));
     assert!(b.flash.ops.is_empty(), "no erase or program: {:?}", b.flash.ops);
-    assert!(!b.server.is_busy());
+    assert!(!b.session.server.is_busy());
 }
 
 #[test]
@@ -360,31 +358,31 @@ fn a_closed_connection_and_a_silent_uploader_abort_the_update() {
     let mut b = Bench::new(Config::default());
     let before = b.otadata();
     b.datagram(&invitation(&img, 45678));
-    b.server.connected(0);
+    b.session.server.connected(0);
     b.data(&img[..3000], 10);
     b.with(|s, sink, _, out| s.closed(sink, out));
     assert_eq!(b.out.events.last(), Some(&Event::ConnectionLost { received: 3000, size: img.len() as u32 }));
-    assert!(!b.server.is_busy());
+    assert!(!b.session.server.is_busy());
     assert_eq!(b.otadata(), before);
 
     // Silence: the last count goes out again three times, a second apart, then Receive Failed.
     let mut b = Bench::new(Config::default());
     b.datagram(&invitation(&img, 45678));
-    b.server.connected(0);
+    b.session.server.connected(0);
     b.data(&img[..1000], 0);
     b.out.sent.clear();
     for t in [999, 1000, 1500, 2000, 3000] {
         b.with(|s, sink, _, out| s.poll(t, sink, out));
     }
     assert_eq!(b.out.sent, b"100010001000");
-    assert_eq!(b.server.deadline(), Some(4000));
+    assert_eq!(b.session.server.deadline(), Some(4000));
     b.with(|s, sink, _, out| s.poll(4000, sink, out));
     assert!(b.out.closed);
     assert_eq!(b.out.events.last(), Some(&Event::ReceiveFailed { received: 1000, size: img.len() as u32 }));
     // Nothing ever arrived: no retries, Receive Failed after one second.
     let mut b = Bench::new(Config::default());
     b.datagram(&invitation(&img, 45678));
-    b.server.connected(0);
+    b.session.server.connected(0);
     b.with(|s, sink, _, out| s.poll(1000, sink, out));
     assert!(matches!(b.out.events.last(), Some(Event::ReceiveFailed { received: 0, .. })));
     assert!(b.out.sent.is_empty());
@@ -395,7 +393,7 @@ fn a_second_invitation_during_a_transfer_is_ignored_and_the_transfer_completes()
     let img = image("2.0.0", 20_000);
     let mut b = Bench::new(Config::default());
     b.datagram(&invitation(&img, 45678));
-    b.server.connected(0);
+    b.session.server.connected(0);
     b.data(&img[..5000], 0);
     b.datagram(&invitation(&img, 50000));
     assert_eq!(b.out.events.last(), Some(&Event::Busy));
@@ -416,7 +414,7 @@ fn a_failed_back_connection_drops_the_update() {
     b.datagram(&invitation(&img, 45678));
     b.with(|s, sink, _, out| s.connect_failed(sink, out));
     assert_eq!(b.out.events.last(), Some(&Event::ConnectFailed));
-    assert!(!b.server.is_busy());
+    assert!(!b.session.server.is_busy());
     assert!(b.flash.ops.is_empty(), "no erase or program: {:?}", b.flash.ops);
 }
 
