@@ -57,8 +57,10 @@ fn firmware_updates_and_rolls_back_on_qemu() {
     expect(&mut dut, &mut log, "ota: listening on port 3232", Duration::from_secs(20));
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let addr = dut.endpoint(UpdatePath::Esphome).unwrap();
-    let send = |image: &str| {
+    // The forwarded ports stay the same across power cycles.
+    let esphome = dut.endpoint(UpdatePath::Esphome).unwrap();
+    let arduino = dut.endpoint(UpdatePath::Arduino).unwrap();
+    let send_over = |path: UpdatePath, image: &str| {
         let bytes = builds.app(image).unwrap_or_else(|| panic!("no build of {image}"));
         let up = Upload {
             image: &bytes,
@@ -74,10 +76,12 @@ fn firmware_updates_and_rolls_back_on_qemu() {
             arduino: Default::default(),
         };
         let started = Instant::now();
-        let outcome = rt.block_on(upload(UpdatePath::Esphome, addr, &up));
-        eprintln!("{image}: {outcome} in {:.1} s", started.elapsed().as_secs_f64());
+        let endpoint = if path == UpdatePath::Arduino { arduino } else { esphome };
+        let outcome = rt.block_on(upload(path, endpoint, &up));
+        eprintln!("{image} over {path}: {outcome} in {:.2} s", started.elapsed().as_secs_f64());
         outcome
     };
+    let send = |image: &str| send_over(UpdatePath::Esphome, image);
     assert!(matches!(send("v2"), Outcome::Ok { .. }));
     expect(&mut dut, &mut log, "app: running ota_1 (app1): otahil-fw version 2.0.0", Duration::from_secs(60));
     expect(&mut dut, &mut log, "rollback: self-test passed: ota_1 marked VALID", Duration::from_secs(20));
@@ -103,4 +107,12 @@ fn firmware_updates_and_rolls_back_on_qemu() {
     let state = otahil::inspect::partition_state(&dut.read_flash().unwrap());
     assert!(state.contains("copy0: seq=3 state=INVALID crc=ok (not selectable)"), "{state}");
     assert!(state.contains("copy1: seq=2 state=VALID crc=ok"), "{state}");
+
+    // ArduinoOTA on the same firmware: the invitation through QEMU's forwarded UDP port, the
+    // device's back-connection through slirp's gateway to this host.
+    dut.power_on().unwrap();
+    expect(&mut dut, &mut log, "ota: listening on port 3232", Duration::from_secs(60));
+    assert!(matches!(send_over(UpdatePath::Arduino, "v3"), Outcome::Ok { .. }));
+    expect(&mut dut, &mut log, "app: running ota_0 (app0): otahil-fw version 3.0.0", Duration::from_secs(60));
+    expect(&mut dut, &mut log, "rollback: self-test passed: ota_0 marked VALID", Duration::from_secs(20));
 }
