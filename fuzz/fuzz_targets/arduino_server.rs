@@ -6,6 +6,7 @@
 #![no_main]
 
 use core::net::SocketAddr;
+use device::{BASE, CSV, Lcg};
 use libfuzzer_sys::fuzz_target;
 use ota_core::proto::arduino::{
     AuthScheme, Config, Event, NonceSource, Output, Server, parse_auth, parse_invitation,
@@ -13,29 +14,13 @@ use ota_core::proto::arduino::{
 use ota_core::session::{Session, Target};
 use ota_core::writer::OtaConfig;
 use ota_emu::flash::FileFlash;
-use std::sync::LazyLock;
 
-const CSV: &str = "otadata, data, ota, , 0x2000\napp0, app, ota_0, , 0x70000\napp1, app, ota_1, , 0x70000\n";
+mod device;
 
-static BASE: LazyLock<Vec<u8>> = LazyLock::new(|| {
-    let table = ota_core::partition_csv::parse_csv(CSV).unwrap();
-    let mut spec = ota_core::image_builder::ImageSpec::new("fuzz", "1.0.0");
-    spec.payload_len = 1000;
-    let mut app = vec![0; spec.image_len()];
-    ota_core::image_builder::build(&spec, &mut app).unwrap();
-    let mut image = ota_emu::mkflash::merged_image(&table, &app, 1 << 20).unwrap();
-    image[0x9000..0x9020]
-        .copy_from_slice(&ota_core::otadata::OtaEntry::new(1, ota_core::otadata::OtaState::Valid).to_bytes());
-    image
-});
-
-struct Rng(u64);
+struct Rng(Lcg);
 impl NonceSource for Rng {
     fn fill(&mut self, buf: &mut [u8]) {
-        for b in buf {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            *b = (self.0 >> 33) as u8;
-        }
+        self.0.fill(buf);
     }
 }
 
@@ -81,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
     let auth = if cfg & 2 != 0 { AuthScheme::Pbkdf2Sha256 } else { AuthScheme::Md5 };
     let mut session = Session::new(Server::new(Config { password, auth }));
     let mut out = Out::default();
-    let mut rng = Rng(cfg as u64);
+    let mut rng = Rng(Lcg(cfg as u64));
     let host: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let mut now = 0u64;
     let target = Target { table: &table, running: *table.ota(0).unwrap(), config: OtaConfig::default() };
@@ -113,7 +98,11 @@ fuzz_target!(|data: &[u8]| {
     });
     let after = flash.data();
     if !out.complete {
-        assert_eq!(&after[0x9000..0xB000], &BASE[0x9000..0xB000], "otadata changed by an update that did not complete");
+        assert_eq!(
+            &after[0x9000..0xB000],
+            &BASE[0x9000..0xB000],
+            "otadata changed by an update that did not complete"
+        );
     }
     if password.is_some() || !out.begun {
         let c = flash.counters();

@@ -3,34 +3,19 @@
 //! it was; a session that never authenticated performs no flash operation at all.
 #![no_main]
 
+use device::{BASE, CSV, Lcg};
 use libfuzzer_sys::fuzz_target;
 use ota_core::proto::esphome::{Event, NonceSource, Output, Server, ServerConfig};
 use ota_core::update::FlashSink;
 use ota_core::writer::OtaConfig;
 use ota_emu::flash::FileFlash;
-use std::sync::LazyLock;
 
-const CSV: &str = "otadata, data, ota, , 0x2000\napp0, app, ota_0, , 0x70000\napp1, app, ota_1, , 0x70000\n";
+mod device;
 
-static BASE: LazyLock<Vec<u8>> = LazyLock::new(|| {
-    let table = ota_core::partition_csv::parse_csv(CSV).unwrap();
-    let mut spec = ota_core::image_builder::ImageSpec::new("fuzz", "1.0.0");
-    spec.payload_len = 1000;
-    let mut app = vec![0; spec.image_len()];
-    ota_core::image_builder::build(&spec, &mut app).unwrap();
-    let mut image = ota_emu::mkflash::merged_image(&table, &app, 1 << 20).unwrap();
-    image[0x9000..0x9020]
-        .copy_from_slice(&ota_core::otadata::OtaEntry::new(1, ota_core::otadata::OtaState::Valid).to_bytes());
-    image
-});
-
-struct Rng(u64);
+struct Rng(Lcg);
 impl NonceSource for Rng {
     fn fill(&mut self, buf: &mut [u8]) {
-        for b in buf {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            *b = (self.0 >> 33) as u8;
-        }
+        self.0.fill(buf);
     }
 }
 
@@ -57,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
         Server::new(ServerConfig { password, version: 1 + (cfg >> 1 & 1), sha256: cfg & 4 != 0 });
     let mut pending = None;
     let mut out = Out::default();
-    let mut rng = Rng(cfg as u64);
+    let mut rng = Rng(Lcg(cfg as u64));
     {
         let running = *table.ota(0).unwrap();
         let mut backend = FlashSink::new(&mut flash, &table, running, OtaConfig::default(), &mut pending);

@@ -9,7 +9,7 @@
 
 use crate::log::{LogEvent, LogSink};
 use crate::nvs::{self, NvsError, Value};
-use crate::partition::PartitionTable;
+use crate::partition::{Partition, PartitionTable};
 use crate::proto::arduino::{self, AuthScheme};
 use crate::proto::esphome::ServerConfig;
 use embedded_storage::nor_flash::ReadNorFlash;
@@ -56,36 +56,62 @@ impl core::fmt::Display for Rejected {
     }
 }
 
+/// A password the device keeps (`None`: no authentication) and where it came from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Password {
+    bytes: [u8; MAX_PASSWORD_LEN],
+    len: Option<usize>,
+    pub from: Source,
+}
+
+impl Password {
+    /// The value an image was built with; one longer than [`MAX_PASSWORD_LEN`] is cut.
+    pub fn built_in(password: Option<&[u8]>) -> Self {
+        let mut p = Password { bytes: [0; MAX_PASSWORD_LEN], len: None, from: Source::BuiltIn };
+        if let Some(bytes) = password {
+            let n = bytes.len().min(MAX_PASSWORD_LEN);
+            p.bytes[..n].copy_from_slice(&bytes[..n]);
+            p.len = Some(n);
+        }
+        p
+    }
+
+    pub fn get(&self) -> Option<&[u8]> {
+        self.len.map(|n| &self.bytes[..n])
+    }
+
+    /// The string at `key` overrides it (empty: no authentication); a missing key leaves it.
+    fn load<F: ReadNorFlash>(
+        &mut self,
+        flash: &mut F,
+        part: &Partition,
+        key: &'static str,
+        log: &mut impl LogSink,
+    ) {
+        let mut buf = [0u8; MAX_PASSWORD_LEN + 1];
+        if let Some(p) = read_str(flash, part, key, &mut buf, log) {
+            self.bytes[..p.len()].copy_from_slice(p.as_bytes());
+            self.len = (!p.is_empty()).then_some(p.len());
+            self.from = Source::Nvs;
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct OtaSettings {
-    password: [u8; MAX_PASSWORD_LEN],
-    /// `None`: no authentication.
-    password_len: Option<usize>,
+    pub password: Password,
     pub protocol: u8,
-    pub password_from: Source,
     pub protocol_from: Source,
 }
 
 impl OtaSettings {
     /// The values an image was built with; `password` longer than [`MAX_PASSWORD_LEN`] is cut.
     pub fn built_in(password: Option<&[u8]>, protocol: u8) -> Self {
-        let mut settings = OtaSettings {
-            password: [0; MAX_PASSWORD_LEN],
-            password_len: None,
-            protocol,
-            password_from: Source::BuiltIn,
-            protocol_from: Source::BuiltIn,
-        };
-        if let Some(bytes) = password {
-            let n = bytes.len().min(MAX_PASSWORD_LEN);
-            settings.password[..n].copy_from_slice(&bytes[..n]);
-            settings.password_len = Some(n);
-        }
-        settings
+        OtaSettings { password: Password::built_in(password), protocol, protocol_from: Source::BuiltIn }
     }
 
     pub fn password(&self) -> Option<&[u8]> {
-        self.password_len.map(|n| &self.password[..n])
+        self.password.get()
     }
 
     pub fn server_config(&self) -> ServerConfig<'_> {
@@ -101,12 +127,8 @@ impl OtaSettings {
         log: &mut impl LogSink,
     ) -> Self {
         let Some(part) = table.nvs() else { return self };
+        self.password.load(flash, part, KEY_PASSWORD, log);
         let mut buf = [0u8; MAX_PASSWORD_LEN + 1];
-        if let Some(p) = read_str(flash, part, KEY_PASSWORD, &mut buf, log) {
-            self.password[..p.len()].copy_from_slice(p.as_bytes());
-            self.password_len = (!p.is_empty()).then_some(p.len());
-            self.password_from = Source::Nvs;
-        }
         match nvs::get(flash, part, NAMESPACE, KEY_PROTOCOL, &mut buf) {
             Ok(None) => {}
             Ok(Some(Value::U8(v @ (1 | 2)))) => {
@@ -125,8 +147,8 @@ impl OtaSettings {
     /// The line that says what the device will use (never the password itself).
     pub fn log_event(&self) -> LogEvent<'static> {
         LogEvent::ConfigOta {
-            password: self.password_len.is_some(),
-            password_from: self.password_from,
+            password: self.password.get().is_some(),
+            password_from: self.password.from,
             protocol: self.protocol,
             protocol_from: self.protocol_from,
         }
@@ -164,33 +186,19 @@ pub const KEY_ARDUINO_AUTH: &str = "arduino_auth";
 /// that sets `ArduinoOTA.setPassword` beside ESPHome's.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct ArduinoSettings {
-    password: [u8; MAX_PASSWORD_LEN],
-    password_len: Option<usize>,
+    pub password: Password,
     pub auth: AuthScheme,
-    pub password_from: Source,
     pub auth_from: Source,
 }
 
 impl ArduinoSettings {
     /// The values an image was built with; `password` longer than [`MAX_PASSWORD_LEN`] is cut.
     pub fn built_in(password: Option<&[u8]>, auth: AuthScheme) -> Self {
-        let mut settings = ArduinoSettings {
-            password: [0; MAX_PASSWORD_LEN],
-            password_len: None,
-            auth,
-            password_from: Source::BuiltIn,
-            auth_from: Source::BuiltIn,
-        };
-        if let Some(bytes) = password {
-            let n = bytes.len().min(MAX_PASSWORD_LEN);
-            settings.password[..n].copy_from_slice(&bytes[..n]);
-            settings.password_len = Some(n);
-        }
-        settings
+        ArduinoSettings { password: Password::built_in(password), auth, auth_from: Source::BuiltIn }
     }
 
     pub fn password(&self) -> Option<&[u8]> {
-        self.password_len.map(|n| &self.password[..n])
+        self.password.get()
     }
 
     pub fn config(&self) -> arduino::Config<'_> {
@@ -205,12 +213,8 @@ impl ArduinoSettings {
         log: &mut impl LogSink,
     ) -> Self {
         let Some(part) = table.nvs() else { return self };
+        self.password.load(flash, part, KEY_ARDUINO_PASSWORD, log);
         let mut buf = [0u8; MAX_PASSWORD_LEN + 1];
-        if let Some(p) = read_str(flash, part, KEY_ARDUINO_PASSWORD, &mut buf, log) {
-            self.password[..p.len()].copy_from_slice(p.as_bytes());
-            self.password_len = (!p.is_empty()).then_some(p.len());
-            self.password_from = Source::Nvs;
-        }
         match nvs::get(flash, part, NAMESPACE, KEY_ARDUINO_AUTH, &mut buf) {
             Ok(None) => {}
             Ok(Some(Value::U8(v))) => match AuthScheme::from_code(v) {
@@ -235,8 +239,8 @@ impl ArduinoSettings {
     pub fn log_event(&self, port: u16) -> LogEvent<'static> {
         LogEvent::ConfigArduino {
             port,
-            password: self.password_len.is_some(),
-            password_from: self.password_from,
+            password: self.password.get().is_some(),
+            password_from: self.password.from,
             auth: self.auth,
             auth_from: self.auth_from,
         }
@@ -411,7 +415,7 @@ mod tests {
     fn nothing_provisioned_keeps_the_built_in_values() {
         let (s, lines) = load(None, OtaSettings::built_in(Some(b"baked"), 1));
         assert_eq!((s.password(), s.protocol), (Some(&b"baked"[..]), 1));
-        assert_eq!((s.password_from, s.protocol_from), (Source::BuiltIn, Source::BuiltIn));
+        assert_eq!((s.password.from, s.protocol_from), (Source::BuiltIn, Source::BuiltIn));
         assert!(lines.is_empty());
     }
 
@@ -426,7 +430,7 @@ mod tests {
         .unwrap();
         let (s, _) = load(Some(&page), OtaSettings::built_in(None, 2));
         assert_eq!((s.password(), s.protocol), (Some(&b"hunter2"[..]), 1));
-        assert_eq!((s.password_from, s.protocol_from), (Source::Nvs, Source::Nvs));
+        assert_eq!((s.password.from, s.protocol_from), (Source::Nvs, Source::Nvs));
         assert_eq!(format!("{}", s.log_event()), "OTA password set (nvs), protocol 1 (nvs)");
         // An empty password switches authentication off even when the build has one.
         let page = provisioning_page(&Provision { protocol: 2, ..Provision::default() }).unwrap();
@@ -514,7 +518,7 @@ mod tests {
         let (mut flash, table) = device(Some(&page));
         let s = built_in.load(&mut flash, &table, &mut |_: &LogEvent<'_>| {});
         assert_eq!((s.password(), s.auth), (Some(&b"admin"[..]), AuthScheme::Pbkdf2Sha256));
-        assert_eq!((s.password_from, s.auth_from), (Source::Nvs, Source::Nvs));
+        assert_eq!((s.password.from, s.auth_from), (Source::Nvs, Source::Nvs));
         assert_eq!(
             std::format!("{}", s.log_event(3232)),
             "ArduinoOTA on UDP port 3232: password set (nvs), auth pbkdf2 (nvs)"
@@ -541,7 +545,7 @@ mod tests {
             &table,
             &mut |_: &LogEvent<'_>| {},
         );
-        assert_eq!((s.password(), s.password_from), (Some(&b"x"[..]), Source::BuiltIn));
+        assert_eq!((s.password(), s.password.from), (Some(&b"x"[..]), Source::BuiltIn));
         // An auth value the device does not know is logged and ignored.
         let mut b = nvs::PageBuilder::new(0);
         let ns = b.namespace(NAMESPACE).unwrap();

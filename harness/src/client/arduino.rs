@@ -208,7 +208,6 @@ async fn transfer(
     let mut second_invited = false;
     let mut replies = String::new();
     let mut chunks = 0u64;
-    let mut buf = [0u8; 64];
     for chunk in up.image.chunks(CHUNK) {
         let sent = progress.sent();
         let room = (limit - sent).min(chunk.len() as u64) as usize;
@@ -226,24 +225,10 @@ async fn transfer(
             stalled = true;
             tokio::time::sleep(pause).await;
         }
-        if !up.arduino.no_ack {
-            let n = match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
-                Ok(Ok(0)) => {
-                    return Ok(end_without_ok(
-                        &replies,
-                        progress,
-                        chunks,
-                        "the device closed the connection",
-                    ));
-                }
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => return Ok(end_without_ok(&replies, progress, chunks, &e.to_string())),
-                Err(_) => return Ok(Outcome::NoAnswer { phase: Phase::Data, waited: WAIT }),
-            };
-            replies.push_str(&String::from_utf8_lossy(&buf[..n]));
-            if let Some(o) = reply_outcome(read_replies(&replies), Phase::Data, progress, chunks) {
-                return Ok(o);
-            }
+        if !up.arduino.no_ack
+            && let Some(o) = read_reply(&mut stream, &mut replies, Phase::Data, progress, chunks).await
+        {
+            return Ok(o);
         }
         // After the device answered for the chunk that crossed half the image, so its log
         // order is the same on every run.
@@ -260,19 +245,32 @@ async fn transfer(
     // Everything is sent: read until the device says OK or an error, or closes.
     progress.enter(Phase::End);
     loop {
-        let n = match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
-            Ok(Ok(0)) => {
-                return Ok(end_without_ok(&replies, progress, chunks, "the device closed the connection"));
-            }
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Ok(end_without_ok(&replies, progress, chunks, &e.to_string())),
-            Err(_) => return Ok(Outcome::NoAnswer { phase: Phase::End, waited: WAIT }),
-        };
-        replies.push_str(&String::from_utf8_lossy(&buf[..n]));
-        if let Some(o) = reply_outcome(read_replies(&replies), Phase::End, progress, chunks) {
+        if let Some(o) = read_reply(&mut stream, &mut replies, Phase::End, progress, chunks).await {
             return Ok(o);
         }
     }
+}
+
+/// Reads what the device sent next onto `replies`: the outcome once they decide one (OK, an
+/// error, the connection closed, or nothing within [`WAIT`]), `None` while they are counts.
+async fn read_reply(
+    stream: &mut TcpStream,
+    replies: &mut String,
+    phase: Phase,
+    progress: &Progress,
+    chunks: u64,
+) -> Option<Outcome> {
+    let mut buf = [0u8; 64];
+    let n = match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
+        Ok(Ok(0)) => {
+            return Some(end_without_ok(replies, progress, chunks, "the device closed the connection"));
+        }
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => return Some(end_without_ok(replies, progress, chunks, &e.to_string())),
+        Err(_) => return Some(Outcome::NoAnswer { phase, waited: WAIT }),
+    };
+    replies.push_str(&String::from_utf8_lossy(&buf[..n]));
+    reply_outcome(read_replies(replies), phase, progress, chunks)
 }
 
 /// The connection ended: whatever the device said last decides.

@@ -62,42 +62,50 @@ impl core::fmt::Display for AuthScheme {
     }
 }
 
+/// The lowercase hex digest of `parts` joined by `:` (`out` is twice the digest's length).
+fn joined_hex<D: Digest>(parts: &[&[u8]], out: &mut [u8]) {
+    let mut h = D::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            h.update(b":");
+        }
+        h.update(part);
+    }
+    hex::encode_lower(&h.finalize(), out);
+}
+
+/// The scheme's digest of `parts` joined by `:`, in hex (`out` is [`AuthScheme::hex_len`] long).
+fn scheme_hex(scheme: AuthScheme, parts: &[&[u8]], out: &mut [u8]) {
+    match scheme {
+        AuthScheme::Md5 => joined_hex::<Md5>(parts, out),
+        AuthScheme::Pbkdf2Sha256 => joined_hex::<Sha256>(parts, out),
+    }
+}
+
 /// What the device keeps of the password: the hash in lowercase hex, and its length.
 pub(super) fn password_hash(scheme: AuthScheme, password: &[u8]) -> ([u8; 64], usize) {
     let mut out = [0u8; 64];
-    match scheme {
-        AuthScheme::Md5 => {
-            let d: [u8; 16] = Md5::digest(password).into();
-            hex::encode_lower(&d, &mut out[..32]);
-            (out, 32)
-        }
-        AuthScheme::Pbkdf2Sha256 => {
-            let d: [u8; 32] = Sha256::digest(password).into();
-            hex::encode_lower(&d, &mut out);
-            (out, 64)
-        }
-    }
+    let n = scheme.hex_len();
+    scheme_hex(scheme, &[password], &mut out[..n]);
+    (out, n)
 }
 
 /// A fresh nonce in hex (`out` is [`AuthScheme::hex_len`] long).
 pub(super) fn nonce<N: NonceSource>(scheme: AuthScheme, rng: &mut N, out: &mut [u8]) {
-    match scheme {
+    let mut r = [0u8; 32];
+    let mut text = [0u8; 10];
+    let seed: &[u8] = match scheme {
+        // The ESP32 hashes the decimal text of `micros()`; a random number stands in.
         AuthScheme::Md5 => {
-            // The ESP32 hashes the decimal text of `micros()`; a random number stands in.
-            let mut r = [0u8; 4];
-            rng.fill(&mut r);
-            let mut text = [0u8; 10];
-            let text = super::decimal(u32::from_le_bytes(r), &mut text);
-            let d: [u8; 16] = Md5::digest(text).into();
-            hex::encode_lower(&d, out);
+            rng.fill(&mut r[..4]);
+            super::decimal(u32::from_le_bytes([r[0], r[1], r[2], r[3]]), &mut text)
         }
         AuthScheme::Pbkdf2Sha256 => {
-            let mut r = [0u8; 32];
             rng.fill(&mut r);
-            let d: [u8; 32] = Sha256::digest(r).into();
-            hex::encode_lower(&d, out);
+            &r
         }
-    }
+    };
+    scheme_hex(scheme, &[seed], out);
 }
 
 /// The response the device expects, in hex (`out` is [`AuthScheme::hex_len`] long).
@@ -109,16 +117,7 @@ pub(super) fn response(
     out: &mut [u8],
 ) {
     match scheme {
-        AuthScheme::Md5 => {
-            let mut h = Md5::new();
-            h.update(password_hash);
-            h.update(b":");
-            h.update(nonce);
-            h.update(b":");
-            h.update(cnonce);
-            let d: [u8; 16] = h.finalize().into();
-            hex::encode_lower(&d, out);
-        }
+        AuthScheme::Md5 => scheme_hex(scheme, &[password_hash, nonce, cnonce], out),
         AuthScheme::Pbkdf2Sha256 => {
             let mut salt = [0u8; 64 + 1 + 64];
             let salt_len = nonce.len() + 1 + cnonce.len();
@@ -129,14 +128,7 @@ pub(super) fn response(
             pbkdf2::pbkdf2_hmac::<Sha256>(password_hash, &salt[..salt_len], PBKDF2_ROUNDS, &mut key);
             let mut key_hex = [0u8; 64];
             hex::encode_lower(&key, &mut key_hex);
-            let mut h = Sha256::new();
-            h.update(key_hex);
-            h.update(b":");
-            h.update(nonce);
-            h.update(b":");
-            h.update(cnonce);
-            let d: [u8; 32] = h.finalize().into();
-            hex::encode_lower(&d, out);
+            scheme_hex(scheme, &[&key_hex, nonce, cnonce], out);
         }
     }
 }
