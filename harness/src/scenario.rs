@@ -188,6 +188,10 @@ struct RawOta {
     answer_timeout: Option<Spanned<String>>,
     #[serde(default)]
     invitation_attempts: Option<Spanned<u32>>,
+    #[serde(default)]
+    auth_answer: Option<Spanned<String>>,
+    #[serde(default)]
+    refuse_back_connection: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -703,6 +707,8 @@ fn check_ota(o: RawOta, cx: &Ctx<'_>) -> Result<OtaStep, ScenarioError> {
     only(o.second_invitation.is_some(), "second_invitation", UpdatePath::Arduino)?;
     only(o.answer_timeout.is_some(), "answer_timeout", UpdatePath::Arduino)?;
     only(o.invitation_attempts.is_some(), "invitation_attempts", UpdatePath::Arduino)?;
+    only(o.auth_answer.is_some(), "auth_answer", UpdatePath::Arduino)?;
+    only(o.refuse_back_connection.is_some(), "refuse_back_connection", UpdatePath::Arduino)?;
     let invitation_attempts = match &o.invitation_attempts {
         None => crate::client::arduino::INVITATION_ATTEMPTS,
         Some(n) if (1..=100).contains(&n.value) => n.value,
@@ -732,6 +738,8 @@ fn check_ota(o: RawOta, cx: &Ctx<'_>) -> Result<OtaStep, ScenarioError> {
         },
         invitation_attempts,
         raw_invitation: o.invitation.as_ref().map(|i| i.value.clone()),
+        raw_auth_answer: o.auth_answer.as_ref().map(|a| a.value.clone()),
+        refuse_back_connection: o.refuse_back_connection.as_ref().is_some_and(|b| b.value),
         command,
         stall,
         no_ack: o.no_ack.as_ref().is_some_and(|b| b.value),

@@ -130,6 +130,8 @@ async fn run(device: SocketAddr, up: &Upload<'_>, progress: &Progress) -> Result
         .await
         .map_err(|e| io_interrupted(Phase::Invitation, progress, e))?;
     let port = listener.local_addr().map_err(|e| io_interrupted(Phase::Invitation, progress, e))?.port();
+    // A port nobody listens on any more: the device's back-connection is refused.
+    let listener = (!up.arduino.refuse_back_connection).then_some(listener);
     let udp = UdpSocket::bind(SocketAddr::new(unspecified(&device), 0))
         .await
         .map_err(|e| io_interrupted(Phase::Invitation, progress, e))?;
@@ -164,7 +166,10 @@ async fn run(device: SocketAddr, up: &Upload<'_>, progress: &Progress) -> Result
                 phase: Phase::Auth,
             });
         }
-        let answer = auth_answer(up, password, &nonce, &md5_hex, device.ip());
+        let answer = match &up.arduino.raw_auth_answer {
+            Some(raw) => raw.clone().into_bytes(),
+            None => auth_answer(up, password, &nonce, &md5_hex, device.ip()),
+        };
         let reply = ask(&udp, &answer, Phase::Auth, wait).await?;
         if reply.starts_with(b"Authentication Failed") {
             return Ok(Outcome::DeviceError {
@@ -186,6 +191,9 @@ async fn run(device: SocketAddr, up: &Upload<'_>, progress: &Progress) -> Result
         });
     }
     progress.enter(Phase::BackConnection);
+    let Some(listener) = listener else {
+        return Ok(Outcome::NoBackConnection { waited: Duration::ZERO });
+    };
     let stream = match tokio::time::timeout(wait, listener.accept()).await {
         Ok(Ok((stream, _))) => stream,
         Ok(Err(e)) => return Err(io_interrupted(Phase::BackConnection, progress, e)),

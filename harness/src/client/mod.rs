@@ -33,6 +33,10 @@ pub struct ArduinoFaults {
     pub invitation_attempts: u32,
     /// Send this datagram instead of the invitation (a malformed one, an unknown command).
     pub raw_invitation: Option<String>,
+    /// Send this datagram instead of the authentication answer (one of the wrong shape).
+    pub raw_auth_answer: Option<String>,
+    /// Invite the device to a port nobody listens on: its back-connection is refused.
+    pub refuse_back_connection: bool,
     /// The invitation's command (0 flash, 100 filesystem).
     pub command: u32,
     /// Stop sending for this long after this many image bytes.
@@ -49,6 +53,8 @@ impl Default for ArduinoFaults {
             answer_timeout: arduino::WAIT,
             invitation_attempts: arduino::INVITATION_ATTEMPTS,
             raw_invitation: None,
+            raw_auth_answer: None,
+            refuse_back_connection: false,
             command: ota_core::proto::arduino::CMD_FLASH,
             stall: None,
             no_ack: false,
