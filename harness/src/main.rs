@@ -30,7 +30,7 @@ enum Cmd {
     Run {
         /// What runs the device: emu (the host emulator, no hardware) or qemu (the chip
         /// firmware on Espressif's QEMU, found through ESP_QEMU or PATH).
-        #[arg(long, default_value = "emu", value_parser = parse_backend)]
+        #[arg(long, default_value = otahil::backend::BACKENDS[0].name, value_parser = parse_backend)]
         backend: &'static otahil::backend::BackendEntry,
         /// Directory of scenario files.
         #[arg(long, default_value = "scenarios")]
