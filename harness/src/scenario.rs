@@ -434,27 +434,56 @@ impl Ctx<'_> {
     }
 
     fn duration(&self, s: &Spanned<String>) -> Result<Duration, ScenarioError> {
-        parse_duration(&s.value).ok_or(()).or_else(|_| {
-            self.at(s, format!("`{}` is not a duration: expected e.g. `500ms`, `5s` or `1m`", s.value))
-        })
+        parse_duration(&s.value).or_else(|e| self.at(s, duration_message("duration", &s.value, e)))
     }
 }
 
-/// `500ms`, `5s`, `1.5s`, `2m`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
+/// The longest any step may wait or pause: longer is a mistake in the scenario, never a plan
+/// (and a time that large would overflow the clock it is added to).
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Why a duration does not load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurationError {
+    /// Not a number and a unit.
+    NotADuration,
+    /// More than [`MAX_DURATION`].
+    TooLong,
+}
+
+/// `500ms`, `5s`, `1.5s`, `2m`, at most [`MAX_DURATION`].
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let t = text.trim();
-    let (num, unit) = t.find(|c: char| c.is_ascii_alphabetic()).map(|i| t.split_at(i))?;
-    let value: f64 = num.trim().parse().ok()?;
+    let (num, unit) = t
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| t.split_at(i))
+        .ok_or(DurationError::NotADuration)?;
+    let value: f64 = num.trim().parse().map_err(|_| DurationError::NotADuration)?;
     if !value.is_finite() || value < 0.0 {
-        return None;
+        return Err(DurationError::NotADuration);
     }
     let secs = match unit {
         "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
-        _ => return None,
+        _ => return Err(DurationError::NotADuration),
     };
-    Some(Duration::from_secs_f64(secs))
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err(DurationError::TooLong);
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| DurationError::TooLong)
+}
+
+/// The message for a duration that does not load.
+fn duration_message(what: &str, text: &str, e: DurationError) -> String {
+    match e {
+        DurationError::NotADuration => {
+            format!("{what} `{text}`: expected a duration such as `500ms`, `5s` or `1m`")
+        }
+        DurationError::TooLong => {
+            format!("{what} `{text}`: longer than the {} h a step may take", MAX_DURATION.as_secs() / 3600)
+        }
+    }
 }
 
 /// Drops a leading `line N column M: ` that the YAML library puts in its messages.
@@ -607,14 +636,8 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
                 let timeout = match timeout {
                     None => Duration::from_secs(5),
                     Some(t) => match parse_duration(&t) {
-                        Some(d) => d,
-                        None => {
-                            return cx.err(
-                                line,
-                                column,
-                                format!("timeout `{t}`: expected e.g. `500ms` or `5s`"),
-                            );
-                        }
+                        Ok(d) => d,
+                        Err(e) => return cx.err(line, column, duration_message("timeout", &t, e)),
                     },
                 };
                 StepKind::ExpectLog { pattern: regex, timeout, absent }
@@ -722,13 +745,8 @@ fn check_ota(o: RawOta, cx: &Ctx<'_>) -> Result<OtaStep, ScenarioError> {
     let stall = match &o.stall {
         None => None,
         Some(st) => match parse_duration(&st.value.pause) {
-            Some(d) => Some((st.value.after_bytes, d)),
-            None => {
-                return cx.at(
-                    st,
-                    format!("stall for `{}`: expected a duration such as `1500ms` or `5s`", st.value.pause),
-                );
-            }
+            Ok(d) => Some((st.value.after_bytes, d)),
+            Err(e) => return cx.at(st, duration_message("stall for", &st.value.pause, e)),
         },
     };
     let arduino = crate::client::ArduinoFaults {
@@ -858,13 +876,47 @@ mod tests {
         assert!(e.line > 0, "{e}");
     }
 
+    /// Issue #11 defects 1 and 2: a huge duration is a load error at its place, not a panic.
+    #[test]
+    fn a_huge_duration_is_an_error_at_its_line() {
+        let e = err(
+            "name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { image: v2, expect: ok, timeout: 18446744073709551616s }\n",
+        );
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.message.contains("longer than the 24 h"), "{e}");
+        let e = err(
+            "name: t\ndevice: { firmware: v1 }\nsteps:\n  - boot\n  - expect_log: { pattern: x, timeout: 10000000000000000000s }\n",
+        );
+        assert_eq!(e.line, 5, "{e}");
+        assert!(e.message.contains("timeout `10000000000000000000s`: longer than"), "{e}");
+        let e = err(
+            "name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { image: v2, expect: ok, send_delay: 20000000000000000000000000ms }\n",
+        );
+        assert!(e.message.contains("longer than"), "{e}");
+        let e = err(
+            "name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { protocol: arduino, image: v2, expect: ok, stall: { after_bytes: 1, for: 400000000000000000m } }\n",
+        );
+        assert!(e.message.contains("stall for") && e.message.contains("longer than"), "{e}");
+    }
+
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("5"), None);
-        assert_eq!(parse_duration("-1s"), None);
-        assert_eq!(parse_duration("1h"), None);
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("5"), Err(DurationError::NotADuration));
+        assert_eq!(parse_duration("-1s"), Err(DurationError::NotADuration));
+        assert_eq!(parse_duration("1h"), Err(DurationError::NotADuration));
+        assert_eq!(parse_duration("1440m"), Ok(MAX_DURATION));
+        // Issue #11 defects 1 and 2: these panicked in `check` or in `run`.
+        for huge in [
+            "18446744073709551616s",
+            "400000000000000000m",
+            "20000000000000000000000000ms",
+            "10000000000000000000s",
+            "86401s",
+        ] {
+            assert_eq!(parse_duration(huge), Err(DurationError::TooLong), "{huge}");
+        }
     }
 }

@@ -9,7 +9,6 @@ use ota_core::proto::arduino::AuthScheme;
 use ota_core::writer::{EraseMode, OtaConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -103,9 +102,6 @@ struct RunArgs {
     /// Stay powered off until the `power-on` command.
     #[arg(long)]
     start_off: bool,
-    /// Drop an OTA session after this many seconds without data from the client.
-    #[arg(long, default_value_t = 10)]
-    session_timeout: u64,
     /// Seed for the device's randomness (nonces), for reproducible runs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -154,12 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let device = Device::new(config, flash, Serial { stdout: std::io::stdout(), file });
             serve(
                 device,
-                ServeOptions {
-                    listen: a.listen,
-                    arduino_listen: a.arduino_listen,
-                    start_off: a.start_off,
-                    session_timeout: Duration::from_secs(a.session_timeout),
-                },
+                ServeOptions { listen: a.listen, arduino_listen: a.arduino_listen, start_off: a.start_off },
             )
         }
         Cmd::MakeFlash { partitions, app, size, out, password, protocol, wifi_ssid, wifi_password } => {

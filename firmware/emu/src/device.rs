@@ -450,6 +450,13 @@ fn ends_exchange(event: &arduino::Event) -> bool {
 /// One ESPHome OTA connection's state: the protocol server and the update it is writing.
 pub struct OtaSession(Session<Server<'static>>);
 
+impl OtaSession {
+    /// Whether the client has had its time (ESPHome's rules: `esphome::Server::expired`).
+    pub fn expired(&self, since_accept: std::time::Duration, since_input: std::time::Duration) -> bool {
+        self.0.server.expired(since_accept.as_millis() as u64, since_input.as_millis() as u64)
+    }
+}
+
 /// What the transport saw.
 #[derive(Clone, Copy, Debug)]
 pub enum SessionInput<'a> {

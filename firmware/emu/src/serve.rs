@@ -39,13 +39,12 @@ pub struct ServeOptions {
     pub arduino_listen: SocketAddr,
     /// Start powered off (the harness powers on when a scenario says `boot`).
     pub start_off: bool,
-    /// A session with no bytes from the client for this long is dropped (as a device timeout).
-    pub session_timeout: Duration,
 }
 
 struct Connection {
     stream: TcpStream,
     session: OtaSession,
+    accepted: Instant,
     last_input: Instant,
 }
 
@@ -149,7 +148,8 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
                     if let Some(session) = device.accept() {
                         stream.set_nonblocking(true)?;
                         stream.set_nodelay(true)?;
-                        net.conn = Some(Connection { stream, session, last_input: Instant::now() });
+                        let now = Instant::now();
+                        net.conn = Some(Connection { stream, session, accepted: now, last_input: now });
                     } else {
                         // Nothing serves OTA (off, hung, bricked): the connection is refused.
                         let _ = stream.shutdown(Shutdown::Both);
@@ -161,7 +161,7 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
             }
             continue;
         }
-        if !esphome_connection(&mut device, &mut net, &mut buf, opts.session_timeout) && !active {
+        if !esphome_connection(&mut device, &mut net, &mut buf) && !active {
             std::thread::sleep(Duration::from_micros(200));
         }
     }
@@ -303,7 +303,7 @@ fn apply_arduino(device: &mut Device<Serial>, net: &mut Net, mut step: ArduinoSt
 }
 
 /// Serves the ESPHome session; true if bytes came.
-fn esphome_connection(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8], timeout: Duration) -> bool {
+fn esphome_connection(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) -> bool {
     let Some(c) = net.conn.as_mut() else { return false };
     let mut got_bytes = false;
     let input = match c.stream.read(buf) {
@@ -314,7 +314,7 @@ fn esphome_connection(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]
             SessionInput::Data(&buf[..n])
         }
         Err(e) if e.kind() == ErrorKind::WouldBlock => {
-            if c.last_input.elapsed() < timeout {
+            if !c.session.expired(c.accepted.elapsed(), c.last_input.elapsed()) {
                 return false;
             }
             SessionInput::TimedOut

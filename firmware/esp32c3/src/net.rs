@@ -227,6 +227,9 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
     }
     let target = Target { table, running, config: ota };
     let mut session: Option<Session<Server<'_>>> = None;
+    // When the session's connection was accepted and when its client last sent a byte (the
+    // ESPHome timeouts, `Server::expired`).
+    let (mut accepted_ms, mut input_ms) = (0u64, 0u64);
     let mut pending = Pending::new();
     // Set when a completed update closed its connection: the device restarts once the close is
     // done, or after a short grace (ESPHome waits ~110 ms) if the peer never finishes it.
@@ -271,16 +274,21 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         if session.is_none() && sock.state() == tcp::State::Established {
             log(&LogEvent::OtaClientConnected);
             session = Some(Session::new(Server::new(server_config)));
+            (accepted_ms, input_ms) = (now_ms(), now_ms());
         }
         let Some(session) = session.as_mut() else { continue };
         let mut reply = Reply { pending: &mut pending, log: &mut *log };
+        let now = now_ms();
         if !session.server.is_closed() && sock.can_recv() {
+            input_ms = now;
             let _ = sock.recv(|data| {
                 session.with(flash, &target, |server, sink| server.feed(data, sink, rng, &mut reply));
                 (data.len(), ())
             });
         } else if !session.server.is_closed() && !sock.may_recv() {
             session.with(flash, &target, |server, sink| server.on_disconnect(false, sink, &mut reply));
+        } else if session.server.expired(now - accepted_ms, now - input_ms) {
+            session.with(flash, &target, |server, sink| server.on_disconnect(true, sink, &mut reply));
         }
         let server = &session.server;
         if pending.len() > 0

@@ -269,6 +269,66 @@ mod tests {
         }
     }
 
+    fn upload_of(image: &[u8], timeout: Duration) -> Upload<'_> {
+        Upload {
+            image,
+            file_name: "v2.bin",
+            password: None,
+            offer_sha256: true,
+            declared_size: None,
+            md5: None,
+            disconnect_after: None,
+            send_delay: None,
+            timeout,
+            seed: 0,
+            arduino: ArduinoFaults::default(),
+        }
+    }
+
+    /// Issue #11 defect 3: a timeout says where the session stopped, not "end after 0 bytes".
+    #[test]
+    fn a_client_timeout_names_the_phase_and_the_bytes_sent() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            // A listener that accepts and never answers.
+            let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = silent.local_addr().unwrap();
+            let keep = tokio::spawn(async move { silent.accept().await.map(|(s, _)| s) });
+            let image = vec![0xE9u8; 40_000];
+            let o = upload(UpdatePath::Esphome, addr, &upload_of(&image, Duration::from_millis(300))).await;
+            assert!(matches!(o, Outcome::Interrupted { phase: Phase::Handshake, sent: 0, .. }), "{o}");
+            drop(keep);
+
+            // A device that freezes after acknowledging the first 8 KiB chunk.
+            let frozen = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = frozen.local_addr().unwrap();
+            let device = tokio::spawn(async move {
+                let (mut s, _) = frozen.accept().await.unwrap();
+                let mut buf = vec![0u8; 5 + 1];
+                s.read_exact(&mut buf[..5]).await.unwrap();
+                s.write_all(&[0x00, 2]).await.unwrap();
+                s.read_exact(&mut buf[5..]).await.unwrap();
+                s.write_all(&[0x40, 0x41]).await.unwrap();
+                let mut size_md5 = vec![0u8; 4 + 32];
+                s.read_exact(&mut size_md5[..4]).await.unwrap();
+                s.write_all(&[0x42]).await.unwrap();
+                s.read_exact(&mut size_md5[4..]).await.unwrap();
+                s.write_all(&[0x43]).await.unwrap();
+                let mut chunk = vec![0u8; 8192];
+                s.read_exact(&mut chunk).await.unwrap();
+                s.write_all(&[0x47]).await.unwrap();
+                // Frozen: reads nothing more, answers nothing, keeps the connection.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                drop(s);
+            });
+            let o = upload(UpdatePath::Esphome, addr, &upload_of(&image, Duration::from_millis(500))).await;
+            assert!(matches!(o, Outcome::Interrupted { phase: Phase::Data, sent: 16_384, .. }), "{o}");
+            assert!(o.to_string().contains("during data after 16384 image bytes"), "{o}");
+            device.abort();
+        });
+    }
+
     #[test]
     fn outcome_names_are_the_protocols_words() {
         let e = Outcome::DeviceError { name: "md5_check_failed", detail: "x".into(), phase: Phase::End };

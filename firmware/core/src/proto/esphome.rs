@@ -16,6 +16,12 @@ use sha2::Sha256;
 pub const MAGIC: [u8; 5] = [0x6C, 0x26, 0xF7, 0x5C, 0x45];
 pub const CHUNK_SIZE: u32 = 8192;
 pub const DEFAULT_PORT: u16 = 3232;
+/// ESPHome's device gives a client this long from the accepted connection to the end of the
+/// handshake (magic, features, authentication), however the bytes trickle in.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 20_000;
+/// ... and, once authenticated, this long without a byte (`OTA_SOCKET_TIMEOUT_DATA`); the data
+/// loop then answers `0xFF` (`No data received for 90000 ms`).
+pub const DATA_TIMEOUT_MS: u64 = 90_000;
 
 /// Client feature bits (the byte after the version reply).
 pub const FEATURE_COMPRESSION: u8 = 0x01;
@@ -299,9 +305,21 @@ impl<'a> Server<'a> {
         (self.received, self.size)
     }
 
-    /// Whether the data phase is under way (the device then has no read timeout, as ESPHome).
+    /// Whether the data phase is under way.
     pub fn in_data_phase(&self) -> bool {
         self.state == State::Data
+    }
+
+    /// Whether the client has had its time, `since_accept_ms` after the connection was accepted
+    /// and `since_input_ms` after its last byte: [`HANDSHAKE_TIMEOUT_MS`] in all for the
+    /// handshake, then [`DATA_TIMEOUT_MS`] without data. The adapter then calls
+    /// [`Server::on_disconnect`] with `timeout: true`.
+    pub fn expired(&self, since_accept_ms: u64, since_input_ms: u64) -> bool {
+        match self.state {
+            State::Magic | State::Features | State::AuthAnswer(_) => since_accept_ms >= HANDSHAKE_TIMEOUT_MS,
+            State::Closed => false,
+            State::Size | State::Md5 | State::Data | State::FinalAck => since_input_ms >= DATA_TIMEOUT_MS,
+        }
     }
 
     fn close(&mut self) {
@@ -548,8 +566,10 @@ impl<'a> Server<'a> {
                 self.close();
             }
             _ => {
-                // ESPHome's error_code is 0x00 once begin() succeeded, 0xFF before.
-                let code = if self.begun { code::OK } else { code::ERROR_UNKNOWN };
+                // ESPHome's error_code is 0x00 once begin() succeeded, 0xFF before; its data loop
+                // answers a silent client with 0xFF.
+                let data_timeout = timeout && self.state == State::Data;
+                let code = if self.begun && !data_timeout { code::OK } else { code::ERROR_UNKNOWN };
                 out.send(&[code]);
                 out.event(Event::Interrupted { received: self.received, size: self.size, timeout, code });
                 if self.begun {

@@ -321,3 +321,36 @@ fn code_names_round_trip() {
     }
     assert_eq!(code_name(0x50), None);
 }
+
+/// ESPHome's timeouts: 20 s for the whole handshake however the bytes trickle, then 90 s without
+/// data; a silent client in the data phase gets 0xFF.
+#[test]
+fn a_trickling_client_gets_twenty_seconds_for_the_handshake_and_then_ninety_without_data() {
+    let (mut flash, table) = device();
+    let running = *table.ota(0).unwrap();
+    let mut server = Server::new(cfg(None, 2));
+    let mut out = Recorder::default();
+    let mut rng = Fixed(RNG_MD5.to_vec());
+    let mut pending = None;
+    let mut sink =
+        crate::update::FlashSink::new(&mut flash, &table, running, OtaConfig::default(), &mut pending);
+    // One byte every 4 s keeps no session alive past 20 s of handshake.
+    server.feed(&MAGIC[..1], &mut sink, &mut rng, &mut out);
+    assert!(!server.expired(16_000, 4_000));
+    assert!(server.expired(HANDSHAKE_TIMEOUT_MS, 4_000), "the handshake has 20 s in all");
+    // Authenticated (no password): size, MD5, data each get 90 s of silence.
+    let img = image("2.0.0", 20_000);
+    server.feed(&MAGIC[1..], &mut sink, &mut rng, &mut out);
+    server.feed(&[0], &mut sink, &mut rng, &mut out);
+    assert!(!server.expired(60_000, 89_999), "past the handshake the total does not count");
+    server.feed(&(img.len() as u32).to_be_bytes(), &mut sink, &mut rng, &mut out);
+    server.feed(&md5_hex(&img), &mut sink, &mut rng, &mut out);
+    server.feed(&img[..8192], &mut sink, &mut rng, &mut out);
+    assert!(server.in_data_phase());
+    assert!(!server.expired(600_000, 89_999));
+    assert!(server.expired(600_000, DATA_TIMEOUT_MS));
+    out.sent.clear();
+    server.on_disconnect(true, &mut sink, &mut out);
+    assert_eq!(out.sent, [code::ERROR_UNKNOWN], "the data loop answers 0xFF");
+    assert!(server.is_closed() && !server.expired(u64::MAX, u64::MAX));
+}
