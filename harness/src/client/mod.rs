@@ -305,17 +305,17 @@ mod tests {
             let addr = frozen.local_addr().unwrap();
             let device = tokio::spawn(async move {
                 let (mut s, _) = frozen.accept().await.unwrap();
-                let mut buf = vec![0u8; 5 + 1];
+                let mut buf = [0u8; 5 + 1];
                 s.read_exact(&mut buf[..5]).await.unwrap();
                 s.write_all(&[0x00, 2]).await.unwrap();
                 s.read_exact(&mut buf[5..]).await.unwrap();
                 s.write_all(&[0x40, 0x41]).await.unwrap();
-                let mut size_md5 = vec![0u8; 4 + 32];
+                let mut size_md5 = [0u8; 4 + 32];
                 s.read_exact(&mut size_md5[..4]).await.unwrap();
                 s.write_all(&[0x42]).await.unwrap();
                 s.read_exact(&mut size_md5[4..]).await.unwrap();
                 s.write_all(&[0x43]).await.unwrap();
-                let mut chunk = vec![0u8; 8192];
+                let mut chunk = [0u8; 8192];
                 s.read_exact(&mut chunk).await.unwrap();
                 s.write_all(&[0x47]).await.unwrap();
                 // Frozen: reads nothing more, answers nothing, keeps the connection.
