@@ -41,6 +41,12 @@ fn reason_text(r: SelectReason) -> String {
     }
 }
 
+/// Whether `dump` holds a partition table the bootloader would accept.
+pub fn has_valid_table(dump: &[u8]) -> bool {
+    let table_bytes = dump.get(TABLE_OFFSET as usize..TABLE_OFFSET as usize + TABLE_LEN).unwrap_or(&[]);
+    PartitionTable::parse(table_bytes, dump.len() as u32).is_ok()
+}
+
 /// The partition state of a flash dump, as text with a fixed field order.
 pub fn partition_state(dump: &[u8]) -> String {
     let mut out = String::new();

@@ -25,12 +25,36 @@ pub use backend::{emu, qemu};
 
 use std::path::{Path, PathBuf};
 
-/// The `*.yaml` files of a scenario directory, sorted by name.
-pub fn scenario_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+/// The scenario files at `path`: the file itself, or a directory's `*.yaml` / `*.yml` files (any
+/// case), sorted by name. A directory without any is an error, not an empty run.
+pub fn scenario_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+        })
         .collect();
+    if files.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no scenario files (*.yaml) in {}", path.display()),
+        ));
+    }
     files.sort();
     Ok(files)
+}
+
+/// Scenarios that share a `name` (they would play against the same snapshots): each name with
+/// the files that use it.
+pub fn duplicate_names(scenarios: &[scenario::Scenario]) -> Vec<(String, Vec<PathBuf>)> {
+    let mut by_name: std::collections::BTreeMap<&str, Vec<PathBuf>> = Default::default();
+    for s in scenarios {
+        by_name.entry(&s.name).or_default().push(s.file.clone());
+    }
+    by_name.into_iter().filter(|(_, files)| files.len() > 1).map(|(n, f)| (n.to_string(), f)).collect()
 }

@@ -62,6 +62,7 @@ enum Cmd {
     },
     /// Check scenario files without running them.
     Check {
+        /// A scenario file or a directory of them.
         #[arg(default_value = "scenarios")]
         scenarios: PathBuf,
     },
@@ -121,7 +122,10 @@ fn load_all(
     dir: &std::path::Path,
     only: &[String],
 ) -> anyhow::Result<(Vec<scenario::Scenario>, Vec<String>)> {
-    let files = otahil::scenario_files(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let files = otahil::scenario_files(dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound if dir.exists() => anyhow::anyhow!("{e}"),
+        _ => anyhow::anyhow!("cannot read {}: {e}", dir.display()),
+    })?;
     let mut loaded = Vec::new();
     let mut errors = Vec::new();
     for f in files {
@@ -129,6 +133,17 @@ fn load_all(
             Ok(s) => loaded.push(s),
             Err(e) => errors.push(e.to_string()),
         }
+    }
+    let duplicates = otahil::duplicate_names(&loaded);
+    loaded.retain(|s| !duplicates.iter().any(|(name, _)| *name == s.name));
+    for (name, files) in duplicates {
+        let shown: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        errors.push(format!(
+            "{}: name `{name}` is used by {} scenarios ({}): each needs its own, as it names the snapshots",
+            shown[1],
+            files.len(),
+            shown.join(", ")
+        ));
     }
     if !only.is_empty() {
         for name in only {
@@ -152,8 +167,8 @@ fn parse_update_path(s: &str) -> Result<otahil::client::UpdatePath, String> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Emu { args } => {
-            let argv = std::iter::once("ota-emu".to_string()).chain(args);
-            ota_emu::cli::run_from(argv)?;
+            let argv = std::iter::once("otahil emu".to_string()).chain(args);
+            ota_emu::cli::run_as("otahil emu", argv)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Ota { protocol, addr, image, password, md5_auth, timeout } => {
@@ -202,7 +217,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Inspect { flash } => {
             let dump = std::fs::read(&flash).with_context(|| format!("reading {}", flash.display()))?;
             print!("{}", inspect::partition_state(&dump));
-            Ok(ExitCode::SUCCESS)
+            // A dump the bootloader cannot boot from is a failure for scripts that check it.
+            Ok(if inspect::has_valid_table(&dump) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::Fixtures { out } => {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;

@@ -20,3 +20,44 @@ fn an_upload_that_sent_nothing_claims_no_bytes_and_no_speed() {
     assert!(stdout.contains("no image bytes sent"), "{stdout}");
     assert!(!stdout.contains("KiB/s"), "{stdout}");
 }
+
+/// `otahil inspect` fails on a dump without a valid partition table, and passes on a good one.
+#[test]
+fn inspect_fails_on_a_dump_without_a_partition_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let blank = dir.path().join("blank.bin");
+    std::fs::write(&blank, vec![0xFFu8; 1 << 20]).unwrap();
+    let out = otahil().arg("inspect").arg(&blank).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("partition_table: INVALID"));
+    let good = dir.path().join("good.bin");
+    let csv = include_str!("../../fixtures/partitions/esphome-4mb.csv");
+    let table = ota_core::partition_csv::parse_csv(csv).unwrap();
+    let app = otahil::fixtures::find("v1").unwrap().bytes();
+    std::fs::write(&good, ota_emu::mkflash::merged_image(&table, &app, 4 << 20).unwrap()).unwrap();
+    let out = otahil().arg("inspect").arg(&good).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// `otahil emu --help` names itself; `make-flash` refuses an app file that is no app image.
+#[test]
+fn the_embedded_emulator_names_itself_and_make_flash_refuses_a_non_image() {
+    let out = otahil().args(["emu", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("Usage: otahil emu"), "{help}");
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.bin");
+    std::fs::write(&junk, b"not an image at all").unwrap();
+    let csv = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/partitions/esphome-4mb.csv");
+    let out = otahil()
+        .args(["emu", "make-flash", "--partitions", csv, "--app"])
+        .arg(&junk)
+        .arg("--out")
+        .arg(dir.path().join("flash.bin"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is not an ESP32-C3 app image"), "{err}");
+    assert!(!dir.path().join("flash.bin").exists());
+}

@@ -123,6 +123,17 @@ where
     run(Cli::parse_from(args))
 }
 
+/// The same, under another name in help and errors (`otahil emu`).
+pub fn run_as<I, T>(name: &'static str, args: I) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().name(name).bin_name(name).get_matches_from(args);
+    run(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Run(a) => {
@@ -159,6 +170,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let table = ota_core::partition_csv::parse_csv(&csv)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", partitions.display()))?;
             let app_bytes = std::fs::read(&app).with_context(|| format!("reading {}", app.display()))?;
+            // A flash with something else in its app slot would only brick at power-on.
+            if let Err(e) = ota_core::image::verify(&mut &app_bytes[..], ota_core::image::ChipInfo::ESP32C3) {
+                bail!("{} is not an ESP32-C3 app image: {e}", app.display());
+            }
             let Some(flash_size) = ota_core::partition_csv::parse_size(&size) else {
                 bail!("--size `{size}` is not a size (expected e.g. 4M)");
             };
