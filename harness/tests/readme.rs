@@ -19,7 +19,7 @@ fn the_readme_example_plays_on_the_emulator() {
     // As if it were a file in scenarios/, where its relative paths point from.
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/readme-example.yaml");
     let s = scenario::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
-    let taken: Vec<String> = otahil::scenario_files(&path.parent().unwrap().to_path_buf())
+    let taken: Vec<String> = otahil::scenario_files(path.parent().unwrap())
         .unwrap()
         .iter()
         .filter_map(|f| scenario::load(f).ok().map(|s| s.name))
