@@ -72,10 +72,10 @@ enum Cmd {
         /// The update path: esphome or arduino.
         #[arg(long, default_value = "esphome", value_parser = parse_update_path)]
         protocol: otahil::client::UpdatePath,
-        /// The device's OTA address, e.g. 127.0.0.1:3232 (ESPHome's TCP port, or ArduinoOTA's
-        /// UDP port).
+        /// The device's OTA address, e.g. 127.0.0.1:3232 or esp32-bench.local:3232 (ESPHome's TCP
+        /// port, or ArduinoOTA's UDP port).
         #[arg(long)]
-        addr: std::net::SocketAddr,
+        addr: String,
         /// The image: a fixture name or a file.
         #[arg(long)]
         image: String,
@@ -172,6 +172,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Ota { protocol, addr, image, password, md5_auth, timeout } => {
+            use std::net::ToSocketAddrs;
+            let addr = addr
+                .to_socket_addrs()
+                .map_err(|e| anyhow::anyhow!("--addr `{addr}`: expected HOST:PORT ({e})"))?
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("--addr `{addr}`: the name has no address"))?;
             let bytes = match fixtures::find(&image) {
                 Some(f) => f.bytes(),
                 None => std::fs::read(&image).with_context(|| format!("reading {image}"))?,
@@ -296,6 +302,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "taken after a step this backend skipped, so the state differs from the stored one"
                             .to_string()
                     };
+                    bar.suspend(|| {
+                        eprintln!("{}: snapshot(s) {} not compared: {why}", r.name, unchecked.join(", "))
+                    });
                     r.steps.push(otahil::report::StepReport {
                         line: 0,
                         label: format!("compare snapshot(s) {}", unchecked.join(", ")),

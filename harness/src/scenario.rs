@@ -497,6 +497,41 @@ fn strip_position(message: &str) -> &str {
     }
 }
 
+/// The YAML library's message in the scenario's words: what was expected, without the
+/// library's internals (its type names, its options, its budgets).
+fn in_scenario_words(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(',').next().unwrap_or(rest).trim();
+        return format!("key `{key}` appears twice in the same mapping");
+    }
+    if message.contains("untagged enum RawExpectLog") {
+        return "expect_log: expected a regex such as 'ota: listening' or { pattern, timeout, absent }"
+            .into();
+    }
+    if message.contains("untagged enum RawSnapshot") {
+        return "snapshot: expected `partitions`, `log` or a list of them".into();
+    }
+    if message.contains("externally tagged enum expected scalar or mapping") {
+        return "a step: expected a step name (boot, power_on, power_off, reset) or a mapping such as `ota: {…}`"
+            .into();
+    }
+    if message.contains("budget") {
+        return "the document is too large or nests too deep (aliases that expand to more than the loader allows)"
+            .into();
+    }
+    for (ty, what) in [
+        ("u8", "a whole number from 0 to 255"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u64", "a whole number from 0 to 18446744073709551615"),
+        ("bool", "true or false"),
+    ] {
+        if message == format!("invalid {ty}") || message.starts_with(&format!("invalid {ty}:")) {
+            return format!("expected {what}");
+        }
+    }
+    message.to_string()
+}
+
 /// Loads and checks a scenario file.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
     let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
@@ -515,7 +550,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
         // The library's message carries a rendered snippet and its own position; keep the
         // first line without them (the position is ours, in front).
         let first = e.to_string().lines().next().unwrap_or("invalid YAML").to_string();
-        let message = strip_position(first.strip_prefix("error: ").unwrap_or(&first)).to_string();
+        let message = in_scenario_words(strip_position(first.strip_prefix("error: ").unwrap_or(&first)));
         ScenarioError { file: path.to_path_buf(), line, column, message }
     })?;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -615,6 +650,19 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
         writer_fault: d.writer_fault,
         arduino,
     };
+    // What `run` would refuse when it builds the device's flash is refused here, at its place.
+    if let Err(e) =
+        ota_emu::mkflash::merged_image(&device.partitions, &device.firmware.bytes, device.flash_size)
+    {
+        use ota_emu::mkflash::MergeError;
+        let at = match (&e, &d.flash_size, &d.partitions) {
+            (MergeError::AppTooBig { .. }, ..) => &d.firmware,
+            (MergeError::PastEnd { .. } | MergeError::FlashSize(_), Some(size), _) => size,
+            (_, _, Some(table)) => table,
+            _ => &d.firmware,
+        };
+        return cx.at(at, format!("the device's flash cannot be built: {e}"));
+    }
     let mut steps = Vec::new();
     for s in raw.steps {
         let line = s.referenced.line();
@@ -897,6 +945,63 @@ mod tests {
             "name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { protocol: arduino, image: v2, expect: ok, stall: { after_bytes: 1, for: 400000000000000000m } }\n",
         );
         assert!(e.message.contains("stall for") && e.message.contains("longer than"), "{e}");
+    }
+
+    /// Issue #11: messages say what was expected, not the YAML library's internals.
+    #[test]
+    fn library_internals_stay_out_of_the_messages() {
+        let cases = [
+            ("name: t\nname: u\ndevice: { firmware: v1 }\nsteps: []\n", "key `name` appears twice"),
+            (
+                "name: t\ndevice: { firmware: v1 }\nsteps:\n  - expect_log: { patern: x }\n",
+                "expect_log: expected a regex",
+            ),
+            (
+                "name: t\ndevice: { firmware: v1 }\nsteps:\n  - snapshot: { a: 1 }\n",
+                "snapshot: expected `partitions`",
+            ),
+            (
+                "name: t\ndevice: { firmware: v1, seed: -1 }\nsteps: []\n",
+                "expected a whole number from 0 to 18446744073709551615",
+            ),
+            ("name: t\ndevice: { firmware: v1 }\nsteps: [ [boot] ]\n", "a step: expected a step name"),
+        ];
+        for (text, want) in cases {
+            let e = err(text);
+            assert!(e.message.contains(want), "{e}");
+            for internal in [
+                "DuplicateKeyPolicy",
+                "untagged enum",
+                "Raw",
+                "invalid u64",
+                "externally tagged",
+                "budget breached",
+            ] {
+                assert!(!e.message.contains(internal), "{e}");
+            }
+        }
+    }
+
+    /// What `run` would refuse, `check` refuses: a table past the end of the flash, an app
+    /// that does not fit its slot.
+    #[test]
+    fn a_device_that_cannot_be_built_is_an_error_at_its_line() {
+        let e = err("name: t\ndevice: { firmware: v1, flash_size: 2M }\nsteps: []\n");
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("past the 0x200000-byte flash"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("tiny.csv"),
+            "otadata, data, ota, , 0x2000\napp0, app, ota_0, , 0x10000\n",
+        )
+        .unwrap();
+        let e = parse(
+            "name: t\ndevice:\n  firmware: v1\n  partitions: tiny.csv\nsteps: []\n",
+            &dir.path().join("x.yaml"),
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 3, "the firmware's line: {e}");
+        assert!(e.message.contains("does not fit partition app0"), "{e}");
     }
 
     #[test]

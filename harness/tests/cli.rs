@@ -61,3 +61,19 @@ fn the_embedded_emulator_names_itself_and_make_flash_refuses_a_non_image() {
     assert!(err.contains("is not an ESP32-C3 app image"), "{err}");
     assert!(!dir.path().join("flash.bin").exists());
 }
+
+/// `--addr` takes a host name (a board's `.local` name, `localhost`), and says what it expected.
+#[test]
+fn ota_addr_takes_host_names() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = otahil()
+        .args(["ota", "--addr", &format!("localhost:{port}"), "--image", "v2", "--timeout", "5"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("interrupted during connect"), "{stdout}");
+    let out = otahil().args(["ota", "--addr", "no-port-here", "--image", "v2"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--addr `no-port-here`: expected HOST:PORT"), "{stderr}");
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+}

@@ -97,6 +97,21 @@ fn run(mut cmd: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Espressif's QEMU with the esp32c3 machine, where the qemu backend will look for it.
+fn check_qemu() -> anyhow::Result<()> {
+    let program = std::env::var_os("ESP_QEMU").unwrap_or_else(|| "qemu-system-riscv32".into());
+    let shown = PathBuf::from(&program).display().to_string();
+    let out = Command::new(&program).args(["-machine", "help"]).output().map_err(|e| {
+        anyhow::anyhow!(
+            "no QEMU ({shown}: {e}); set ESP_QEMU to Espressif's qemu-system-riscv32 (see the README)"
+        )
+    })?;
+    if !String::from_utf8_lossy(&out.stdout).contains("esp32c3") {
+        bail!("{shown} has no esp32c3 machine: the qemu backend needs Espressif's fork (see the README)");
+    }
+    Ok(())
+}
+
 /// Builds the harness and the emulator (release: the suite's speed is part of the product).
 fn build_emu() -> anyhow::Result<PathBuf> {
     let mut c = cargo();
@@ -117,8 +132,12 @@ struct HilArgs {
 fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
     match backend {
         "emu" => {}
-        // The qemu backend runs the firmware builds: make them first.
-        "qemu" => build_firmware(FirmwareLink::QemuEthernet)?,
+        // The qemu backend runs the firmware builds: make them first, once QEMU is known to be
+        // there (five firmware builds for nothing is a poor way to learn it is not).
+        "qemu" => {
+            check_qemu()?;
+            build_firmware(FirmwareLink::QemuEthernet)?
+        }
         other => bail!("backend `{other}` is not available (emu, qemu; the bench backend is its own issue)"),
     }
     let bin = build_emu()?;
@@ -391,8 +410,19 @@ fn fuzz(seconds: u64, only: Option<&str>, seed: u64, max_runs: u64) -> anyhow::R
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().task {
+fn main() -> std::process::ExitCode {
+    // A user error is its message, never a backtrace, whatever RUST_BACKTRACE says.
+    match run_task(Cli::parse().task) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task(task: Task) -> anyhow::Result<()> {
+    match task {
         Task::Hil { backend, scenario, junit, cut, torn, seed } => {
             hil(&backend, &HilArgs { scenarios: scenario, junit, cut, torn, seed })
         }
