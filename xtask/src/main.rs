@@ -368,6 +368,11 @@ fn fuzz(seconds: u64, only: Option<&str>, seed: u64, max_runs: u64) -> anyhow::R
             .arg(format!("-seed={seed}"))
             .arg(format!("-runs={}", if max_runs == 0 { -1 } else { max_runs as i64 }))
             .arg("-print_final_stats=1");
+        // A target's dictionary (the tokens its inputs are made of), where it has one.
+        let dict = fuzz_dir.join(format!("{t}.dict"));
+        if dict.is_file() {
+            c.arg(format!("-dict={}", dict.display()));
+        }
         eprintln!("xtask: fuzzing {t} for {per_target} s");
         let started = Instant::now();
         let out = c.output().context("running cargo fuzz")?;
@@ -394,6 +399,13 @@ fn fuzz(seconds: u64, only: Option<&str>, seed: u64, max_runs: u64) -> anyhow::R
         }
         let runs = runs.unwrap_or(0);
         total += runs;
+        if max_runs > 0 && runs < max_runs {
+            // A count-bounded run is the same run everywhere only if the count ends it.
+            bail!(
+                "fuzz target {t} stopped at its time cap after {runs} of its {max_runs} executions: \
+                 the smoke must end by count (give it more --seconds, or make the target faster)"
+            );
+        }
         // libFuzzer says how long it fuzzed ("Done N runs in S second(s)"); the wall time also
         // counts building the target.
         let fuzzed = stderr

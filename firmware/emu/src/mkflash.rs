@@ -49,6 +49,21 @@ pub fn provision_settings(
 /// Builds a `flash_size`-byte image with `table` (MD5 row included) and `app` in its first app
 /// slot (factory if the table has one, else ota_0). otadata stays erased, as espflash leaves it.
 pub fn merged_image(table: &PartitionTable, app: &[u8], flash_size: u32) -> Result<Vec<u8>, MergeError> {
+    let slot = check_layout(table, app.len(), flash_size)?;
+    let mut image = vec![0xFFu8; flash_size as usize];
+    let t = table.to_bytes(true);
+    image[TABLE_OFFSET as usize..TABLE_OFFSET as usize + t.len()].copy_from_slice(&t);
+    image[slot.offset as usize..slot.offset as usize + app.len()].copy_from_slice(app);
+    Ok(image)
+}
+
+/// Whether an app of `app_len` bytes and `table` make a flash of `flash_size` bytes: the app
+/// slot it goes into, or why not (what [`merged_image`] would refuse, without building it).
+pub fn check_layout(
+    table: &PartitionTable,
+    app_len: usize,
+    flash_size: u32,
+) -> Result<ota_core::partition::Partition, MergeError> {
     if !flash_size.is_multiple_of(4096) || !(1 << 20..=16 << 20).contains(&flash_size) {
         return Err(MergeError::FlashSize(flash_size));
     }
@@ -57,15 +72,11 @@ pub fn merged_image(table: &PartitionTable, app: &[u8], flash_size: u32) -> Resu
             return Err(MergeError::PastEnd { label: p.label().into(), end: p.end(), size: flash_size });
         }
     }
-    let slot = table.factory().or_else(|| table.ota(0)).ok_or(MergeError::NoAppSlot)?;
-    if app.len() > slot.size as usize {
-        return Err(MergeError::AppTooBig { len: app.len(), label: slot.label().into(), size: slot.size });
+    let slot = *table.factory().or_else(|| table.ota(0)).ok_or(MergeError::NoAppSlot)?;
+    if app_len > slot.size as usize {
+        return Err(MergeError::AppTooBig { len: app_len, label: slot.label().into(), size: slot.size });
     }
-    let mut image = vec![0xFFu8; flash_size as usize];
-    let t = table.to_bytes(true);
-    image[TABLE_OFFSET as usize..TABLE_OFFSET as usize + t.len()].copy_from_slice(&t);
-    image[slot.offset as usize..slot.offset as usize + app.len()].copy_from_slice(app);
-    Ok(image)
+    Ok(slot)
 }
 
 #[cfg(test)]
