@@ -8,12 +8,14 @@
 //! - [`client`]: one OTA client per update path, with fault injection.
 //! - [`serial`]: log capture, `expect_log`, normalisation.
 //! - [`inspect`]: flash dump → partition state.
-//! - [`runner`]: steps in order; [`report`]: summary and JUnit; [`snapshot`]: snapshot files.
+//! - [`runner`]: steps in order; [`report`]: summary and JUnit; [`html`]: the HTML report;
+//!   [`snapshot`]: snapshot files.
 
 pub mod backend;
 pub mod client;
 pub mod dut;
 pub mod fixtures;
+pub mod html;
 pub mod inspect;
 pub mod report;
 pub mod runner;

@@ -44,6 +44,9 @@ enum Cmd {
         /// Also write the results as JUnit XML.
         #[arg(long)]
         junit: Option<PathBuf>,
+        /// Also write one self-contained HTML report (steps, logs, flash maps, sweep pictures).
+        #[arg(long)]
+        html: Option<PathBuf>,
         /// Sweeps evaluate only this cut point and print its serial log (a failure's reproduction).
         #[arg(long)]
         cut: Option<u64>,
@@ -250,13 +253,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             scenario,
             snapshots,
             junit: junit_path,
+            html,
             cut,
             torn,
             seed,
             sweep_matrix,
             firmware,
         } => {
-            let options = runner::RunOptions { only_cut: cut.map(|c| (c, torn)), seed, sweep_matrix };
+            let options = runner::RunOptions {
+                only_cut: cut.map(|c| (c, torn)),
+                seed,
+                sweep_matrix,
+                keep_cuts: html.is_some(),
+            };
             let (loaded, errors) = load_all(&scenarios, &scenario)?;
             if !errors.is_empty() {
                 for e in &errors {
@@ -323,6 +332,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             bar.finish_and_clear();
             print!("{}", summary(&reports));
+            if let Some(p) = &html {
+                std::fs::write(p, otahil::html::report(&reports))
+                    .with_context(|| format!("writing {}", p.display()))?;
+                println!("HTML report: {}", p.display());
+            }
             if let Some(p) = junit_path {
                 std::fs::write(&p, junit(&reports)).with_context(|| format!("writing {}", p.display()))?;
             }

@@ -38,6 +38,38 @@ pub struct ScenarioReport {
     pub snapshots_after_skip: Vec<String>,
     /// Figures and logs worth printing (sweep rates, a reproduced cut's log).
     pub notes: Vec<String>,
+    /// The decoded partition state behind each partitions snapshot, for pictures.
+    pub flash_maps: Vec<(String, crate::inspect::FlashMap)>,
+    /// Each sweep's outcome classes, and its cuts when pictures were asked for.
+    pub sweeps: Vec<SweepResult>,
+    /// The serial log since the last boot, normalised, as the log snapshot shows it.
+    pub log: String,
+}
+
+/// One outcome class of a sweep: where the cut was (phase) and what the device did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepClass {
+    pub phase: &'static str,
+    /// `booted old`, `booted new`, or `failed`.
+    pub outcome: &'static str,
+    pub cuts: u64,
+}
+
+/// One evaluated cut, for the per-cut picture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CutCell {
+    pub cut: u64,
+    pub torn: bool,
+    pub phase: &'static str,
+    /// 0: booted old, 1: booted new, 2: failed.
+    pub outcome: u8,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepResult {
+    pub name: String,
+    pub classes: Vec<SweepClass>,
+    pub cells: Vec<CutCell>,
 }
 
 impl ScenarioReport {
@@ -121,13 +153,15 @@ fn xml_escape(s: &str) -> String {
 
 /// JUnit XML: one testsuite, one testcase per scenario.
 pub fn junit(reports: &[ScenarioReport]) -> String {
-    let failures = reports.iter().filter(|r| !r.passed()).count();
+    let classes = reports.iter().flat_map(|r| &r.sweeps).flat_map(|s| &s.classes);
+    let class_failures = classes.clone().filter(|c| c.outcome == "failed").count();
+    let tests = reports.len() + classes.count();
+    let failures = reports.iter().filter(|r| !r.passed()).count() + class_failures;
     let total: Duration = reports.iter().map(|r| r.duration).sum();
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         out,
-        "<testsuite name=\"otahil\" tests=\"{}\" failures=\"{failures}\" time=\"{:.3}\">",
-        reports.len(),
+        "<testsuite name=\"otahil\" tests=\"{tests}\" failures=\"{failures}\" time=\"{:.3}\">",
         total.as_secs_f64()
     );
     for r in reports {
@@ -176,6 +210,32 @@ pub fn junit(reports: &[ScenarioReport]) -> String {
             }
         }
     }
+    for r in reports {
+        for sw in &r.sweeps {
+            for c in &sw.classes {
+                let _ = write!(
+                    out,
+                    "  <testcase classname=\"otahil.{}.{}\" name=\"{}: cut in {}, {} ({} cuts)\" file=\"{}\" time=\"0.000\"",
+                    xml_escape(&r.backend),
+                    xml_escape(&r.name),
+                    xml_escape(&sw.name),
+                    c.phase,
+                    c.outcome,
+                    c.cuts,
+                    xml_escape(&r.file)
+                );
+                if c.outcome == "failed" {
+                    let _ = writeln!(
+                        out,
+                        ">\n    <failure message=\"{} cuts in the {} phase broke the device\"/>\n  </testcase>",
+                        c.cuts, c.phase
+                    );
+                } else {
+                    out.push_str("/>\n");
+                }
+            }
+        }
+    }
     out.push_str("</testsuite>\n");
     out
 }
@@ -197,7 +257,29 @@ mod tests {
             snapshots: vec![],
             snapshots_after_skip: vec![],
             notes: vec![],
+            flash_maps: vec![],
+            sweeps: vec![],
+            log: String::new(),
         }
+    }
+
+    /// One JUnit testcase per sweep outcome class; a failing class fails.
+    #[test]
+    fn junit_has_a_testcase_per_sweep_outcome_class() {
+        let mut r = report("sweepy", StepOutcome::Passed);
+        r.sweeps.push(SweepResult {
+            name: "sweepy-1-sweep".into(),
+            classes: vec![
+                SweepClass { phase: "write", outcome: "booted old", cuts: 8710 },
+                SweepClass { phase: "first_boot", outcome: "booted new", cuts: 1 },
+                SweepClass { phase: "switch", outcome: "failed", cuts: 2 },
+            ],
+            cells: vec![],
+        });
+        let x = junit(&[r]);
+        assert!(x.contains("tests=\"4\" failures=\"1\""), "{x}");
+        assert!(x.contains("name=\"sweepy-1-sweep: cut in write, booted old (8710 cuts)\""), "{x}");
+        assert!(x.contains("<failure message=\"2 cuts in the switch phase broke the device\"/>"), "{x}");
     }
 
     #[test]

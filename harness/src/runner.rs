@@ -22,6 +22,8 @@ pub struct RunOptions {
     pub seed: Option<u64>,
     /// Write each sweep's per-cut matrix as `<dir>/<scenario>-<n>-sweep.csv`.
     pub sweep_matrix: Option<std::path::PathBuf>,
+    /// Keep every sweep's cuts in the report (for the HTML report's picture).
+    pub keep_cuts: bool,
 }
 
 /// How long to wait for the device to reboot after an update, or for an armed cut to fire.
@@ -35,6 +37,8 @@ struct Run<'a> {
     sessions_closed: usize,
     rt: tokio::runtime::Runtime,
     snapshots: Vec<(String, String)>,
+    flash_maps: Vec<(String, inspect::FlashMap)>,
+    sweeps: Vec<crate::report::SweepResult>,
     scenario: &'a Scenario,
     options: &'a RunOptions,
     notes: Vec<String>,
@@ -156,7 +160,11 @@ impl Run<'_> {
                 for k in kinds {
                     let content = match k {
                         SnapshotKind::Partitions => {
-                            inspect::partition_state(&self.dut.read_flash().map_err(dut_err)?)
+                            let map = inspect::flash_map(&self.dut.read_flash().map_err(dut_err)?);
+                            let name = format!("{}-{}-{}", self.scenario.name, snapshot_no, k.name());
+                            let text = map.to_text();
+                            self.flash_maps.push((name, map));
+                            text
                         }
                         SnapshotKind::Log => normalise(&self.serial.lines),
                     };
@@ -211,7 +219,7 @@ impl Run<'_> {
             only: self.options.only_cut,
             exact: w.exact,
             threads: 0,
-            matrix: self.options.sweep_matrix.is_some(),
+            matrix: self.options.sweep_matrix.is_some() || self.options.keep_cuts,
         };
         let report = ota_emu::sweep::sweep(&base, &cfg).map_err(|e| e.to_string())?;
         self.notes.push(format!(
@@ -234,7 +242,9 @@ impl Run<'_> {
             self.notes.extend(report.log.iter().map(|l| format!("  | {l}")));
         } else {
             *snapshot_no += 1;
-            self.snapshots.push((format!("{}-{}-sweep", self.scenario.name, snapshot_no), report.summary()));
+            let name = format!("{}-{}-sweep", self.scenario.name, snapshot_no);
+            self.sweeps.push(sweep_result(&name, &report));
+            self.snapshots.push((name, report.summary()));
         }
         if let Some(f) = report.failures.first() {
             return Ok(StepOutcome::Failed(format!(
@@ -388,6 +398,41 @@ impl Run<'_> {
     }
 }
 
+/// A sweep's outcome classes (and its cuts, when it kept them) for the reports.
+fn sweep_result(name: &str, report: &ota_emu::sweep::SweepReport) -> crate::report::SweepResult {
+    use crate::report::{CutCell, SweepClass};
+    use ota_emu::sweep::Booted2;
+    let mut classes: Vec<SweepClass> = report
+        .outcomes
+        .iter()
+        .map(|((phase, booted), n)| SweepClass {
+            phase: phase.name(),
+            outcome: if *booted == Booted2::Old { "booted old" } else { "booted new" },
+            cuts: *n,
+        })
+        .collect();
+    let mut failed: std::collections::BTreeMap<&'static str, u64> = Default::default();
+    for f in &report.failures {
+        *failed.entry(f.phase.name()).or_default() += 1;
+    }
+    classes.extend(failed.into_iter().map(|(phase, cuts)| SweepClass { phase, outcome: "failed", cuts }));
+    let cells = report
+        .matrix
+        .iter()
+        .map(|r| CutCell {
+            cut: r.cut,
+            torn: r.torn,
+            phase: r.phase.name(),
+            outcome: match r.outcome {
+                Ok(Booted2::Old) => 0,
+                Ok(Booted2::New) => 1,
+                Err(_) => 2,
+            },
+        })
+        .collect();
+    crate::report::SweepResult { name: name.to_string(), classes, cells }
+}
+
 /// Plays `scenario` on `backend`.
 pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> ScenarioReport {
     let started = Instant::now();
@@ -403,6 +448,9 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
         log_tail: Vec::new(),
         snapshots: Vec::new(),
         notes: Vec::new(),
+        flash_maps: Vec::new(),
+        sweeps: Vec::new(),
+        log: String::new(),
     };
     let mut dut = match backend.start(scenario, options) {
         Ok(d) => d,
@@ -432,6 +480,8 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
         sessions_closed: 0,
         rt,
         snapshots: Vec::new(),
+        flash_maps: Vec::new(),
+        sweeps: Vec::new(),
         scenario,
         options,
         notes: Vec::new(),
@@ -469,7 +519,11 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
             break;
         }
     }
+    let _ = run.drain(Duration::ZERO);
+    report.log = normalise(&run.serial.lines);
     report.snapshots = std::mem::take(&mut run.snapshots);
+    report.flash_maps = std::mem::take(&mut run.flash_maps);
+    report.sweeps = std::mem::take(&mut run.sweeps);
     report.notes = std::mem::take(&mut run.notes);
     report.snapshots_after_skip = std::mem::take(&mut run.snapshots_after_skip);
     dut.shutdown();

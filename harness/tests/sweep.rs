@@ -30,7 +30,7 @@ fn a_broken_writer_fails_the_sweep_with_a_reproduction() {
     let again = runner::run(
         &s,
         &backend(),
-        &RunOptions { only_cut: Some((cut, torn)), seed: Some(seed), sweep_matrix: None },
+        &RunOptions { only_cut: Some((cut, torn)), seed: Some(seed), ..RunOptions::default() },
     );
     let step = &again.steps[1];
     assert!(

@@ -26,6 +26,9 @@ enum Task {
         /// Write JUnit XML here.
         #[arg(long)]
         junit: Option<PathBuf>,
+        /// Write the self-contained HTML report here.
+        #[arg(long)]
+        html: Option<PathBuf>,
         /// Sweeps evaluate only this cut (reproduces a sweep failure, printing its log).
         #[arg(long)]
         cut: Option<u64>,
@@ -124,6 +127,7 @@ fn build_emu() -> anyhow::Result<PathBuf> {
 struct HilArgs {
     scenarios: Vec<String>,
     junit: Option<PathBuf>,
+    html: Option<PathBuf>,
     cut: Option<u64>,
     torn: bool,
     seed: Option<u64>,
@@ -145,6 +149,9 @@ fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
     c.current_dir(root()).args(["run", "--backend", backend]);
     for s in &args.scenarios {
         c.args(["--scenario", s]);
+    }
+    if let Some(h) = &args.html {
+        c.arg("--html").arg(h);
     }
     if let Some(j) = &args.junit {
         c.arg("--junit").arg(j);
@@ -435,8 +442,8 @@ fn main() -> std::process::ExitCode {
 
 fn run_task(task: Task) -> anyhow::Result<()> {
     match task {
-        Task::Hil { backend, scenario, junit, cut, torn, seed } => {
-            hil(&backend, &HilArgs { scenarios: scenario, junit, cut, torn, seed })
+        Task::Hil { backend, scenario, junit, html, cut, torn, seed } => {
+            hil(&backend, &HilArgs { scenarios: scenario, junit, html, cut, torn, seed })
         }
         Task::Firmware { update_fixtures, wifi: false } => firmware(update_fixtures),
         Task::Firmware { wifi: true, .. } => build_firmware(FirmwareLink::Wifi),
