@@ -128,18 +128,17 @@ impl OtaSettings {
     ) -> Self {
         let Some(part) = table.nvs() else { return self };
         self.password.load(flash, part, KEY_PASSWORD, log);
-        let mut buf = [0u8; MAX_PASSWORD_LEN + 1];
-        match nvs::get(flash, part, NAMESPACE, KEY_PROTOCOL, &mut buf) {
-            Ok(None) => {}
-            Ok(Some(Value::U8(v @ (1 | 2)))) => {
-                self.protocol = v;
-                self.protocol_from = Source::Nvs;
+        if let Some(v) = read_u8(flash, part, KEY_PROTOCOL, log) {
+            match v {
+                1 | 2 => {
+                    self.protocol = v;
+                    self.protocol_from = Source::Nvs;
+                }
+                v => log.log(&LogEvent::ConfigIgnored {
+                    key: KEY_PROTOCOL,
+                    why: Rejected::ProtocolOutOfRange(v),
+                }),
             }
-            Ok(Some(Value::U8(v))) => {
-                log.log(&LogEvent::ConfigIgnored { key: KEY_PROTOCOL, why: Rejected::ProtocolOutOfRange(v) })
-            }
-            Ok(Some(_)) => log.log(&LogEvent::ConfigIgnored { key: KEY_PROTOCOL, why: Rejected::WrongType }),
-            Err(e) => log.log(&LogEvent::ConfigIgnored { key: KEY_PROTOCOL, why: Rejected::Read(e) }),
         }
         self
     }
@@ -151,6 +150,30 @@ impl OtaSettings {
             password_from: self.password.from,
             protocol: self.protocol,
             protocol_from: self.protocol_from,
+        }
+    }
+}
+
+/// The u8 at `key`, or `None` (missing, or unusable and logged as ignored).
+fn read_u8<F: ReadNorFlash>(
+    flash: &mut F,
+    part: &Partition,
+    key: &'static str,
+    log: &mut impl LogSink,
+) -> Option<u8> {
+    // Large enough for any item a provisioned page holds, so a string there reads as the
+    // wrong type rather than as a too-small buffer.
+    let mut buf = [0u8; MAX_PASSWORD_LEN + 1];
+    match nvs::get(flash, part, NAMESPACE, key, &mut buf) {
+        Ok(None) => None,
+        Ok(Some(Value::U8(v))) => Some(v),
+        Ok(Some(_)) => {
+            log.log(&LogEvent::ConfigIgnored { key, why: Rejected::WrongType });
+            None
+        }
+        Err(e) => {
+            log.log(&LogEvent::ConfigIgnored { key, why: Rejected::Read(e) });
+            None
         }
     }
 }
@@ -214,10 +237,8 @@ impl ArduinoSettings {
     ) -> Self {
         let Some(part) = table.nvs() else { return self };
         self.password.load(flash, part, KEY_ARDUINO_PASSWORD, log);
-        let mut buf = [0u8; MAX_PASSWORD_LEN + 1];
-        match nvs::get(flash, part, NAMESPACE, KEY_ARDUINO_AUTH, &mut buf) {
-            Ok(None) => {}
-            Ok(Some(Value::U8(v))) => match AuthScheme::from_code(v) {
+        if let Some(v) = read_u8(flash, part, KEY_ARDUINO_AUTH, log) {
+            match AuthScheme::from_code(v) {
                 Some(auth) => {
                     self.auth = auth;
                     self.auth_from = Source::Nvs;
@@ -226,11 +247,7 @@ impl ArduinoSettings {
                     key: KEY_ARDUINO_AUTH,
                     why: Rejected::AuthSchemeOutOfRange(v),
                 }),
-            },
-            Ok(Some(_)) => {
-                log.log(&LogEvent::ConfigIgnored { key: KEY_ARDUINO_AUTH, why: Rejected::WrongType })
             }
-            Err(e) => log.log(&LogEvent::ConfigIgnored { key: KEY_ARDUINO_AUTH, why: Rejected::Read(e) }),
         }
         self
     }
