@@ -506,7 +506,7 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
             _ => false,
         };
         run.skipped_a_step |= changes_device && matches!(outcome, StepOutcome::Skipped(_));
-        tracing::debug!(scenario = %scenario.name, line = step.line, step = %step.kind.label(), ?outcome);
+        tracing::debug!(scenario = %scenario.name, line = step.line, step = %step.kind.label(), ms = t.elapsed().as_secs_f64() * 1e3, ?outcome);
         report.steps.push(StepReport {
             line: step.line,
             label: step.kind.label(),

@@ -6,9 +6,12 @@
 //! (`cargo xtask firmware`). The firmware's password comes from `OTAHIL_FW_PASSWORD`, as for its
 //! build.
 
+use ota_core::proto::esphome::{MAGIC, code};
 use otahil::client::{Outcome, UpdatePath, Upload, upload};
 use otahil::dut::{Dut, DutEvent};
 use otahil::qemu::{FirmwareBuilds, QemuDut, QemuProgram};
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -32,22 +35,29 @@ fn expect(dut: &mut QemuDut, log: &mut Vec<String>, text: &str, timeout: Duratio
     panic!("no serial line with `{text}` within {timeout:?}; log:\n{}", log.join("\n"));
 }
 
-#[test]
-fn firmware_updates_and_rolls_back_on_qemu() {
+/// QEMU and the firmware builds, or `None` after printing why `test` is skipped.
+fn qemu_and_builds(test: &str) -> Option<(QemuProgram, FirmwareBuilds, std::path::PathBuf)> {
     let program = match QemuProgram::locate() {
         Ok(p) => p,
         Err(why) => {
-            eprintln!("SKIPPED firmware_updates_and_rolls_back_on_qemu: {why}");
-            return;
+            eprintln!("SKIPPED {test}: {why}");
+            return None;
         }
     };
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/firmware");
-    let builds = match FirmwareBuilds::load(&dir) {
-        Ok(b) => b,
+    match FirmwareBuilds::load(&dir) {
+        Ok(b) => Some((program, b, dir)),
         Err(why) => {
-            eprintln!("SKIPPED firmware_updates_and_rolls_back_on_qemu: {why}");
-            return;
+            eprintln!("SKIPPED {test}: {why}");
+            None
         }
+    }
+}
+
+#[test]
+fn firmware_updates_and_rolls_back_on_qemu() {
+    let Some((program, builds, dir)) = qemu_and_builds("firmware_updates_and_rolls_back_on_qemu") else {
+        return;
     };
     let flash = std::fs::read(dir.join("v1-flash.bin")).unwrap();
     let mut dut = QemuDut::new(program, &flash).unwrap();
@@ -115,4 +125,70 @@ fn firmware_updates_and_rolls_back_on_qemu() {
     assert!(matches!(send_over(UpdatePath::Arduino, "v3"), Outcome::Ok { .. }));
     expect(&mut dut, &mut log, "app: running ota_0 (app0): otahil-fw version 3.0.0", Duration::from_secs(60));
     expect(&mut dut, &mut log, "rollback: self-test passed: ota_0 marked VALID", Duration::from_secs(20));
+}
+
+/// Connects to the device's ESPHome port and sends the magic bytes.
+fn say_magic(addr: std::net::SocketAddr, magic: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("the forwarded port accepts");
+    s.write_all(magic).unwrap();
+    s
+}
+
+/// The device's answer to the magic bytes, within `timeout`: `Ok(bytes)`, or the error (a timeout
+/// while the connection waits in the backlog, a reset when nothing listens).
+fn answer(s: &mut TcpStream, n: usize, timeout: Duration) -> std::io::Result<Vec<u8>> {
+    s.set_read_timeout(Some(timeout))?;
+    let mut buf = vec![0u8; n];
+    s.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+#[test]
+fn the_ota_port_keeps_a_backlog_of_one_and_reopens_at_once_on_qemu() {
+    let Some((program, _builds, dir)) =
+        qemu_and_builds("the_ota_port_keeps_a_backlog_of_one_and_reopens_at_once_on_qemu")
+    else {
+        return;
+    };
+    let flash = std::fs::read(dir.join("v1-flash.bin")).unwrap();
+    let mut dut = QemuDut::new(program, &flash).unwrap();
+    let mut log = Vec::new();
+    dut.power_on().unwrap();
+    expect(&mut dut, &mut log, "ota: listening on port 3232", Duration::from_secs(60));
+    let addr = dut.endpoint(UpdatePath::Esphome).unwrap();
+    let hello = vec![code::OK, 2];
+
+    // A holds the session; B waits in the backlog, unanswered but not refused, as behind
+    // ESPHome's listen(1); when A goes, B is served.
+    let mut a = say_magic(addr, &MAGIC);
+    assert_eq!(answer(&mut a, 2, Duration::from_secs(10)).unwrap(), hello);
+    let mut b = say_magic(addr, &MAGIC);
+    let waiting = answer(&mut b, 2, Duration::from_millis(500)).unwrap_err();
+    assert!(
+        matches!(waiting.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "the second client was not kept waiting: {waiting}"
+    );
+    drop(a);
+    assert_eq!(answer(&mut b, 2, Duration::from_secs(10)).unwrap(), hello, "the waiting client is served");
+    drop(b);
+
+    // Twice in a row the device closes first (wrong magic bytes), so both of its sockets end in
+    // TIME-WAIT; smoltcp lets such a socket listen again, and the next client is served at once.
+    for _ in 0..2 {
+        let mut wrong = say_magic(addr, &[0; 5]);
+        assert_eq!(answer(&mut wrong, 1, Duration::from_secs(10)).unwrap(), vec![code::ERROR_MAGIC]);
+        let mut rest = Vec::new();
+        wrong.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        wrong.read_to_end(&mut rest).expect("the device closes the connection");
+        drop(wrong);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut next = say_magic(addr, &MAGIC);
+    let served = answer(&mut next, 2, Duration::from_secs(10));
+    assert_eq!(
+        served.as_ref().ok(),
+        Some(&hello),
+        "after two device-first closes: {served:?}; log:\n{}",
+        log.join("\n")
+    );
 }

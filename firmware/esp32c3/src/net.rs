@@ -175,7 +175,7 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
     let Service { table, running, server: server_config, arduino, ota, net } = service;
     let mut iface =
         Interface::new(Config::new(HardwareAddress::Ethernet(EthernetAddress(net.mac))), dev, now());
-    let mut storage = [SocketStorage::EMPTY; 4];
+    let mut storage = [SocketStorage::EMPTY; 5];
     let mut sockets = SocketSet::new(&mut storage[..]);
     #[cfg(feature = "wifi")]
     let mut dhcp = None;
@@ -190,16 +190,27 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         #[cfg(feature = "wifi")]
         Addressing::Dhcp => dhcp = Some(sockets.add(smoltcp::socket::dhcpv4::Socket::new())),
     }
-    let mut socket_rx = [0u8; 16 * 1024];
-    let mut socket_tx = [0u8; 2 * 1024];
-    let handle = sockets.add(tcp::Socket::new(
-        tcp::SocketBuffer::new(&mut socket_rx[..]),
-        tcp::SocketBuffer::new(&mut socket_tx[..]),
-    ));
+    // ESPHome's port: two sockets, as behind ESPHome's `listen(1)`: one holds the session, the
+    // other takes the next client, whose bytes wait in its buffer until the session ends. (With
+    // one socket, a client that came while a session ran or was still closing got a reset.)
+    let (mut rx_a, mut tx_a) = ([0u8; 16 * 1024], [0u8; 2 * 1024]);
+    let (mut rx_b, mut tx_b) = ([0u8; 16 * 1024], [0u8; 2 * 1024]);
+    let ports = [
+        sockets.add(tcp::Socket::new(
+            tcp::SocketBuffer::new(&mut rx_a[..]),
+            tcp::SocketBuffer::new(&mut tx_a[..]),
+        )),
+        sockets.add(tcp::Socket::new(
+            tcp::SocketBuffer::new(&mut rx_b[..]),
+            tcp::SocketBuffer::new(&mut tx_b[..]),
+        )),
+    ];
     // Listening before the interface first runs: a connection that waited for the device to
     // boot (its SYN queued in the network) must find the port open, not get a reset.
     // (It cannot fail for a fresh socket and a non-zero port; the loop listens again if it did.)
-    let _ = sockets.get_mut::<tcp::Socket>(handle).listen(net.port);
+    for h in ports {
+        let _ = sockets.get_mut::<tcp::Socket>(h).listen(net.port);
+    }
     // ArduinoOTA: invitations on UDP, and the device's own connection back to the uploader.
     let mut udp_rx_meta = [udp::PacketMetadata::EMPTY; 4];
     let mut udp_rx = [0u8; 512];
@@ -227,6 +238,8 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
     }
     let target = Target { table, running, config: ota };
     let mut session: Option<Session<Server<'_>>> = None;
+    // Which of `ports` holds the session, until its connection is closed.
+    let mut active: Option<usize> = None;
     // When the session's connection was accepted and when its client last sent a byte (the
     // ESPHome timeouts, `Server::expired`).
     let (mut accepted_ms, mut input_ms) = (0u64, 0u64);
@@ -249,33 +262,49 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
             // ArduinoOTA's update loop holds the device: ESPHome's connection waits.
             continue;
         }
-        let sock = sockets.get_mut::<tcp::Socket>(handle);
-        if let Some(since) = reboot_from
-            && (!sock.is_open() || since.elapsed() > esp_hal::time::Duration::from_millis(300))
-        {
-            log(&LogEvent::OtaRebooting);
-            esp_hal::system::software_reset();
-        }
-        if !sock.is_open() {
-            // A peer that resets the connection (an RST, e.g. a client that closes with our
-            // bytes unread) sends no FIN: the session must still hear that its client is gone.
-            if let Some(session) = session.as_mut()
-                && !session.server.is_closed()
+        if let Some(i) = active {
+            let sock = sockets.get_mut::<tcp::Socket>(ports[i]);
+            if let Some(since) = reboot_from
+                && (!sock.is_open() || since.elapsed() > esp_hal::time::Duration::from_millis(300))
             {
-                let mut reply = Reply { pending: &mut pending, log: &mut *log };
-                session.with(flash, &target, |server, sink| server.on_disconnect(false, sink, &mut reply));
+                log(&LogEvent::OtaRebooting);
+                esp_hal::system::software_reset();
             }
-            session = None;
-            pending.clear();
-            if sock.listen(net.port).is_err() {
-                continue;
+            if !sock.is_open() {
+                // A peer that resets the connection (an RST, e.g. a client that closes with our
+                // bytes unread) sends no FIN: the session must still hear that its client is gone.
+                if let Some(session) = session.as_mut()
+                    && !session.server.is_closed()
+                {
+                    let mut reply = Reply { pending: &mut pending, log: &mut *log };
+                    session
+                        .with(flash, &target, |server, sink| server.on_disconnect(false, sink, &mut reply));
+                }
+                session = None;
+                pending.clear();
+                active = None;
             }
         }
-        if session.is_none() && sock.state() == tcp::State::Established {
+        for h in ports {
+            let sock = sockets.get_mut::<tcp::Socket>(h);
+            if !sock.is_open() {
+                let _ = sock.listen(net.port);
+            }
+        }
+        // The next client: connected, or already gone again (its session then hears the close).
+        let waiting = |h: &smoltcp::iface::SocketHandle| {
+            matches!(sockets.get::<tcp::Socket>(*h).state(), tcp::State::Established | tcp::State::CloseWait)
+        };
+        if active.is_none()
+            && let Some(i) = ports.iter().position(waiting)
+        {
             log(&LogEvent::OtaClientConnected);
             session = Some(Session::new(Server::new(server_config)));
+            active = Some(i);
             (accepted_ms, input_ms) = (now_ms(), now_ms());
         }
+        let Some(i) = active else { continue };
+        let sock = sockets.get_mut::<tcp::Socket>(ports[i]);
         let Some(session) = session.as_mut() else { continue };
         let mut reply = Reply { pending: &mut pending, log: &mut *log };
         let now = now_ms();

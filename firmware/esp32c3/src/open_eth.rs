@@ -156,7 +156,12 @@ impl<'a> Device for OpenEth<'a> {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = MTU;
-        caps.max_burst_size = Some(1);
+        // The MAC drops a frame that finds no empty receive descriptor, so smoltcp caps the TCP
+        // window at this many full segments. Half the ring: a full window still leaves room for
+        // the ARP, UDP and acknowledgement frames that arrive between two polls. (One segment, as
+        // before, made every 1,474 bytes wait for an acknowledgement round trip: 1.2 s for a
+        // 182 KB image on QEMU; 0.17 s with eight.)
+        caps.max_burst_size = Some(N_RX / 2);
         caps
     }
 }

@@ -96,14 +96,17 @@ pub async fn upload(path: UpdatePath, endpoint: SocketAddr, up: &Upload<'_>) -> 
             UpdatePath::Arduino => arduino::upload(endpoint, up, &progress).await,
         }
     };
-    match tokio::time::timeout(up.timeout, session).await {
+    let outcome = match tokio::time::timeout(up.timeout, session).await {
         Ok(outcome) => outcome,
         Err(_) => Outcome::Interrupted {
             phase: progress.phase(),
             sent: progress.sent(),
             detail: format!("client timeout after {:?}", up.timeout),
         },
-    }
+    };
+    let ms = progress.started.elapsed().as_secs_f64() * 1e3;
+    tracing::debug!(%path, ms, sent = progress.sent(), %outcome, "upload done");
+    outcome
 }
 
 /// Whether the device ends its side of a session that ended with `outcome` (its last log
@@ -224,15 +227,26 @@ impl fmt::Display for Phase {
 }
 
 /// Where a session is, readable after its future was dropped by the overall timeout.
-#[derive(Default)]
 pub struct Progress {
     phase: AtomicU8,
     sent: AtomicU64,
+    /// When the session started: each phase's start is traced (`RUST_LOG=otahil=debug`).
+    started: std::time::Instant,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress { phase: AtomicU8::new(0), sent: AtomicU64::new(0), started: std::time::Instant::now() }
+    }
 }
 
 impl Progress {
     pub fn enter(&self, phase: Phase) {
-        self.phase.store(phase as u8, Ordering::Relaxed);
+        let before = self.phase.swap(phase as u8, Ordering::Relaxed);
+        if before != phase as u8 {
+            let ms = self.started.elapsed().as_secs_f64() * 1e3;
+            tracing::debug!(%phase, ms, sent = self.sent(), "upload phase");
+        }
     }
     pub fn add_sent(&self, n: u64) {
         self.sent.fetch_add(n, Ordering::Relaxed);

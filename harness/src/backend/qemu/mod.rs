@@ -5,6 +5,8 @@
 //! Reboots the device announces are done as power cycles: the QEMU fork tested keeps stale
 //! translated code across a guest software reset into a different image and hangs.
 
+mod nudge;
+
 use crate::client::UpdatePath;
 use crate::dut::{Capabilities, Dut, DutError, DutEvent, FlashCounters, PowerCut};
 use ota_core::log::Milestone;
@@ -117,6 +119,8 @@ pub struct QemuDut {
     /// The host's UDP port forwarded to the guest's ArduinoOTA port.
     arduino_port: u16,
     child: Option<Child>,
+    /// Keeps QEMU's main loop looking at slirp's sockets while `child` runs.
+    nudger: Option<nudge::Nudger>,
     lines: Option<Receiver<String>>,
     pending: std::collections::VecDeque<DutEvent>,
     _dir: tempfile::TempDir,
@@ -150,6 +154,7 @@ impl QemuDut {
             port,
             arduino_port,
             child: None,
+            nudger: None,
             lines: None,
             pending: Default::default(),
             _dir: dir,
@@ -161,6 +166,10 @@ impl QemuDut {
         if let Some(dir) = &self.program.bios_dir {
             cmd.arg("-L").arg(dir);
         }
+        let qmp = self._dir.path().join("qmp.sock");
+        let _ = std::fs::remove_file(&qmp);
+        // With a QMP socket QEMU no longer puts the UART on stdio by itself: say so.
+        cmd.args(["-serial", "mon:stdio"]).args(nudge::qemu_args(&qmp));
         let mut child = cmd
             .args(["-nographic", "-machine", "esp32c3", "-drive"])
             .arg(format!("file={},if=mtd,format=raw", self.flash.display()))
@@ -186,6 +195,7 @@ impl QemuDut {
             }
         });
         self.child = Some(child);
+        self.nudger = Some(nudge::Nudger::start(qmp));
         self.lines = Some(rx);
         Ok(())
     }
@@ -196,8 +206,11 @@ impl QemuDut {
     /// just before rebooting was gone). SIGTERM makes QEMU drain its I/O and exit; SIGKILL only if
     /// it does not within `STOP_TIMEOUT`.
     fn kill(&mut self) {
+        self.nudger = None;
         if let Some(mut c) = self.child.take() {
+            let t = Instant::now();
             terminate(&mut c);
+            tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "qemu stopped");
         }
         self.lines = None;
     }
@@ -205,12 +218,18 @@ impl QemuDut {
     /// Powers on and waits until the app serves OTA, hangs in its self-test or halts.
     fn boot(&mut self) -> Result<(), DutError> {
         self.spawn()?;
-        let deadline = Instant::now() + BOOT_TIMEOUT;
+        let started = Instant::now();
+        let deadline = started + BOOT_TIMEOUT;
+        let mut first_line = true;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(line) = self.read_line(left)? else {
                 return Err(DutError::Timeout(BOOT_TIMEOUT, "the firmware to boot".into()));
             };
+            if first_line {
+                first_line = false;
+                tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "qemu: first serial line");
+            }
             let settled = matches!(
                 Milestone::of(&line),
                 Some(Milestone::Serving | Milestone::SelfTestHung | Milestone::Halted)
@@ -222,6 +241,7 @@ impl QemuDut {
                 self.kill();
                 self.spawn()?;
             } else if settled {
+                tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "qemu: booted");
                 return Ok(());
             }
         }
