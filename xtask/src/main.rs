@@ -62,7 +62,7 @@ enum Task {
     Fuzz {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        /// Only this target (arduino_server, esphome_server, flash_formats, scenario_loader).
+        /// Only this target (arduino_server, esphome_server, flash_formats, rom_loader, scenario_loader).
         #[arg(long)]
         target: Option<String>,
         /// libFuzzer's seed (0: libFuzzer picks one and prints it).
@@ -343,7 +343,8 @@ fn build_firmware(link: FirmwareLink) -> anyhow::Result<()> {
     Ok(())
 }
 
-const FUZZ_TARGETS: &[&str] = &["arduino_server", "esphome_server", "flash_formats", "scenario_loader"];
+const FUZZ_TARGETS: &[&str] =
+    &["arduino_server", "esphome_server", "flash_formats", "rom_loader", "scenario_loader"];
 
 fn fuzz(seconds: u64, only: Option<&str>, seed: u64, max_runs: u64) -> anyhow::Result<()> {
     let have = Command::new("cargo").args(["fuzz", "--version"]).output().map(|o| o.status.success());

@@ -15,6 +15,7 @@ pub mod device;
 pub mod flash;
 pub mod mkflash;
 pub mod nor;
+pub mod rom_loader;
 pub mod script;
 pub mod serve;
 pub mod sweep;
