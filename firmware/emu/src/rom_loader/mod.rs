@@ -16,6 +16,7 @@
 
 pub mod chip;
 pub mod packet;
+pub mod port;
 pub mod slip;
 
 use embedded_storage::nor_flash::NorFlash;
