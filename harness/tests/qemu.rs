@@ -54,17 +54,23 @@ fn qemu_and_builds(test: &str) -> Option<(QemuProgram, FirmwareBuilds, std::path
     }
 }
 
-#[test]
-fn firmware_updates_and_rolls_back_on_qemu() {
-    let Some((program, builds, dir)) = qemu_and_builds("firmware_updates_and_rolls_back_on_qemu") else {
-        return;
-    };
+/// The v1 build powered on and serving, with its log so far; `None` when `test` is skipped.
+fn v1_serving(test: &str) -> Option<(QemuDut, FirmwareBuilds, Vec<String>)> {
+    let (program, builds, dir) = qemu_and_builds(test)?;
     let flash = std::fs::read(dir.join("v1-flash.bin")).unwrap();
     let mut dut = QemuDut::new(program, &flash).unwrap();
     let mut log = Vec::new();
     dut.power_on().unwrap();
     expect(&mut dut, &mut log, "app: running ota_0 (app0): otahil-fw version 1.0.0", Duration::from_secs(60));
     expect(&mut dut, &mut log, "ota: listening on port 3232", Duration::from_secs(20));
+    Some((dut, builds, log))
+}
+
+#[test]
+fn firmware_updates_and_rolls_back_on_qemu() {
+    let Some((mut dut, builds, mut log)) = v1_serving("firmware_updates_and_rolls_back_on_qemu") else {
+        return;
+    };
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     // The forwarded ports stay the same across power cycles.
@@ -145,16 +151,11 @@ fn answer(s: &mut TcpStream, n: usize, timeout: Duration) -> std::io::Result<Vec
 
 #[test]
 fn the_ota_port_keeps_a_backlog_of_one_and_reopens_at_once_on_qemu() {
-    let Some((program, _builds, dir)) =
-        qemu_and_builds("the_ota_port_keeps_a_backlog_of_one_and_reopens_at_once_on_qemu")
+    let Some((dut, _builds, log)) =
+        v1_serving("the_ota_port_keeps_a_backlog_of_one_and_reopens_at_once_on_qemu")
     else {
         return;
     };
-    let flash = std::fs::read(dir.join("v1-flash.bin")).unwrap();
-    let mut dut = QemuDut::new(program, &flash).unwrap();
-    let mut log = Vec::new();
-    dut.power_on().unwrap();
-    expect(&mut dut, &mut log, "ota: listening on port 3232", Duration::from_secs(60));
     let addr = dut.endpoint(UpdatePath::Esphome).unwrap();
     let hello = vec![code::OK, 2];
 
