@@ -102,6 +102,10 @@ struct RunArgs {
     /// Stay powered off until the `power-on` command.
     #[arg(long)]
     start_off: bool,
+    /// Put UART0 on a pseudo-terminal (its path in the `ready` line): the serial log in flash
+    /// boot mode, the ROM serial loader after the `download` command.
+    #[arg(long)]
+    uart_pty: bool,
     /// Seed for the device's randomness (nonces), for reproducible runs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -158,11 +162,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 arduino_auth: a.arduino_auth,
                 ..DeviceConfig::default()
             };
-            let device = Device::new(config, flash, Serial { stdout: std::io::stdout(), file });
-            serve(
-                device,
-                ServeOptions { listen: a.listen, arduino_listen: a.arduino_listen, start_off: a.start_off },
-            )
+            let (uart, uart_log) = match a.uart_pty {
+                true => {
+                    let (u, log) =
+                        crate::uart::Uart::open().context("opening a pseudo-terminal for the UART")?;
+                    (Some(u), Some(log))
+                }
+                false => (None, None),
+            };
+            let device =
+                Device::new(config, flash, Serial { stdout: std::io::stdout(), file, uart: uart_log });
+            let options = ServeOptions {
+                listen: a.listen,
+                arduino_listen: a.arduino_listen,
+                start_off: a.start_off,
+                uart,
+            };
+            serve(device, options)
         }
         Cmd::MakeFlash { partitions, app, size, out, password, protocol, wifi_ssid, wifi_password } => {
             let csv = std::fs::read_to_string(&partitions)

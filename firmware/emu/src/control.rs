@@ -55,19 +55,22 @@ pub enum Verb {
     PowerOn,
     PowerOff,
     Reset,
+    Download,
     Status,
     Cut,
     Quit,
 }
 
 impl Verb {
-    const ALL: [Verb; 6] = [Verb::PowerOn, Verb::PowerOff, Verb::Reset, Verb::Status, Verb::Cut, Verb::Quit];
+    const ALL: [Verb; 7] =
+        [Verb::PowerOn, Verb::PowerOff, Verb::Reset, Verb::Download, Verb::Status, Verb::Cut, Verb::Quit];
 
     pub fn word(self) -> &'static str {
         match self {
             Verb::PowerOn => "power-on",
             Verb::PowerOff => "power-off",
             Verb::Reset => "reset",
+            Verb::Download => "download",
             Verb::Status => "status",
             Verb::Cut => "cut",
             Verb::Quit => "quit",
@@ -84,6 +87,9 @@ pub enum Command {
     PowerOn,
     PowerOff,
     Reset,
+    /// Reset with the strapping pins in download boot mode: the ROM serial loader answers on the
+    /// UART (`--uart-pty`) until a flasher ends its session, then the chip boots from flash.
+    Download,
     Status,
     /// Arm a power cut (`None`: disarm).
     Cut(Option<Fault>),
@@ -96,6 +102,7 @@ impl Command {
             Command::PowerOn => Verb::PowerOn,
             Command::PowerOff => Verb::PowerOff,
             Command::Reset => Verb::Reset,
+            Command::Download => Verb::Download,
             Command::Status => Verb::Status,
             Command::Cut(_) => Verb::Cut,
             Command::Quit => Verb::Quit,
@@ -142,6 +149,7 @@ pub fn parse_command(line: &str) -> Result<Command, ControlError> {
         Verb::PowerOn => Command::PowerOn,
         Verb::PowerOff => Command::PowerOff,
         Verb::Reset => Command::Reset,
+        Verb::Download => Command::Download,
         Verb::Status => Command::Status,
         Verb::Quit => Command::Quit,
         Verb::Cut => match words.next() {
@@ -340,8 +348,9 @@ impl Status {
 /// A line the emulator prints on the control channel.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Message {
-    /// The first line: where the device's ESPHome (TCP) and ArduinoOTA (UDP) ports are.
-    Ready { listen: SocketAddr, arduino: SocketAddr },
+    /// The first line: where the device's ESPHome (TCP) and ArduinoOTA (UDP) ports are, and its
+    /// UART's pseudo-terminal when it has one.
+    Ready { listen: SocketAddr, arduino: SocketAddr, uart: Option<String> },
     /// A command was carried out; `power-on`, `reset` and `status` say how the device is now.
     Ok { verb: Verb, status: Option<Status> },
     /// A command was refused.
@@ -357,7 +366,12 @@ pub enum Message {
 impl fmt::Display for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Message::Ready { listen, arduino } => write!(f, "ready listen={listen} arduino={arduino}"),
+            Message::Ready { listen, arduino, uart: None } => {
+                write!(f, "ready listen={listen} arduino={arduino}")
+            }
+            Message::Ready { listen, arduino, uart: Some(uart) } => {
+                write!(f, "ready listen={listen} arduino={arduino} uart={uart}")
+            }
             Message::Ok { verb, status: None } => write!(f, "ok {}", verb.word()),
             Message::Ok { verb, status: Some(s) } => write!(f, "ok {} {s}", verb.word()),
             Message::Err(m) => write!(f, "err {m}"),
@@ -388,7 +402,9 @@ pub fn parse_message(line: &str) -> Result<Message, ControlError> {
         "" => Err(ControlError::Empty),
         "ready" => {
             let mut f = fields(rest)?;
-            Ok(Message::Ready { listen: address(&mut f, "listen")?, arduino: address(&mut f, "arduino")? })
+            let (listen, arduino) = (address(&mut f, "listen")?, address(&mut f, "arduino")?);
+            let uart = take(&mut f, "uart").ok();
+            Ok(Message::Ready { listen, arduino, uart })
         }
         "err" => Ok(Message::Err(rest.to_string())),
         "ok" => {
@@ -496,6 +512,12 @@ mod tests {
             Message::Ready {
                 listen: "127.0.0.1:3232".parse().unwrap(),
                 arduino: "[::1]:40000".parse().unwrap(),
+                uart: None,
+            },
+            Message::Ready {
+                listen: "127.0.0.1:3232".parse().unwrap(),
+                arduino: "127.0.0.1:40000".parse().unwrap(),
+                uart: Some("/dev/pts/7".into()),
             },
             Message::Ok { verb: Verb::Cut, status: None },
             Message::Ok { verb: Verb::Status, status: Some(running()) },

@@ -19,6 +19,7 @@ pub mod rom_loader;
 pub mod script;
 pub mod serve;
 pub mod sweep;
+pub mod uart;
 
 /// The prefix of every control-channel line on stdout; serial log lines never start with it.
 pub const CONTROL_PREFIX: &str = "#otahil ";

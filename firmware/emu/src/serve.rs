@@ -13,16 +13,20 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-/// The serial port: stdout, plus a copy in a file when asked.
+/// The serial port: stdout, plus a copy in a file and on the UART's pty when asked.
 pub struct Serial {
     pub stdout: io::Stdout,
     pub file: Option<File>,
+    pub uart: Option<crate::uart::LogPort>,
 }
 
 impl Write for Serial {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if let Some(f) = &mut self.file {
             f.write_all(buf)?;
+        }
+        if let Some(u) = &mut self.uart {
+            u.write_all(buf)?;
         }
         self.stdout.write_all(buf)?;
         Ok(buf.len())
@@ -39,6 +43,8 @@ pub struct ServeOptions {
     pub arduino_listen: SocketAddr,
     /// Start powered off (the harness powers on when a scenario says `boot`).
     pub start_off: bool,
+    /// UART0 on a pseudo-terminal (the log, and the ROM loader in download boot mode).
+    pub uart: Option<crate::uart::Uart>,
 }
 
 struct Connection {
@@ -112,7 +118,9 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
     udp.set_nonblocking(true)?;
     let local = listener.local_addr()?;
     let arduino_local = udp.local_addr()?;
-    control_line(&mut device, &Message::Ready { listen: local, arduino: arduino_local });
+    let mut uart = opts.uart;
+    let uart_path = uart.as_ref().and_then(|u| u.path());
+    control_line(&mut device, &Message::Ready { listen: local, arduino: arduino_local, uart: uart_path });
     if !opts.start_off {
         device.power_on();
     }
@@ -129,8 +137,23 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
                 Ok(None) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
                 Err(RecvTimeoutError::Timeout) => break,
             };
-            if !command(&mut device, &mut net, &line) {
+            if !command(&mut device, &mut net, uart.as_mut(), &line) {
                 return Ok(());
+            }
+        }
+        if let Some(u) = uart.as_mut() {
+            let downloading = u.downloading();
+            let exit = u.poll(device.flash_mut(), |r| eprintln!("rom loader: {r}"))?;
+            if exit.is_some() {
+                // The flasher ended the loader's session: the chip boots what is in flash.
+                device.power_off();
+                device.power_on();
+                let status = device.status();
+                control_line(&mut device, &Message::Rebooted(status));
+            }
+            if downloading {
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
             }
         }
         let mut active = arduino_datagrams(&mut device, &mut net, &mut buf)?;
@@ -168,7 +191,12 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
 }
 
 /// One control command; `false` to quit.
-fn command(device: &mut Device<Serial>, net: &mut Net, line: &str) -> bool {
+fn command(
+    device: &mut Device<Serial>,
+    net: &mut Net,
+    uart: Option<&mut crate::uart::Uart>,
+    line: &str,
+) -> bool {
     let cmd = match control::parse_command(line) {
         Err(e) => {
             control_line(device, &Message::Err(e.to_string()));
@@ -177,9 +205,33 @@ fn command(device: &mut Device<Serial>, net: &mut Net, line: &str) -> bool {
         Ok(cmd) => cmd,
     };
     let verb = cmd.verb();
-    if matches!(cmd, Command::PowerOn | Command::PowerOff | Command::Reset) {
+    if matches!(cmd, Command::PowerOn | Command::PowerOff | Command::Reset | Command::Download) {
         net.drop_connections(device);
     }
+    let Some(uart) = uart else {
+        if cmd == Command::Download {
+            control_line(device, &Message::Err("no UART to download over: start with --uart-pty".into()));
+            return true;
+        }
+        return run(device, cmd, verb);
+    };
+    match cmd {
+        Command::Download => {
+            device.power_off();
+            uart.enter_download(device.flash().data().len());
+        }
+        Command::PowerOn | Command::PowerOff | Command::Reset => uart.leave_download(),
+        _ => {}
+    }
+    if cmd == Command::Download {
+        control_line(device, &Message::Ok { verb, status: Some(device.status()) });
+        return true;
+    }
+    run(device, cmd, verb)
+}
+
+/// Carries out a command that does not involve the UART.
+fn run(device: &mut Device<Serial>, cmd: Command, verb: control::Verb) -> bool {
     match cmd {
         Command::PowerOn => {
             device.power_off();
@@ -187,7 +239,7 @@ fn command(device: &mut Device<Serial>, net: &mut Net, line: &str) -> bool {
         }
         Command::PowerOff => device.power_off(),
         Command::Reset => device.reset(),
-        Command::Status | Command::Quit => {}
+        Command::Status | Command::Quit | Command::Download => {}
         Command::Cut(fault) => match fault {
             Some(f) => device.flash_mut().arm(f),
             None => device.flash_mut().disarm(),

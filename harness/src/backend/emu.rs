@@ -139,7 +139,7 @@ impl EmuDut {
         };
         let ready =
             dut.wait_control(|m| matches!(m, Message::Ready { .. }), REPLY_TIMEOUT, "the ready line")?;
-        if let Message::Ready { listen, arduino } = ready {
+        if let Message::Ready { listen, arduino, .. } = ready {
             dut.addr = listen;
             dut.arduino_addr = arduino;
         }
