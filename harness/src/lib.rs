@@ -1,7 +1,8 @@
 //! otahil: plays OTA scenarios against an ESP32-C3 — emulated, on QEMU or on a bench — and
 //! checks its serial log and partition state.
 //!
-//! - [`scenario`]: the YAML model and its strict loader.
+//! - [`scenario`]: the YAML model and its strict loader; [`bench`]: the bench file (a board on a
+//!   lab bench, for the device backend), loaded as strictly.
 //! - [`fixtures`]: the named test images.
 //! - [`dut`]: the device-under-test trait; [`backend`]: the backends that make them (emulator,
 //!   QEMU), listed once in [`backend::BACKENDS`].
@@ -12,6 +13,7 @@
 //!   [`snapshot`]: snapshot files.
 
 pub mod backend;
+pub mod bench;
 pub mod client;
 pub mod dut;
 pub mod fixtures;

@@ -68,6 +68,9 @@ enum Cmd {
         /// A scenario file or a directory of them.
         #[arg(default_value = "scenarios")]
         scenarios: PathBuf,
+        /// Also check this bench file (the device backend's board; fixtures/bench.example.yaml).
+        #[arg(long)]
+        bench: Option<PathBuf>,
     },
     /// Upload an image to a device (an emulator, QEMU's forwarded port, a board) over ESPHome OTA
     /// (TCP) or ArduinoOTA (a UDP invitation; the device connects back to this machine).
@@ -239,13 +242,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Check { scenarios } => {
+        Cmd::Check { scenarios, bench } => {
             let (loaded, errors) = load_all(&scenarios, &[])?;
             for e in &errors {
                 eprintln!("{e}");
             }
             println!("{} scenario(s) ok, {} with errors", loaded.len(), errors.len());
-            Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            let bench_ok = match bench.map(|b| otahil::bench::load(&b)) {
+                None => true,
+                Some(Ok(b)) => {
+                    let power = if b.has_power_switch() { "a power switch" } else { "no power switch" };
+                    println!(
+                        "bench {} ok: port {:?}, flash {:?}, reset {:?}, {power}",
+                        b.name, b.port, b.flash, b.reset
+                    );
+                    true
+                }
+                Some(Err(e)) => {
+                    eprintln!("{e}");
+                    false
+                }
+            };
+            Ok(if errors.is_empty() && bench_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::Run {
             backend,

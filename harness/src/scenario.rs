@@ -487,6 +487,16 @@ fn duration_message(what: &str, text: &str, e: DurationError) -> String {
 }
 
 /// Drops a leading `line N column M: ` that the YAML library puts in its messages.
+/// Where a YAML document (a scenario, a bench file) failed to load, and why, in words a user of
+/// the file understands.
+pub(crate) fn yaml_error(e: &serde_saphyr::Error) -> (u64, u64, String) {
+    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+    // The library's message carries a rendered snippet and its own position; keep the first line
+    // without them (the position is ours, in front).
+    let first = e.to_string().lines().next().unwrap_or("invalid YAML").to_string();
+    (line, column, in_scenario_words(strip_position(first.strip_prefix("error: ").unwrap_or(&first))))
+}
+
 fn strip_position(message: &str) -> &str {
     let Some(rest) = message.strip_prefix("line ") else { return message };
     match rest.find(": ") {
@@ -546,11 +556,7 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
 /// Parses scenario text; `path` names it in errors and anchors relative file references.
 pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
     let raw: RawScenario = serde_saphyr::from_str(text).map_err(|e| {
-        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-        // The library's message carries a rendered snippet and its own position; keep the
-        // first line without them (the position is ours, in front).
-        let first = e.to_string().lines().next().unwrap_or("invalid YAML").to_string();
-        let message = in_scenario_words(strip_position(first.strip_prefix("error: ").unwrap_or(&first)));
+        let (line, column, message) = yaml_error(&e);
         ScenarioError { file: path.to_path_buf(), line, column, message }
     })?;
     let dir = path.parent().unwrap_or(Path::new("."));

@@ -77,3 +77,21 @@ fn ota_addr_takes_host_names() {
     assert!(stderr.contains("--addr `no-port-here`: expected HOST:PORT"), "{stderr}");
     assert!(!stderr.contains("backtrace"), "{stderr}");
 }
+
+#[test]
+fn check_validates_a_bench_file_at_its_place() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let example = root.join("fixtures/bench.example.yaml");
+    let out =
+        otahil().current_dir(&root).args(["check", "scenarios", "--bench"]).arg(&example).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("bench lab-c3-1 ok"), "{stdout}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bench.yaml");
+    std::fs::write(&bad, "name: b\nport: /dev/ttyACM0\naddress: 10.0.0.2\nbaud: 7\n").unwrap();
+    let out = otahil().current_dir(&root).args(["check", "scenarios", "--bench"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bench.yaml:4:7: baud 7: expected 9600 to 3000000"), "{stderr}");
+}

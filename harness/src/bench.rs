@@ -1,0 +1,433 @@
+//! The bench file: how the `device` backend reaches one ESP32-C3 on a lab bench (its serial
+//! port, how to flash and reset it, an optional power switch, where its update endpoints are,
+//! the Wi-Fi network to provision). Strict YAML like a scenario: an unknown key, a value of the
+//! wrong kind or a setting that cannot work is an error at its file:line:column.
+//! `fixtures/bench.example.yaml` documents every field.
+
+use crate::scenario::{ScenarioError, parse_duration, yaml_error};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// An error in a bench file, at its place (the same form as a scenario's).
+pub type BenchError = ScenarioError;
+
+/// Which serial port is the board's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortSpec {
+    /// A device path (`/dev/ttyACM0`, a `/dev/serial/by-id/…` link).
+    Path(PathBuf),
+    /// The USB device with this vendor and product id, and this serial number if given.
+    Usb { vid: u16, pid: u16, serial: Option<String> },
+    /// The port whose chip reports this MAC (the harness probes the ports it finds).
+    Mac([u8; 6]),
+    /// The CI stand-in: the harness starts the emulator with its UART on a pseudo-terminal.
+    Emulator,
+}
+
+/// How the board is flashed (probe-rs over USB-JTAG is to come behind a cargo feature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlashMethod {
+    /// espflash through the ROM loader with the flasher stub (compressed, fast).
+    Espflash,
+    /// espflash through the ROM loader only (some USB-JTAG bridges fail with the stub).
+    EspflashNoStub,
+}
+
+/// How the board is reset (into download mode for flashing, into its app afterwards).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResetMethod {
+    /// Chosen from the port's USB product id, as espflash does: USB-JTAG-Serial (303a:1001) or
+    /// the classic DTR/RTS circuit of a USB-UART bridge.
+    Auto,
+    UsbJtag,
+    Classic,
+    /// Nothing resets it (download mode by hand, or through the control channel on the emulator).
+    None,
+    /// A program that resets it (a relay on EN, a debug probe).
+    Command(Vec<String>),
+}
+
+/// A power switch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PowerSwitch {
+    /// Programs that switch the board's power (uhubctl, a relay, a smart plug), and how long the
+    /// board is left off.
+    Commands { off: Vec<String>, on: Vec<String>, settle: Duration },
+    /// The emulator's control channel (`power-off`, `power-on`): only with `port: emulator`.
+    Emulator,
+}
+
+/// Where the board's update endpoints are.
+#[derive(Debug, Clone)]
+pub enum Address {
+    /// A fixed host name or IP address.
+    Fixed(String),
+    /// The first capture group of the first serial line that matches (after each boot).
+    FromLog(regex::Regex),
+    /// The emulator's own listening sockets.
+    Emulator,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wifi {
+    pub ssid: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Bench {
+    pub file: PathBuf,
+    pub name: String,
+    pub port: PortSpec,
+    pub log_port: Option<PathBuf>,
+    pub baud: u32,
+    pub flash_baud: u32,
+    pub flash: FlashMethod,
+    pub reset: ResetMethod,
+    pub power: Option<PowerSwitch>,
+    pub address: Address,
+    pub esphome_port: u16,
+    pub arduino_port: u16,
+    pub wifi: Option<Wifi>,
+}
+
+impl Bench {
+    /// Without a power switch there is no power cycle and no power cut: scenarios that need
+    /// them are skipped with that reason.
+    pub fn has_power_switch(&self) -> bool {
+        self.power.is_some()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBench {
+    name: Spanned<String>,
+    port: Spanned<RawPort>,
+    log_port: Option<Spanned<String>>,
+    baud: Option<Spanned<u32>>,
+    flash_baud: Option<Spanned<u32>>,
+    flash: Option<Spanned<String>>,
+    reset: Option<Spanned<RawReset>>,
+    power: Option<Spanned<RawPower>>,
+    address: Option<Spanned<String>>,
+    address_from_log: Option<Spanned<String>>,
+    esphome_port: Option<Spanned<u16>>,
+    arduino_port: Option<Spanned<u16>>,
+    wifi: Option<Spanned<RawWifi>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPort {
+    Path(String),
+    Usb {
+        usb: String,
+        #[serde(default)]
+        serial: Option<String>,
+    },
+    Mac {
+        mac: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawReset {
+    Named(String),
+    Command { command: Vec<String> },
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPower {
+    Named(String),
+    // Not `off`/`on`: YAML 1.1 reads those keys as booleans.
+    Commands {
+        switch_off: Vec<String>,
+        switch_on: Vec<String>,
+        #[serde(default)]
+        settle: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWifi {
+    ssid: String,
+    #[serde(default)]
+    password: String,
+}
+
+/// The fastest rate the ESP32-C3's UART and USB-Serial-JTAG are driven at by the flashers.
+const MAX_BAUD: u32 = 3_000_000;
+const MIN_BAUD: u32 = 9_600;
+
+struct Ctx<'a> {
+    file: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn at<T, U>(&self, s: &Spanned<U>, message: impl Into<String>) -> Result<T, BenchError> {
+        Err(ScenarioError {
+            file: self.file.to_path_buf(),
+            line: s.referenced.line(),
+            column: s.referenced.column(),
+            message: message.into(),
+        })
+    }
+}
+
+pub fn load(path: &Path) -> Result<Bench, BenchError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(&text, path)
+}
+
+pub fn parse(text: &str, path: &Path) -> Result<Bench, BenchError> {
+    let raw: RawBench = serde_saphyr::from_str(text).map_err(|e| {
+        let (line, column, message) = yaml_error(&e);
+        ScenarioError { file: path.to_path_buf(), line, column, message: bench_words(message) }
+    })?;
+    check(raw, &Ctx { file: path })
+}
+
+/// The loader's words for this file's untagged choices.
+fn bench_words(message: String) -> String {
+    if message.contains("RawPort") {
+        return "port: expected a device path, `emulator`, { usb: \"VID:PID\", serial: S } or { mac: MAC }"
+            .into();
+    }
+    if message.contains("RawReset") {
+        return "reset: expected auto, usb-jtag, classic, none or { command: [program, args…] }".into();
+    }
+    if message.contains("RawPower") {
+        return "power: expected { switch_off: [program, args…], switch_on: [program, args…], settle: 500ms } or `emulator`".into();
+    }
+    message
+}
+
+fn hex_u16(text: &str) -> Option<u16> {
+    (text.len() == 4).then(|| u16::from_str_radix(text, 16).ok()).flatten()
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = text.split([':', '-']).collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return None;
+        }
+        *m = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
+}
+
+fn argv<U>(cx: &Ctx<'_>, at: &Spanned<U>, what: &str, argv: Vec<String>) -> Result<Vec<String>, BenchError> {
+    if argv.first().is_none_or(|p| p.trim().is_empty()) {
+        return cx
+            .at(at, format!("{what}: expected a program and its arguments, such as [uhubctl, -a, off]"));
+    }
+    Ok(argv)
+}
+
+fn check(raw: RawBench, cx: &Ctx<'_>) -> Result<Bench, BenchError> {
+    let name = &raw.name;
+    if name.value.is_empty() || !name.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return cx.at(name, "name must be non-empty and use only letters, digits, `-` and `_`");
+    }
+    let port = match &raw.port.value {
+        RawPort::Path(p) if p == "emulator" => PortSpec::Emulator,
+        RawPort::Path(p) if p.trim().is_empty() => return cx.at(&raw.port, "port: an empty path"),
+        RawPort::Path(p) => PortSpec::Path(PathBuf::from(p)),
+        RawPort::Usb { usb, serial } => {
+            let ids = usb.split_once(':').and_then(|(v, p)| Some((hex_u16(v)?, hex_u16(p)?)));
+            let Some((vid, pid)) = ids else {
+                return cx
+                    .at(&raw.port, format!("port usb `{usb}`: expected VID:PID in hex, such as 303a:1001"));
+            };
+            PortSpec::Usb { vid, pid, serial: serial.clone() }
+        }
+        RawPort::Mac { mac } => match parse_mac(mac) {
+            Some(m) => PortSpec::Mac(m),
+            None => {
+                return cx.at(
+                    &raw.port,
+                    format!("port mac `{mac}`: expected six hex bytes, such as c4:0a:24:fe:10:01"),
+                );
+            }
+        },
+    };
+    let emulator = port == PortSpec::Emulator;
+    let log_port = match raw.log_port {
+        Some(l) if emulator => {
+            return cx.at(&l, "log_port: the emulator's log is on its UART; remove log_port");
+        }
+        Some(l) if l.value.trim().is_empty() => return cx.at(&l, "log_port: an empty path"),
+        Some(l) => Some(PathBuf::from(l.value)),
+        None => None,
+    };
+    let rate = |r: Option<Spanned<u32>>, default: u32, what: &str| match r {
+        None => Ok(default),
+        Some(b) if (MIN_BAUD..=MAX_BAUD).contains(&b.value) => Ok(b.value),
+        Some(b) => cx.at(&b, format!("{what} {}: expected {MIN_BAUD} to {MAX_BAUD}", b.value)),
+    };
+    let baud = rate(raw.baud, 115_200, "baud")?;
+    let flash_baud = rate(raw.flash_baud, 921_600, "flash_baud")?;
+    let flash = match &raw.flash {
+        None => FlashMethod::Espflash,
+        Some(f) => match f.value.as_str() {
+            "espflash" => FlashMethod::Espflash,
+            "espflash-no-stub" => FlashMethod::EspflashNoStub,
+            "probe-rs" => {
+                return cx.at(f, "flash probe-rs: not in this otahil yet (it comes behind a `probe-rs` cargo feature); use espflash");
+            }
+            other => {
+                return cx.at(f, format!("flash `{other}`: expected espflash, espflash-no-stub or probe-rs"));
+            }
+        },
+    };
+    let reset = match raw.reset {
+        None if emulator => ResetMethod::None,
+        None => ResetMethod::Auto,
+        Some(r) => {
+            let method = match &r.value {
+                RawReset::Named(n) => match n.as_str() {
+                    "auto" => ResetMethod::Auto,
+                    "usb-jtag" => ResetMethod::UsbJtag,
+                    "classic" => ResetMethod::Classic,
+                    "none" => ResetMethod::None,
+                    other => {
+                        return cx.at(&r, format!("reset `{other}`: expected auto, usb-jtag, classic, none or {{ command: […] }}"));
+                    }
+                },
+                RawReset::Command { command } => {
+                    ResetMethod::Command(argv(cx, &r, "reset command", command.clone())?)
+                }
+            };
+            if emulator && method != ResetMethod::None {
+                return cx.at(
+                    &r,
+                    "reset: the emulator is reset through its control channel; use none or leave it out",
+                );
+            }
+            method
+        }
+    };
+    let power = match raw.power {
+        None => None,
+        Some(p) => Some(match &p.value {
+            RawPower::Named(n) if n == "emulator" && emulator => PowerSwitch::Emulator,
+            RawPower::Named(n) if n == "emulator" => {
+                return cx.at(&p, "power emulator: only with port: emulator");
+            }
+            RawPower::Named(other) => {
+                return cx.at(
+                    &p,
+                    format!("power `{other}`: expected {{ switch_off: […], switch_on: […] }} or emulator"),
+                );
+            }
+            RawPower::Commands { switch_off, switch_on, settle } => {
+                let settle = match settle {
+                    None => Duration::from_millis(500),
+                    Some(t) => match parse_duration(t) {
+                        Ok(d) if d <= Duration::from_secs(60) => d,
+                        _ => {
+                            return cx.at(
+                                &p,
+                                format!("power settle `{t}`: expected a duration up to 60s, such as 500ms"),
+                            );
+                        }
+                    },
+                };
+                let off = argv(cx, &p, "power switch_off", switch_off.clone())?;
+                let on = argv(cx, &p, "power switch_on", switch_on.clone())?;
+                PowerSwitch::Commands { off, on, settle }
+            }
+        }),
+    };
+    let address = match (raw.address, raw.address_from_log) {
+        (Some(a), Some(_)) => return cx.at(&a, "address and address_from_log: give one of them"),
+        (Some(a), None) if emulator => {
+            return cx.at(&a, "address: the emulator's endpoints are its own; remove it");
+        }
+        (None, Some(l)) if emulator => {
+            return cx.at(&l, "address_from_log: the emulator's endpoints are its own; remove it");
+        }
+        (Some(a), None) if a.value.trim().is_empty() || a.value.contains(char::is_whitespace) => {
+            return cx.at(&a, format!("address `{}`: expected a host name or an IP address", a.value));
+        }
+        (Some(a), None) => Address::Fixed(a.value),
+        (None, Some(l)) => match regex::Regex::new(&l.value) {
+            Ok(re) if re.captures_len() == 2 => Address::FromLog(re),
+            Ok(_) => {
+                return cx.at(
+                    &l,
+                    "address_from_log: expected a regex with exactly one capture group, the address",
+                );
+            }
+            Err(e) => return cx.at(&l, format!("address_from_log: not a regex: {e}")),
+        },
+        (None, None) if emulator => Address::Emulator,
+        (None, None) => {
+            return cx.at(
+                &raw.name,
+                "no address: give address (host or IP) or address_from_log (a regex on the serial log)",
+            );
+        }
+    };
+    let tcp_port = |p: Option<Spanned<u16>>, what: &str| match p {
+        None => Ok(3232),
+        Some(p) if p.value != 0 => Ok(p.value),
+        Some(p) => cx.at(&p, format!("{what} 0: expected a port from 1 to 65535")),
+    };
+    let esphome_port = tcp_port(raw.esphome_port, "esphome_port")?;
+    let arduino_port = tcp_port(raw.arduino_port, "arduino_port")?;
+    let wifi = match raw.wifi {
+        None => None,
+        Some(w) => {
+            let RawWifi { ssid, password } = &w.value;
+            if ssid.is_empty() || ssid.len() > 32 {
+                return cx.at(&w, format!("wifi ssid of {} bytes: expected 1 to 32", ssid.len()));
+            }
+            if !password.is_empty() && !(8..=63).contains(&password.len()) {
+                return cx.at(
+                    &w,
+                    format!(
+                        "wifi password of {} characters: WPA2 takes 8 to 63 (or none for an open network)",
+                        password.len()
+                    ),
+                );
+            }
+            Some(Wifi { ssid: ssid.clone(), password: password.clone() })
+        }
+    };
+    Ok(Bench {
+        file: cx.file.to_path_buf(),
+        name: raw.name.value,
+        port,
+        log_port,
+        baud,
+        flash_baud,
+        flash,
+        reset,
+        power,
+        address,
+        esphome_port,
+        arduino_port,
+        wifi,
+    })
+}
+
+#[cfg(test)]
+mod tests;
