@@ -18,6 +18,17 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A QEMU process stopped with SIGTERM (it writes its flash file back before it exits) when
+/// dropped.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
 const TEST: &str = "espflash_writes_through_the_real_rom_in_qemu_download_mode";
 
 #[test]
@@ -43,7 +54,7 @@ fn espflash_writes_through_the_real_rom_in_qemu_download_mode() {
     if let Some(bios) = &program.bios_dir {
         cmd.arg("-L").arg(bios);
     }
-    let mut qemu = cmd
+    let qemu = cmd
         .args(["-display", "none", "-monitor", "none", "-machine", "esp32c3"])
         .args(["-global", "driver=esp32c3.gpio,property=strap_mode,value=0x02", "-serial", "pty", "-drive"])
         .arg(format!("file={},if=mtd,format=raw", flash.display()))
@@ -52,11 +63,13 @@ fn espflash_writes_through_the_real_rom_in_qemu_download_mode() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("QEMU starts");
+    // Stopped however the test ends, a failed assertion included.
+    let mut qemu = Stopped(qemu);
     // QEMU names the pty on one of its outputs: "char device redirected to /dev/pts/N (label serial0)".
     let (tx, rx) = std::sync::mpsc::channel();
     for out in [
-        Box::new(qemu.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(qemu.stderr.take().unwrap()),
+        Box::new(qemu.0.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(qemu.0.stderr.take().unwrap()),
     ] {
         let tx = tx.clone();
         std::thread::spawn(move || {
@@ -99,9 +112,7 @@ fn espflash_writes_through_the_real_rom_in_qemu_download_mode() {
     }
     eprintln!("{TEST}: {} bytes written and verified in {:.1} s", v2.len(), started.elapsed().as_secs_f64());
     drop(f);
-    // SIGTERM: QEMU writes its flash file back before it exits.
-    let _ = Command::new("kill").arg(qemu.id().to_string()).status();
-    let _ = qemu.wait();
+    drop(qemu);
 
     let image = std::fs::read(&flash).unwrap();
     assert_eq!(&image[app0 as usize..app0 as usize + v2.len()], &v2[..], "the flash file holds v2");
