@@ -127,6 +127,8 @@ pub struct QemuDut {
 }
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long QEMU gets to answer a QMP command.
+const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether `line` is the device announcing a reboot (done here as a power cycle): `Some(true)`
 /// after a completed update, `Some(false)` for the boot guard's rollback.
@@ -319,8 +321,22 @@ impl Dut for QemuDut {
         Ok(self.pending.pop_front())
     }
 
+    /// QEMU writes the guest's flash to its file asynchronously: a read while the guest runs can
+    /// miss writes the guest already completed (seen under load: an otadata entry still erased in
+    /// the file). QMP `stop` drains QEMU's I/O, so the guest is paused while its file is read, as
+    /// a probe halts a chip; `cont` resumes it.
     fn read_flash(&mut self) -> Result<Vec<u8>, DutError> {
-        Ok(std::fs::read(&self.flash)?)
+        let Some(nudger) = self.nudger.as_ref() else { return Ok(std::fs::read(&self.flash)?) };
+        let qmp = |command: &'static str| {
+            nudger.execute(command, QMP_TIMEOUT).map_err(|message| DutError::Refused {
+                command: format!("QMP {command} (to read the flash of a running guest)"),
+                message,
+            })
+        };
+        qmp("stop")?;
+        let data = std::fs::read(&self.flash);
+        qmp("cont")?;
+        Ok(data?)
     }
 
     fn flash_counters(&mut self) -> Result<FlashCounters, DutError> {

@@ -14,11 +14,12 @@
 //! changes nothing. The guest and its timing are untouched: this only bounds how stale the main
 //! loop's view of slirp's sockets gets, to about [`INTERVAL`].
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -33,18 +34,24 @@ pub fn qemu_args(socket: &Path) -> [String; 2] {
     ["-qmp".into(), format!("unix:{},server=on,wait=off", socket.display())]
 }
 
-/// Sends `query-status` to one QEMU's QMP socket every [`INTERVAL`] until dropped.
+/// A QMP command to run, and where its outcome goes.
+type Request = (&'static str, Sender<Result<(), String>>);
+
+/// Sends `query-status` to one QEMU's QMP socket every [`INTERVAL`] until dropped; on the same
+/// connection (QMP takes one client), runs the commands the backend asks for.
 pub struct Nudger {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    requests: Sender<Request>,
 }
 
 impl Nudger {
     pub fn start(socket: PathBuf) -> Nudger {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let (requests, incoming) = channel();
         let thread = std::thread::spawn(move || {
-            if let Err(e) = nudge(&socket, &flag) {
+            if let Err(e) = nudge(&socket, &flag, &incoming) {
                 // QEMU going away ends the stream; anything else only costs speed.
                 if !flag.load(Ordering::Relaxed) {
                     tracing::warn!(
@@ -53,7 +60,14 @@ impl Nudger {
                 }
             }
         });
-        Nudger { stop, thread: Some(thread) }
+        Nudger { stop, thread: Some(thread), requests }
+    }
+
+    /// Runs QMP command `command` (`stop`, `cont`) and waits for QEMU's answer.
+    pub fn execute(&self, command: &'static str, timeout: Duration) -> Result<(), String> {
+        let (tx, rx) = channel();
+        self.requests.send((command, tx)).map_err(|_| "the QMP connection is gone".to_string())?;
+        rx.recv_timeout(timeout).map_err(|_| format!("no answer to QMP `{command}` within {timeout:?}"))?
     }
 }
 
@@ -94,7 +108,10 @@ fn read_until(reader: &mut BufReader<UnixStream>, want: &str) -> std::io::Result
     }
 }
 
-fn nudge(socket: &Path, stop: &AtomicBool) -> std::io::Result<()> {
+/// The `id` the backend's own commands carry, to tell their answers from the nudges'.
+const ID: &str = "otahil";
+
+fn nudge(socket: &Path, stop: &AtomicBool, requests: &Receiver<Request>) -> std::io::Result<()> {
     let Some(stream) = connect(socket, stop)? else { return Ok(()) };
     stream.set_read_timeout(Some(GREETING_TIMEOUT))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -102,21 +119,39 @@ fn nudge(socket: &Path, stop: &AtomicBool) -> std::io::Result<()> {
     read_until(&mut reader, "\"QMP\"")?;
     writer.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")?;
     read_until(&mut reader, "\"return\"")?;
-    let mut sink = [0u8; 4096];
-    let mut reader = reader.into_inner();
+    let mut pending: Option<Sender<Result<(), String>>> = None;
+    let mut line = String::new();
     while !stop.load(Ordering::Relaxed) {
+        if pending.is_none()
+            && let Ok((command, reply)) = requests.try_recv()
+        {
+            writer.write_all(format!("{{\"execute\":\"{command}\",\"id\":\"{ID}\"}}\n").as_bytes())?;
+            pending = Some(reply);
+        }
         writer.write_all(b"{\"execute\":\"query-status\"}\n")?;
-        // Drain the answers (QEMU stops reading a client whose answers pile up) until the
-        // next nudge is due.
+        // Read the answers (QEMU stops reading a client whose answers pile up) until the next
+        // nudge is due.
         let next = Instant::now() + INTERVAL;
         loop {
             let left = next.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            reader.set_read_timeout(Some(left))?;
-            match reader.read(&mut sink) {
+            reader.get_ref().set_read_timeout(Some(left))?;
+            match reader.read_line(&mut line) {
                 Ok(0) => return Ok(()),
+                Ok(_) if line.ends_with('\n') => {
+                    if line.contains(&format!("\"{ID}\""))
+                        && let Some(reply) = pending.take()
+                    {
+                        let _ = reply.send(if line.contains("\"return\"") {
+                            Ok(())
+                        } else {
+                            Err(line.trim().to_string())
+                        });
+                    }
+                    line.clear();
+                }
                 Ok(_) => {}
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
                 Err(e) => return Err(e),
@@ -138,8 +173,13 @@ mod tests {
         writer.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n").unwrap();
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { return };
+            // QMP echoes a command's id in its answer.
+            let answer = match line.contains("\"id\"") {
+                true => "{\"return\": {}, \"id\": \"otahil\"}\r\n",
+                false => "{\"return\": {}}\r\n",
+            };
             let _ = commands.send(line);
-            if writer.write_all(b"{\"return\": {}}\r\n").is_err() {
+            if writer.write_all(answer.as_bytes()).is_err() {
                 return;
             }
         }
@@ -159,6 +199,9 @@ mod tests {
             let next = rx.recv_timeout(Duration::from_secs(5)).unwrap();
             assert_eq!(next, "{\"execute\":\"query-status\"}");
         }
+        nudger.execute("stop", Duration::from_secs(5)).expect("answered");
+        let sent: Vec<String> = rx.try_iter().collect();
+        assert!(sent.contains(&"{\"execute\":\"stop\",\"id\":\"otahil\"}".to_string()), "{sent:?}");
         drop(nudger);
     }
 
