@@ -238,8 +238,10 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
     }
     let target = Target { table, running, config: ota };
     let mut session: Option<Session<Server<'_>>> = None;
-    // Which of `ports` holds the session, until its connection is closed.
+    // Which of `ports` holds the session, until the session ends.
     let mut active: Option<usize> = None;
+    // When each of `ports` was released by its ended session while its connection still closed.
+    let mut released_at: [Option<esp_hal::time::Instant>; 2] = [None, None];
     // When the session's connection was accepted and when its client last sent a byte (the
     // ESPHome timeouts, `Server::expired`).
     let (mut accepted_ms, mut input_ms) = (0u64, 0u64);
@@ -285,9 +287,18 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
                 active = None;
             }
         }
-        for h in ports {
+        for (i, h) in ports.into_iter().enumerate() {
             let sock = sockets.get_mut::<tcp::Socket>(h);
+            // A released connection that has not finished closing in a while is dropped, as lwIP
+            // bounds its closing states.
+            if let Some(at) = released_at[i]
+                && sock.is_open()
+                && at.elapsed() > esp_hal::time::Duration::from_secs(2)
+            {
+                sock.abort();
+            }
             if !sock.is_open() {
+                released_at[i] = None;
                 let _ = sock.listen(net.port);
             }
         }
@@ -305,21 +316,22 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         }
         let Some(i) = active else { continue };
         let sock = sockets.get_mut::<tcp::Socket>(ports[i]);
-        let Some(session) = session.as_mut() else { continue };
+        let Some(live) = session.as_mut() else { continue };
+        let mut released = false;
         let mut reply = Reply { pending: &mut pending, log: &mut *log };
         let now = now_ms();
-        if !session.server.is_closed() && sock.can_recv() {
+        if !live.server.is_closed() && sock.can_recv() {
             input_ms = now;
             let _ = sock.recv(|data| {
-                session.with(flash, &target, |server, sink| server.feed(data, sink, rng, &mut reply));
+                live.with(flash, &target, |server, sink| server.feed(data, sink, rng, &mut reply));
                 (data.len(), ())
             });
-        } else if !session.server.is_closed() && !sock.may_recv() {
-            session.with(flash, &target, |server, sink| server.on_disconnect(false, sink, &mut reply));
-        } else if session.server.expired(now - accepted_ms, now - input_ms) {
-            session.with(flash, &target, |server, sink| server.on_disconnect(true, sink, &mut reply));
+        } else if !live.server.is_closed() && !sock.may_recv() {
+            live.with(flash, &target, |server, sink| server.on_disconnect(false, sink, &mut reply));
+        } else if live.server.expired(now - accepted_ms, now - input_ms) {
+            live.with(flash, &target, |server, sink| server.on_disconnect(true, sink, &mut reply));
         }
-        let server = &session.server;
+        let server = &live.server;
         if pending.len() > 0
             && let Ok(n) = sock.send_slice(pending.bytes())
         {
@@ -334,6 +346,19 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
                 reboot_from = Some(esp_hal::time::Instant::now());
             }
             sock.close();
+            if !server.reboot_requested() {
+                // The session is over once its last byte is sent: the next client is served while
+                // this connection finishes closing on its own, as lwIP keeps a closing connection
+                // apart from the listening socket. (Waiting for the close let a FIN/FIN crossing
+                // that left the socket closing hold the port's next client for good.)
+                released_at[i] = Some(esp_hal::time::Instant::now());
+                released = true;
+            }
+        }
+        if released {
+            session = None;
+            active = None;
+            pending.clear();
         }
     }
 }
