@@ -4,7 +4,7 @@
 //! wrong kind or a setting that cannot work is an error at its file:line:column.
 //! `fixtures/bench.example.yaml` documents every field.
 
-use crate::scenario::{ScenarioError, parse_duration, yaml_error};
+use crate::scenario::{ScenarioError, parse_duration, read_text, yaml_error};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 use std::path::{Path, PathBuf};
@@ -181,13 +181,7 @@ impl Ctx<'_> {
 }
 
 pub fn load(path: &Path) -> Result<Bench, BenchError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
-        file: path.to_path_buf(),
-        line: 0,
-        column: 0,
-        message: format!("cannot read: {e}"),
-    })?;
-    parse(&text, path)
+    parse(&read_text(path)?, path)
 }
 
 pub fn parse(text: &str, path: &Path) -> Result<Bench, BenchError> {

@@ -542,14 +542,19 @@ fn in_scenario_words(message: &str) -> String {
     message.to_string()
 }
 
-/// Loads and checks a scenario file.
-pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+/// The text of a YAML file (a scenario, a bench file), or why it cannot be read.
+pub(crate) fn read_text(path: &Path) -> Result<String, ScenarioError> {
+    std::fs::read_to_string(path).map_err(|e| ScenarioError {
         file: path.to_path_buf(),
         line: 0,
         column: 0,
         message: format!("cannot read: {e}"),
-    })?;
+    })
+}
+
+/// Loads and checks a scenario file.
+pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    let text = read_text(path)?;
     parse(&text, path)
 }
 
