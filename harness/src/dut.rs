@@ -35,6 +35,9 @@ pub struct Capabilities {
     /// Report the end of each OTA session (`DutEvent::SessionClosed`); without it the runner
     /// waits for the serial log to go quiet.
     pub session_events: bool,
+    /// Read the flash while the app runs, without disturbing it (a probe halting the core, a
+    /// paused QEMU). A bench reads through the ROM loader, which resets the chip.
+    pub live_flash_read: bool,
 }
 
 /// Where the power is cut during the next operation.
@@ -61,6 +64,10 @@ pub enum DutEvent {
     Rebooted,
     /// The device finished with an OTA connection (its logs for it are out).
     SessionClosed,
+    /// A line the device printed while the harness booted it again after reading its flash (a
+    /// bench reads through the ROM loader, which resets the chip): kept in the full log, out
+    /// of the scenario's own (expectations and the log snapshot).
+    ReadBackBoot(String),
 }
 
 pub trait Dut {
@@ -80,6 +87,12 @@ pub trait Dut {
     fn next_event(&mut self, timeout: Duration) -> Result<Option<DutEvent>, DutError>;
     /// The whole flash as it is now.
     fn read_flash(&mut self) -> Result<Vec<u8>, DutError>;
+    /// The app runs again if reading the flash stopped it (a bench's chip sits in its ROM
+    /// loader after a read-back); the boot's lines come as [`DutEvent::ReadBackBoot`]. Called
+    /// before a step talks to the device.
+    fn resume(&mut self) -> Result<(), DutError> {
+        Ok(())
+    }
     fn flash_counters(&mut self) -> Result<FlashCounters, DutError>;
     /// Stops the device and frees what the backend holds.
     fn shutdown(&mut self);

@@ -59,9 +59,13 @@ enum Cmd {
         /// Write every sweep's per-cut matrix (CSV) into this directory.
         #[arg(long)]
         sweep_matrix: Option<PathBuf>,
-        /// The firmware builds the qemu backend runs.
+        /// The firmware builds the qemu backend (and the device backend's board) runs.
         #[arg(long, default_value = "target/firmware")]
         firmware: PathBuf,
+        /// The device backend's bench file (fixtures/bench.example.yaml; fixtures/bench.emu.yaml
+        /// puts the emulator in the board's place).
+        #[arg(long)]
+        bench: Option<PathBuf>,
     },
     /// Check scenario files without running them.
     Check {
@@ -277,6 +281,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seed,
             sweep_matrix,
             firmware,
+            bench,
         } => {
             let options = runner::RunOptions {
                 only_cut: cut.map(|c| (c, torn)),
@@ -291,7 +296,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 bail!("{} scenario file(s) do not load", errors.len());
             }
-            let backend = (backend.make)(&otahil::backend::BackendOptions { firmware })
+            let backend = (backend.make)(&otahil::backend::BackendOptions { firmware, bench })
                 .map_err(|why| anyhow::anyhow!("{why}"))?;
             // Snapshots compare wherever the device runs the fixture images' bytes.
             let compare_snapshots = backend.snapshots_compare();
@@ -350,13 +355,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             bar.finish_and_clear();
             print!("{}", summary(&reports));
+            let board = backend.board();
+            if !board.is_empty() {
+                let shown: Vec<String> = board.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!("board: {}", shown.join(", "));
+            }
             if let Some(p) = &html {
                 std::fs::write(p, otahil::html::report(&reports))
                     .with_context(|| format!("writing {}", p.display()))?;
                 println!("HTML report: {}", p.display());
             }
             if let Some(p) = junit_path {
-                std::fs::write(&p, junit(&reports)).with_context(|| format!("writing {}", p.display()))?;
+                std::fs::write(&p, junit(&reports, &board))
+                    .with_context(|| format!("writing {}", p.display()))?;
             }
             Ok(if reports.iter().all(|r| r.passed()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

@@ -151,8 +151,9 @@ fn xml_escape(s: &str) -> String {
         .collect()
 }
 
-/// JUnit XML: one testsuite, one testcase per scenario.
-pub fn junit(reports: &[ScenarioReport]) -> String {
+/// JUnit XML: one testsuite, one testcase per scenario; `properties` (the board's identity on
+/// a bench) on the suite.
+pub fn junit(reports: &[ScenarioReport], properties: &[(String, String)]) -> String {
     let classes = reports.iter().flat_map(|r| &r.sweeps).flat_map(|s| &s.classes);
     let class_failures = classes.clone().filter(|c| c.outcome == "failed").count();
     let tests = reports.len() + classes.count();
@@ -164,6 +165,18 @@ pub fn junit(reports: &[ScenarioReport]) -> String {
         "<testsuite name=\"otahil\" tests=\"{tests}\" failures=\"{failures}\" time=\"{:.3}\">",
         total.as_secs_f64()
     );
+    if !properties.is_empty() {
+        out.push_str("  <properties>\n");
+        for (name, value) in properties {
+            let _ = writeln!(
+                out,
+                "    <property name=\"{}\" value=\"{}\"/>",
+                xml_escape(name),
+                xml_escape(value)
+            );
+        }
+        out.push_str("  </properties>\n");
+    }
     for r in reports {
         let _ = write!(
             out,
@@ -276,7 +289,7 @@ mod tests {
             ],
             cells: vec![],
         });
-        let x = junit(&[r]);
+        let x = junit(&[r], &[]);
         assert!(x.contains("tests=\"4\" failures=\"1\""), "{x}");
         assert!(x.contains("name=\"sweepy-1-sweep: cut in write, booted old (8710 cuts)\""), "{x}");
         assert!(x.contains("<failure message=\"2 cuts in the switch phase broke the device\"/>"), "{x}");
@@ -288,11 +301,18 @@ mod tests {
         let s = summary(&reports);
         assert!(s.contains("1 passed, 1 failed, 0 skipped"), "{s}");
         assert!(s.contains("FAIL  step 1 (line 4, boot): boom"), "{s}");
-        let x = junit(&reports);
+        let x = junit(&reports, &[]);
         assert!(x.contains("tests=\"2\" failures=\"1\""), "{x}");
+        assert!(!x.contains("<properties>"), "{x}");
         assert!(x.contains("name=\"b&amp;c\""), "{x}");
         assert!(x.contains("I (1) boot: &lt;x&gt;"), "{x}");
-        let skipped = junit(&[report("s", StepOutcome::Skipped("no power switch".into()))]);
+        let skipped = junit(&[report("s", StepOutcome::Skipped("no power switch".into()))], &[]);
         assert!(skipped.contains("skipped: no power switch"), "{skipped}");
+        let board = [("board.mac".to_string(), "02:07:7a:c3:00:01".to_string())];
+        let x = junit(&reports, &board);
+        assert!(
+            x.contains("<properties>\n    <property name=\"board.mac\" value=\"02:07:7a:c3:00:01\"/>"),
+            "{x}"
+        );
     }
 }

@@ -54,6 +54,12 @@ pub struct EmuSetup {
     pub seed: u64,
     /// ArduinoOTA's built-in password and scheme (for a layout without an nvs partition).
     pub arduino: Option<crate::scenario::ArduinoDevice>,
+    /// Run on this flash file instead of a copy of `flash_image` (a bench's board keeps its
+    /// flash from one scenario to the next).
+    pub flash_file: Option<PathBuf>,
+    /// UART0 on a pseudo-terminal (`--uart-pty`): the serial log and, in download boot mode,
+    /// the ROM loader.
+    pub uart_pty: bool,
 }
 
 enum Line {
@@ -69,6 +75,8 @@ pub struct EmuDut {
     addr: SocketAddr,
     arduino_addr: SocketAddr,
     flash_path: PathBuf,
+    /// The UART's pseudo-terminal, with `uart_pty`.
+    uart: Option<PathBuf>,
     /// Events read while waiting for a command's reply, handed out by `next_event` in order.
     pending: std::collections::VecDeque<DutEvent>,
     _dir: tempfile::TempDir,
@@ -76,11 +84,43 @@ pub struct EmuDut {
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
+impl EmuSetup {
+    /// The emulated device a scenario describes, its flash provisioned as a factory would
+    /// (with `wifi`'s network when given).
+    pub fn for_scenario(
+        s: &crate::scenario::Scenario,
+        options: &crate::runner::RunOptions,
+        wifi: Option<(&str, &str)>,
+    ) -> Result<EmuSetup, super::StartError> {
+        let d = &s.device;
+        // Provisioned settings are how the chip gets them; the emulator's built-in values are
+        // only for a layout without an nvs partition.
+        let (flash_image, provisioned) = super::device_flash(s, &d.firmware.bytes, wifi)?;
+        Ok(EmuSetup {
+            flash_image,
+            password: if provisioned { None } else { d.password.clone() },
+            protocol: if provisioned { 2 } else { d.protocol },
+            bootloader_rollback: d.bootloader_rollback,
+            erase_upfront: d.erase == crate::scenario::EraseSpec::Upfront,
+            seed: options.seed.unwrap_or(d.seed),
+            arduino: if provisioned { None } else { d.arduino.clone() },
+            flash_file: None,
+            uart_pty: false,
+        })
+    }
+}
+
 impl EmuDut {
     pub fn start(program: &EmuProgram, setup: &EmuSetup) -> Result<Self, DutError> {
         let dir = tempfile::tempdir()?;
-        let flash_path = dir.path().join("flash.bin");
-        std::fs::write(&flash_path, &setup.flash_image)?;
+        let flash_path = match &setup.flash_file {
+            Some(file) => file.clone(),
+            None => {
+                let path = dir.path().join("flash.bin");
+                std::fs::write(&path, &setup.flash_image)?;
+                path
+            }
+        };
         let mut cmd = std::process::Command::new(&program.program);
         cmd.args(&program.prefix_args)
             .arg("run")
@@ -101,6 +141,9 @@ impl EmuDut {
         }
         if setup.erase_upfront {
             cmd.arg("--erase-upfront");
+        }
+        if setup.uart_pty {
+            cmd.arg("--uart-pty");
         }
         if let Some(a) = &setup.arduino {
             cmd.arg("--arduino-auth").arg(a.auth.name());
@@ -134,16 +177,32 @@ impl EmuDut {
             addr: "127.0.0.1:0".parse().expect("literal"),
             arduino_addr: "127.0.0.1:0".parse().expect("literal"),
             flash_path,
+            uart: None,
             pending: Default::default(),
             _dir: dir,
         };
         let ready =
             dut.wait_control(|m| matches!(m, Message::Ready { .. }), REPLY_TIMEOUT, "the ready line")?;
-        if let Message::Ready { listen, arduino, .. } = ready {
+        if let Message::Ready { listen, arduino, uart } = ready {
             dut.addr = listen;
             dut.arduino_addr = arduino;
+            dut.uart = uart.map(PathBuf::from);
+        }
+        if setup.uart_pty && dut.uart.is_none() {
+            return Err(DutError::Start("the emulator did not say where its UART is".into()));
         }
         Ok(dut)
+    }
+
+    /// The UART's pseudo-terminal, when started with `uart_pty`.
+    pub fn uart_path(&self) -> Option<&std::path::Path> {
+        self.uart.as_deref()
+    }
+
+    /// Download boot mode: the chip restarts into its ROM serial loader on the UART (a pty has
+    /// no DTR/RTS to strap it, so the control channel does).
+    pub fn download(&mut self) -> Result<(), DutError> {
+        self.command(Command::Download).map(drop)
     }
 
     /// Reads lines until a control line matching `want`; serial lines and events are queued.
@@ -218,6 +277,7 @@ impl Dut for EmuDut {
             flash_op_counters: true,
             power_switch: true,
             session_events: true,
+            live_flash_read: true,
         }
     }
 
@@ -333,19 +393,7 @@ impl super::Backend for EmuBackend {
         s: &crate::scenario::Scenario,
         options: &crate::runner::RunOptions,
     ) -> Result<Box<dyn Dut>, super::StartError> {
-        let d = &s.device;
-        // Provisioned settings are how the chip gets them; the emulator's built-in values are
-        // only for a layout without an nvs partition.
-        let (flash_image, provisioned) = super::device_flash(s, &d.firmware.bytes)?;
-        let setup = EmuSetup {
-            flash_image,
-            password: if provisioned { None } else { d.password.clone() },
-            protocol: if provisioned { 2 } else { d.protocol },
-            bootloader_rollback: d.bootloader_rollback,
-            erase_upfront: d.erase == crate::scenario::EraseSpec::Upfront,
-            seed: options.seed.unwrap_or(d.seed),
-            arduino: if provisioned { None } else { d.arduino.clone() },
-        };
+        let setup = EmuSetup::for_scenario(s, options, None)?;
         EmuDut::start(&self.program, &setup)
             .map(|d| Box::new(d) as Box<dyn Dut>)
             .map_err(|e| super::StartError::Fail(e.to_string()))

@@ -2,6 +2,7 @@
 //! [`Dut`]s for scenarios) and one entry in [`BACKENDS`]; the runner only plays steps, and a
 //! scenario never names a backend.
 
+pub mod device;
 pub mod emu;
 pub mod qemu;
 
@@ -30,6 +31,11 @@ pub trait Backend {
     /// Whether its snapshots are comparable with the stored ones (the device runs the fixture
     /// images' bytes), and if not, why.
     fn snapshots_compare(&self) -> Result<(), String>;
+    /// Who the board is (chip, MAC, revision, flash size), once a scenario has started on it:
+    /// for the summary and as JUnit properties.
+    fn board(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// What a backend may need from the command line.
@@ -37,6 +43,8 @@ pub trait Backend {
 pub struct BackendOptions {
     /// Where the firmware builds are (`cargo xtask firmware`).
     pub firmware: PathBuf,
+    /// The bench file of the device backend's board.
+    pub bench: Option<PathBuf>,
 }
 
 /// A registered backend.
@@ -48,7 +56,7 @@ pub struct BackendEntry {
 }
 
 /// Every backend, in the order `--help` lists them; the first is the default.
-pub const BACKENDS: &[BackendEntry] = &[emu::ENTRY, qemu::ENTRY];
+pub const BACKENDS: &[BackendEntry] = &[emu::ENTRY, qemu::ENTRY, device::ENTRY];
 
 /// The backend registered as `name`.
 pub fn by_name(name: &str) -> Option<&'static BackendEntry> {
@@ -63,7 +71,11 @@ pub fn names() -> String {
 /// The scenario device's flash: its partition table, `app` in the first app slot and its OTA
 /// settings provisioned into the nvs partition, as a factory would. `false` with it when the
 /// layout has no nvs partition (the firmware's built-in settings apply then).
-pub fn device_flash(s: &Scenario, app: &[u8]) -> Result<(Vec<u8>, bool), StartError> {
+pub fn device_flash(
+    s: &Scenario,
+    app: &[u8],
+    wifi: Option<(&str, &str)>,
+) -> Result<(Vec<u8>, bool), StartError> {
     let d = &s.device;
     let mut image = ota_emu::mkflash::merged_image(&d.partitions, app, d.flash_size)
         .map_err(|e| StartError::Fail(format!("cannot build the flash image: {e}")))?;
@@ -73,7 +85,7 @@ pub fn device_flash(s: &Scenario, app: &[u8]) -> Result<(Vec<u8>, bool), StartEr
         &ota_core::settings::Provision {
             ota_password: d.password.as_deref(),
             protocol: d.protocol,
-            wifi: None,
+            wifi,
             arduino: d.arduino.as_ref().map(|a| (a.password.as_deref(), a.auth)),
         },
     ) {
@@ -97,6 +109,6 @@ mod tests {
         }
         assert_eq!(BACKENDS[0].name, "emu", "the emulator is the default");
         assert!(by_name("bench-of-dreams").is_none());
-        assert_eq!(names(), "emu, qemu");
+        assert_eq!(names(), "emu, qemu, device");
     }
 }

@@ -71,19 +71,27 @@ pub struct FirmwareBuilds {
     pub bootloader: Vec<u8>,
     /// The builds are the committed fixture images (a default build): snapshots compare.
     pub matches_fixtures: bool,
+    /// How the builds reach the network (`qemu-ethernet`, or `wifi` for boards).
+    pub link: String,
 }
 
 impl FirmwareBuilds {
+    /// Builds QEMU can run (no Wi-Fi builds: QEMU has no radio).
     pub fn load(dir: &Path) -> Result<Self, QemuSetupError> {
+        let builds = Self::load_any(dir)?;
+        if builds.link == "wifi" {
+            return Err(QemuSetupError::WifiBuilds { dir: dir.display().to_string() });
+        }
+        Ok(builds)
+    }
+
+    /// Builds of any kind (a board on a bench takes Wi-Fi builds).
+    pub fn load_any(dir: &Path) -> Result<Self, QemuSetupError> {
         let shown = dir.display().to_string();
         let manifest = std::fs::read_to_string(dir.join("build.txt"))
             .map_err(|source| QemuSetupError::NoBuilds { dir: shown.clone(), source })?;
         let field =
             |k: &str| manifest.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix('=')).unwrap_or("");
-        // QEMU has no Wi-Fi: such a build would never come up on its network.
-        if field("link") == "wifi" {
-            return Err(QemuSetupError::WifiBuilds { dir: shown });
-        }
         let merged_path = dir.join("v1-flash.bin");
         let merged = std::fs::read(&merged_path).map_err(|source| QemuSetupError::Unreadable {
             path: merged_path.display().to_string(),
@@ -103,7 +111,55 @@ impl FirmwareBuilds {
             password: Some(field("password")).filter(|p| !p.is_empty()).map(str::to_string),
             protocol: field("protocol").parse().unwrap_or(2),
             bootloader: merged[..0x8000].to_vec(),
+            link: field("link").to_string(),
         })
+    }
+
+    /// The firmware build of a named fixture (or the same defect applied to the v2 build);
+    /// files as they are.
+    pub fn ota_image(&self, image: &crate::scenario::Image) -> Result<Vec<u8>, String> {
+        if crate::fixtures::find(&image.name).is_none() {
+            return Ok(image.bytes.clone());
+        }
+        if let Some(app) = self.app(&image.name) {
+            return Ok(app);
+        }
+        let v2 = self.app("v2").ok_or("no firmware build of v2")?;
+        if let Some(d) = crate::fixtures::derived_from_v2(&image.name, &v2) {
+            return Ok(d);
+        }
+        match image.name.as_str() {
+            // Neither depends on the firmware's code: the same bytes on every backend.
+            "oversized" | "not-an-image" => Ok(image.bytes.clone()),
+            other => Err(format!("no firmware build of fixture `{other}`")),
+        }
+    }
+
+    /// Why a chip running these builds cannot play `s`, if it cannot (what the scenario's
+    /// device needs that was fixed when the firmware was built).
+    pub fn unfit_for(&self, s: &crate::scenario::Scenario, provisioned: bool) -> Option<String> {
+        let d = &s.device;
+        if !provisioned && d.password != self.password {
+            return Some(format!(
+                "the firmware was built with password {:?}, the scenario's device has {:?} (OTAHIL_FW_PASSWORD at `cargo xtask firmware`)",
+                self.password, d.password
+            ));
+        }
+        if !provisioned && d.protocol != self.protocol {
+            return Some(format!(
+                "the firmware was built for OTA protocol {}, the scenario wants {} (OTAHIL_FW_OTA_PROTOCOL)",
+                self.protocol, d.protocol
+            ));
+        }
+        if d.bootloader_rollback {
+            return Some(
+                "the firmware boots with espflash's bootloader, built without rollback support".into(),
+            );
+        }
+        if d.erase != crate::scenario::EraseSpec::Sequential || d.writer_fault.is_some() {
+            return Some("the firmware's writer is fixed at sequential erase, without faults".into());
+        }
+        None
     }
 
     /// The app image built for fixture `name`, if there is one.
@@ -273,6 +329,7 @@ impl Dut for QemuDut {
             flash_op_counters: false,
             power_switch: true,
             session_events: false,
+            live_flash_read: true,
         }
     }
 
@@ -399,24 +456,8 @@ impl super::Backend for QemuBackend {
         ENTRY.name
     }
 
-    /// The firmware build of a named fixture (or the same defect applied to the v2 build);
-    /// files as they are.
     fn ota_image(&self, image: &crate::scenario::Image) -> Result<Vec<u8>, String> {
-        if crate::fixtures::find(&image.name).is_none() {
-            return Ok(image.bytes.clone());
-        }
-        if let Some(app) = self.builds.app(&image.name) {
-            return Ok(app);
-        }
-        let v2 = self.builds.app("v2").ok_or("no firmware build of v2")?;
-        if let Some(d) = crate::fixtures::derived_from_v2(&image.name, &v2) {
-            return Ok(d);
-        }
-        match image.name.as_str() {
-            // Neither depends on the firmware's code: the same bytes on every backend.
-            "oversized" | "not-an-image" => Ok(image.bytes.clone()),
-            other => Err(format!("no firmware build of fixture `{other}` for QEMU")),
-        }
+        self.builds.ota_image(image)
     }
 
     fn start(
@@ -428,28 +469,9 @@ impl super::Backend for QemuBackend {
         let d = &s.device;
         let builds = &self.builds;
         let app = self.ota_image(&d.firmware).map_err(StartError::Skip)?;
-        let (mut flash_image, provisioned) = super::device_flash(s, &app)?;
-        if !provisioned && d.password != builds.password {
-            return Err(StartError::Skip(format!(
-                "the firmware was built with password {:?}, the scenario's device has {:?} (OTAHIL_FW_PASSWORD at `cargo xtask firmware`)",
-                builds.password, d.password
-            )));
-        }
-        if !provisioned && d.protocol != builds.protocol {
-            return Err(StartError::Skip(format!(
-                "the firmware was built for OTA protocol {}, the scenario wants {} (OTAHIL_FW_OTA_PROTOCOL)",
-                builds.protocol, d.protocol
-            )));
-        }
-        if d.bootloader_rollback {
-            return Err(StartError::Skip(
-                "the firmware boots with espflash's bootloader, built without rollback support".into(),
-            ));
-        }
-        if d.erase != crate::scenario::EraseSpec::Sequential || d.writer_fault.is_some() {
-            return Err(StartError::Skip(
-                "the firmware's writer is fixed at sequential erase, without faults".into(),
-            ));
+        let (mut flash_image, provisioned) = super::device_flash(s, &app, None)?;
+        if let Some(why) = builds.unfit_for(s, provisioned) {
+            return Err(StartError::Skip(why));
         }
         flash_image[..builds.bootloader.len()].copy_from_slice(&builds.bootloader);
         let mut dut =
