@@ -99,6 +99,15 @@ impl Bench {
     pub fn has_power_switch(&self) -> bool {
         self.power.is_some()
     }
+
+    /// The firmware the board runs: `fixtures` (the emulator standing in runs the fixture
+    /// images), or `wifi` (a board joins its network: `cargo xtask firmware --wifi`).
+    pub fn firmware(&self) -> &'static str {
+        match self.port {
+            PortSpec::Emulator => "fixtures",
+            _ => "wifi",
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -67,6 +67,19 @@ enum Cmd {
         #[arg(long)]
         bench: Option<PathBuf>,
     },
+    /// Flash one firmware build to a bench's board (blocks that already match are skipped,
+    /// the rest verified), start it, and print the board's identity and the figures.
+    Flash {
+        /// The bench file (fixtures/bench.example.yaml; fixtures/bench.emu.yaml: the emulator).
+        #[arg(long)]
+        bench: PathBuf,
+        /// The fixture or firmware build to flash (v1, v2, v3, selftest-fail, selftest-hang).
+        #[arg(long, default_value = "v1")]
+        image: String,
+        /// The firmware builds a board runs (`cargo xtask firmware --wifi`).
+        #[arg(long, default_value = "target/firmware-wifi")]
+        firmware: PathBuf,
+    },
     /// Check scenario files without running them.
     Check {
         /// A scenario file or a directory of them.
@@ -246,6 +259,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Flash { bench, image, firmware } => flash(&bench, &image, &firmware),
         Cmd::Check { scenarios, bench } => {
             let (loaded, errors) = load_all(&scenarios, &[])?;
             for e in &errors {
@@ -260,6 +274,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "bench {} ok: port {:?}, flash {:?}, reset {:?}, {power}",
                         b.name, b.port, b.flash, b.reset
                     );
+                    // For `cargo xtask hil --backend device`: which builds to make first.
+                    println!("bench firmware: {}", b.firmware());
                     true
                 }
                 Some(Err(e)) => {
@@ -372,6 +388,52 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if reports.iter().all(|r| r.passed()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
+}
+
+/// `otahil flash`: the board gets the default layout with `image` in its first app slot, as a
+/// scenario's device would, then boots.
+fn flash(bench: &std::path::Path, image: &str, firmware: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use otahil::backend::Backend;
+    let b = otahil::bench::load(bench)?;
+    if fixtures::find(image).is_none() {
+        bail!(
+            "--image {image}: expected one of the firmware builds (v1, v2, v3, selftest-fail, selftest-hang)"
+        );
+    }
+    let mut backend =
+        otahil::backend::device::DeviceBackend::new(b, firmware).map_err(|why| anyhow::anyhow!("{why}"))?;
+    backend.progress = std::io::stderr().is_terminal();
+    let text =
+        format!("name: flash\nabout: otahil flash\ndevice: {{ firmware: {image} }}\nsteps:\n  - boot\n");
+    let s = scenario::parse(&text, std::path::Path::new("<otahil flash>"))?;
+    let mut dut = match backend.start(&s, &runner::RunOptions::default()) {
+        Ok(d) => d,
+        Err(otahil::backend::StartError::Skip(why) | otahil::backend::StartError::Fail(why)) => {
+            bail!("{why}")
+        }
+    };
+    if let Some(w) = backend.last_write() {
+        println!(
+            "flashed {} KiB: {} of {} blocks written, {} already matched, in {:.2} s (connect, identify, write, verify: {:.2} s)",
+            w.bytes >> 10,
+            w.written_blocks,
+            w.written_blocks + w.skipped_blocks,
+            w.skipped_blocks,
+            w.elapsed.as_secs_f64(),
+            w.session.as_secs_f64()
+        );
+    }
+    for (k, v) in backend.board() {
+        println!("{k}: {v}");
+    }
+    dut.power_on()?;
+    while let Some(e) = dut.next_event(std::time::Duration::from_millis(200))? {
+        if let otahil::dut::DutEvent::Serial(line) = e {
+            println!("| {line}");
+        }
+    }
+    dut.shutdown();
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Turns snapshot mismatches into a failure of the scenario (the step has passed already).

@@ -38,6 +38,19 @@ enum Task {
         /// Override the scenarios' device seed.
         #[arg(long)]
         seed: Option<u64>,
+        /// The device backend's bench file (fixtures/bench.emu.yaml: the emulator in the
+        /// board's place; fixtures/bench.example.yaml documents a lab bench).
+        #[arg(long)]
+        bench: Option<PathBuf>,
+    },
+    /// Flash one firmware build to a bench's board (skipping blocks that match, verified),
+    /// start it and print the board's identity.
+    Flash {
+        #[arg(long)]
+        bench: PathBuf,
+        /// The build to flash (v1, v2, v3, selftest-fail, selftest-hang).
+        #[arg(long, default_value = "v1")]
+        image: String,
     },
     /// Write the fixture images to fixtures/images/ (deterministic).
     Fixtures,
@@ -131,6 +144,30 @@ struct HilArgs {
     cut: Option<u64>,
     torn: bool,
     seed: Option<u64>,
+    bench: Option<PathBuf>,
+}
+
+/// The firmware directory a bench's board runs (after building it), from `otahil check`.
+fn bench_firmware(bin: &Path, bench: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let out = Command::new(bin.join("otahil"))
+        .current_dir(root())
+        .arg("check")
+        .arg("--bench")
+        .arg(bench)
+        .output()
+        .context("running otahil check")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("{}{}", text, String::from_utf8_lossy(&out.stderr));
+    }
+    match text.lines().find_map(|l| l.strip_prefix("bench firmware: ")) {
+        Some("fixtures") => Ok(None),
+        Some("wifi") => {
+            build_firmware(FirmwareLink::Wifi)?;
+            Ok(Some(root().join("target/firmware-wifi")))
+        }
+        other => bail!("otahil check did not say which firmware the bench runs ({other:?})"),
+    }
 }
 
 fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
@@ -142,11 +179,23 @@ fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
             check_qemu()?;
             build_firmware(FirmwareLink::QemuEthernet)?
         }
-        other => bail!("backend `{other}` is not available (emu, qemu; the bench backend is its own issue)"),
+        "device" if args.bench.is_none() => {
+            bail!(
+                "the device backend needs --bench FILE (fixtures/bench.emu.yaml puts the emulator in the board's place)"
+            )
+        }
+        "device" => {}
+        other => bail!("backend `{other}` is not available (emu, qemu, device)"),
     }
     let bin = build_emu()?;
     let mut c = Command::new(bin.join("otahil"));
     c.current_dir(root()).args(["run", "--backend", backend]);
+    if let Some(b) = &args.bench {
+        c.arg("--bench").arg(b);
+        if let Some(dir) = bench_firmware(&bin, b)? {
+            c.arg("--firmware").arg(dir);
+        }
+    }
     for s in &args.scenarios {
         c.args(["--scenario", s]);
     }
@@ -443,8 +492,18 @@ fn main() -> std::process::ExitCode {
 
 fn run_task(task: Task) -> anyhow::Result<()> {
     match task {
-        Task::Hil { backend, scenario, junit, html, cut, torn, seed } => {
-            hil(&backend, &HilArgs { scenarios: scenario, junit, html, cut, torn, seed })
+        Task::Hil { backend, scenario, junit, html, cut, torn, seed, bench } => {
+            hil(&backend, &HilArgs { scenarios: scenario, junit, html, cut, torn, seed, bench })
+        }
+        Task::Flash { bench, image } => {
+            let bin = build_emu()?;
+            let mut c = Command::new(bin.join("otahil"));
+            c.current_dir(root()).arg("flash").arg("--bench").arg(&bench).args(["--image", &image]);
+            if let Some(dir) = bench_firmware(&bin, &bench)? {
+                c.arg("--firmware").arg(dir);
+            }
+            c.env("OTAHIL_EMU", bin.join("ota-emu"));
+            run(c)
         }
         Task::Firmware { update_fixtures, wifi: false } => firmware(update_fixtures),
         Task::Firmware { wifi: true, .. } => build_firmware(FirmwareLink::Wifi),

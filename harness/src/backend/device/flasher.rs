@@ -138,6 +138,7 @@ impl Session {
             written_blocks: progress.written,
             skipped_blocks: progress.skipped,
             elapsed: started.elapsed(),
+            session: started.elapsed(),
         })
     }
 
@@ -199,7 +200,10 @@ pub struct WriteReport {
     pub bytes: usize,
     pub written_blocks: usize,
     pub skipped_blocks: usize,
+    /// Writing and verifying.
     pub elapsed: Duration,
+    /// From entering the loader to the end: connecting, identifying, writing, verifying.
+    pub session: Duration,
 }
 
 /// espflash's per-segment callbacks on one bar over the whole image.

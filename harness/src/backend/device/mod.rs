@@ -430,6 +430,7 @@ pub struct DeviceBackend {
     /// The stand-in's flash file, kept from one scenario to the next as a board keeps its flash.
     standin_flash: Option<tempfile::TempDir>,
     identity: Mutex<Option<Identity>>,
+    last_write: Mutex<Option<flasher::WriteReport>>,
     /// Show a progress bar while flashing (`otahil flash`; a run shows its own).
     pub progress: bool,
 }
@@ -449,17 +450,42 @@ pub const ENTRY: super::BackendEntry = super::BackendEntry {
 };
 
 impl DeviceBackend {
+    /// The last scenario's flashing: blocks written and skipped, and how long it took.
+    pub fn last_write(&self) -> Option<flasher::WriteReport> {
+        *self.last_write.lock().expect("not poisoned")
+    }
+
     pub fn new(bench: Bench, firmware: &std::path::Path) -> Result<Self, String> {
+        Self::with_emulator(bench, firmware, None)
+    }
+
+    /// As [`DeviceBackend::new`], with the stand-in emulator given (tests run the one cargo built).
+    pub fn with_emulator(
+        bench: Bench,
+        firmware: &std::path::Path,
+        emulator: Option<EmuProgram>,
+    ) -> Result<Self, String> {
         let standin = bench.port == PortSpec::Emulator;
         let (firmware, emu, standin_flash) = if standin {
-            let emu = EmuProgram::locate().map_err(|e| e.to_string())?;
+            let emu = match emulator {
+                Some(e) => e,
+                None => EmuProgram::locate().map_err(|e| e.to_string())?,
+            };
             (Firmware::Fixtures, Some(emu), Some(tempfile::tempdir().map_err(|e| e.to_string())?))
         } else {
             let builds = FirmwareBuilds::load_any(firmware)
                 .map_err(|e| format!("cannot use the device backend: {e}"))?;
             (Firmware::Builds(builds), None, None)
         };
-        Ok(DeviceBackend { bench, firmware, emu, standin_flash, identity: Mutex::new(None), progress: false })
+        Ok(DeviceBackend {
+            bench,
+            firmware,
+            emu,
+            standin_flash,
+            identity: Mutex::new(None),
+            last_write: Mutex::new(None),
+            progress: false,
+        })
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -544,8 +570,11 @@ impl DeviceBackend {
             pending: VecDeque::new(),
         };
         let bar = if self.progress { ProgressBar::new(image.len() as u64) } else { ProgressBar::hidden() };
-        let (identity, report) = dut.flash(image, &bar)?;
+        let started = Instant::now();
+        let (identity, mut report) = dut.flash(image, &bar)?;
+        report.session = started.elapsed();
         bar.finish_and_clear();
+        *self.last_write.lock().expect("not poisoned") = Some(report);
         tracing::info!(
             blocks_written = report.written_blocks,
             blocks_skipped = report.skipped_blocks,
