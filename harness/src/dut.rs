@@ -41,10 +41,25 @@ pub struct Capabilities {
 }
 
 /// Where the power is cut during the next operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum PowerCut {
-    AfterOps { count: u64, torn_seed: Option<u64> },
-    AfterBytes { count: u64, torn_seed: Option<u64> },
+    AfterOps {
+        count: u64,
+        torn_seed: Option<u64>,
+    },
+    AfterBytes {
+        count: u64,
+        torn_seed: Option<u64>,
+    },
+    /// When the device prints a line matching this (a backend with a power switch).
+    AtLog(regex::Regex),
+}
+
+impl PowerCut {
+    /// Whether only a backend that cuts at an exact flash operation can do it.
+    pub fn is_exact(&self) -> bool {
+        !matches!(self, PowerCut::AtLog(_))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

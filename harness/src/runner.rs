@@ -288,11 +288,25 @@ impl Run<'_> {
     fn ota(&mut self, o: &OtaStep) -> StepResult {
         let dut_err = |e: DutError| e.to_string();
         let caps = self.dut.capabilities();
-        if o.cut_power.is_some() && !caps.exact_power_cut {
-            return Ok(StepOutcome::Skipped(format!(
-                "the {} backend cannot cut power at an exact flash operation",
-                self.dut.backend()
-            )));
+        let cut = o.cut_power.as_ref().map(|(at, torn_seed)| match at {
+            CutPower::AfterBytes(count) => PowerCut::AfterBytes { count: *count, torn_seed: *torn_seed },
+            CutPower::AfterOps(count) => PowerCut::AfterOps { count: *count, torn_seed: *torn_seed },
+            CutPower::AtLog(re) => PowerCut::AtLog(re.clone()),
+        });
+        match &cut {
+            Some(c) if c.is_exact() && !caps.exact_power_cut => {
+                return Ok(StepOutcome::Skipped(format!(
+                    "the {} backend cannot cut power at an exact flash operation",
+                    self.dut.backend()
+                )));
+            }
+            Some(_) if !caps.power_switch => {
+                return Ok(StepOutcome::Skipped(format!(
+                    "the {} backend has no power switch",
+                    self.dut.backend()
+                )));
+            }
+            _ => {}
         }
         // Without counters the update still runs and everything else is checked; the step then
         // reports the erase count as the part it skipped.
@@ -314,11 +328,7 @@ impl Run<'_> {
         let losses = self.power_losses.len();
         let reboots = self.reboots;
         let sessions = self.sessions_closed;
-        if let Some((at, torn_seed)) = o.cut_power {
-            let cut = match at {
-                CutPower::AfterBytes(count) => PowerCut::AfterBytes { count, torn_seed },
-                CutPower::AfterOps(count) => PowerCut::AfterOps { count, torn_seed },
-            };
+        if let Some(cut) = cut {
             self.dut.arm_power_cut(cut).map_err(dut_err)?;
         }
         let image = match self.backend.ota_image(&o.image) {
@@ -376,10 +386,14 @@ impl Run<'_> {
                 self.wait_until(DEVICE_EVENT_TIMEOUT, |r| r.power_losses.len() > losses).map_err(dut_err)?;
             if !fired {
                 self.dut.disarm_power_cut().map_err(dut_err)?;
-                return Ok(StepOutcome::Failed(
-                    "the armed power cut never fired: the update performed fewer flash operations than the cut point"
-                        .into(),
-                ));
+                let why = match &o.cut_power {
+                    Some((CutPower::AtLog(re), _)) => {
+                        format!("the armed power cut never fired: no line matched /{}/", re.as_str())
+                    }
+                    _ => "the armed power cut never fired: the update performed fewer flash operations than the cut point"
+                        .to_string(),
+                };
+                return Ok(StepOutcome::Failed(why));
             }
         }
         if let Some(before) = before {

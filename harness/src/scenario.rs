@@ -211,6 +211,8 @@ struct RawCut {
     after_ops: Option<u64>,
     #[serde(default)]
     torn_seed: Option<u64>,
+    #[serde(default)]
+    at_log: Option<String>,
 }
 
 /// Which authentication the client offers.
@@ -374,10 +376,13 @@ impl fmt::Display for Expect {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum CutPower {
     AfterBytes(u64),
     AfterOps(u64),
+    /// As soon as the device prints a line matching this: the emulator cuts right after the
+    /// line; QEMU and a bench with a power switch cut when the harness reads it.
+    AtLog(regex::Regex),
 }
 
 #[derive(Debug, Clone)]
@@ -835,12 +840,26 @@ fn check_ota(o: RawOta, cx: &Ctx<'_>) -> Result<OtaStep, ScenarioError> {
     let cut_power = match &o.cut_power {
         None => None,
         Some(c) => {
-            let at = match (c.after_bytes, c.after_ops) {
-                (Some(b), None) => CutPower::AfterBytes(b),
-                (None, Some(n)) => CutPower::AfterOps(n),
+            let at = match (c.after_bytes, c.after_ops, &c.at_log) {
+                (Some(b), None, None) => CutPower::AfterBytes(b),
+                (None, Some(n), None) => CutPower::AfterOps(n),
+                (None, None, Some(pattern)) => {
+                    if c.torn_seed.is_some() {
+                        return cx.at(&o.image, "cut_power: `torn_seed` tears a flash operation cut at an exact point; `at_log` cuts between operations");
+                    }
+                    if pattern.contains('\n') {
+                        return cx.at(&o.image, "cut_power at_log: one line of regex, without a newline");
+                    }
+                    match regex::Regex::new(pattern) {
+                        Ok(re) => CutPower::AtLog(re),
+                        Err(e) => return cx.at(&o.image, format!("cut_power at_log is not a regex: {e}")),
+                    }
+                }
                 _ => {
-                    return cx
-                        .at(&o.image, "cut_power: expected exactly one of `after_bytes` or `after_ops`");
+                    return cx.at(
+                        &o.image,
+                        "cut_power: expected exactly one of `after_bytes`, `after_ops` or `at_log`",
+                    );
                 }
             };
             Some((at, c.torn_seed))
@@ -929,6 +948,15 @@ mod tests {
             "name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { image: v2, expect: ok, cut_power: { after_ops: 1, after_bytes: 2 } }\n",
         );
         assert!(e.message.contains("exactly one"), "{e}");
+        let e = err(
+            "name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { image: v2, expect: ok, cut_power: { at_log: 'progress (' } }\n",
+        );
+        assert!(e.message.contains("at_log is not a regex"), "{e}");
+        assert_eq!(e.line, 4, "{e}");
+        let e = err(
+            "name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { image: v2, expect: ok, cut_power: { at_log: x, torn_seed: 1 } }\n",
+        );
+        assert!(e.message.contains("`at_log` cuts between operations"), "{e}");
         let e = err("name: t\ndevice: { firmware: v1, flash_size: 3M }\nsteps: []\n");
         assert!(e.message.contains("flash_size"), "{e}");
         let e = err("name: t\ndevice: [1, 2\n");

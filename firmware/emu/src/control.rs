@@ -82,7 +82,7 @@ impl Verb {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Command {
     PowerOn,
     PowerOff,
@@ -93,6 +93,9 @@ pub enum Command {
     Status,
     /// Arm a power cut (`None`: disarm).
     Cut(Option<Fault>),
+    /// Cut the power as soon as the device prints a line matching this regex (`cut at-log RE`,
+    /// the rest of the line): nothing it does after that line happens.
+    CutAtLog(String),
     Quit,
 }
 
@@ -104,7 +107,7 @@ impl Command {
             Command::Reset => Verb::Reset,
             Command::Download => Verb::Download,
             Command::Status => Verb::Status,
-            Command::Cut(_) => Verb::Cut,
+            Command::Cut(_) | Command::CutAtLog(_) => Verb::Cut,
             Command::Quit => Verb::Quit,
         }
     }
@@ -113,6 +116,9 @@ impl Command {
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.verb().word())?;
+        if let Command::CutAtLog(pattern) = self {
+            write!(f, " at-log {pattern}")?;
+        }
         if let Command::Cut(cut) = self {
             match cut {
                 None => f.write_str(" clear")?,
@@ -142,6 +148,13 @@ fn number(word: Option<&str>, what: &'static str) -> Result<u64, ControlError> {
 
 /// Parses one command line.
 pub fn parse_command(line: &str) -> Result<Command, ControlError> {
+    if let Some(rest) = line.trim_start().strip_prefix("cut at-log ") {
+        let pattern = rest.trim();
+        if pattern.is_empty() {
+            return Err(ControlError::Missing("the log pattern"));
+        }
+        return Ok(Command::CutAtLog(pattern.to_string()));
+    }
     let mut words = line.split_whitespace();
     let word = words.next().ok_or(ControlError::Empty)?;
     let verb = Verb::parse(word).ok_or_else(|| ControlError::UnknownCommand(word.to_string()))?;
@@ -357,6 +370,8 @@ pub enum Message {
     Err(String),
     /// An armed power cut fired during operation `op` (counted over the process's life).
     PowerLost { op: u64, kind: OpKind, addr: u32, torn: bool },
+    /// A cut armed at a log line fired while no flash operation was under way.
+    PowerLostIdle,
     /// An update session ended (`refused`: a connection nothing could serve).
     SessionClosed { refused: bool },
     /// The device restarted into the image an update just wrote.
@@ -382,6 +397,7 @@ impl fmt::Display for Message {
                 };
                 write!(f, "event power-lost op={op} kind={kind} addr={addr:#x} torn={torn}")
             }
+            Message::PowerLostIdle => f.write_str("event power-lost idle"),
             Message::SessionClosed { refused: false } => f.write_str("event session-closed"),
             Message::SessionClosed { refused: true } => f.write_str("event session-closed refused"),
             Message::Rebooted(s) => write!(f, "event rebooted {s}"),
@@ -416,6 +432,7 @@ pub fn parse_message(line: &str) -> Result<Message, ControlError> {
         "event" => {
             let (kind, rest) = rest.split_once(' ').unwrap_or((rest, ""));
             match kind {
+                "power-lost" if rest.trim() == "idle" => Ok(Message::PowerLostIdle),
                 "power-lost" => {
                     let mut f = fields(rest)?;
                     let op = take_u64(&mut f, "op")?;
@@ -483,9 +500,10 @@ mod tests {
             Command::Cut(None),
             Command::Cut(Some(Fault { at: CutPoint::AfterBytes(200_000), torn: None })),
             Command::Cut(Some(Fault { at: CutPoint::AfterOps(3), torn: Some(u64::MAX) })),
+            Command::CutAtLog(r"ota: progress 50% \(of .*\)".into()),
         ];
         for c in all {
-            assert_eq!(parse_command(&c.to_string()), Ok(c), "{c}");
+            assert_eq!(parse_command(&c.to_string()), Ok(c.clone()), "{c}");
         }
         assert_eq!(parse_command("cut after-ops"), Err(ControlError::Missing("count")));
         assert!(matches!(parse_command("cut after-ops x"), Err(ControlError::NotANumber { .. })));
@@ -493,6 +511,9 @@ mod tests {
         assert_eq!(parse_command("status now"), Err(ControlError::Unexpected("now".into())));
         assert_eq!(parse_command(""), Err(ControlError::Empty));
         assert!(parse_command("cut sideways").unwrap_err().to_string().contains("cut after-ops N"));
+        assert_eq!(parse_command("cut at-log   "), Err(ControlError::Missing("the log pattern")));
+        assert_eq!(parse_command("cut at-log  a b "), Ok(Command::CutAtLog("a b".into())));
+        assert_eq!(parse_message("event power-lost idle"), Ok(Message::PowerLostIdle));
     }
 
     fn running() -> Status {

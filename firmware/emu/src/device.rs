@@ -121,6 +121,18 @@ pub struct Device<W: Write> {
     rng: Rng,
     /// This boot's ArduinoOTA service (while the app runs) and the update it is writing.
     arduino: Option<Session<arduino::Server>>,
+    cut: LogCut,
+}
+
+/// A power cut armed at a log line (`cut at-log`): once the device prints a matching line the
+/// power is gone: its UART says nothing more, and its next flash operation does not happen.
+#[derive(Debug, Default)]
+struct LogCut {
+    pattern: Option<regex::Regex>,
+    /// The line that matched, until the serve loop has taken it.
+    fired: Option<String>,
+    /// The flash's switch: thrown with the line, so its next operation does not happen.
+    switch: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl<W: Write> Device<W> {
@@ -136,6 +148,7 @@ impl<W: Write> Device<W> {
             serial,
             rng,
             arduino: None,
+            cut: LogCut::default(),
         }
     }
 
@@ -161,8 +174,25 @@ impl<W: Write> Device<W> {
     }
 
     fn log(&mut self, event: &LogEvent<'_>) {
-        print_line(&mut self.serial, self.boot_at, event);
+        print_line(&mut self.serial, self.boot_at, event, &mut self.cut);
         let _ = self.serial.flush();
+    }
+
+    /// Cuts the power when the device prints a line matching `pattern` (`None`: disarms).
+    pub fn arm_log_cut(&mut self, pattern: Option<regex::Regex>) {
+        let switch = self.flash.cut_switch();
+        switch.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.cut = LogCut { pattern, fired: None, switch: Some(switch) };
+    }
+
+    /// The line an armed log cut fired at, once: the power is gone from that line on. If a
+    /// flash operation came after it, that operation was cut (`Flash::power_loss`); if none
+    /// did, the caller switches the device off.
+    pub fn take_log_cut(&mut self) -> Option<String> {
+        let line = self.cut.fired.take()?;
+        // Not taken by an operation: the caller switches the device off instead.
+        self.flash.cut_switch().store(false, std::sync::atomic::Ordering::Relaxed);
+        Some(line)
     }
 
     /// Cuts the power now (between flash operations).
@@ -183,12 +213,13 @@ impl<W: Write> Device<W> {
         let outcome = {
             let boot_at = &mut self.boot_at;
             let serial = &mut self.serial;
+            let cut = &mut self.cut;
             let mut sink = |e: &LogEvent<'_>| {
                 if let LogEvent::BootStart = e {
                     // Every boot restarts the chip's millisecond clock.
                     *boot_at = Instant::now();
                 }
-                print_line(serial, *boot_at, e);
+                print_line(serial, *boot_at, e, cut);
             };
             power_on(&mut self.flash, cfg, &mut DirectVerify, &mut sink, MAX_CONSECUTIVE_BOOTS)
         };
@@ -198,9 +229,10 @@ impl<W: Write> Device<W> {
             PowerOn::Running { table, booted } => {
                 let built_in = OtaSettings::built_in(self.config.password, self.config.protocol_version);
                 let settings = {
-                    let (boot_at, serial) = (self.boot_at, &mut self.serial);
-                    built_in
-                        .load(&mut self.flash, &table, &mut |e: &LogEvent<'_>| print_line(serial, boot_at, e))
+                    let (boot_at, serial, cut) = (self.boot_at, &mut self.serial, &mut self.cut);
+                    built_in.load(&mut self.flash, &table, &mut |e: &LogEvent<'_>| {
+                        print_line(serial, boot_at, e, cut)
+                    })
                 };
                 self.log(&settings.log_event());
                 let server = ServerConfig {
@@ -213,9 +245,10 @@ impl<W: Write> Device<W> {
                     self.config.arduino_auth,
                 );
                 let arduino_settings = {
-                    let (boot_at, serial) = (self.boot_at, &mut self.serial);
-                    built_in
-                        .load(&mut self.flash, &table, &mut |e: &LogEvent<'_>| print_line(serial, boot_at, e))
+                    let (boot_at, serial, cut) = (self.boot_at, &mut self.serial, &mut self.cut);
+                    built_in.load(&mut self.flash, &table, &mut |e: &LogEvent<'_>| {
+                        print_line(serial, boot_at, e, cut)
+                    })
                 };
                 self.log(&arduino_settings.log_event(arduino::DEFAULT_PORT));
                 self.arduino = Some(Session::new(arduino::Server::new(arduino_settings.config())));
@@ -363,9 +396,21 @@ impl<W: Write> Device<W> {
 
 /// One serial line, stamped in milliseconds since `boot_at` (the chip's clock restarts at each
 /// boot). The serial port is a pipe to whoever watches; if it is gone the device still runs.
-fn print_line<W: Write>(serial: &mut W, boot_at: Instant, event: &LogEvent<'_>) {
+fn print_line<W: Write>(serial: &mut W, boot_at: Instant, event: &LogEvent<'_>, cut: &mut LogCut) {
+    if cut.fired.is_some() {
+        // The power went at an earlier line: the UART is silent.
+        return;
+    }
     let ms = boot_at.elapsed().as_millis() as u32;
-    let _ = writeln!(serial, "{}", LogLine { ms, event });
+    let line = LogLine { ms, event }.to_string();
+    let _ = writeln!(serial, "{line}");
+    if cut.pattern.as_ref().is_some_and(|p| p.is_match(&line)) {
+        cut.pattern = None;
+        cut.fired = Some(line);
+        if let Some(s) = &cut.switch {
+            s.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// `password` with a `'static` life for the sessions of a boot. Interned, so a device that
@@ -560,6 +605,32 @@ mod tests {
         d.power_on();
         assert!(matches!(d.power(), Power::Bricked(why) if why == "no bootable app"));
         assert!(serial(&d).contains("E (0) boot: No bootable app partitions in the partition table"));
+    }
+
+    /// `cut at-log`: the line is the last thing the device says, and the flash operation that
+    /// would come next does not happen; with none coming, the cut is taken once, by the caller.
+    #[test]
+    fn a_cut_at_a_log_line_silences_the_uart_and_stops_the_next_flash_operation() {
+        let mut d = Device::new(DeviceConfig::default(), FileFlash::in_memory(flash()), Vec::new());
+        d.arm_log_cut(Some(regex::Regex::new(r"boot: Loaded app").unwrap()));
+        d.power_on();
+        let log = serial(&d);
+        assert!(log.trim_end().ends_with("boot: Loaded app from partition at offset 0x10000"), "{log}");
+        // The first boot then writes otadata copy 0: that erase is the one cut.
+        assert!(matches!(d.power(), Power::Off), "{}", d.status());
+        let loss = d.flash().power_loss().expect("the next operation was cut");
+        assert_eq!(loss.kind, crate::flash::OpKind::Erase);
+        assert!(d.take_log_cut().is_some_and(|l| l.contains("Loaded app")));
+        assert_eq!(d.take_log_cut(), None, "taken once");
+        // Armed at a line after which no flash operation comes: nothing is cut by the device;
+        // the line is reported and the flash left disarmed for the caller to switch off.
+        let mut d = Device::new(DeviceConfig::default(), FileFlash::in_memory(flash()), Vec::new());
+        d.power_on();
+        d.arm_log_cut(Some(regex::Regex::new(r"client connected").unwrap()));
+        assert!(d.accept().is_some());
+        assert!(d.take_log_cut().is_some_and(|l| l.contains("client connected")));
+        assert!(d.flash().power_loss().is_none());
+        assert!(!d.flash().cut_switch().load(std::sync::atomic::Ordering::Relaxed), "left open");
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub const SECTOR: u32 = 4096;
 
@@ -110,9 +112,17 @@ pub struct FileFlash {
     counters: Counters,
     fault: Option<(Fault, Counters)>,
     lost: Option<PowerLoss>,
+    /// Thrown by whoever sees the power go between operations (a cut at a log line): the next
+    /// operation does not happen.
+    cut_now: Arc<AtomicBool>,
 }
 
 impl FileFlash {
+    /// The switch that cuts the power before the next operation (shared with the serial log).
+    pub fn cut_switch(&self) -> Arc<AtomicBool> {
+        self.cut_now.clone()
+    }
+
     /// Opens an existing flash file (its size is the flash size).
     pub fn open(path: &Path) -> Result<Self, FlashFileError> {
         let name = path.display().to_string();
@@ -130,12 +140,26 @@ impl FileFlash {
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.read_to_end(&mut data))
             .map_err(|source| FlashFileError::Open { path: name, source })?;
-        Ok(FileFlash { data, file: Some(file), counters: Counters::default(), fault: None, lost: None })
+        Ok(FileFlash {
+            data,
+            file: Some(file),
+            counters: Counters::default(),
+            fault: None,
+            lost: None,
+            cut_now: Arc::default(),
+        })
     }
 
     /// A flash that lives in memory only (tests, benchmarks).
     pub fn in_memory(data: Vec<u8>) -> Self {
-        FileFlash { data, file: None, counters: Counters::default(), fault: None, lost: None }
+        FileFlash {
+            data,
+            file: None,
+            counters: Counters::default(),
+            fault: None,
+            lost: None,
+            cut_now: Arc::default(),
+        }
     }
 
     /// Writes a complete image to `path` (creating or truncating it).
@@ -190,6 +214,9 @@ impl FileFlash {
     /// Decides whether the next operation is cut. Returns how many bytes of a program of `len`
     /// bytes still happen before the cut (`None`: no cut).
     fn cut_check(&mut self, kind: OpKind, len: u64) -> Option<u64> {
+        if self.cut_now.load(Ordering::Relaxed) {
+            return Some(0);
+        }
         let (fault, base) = self.fault?;
         match fault.at {
             CutPoint::AfterOps(n) => {
@@ -207,6 +234,7 @@ impl FileFlash {
         let op = self.counters.erases + self.counters.programs + 1;
         self.lost = Some(PowerLoss { op, kind, addr, torn });
         self.fault = None;
+        self.cut_now.store(false, Ordering::Relaxed);
     }
 }
 

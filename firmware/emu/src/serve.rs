@@ -128,6 +128,7 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
     let mut net = Net { listener, udp, conn: None, arduino: None };
     let mut buf = vec![0u8; 16 * 1024];
     loop {
+        log_cut(&mut device, &mut net);
         // Commands first: a power cut must land between two reads of an upload.
         loop {
             let busy = net.conn.is_some() || net.arduino.is_some();
@@ -240,9 +241,22 @@ fn run(device: &mut Device<Serial>, cmd: Command, verb: control::Verb) -> bool {
         Command::PowerOff => device.power_off(),
         Command::Reset => device.reset(),
         Command::Status | Command::Quit | Command::Download => {}
-        Command::Cut(fault) => match fault {
-            Some(f) => device.flash_mut().arm(f),
-            None => device.flash_mut().disarm(),
+        Command::Cut(fault) => {
+            device.arm_log_cut(None);
+            match fault {
+                Some(f) => device.flash_mut().arm(f),
+                None => device.flash_mut().disarm(),
+            }
+        }
+        Command::CutAtLog(ref pattern) => match regex::Regex::new(pattern) {
+            Ok(re) => {
+                device.flash_mut().disarm();
+                device.arm_log_cut(Some(re));
+            }
+            Err(e) => {
+                control_line(device, &Message::Err(format!("cut at-log: not a regex: {e}")));
+                return true;
+            }
         },
     }
     let status = matches!(cmd, Command::PowerOn | Command::Reset | Command::Status).then(|| device.status());
@@ -414,7 +428,28 @@ fn write_blocking(stream: &mut TcpStream, bytes: &[u8]) -> bool {
     ok
 }
 
+/// A cut armed at a log line that fired: if no flash operation was cut after the line (that
+/// one is reported where it happened), the device was idle and goes off now.
+fn log_cut(device: &mut Device<Serial>, net: &mut Net) {
+    if device.take_log_cut().is_none() {
+        return;
+    }
+    // A boot's flash operation it stopped (an update's was reported by its session).
+    if let Some(loss) = device.flash().power_loss() {
+        report_loss(device, loss);
+        return;
+    }
+    if matches!(device.power(), crate::device::Power::Off) {
+        return;
+    }
+    net.drop_connections(device);
+    device.power_off();
+    control_line(device, &Message::PowerLostIdle);
+}
+
 fn report_loss(device: &mut Device<Serial>, loss: crate::flash::PowerLoss) {
+    // A cut at a log line that stopped this operation is reported here, once.
+    let _ = device.take_log_cut();
     let message = Message::PowerLost { op: loss.op, kind: loss.kind, addr: loss.addr, torn: loss.torn };
     control_line(device, &message);
 }

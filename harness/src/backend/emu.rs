@@ -256,7 +256,7 @@ impl EmuDut {
 /// What an unprompted control message means to the runner.
 fn control_event(m: &Message) -> Option<DutEvent> {
     match m {
-        Message::PowerLost { .. } => {
+        Message::PowerLost { .. } | Message::PowerLostIdle => {
             let text = m.to_string();
             Some(DutEvent::PowerLost(text.trim_start_matches("event power-lost ").to_string()))
         }
@@ -295,6 +295,7 @@ impl Dut for EmuDut {
 
     fn arm_power_cut(&mut self, cut: PowerCut) -> Result<(), DutError> {
         let fault = match cut {
+            PowerCut::AtLog(re) => return self.command(Command::CutAtLog(re.as_str().to_string())).map(drop),
             PowerCut::AfterOps { count, torn_seed } => {
                 Fault { at: CutPoint::AfterOps(count), torn: torn_seed }
             }

@@ -69,6 +69,8 @@ pub struct BenchDut {
     arduino_port: u16,
     caps: Capabilities,
     pending: VecDeque<DutEvent>,
+    /// A power cut armed at a log line, switched by the harness when it reads the line.
+    log_cut: Option<regex::Regex>,
 }
 
 /// Whether `line` ends a boot: the app serves OTA, hangs in its self-test, or halts.
@@ -365,6 +367,19 @@ impl Dut for BenchDut {
                 continue;
             };
             self.learn_address(&line);
+            if self.log_cut.as_ref().is_some_and(|re| re.is_match(&line)) {
+                self.log_cut = None;
+                self.switch_power(false)?;
+                self.chip = Chip::Off;
+                // What the board printed between the line and the switch is timing, not behaviour.
+                let mut late = 0;
+                while self.console.next_line(Duration::from_millis(50)).is_some() {
+                    late += 1;
+                }
+                tracing::debug!(late, "power cut at a log line");
+                self.pending.push_back(DutEvent::PowerLost(format!("at log line `{line}`")));
+                return Ok(Some(DutEvent::Serial(line)));
+            }
             // The chip restarts by itself after an update and after its boot guard rolls back.
             let announced = matches!(
                 Milestone::of(&line),
@@ -568,6 +583,7 @@ impl DeviceBackend {
             arduino_port: b.arduino_port,
             caps: self.capabilities(),
             pending: VecDeque::new(),
+            log_cut: None,
         };
         let bar = if self.progress { ProgressBar::new(image.len() as u64) } else { ProgressBar::hidden() };
         let started = Instant::now();
