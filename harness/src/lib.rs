@@ -24,6 +24,7 @@ pub mod runner;
 pub mod scenario;
 pub mod serial;
 pub mod snapshot;
+pub mod tripwire;
 
 pub use backend::{emu, qemu};
 

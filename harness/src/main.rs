@@ -79,6 +79,9 @@ enum Cmd {
         /// The firmware builds a board runs (`cargo xtask firmware --wifi`).
         #[arg(long, default_value = "target/firmware-wifi")]
         firmware: PathBuf,
+        /// Write every 64 KiB block, even those whose MD5 already matches.
+        #[arg(long)]
+        no_skip: bool,
     },
     /// Check scenario files without running them.
     Check {
@@ -259,7 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Flash { bench, image, firmware } => flash(&bench, &image, &firmware),
+        Cmd::Flash { bench, image, firmware, no_skip } => flash(&bench, &image, &firmware, no_skip),
         Cmd::Check { scenarios, bench } => {
             let (loaded, errors) = load_all(&scenarios, &[])?;
             for e in &errors {
@@ -392,7 +395,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// `otahil flash`: the board gets the default layout with `image` in its first app slot, as a
 /// scenario's device would, then boots.
-fn flash(bench: &std::path::Path, image: &str, firmware: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn flash(
+    bench: &std::path::Path,
+    image: &str,
+    firmware: &std::path::Path,
+    no_skip: bool,
+) -> anyhow::Result<ExitCode> {
     use otahil::backend::Backend;
     let b = otahil::bench::load(bench)?;
     if fixtures::find(image).is_none() {
@@ -403,6 +411,7 @@ fn flash(bench: &std::path::Path, image: &str, firmware: &std::path::Path) -> an
     let mut backend =
         otahil::backend::device::DeviceBackend::new(b, firmware).map_err(|why| anyhow::anyhow!("{why}"))?;
     backend.progress = std::io::stderr().is_terminal();
+    backend.rewrite_all = no_skip;
     let text =
         format!("name: flash\nabout: otahil flash\ndevice: {{ firmware: {image} }}\nsteps:\n  - boot\n");
     let s = scenario::parse(&text, std::path::Path::new("<otahil flash>"))?;

@@ -558,6 +558,32 @@ fn run_task(task: Task) -> anyhow::Result<()> {
             for s in sweeps {
                 println!("bench: {s}");
             }
+            // The bench path: a whole 4 MiB merged image (no block skipped) written and verified
+            // through the emulator's ROM loader on a pty, with the stub (compressed) and without.
+            let no_stub =
+                std::env::temp_dir().join(format!("otahil-bench-no-stub-{}.yaml", std::process::id()));
+            let text = std::fs::read_to_string(root().join("fixtures/bench.emu.yaml"))?;
+            std::fs::write(&no_stub, text.replace("flash: espflash\n", "flash: espflash-no-stub\n"))?;
+            for (what, file) in [
+                ("stub, compressed", root().join("fixtures/bench.emu.yaml")),
+                ("ROM, no stub", no_stub.clone()),
+            ] {
+                let mut c = Command::new(bin.join("otahil"));
+                c.current_dir(root()).arg("flash").arg("--bench").arg(&file).arg("--no-skip");
+                c.env("OTAHIL_EMU", bin.join("ota-emu"));
+                let out = c.output().context("running otahil flash")?;
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                match stdout.lines().next() {
+                    Some(line) if out.status.success() => {
+                        println!("bench: espflash to the emulator's pty ({what}): {line}")
+                    }
+                    _ => bail!(
+                        "otahil flash ({what}) failed:\n{stdout}{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ),
+                }
+            }
+            let _ = std::fs::remove_file(&no_stub);
             Ok(())
         }
     }

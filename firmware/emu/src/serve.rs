@@ -145,12 +145,18 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
         if let Some(u) = uart.as_mut() {
             let downloading = u.downloading();
             let exit = u.poll(device.flash_mut(), |r| eprintln!("rom loader: {r}"))?;
-            if exit.is_some() {
-                // The flasher ended the loader's session: the chip boots what is in flash.
-                device.power_off();
-                device.power_on();
-                let status = device.status();
-                control_line(&mut device, &Message::Rebooted(status));
+            match exit {
+                // A reboot re-reads the boot strap, still held in download mode: the ROM loader
+                // again (esptool's `--after no-reset` from the stub relies on it).
+                Some(crate::rom_loader::Exit::Reboot) => u.enter_download(device.flash().data().len()),
+                Some(_) => {
+                    // The flasher had the loader run the app: the chip boots what is in flash.
+                    device.power_off();
+                    device.power_on();
+                    let status = device.status();
+                    control_line(&mut device, &Message::Rebooted(status));
+                }
+                None => {}
             }
             if downloading {
                 std::thread::sleep(Duration::from_micros(200));

@@ -1,7 +1,7 @@
 //! The emulator process as a bench sees a board: `ota-emu run --uart-pty` puts UART0 on a
 //! pseudo-terminal; `download` on the control channel stands for the strapping pins a pty cannot
-//! drive; the real espflash library then flashes v2 through the ROM loader on that pty, and when
-//! it ends the session the chip boots what was flashed, its log on the same pty.
+//! drive; the real espflash library then flashes v2 through the ROM loader on that pty, and once
+//! the strap is released (power-on) the chip boots what was flashed, its log on the same pty.
 
 use espflash::connection::{Connection, ResetAfterOperation, ResetBeforeOperation};
 use espflash::flasher::Flasher;
@@ -135,11 +135,93 @@ fn espflash_flashes_the_emulator_in_download_mode_and_it_boots_the_new_image() {
     let v2 = std::fs::read(root.join("fixtures/firmware/v2.bin")).unwrap();
     f.write_bin_to_flash(app0, &v2, &mut DefaultProgressCallback).expect("v2 written and verified");
 
-    // FLASH_END ended the ROM session: the chip boots from flash, and says so on both channels.
-    let rebooted = emu.expect(&format!("{PREFIX}event rebooted"));
-    assert!(rebooted.contains("version=2.0.0"), "{rebooted}");
+    // espflash ends a ROM write with FLASH_END "reboot": a system reset, which keeps the boot
+    // strap latched in download mode, so the ROM loader answers again (a board's auto-reset
+    // circuit releases the strap with the next EN pulse). Powering on boots what was flashed.
     let mut port = f.into_connection().into_serial();
+    emu.command("status");
+    let status = emu.expect(&format!("{PREFIX}ok status"));
+    assert!(status.contains("power=off"), "still in the loader after espflash's reboot: {status}");
     port.set_timeout(Duration::from_millis(100)).unwrap();
-    let log = read_until(&mut port, "app: running ota_0 (app0): otahil-fw version 2.0.0");
-    assert!(log.contains("ota: listening on port"), "the app serves OTA after the boot:\n{log}");
+    emu.command("power-on");
+    let on = emu.expect(&format!("{PREFIX}ok power-on"));
+    assert!(on.contains("version=2.0.0"), "{on}");
+    let log = read_until(&mut port, "ota: listening on port");
+    assert!(log.contains("app: running ota_0 (app0): otahil-fw version 2.0.0"), "v2 booted:\n{log}");
+}
+
+/// A reboot asked of the loader (FLASH_END with 0, as esptool's `--after no-reset` sends it to
+/// the stub) re-reads the boot strap, still held in download mode: the ROM loader answers
+/// again, and the app does not start. esptool then connects for its next command.
+#[test]
+fn a_reboot_asked_of_the_loader_comes_back_to_the_loader_while_the_strap_is_held() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = tempfile::tempdir().unwrap();
+    let flash = dir.path().join("flash.bin");
+    let made = Command::new(env!("CARGO_BIN_EXE_ota-emu"))
+        .args(["make-flash", "--partitions"])
+        .arg(root.join("fixtures/partitions/esphome-4mb.csv"))
+        .arg("--app")
+        .arg(root.join("fixtures/firmware/v1.bin"))
+        .arg("--out")
+        .arg(&flash)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut emu = Emulator::start(&flash);
+    let ready = emu.expect("ready ");
+    let uart =
+        ready.split_whitespace().find_map(|w| w.strip_prefix("uart=")).expect("a uart path").to_string();
+    emu.command("download");
+    emu.expect(&format!("{PREFIX}ok download"));
+
+    let mut port = serialport::new(&uart, 115_200).timeout(Duration::from_millis(100)).open_native().unwrap();
+    let _ = read_frames(&mut port, Duration::from_millis(100)); // the boot log from before
+    // As esptool's soft reset: FLASH_BEGIN of nothing (size, blocks, block size, offset,
+    // encrypted), then FLASH_END (0x04) with 0: reboot.
+    let request = |op: u8, words: &[u32]| {
+        let data: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let mut frame = vec![0x00, op];
+        frame.extend_from_slice(&(data.len() as u16).to_le_bytes());
+        frame.extend_from_slice(&0u32.to_le_bytes());
+        frame.extend_from_slice(&data);
+        ota_emu::rom_loader::slip::encode(&frame)
+    };
+    port.write_all(&request(0x02, &[0, 0, 0x400, 0, 0])).unwrap();
+    let begun = read_frames(&mut port, Duration::from_millis(300));
+    // Response: C0, direction 1, op, size u16, value u32, then status and error bytes.
+    assert_eq!(begun.get(..3), Some(&[0xC0, 0x01, 0x02][..]), "FLASH_BEGIN answered: {begun:02x?}");
+    assert_eq!(begun.get(9..11), Some(&[0u8, 0][..]), "FLASH_BEGIN accepted: {begun:02x?}");
+    port.write_all(&request(0x04, &[0])).unwrap();
+    let ended = read_frames(&mut port, Duration::from_millis(300));
+    assert_eq!(ended.get(..3), Some(&[0xC0, 0x01, 0x04][..]), "FLASH_END answered: {ended:02x?}");
+    assert_eq!(ended.get(9..11), Some(&[0u8, 0][..]), "FLASH_END accepted: {ended:02x?}");
+
+    let info = UsbPortInfo { vid: 0, pid: 0, serial_number: None, manufacturer: None, product: None };
+    let conn = Connection::new(
+        port,
+        info,
+        ResetAfterOperation::NoResetNoStub,
+        ResetBeforeOperation::NoReset,
+        115_200,
+    );
+    let mut f = Flasher::connect(conn, false, true, false, Some(Chip::Esp32c3), None)
+        .expect("the ROM loader answers after the reboot");
+    assert_eq!(f.device_info().unwrap().mac_address.as_deref(), Some("02:07:7a:c3:00:01"));
+    emu.command("status");
+    let status = emu.expect(&format!("{PREFIX}ok status"));
+    assert!(status.contains("power=off"), "the app did not start: {status}");
+}
+
+/// Whatever the pty carries for `wait`.
+fn read_frames(port: &mut impl Read, wait: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while Instant::now() < deadline {
+        if let Ok(n) = port.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    got
 }

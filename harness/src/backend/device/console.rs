@@ -3,10 +3,12 @@
 //! and comes back (the thread reopens the path until it is there again). When the log port is
 //! also the flashing port, the thread lets go of it while a flasher talks to the ROM loader.
 
+use crate::tripwire::Tripwire;
 use serialport::{ClearBuffer, SerialPort, TTYPort};
 use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -24,11 +26,16 @@ enum Ctl {
     Take(Sender<()>),
 }
 
+/// What the reader does when the tripwire trips (a bench's power switch thrown).
+pub type TripAction = Box<dyn FnOnce() + Send>;
+
 /// The log port's reader thread and the lines it read.
 pub struct Console {
     ctl: Sender<Ctl>,
     lines: Receiver<String>,
     thread: Option<JoinHandle<()>>,
+    trip: Arc<Tripwire>,
+    action: Arc<Mutex<Option<TripAction>>>,
 }
 
 impl Console {
@@ -37,11 +44,36 @@ impl Console {
     pub fn open(path: PathBuf, baud: u32) -> Console {
         let (ctl, ctl_rx) = mpsc::channel();
         let (tx, lines) = mpsc::channel();
+        let trip: Arc<Tripwire> = Arc::default();
+        let action: Arc<Mutex<Option<TripAction>>> = Arc::default();
+        let sink = LineSink { tx, trip: trip.clone(), action: action.clone() };
         let thread = std::thread::Builder::new()
             .name("otahil-console".into())
-            .spawn(move || read_loop(&path, baud, &ctl_rx, &tx))
+            .spawn(move || read_loop(&path, baud, &ctl_rx, &sink))
             .expect("spawning a thread");
-        Console { ctl, lines, thread: Some(thread) }
+        Console { ctl, lines, thread: Some(thread), trip, action }
+    }
+
+    /// The reader runs `action` the moment a line matches `pattern` (then passes no more lines
+    /// on until [`Console::take`] or [`Console::rearm`]).
+    pub fn arm_trip(&self, pattern: regex::Regex, action: TripAction) {
+        *self.action.lock().unwrap_or_else(|p| p.into_inner()) = Some(action);
+        self.trip.arm(pattern);
+    }
+
+    pub fn disarm_trip(&self) {
+        self.trip.disarm();
+        self.action.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Whether `line` (just taken) is the one that tripped the wire.
+    pub fn tripped_by(&self, line: &str) -> bool {
+        self.trip.take_if_tripped_by(line)
+    }
+
+    /// The board is powered again: lines flow again.
+    pub fn rearm(&self) {
+        self.trip.clear_fired();
     }
 
     /// Closes the port until [`Console::take`]; returns once it is closed.
@@ -55,6 +87,7 @@ impl Console {
     /// Opens the port again; returns once it is open (or found missing, then it is retried),
     /// so what the chip prints from now on is read.
     pub fn take(&self) {
+        self.trip.clear_fired();
         let (done, wait) = mpsc::channel();
         if self.ctl.send(Ctl::Take(done)).is_ok() {
             let _ = wait.recv_timeout(Duration::from_secs(2));
@@ -93,7 +126,30 @@ fn open(path: &Path, baud: u32) -> Option<TTYPort> {
     }
 }
 
-fn read_loop(path: &Path, baud: u32, ctl: &Receiver<Ctl>, tx: &Sender<String>) {
+/// Where the reader's lines go, past the tripwire.
+struct LineSink {
+    tx: Sender<String>,
+    trip: Arc<Tripwire>,
+    action: Arc<Mutex<Option<TripAction>>>,
+}
+
+impl LineSink {
+    /// `false` once nobody listens.
+    fn line(&self, text: String) -> bool {
+        if self.trip.tripped() {
+            // The power went at an earlier line: the rest is timing, not behaviour.
+            return true;
+        }
+        if self.trip.trips(&text)
+            && let Some(action) = self.action.lock().unwrap_or_else(|p| p.into_inner()).take()
+        {
+            action();
+        }
+        self.tx.send(text).is_ok()
+    }
+}
+
+fn read_loop(path: &Path, baud: u32, ctl: &Receiver<Ctl>, tx: &LineSink) {
     let mut port: Option<TTYPort> = None;
     let mut released = false;
     let mut line: Vec<u8> = Vec::new();
@@ -132,7 +188,7 @@ fn read_loop(path: &Path, baud: u32, ctl: &Receiver<Ctl>, tx: &Sender<String>) {
                     if b == b'\n' || line.len() >= MAX_LINE {
                         let text = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
                         line.clear();
-                        if tx.send(text).is_err() {
+                        if !tx.line(text) {
                             return;
                         }
                         if b == b'\n' {
@@ -180,6 +236,15 @@ mod tests {
         master.write_all(b"I (3) app: three\n").unwrap();
         assert_eq!(console.next_line(Duration::from_secs(2)).as_deref(), Some("I (3) app: three"));
         assert_eq!(console.next_line(Duration::from_millis(50)), None);
+        // A tripwire: the action runs in the reader at the matching line, later lines are dropped.
+        let (thrown, seen) = mpsc::channel();
+        console
+            .arm_trip(regex::Regex::new("progress 50%").unwrap(), Box::new(move || thrown.send(()).unwrap()));
+        master.write_all(b"I (4) ota: progress 50%\nI (5) ota: progress 75%\n").unwrap();
+        assert!(seen.recv_timeout(Duration::from_secs(2)).is_ok(), "the switch was thrown");
+        let line = console.next_line(Duration::from_secs(2)).unwrap();
+        assert!(console.tripped_by(&line), "{line}");
+        assert_eq!(console.next_line(Duration::from_millis(100)), None, "nothing after the cut");
         drop(slave);
     }
 }

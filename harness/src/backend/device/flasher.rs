@@ -54,6 +54,8 @@ pub struct FlashPort {
     /// The rate to switch to after connecting (`None`: stay at 115200, as on a pty).
     pub baud: Option<u32>,
     pub use_stub: bool,
+    /// Skip blocks whose MD5 already matches (espflash's skip; off: every block is written).
+    pub skip: bool,
 }
 
 /// Who the board is, as its ROM reports.
@@ -100,7 +102,7 @@ impl Session {
             port.reset,
             115_200,
         );
-        let flasher = Flasher::connect(conn, port.use_stub, true, true, Some(Chip::Esp32c3), port.baud)
+        let flasher = Flasher::connect(conn, port.use_stub, true, port.skip, Some(Chip::Esp32c3), port.baud)
             .map_err(|e| match e {
                 espflash::Error::ChipMismatch(found, _) => FlashError::WrongChip { found },
                 e => FlashError::Connect { port: shown.clone(), source: Box::new(e) },

@@ -69,8 +69,6 @@ pub struct BenchDut {
     arduino_port: u16,
     caps: Capabilities,
     pending: VecDeque<DutEvent>,
-    /// A power cut armed at a log line, switched by the harness when it reads the line.
-    log_cut: Option<regex::Regex>,
 }
 
 /// Whether `line` ends a boot: the app serves OTA, hangs in its self-test, or halts.
@@ -117,9 +115,10 @@ impl BenchDut {
         Ok(())
     }
 
-    fn session(&mut self) -> Result<Session, DutError> {
+    fn session(&mut self, use_stub: bool) -> Result<Session, DutError> {
         self.enter_loader()?;
-        Session::connect(&self.flash_port).map_err(|e| DutError::Start(e.to_string()))
+        let port = FlashPort { use_stub, ..self.flash_port.clone() };
+        Session::connect(&port).map_err(|e| DutError::Start(e.to_string()))
     }
 
     /// Writes `image` (blocks that match skipped, the rest verified); the chip stays in its loader.
@@ -128,7 +127,7 @@ impl BenchDut {
         image: &[u8],
         bar: &ProgressBar,
     ) -> Result<(Identity, flasher::WriteReport), DutError> {
-        let mut session = self.session()?;
+        let mut session = self.session(self.flash_port.use_stub)?;
         let identity = session.identity().map_err(|e| DutError::Start(e.to_string()))?;
         if image.len() > identity.flash_size {
             return Err(DutError::Start(format!(
@@ -278,6 +277,7 @@ impl Dut for BenchDut {
     }
 
     fn power_on(&mut self) -> Result<(), DutError> {
+        self.console.rearm();
         if !self.caps.power_switch {
             self.reset_into_app()?;
             return self.wait_boot(false);
@@ -367,16 +367,9 @@ impl Dut for BenchDut {
                 continue;
             };
             self.learn_address(&line);
-            if self.log_cut.as_ref().is_some_and(|re| re.is_match(&line)) {
-                self.log_cut = None;
-                self.switch_power(false)?;
+            if self.console.tripped_by(&line) {
+                // The reader threw the switch at this line (and drops what follows).
                 self.chip = Chip::Off;
-                // What the board printed between the line and the switch is timing, not behaviour.
-                let mut late = 0;
-                while self.console.next_line(Duration::from_millis(50)).is_some() {
-                    late += 1;
-                }
-                tracing::debug!(late, "power cut at a log line");
                 self.pending.push_back(DutEvent::PowerLost(format!("at log line `{line}`")));
                 return Ok(Some(DutEvent::Serial(line)));
             }
@@ -399,7 +392,8 @@ impl Dut for BenchDut {
 
     fn read_flash(&mut self) -> Result<Vec<u8>, DutError> {
         let started = Instant::now();
-        let mut session = self.session()?;
+        // Reading is the stub's (READ_FLASH); the ROM's READ_FLASH_SLOW is never used.
+        let mut session = self.session(true)?;
         let mut known = std::mem::take(&mut self.known);
         let read = session.read_into(&mut known);
         self.known = known;
@@ -448,6 +442,8 @@ pub struct DeviceBackend {
     last_write: Mutex<Option<flasher::WriteReport>>,
     /// Show a progress bar while flashing (`otahil flash`; a run shows its own).
     pub progress: bool,
+    /// Write every block, even those whose MD5 already matches (`otahil flash --no-skip`).
+    pub rewrite_all: bool,
 }
 
 pub const ENTRY: super::BackendEntry = super::BackendEntry {
@@ -500,6 +496,7 @@ impl DeviceBackend {
             identity: Mutex::new(None),
             last_write: Mutex::new(None),
             progress: false,
+            rewrite_all: false,
         })
     }
 
@@ -542,6 +539,7 @@ impl DeviceBackend {
                     reset: ResetBeforeOperation::NoReset,
                     baud: None,
                     use_stub: b.flash == crate::bench::FlashMethod::Espflash,
+                    skip: !self.rewrite_all,
                 };
                 (Rig::StandIn(Box::new(emu)), port, Console::open(pty, b.baud), true)
             }
@@ -559,6 +557,7 @@ impl DeviceBackend {
                     reset,
                     baud: Some(b.flash_baud),
                     use_stub: b.flash == crate::bench::FlashMethod::Espflash,
+                    skip: !self.rewrite_all,
                 };
                 let log = b.log_port.clone().unwrap_or_else(|| found.path.clone());
                 let shared = b.log_port.is_none();
@@ -583,7 +582,6 @@ impl DeviceBackend {
             arduino_port: b.arduino_port,
             caps: self.capabilities(),
             pending: VecDeque::new(),
-            log_cut: None,
         };
         let bar = if self.progress { ProgressBar::new(image.len() as u64) } else { ProgressBar::hidden() };
         let started = Instant::now();
@@ -611,6 +609,7 @@ fn probe_mac(port: &ports::Found, baud: u32) -> Option<[u8; 6]> {
         reset: ResetBeforeOperation::DefaultReset,
         baud: Some(baud),
         use_stub: false,
+        skip: true,
     };
     let mac = Session::connect(&fp).ok()?.identity().ok()?.mac;
     let bytes: Vec<u8> = mac.split(':').filter_map(|p| u8::from_str_radix(p, 16).ok()).collect();

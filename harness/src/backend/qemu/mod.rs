@@ -179,8 +179,8 @@ pub struct QemuDut {
     nudger: Option<nudge::Nudger>,
     lines: Option<Receiver<String>>,
     pending: std::collections::VecDeque<DutEvent>,
-    /// A power cut armed at a log line: QEMU is stopped when the line is read.
-    log_cut: Option<regex::Regex>,
+    /// A power cut armed at a log line: the reader stops QEMU when the line comes.
+    trip: std::sync::Arc<crate::tripwire::Tripwire>,
     _dir: tempfile::TempDir,
 }
 
@@ -217,7 +217,7 @@ impl QemuDut {
             nudger: None,
             lines: None,
             pending: Default::default(),
-            log_cut: None,
+            trip: Default::default(),
             _dir: dir,
         })
     }
@@ -248,8 +248,19 @@ impl QemuDut {
             .map_err(|e| DutError::Start(format!("cannot start {}: {e}", self.program.program.display())))?;
         let out = child.stdout.take().expect("piped");
         let (tx, rx) = channel();
+        self.trip.clear_fired();
+        let trip = self.trip.clone();
+        let pid = child.id();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if trip.tripped() {
+                    // The power went at an earlier line: what QEMU prints while it stops is not
+                    // the device's.
+                    continue;
+                }
+                if trip.trips(&line) {
+                    signal_terminate(pid);
+                }
                 if tx.send(line).is_err() {
                     return;
                 }
@@ -354,7 +365,7 @@ impl Dut for QemuDut {
     fn arm_power_cut(&mut self, cut: PowerCut) -> Result<(), DutError> {
         match cut {
             PowerCut::AtLog(re) => {
-                self.log_cut = Some(re);
+                self.trip.arm(re);
                 Ok(())
             }
             _ => Err(DutError::Unsupported {
@@ -365,7 +376,7 @@ impl Dut for QemuDut {
     }
 
     fn disarm_power_cut(&mut self) -> Result<(), DutError> {
-        self.log_cut = None;
+        self.trip.disarm();
         Ok(())
     }
 
@@ -381,10 +392,8 @@ impl Dut for QemuDut {
             return Ok(Some(e));
         }
         let Some(line) = self.read_line(timeout)? else { return Ok(None) };
-        if self.log_cut.as_ref().is_some_and(|re| re.is_match(&line)) {
-            // What the guest prints between this line and its end is timing, not behaviour:
-            // those lines go with the pipe.
-            self.log_cut = None;
+        if self.trip.take_if_tripped_by(&line) {
+            // The reader has sent QEMU SIGTERM (it writes the flash back and exits).
             self.kill();
             self.pending.push_back(DutEvent::PowerLost(format!("at log line `{line}`")));
             return Ok(Some(DutEvent::Serial(line)));
@@ -434,6 +443,16 @@ impl Drop for QemuDut {
 
 /// How long QEMU gets to write back its flash and exit after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SIGTERM to a QEMU this process started (the power switch thrown by a log line).
+fn signal_terminate(pid: u32) {
+    #[cfg(unix)]
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: `kill` with the pid of a child this process spawned and has not reaped (the
+        // reader holds its stdout, which is open until it exits).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
 
 fn terminate(child: &mut std::process::Child) {
     #[cfg(unix)]
