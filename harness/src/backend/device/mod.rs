@@ -35,6 +35,8 @@ use super::qemu::FirmwareBuilds;
 
 /// How long a boot may take, from reset to the app serving OTA (or hanging in its self-test).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long after the app serves its address line may come (`address_from_log`: Wi-Fi joins).
+const ADDRESS_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Where the chip is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,9 +198,18 @@ impl BenchDut {
     fn wait_boot(&mut self, read_back: bool) -> Result<(), DutError> {
         let deadline = Instant::now() + BOOT_TIMEOUT;
         self.learned_host = None;
+        let mut settled_at: Option<Instant> = None;
         loop {
             self.poll_standin()?;
             if self.chip == Chip::Off {
+                return Ok(());
+            }
+            // A board on Wi-Fi may say where it is after it serves: wait a little for that line
+            // (`endpoint` explains if it never comes).
+            let need_address = matches!(self.address, Address::FromLog(_)) && self.learned_host.is_none();
+            if let Some(t) = settled_at
+                && (!need_address || t.elapsed() > ADDRESS_TIMEOUT)
+            {
                 return Ok(());
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -207,15 +218,14 @@ impl BenchDut {
             }
             let Some(line) = self.console.next_line(left.min(Duration::from_millis(20))) else { continue };
             self.learn_address(&line);
-            let settled = settles_boot(&line);
+            if settled_at.is_none() && settles_boot(&line) {
+                settled_at = Some(Instant::now());
+            }
             self.pending.push_back(if read_back {
                 DutEvent::ReadBackBoot(line)
             } else {
                 DutEvent::Serial(line)
             });
-            if settled {
-                return Ok(());
-            }
         }
     }
 
