@@ -166,6 +166,11 @@ fn bench_firmware(bin: &Path, bench: &Path) -> anyhow::Result<Option<PathBuf>> {
             build_firmware(FirmwareLink::Wifi)?;
             Ok(Some(root().join("target/firmware-wifi")))
         }
+        Some("qemu") => {
+            check_qemu()?;
+            build_firmware(FirmwareLink::QemuEthernet)?;
+            Ok(Some(root().join("target/firmware")))
+        }
         other => bail!("otahil check did not say which firmware the bench runs ({other:?})"),
     }
 }

@@ -16,6 +16,7 @@
 pub mod console;
 pub mod flasher;
 pub mod ports;
+pub mod qemu_rom;
 
 use crate::bench::{Address, Bench, PortSpec, PowerSwitch, ResetMethod};
 use crate::client::UpdatePath;
@@ -31,7 +32,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::emu::{EmuDut, EmuProgram, EmuSetup};
-use super::qemu::FirmwareBuilds;
+use super::qemu::{FirmwareBuilds, QemuDut, QemuProgram};
 
 /// How long a boot may take, from reset to the app serving OTA (or hanging in its self-test).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -448,6 +449,8 @@ pub struct DeviceBackend {
     emu: Option<EmuProgram>,
     /// The stand-in's flash file, kept from one scenario to the next as a board keeps its flash.
     standin_flash: Option<tempfile::TempDir>,
+    /// `port: qemu`: the QEMU that plays the board.
+    qemu: Option<QemuProgram>,
     identity: Mutex<Option<Identity>>,
     last_write: Mutex<Option<flasher::WriteReport>>,
     /// Show a progress bar while flashing (`otahil flash`; a run shows its own).
@@ -487,7 +490,13 @@ impl DeviceBackend {
         emulator: Option<EmuProgram>,
     ) -> Result<Self, String> {
         let standin = bench.port == PortSpec::Emulator;
-        let (firmware, emu, standin_flash) = if standin {
+        let mut qemu = None;
+        let (firmware, emu, standin_flash) = if bench.port == PortSpec::Qemu {
+            qemu = Some(QemuProgram::locate().map_err(|e| format!("cannot use QEMU as the board: {e}"))?);
+            let builds =
+                FirmwareBuilds::load(firmware).map_err(|e| format!("cannot use QEMU as the board: {e}"))?;
+            (Firmware::Builds(builds), None, Some(tempfile::tempdir().map_err(|e| e.to_string())?))
+        } else if standin {
             let emu = match emulator {
                 Some(e) => e,
                 None => EmuProgram::locate().map_err(|e| e.to_string())?,
@@ -503,6 +512,7 @@ impl DeviceBackend {
             firmware,
             emu,
             standin_flash,
+            qemu,
             identity: Mutex::new(None),
             last_write: Mutex::new(None),
             progress: false,
@@ -550,6 +560,7 @@ impl DeviceBackend {
                     baud: None,
                     use_stub: b.flash == crate::bench::FlashMethod::Espflash,
                     skip: !self.rewrite_all,
+                    rom_refuses_flash_end: false,
                 };
                 (Rig::StandIn(Box::new(emu)), port, Console::open(pty, b.baud), true)
             }
@@ -568,6 +579,7 @@ impl DeviceBackend {
                     baud: Some(b.flash_baud),
                     use_stub: b.flash == crate::bench::FlashMethod::Espflash,
                     skip: !self.rewrite_all,
+                    rom_refuses_flash_end: false,
                 };
                 let log = b.log_port.clone().unwrap_or_else(|| found.path.clone());
                 let shared = b.log_port.is_none();
@@ -611,6 +623,50 @@ impl DeviceBackend {
     }
 }
 
+impl DeviceBackend {
+    /// QEMU as the board: its flash written through the real ROM loader in download boot mode
+    /// (blocks that match skipped, the rest verified), then the guest on that flash, powered off.
+    fn qemu_board(&self, program: &QemuProgram, image: &[u8]) -> Result<QemuDut, DutError> {
+        let dir = self.standin_flash.as_ref().expect("QEMU boards keep their flash in a temp dir");
+        let file = dir.path().join("board-flash.bin");
+        if std::fs::metadata(&file).map(|m| m.len() as usize).ok() != Some(image.len()) {
+            std::fs::write(&file, vec![0xFF; image.len()])?;
+        }
+        let started = Instant::now();
+        let mode = qemu_rom::DownloadMode::start(program, &file)?;
+        let port = FlashPort {
+            path: mode.pty.clone(),
+            usb: ports::not_usb(),
+            reset: ResetBeforeOperation::NoReset,
+            // The ROM's CHANGE_BAUDRATE loses the link under QEMU; its UART runs at 115200.
+            baud: None,
+            use_stub: false,
+            skip: !self.rewrite_all,
+            rom_refuses_flash_end: true,
+        };
+        let mut session = Session::connect(&port).map_err(|e| DutError::Start(e.to_string()))?;
+        let identity = session.identity().map_err(|e| DutError::Start(e.to_string()))?;
+        let bar = if self.progress { ProgressBar::new(image.len() as u64) } else { ProgressBar::hidden() };
+        let mut report = session.write(image, &bar).map_err(|e| DutError::Start(e.to_string()))?;
+        bar.finish_and_clear();
+        drop(session);
+        // SIGTERM: QEMU writes the flash back before it exits.
+        drop(mode);
+        report.session = started.elapsed();
+        tracing::info!(
+            blocks_written = report.written_blocks,
+            blocks_skipped = report.skipped_blocks,
+            ms = report.session.as_secs_f64() * 1e3,
+            "flashed through QEMU's ROM"
+        );
+        *self.last_write.lock().expect("not poisoned") = Some(report);
+        *self.identity.lock().expect("not poisoned") = Some(identity);
+        let mut dut = QemuDut::on_file(program.clone(), file)?;
+        dut.power_off()?;
+        Ok(dut)
+    }
+}
+
 /// The MAC of the chip on `port`, asked through its ROM loader (this resets the board).
 fn probe_mac(port: &ports::Found, baud: u32) -> Option<[u8; 6]> {
     let fp = FlashPort {
@@ -620,6 +676,7 @@ fn probe_mac(port: &ports::Found, baud: u32) -> Option<[u8; 6]> {
         baud: Some(baud),
         use_stub: false,
         skip: true,
+        rom_refuses_flash_end: false,
     };
     let mac = Session::connect(&fp).ok()?.identity().ok()?.mac;
     let bytes: Vec<u8> = mac.split(':').filter_map(|p| u8::from_str_radix(p, 16).ok()).collect();
@@ -660,6 +717,12 @@ impl super::Backend for DeviceBackend {
                 image
             }
         };
+        if let Some(program) = &self.qemu {
+            return self
+                .qemu_board(program, &image)
+                .map(|d| Box::new(d) as Box<dyn Dut>)
+                .map_err(|e| StartError::Fail(format!("bench {}: {e}", self.bench.name)));
+        }
         self.board_for(s, options, &image)
             .map(|d| Box::new(d) as Box<dyn Dut>)
             .map_err(|e| StartError::Fail(format!("bench {}: {e}", self.bench.name)))

@@ -16,7 +16,7 @@ pub enum PortError {
     Ambiguous { vid: u16, pid: u16, count: usize, seen: String },
     #[error("no serial port's chip reports MAC {mac} (asked: {asked})")]
     NoMac { mac: String, asked: String },
-    #[error("the emulator's port is found by the harness, not looked up")]
+    #[error("a stand-in's port (the emulator's, QEMU's) is set up by the harness, not looked up")]
     Emulator,
 }
 
@@ -105,7 +105,7 @@ pub fn find(spec: &PortSpec, probe_mac: impl Fn(&Found) -> Option<[u8; 6]>) -> R
                 .find(|f| probe_mac(f) == Some(*mac))
                 .ok_or_else(|| PortError::NoMac { mac: format_mac(mac), asked })
         }
-        PortSpec::Emulator => Err(PortError::Emulator),
+        PortSpec::Emulator | PortSpec::Qemu => Err(PortError::Emulator),
     }
 }
 

@@ -206,6 +206,15 @@ impl QemuDut {
         let dir = tempfile::tempdir()?;
         let flash = dir.path().join("flash.bin");
         std::fs::write(&flash, flash_image)?;
+        Self::with_dir(program, flash, dir)
+    }
+
+    /// A guest on an existing flash file (a bench's board, flashed through QEMU's ROM loader).
+    pub fn on_file(program: QemuProgram, flash: PathBuf) -> Result<Self, DutError> {
+        Self::with_dir(program, flash, tempfile::tempdir()?)
+    }
+
+    fn with_dir(program: QemuProgram, flash: PathBuf, dir: tempfile::TempDir) -> Result<Self, DutError> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let arduino_port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
         Ok(QemuDut {
@@ -454,7 +463,7 @@ fn signal_terminate(pid: u32) {
     }
 }
 
-fn terminate(child: &mut std::process::Child) {
+pub(crate) fn terminate(child: &mut std::process::Child) {
     #[cfg(unix)]
     {
         let Ok(pid) = libc::pid_t::try_from(child.id()) else { return };
