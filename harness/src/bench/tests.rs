@@ -65,6 +65,22 @@ fn the_emulator_stand_in_loads_with_its_control_channel_as_power_switch() {
 }
 
 #[test]
+fn qemu_as_the_board_loads_with_the_rom_only() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/bench.qemu.yaml");
+    let b = load(&path).unwrap();
+    assert_eq!(
+        (b.port.clone(), b.flash, b.power.clone()),
+        (PortSpec::Qemu, FlashMethod::EspflashNoStub, Some(PowerSwitch::Qemu))
+    );
+    assert_eq!(b.firmware(), "qemu");
+    let e = error("name: b\nport: qemu\nflash: espflash\n");
+    assert!(e.contains("the stub does not finish writing under QEMU"), "{e}");
+    assert!(e.starts_with("3:"), "{e}");
+    assert!(error("name: b\nport: qemu\npower: emulator\n").contains("only with port: emulator"));
+    assert_eq!(parse_text("name: b\nport: qemu\n").unwrap().flash, FlashMethod::EspflashNoStub);
+}
+
+#[test]
 fn ports_by_usb_id_and_by_mac() {
     let b = parse_text("name: b\nport: { usb: \"303a:1001\", serial: ABC }\naddress: dut.local\n").unwrap();
     assert_eq!(b.port, PortSpec::Usb { vid: 0x303a, pid: 0x1001, serial: Some("ABC".into()) });

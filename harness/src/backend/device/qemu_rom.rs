@@ -10,8 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// How long QEMU may take to name its pty.
+/// How long QEMU may take to name its pty, and its ROM to start.
 const PTY_TIMEOUT: Duration = Duration::from_secs(20);
+/// What the ESP32-C3 ROM prints once its serial loader listens (`wait uart0 download` from the
+/// C3's ROM of 2021-02-07; `waiting for download` from other Espressif ROMs).
+const ROM_READY: [&str; 2] = ["wait uart0 download", "waiting for download"];
 
 /// A QEMU in download boot mode; stopped (its flash written back) when dropped.
 pub struct DownloadMode {
@@ -62,9 +65,37 @@ impl DownloadMode {
                 && let Some(path) = rest.split_whitespace().next()
             {
                 mode.pty = PathBuf::from(path);
-                return Ok(mode);
+                break;
             }
         }
+        mode.wait_for_rom()?;
+        Ok(mode)
+    }
+
+    /// Waits until the ROM says it waits for a download: a SYNC sent while it still starts is
+    /// answered, but the commands after it are not (seen on every run that followed another
+    /// scenario quickly).
+    fn wait_for_rom(&self) -> Result<(), DutError> {
+        let mut port = serialport::new(self.pty.to_string_lossy(), 115_200)
+            .timeout(Duration::from_millis(50))
+            .open_native()
+            .map_err(|e| DutError::Start(format!("cannot open QEMU's pty {}: {e}", self.pty.display())))?;
+        let deadline = std::time::Instant::now() + PTY_TIMEOUT;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while std::time::Instant::now() < deadline {
+            if let Ok(n) = std::io::Read::read(&mut port, &mut buf) {
+                seen.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&seen);
+                if ROM_READY.iter().any(|r| text.contains(r)) {
+                    return Ok(());
+                }
+            }
+        }
+        Err(DutError::Timeout(
+            PTY_TIMEOUT,
+            format!("the ROM's `{}` (it printed {:?})", ROM_READY[0], String::from_utf8_lossy(&seen)),
+        ))
     }
 }
 
