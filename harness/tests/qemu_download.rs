@@ -131,3 +131,44 @@ fn espflash_writes_through_the_real_rom_in_qemu_download_mode() {
     }
     panic!("v2 did not boot after the download; log:\n{}", log.join("\n"));
 }
+
+const BENCH_TEST: &str = "the_device_backend_plays_a_scenario_on_qemu_flashed_through_its_rom";
+
+/// `fixtures/bench.qemu.yaml` through the device backend: the scenario's image written by the
+/// bench's espflash path through QEMU's real ROM (blocks that match skipped), the scenario then
+/// played on that flash with the emu backend's snapshots; a second scenario on the same board
+/// writes only what changed.
+#[test]
+fn the_device_backend_plays_a_scenario_on_qemu_flashed_through_its_rom() {
+    use otahil::backend::Backend;
+    if let Err(why) = QemuProgram::locate() {
+        return eprintln!("SKIPPED {BENCH_TEST}: {why}");
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bench = otahil::bench::load(&root.join("fixtures/bench.qemu.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let backend = match otahil::backend::device::DeviceBackend::new(bench, &root.join("target/firmware")) {
+        Ok(b) => b,
+        Err(why) => return eprintln!("SKIPPED {BENCH_TEST}: {why}"),
+    };
+    if let Err(why) = backend.snapshots_compare() {
+        return eprintln!("SKIPPED {BENCH_TEST}: {why}");
+    }
+    for (name, most_written) in [("happy-path", 64), ("power-cut-at-log", 8)] {
+        let s = otahil::scenario::load(&root.join(format!("scenarios/{name}.yaml"))).unwrap();
+        let report = otahil::runner::run(&s, &backend, &otahil::runner::RunOptions::default());
+        if let Some(d) = report.failure_details() {
+            panic!("{name} on QEMU as a bench's board: {d}");
+        }
+        let w = backend.last_write().expect("flashed");
+        eprintln!("{BENCH_TEST}: {name}: {w:?}");
+        assert!(w.written_blocks <= most_written, "{name}: {w:?}");
+        let mut settings = insta::Settings::clone_current();
+        settings.set_prepend_module_to_snapshot(false);
+        settings.set_omit_expression(false);
+        settings.bind(|| {
+            for (snap, content) in &report.snapshots {
+                insta::assert_snapshot!(snap.as_str(), content);
+            }
+        });
+    }
+}

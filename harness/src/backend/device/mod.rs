@@ -633,25 +633,38 @@ impl DeviceBackend {
             std::fs::write(&file, vec![0xFF; image.len()])?;
         }
         let started = Instant::now();
-        let mode = qemu_rom::DownloadMode::start(program, &file)?;
-        let port = FlashPort {
-            path: mode.pty.clone(),
-            usb: ports::not_usb(),
-            reset: ResetBeforeOperation::NoReset,
-            // The ROM's CHANGE_BAUDRATE loses the link under QEMU; its UART runs at 115200.
-            baud: None,
-            use_stub: false,
-            skip: !self.rewrite_all,
-            rom_refuses_flash_end: true,
+        let attempt = || -> Result<(Identity, flasher::WriteReport), DutError> {
+            let mode = qemu_rom::DownloadMode::start(program, &file)?;
+            let port = FlashPort {
+                path: mode.pty.clone(),
+                usb: ports::not_usb(),
+                reset: ResetBeforeOperation::NoReset,
+                // The ROM's CHANGE_BAUDRATE loses the link under QEMU; its UART runs at 115200.
+                baud: None,
+                use_stub: false,
+                skip: !self.rewrite_all,
+                rom_refuses_flash_end: true,
+            };
+            let mut session = Session::connect(&port).map_err(|e| DutError::Start(e.to_string()))?;
+            let identity = session.identity().map_err(|e| DutError::Start(e.to_string()))?;
+            let bar =
+                if self.progress { ProgressBar::new(image.len() as u64) } else { ProgressBar::hidden() };
+            let report = session.write(image, &bar).map_err(|e| DutError::Start(e.to_string()))?;
+            bar.finish_and_clear();
+            drop(session);
+            // SIGTERM: QEMU writes the flash back before it exits.
+            drop(mode);
+            Ok((identity, report))
         };
-        let mut session = Session::connect(&port).map_err(|e| DutError::Start(e.to_string()))?;
-        let identity = session.identity().map_err(|e| DutError::Start(e.to_string()))?;
-        let bar = if self.progress { ProgressBar::new(image.len() as u64) } else { ProgressBar::hidden() };
-        let mut report = session.write(image, &bar).map_err(|e| DutError::Start(e.to_string()))?;
-        bar.finish_and_clear();
-        drop(session);
-        // SIGTERM: QEMU writes the flash back before it exits.
-        drop(mode);
+        // One link failure in about thirty flashings through QEMU's ROM (a command's answer
+        // missed): the second attempt writes only the blocks that still differ.
+        let (identity, mut report) = match attempt() {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!("flashing through QEMU's ROM failed ({e}); once more");
+                attempt()?
+            }
+        };
         report.session = started.elapsed();
         tracing::info!(
             blocks_written = report.written_blocks,
