@@ -3,6 +3,8 @@
 //! from the pty, resets and power through its control channel. Scenarios give the same
 //! snapshots as on the emu backend.
 
+mod common;
+
 use otahil::backend::Backend;
 use otahil::backend::device::DeviceBackend;
 use otahil::emu::EmuProgram;
@@ -25,14 +27,7 @@ fn play(backend: &DeviceBackend, name: &str) -> otahil::report::ScenarioReport {
     if let Some(details) = report.failure_details() {
         panic!("scenario {name} failed on the bench path: {details}");
     }
-    let mut settings = insta::Settings::clone_current();
-    settings.set_prepend_module_to_snapshot(false);
-    settings.set_omit_expression(false);
-    settings.bind(|| {
-        for (name, content) in &report.snapshots {
-            insta::assert_snapshot!(name.as_str(), content);
-        }
-    });
+    common::assert_snapshots(&report);
     report
 }
 

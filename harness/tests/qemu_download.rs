@@ -6,6 +6,8 @@
 //! on the same flash file and boots v2. Skipped, with the reason printed, where there is no QEMU
 //! with the esp32c3 machine or no firmware build (`cargo xtask firmware`).
 
+mod common;
+
 use espflash::Error;
 use espflash::connection::{Connection, ResetAfterOperation, ResetBeforeOperation};
 use espflash::flasher::Flasher;
@@ -162,13 +164,6 @@ fn the_device_backend_plays_a_scenario_on_qemu_flashed_through_its_rom() {
         let w = backend.last_write().expect("flashed");
         eprintln!("{BENCH_TEST}: {name}: {w:?}");
         assert!(w.written_blocks <= most_written, "{name}: {w:?}");
-        let mut settings = insta::Settings::clone_current();
-        settings.set_prepend_module_to_snapshot(false);
-        settings.set_omit_expression(false);
-        settings.bind(|| {
-            for (snap, content) in &report.snapshots {
-                insta::assert_snapshot!(snap.as_str(), content);
-            }
-        });
+        common::assert_snapshots(&report);
     }
 }

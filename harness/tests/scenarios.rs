@@ -1,5 +1,7 @@
 //! Every scenario under `scenarios/` played on the emulator, its snapshots checked by insta.
 
+mod common;
+
 use otahil::emu::{EmuBackend, EmuProgram};
 use otahil::runner;
 use otahil::scenario;
@@ -20,12 +22,5 @@ fn plays(#[files("../scenarios/*.yaml")] path: PathBuf) {
     if let Some(details) = report.failure_details() {
         panic!("scenario {} failed: {details}", s.name);
     }
-    let mut settings = insta::Settings::clone_current();
-    settings.set_prepend_module_to_snapshot(false);
-    settings.set_omit_expression(false);
-    settings.bind(|| {
-        for (name, content) in &report.snapshots {
-            insta::assert_snapshot!(name.as_str(), content);
-        }
-    });
+    common::assert_snapshots(&report);
 }

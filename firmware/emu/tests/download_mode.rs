@@ -74,6 +74,29 @@ impl Drop for Emulator {
     }
 }
 
+/// espflash on a pty, as the bench drives it: no USB identity, no DTR/RTS, no reset.
+fn pty_connection(port: serialport::TTYPort) -> Connection {
+    let info = UsbPortInfo { vid: 0, pid: 0, serial_number: None, manufacturer: None, product: None };
+    Connection::new(port, info, ResetAfterOperation::NoResetNoStub, ResetBeforeOperation::NoReset, 115_200)
+}
+
+/// A 4 MiB flash in `dir` with v1 in app0 (`ota-emu make-flash`, as a factory would).
+fn v1_board(dir: &Path) -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let flash = dir.join("flash.bin");
+    let made = Command::new(env!("CARGO_BIN_EXE_ota-emu"))
+        .args(["make-flash", "--partitions"])
+        .arg(root.join("fixtures/partitions/esphome-4mb.csv"))
+        .arg("--app")
+        .arg(root.join("fixtures/firmware/v1.bin"))
+        .arg("--out")
+        .arg(&flash)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    flash
+}
+
 /// Reads the pty until a line contains `text`; returns what was read.
 fn read_until(port: &mut impl Read, text: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -97,18 +120,8 @@ fn read_until(port: &mut impl Read, text: &str) -> String {
 fn espflash_flashes_the_emulator_in_download_mode_and_it_boots_the_new_image() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let dir = tempfile::tempdir().unwrap();
-    let flash = dir.path().join("flash.bin");
+    let flash = v1_board(dir.path());
     let csv = root.join("fixtures/partitions/esphome-4mb.csv");
-    let made = Command::new(env!("CARGO_BIN_EXE_ota-emu"))
-        .args(["make-flash", "--partitions"])
-        .arg(&csv)
-        .arg("--app")
-        .arg(root.join("fixtures/firmware/v1.bin"))
-        .arg("--out")
-        .arg(&flash)
-        .status()
-        .unwrap();
-    assert!(made.success());
     let table = ota_core::partition_csv::parse_csv(&std::fs::read_to_string(&csv).unwrap()).unwrap();
     let app0 = table.by_label("app0").expect("app0").offset;
 
@@ -122,14 +135,7 @@ fn espflash_flashes_the_emulator_in_download_mode_and_it_boots_the_new_image() {
     assert!(ok.contains("power=off"), "the app does not run in download mode: {ok}");
 
     let port = serialport::new(&uart, 115_200).open_native().expect("the UART's pty opens");
-    let info = UsbPortInfo { vid: 0, pid: 0, serial_number: None, manufacturer: None, product: None };
-    let conn = Connection::new(
-        port,
-        info,
-        ResetAfterOperation::NoResetNoStub,
-        ResetBeforeOperation::NoReset,
-        115_200,
-    );
+    let conn = pty_connection(port);
     let mut f =
         Flasher::connect(conn, false, true, false, Some(Chip::Esp32c3), None).expect("espflash connects");
     let v2 = std::fs::read(root.join("fixtures/firmware/v2.bin")).unwrap();
@@ -155,19 +161,8 @@ fn espflash_flashes_the_emulator_in_download_mode_and_it_boots_the_new_image() {
 /// again, and the app does not start. esptool then connects for its next command.
 #[test]
 fn a_reboot_asked_of_the_loader_comes_back_to_the_loader_while_the_strap_is_held() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let dir = tempfile::tempdir().unwrap();
-    let flash = dir.path().join("flash.bin");
-    let made = Command::new(env!("CARGO_BIN_EXE_ota-emu"))
-        .args(["make-flash", "--partitions"])
-        .arg(root.join("fixtures/partitions/esphome-4mb.csv"))
-        .arg("--app")
-        .arg(root.join("fixtures/firmware/v1.bin"))
-        .arg("--out")
-        .arg(&flash)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let flash = v1_board(dir.path());
     let mut emu = Emulator::start(&flash);
     let ready = emu.expect("ready ");
     let uart =
@@ -197,14 +192,7 @@ fn a_reboot_asked_of_the_loader_comes_back_to_the_loader_while_the_strap_is_held
     assert_eq!(ended.get(..3), Some(&[0xC0, 0x01, 0x04][..]), "FLASH_END answered: {ended:02x?}");
     assert_eq!(ended.get(9..11), Some(&[0u8, 0][..]), "FLASH_END accepted: {ended:02x?}");
 
-    let info = UsbPortInfo { vid: 0, pid: 0, serial_number: None, manufacturer: None, product: None };
-    let conn = Connection::new(
-        port,
-        info,
-        ResetAfterOperation::NoResetNoStub,
-        ResetBeforeOperation::NoReset,
-        115_200,
-    );
+    let conn = pty_connection(port);
     let mut f = Flasher::connect(conn, false, true, false, Some(Chip::Esp32c3), None)
         .expect("the ROM loader answers after the reboot");
     assert_eq!(f.device_info().unwrap().mac_address.as_deref(), Some("02:07:7a:c3:00:01"));
