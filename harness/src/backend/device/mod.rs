@@ -674,7 +674,7 @@ impl DeviceBackend {
         );
         *self.last_write.lock().expect("not poisoned") = Some(report);
         *self.identity.lock().expect("not poisoned") = Some(identity);
-        let mut dut = QemuDut::on_file(program.clone(), file)?;
+        let mut dut = QemuDut::on_file(program.clone(), file, ENTRY.name)?;
         dut.power_off()?;
         Ok(dut)
     }

@@ -181,6 +181,8 @@ pub struct QemuDut {
     pending: std::collections::VecDeque<DutEvent>,
     /// A power cut armed at a log line: the reader stops QEMU when the line comes.
     trip: std::sync::Arc<crate::tripwire::Tripwire>,
+    /// The backend the reports name (`device` when QEMU plays a bench's board).
+    backend: &'static str,
     _dir: tempfile::TempDir,
 }
 
@@ -209,9 +211,12 @@ impl QemuDut {
         Self::with_dir(program, flash, dir)
     }
 
-    /// A guest on an existing flash file (a bench's board, flashed through QEMU's ROM loader).
-    pub fn on_file(program: QemuProgram, flash: PathBuf) -> Result<Self, DutError> {
-        Self::with_dir(program, flash, tempfile::tempdir()?)
+    /// A guest on an existing flash file: a bench's board (reported as `backend`), flashed
+    /// through QEMU's ROM loader.
+    pub fn on_file(program: QemuProgram, flash: PathBuf, backend: &'static str) -> Result<Self, DutError> {
+        let mut dut = Self::with_dir(program, flash, tempfile::tempdir()?)?;
+        dut.backend = backend;
+        Ok(dut)
     }
 
     fn with_dir(program: QemuProgram, flash: PathBuf, dir: tempfile::TempDir) -> Result<Self, DutError> {
@@ -227,6 +232,7 @@ impl QemuDut {
             lines: None,
             pending: Default::default(),
             trip: Default::default(),
+            backend: ENTRY.name,
             _dir: dir,
         })
     }
@@ -343,7 +349,7 @@ impl QemuDut {
 
 impl Dut for QemuDut {
     fn backend(&self) -> &'static str {
-        ENTRY.name
+        self.backend
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -378,7 +384,7 @@ impl Dut for QemuDut {
                 Ok(())
             }
             _ => Err(DutError::Unsupported {
-                backend: ENTRY.name,
+                backend: self.backend,
                 what: "a power cut at an exact flash operation",
             }),
         }
@@ -436,7 +442,7 @@ impl Dut for QemuDut {
     }
 
     fn flash_counters(&mut self) -> Result<FlashCounters, DutError> {
-        Err(DutError::Unsupported { backend: ENTRY.name, what: "flash operation counters" })
+        Err(DutError::Unsupported { backend: self.backend, what: "flash operation counters" })
     }
 
     fn shutdown(&mut self) {
