@@ -6,6 +6,8 @@ use otahil::report::ScenarioReport;
 /// files whichever backend produced them).
 pub fn assert_snapshots(report: &ScenarioReport) {
     let mut settings = insta::Settings::clone_current();
+    // Relative to the test files, not to this module.
+    settings.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/snapshots"));
     settings.set_prepend_module_to_snapshot(false);
     settings.set_omit_expression(false);
     settings.bind(|| {
