@@ -1,6 +1,7 @@
 //! Serial capture: every line the device printed, boot boundaries, `expect_log` matching, and
 //! the normalisation that makes a log the same on every run and every backend.
 
+use ota_core::log::Milestone;
 use regex::Regex;
 use std::sync::LazyLock;
 
@@ -36,6 +37,21 @@ impl SerialLog {
     /// The last `n` lines, for failure reports.
     pub fn tail(&self, n: usize) -> &[String] {
         &self.lines[self.lines.len().saturating_sub(n)..]
+    }
+}
+
+/// Whether `line` ends a boot: the app serves OTA, hangs in its self-test, or halts.
+pub fn ends_boot(line: &str) -> bool {
+    matches!(Milestone::of(line), Some(Milestone::Serving | Milestone::SelfTestHung | Milestone::Halted))
+}
+
+/// Whether `line` is the device announcing that it restarts by itself: `Some(true)` after a
+/// completed update, `Some(false)` for the boot guard's rollback.
+pub fn announced_reboot(line: &str) -> Option<bool> {
+    match Milestone::of(line) {
+        Some(Milestone::RebootIntoUpdate) => Some(true),
+        Some(Milestone::RebootForRollback) => Some(false),
+        _ => None,
     }
 }
 
@@ -76,6 +92,15 @@ mod tests {
             normalise(&lines),
             "I (T) boot: Loaded app from partition at offset 0x10000\nW (T) ota: Auth failed! Passwords do not match\n"
         );
+    }
+
+    #[test]
+    fn reboots_the_device_announces_and_ends_of_boot() {
+        assert_eq!(announced_reboot("I (9) ota: Rebooting into the new image..."), Some(true));
+        assert_eq!(announced_reboot("I (9) rollback: Rebooting..."), Some(false));
+        assert_eq!(announced_reboot("I (9) ota: client connected"), None);
+        assert!(ends_boot("I (1) ota: listening on port 3232"));
+        assert!(!ends_boot("I (0) app: running ota_0 (app0): otahil-fw version 1.0.0"));
     }
 
     #[test]

@@ -9,9 +9,9 @@ use crate::backend::emu::EmuDut;
 use crate::bench::{Address, PowerSwitch, ResetMethod};
 use crate::client::UpdatePath;
 use crate::dut::{Capabilities, Dut, DutError, DutEvent, FlashCounters, PowerCut};
+use crate::serial::{announced_reboot, ends_boot};
 use espflash::connection::{Connection, ResetAfterOperation, ResetBeforeOperation};
 use indicatif::ProgressBar;
-use ota_core::log::Milestone;
 use std::collections::VecDeque;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -54,11 +54,6 @@ pub struct BenchDut {
     pub(super) arduino_port: u16,
     pub(super) caps: Capabilities,
     pub(super) pending: VecDeque<DutEvent>,
-}
-
-/// Whether `line` ends a boot: the app serves OTA, hangs in its self-test, or halts.
-fn settles_boot(line: &str) -> bool {
-    matches!(Milestone::of(line), Some(Milestone::Serving | Milestone::SelfTestHung | Milestone::Halted))
 }
 
 fn run_argv(argv: &[String], what: &str) -> Result<(), DutError> {
@@ -138,19 +133,17 @@ impl BenchDut {
             Rig::StandIn(e) => e.power_on()?,
             Rig::Lab { reset, power } => match reset.clone() {
                 ResetMethod::Command(argv) => run_argv(&argv, "reset")?,
-                ResetMethod::None => match power.clone() {
-                    Some(PowerSwitch::Commands { off, on, settle }) => {
-                        run_argv(&off, "power off")?;
-                        std::thread::sleep(settle);
-                        run_argv(&on, "power on")?;
-                    }
-                    _ => {
+                ResetMethod::None => {
+                    if power.is_none() {
                         return Err(DutError::Unsupported {
                             backend: ENTRY.name,
                             what: "starting the app on a bench with `reset: none` and no power switch",
                         });
                     }
-                },
+                    // A power cycle starts it (the switch's off leaves the board off for `settle`).
+                    self.switch_power(false)?;
+                    self.switch_power(true)?;
+                }
                 method => {
                     let mut usb = usb;
                     // The product id picks espflash's sequence: 0x1001 is the chip's USB-Serial-JTAG.
@@ -201,7 +194,7 @@ impl BenchDut {
             }
             let Some(line) = self.console.next_line(left.min(Duration::from_millis(20))) else { continue };
             self.learn_address(&line);
-            if settled_at.is_none() && settles_boot(&line) {
+            if settled_at.is_none() && ends_boot(&line) {
                 settled_at = Some(Instant::now());
             }
             self.pending.push_back(if read_back {
@@ -367,14 +360,9 @@ impl Dut for BenchDut {
                 return Ok(Some(DutEvent::Serial(line)));
             }
             // The chip restarts by itself after an update and after its boot guard rolls back.
-            let announced = matches!(
-                Milestone::of(&line),
-                Some(Milestone::RebootIntoUpdate | Milestone::RebootForRollback)
-            );
-            let after_update = Milestone::of(&line) == Some(Milestone::RebootIntoUpdate);
-            if !announced {
+            let Some(after_update) = announced_reboot(&line) else {
                 return Ok(Some(DutEvent::Serial(line)));
-            }
+            };
             self.pending.push_back(DutEvent::Serial(line));
             self.wait_boot(false)?;
             if after_update {

@@ -141,11 +141,7 @@ impl DeviceBackend {
         let b = &self.bench;
         let (rig, flash_port, console, log_on_flash_port) = match (&self.emu, &self.standin_flash) {
             (Some(program), Some(dir)) => {
-                let file = dir.path().join("board-flash.bin");
-                // A board of another flash size is another board: it starts erased.
-                if std::fs::metadata(&file).map(|m| m.len() as usize).ok() != Some(image.len()) {
-                    std::fs::write(&file, vec![0xFF; image.len()])?;
-                }
+                let file = board_flash_file(dir.path(), image.len())?;
                 let wifi = b.wifi.as_ref().map(|w| (w.ssid.as_str(), w.password.as_str()));
                 let mut setup = EmuSetup::for_scenario(s, options, wifi)
                     .map_err(|e| DutError::Start(format!("{e:?}")))?;
@@ -228,10 +224,7 @@ impl DeviceBackend {
     /// (blocks that match skipped, the rest verified), then the guest on that flash, powered off.
     fn qemu_board(&self, program: &QemuProgram, image: &[u8]) -> Result<QemuDut, DutError> {
         let dir = self.standin_flash.as_ref().expect("QEMU boards keep their flash in a temp dir");
-        let file = dir.path().join("board-flash.bin");
-        if std::fs::metadata(&file).map(|m| m.len() as usize).ok() != Some(image.len()) {
-            std::fs::write(&file, vec![0xFF; image.len()])?;
-        }
+        let file = board_flash_file(dir.path(), image.len())?;
         let started = Instant::now();
         let attempt = || -> Result<(Identity, flasher::WriteReport), DutError> {
             let mode = qemu_rom::DownloadMode::start(program, &file)?;
@@ -278,6 +271,16 @@ impl DeviceBackend {
         dut.power_off()?;
         Ok(dut)
     }
+}
+
+/// A stand-in board's flash file in `dir`, kept from one scenario to the next; a board of
+/// another flash size is another board: it starts erased.
+fn board_flash_file(dir: &std::path::Path, len: usize) -> std::io::Result<std::path::PathBuf> {
+    let file = dir.join("board-flash.bin");
+    if std::fs::metadata(&file).map(|m| m.len() as usize).ok() != Some(len) {
+        std::fs::write(&file, vec![0xFF; len])?;
+    }
+    Ok(file)
 }
 
 /// The MAC of the chip on `port`, asked through its ROM loader (this resets the board).

@@ -9,7 +9,7 @@ mod nudge;
 
 use crate::client::UpdatePath;
 use crate::dut::{Capabilities, Dut, DutError, DutEvent, FlashCounters, PowerCut};
-use ota_core::log::Milestone;
+use crate::serial::{announced_reboot, ends_boot};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -190,16 +190,6 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long QEMU gets to answer a QMP command.
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Whether `line` is the device announcing a reboot (done here as a power cycle): `Some(true)`
-/// after a completed update, `Some(false)` for the boot guard's rollback.
-fn announced_reboot(line: &str) -> Option<bool> {
-    match Milestone::of(line) {
-        Some(Milestone::RebootIntoUpdate) => Some(true),
-        Some(Milestone::RebootForRollback) => Some(false),
-        _ => None,
-    }
-}
-
 impl QemuDut {
     pub fn new(program: QemuProgram, flash_image: &[u8]) -> Result<Self, DutError> {
         if ![2usize << 20, 4 << 20, 8 << 20, 16 << 20].contains(&flash_image.len()) {
@@ -317,10 +307,8 @@ impl QemuDut {
                 first_line = false;
                 tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "qemu: first serial line");
             }
-            let settled = matches!(
-                Milestone::of(&line),
-                Some(Milestone::Serving | Milestone::SelfTestHung | Milestone::Halted)
-            );
+            // Reboots the device announces are done here as power cycles.
+            let settled = ends_boot(&line);
             let reboot = announced_reboot(&line).is_some();
             self.pending.push_back(DutEvent::Serial(line));
             if reboot {
@@ -569,13 +557,6 @@ mod tests {
         let e = FirmwareBuilds::load(empty.path()).unwrap_err();
         assert!(matches!(e, QemuSetupError::NoBuilds { .. }), "{e}");
         assert!(e.to_string().contains("run `cargo xtask firmware`"), "{e}");
-    }
-
-    #[test]
-    fn reboots_the_device_announces() {
-        assert_eq!(announced_reboot("I (9) ota: Rebooting into the new image..."), Some(true));
-        assert_eq!(announced_reboot("I (9) rollback: Rebooting..."), Some(false));
-        assert_eq!(announced_reboot("I (9) ota: client connected"), None);
     }
 
     #[test]
