@@ -14,8 +14,10 @@ pub struct Tripwire {
 #[derive(Debug, Default)]
 struct State {
     pattern: Option<Regex>,
-    /// The line that tripped it, until the device's owner has taken it.
+    /// The line that tripped it, until the device is powered again.
     fired: Option<String>,
+    /// Whether the device's owner has taken that line (it is taken once).
+    taken: bool,
 }
 
 impl Tripwire {
@@ -24,7 +26,7 @@ impl Tripwire {
     }
 
     pub fn arm(&self, pattern: Regex) {
-        *self.state() = State { pattern: Some(pattern), fired: None };
+        *self.state() = State { pattern: Some(pattern), fired: None, taken: false };
     }
 
     pub fn disarm(&self) {
@@ -37,6 +39,7 @@ impl Tripwire {
         if s.pattern.as_ref().is_some_and(|p| p.is_match(line)) {
             s.pattern = None;
             s.fired = Some(line.to_string());
+            s.taken = false;
             return true;
         }
         false
@@ -44,20 +47,25 @@ impl Tripwire {
 
     /// The device is powered again: whatever tripped before is over (the pattern stays armed).
     pub fn clear_fired(&self) {
-        self.state().fired = None;
+        let mut s = self.state();
+        s.fired = None;
+        s.taken = false;
     }
 
-    /// Whether the wire has tripped and the reader has stopped passing lines on.
+    /// Whether the wire has tripped and the reader has stopped passing lines on (until the
+    /// device is powered again: the switch may take a while to cut, and what the device prints
+    /// meanwhile is timing, not behaviour).
     pub fn tripped(&self) -> bool {
         self.state().fired.is_some()
     }
 
     /// For the owner, on each line it takes from the reader: whether it is the line that
-    /// tripped the wire (then the wire is reset).
+    /// tripped the wire. It is taken once; the reader keeps dropping lines until
+    /// [`Tripwire::clear_fired`].
     pub fn take_if_tripped_by(&self, line: &str) -> bool {
         let mut s = self.state();
-        if s.fired.as_deref() == Some(line) {
-            s.fired = None;
+        if !s.taken && s.fired.as_deref() == Some(line) {
+            s.taken = true;
             return true;
         }
         false
@@ -79,6 +87,9 @@ mod tests {
         assert!(!t.trips("I (3) ota: progress 50%"), "once");
         assert!(!t.take_if_tripped_by("I (1) ota: progress 25%"), "an earlier line still queued");
         assert!(t.take_if_tripped_by("I (2) ota: progress 50%"));
+        assert!(!t.take_if_tripped_by("I (2) ota: progress 50%"), "taken once");
+        assert!(t.tripped(), "lines are dropped until the device is powered again");
+        t.clear_fired();
         assert!(!t.tripped());
         t.arm(Regex::new("x").unwrap());
         t.disarm();

@@ -124,6 +124,8 @@ impl BenchDut {
     /// Resets the chip into its app (the boot strap released). The log port is taken first so
     /// no boot line is lost.
     fn reset_into_app(&mut self) -> Result<(), DutError> {
+        // A cut at a log line is over once the chip runs again: its lines flow again.
+        self.console.rearm();
         if self.log_on_flash_port {
             self.console.take();
         }
@@ -228,6 +230,9 @@ impl BenchDut {
     }
 
     fn switch_power(&mut self, on: bool) -> Result<(), DutError> {
+        if on {
+            self.console.rearm();
+        }
         match &mut self.rig {
             Rig::StandIn(e) => {
                 if on {
