@@ -29,14 +29,34 @@ pub enum PortSpec {
     Qemu,
 }
 
-/// How the board is flashed (probe-rs over USB-JTAG is to come behind a cargo feature).
+/// How the board is flashed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlashMethod {
     /// espflash through the ROM loader with the flasher stub (compressed, fast).
     Espflash,
     /// espflash through the ROM loader only (some USB-JTAG bridges fail with the stub).
     EspflashNoStub,
+    /// probe-rs over the chip's USB-JTAG (cargo feature `probe-rs`): no download mode needed.
+    /// The board's identity and the read-back still go through espflash's stub on `port`
+    /// (probe-rs has no flash-dump call).
+    ProbeRs,
 }
+
+/// Which debug probe flashes the board (`flash: probe-rs`): USB vendor:product id and serial
+/// number, as probe-rs selects probes. By default the board's own USB-JTAG (303a:1001), with the
+/// port's serial number when the port is given by USB id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSpec {
+    pub vid: u16,
+    pub pid: u16,
+    pub serial: Option<String>,
+}
+
+/// The ESP32-C3's built-in USB-Serial-JTAG.
+pub const USB_JTAG: (u16, u16) = (0x303a, 0x1001);
+
+/// Whether this otahil was built with probe-rs (cargo feature `probe-rs`).
+pub const HAS_PROBE_RS: bool = cfg!(feature = "probe-rs");
 
 /// How the board is reset (into download mode for flashing, into its app afterwards).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +110,8 @@ pub struct Bench {
     pub baud: u32,
     pub flash_baud: u32,
     pub flash: FlashMethod,
+    /// The probe for `flash: probe-rs`.
+    pub probe: Option<ProbeSpec>,
     pub reset: ResetMethod,
     pub power: Option<PowerSwitch>,
     pub address: Address,
@@ -125,6 +147,7 @@ struct RawBench {
     baud: Option<Spanned<u32>>,
     flash_baud: Option<Spanned<u32>>,
     flash: Option<Spanned<String>>,
+    probe: Option<Spanned<String>>,
     reset: Option<Spanned<RawReset>>,
     power: Option<Spanned<RawPower>>,
     address: Option<Spanned<String>>,
@@ -305,13 +328,39 @@ fn check(raw: RawBench, cx: &Ctx<'_>) -> Result<Bench, BenchError> {
             }
             "espflash" => FlashMethod::Espflash,
             "espflash-no-stub" => FlashMethod::EspflashNoStub,
-            "probe-rs" => {
-                return cx.at(f, "flash probe-rs: not in this otahil yet (it comes behind a `probe-rs` cargo feature); use espflash");
+            "probe-rs" if emulator => {
+                return cx.at(f, "flash probe-rs: a stand-in (the emulator, QEMU) has no USB-JTAG; use espflash or espflash-no-stub");
             }
+            "probe-rs" if !HAS_PROBE_RS => {
+                return cx.at(f, "flash probe-rs: this otahil was built without probe-rs; build it with `--features probe-rs` (`cargo xtask hil --probe-rs …`), or use espflash");
+            }
+            "probe-rs" => FlashMethod::ProbeRs,
             other => {
                 return cx.at(f, format!("flash `{other}`: expected espflash, espflash-no-stub or probe-rs"));
             }
         },
+    };
+    let probe = match (&raw.probe, flash) {
+        (Some(p), FlashMethod::ProbeRs) => {
+            let mut parts = p.value.splitn(3, ':');
+            let ids = (parts.next().and_then(hex_u16), parts.next().and_then(hex_u16));
+            let (Some(vid), Some(pid)) = ids else {
+                return cx.at(
+                    p,
+                    format!("probe `{}`: expected VID:PID or VID:PID:SERIAL in hex, such as 303a:1001:C4:0A:24:FE:10:01", p.value),
+                );
+            };
+            let serial = parts.next().filter(|s| !s.is_empty()).map(str::to_string);
+            Some(ProbeSpec { vid, pid, serial })
+        }
+        (Some(p), _) => return cx.at(p, "probe: only with flash: probe-rs"),
+        (None, FlashMethod::ProbeRs) => Some(match &port {
+            PortSpec::Usb { vid, pid, serial } if (*vid, *pid) == USB_JTAG => {
+                ProbeSpec { vid: *vid, pid: *pid, serial: serial.clone() }
+            }
+            _ => ProbeSpec { vid: USB_JTAG.0, pid: USB_JTAG.1, serial: None },
+        }),
+        (None, _) => None,
     };
     let reset = match raw.reset {
         None if emulator => ResetMethod::None,
@@ -437,6 +486,7 @@ fn check(raw: RawBench, cx: &Ctx<'_>) -> Result<Bench, BenchError> {
         baud,
         flash_baud,
         flash,
+        probe,
         reset,
         power,
         address,

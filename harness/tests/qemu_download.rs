@@ -87,7 +87,14 @@ fn espflash_writes_through_the_real_rom_in_qemu_download_mode() {
         }
     };
     let port = serialport::new(&pty, 115_200).open_native().expect("the pty opens");
-    let info = UsbPortInfo { vid: 0, pid: 0, serial_number: None, manufacturer: None, product: None };
+    let info = UsbPortInfo {
+        vid: 0,
+        pid: 0,
+        serial_number: None,
+        manufacturer: None,
+        product: None,
+        interface: None,
+    };
     let conn = Connection::new(
         port,
         info,

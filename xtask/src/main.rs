@@ -42,6 +42,10 @@ enum Task {
         /// board's place; fixtures/bench.example.yaml documents a lab bench).
         #[arg(long)]
         bench: Option<PathBuf>,
+        /// Build otahil with probe-rs, for a bench file with `flash: probe-rs` (needs
+        /// `libudev-dev` and `pkg-config` for hidapi's build).
+        #[arg(long)]
+        probe_rs: bool,
     },
     /// Flash one firmware build to a bench's board (skipping blocks that match, verified),
     /// start it and print the board's identity.
@@ -51,6 +55,9 @@ enum Task {
         /// The build to flash (v1, v2, v3, selftest-fail, selftest-hang).
         #[arg(long, default_value = "v1")]
         image: String,
+        /// Build otahil with probe-rs (a bench file with `flash: probe-rs`).
+        #[arg(long)]
+        probe_rs: bool,
     },
     /// Write the fixture images to fixtures/images/ (deterministic).
     Fixtures,
@@ -130,8 +137,16 @@ fn check_qemu() -> anyhow::Result<()> {
 
 /// Builds the harness and the emulator (release: the suite's speed is part of the product).
 fn build_emu() -> anyhow::Result<PathBuf> {
+    build_harness(false)
+}
+
+/// otahil and ota-emu, release; `probe_rs`: otahil with its `probe-rs` feature.
+fn build_harness(probe_rs: bool) -> anyhow::Result<PathBuf> {
     let mut c = cargo();
     c.args(["build", "--release", "-p", "otahil", "-p", "ota-emu"]);
+    if probe_rs {
+        c.args(["--features", "otahil/probe-rs"]);
+    }
     run(c)?;
     Ok(root().join("target/release"))
 }
@@ -145,6 +160,7 @@ struct HilArgs {
     torn: bool,
     seed: Option<u64>,
     bench: Option<PathBuf>,
+    probe_rs: bool,
 }
 
 /// The firmware directory a bench's board runs (after building it), from `otahil check`.
@@ -192,7 +208,7 @@ fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
         "device" => {}
         other => bail!("backend `{other}` is not available (emu, qemu, device)"),
     }
-    let bin = build_emu()?;
+    let bin = build_harness(args.probe_rs)?;
     let mut c = Command::new(bin.join("otahil"));
     c.current_dir(root()).args(["run", "--backend", backend]);
     if let Some(b) = &args.bench {
@@ -497,11 +513,11 @@ fn main() -> std::process::ExitCode {
 
 fn run_task(task: Task) -> anyhow::Result<()> {
     match task {
-        Task::Hil { backend, scenario, junit, html, cut, torn, seed, bench } => {
-            hil(&backend, &HilArgs { scenarios: scenario, junit, html, cut, torn, seed, bench })
+        Task::Hil { backend, scenario, junit, html, cut, torn, seed, bench, probe_rs } => {
+            hil(&backend, &HilArgs { scenarios: scenario, junit, html, cut, torn, seed, bench, probe_rs })
         }
-        Task::Flash { bench, image } => {
-            let bin = build_emu()?;
+        Task::Flash { bench, image, probe_rs } => {
+            let bin = build_harness(probe_rs)?;
             let mut c = Command::new(bin.join("otahil"));
             c.current_dir(root()).arg("flash").arg("--bench").arg(&bench).args(["--image", &image]);
             if let Some(dir) = bench_firmware(&bin, &bench)? {

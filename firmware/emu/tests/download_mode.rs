@@ -76,7 +76,14 @@ impl Drop for Emulator {
 
 /// espflash on a pty, as the bench drives it: no USB identity, no DTR/RTS, no reset.
 fn pty_connection(port: serialport::TTYPort) -> Connection {
-    let info = UsbPortInfo { vid: 0, pid: 0, serial_number: None, manufacturer: None, product: None };
+    let info = UsbPortInfo {
+        vid: 0,
+        pid: 0,
+        serial_number: None,
+        manufacturer: None,
+        product: None,
+        interface: None,
+    };
     Connection::new(port, info, ResetAfterOperation::NoResetNoStub, ResetBeforeOperation::NoReset, 115_200)
 }
 

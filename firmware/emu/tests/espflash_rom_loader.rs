@@ -32,7 +32,14 @@ impl Bench {
         let stop = Arc::new(AtomicBool::new(false));
         let device = device(master, FileFlash::in_memory(vec![0xFF; FLASH_SIZE]), stop.clone());
         // A pty has no USB identity and no DTR/RTS: no reset, as over a bench's UART bridge.
-        let info = UsbPortInfo { vid: 0, pid: 0, serial_number: None, manufacturer: None, product: None };
+        let info = UsbPortInfo {
+            vid: 0,
+            pid: 0,
+            serial_number: None,
+            manufacturer: None,
+            product: None,
+            interface: None,
+        };
         let conn = Connection::new(
             slave,
             info,

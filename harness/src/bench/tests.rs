@@ -36,6 +36,7 @@ fn the_example_documents_every_field_and_loads() {
         "baud:",
         "flash_baud:",
         "flash:",
+        "probe:",
         "reset:",
         "power:",
         "address:",
@@ -107,7 +108,10 @@ fn bad_values_are_refused_at_their_place_in_the_benchs_words() {
         error(&format!("{base}flash: esptool\n"))
             .contains("flash `esptool`: expected espflash, espflash-no-stub or probe-rs")
     );
-    assert!(error(&format!("{base}flash: probe-rs\n")).contains("not in this otahil yet"));
+    assert!(
+        error(&format!("{base}flash: espflash\nprobe: 303a:1001\n"))
+            .contains("probe: only with flash: probe-rs")
+    );
     assert!(error(&format!("{base}reset: sometimes\n")).contains("reset `sometimes`: expected auto"));
     assert!(
         error(&format!("{base}reset: {{ command: [] }}\n")).contains("reset command: expected a program")
@@ -142,4 +146,36 @@ fn bad_values_are_refused_at_their_place_in_the_benchs_words() {
     );
     assert!(error("name: b\nport: emulator\nreset: classic\n").contains("control channel"));
     assert!(error("name: b c\nport: /dev/x\naddress: y\n").starts_with("1:7: name must be"));
+}
+
+#[test]
+fn probe_rs_needs_its_feature_a_real_board_and_a_probe_in_hex() {
+    let load_text =
+        |text: &str| parse_text(text).map_err(|e| format!("{}:{}: {}", e.line, e.column, e.message));
+    let e = load_text("name: b\nport: emulator\nflash: probe-rs\n").unwrap_err();
+    assert!(e.contains("3:8: flash probe-rs: a stand-in (the emulator, QEMU) has no USB-JTAG"), "{e}");
+    let by_usb = "name: b\nport: { usb: \"303a:1001\", serial: \"AA:BB\" }\naddress: x\nflash: probe-rs\n";
+    if !HAS_PROBE_RS {
+        let e = load_text(by_usb).unwrap_err();
+        assert!(e.contains("4:8: flash probe-rs: this otahil was built without probe-rs; build it with `--features probe-rs`"), "{e}");
+        return;
+    }
+    // The probe defaults to the board's own USB-JTAG, with the port's serial number.
+    let b = load_text(by_usb).unwrap();
+    assert_eq!(b.flash, FlashMethod::ProbeRs);
+    assert_eq!(b.probe, Some(ProbeSpec { vid: 0x303a, pid: 0x1001, serial: Some("AA:BB".into()) }));
+    let b = load_text("name: b\nport: /dev/ttyACM0\naddress: x\nflash: probe-rs\n").unwrap();
+    assert_eq!(b.probe, Some(ProbeSpec { vid: 0x303a, pid: 0x1001, serial: None }));
+    // A serial number may itself hold colons (a MAC).
+    let b = load_text(
+        "name: b\nport: /dev/ttyACM0\naddress: x\nflash: probe-rs\nprobe: 303a:1001:C4:0A:24:FE:10:01\n",
+    )
+    .unwrap();
+    assert_eq!(
+        b.probe,
+        Some(ProbeSpec { vid: 0x303a, pid: 0x1001, serial: Some("C4:0A:24:FE:10:01".into()) })
+    );
+    let e =
+        load_text("name: b\nport: /dev/ttyACM0\naddress: x\nflash: probe-rs\nprobe: esp-prog\n").unwrap_err();
+    assert!(e.contains("5:8: probe `esp-prog`: expected VID:PID or VID:PID:SERIAL in hex"), "{e}");
 }

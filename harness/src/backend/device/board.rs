@@ -6,7 +6,7 @@ use super::ENTRY;
 use super::console::Console;
 use super::flasher::{self, FlashPort, Identity, Session};
 use crate::backend::emu::EmuDut;
-use crate::bench::{Address, PowerSwitch, ResetMethod};
+use crate::bench::{Address, PowerSwitch, ProbeSpec, ResetMethod};
 use crate::client::UpdatePath;
 use crate::dut::{Capabilities, Dut, DutError, DutEvent, FlashCounters, PowerCut};
 use crate::serial::{announced_reboot, ends_boot};
@@ -44,6 +44,9 @@ pub struct BenchDut {
     /// The log comes through the flashing port: let go of it while the loader talks.
     pub(super) log_on_flash_port: bool,
     pub(super) flash_port: FlashPort,
+    /// Written through this debug probe (probe-rs) instead of the loader; identity and
+    /// read-back still come through `flash_port`.
+    pub(super) jtag: Option<ProbeSpec>,
     pub(super) chip: Chip,
     /// What the harness last knew to be in the flash (written, or read back).
     pub(super) known: Vec<u8>,
@@ -54,6 +57,30 @@ pub struct BenchDut {
     pub(super) arduino_port: u16,
     pub(super) caps: Capabilities,
     pub(super) pending: VecDeque<DutEvent>,
+}
+
+#[cfg(feature = "probe-rs")]
+fn write_over_jtag(
+    probe: &ProbeSpec,
+    image: &[u8],
+    skip: bool,
+    bar: &ProgressBar,
+) -> Result<flasher::WriteReport, DutError> {
+    super::jtag::write(probe, image, skip, bar).map_err(|e| DutError::Start(e.to_string()))
+}
+
+/// The bench file refuses `flash: probe-rs` in a build without it; this is never reached.
+#[cfg(not(feature = "probe-rs"))]
+fn write_over_jtag(
+    _: &ProbeSpec,
+    _: &[u8],
+    _: bool,
+    _: &ProgressBar,
+) -> Result<flasher::WriteReport, DutError> {
+    Err(DutError::Unsupported {
+        backend: ENTRY.name,
+        what: "flashing through probe-rs (built without its feature)",
+    })
 }
 
 fn run_argv(argv: &[String], what: &str) -> Result<(), DutError> {
@@ -116,7 +143,14 @@ impl BenchDut {
                 identity.flash_size >> 20
             )));
         }
-        let report = session.write(image, bar).map_err(|e| DutError::Start(e.to_string()))?;
+        let report = match self.jtag.clone() {
+            Some(probe) => {
+                // The loader lets go of the port; the probe halts the core and writes.
+                drop(session);
+                write_over_jtag(&probe, image, self.flash_port.skip, bar)?
+            }
+            None => session.write(image, bar).map_err(|e| DutError::Start(e.to_string()))?,
+        };
         self.known = image.to_vec();
         Ok((identity, report))
     }

@@ -18,6 +18,8 @@
 mod board;
 pub mod console;
 pub mod flasher;
+#[cfg(feature = "probe-rs")]
+mod jtag;
 pub mod ports;
 pub mod qemu_rom;
 
@@ -187,7 +189,9 @@ impl DeviceBackend {
             // The loader has the port until the app is started.
             console.release();
         }
+        let jtag = if b.flash == crate::bench::FlashMethod::ProbeRs { b.probe.clone() } else { None };
         let mut dut = BenchDut {
+            jtag,
             rig,
             console,
             log_on_flash_port,

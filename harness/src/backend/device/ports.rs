@@ -28,7 +28,7 @@ pub struct Found {
 }
 
 pub fn not_usb() -> UsbPortInfo {
-    UsbPortInfo { vid: 0, pid: 0, serial_number: None, manufacturer: None, product: None }
+    UsbPortInfo { vid: 0, pid: 0, serial_number: None, manufacturer: None, product: None, interface: None }
 }
 
 fn usb_ports() -> Result<Vec<(PathBuf, UsbPortInfo)>, PortError> {
@@ -124,6 +124,7 @@ mod tests {
             serial_number: serial.map(str::to_string),
             manufacturer: None,
             product: None,
+            interface: None,
         };
         (PathBuf::from(path), info)
     }
