@@ -13,6 +13,7 @@
 //! - [`writer`]: `esp_ota_begin/write/end/set_boot_partition` semantics.
 //! - [`update`]: the protocol-neutral update sink every update path writes through.
 //! - [`boot`]: the bootloader's slot choice (rollback on or off) and the app's boot guard.
+//! - [`url`]: `http(s)://` URLs as triggers name them.
 //! - [`session`]: one update session of any path (state machine + update in progress).
 //! - [`proto`]: the update paths, each a sans-IO state machine (ESPHome native OTA, ArduinoOTA).
 //! - [`log`]: the device's log line catalogue.
@@ -42,6 +43,7 @@ pub mod selftest;
 pub mod session;
 pub mod settings;
 pub mod update;
+pub mod url;
 pub mod writer;
 
 #[cfg(test)]

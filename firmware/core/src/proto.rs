@@ -5,6 +5,7 @@
 
 pub mod arduino;
 pub mod esphome;
+pub mod mqtt;
 
 /// The update paths a device serves, by the names scenarios and reports use.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
