@@ -5,6 +5,7 @@
 
 pub mod arduino;
 pub mod esphome;
+pub mod http_pull;
 pub mod mqtt;
 
 /// The update paths a device serves, by the names scenarios and reports use.

@@ -127,7 +127,7 @@ impl UpdateError {
     }
 
     /// How `Update.begin` fails for a writer error.
-    fn at_begin(e: &OtaError) -> Self {
+    pub(crate) fn at_begin(e: &OtaError) -> Self {
         match e {
             OtaError::InvalidSize { .. } => UpdateError::Size,
             OtaError::NoUpdatePartition | OtaError::PartitionConflict => UpdateError::NoPartition,
@@ -137,7 +137,7 @@ impl UpdateError {
     }
 
     /// How `Update.write` fails.
-    fn at_write(e: &OtaError) -> Self {
+    pub(crate) fn at_write(e: &OtaError) -> Self {
         match e {
             OtaError::InvalidMagic { .. } => UpdateError::MagicByte,
             OtaError::InvalidSize { .. } => UpdateError::Space,
@@ -146,7 +146,7 @@ impl UpdateError {
     }
 
     /// How `Update.end` fails after the MD5 matched: the boot switch re-verifies the image.
-    fn at_end(e: &OtaError) -> Self {
+    pub(crate) fn at_end(e: &OtaError) -> Self {
         match e {
             OtaError::Flash(_) => UpdateError::Write,
             _ => UpdateError::Activate,
