@@ -413,8 +413,15 @@ fn build_firmware(link: FirmwareLink) -> anyhow::Result<()> {
     Ok(())
 }
 
-const FUZZ_TARGETS: &[&str] =
-    &["arduino_server", "esphome_server", "flash_formats", "rom_loader", "scenario_loader"];
+const FUZZ_TARGETS: &[&str] = &[
+    "arduino_server",
+    "esphome_server",
+    "flash_formats",
+    "http_pull",
+    "mqtt_client",
+    "rom_loader",
+    "scenario_loader",
+];
 
 fn fuzz(seconds: u64, only: Option<&str>, seed: u64, max_runs: u64) -> anyhow::Result<()> {
     let have = Command::new("cargo").args(["fuzz", "--version"]).output().map(|o| o.status.success());

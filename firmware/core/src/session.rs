@@ -4,7 +4,7 @@
 //! (or knows how a path's library writes) itself.
 
 use crate::partition::{Partition, PartitionTable};
-use crate::proto::{arduino, esphome};
+use crate::proto::{arduino, esphome, http_pull};
 use crate::update::FlashSink;
 use crate::writer::{OtaConfig, OtaUpdate};
 use embedded_storage::nor_flash::NorFlash;
@@ -19,6 +19,11 @@ pub trait Protocol {
 }
 
 impl Protocol for esphome::Server<'_> {}
+
+/// `esp_https_ota` writes through the app's `esp_ota_*`; an adapter running the Arduino
+/// updater's flavour passes [`arduino::library_writes`] of its config, as `HTTPUpdate` writes
+/// through the `Update` library.
+impl Protocol for http_pull::Client {}
 
 impl Protocol for arduino::Server {
     fn writes(app: OtaConfig) -> OtaConfig {

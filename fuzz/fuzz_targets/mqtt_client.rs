@@ -1,0 +1,110 @@
+//! The device's MQTT session and the command reader under arbitrary broker bytes, connection
+//! events and time. Properties: no panic; every decoded packet is one a broker may send with
+//! fields in range; the session never reports `Ready` without a CONNACK accepted and a SUBACK
+//! granted in that order; the command reader returns only http(s) URLs of at most 199 bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ota_core::proto::mqtt::client::{Client, Config, Event, Output};
+use ota_core::proto::mqtt::command::{self, Command, MAX_URL};
+use ota_core::proto::mqtt::packet::{Decoder, Incoming, QoS};
+
+#[derive(Default)]
+struct Out {
+    ready: u32,
+    lost: u32,
+}
+
+impl Output for Out {
+    fn connect(&mut self, _to: core::net::SocketAddr) {}
+    fn send(&mut self, _bytes: &[u8]) {}
+    fn close(&mut self) {}
+    fn event(&mut self, e: Event<'_>) {
+        match e {
+            Event::Ready => self.ready += 1,
+            Event::Lost { retry_in_ms, .. } => {
+                assert!((1_000..=32_000).contains(&retry_in_ms) || retry_in_ms == 0);
+                self.lost += 1;
+            }
+            Event::Message { payload, .. } => {
+                let mut url = [0u8; MAX_URL];
+                if let Ok(Command::OtaTrigger { url, .. }) = command::parse(payload, &mut url) {
+                    assert!(url.len() <= MAX_URL && ota_core::url::Url::parse(url).is_ok());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn take<'a>(data: &mut &'a [u8], n: usize) -> &'a [u8] {
+    let n = n.min(data.len());
+    let (head, rest) = data.split_at(n);
+    *data = rest;
+    head
+}
+
+fuzz_target!(|data: &[u8]| {
+    // The decoder alone, over the whole input.
+    let mut d = Decoder::<256>::default();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let (used, p) = d.feed(rest);
+        assert!(used > 0 && used <= rest.len());
+        rest = &rest[used..];
+        if let Some(Ok(p)) = p {
+            match p {
+                Incoming::ConnAck { code, .. } => assert!(code <= 5),
+                Incoming::Publish { topic, qos, id, .. } => {
+                    assert!(!topic.is_empty() && !topic.contains(['+', '#']));
+                    assert_eq!(id.is_some(), qos != QoS::AtMostOnce);
+                }
+                Incoming::SubAck { codes, .. } => assert!(!codes.is_empty()),
+                _ => {}
+            }
+        }
+    }
+    let mut url = [0u8; MAX_URL];
+    let _ = command::parse(data, &mut url);
+    // The session, driven by the input.
+    let cfg = Config {
+        broker: "127.0.0.1:1883".parse().unwrap(),
+        client_id: "fuzz",
+        username: None,
+        password: None,
+        keep_alive_s: 5,
+        command_topic: "/switch/cmd/root",
+        will: None,
+    };
+    let mut client = Client::default();
+    let mut out = Out::default();
+    let mut now = 0u64;
+    let mut ops = data;
+    client.start(&cfg, &mut out);
+    while let Some((&op, rest)) = ops.split_first() {
+        ops = rest;
+        match op % 5 {
+            0 => client.connected(&cfg, now, &mut out),
+            1 => client.connect_failed(now, &mut out),
+            2 => {
+                let n = take(&mut ops, 1).first().copied().unwrap_or(0) as usize;
+                let bytes = take(&mut ops, n);
+                let was_ready = client.is_ready();
+                client.data(&cfg, bytes, now, &mut out);
+                // Ready only through the handshake: a session that was not ready and is now
+                // said so exactly once more.
+                if !was_ready && client.is_ready() {
+                    assert!(out.ready > 0);
+                }
+            }
+            3 => client.closed(now, &mut out),
+            _ => {
+                now += 250 * op as u64;
+                client.poll(&cfg, now, &mut out);
+            }
+        }
+        if client.is_ready() {
+            let _ = client.publish("/switch/state/root", b"{}", QoS::AtLeastOnce, false, now, &mut out);
+        }
+    }
+});
