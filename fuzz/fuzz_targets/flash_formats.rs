@@ -47,14 +47,14 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again.partitions(), t.partitions());
         let _ = ota_core::boot::select(&t, None);
     }
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(t) = ota_core::partition_csv::parse_csv(text) {
-            let bytes = t.to_bytes(true);
-            assert_eq!(
-                PartitionTable::parse(&bytes, u32::MAX).map(|p| p.partitions().len()),
-                Ok(t.partitions().len())
-            );
-        }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(t) = ota_core::partition_csv::parse_csv(text)
+    {
+        let bytes = t.to_bytes(true);
+        assert_eq!(
+            PartitionTable::parse(&bytes, u32::MAX).map(|p| p.partitions().len()),
+            Ok(t.partitions().len())
+        );
     }
     if data.len() >= 64 {
         let d = OtaData::parse(data[..32].try_into().unwrap(), data[32..64].try_into().unwrap());
