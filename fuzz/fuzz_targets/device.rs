@@ -22,6 +22,7 @@ pub static BASE: LazyLock<Vec<u8>> = LazyLock::new(|| {
 #[allow(dead_code)]
 pub struct Lcg(pub u64);
 
+#[allow(dead_code)]
 impl Lcg {
     pub fn fill(&mut self, buf: &mut [u8]) {
         for b in buf {
