@@ -23,6 +23,7 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod serial;
+pub mod services;
 pub mod snapshot;
 pub mod tripwire;
 

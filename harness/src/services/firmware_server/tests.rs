@@ -1,0 +1,257 @@
+//! The server against the device's own pull client (ota-core's `http_pull`, the one the
+//! emulator and the chip run), over real loopback sockets, writing an in-memory flash: each
+//! fault ends the way the spec says, and the request the device sent is on record.
+
+use super::*;
+use ota_core::proto::http_pull::{Client, Config, ConnectError, DeviceFacts, Endpoint, Event, Output};
+use ota_core::session::{Session, Target};
+use ota_core::writer::OtaConfig;
+use ota_emu::flash::FileFlash;
+use std::net::IpAddr;
+
+const CSV: &str = "otadata, data, ota, , 0x2000\napp0, app, ota_0, , 0x70000\napp1, app, ota_1, , 0x70000\n";
+
+fn app(version: &str, payload: u32) -> Vec<u8> {
+    let mut spec = ota_core::image_builder::ImageSpec::new("otahil", version);
+    spec.payload_len = payload;
+    let mut v = vec![0; spec.image_len()];
+    ota_core::image_builder::build(&spec, &mut v).unwrap();
+    v
+}
+
+/// A 1 MiB flash running v1 from ota_0.
+fn base() -> (ota_core::partition::PartitionTable, Vec<u8>) {
+    let table = ota_core::partition_csv::parse_csv(CSV).unwrap();
+    let mut image = ota_emu::mkflash::merged_image(&table, &app("1.0.0", 1000), 1 << 20).unwrap();
+    image[0x9000..0x9020]
+        .copy_from_slice(&ota_core::otadata::OtaEntry::new(1, ota_core::otadata::OtaState::Valid).to_bytes());
+    (table, image)
+}
+
+/// The device's side of the socket, as a thin adapter would be: connect, send, read, close,
+/// and the clock, all handed to the sans-IO client.
+#[derive(Default)]
+struct Net {
+    want: Option<(String, u16)>,
+    stream: Option<TcpStream>,
+    outbox: Vec<u8>,
+    close: bool,
+    events: Vec<String>,
+}
+
+impl Output for Net {
+    fn connect(&mut self, to: Endpoint<'_>) {
+        assert!(!to.tls, "these tests are plain HTTP");
+        self.want = Some((to.host.to_string(), to.port));
+    }
+    fn send(&mut self, bytes: &[u8]) {
+        self.outbox.extend_from_slice(bytes);
+    }
+    fn close(&mut self) {
+        self.close = true;
+    }
+    fn event(&mut self, e: Event<'_>) {
+        if !matches!(e, Event::Progress { .. }) {
+            self.events.push(format!("{e:?}"));
+        }
+    }
+}
+
+/// Pulls `url` to the end (or `limit`), returning the events and the flash after.
+fn pull(cfg: &Config<'_>, url: &str, limit: Duration) -> (Vec<String>, Vec<u8>, Vec<u8>) {
+    let (table, image) = base();
+    let mut flash = FileFlash::in_memory(image.clone());
+    let mut session = Session::new(Client::default());
+    let mut net = Net::default();
+    let started = Instant::now();
+    let now = || started.elapsed().as_millis() as u64;
+    let target = Target { table: &table, running: *table.ota(0).unwrap(), config: OtaConfig::default() };
+    session.with(&mut flash, &target, |client, sink| {
+        client.start(url, &mut net);
+        let mut buf = [0u8; 4096];
+        while client.is_busy() && started.elapsed() < limit {
+            // A close asked for before a new connection (a redirect) applies to the old one.
+            if net.close {
+                net.close = false;
+                net.stream = None;
+            }
+            if let Some((host, port)) = net.want.take() {
+                net.stream = None;
+                match TcpStream::connect((host.as_str(), port)) {
+                    Ok(s) => {
+                        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                        net.stream = Some(s);
+                        client.connected(cfg, now(), &mut net);
+                    }
+                    Err(_) => client.connect_failed(ConnectError::Refused, sink, &mut net),
+                }
+            }
+            if let Some(s) = net.stream.as_mut()
+                && !net.outbox.is_empty()
+            {
+                s.write_all(&net.outbox).unwrap();
+                net.outbox.clear();
+            }
+            if net.close {
+                continue;
+            }
+            let Some(s) = net.stream.as_mut() else {
+                client.poll(cfg, now(), sink, &mut net);
+                continue;
+            };
+            match s.read(&mut buf) {
+                Ok(0) => {
+                    net.stream = None;
+                    client.closed(cfg, sink, &mut net);
+                }
+                Ok(n) => client.data(cfg, &buf[..n], now(), sink, &mut net),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    client.poll(cfg, now(), sink, &mut net)
+                }
+                Err(_) => {
+                    // A reset: the read fails as `data read -1` does.
+                    net.stream = None;
+                    client.closed(cfg, sink, &mut net);
+                }
+            }
+        }
+    });
+    (net.events, image, flash.data().to_vec())
+}
+
+fn image_route(bytes: &[u8], framing: Framing, fault: Fault) -> Route {
+    Route {
+        response: Response::Image { bytes: Arc::new(bytes.to_vec()), framing, md5: Md5Header::None },
+        fault,
+    }
+}
+
+fn server() -> FirmwareServer {
+    FirmwareServer::start(IpAddr::from([127, 0, 0, 1])).unwrap()
+}
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn the_device_pulls_v2_whatever_the_framing_and_its_request_is_recorded() {
+    let s = server();
+    let v2 = app("2.0.0", 60_000);
+    let cfg = Config::esp_https_ota("1.0.0");
+    for framing in [Framing::ContentLength, Framing::Chunked(1000), Framing::Close] {
+        s.route("/v2.bin", image_route(&v2, framing, Fault::None));
+        let (events, _, after) = pull(&cfg, &s.url("/v2.bin?fleet=a"), LIMIT);
+        assert!(events.last().unwrap().starts_with("Complete(Switched { slot: 1"), "{framing:?}: {events:?}");
+        assert_eq!(&after[0x80000..0x80000 + v2.len()], &v2[..]);
+    }
+    let r = &s.requests()[0];
+    assert_eq!(
+        (r.method.as_str(), r.target.as_str(), r.version.as_str()),
+        ("GET", "/v2.bin?fleet=a", "HTTP/1.1")
+    );
+    assert_eq!(r.header("user-agent"), Some("ESP32 HTTP Client/1.0"));
+    assert_eq!(r.header("Host"), Some(s.addr().to_string().as_str()));
+}
+
+#[test]
+fn cut_reset_lying_and_stalled_bodies_never_switch_the_boot_slot() {
+    let s = server();
+    let v2 = app("2.0.0", 60_000);
+    let mut cfg = Config::esp_https_ota("1.0.0");
+    cfg.stall_limit_ms = 300;
+    let cases = [
+        (Fault::Truncate { at: 30_000 }, "Failed(Truncated { received: 30000 })"),
+        (Fault::Reset { at: 30_000 }, "Failed(Truncated"),
+        (Fault::WrongLength { claimed: v2.len() as u64 + 100 }, "Failed(Truncated"),
+        (Fault::WrongLength { claimed: v2.len() as u64 - 100 }, "Failed(Ota(Validate("),
+        (Fault::Stall { at: 20_000, for_: Duration::from_secs(3) }, "Failed(Stalled { received: 20000 })"),
+    ];
+    for (fault, want) in cases {
+        s.route("/v2.bin", image_route(&v2, Framing::ContentLength, fault));
+        let (events, before, after) = pull(&cfg, &s.url("/v2.bin"), LIMIT);
+        assert!(events.last().unwrap().starts_with(want), "{fault:?}: {events:?}");
+        assert_eq!(&after[0x9000..0xB000], &before[0x9000..0xB000], "{fault:?}: otadata changed");
+        assert_eq!(&after[..0x80000], &before[..0x80000], "{fault:?}: outside the target slot");
+    }
+    // A slow drip within the stall limit completes.
+    s.route(
+        "/v2.bin",
+        image_route(
+            &v2,
+            Framing::ContentLength,
+            Fault::Drip { chunk: 8192, every: Duration::from_millis(20) },
+        ),
+    );
+    let (events, _, _) = pull(&cfg, &s.url("/v2.bin"), LIMIT);
+    assert!(events.last().unwrap().starts_with("Complete("), "{events:?}");
+}
+
+#[test]
+fn statuses_redirects_and_their_loop() {
+    let s = server();
+    let v2 = app("2.0.0", 4000);
+    let cfg = Config::esp_https_ota("1.0.0");
+    s.route("/v2.bin", image_route(&v2, Framing::ContentLength, Fault::None));
+    s.route(
+        "/old",
+        Route {
+            response: Response::Redirect { status: 302, location: "/v2.bin".into() },
+            fault: Fault::None,
+        },
+    );
+    s.route(
+        "/loop",
+        Route { response: Response::Redirect { status: 301, location: "/loop".into() }, fault: Fault::None },
+    );
+    s.route("/broken", Route { response: Response::Status(500), fault: Fault::None });
+    let (events, _, _) = pull(&cfg, &s.url("/old"), LIMIT);
+    assert!(events.iter().any(|e| e.starts_with("Redirected { to: \"http://127.0.0.1:")), "{events:?}");
+    assert!(events.last().unwrap().starts_with("Complete("));
+    for (path, want) in [
+        ("/loop", "Failed(TooManyRedirects)"),
+        ("/broken", "Failed(Status(500))"),
+        ("/missing", "Failed(Status(404))"),
+    ] {
+        let (events, before, after) = pull(&cfg, &s.url(path), LIMIT);
+        assert_eq!(events.last().unwrap(), want);
+        assert_eq!(after, before, "{path}: flash changed");
+    }
+    // 11 requests for the loop: the first and ten redirects.
+    assert_eq!(s.requests().iter().filter(|r| r.target == "/loop").count(), 11);
+}
+
+#[test]
+fn the_arduino_updater_304_x_md5_and_its_headers() {
+    let s = server();
+    let v2 = app("2.0.0", 20_000);
+    let facts = DeviceFacts {
+        sta_mac: [2, 7, 0x7a, 0xc3, 0, 1],
+        ap_mac: [2, 7, 0x7a, 0xc3, 0, 2],
+        free_space: 0x70000,
+        sketch_size: 4096,
+        sketch_md5: None,
+        chip_size: 1 << 20,
+        sdk_version: "v5.5.5",
+        version: "1.0.0",
+    };
+    let cfg = Config::arduino(facts, "1.0.0");
+    let with_md5 = |md5| Route {
+        response: Response::Image { bytes: Arc::new(v2.clone()), framing: Framing::ContentLength, md5 },
+        fault: Fault::None,
+    };
+    s.route("/update", with_md5(Md5Header::Correct));
+    let (events, _, _) = pull(&cfg, &s.url("/update"), LIMIT);
+    assert!(events.last().unwrap().starts_with("Complete("), "{events:?}");
+    s.route("/update", with_md5(Md5Header::Value("00000000000000000000000000000000".into())));
+    let (events, before, after) = pull(&cfg, &s.url("/update"), LIMIT);
+    assert_eq!(events.last().unwrap(), "Failed(Update(Md5))");
+    assert_eq!(&after[0x9000..0xB000], &before[0x9000..0xB000]);
+    s.route("/update", Route { response: Response::NotModified, fault: Fault::None });
+    let (events, before, after) = pull(&cfg, &s.url("/update"), LIMIT);
+    assert_eq!(events.last().unwrap(), "NoUpdate");
+    assert_eq!(after, before);
+    let r = s.requests().pop().unwrap();
+    assert_eq!(r.version, "HTTP/1.0");
+    assert_eq!(r.header("x-ESP32-STA-MAC"), Some("02:07:7A:C3:00:01"));
+    assert_eq!(r.header("x-ESP32-version"), Some("1.0.0"));
+    assert_eq!(r.header("x-ESP32-mode"), Some("sketch"));
+}
