@@ -1,7 +1,8 @@
 //! MQTT 3.1.1, as the device speaks it to a broker: the packets ([`packet`]), the session
 //! ([`client`]: connect with a last will, subscribe to the command topic, publish status,
 //! keep-alive, reconnect with back-off) and the command topic's messages ([`command`]: the seed
-//! project's JSON trigger for an HTTP(S) pull). Spec: mqtt-https-pull.md.
+//! project's JSON trigger for an HTTP(S) pull) and the status the device publishes back ([`status`],
+//! our schema). Spec: mqtt-https-pull.md.
 //!
 //! MQTT here is a transport for commands and status; the update itself is pulled over HTTP(S)
 //! by the HTTP pull path. Homie OTA, which sends the image over MQTT, reuses the
@@ -10,6 +11,7 @@
 pub mod client;
 pub mod command;
 pub mod packet;
+pub mod status;
 #[cfg(test)]
 mod tests;
 
