@@ -199,6 +199,45 @@ pub enum LogEvent<'a> {
         auth: crate::proto::arduino::AuthScheme,
         auth_from: crate::settings::Source,
     },
+    // --- MQTT to the broker (tag `mqtt`)
+    /// What the pull path runs with (tag `config`): `None` when no broker is configured.
+    ConfigMqtt {
+        broker_from: Option<crate::settings::Source>,
+        command_topic: &'a str,
+        state_topic: &'a str,
+    },
+    MqttReady {
+        command_topic: &'a str,
+    },
+    MqttLost {
+        why: crate::proto::mqtt::client::Lost,
+        retry_in_ms: u64,
+    },
+    MqttDropped {
+        len: u32,
+    },
+    MqttCommandIgnored(crate::proto::mqtt::command::CommandError),
+    MqttCommandOther(&'static str),
+    // --- the HTTP(S) pull (tag `pull`); its writes share the `ota` lines above
+    PullTriggered {
+        truncated: bool,
+    },
+    PullBusy,
+    PullRequesting {
+        path: &'a str,
+        redirects: u8,
+    },
+    PullStatus {
+        code: u16,
+    },
+    PullImageAccepted {
+        version: &'a str,
+    },
+    PullStartingUnsized {
+        slot: SlotName,
+    },
+    PullNoUpdate,
+    PullFailed(crate::proto::http_pull::PullError),
 }
 
 impl LogEvent<'_> {
@@ -217,7 +256,8 @@ impl LogEvent<'_> {
             | ArduinoConnectFailed
             | ArduinoWriteFailed { .. }
             | ArduinoReceiveFailed { .. }
-            | ArduinoUpdateFailed { .. } => Level::Error,
+            | ArduinoUpdateFailed { .. }
+            | PullFailed(_) => Level::Error,
             BootPendingToAborted { .. }
             | ConfigIgnored { .. }
             | WifiJoinFailed { .. }
@@ -234,7 +274,12 @@ impl LogEvent<'_> {
             | ArduinoBusy
             | ArduinoAuthUnexpected { .. }
             | ArduinoAuthMalformed(_)
-            | ArduinoAuthFailed => Level::Warn,
+            | ArduinoAuthFailed
+            | MqttLost { .. }
+            | MqttDropped { .. }
+            | MqttCommandIgnored(_)
+            | PullBusy
+            | PullTriggered { truncated: true } => Level::Warn,
             _ => Level::Info,
         }
     }
@@ -257,7 +302,20 @@ impl LogEvent<'_> {
             | Loaded { .. }
             | SetActualSeq { .. } => "boot",
             AppRunning { .. } => "app",
-            ConfigOta { .. } | ConfigIgnored { .. } | ConfigArduino { .. } => "config",
+            ConfigOta { .. } | ConfigIgnored { .. } | ConfigArduino { .. } | ConfigMqtt { .. } => "config",
+            MqttReady { .. }
+            | MqttLost { .. }
+            | MqttDropped { .. }
+            | MqttCommandIgnored(_)
+            | MqttCommandOther(_) => "mqtt",
+            PullTriggered { .. }
+            | PullBusy
+            | PullRequesting { .. }
+            | PullStatus { .. }
+            | PullImageAccepted { .. }
+            | PullStartingUnsized { .. }
+            | PullNoUpdate
+            | PullFailed(_) => "pull",
             ArduinoInvitationIgnored(_)
             | ArduinoBusy
             | ArduinoAuthUnexpected { .. }
@@ -399,6 +457,36 @@ impl fmt::Display for LogEvent<'_> {
                 "ArduinoOTA on UDP port {port}: password {} ({password_from}), auth {auth} ({auth_from})",
                 if *password { "set" } else { "none" }
             ),
+            ConfigMqtt { broker_from: None, .. } => f.write_str("MQTT off: no broker configured"),
+            ConfigMqtt { broker_from: Some(from), command_topic, state_topic } => write!(
+                f,
+                "MQTT broker set ({from}), commands on {command_topic}, status on {state_topic}"
+            ),
+            MqttReady { command_topic } => write!(f, "connected, subscribed to {command_topic}"),
+            MqttLost { why, retry_in_ms } => write!(f, "connection lost ({why}), retrying in {retry_in_ms} ms"),
+            MqttDropped { len } => write!(f, "message of {len} bytes dropped: too long"),
+            MqttCommandIgnored(why) => write!(f, "command ignored: {}", why.text()),
+            MqttCommandOther(kind) => write!(f, "'{kind}' command: not handled by this firmware"),
+            PullTriggered { truncated: false } => f.write_str("OTA trigger received"),
+            PullTriggered { truncated: true } => {
+                write!(f, "OTA trigger received, URL cut to {} bytes", crate::proto::mqtt::command::MAX_URL)
+            }
+            PullBusy => f.write_str("OTA trigger ignored: an update is already running"),
+            PullRequesting { path, redirects: 0 } => write!(f, "GET {path}"),
+            PullRequesting { path, redirects } => write!(f, "GET {path} (redirect {redirects})"),
+            PullStatus { code } => write!(f, "HTTP status {code}"),
+            PullImageAccepted { version: "" } => f.write_str("image header checked"),
+            PullImageAccepted { version } => write!(f, "image header checked, version {version}"),
+            PullStartingUnsized { slot } => write!(f, "Starting update of unknown size into {slot}"),
+            PullNoUpdate => f.write_str("no update (304)"),
+            PullFailed(e) => {
+                let code = e.code();
+                if code >= 0 {
+                    write!(f, "OTA update failed: {} ({code:#x}): {e}", e.name())
+                } else {
+                    write!(f, "OTA update failed: {} ({code}): {e}", e.name())
+                }
+            }
         }
     }
 }
@@ -417,10 +505,10 @@ impl fmt::Display for LogLine<'_> {
 }
 
 /// Every tag the catalogue uses: a log filter keeps these lines and drops others (ROM banners).
-pub const TAGS: &[&str] = &["boot", "app", "config", "net", "rollback", "ota", "arduino"];
+pub const TAGS: &[&str] = &["boot", "app", "config", "net", "rollback", "ota", "arduino", "mqtt", "pull"];
 
 /// The app's own tags: every line with one of these comes from `ota-core`, on any backend.
-pub const APP_TAGS: &[&str] = &["app", "rollback", "ota", "arduino"];
+pub const APP_TAGS: &[&str] = &["app", "rollback", "ota", "arduino", "mqtt", "pull"];
 
 /// The beginnings of the bootloader lines whose text is ESP-IDF's own: the real bootloader prints
 /// them too, so a log filtered to these (plus [`APP_TAGS`]) reads the same on every backend. The

@@ -7,6 +7,7 @@ pub mod arduino;
 pub mod esphome;
 pub mod http_pull;
 pub mod mqtt;
+pub mod mqtt_pull;
 
 /// The update paths a device serves, by the names scenarios and reports use.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]

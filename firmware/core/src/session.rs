@@ -4,7 +4,7 @@
 //! (or knows how a path's library writes) itself.
 
 use crate::partition::{Partition, PartitionTable};
-use crate::proto::{arduino, esphome, http_pull};
+use crate::proto::{arduino, esphome, http_pull, mqtt_pull};
 use crate::update::FlashSink;
 use crate::writer::{OtaConfig, OtaUpdate};
 use embedded_storage::nor_flash::NorFlash;
@@ -24,6 +24,9 @@ impl Protocol for esphome::Server<'_> {}
 /// updater's flavour passes [`arduino::library_writes`] of its config, as `HTTPUpdate` writes
 /// through the `Update` library.
 impl Protocol for http_pull::Client {}
+
+/// The seed's trigger-and-pull agent writes through `esp_https_ota`, so through `esp_ota_*`.
+impl Protocol for mqtt_pull::Agent {}
 
 impl Protocol for arduino::Server {
     fn writes(app: OtaConfig) -> OtaConfig {

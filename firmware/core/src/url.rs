@@ -106,6 +106,18 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
 }
 
+impl core::fmt::Display for UrlError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            UrlError::Scheme => "not an http:// or https:// URL",
+            UrlError::Host => "no host, or a host with characters a host cannot have",
+            UrlError::Port => "a port outside 1..65535",
+            UrlError::UserInfo => "user:password@ in the URL",
+            UrlError::Characters => "spaces or control characters in the URL",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@
 //! [`Config::stall_limit_ms`] and stops after [`Config::max_redirects`], so a device under test
 //! always ends its update.
 
+mod error_text;
 pub mod response;
 #[cfg(test)]
 mod tests;

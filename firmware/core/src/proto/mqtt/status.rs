@@ -1,7 +1,8 @@
 //! The device's OTA status messages on its state topic (our schema, mqtt-https-pull.md §10; the
 //! seed publishes none): one JSON object per step of a pull,
 //! `{"state":"downloading","bytes":N,"total":N|-1,"err":"","fw":"1.0.0"}` with `state` one of
-//! `started`, `downloading`, `done`, `failed`, `no_update`, and on a failure `err` the reason's
+//! `started`, `downloading`, `done`, `failed`, `no_update` (and, retained, `online` /
+//! `offline`, the latter as the device's last will), and on a failure `err` the reason's
 //! name and `code` its `esp_err_t` (or the Arduino updater's code). Written into a fixed buffer;
 //! strings are JSON-escaped.
 
@@ -16,6 +17,10 @@ pub enum State {
     Failed,
     /// The server had nothing newer (the Arduino updater's 304).
     NoUpdate,
+    /// The device is connected (retained, so a late subscriber sees the running version).
+    Online,
+    /// The device's last will: the broker publishes it when the device vanishes.
+    Offline,
 }
 
 impl State {
@@ -26,6 +31,8 @@ impl State {
             State::Done => "done",
             State::Failed => "failed",
             State::NoUpdate => "no_update",
+            State::Online => "online",
+            State::Offline => "offline",
         }
     }
 }

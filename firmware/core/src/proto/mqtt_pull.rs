@@ -1,0 +1,483 @@
+//! The ESP-IDF seed's update path as one agent: the device keeps an MQTT session to its broker,
+//! a JSON trigger on the command topic starts an `esp_https_ota` pull of the URL it names, and
+//! every step of the pull is published on the state topic (our schema, [`mqtt::status`]) and
+//! logged. Two connections (broker, firmware server), both outputs of this state machine; the
+//! adapter owns the sockets and the clock and lends the flash per call ([`crate::session`]).
+//!
+//! Rules taken from the seed (mqtt-https-pull.md §1): one update at a time (a trigger while one
+//! runs is refused with a log line and a `failed`/`busy` status, the running pull goes on); a bad
+//! trigger is a log line and no request; after a completed pull the device restarts, after a
+//! failed one it keeps running its image. A trigger without a usable URL is refused with a log line
+//! and a `failed`/`bad_trigger` status (the seed only logs it).
+
+#[cfg(test)]
+mod tests;
+
+use crate::log::{LogEvent, SlotName};
+use crate::proto::http_pull::{self, ConnectError, Endpoint};
+use crate::proto::mqtt::client;
+use crate::proto::mqtt::command::{self, Command, CommandError, MAX_URL};
+use crate::proto::mqtt::packet::{QoS, Will};
+use crate::proto::mqtt::status::{State, Status};
+use crate::update::UpdateSink;
+use crate::url::Url;
+use core::net::SocketAddr;
+
+/// Progress is published every this many bytes when the length is not known.
+pub const PROGRESS_STEP_UNSIZED: u64 = 64 * 1024;
+/// A status message always fits this (the version and the error name are short).
+const STATUS_MAX: usize = 192;
+
+/// The agent's settings, lent per call.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings<'a> {
+    pub broker: SocketAddr,
+    pub client_id: &'a str,
+    pub username: Option<&'a str>,
+    pub password: Option<&'a [u8]>,
+    pub keep_alive_s: u16,
+    pub command_topic: &'a str,
+    pub state_topic: &'a str,
+    /// How the pull runs; its `running_version` is also the status messages' `fw`.
+    pub pull: http_pull::Config<'a>,
+}
+
+/// Which of the agent's two connections.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Link {
+    Broker,
+    Server,
+}
+
+/// What the agent does to the world.
+pub trait Output {
+    fn connect_broker(&mut self, to: SocketAddr);
+    fn connect_server(&mut self, to: Endpoint<'_>);
+    fn send(&mut self, link: Link, bytes: &[u8]);
+    /// Close the connection once what was sent is out.
+    fn close(&mut self, link: Link);
+    fn log(&mut self, line: &LogEvent<'_>);
+}
+
+pub struct Agent {
+    mqtt: client::Client,
+    pull: http_pull::Client,
+    will: [u8; STATUS_MAX],
+    will_len: usize,
+    /// The pull's last reported progress (a quarter, or a multiple of the unsized step).
+    progress_mark: u64,
+}
+
+impl Default for Agent {
+    fn default() -> Self {
+        Agent {
+            mqtt: client::Client::default(),
+            pull: http_pull::Client::default(),
+            will: [0; STATUS_MAX],
+            will_len: 0,
+            progress_mark: 0,
+        }
+    }
+}
+
+/// The broker's side of the agent's output.
+struct BrokerOut<'o, O: Output>(&'o mut O);
+
+impl<O: Output> client::Output for BrokerOut<'_, O> {
+    fn connect(&mut self, to: SocketAddr) {
+        self.0.connect_broker(to);
+    }
+    fn send(&mut self, bytes: &[u8]) {
+        self.0.send(Link::Broker, bytes);
+    }
+    fn close(&mut self) {
+        self.0.close(Link::Broker);
+    }
+    fn event(&mut self, event: client::Event<'_>) {
+        // Messages are handled by the agent (it needs the pull); the rest is logged here.
+        match event {
+            client::Event::Ready => {}
+            client::Event::Lost { why, retry_in_ms } => self.0.log(&LogEvent::MqttLost { why, retry_in_ms }),
+            client::Event::Dropped { len } => self.0.log(&LogEvent::MqttDropped { len }),
+            client::Event::Connecting { .. }
+            | client::Event::Message { .. }
+            | client::Event::Published { .. } => {}
+        }
+    }
+}
+
+/// Triggers kept from one read of the broker's bytes; more in the same read are refused as busy
+/// (the first has started a pull by the time they would be looked at).
+const QUEUED_TRIGGERS: usize = 2;
+
+/// What one read from the broker brought for the agent, in order.
+// The URL is held inline: no heap in `no_std`, and the queue is a few slots on the stack.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Copy)]
+enum Taken {
+    Ready,
+    Trigger {
+        url: [u8; MAX_URL],
+        len: usize,
+        truncated: bool,
+    },
+    /// A trigger beyond [`QUEUED_TRIGGERS`].
+    Overflow,
+    /// An `ota_trigger` without a usable URL: refused before any request.
+    BadTrigger,
+}
+
+/// Collects the MQTT client's events for the agent: the command topic's messages parsed on the
+/// spot (the payload lives in the decoder only during the call), acted on after the read.
+struct Inbox<'o, 'b, O: Output> {
+    out: BrokerOut<'o, O>,
+    command_topic: &'b str,
+    taken: [Option<Taken>; QUEUED_TRIGGERS + 2],
+}
+
+impl<O: Output> Inbox<'_, '_, O> {
+    fn push(&mut self, t: Taken) {
+        let triggers = self.taken.iter().flatten().filter(|t| matches!(t, Taken::Trigger { .. })).count();
+        let t = if matches!(t, Taken::Trigger { .. }) && triggers >= QUEUED_TRIGGERS {
+            Taken::Overflow
+        } else {
+            t
+        };
+        if let Some(slot) = self.taken.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(t);
+        } else {
+            // Full of overflows already: one more refused trigger is logged at once.
+            self.out.0.log(&LogEvent::PullBusy);
+        }
+    }
+}
+
+impl<O: Output> client::Output for Inbox<'_, '_, O> {
+    fn connect(&mut self, to: SocketAddr) {
+        self.out.connect(to);
+    }
+    fn send(&mut self, bytes: &[u8]) {
+        self.out.send(bytes);
+    }
+    fn close(&mut self) {
+        self.out.close();
+    }
+    fn event(&mut self, event: client::Event<'_>) {
+        match event {
+            client::Event::Ready => {
+                self.out.0.log(&LogEvent::MqttReady { command_topic: self.command_topic });
+                self.push(Taken::Ready);
+            }
+            client::Event::Message { topic, payload, .. } => {
+                if !crate::proto::mqtt::packet::topic_matches(self.command_topic, topic) {
+                    return;
+                }
+                let mut buf = [0u8; MAX_URL];
+                match command::parse(payload, &mut buf) {
+                    Ok(Command::OtaTrigger { url, truncated }) => {
+                        let len = url.len();
+                        let mut kept = [0u8; MAX_URL];
+                        kept[..len].copy_from_slice(url.as_bytes());
+                        self.push(Taken::Trigger { url: kept, len, truncated });
+                    }
+                    Ok(Command::Other(kind)) => self.out.0.log(&LogEvent::MqttCommandOther(kind)),
+                    Err(why) => {
+                        self.out.0.log(&LogEvent::MqttCommandIgnored(why));
+                        if matches!(why, CommandError::MissingUrl | CommandError::BadUrl) {
+                            self.push(Taken::BadTrigger);
+                        }
+                    }
+                }
+            }
+            other => self.out.event(other),
+        }
+    }
+}
+
+/// The pull's side of the agent's output: its events become log lines and status messages.
+struct PullOut<'o, O: Output> {
+    out: &'o mut O,
+    mqtt: &'o mut client::Client,
+    settings: &'o Settings<'o>,
+    now_ms: u64,
+    progress_mark: &'o mut u64,
+}
+
+impl<O: Output> PullOut<'_, O> {
+    fn status(&mut self, state: State, bytes: u64, total: Option<u64>, error: Option<(&str, i32)>) {
+        publish_status(self.mqtt, self.settings, self.now_ms, self.out, state, bytes, total, error);
+    }
+}
+
+impl<O: Output> http_pull::Output for PullOut<'_, O> {
+    fn connect(&mut self, to: Endpoint<'_>) {
+        self.out.connect_server(to);
+    }
+    fn send(&mut self, bytes: &[u8]) {
+        self.out.send(Link::Server, bytes);
+    }
+    fn close(&mut self) {
+        self.out.close(Link::Server);
+    }
+    fn event(&mut self, event: http_pull::Event<'_>) {
+        use http_pull::Event as E;
+        match event {
+            E::Requesting { url, redirects } => {
+                // The path only: hosts and ports differ from backend to backend, logs must not.
+                let path = Url::parse(url).map(|u| u.target).unwrap_or("");
+                self.out.log(&LogEvent::PullRequesting { path, redirects });
+            }
+            E::Status { code } => self.out.log(&LogEvent::PullStatus { code }),
+            E::Redirected { .. } => {}
+            E::ImageAccepted { version } => self.out.log(&LogEvent::PullImageAccepted { version }),
+            E::Begin { size, slot } => {
+                *self.progress_mark = 0;
+                let slot = SlotName(crate::boot::BootIndex::Ota(slot));
+                match size {
+                    Some(size) => self.out.log(&LogEvent::OtaStarting { size, slot }),
+                    None => self.out.log(&LogEvent::PullStartingUnsized { slot }),
+                }
+                self.status(State::Downloading, 0, size.map(u64::from), None);
+            }
+            E::Progress { received, total } => {
+                let mark = match total {
+                    Some(t) if received < t => received * 4 / t.max(1),
+                    Some(_) => return,
+                    None => received / PROGRESS_STEP_UNSIZED,
+                };
+                if mark > *self.progress_mark {
+                    *self.progress_mark = mark;
+                    if total.is_some() {
+                        self.out.log(&LogEvent::OtaProgress { percent: (mark * 25) as u8 });
+                    }
+                    self.status(State::Downloading, received, total, None);
+                }
+            }
+            E::NoUpdate => {
+                self.out.log(&LogEvent::PullNoUpdate);
+                self.status(State::NoUpdate, 0, None, None);
+            }
+            E::Failed(e) => {
+                self.out.log(&LogEvent::PullFailed(e));
+                self.status(State::Failed, 0, None, Some((e.name(), e.code())));
+            }
+            E::Complete(s) => {
+                let slot = SlotName(crate::boot::BootIndex::Ota(s.slot));
+                self.out.log(&LogEvent::OtaComplete { slot, seq: s.seq, state: s.state });
+                self.status(State::Done, 0, None, None);
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn publish_status<O: Output>(
+    mqtt: &mut client::Client,
+    settings: &Settings<'_>,
+    now_ms: u64,
+    out: &mut O,
+    state: State,
+    bytes: u64,
+    total: Option<u64>,
+    error: Option<(&str, i32)>,
+) {
+    let status = Status { state, bytes, total, error, fw: settings.pull.running_version };
+    let mut buf = [0u8; STATUS_MAX];
+    let Ok(len) = status.encode(&mut buf) else { return };
+    // Progress may be lost (QoS 0); the states a fleet acts on are acknowledged.
+    let (qos, retain) = match state {
+        State::Downloading => (QoS::AtMostOnce, false),
+        State::Online => (QoS::AtLeastOnce, true),
+        _ => (QoS::AtLeastOnce, false),
+    };
+    // Not connected: the status is lost, as the seed's `esp_mqtt_client_publish` loses it; the
+    // pull does not wait for the broker.
+    let _ = mqtt.publish(settings.state_topic, &buf[..len], qos, retain, now_ms, &mut BrokerOut(out));
+}
+
+fn mqtt_config<'s>(s: &Settings<'s>, will: &'s [u8]) -> client::Config<'s> {
+    client::Config {
+        broker: s.broker,
+        client_id: s.client_id,
+        username: s.username,
+        password: s.password,
+        keep_alive_s: s.keep_alive_s,
+        command_topic: s.command_topic,
+        will: Some(Will { topic: s.state_topic, message: will, qos: QoS::AtLeastOnce, retain: true }),
+    }
+}
+
+impl Agent {
+    /// Whether a pull is under way.
+    pub fn pulling(&self) -> bool {
+        self.pull.is_busy()
+    }
+
+    /// A pull completed: once its connection is closed the device restarts.
+    pub fn reboot_requested(&self) -> bool {
+        self.pull.reboot_requested()
+    }
+
+    /// Whether the session with the broker is up.
+    pub fn broker_ready(&self) -> bool {
+        self.mqtt.is_ready()
+    }
+
+    /// When [`Agent::poll`] next has something to do.
+    pub fn deadline(&self, s: &Settings<'_>) -> Option<u64> {
+        let cfg = mqtt_config(s, &self.will[..self.will_len]);
+        match (self.mqtt.deadline(&cfg), self.pull.deadline(&s.pull)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The app is up: connect to the broker.
+    pub fn start<O: Output>(&mut self, s: &Settings<'_>, out: &mut O) {
+        let will =
+            Status { state: State::Offline, bytes: 0, total: None, error: None, fw: s.pull.running_version };
+        self.will_len = will.encode(&mut self.will).unwrap_or(0);
+        let Agent { mqtt, will, will_len, .. } = self;
+        mqtt.start(&mqtt_config(s, &will[..*will_len]), &mut BrokerOut(out));
+    }
+
+    pub fn broker_connected<O: Output>(&mut self, s: &Settings<'_>, now_ms: u64, out: &mut O) {
+        let Agent { mqtt, will, will_len, .. } = self;
+        mqtt.connected(&mqtt_config(s, &will[..*will_len]), now_ms, &mut BrokerOut(out));
+    }
+
+    pub fn broker_connect_failed<O: Output>(&mut self, now_ms: u64, out: &mut O) {
+        self.mqtt.connect_failed(now_ms, &mut BrokerOut(out));
+    }
+
+    /// The broker went away. A running pull goes on: its status is lost until the session is back.
+    pub fn broker_closed<O: Output>(&mut self, now_ms: u64, out: &mut O) {
+        self.mqtt.closed(now_ms, &mut BrokerOut(out));
+    }
+
+    /// Bytes from the broker: acknowledgements, pings, commands. Triggers are acted on in the
+    /// order they came, after the read.
+    pub fn broker_data<S: UpdateSink, O: Output>(
+        &mut self,
+        s: &Settings<'_>,
+        bytes: &[u8],
+        now_ms: u64,
+        sink: &mut S,
+        out: &mut O,
+    ) {
+        let taken = {
+            let Agent { mqtt, will, will_len, .. } = self;
+            let mut inbox = Inbox {
+                out: BrokerOut(out),
+                command_topic: s.command_topic,
+                taken: [None; QUEUED_TRIGGERS + 2],
+            };
+            mqtt.data(&mqtt_config(s, &will[..*will_len]), bytes, now_ms, &mut inbox);
+            inbox.taken
+        };
+        for t in taken.into_iter().flatten() {
+            match t {
+                Taken::Ready => publish_status(&mut self.mqtt, s, now_ms, out, State::Online, 0, None, None),
+                Taken::Trigger { url, len, truncated } => {
+                    let url = core::str::from_utf8(&url[..len]).unwrap_or("");
+                    self.trigger(s, url, truncated, now_ms, sink, out);
+                }
+                Taken::Overflow => self.refuse_busy(s, now_ms, out),
+                Taken::BadTrigger => {
+                    // ESP_ERR_INVALID_ARG: what `esp_https_ota` says of a config without a URL.
+                    let error = Some(("bad_trigger", 0x102));
+                    publish_status(&mut self.mqtt, s, now_ms, out, State::Failed, 0, None, error);
+                }
+            }
+        }
+    }
+
+    fn refuse_busy<O: Output>(&mut self, s: &Settings<'_>, now_ms: u64, out: &mut O) {
+        out.log(&LogEvent::PullBusy);
+        publish_status(&mut self.mqtt, s, now_ms, out, State::Failed, 0, None, Some(("busy", -1)));
+    }
+
+    fn trigger<S: UpdateSink, O: Output>(
+        &mut self,
+        s: &Settings<'_>,
+        url: &str,
+        truncated: bool,
+        now_ms: u64,
+        _sink: &mut S,
+        out: &mut O,
+    ) {
+        if self.pull.is_busy() {
+            self.refuse_busy(s, now_ms, out);
+            return;
+        }
+        out.log(&LogEvent::PullTriggered { truncated });
+        publish_status(&mut self.mqtt, s, now_ms, out, State::Started, 0, None, None);
+        self.progress_mark = 0;
+        let Agent { mqtt, pull, progress_mark, .. } = self;
+        pull.start(url, &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark });
+    }
+
+    pub fn server_connected<O: Output>(&mut self, s: &Settings<'_>, now_ms: u64, out: &mut O) {
+        let Agent { mqtt, pull, progress_mark, .. } = self;
+        pull.connected(&s.pull, now_ms, &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark });
+    }
+
+    pub fn server_connect_failed<S: UpdateSink, O: Output>(
+        &mut self,
+        s: &Settings<'_>,
+        why: ConnectError,
+        now_ms: u64,
+        sink: &mut S,
+        out: &mut O,
+    ) {
+        let Agent { mqtt, pull, progress_mark, .. } = self;
+        pull.connect_failed(why, sink, &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark });
+    }
+
+    pub fn server_data<S: UpdateSink, O: Output>(
+        &mut self,
+        s: &Settings<'_>,
+        bytes: &[u8],
+        now_ms: u64,
+        sink: &mut S,
+        out: &mut O,
+    ) {
+        let Agent { mqtt, pull, progress_mark, .. } = self;
+        pull.data(
+            &s.pull,
+            bytes,
+            now_ms,
+            sink,
+            &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark },
+        );
+    }
+
+    pub fn server_closed<S: UpdateSink, O: Output>(
+        &mut self,
+        s: &Settings<'_>,
+        now_ms: u64,
+        sink: &mut S,
+        out: &mut O,
+    ) {
+        let Agent { mqtt, pull, progress_mark, .. } = self;
+        pull.closed(&s.pull, sink, &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark });
+    }
+
+    /// Time passed: the broker's timers and the pull's.
+    pub fn poll<S: UpdateSink, O: Output>(
+        &mut self,
+        s: &Settings<'_>,
+        now_ms: u64,
+        sink: &mut S,
+        out: &mut O,
+    ) {
+        let Agent { mqtt, pull, progress_mark, will, will_len } = self;
+        mqtt.poll(&mqtt_config(s, &will[..*will_len]), now_ms, &mut BrokerOut(out));
+        pull.poll(&s.pull, now_ms, sink, &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark });
+    }
+
+    /// The device goes down cleanly (a restart after an update): DISCONNECT, so no will.
+    pub fn stop<O: Output>(&mut self, out: &mut O) {
+        self.mqtt.stop(&mut BrokerOut(out));
+    }
+}

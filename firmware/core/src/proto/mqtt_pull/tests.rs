@@ -1,0 +1,366 @@
+//! The agent between a scripted broker and a scripted firmware server, writing a RAM flash
+//! through the same session type the emulator and the chip use.
+
+use super::*;
+use crate::flash::ram::{Op, RamFlash};
+use crate::image_builder::{ImageSpec, build};
+use crate::log::LogLine;
+use crate::otadata::{OtaEntry, OtaState};
+use crate::partition::PartitionTable;
+use crate::session::{Session, Target};
+use crate::testutil::esphome_4mb_table;
+use crate::writer::OtaConfig;
+use std::string::{String, ToString};
+use std::vec::Vec;
+use std::{format, vec};
+
+fn image(version: &str, payload: u32) -> Vec<u8> {
+    let mut spec = ImageSpec::new("otahil", version);
+    spec.payload_len = payload;
+    let mut v = vec![0; spec.image_len()];
+    build(&spec, &mut v).unwrap();
+    v
+}
+
+#[derive(Default)]
+struct World {
+    broker_connects: usize,
+    servers: Vec<String>,
+    to_broker: Vec<u8>,
+    to_server: Vec<u8>,
+    closed: Vec<Link>,
+    log: Vec<String>,
+}
+
+impl Output for World {
+    fn connect_broker(&mut self, _to: SocketAddr) {
+        self.broker_connects += 1;
+    }
+    fn connect_server(&mut self, to: Endpoint<'_>) {
+        self.servers.push(format!("{}:{}{}", to.host, to.port, if to.tls { " tls" } else { "" }));
+    }
+    fn send(&mut self, link: Link, bytes: &[u8]) {
+        match link {
+            Link::Broker => self.to_broker.extend_from_slice(bytes),
+            Link::Server => self.to_server.extend_from_slice(bytes),
+        }
+    }
+    fn close(&mut self, link: Link) {
+        self.closed.push(link);
+    }
+    fn log(&mut self, line: &LogEvent<'_>) {
+        self.log.push(LogLine { ms: 0, event: line }.to_string());
+    }
+}
+
+impl World {
+    /// The status messages published so far (JSON payloads on the state topic), then forgotten.
+    fn statuses(&mut self) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut d = crate::proto::mqtt::packet::Decoder::<4096>::default();
+        let bytes = core::mem::take(&mut self.to_broker);
+        let mut rest = &bytes[..];
+        // The device's packets, read with the broker-side view of the same framing.
+        while !rest.is_empty() {
+            let header = rest[0];
+            let (len, used) = remaining_length(&rest[1..]);
+            let packet = &rest[1 + used..1 + used + len];
+            if header >> 4 == 3 {
+                let topic_len = u16::from_be_bytes([packet[0], packet[1]]) as usize;
+                let topic = core::str::from_utf8(&packet[2..2 + topic_len]).unwrap();
+                let qos = (header >> 1) & 3;
+                let body = &packet[2 + topic_len + if qos > 0 { 2 } else { 0 }..];
+                assert_eq!(topic, "/switch/state/root");
+                found.push(String::from_utf8(body.to_vec()).unwrap());
+            }
+            rest = &rest[1 + used + len..];
+        }
+        let _ = &mut d;
+        found
+    }
+}
+
+fn remaining_length(b: &[u8]) -> (usize, usize) {
+    let (mut value, mut shift) = (0usize, 0);
+    for (i, byte) in b.iter().enumerate() {
+        value |= ((byte & 0x7F) as usize) << shift;
+        if byte & 0x80 == 0 {
+            return (value, i + 1);
+        }
+        shift += 7;
+    }
+    panic!("unterminated remaining length");
+}
+
+/// A PUBLISH from the broker at QoS 0.
+fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(payload);
+    let mut p = vec![0x30];
+    let mut n = body.len();
+    loop {
+        let mut byte = (n & 0x7F) as u8;
+        n >>= 7;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        p.push(byte);
+        if n == 0 {
+            break;
+        }
+    }
+    p.extend_from_slice(&body);
+    p
+}
+
+fn trigger(url: &str) -> Vec<u8> {
+    publish("/switch/cmd/root", format!(r#"{{"type":"ota_trigger","url":"{url}"}}"#).as_bytes())
+}
+
+const CONNACK: [u8; 4] = [0x20, 2, 0, 0];
+const SUBACK: [u8; 5] = [0x90, 3, 0, 1, 1];
+
+struct Device {
+    flash: RamFlash,
+    table: PartitionTable,
+    session: Session<Agent>,
+    world: World,
+    now: u64,
+}
+
+fn settings() -> Settings<'static> {
+    Settings {
+        broker: "127.0.0.1:1883".parse().unwrap(),
+        client_id: "otahil-test",
+        username: None,
+        password: None,
+        keep_alive_s: 60,
+        command_topic: crate::proto::mqtt::DEFAULT_COMMAND_TOPIC,
+        state_topic: crate::proto::mqtt::DEFAULT_STATE_TOPIC,
+        pull: http_pull::Config::esp_https_ota("1.0.0"),
+    }
+}
+
+impl Device {
+    /// Running v1 from ota_0, its MQTT session up.
+    fn online() -> Self {
+        let mut flash = RamFlash::new(4 << 20);
+        let v1 = image("1.0.0", 100);
+        flash.data[0x10000..0x10000 + v1.len()].copy_from_slice(&v1);
+        flash.data[0x9000..0x9020].copy_from_slice(&OtaEntry::new(1, OtaState::Valid).to_bytes());
+        flash.ops.clear();
+        let mut d = Device {
+            flash,
+            table: esphome_4mb_table(),
+            session: Session::new(Agent::default()),
+            world: World::default(),
+            now: 0,
+        };
+        let s = settings();
+        d.session.server.start(&s, &mut d.world);
+        assert_eq!(d.world.broker_connects, 1);
+        d.session.server.broker_connected(&s, 0, &mut d.world);
+        assert_eq!(d.world.to_broker[0], 0x10, "CONNECT first");
+        d.world.to_broker.clear();
+        d.broker(&[&CONNACK[..], &SUBACK[..]].concat());
+        assert!(d.session.server.broker_ready());
+        let online = d.world.statuses();
+        assert_eq!(online, [r#"{"state":"online","bytes":0,"total":-1,"err":"","fw":"1.0.0"}"#]);
+        d
+    }
+
+    fn with<R>(
+        &mut self,
+        f: impl FnOnce(&mut Agent, &mut crate::update::FlashSink<'_, RamFlash>, &mut World) -> R,
+    ) -> R {
+        let running = *self.table.ota(0).unwrap();
+        let target = Target { table: &self.table, running, config: OtaConfig::default() };
+        let world = &mut self.world;
+        self.session.with(&mut self.flash, &target, |agent, sink| f(agent, sink, world))
+    }
+
+    fn broker(&mut self, bytes: &[u8]) {
+        let now = self.now;
+        self.with(|a, sink, w| a.broker_data(&settings(), bytes, now, sink, w));
+    }
+
+    fn server_up(&mut self) {
+        let now = self.now;
+        self.with(|a, _, w| a.server_connected(&settings(), now, w));
+    }
+
+    fn server(&mut self, bytes: &[u8], step: usize) {
+        let now = self.now;
+        for piece in bytes.chunks(step) {
+            self.with(|a, sink, w| a.server_data(&settings(), piece, now, sink, w));
+        }
+    }
+
+    fn server_closed(&mut self) {
+        let now = self.now;
+        self.with(|a, sink, w| a.server_closed(&settings(), now, sink, w));
+    }
+
+    fn otadata_untouched(&self) -> bool {
+        !self.flash.ops.iter().any(|op| match *op {
+            Op::Erase(a) | Op::Program(a, _) => (0x9000..0xB000).contains(&a),
+        })
+    }
+}
+
+fn response(body: &[u8]) -> Vec<u8> {
+    let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+#[test]
+fn a_trigger_pulls_writes_switches_and_reports_each_step() {
+    let mut d = Device::online();
+    d.broker(&trigger("http://10.0.2.2:8070/fw/v2.bin"));
+    assert_eq!(d.world.servers, ["10.0.2.2:8070"]);
+    d.server_up();
+    assert!(d.world.to_server.starts_with(b"GET /fw/v2.bin HTTP/1.1\r\n"));
+    let v2 = image("2.0.0", 50_000);
+    d.server(&response(&v2), 1460);
+    assert!(d.session.server.reboot_requested());
+    let log = d.world.log.join("\n");
+    let expected = [
+        "I (0) mqtt: connected, subscribed to /switch/cmd/root",
+        "I (0) pull: OTA trigger received",
+        "I (0) pull: GET /fw/v2.bin",
+        "I (0) pull: HTTP status 200",
+        "I (0) pull: image header checked",
+        &format!("I (0) ota: Starting update of {} bytes into ota_1", v2.len()),
+        "I (0) ota: progress 25%",
+        "I (0) ota: progress 50%",
+        "I (0) ota: progress 75%",
+    ];
+    for (got, want) in d.world.log.iter().zip(expected) {
+        assert_eq!(got, want, "{log}");
+    }
+    assert!(
+        d.world.log.last().unwrap().starts_with("I (0) ota: update complete: boot set to ota_1"),
+        "{log}"
+    );
+    let statuses = d.world.statuses();
+    let n = v2.len();
+    assert_eq!(statuses[0], r#"{"state":"started","bytes":0,"total":-1,"err":"","fw":"1.0.0"}"#);
+    assert_eq!(
+        statuses[1],
+        format!(r#"{{"state":"downloading","bytes":0,"total":{n},"err":"","fw":"1.0.0"}}"#)
+    );
+    assert_eq!(statuses.len(), 6, "{statuses:?}");
+    assert_eq!(statuses[5], r#"{"state":"done","bytes":0,"total":-1,"err":"","fw":"1.0.0"}"#);
+    let slot = d.table.ota(1).unwrap().offset as usize;
+    assert!(d.flash.data[slot..slot + n] == v2[..], "the image is in ota_1");
+    assert!(!d.otadata_untouched());
+}
+
+#[test]
+fn bad_triggers_are_log_lines_and_no_request() {
+    let mut d = Device::online();
+    d.world.log.clear();
+    for payload in [
+        &b"U"[..],
+        br#"{"type":"ota_trigger""#,
+        br#"{"url":"http://h/x"}"#,
+        br#"{"type":"reboot"}"#,
+        br#"{"type":"ota_trigger"}"#,
+        br#"{"type":"connections","list":[]}"#,
+    ] {
+        d.broker(&publish("/switch/cmd/root", payload));
+    }
+    // Another topic is not a command.
+    d.broker(&trigger("http://h/x").iter().map(|&b| if b == b'c' { b'k' } else { b }).collect::<Vec<_>>());
+    d.broker(&trigger("ftp://h/x"));
+    assert!(d.world.servers.is_empty());
+    let log = d.world.log.join("\n");
+    assert_eq!(d.world.log.len(), 7, "{log}");
+    assert!(d.world.log[0].starts_with("W (0) mqtt: command ignored: "), "{log}");
+    assert!(d.world.log[5].contains("'connections' command: not handled"), "{log}");
+    assert!(log.ends_with("W (0) mqtt: command ignored: url is not http(s)://host/…"), "{log}");
+    // The two refused triggers (no URL, an ftp URL) say so on the state topic; the rest is not
+    // for the pull path.
+    let statuses = d.world.statuses();
+    assert_eq!(
+        statuses,
+        [r#"{"state":"failed","bytes":0,"total":-1,"err":"bad_trigger","code":258,"fw":"1.0.0"}"#; 2]
+    );
+    assert!(d.flash.ops.is_empty(), "nothing touched the flash");
+}
+
+#[test]
+fn one_update_at_a_time() {
+    let mut d = Device::online();
+    // Two triggers in one read: the second finds the first's pull running.
+    d.broker(&[trigger("http://a/1.bin"), trigger("http://b/2.bin"), trigger("http://c/3.bin")].concat());
+    assert_eq!(d.world.servers, ["a:80"]);
+    let busy = d.world.log.iter().filter(|l| l.contains("ignored: an update is already running")).count();
+    assert_eq!(busy, 2, "{:?}", d.world.log);
+    d.server_up();
+    let v2 = image("2.0.0", 20_000);
+    d.server(&response(&v2)[..5000], 1000);
+    // A trigger during the download.
+    d.broker(&trigger("http://d/4.bin"));
+    assert_eq!(d.world.servers, ["a:80"]);
+    let statuses = d.world.statuses();
+    assert!(statuses.iter().filter(|s| s.contains(r#""err":"busy""#)).count() == 3, "{statuses:?}");
+    d.server(&response(&v2)[5000..], 1000);
+    assert!(d.session.server.reboot_requested());
+}
+
+#[test]
+fn a_broker_gone_mid_download_does_not_stop_the_pull() {
+    let mut d = Device::online();
+    d.broker(&trigger("http://a/v2.bin"));
+    d.server_up();
+    let v2 = image("2.0.0", 20_000);
+    let r = response(&v2);
+    d.server(&r[..3000], 1000);
+    d.now = 500;
+    d.with(|a, _, w| a.broker_closed(500, w));
+    assert!(
+        d.world
+            .log
+            .iter()
+            .any(|l| l == "W (0) mqtt: connection lost (connection closed), retrying in 1000 ms")
+    );
+    d.world.statuses();
+    d.server(&r[3000..], 1000);
+    assert!(d.session.server.reboot_requested());
+    assert!(d.world.statuses().is_empty(), "no broker: the status is lost, not queued");
+    // The broker is back after the back-off.
+    d.with(|a, sink, w| a.poll(&settings(), 1500, sink, w));
+    assert_eq!(d.world.broker_connects, 2);
+}
+
+#[test]
+fn a_failed_pull_reports_why_and_leaves_the_device_as_it_was() {
+    let mut d = Device::online();
+    d.broker(&trigger("http://a/missing.bin"));
+    d.server_up();
+    d.server(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", 100);
+    assert!(
+        d.world.log.iter().any(|l| l == "E (0) pull: OTA update failed: http_status (-1): HTTP status 404")
+    );
+    assert!(
+        d.world
+            .statuses()
+            .last()
+            .unwrap()
+            .contains(r#""state":"failed","bytes":0,"total":-1,"err":"http_status","code":-1"#)
+    );
+    assert!(d.flash.ops.is_empty());
+    assert!(!d.session.server.pulling());
+    // A truncated body: written, aborted, the boot slot unmoved.
+    d.broker(&trigger("http://a/v2.bin"));
+    d.server_up();
+    let v2 = image("2.0.0", 20_000);
+    d.server(&response(&v2)[..9000], 1460);
+    d.server_closed();
+    assert!(d.world.log.last().unwrap().contains("truncated"), "{:?}", d.world.log);
+    assert!(d.otadata_untouched());
+    assert!(!d.session.server.reboot_requested());
+}
