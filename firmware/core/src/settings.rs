@@ -43,6 +43,9 @@ pub enum Rejected {
     WrongType,
     ProtocolOutOfRange(u8),
     AuthSchemeOutOfRange(u8),
+    NotAnAddress,
+    NotATopic,
+    VersionCheckOutOfRange(u8),
 }
 
 impl core::fmt::Display for Rejected {
@@ -52,6 +55,9 @@ impl core::fmt::Display for Rejected {
             Rejected::WrongType => f.write_str("unexpected item type"),
             Rejected::ProtocolOutOfRange(v) => write!(f, "protocol {v} is not 1 or 2"),
             Rejected::AuthSchemeOutOfRange(v) => write!(f, "auth scheme {v} is not 1 (md5) or 2 (pbkdf2)"),
+            Rejected::NotAnAddress => f.write_str("not ip:port"),
+            Rejected::NotATopic => write!(f, "not a topic of 1 to {MAX_TOPIC_LEN} bytes without wildcards"),
+            Rejected::VersionCheckOutOfRange(v) => write!(f, "version check {v} is not 0, 1 or 2"),
         }
     }
 }
@@ -328,6 +334,143 @@ impl WifiCredentials {
     }
 }
 
+pub const KEY_MQTT_BROKER: &str = "mqtt_broker";
+pub const KEY_MQTT_CMD_TOPIC: &str = "mqtt_cmd_topic";
+pub const KEY_MQTT_STATE_TOPIC: &str = "mqtt_st_topic";
+/// 0: no version check, 1: skip the running version, 2: refuse a downgrade as well.
+pub const KEY_PULL_VERSION_CHECK: &str = "pull_vcheck";
+/// The longest topic the device keeps (the seed's are 16 bytes).
+pub const MAX_TOPIC_LEN: usize = 64;
+/// `ip:port`, IPv4 or `[IPv6]`: a device without DNS is given an address.
+pub const MAX_BROKER_LEN: usize = 47;
+
+/// A topic kept in a fixed buffer.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Topic {
+    bytes: [u8; MAX_TOPIC_LEN],
+    len: usize,
+}
+
+impl Topic {
+    fn new(s: &str) -> Option<Self> {
+        if s.is_empty() || s.len() > MAX_TOPIC_LEN || s.contains(['+', '#', '\0']) {
+            return None;
+        }
+        let mut t = Topic { bytes: [0; MAX_TOPIC_LEN], len: s.len() };
+        t.bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Some(t)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ever filled from a `&str`, cut at its own length.
+        core::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
+    }
+}
+
+/// The pull path's settings: NVS `mqtt_broker` (`ip:port`; none: the path is off),
+/// `mqtt_cmd_topic`, `mqtt_st_topic` and `pull_vcheck`, else the seed's topics and no version
+/// check. The seed appends `:1883` to a broker without a port; so does this.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct MqttSettings {
+    pub broker: Option<core::net::SocketAddr>,
+    pub broker_from: Source,
+    pub command_topic: Topic,
+    pub state_topic: Topic,
+    pub version_check: crate::proto::http_pull::VersionCheck,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        MqttSettings {
+            broker: None,
+            broker_from: Source::BuiltIn,
+            command_topic: Topic::new(crate::proto::mqtt::DEFAULT_COMMAND_TOPIC).expect("a valid topic"),
+            state_topic: Topic::new(crate::proto::mqtt::DEFAULT_STATE_TOPIC).expect("a valid topic"),
+            version_check: crate::proto::http_pull::VersionCheck::None,
+        }
+    }
+}
+
+/// `ip:port` or `ip` (port 1883), IPv6 in brackets.
+pub fn parse_broker(s: &str) -> Option<core::net::SocketAddr> {
+    if let Ok(a) = s.parse() {
+        return Some(a);
+    }
+    let ip: core::net::IpAddr = s.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    Some(core::net::SocketAddr::new(ip, crate::proto::mqtt::DEFAULT_PORT))
+}
+
+impl MqttSettings {
+    /// The settings after the NVS overrides, each unusable override logged and skipped.
+    pub fn load<F: ReadNorFlash>(
+        mut self,
+        flash: &mut F,
+        table: &PartitionTable,
+        log: &mut impl LogSink,
+    ) -> Self {
+        let Some(part) = table.nvs() else { return self };
+        let mut buf = [0u8; MAX_TOPIC_LEN + 1];
+        if let Some(v) = read_str(flash, part, KEY_MQTT_BROKER, &mut buf, log) {
+            match parse_broker(v) {
+                Some(a) => {
+                    self.broker = Some(a);
+                    self.broker_from = Source::Nvs;
+                }
+                None if v.is_empty() => {
+                    self.broker = None;
+                    self.broker_from = Source::Nvs;
+                }
+                None => {
+                    log.log(&LogEvent::ConfigIgnored { key: KEY_MQTT_BROKER, why: Rejected::NotAnAddress })
+                }
+            }
+        }
+        for (key, topic) in
+            [(KEY_MQTT_CMD_TOPIC, &mut self.command_topic), (KEY_MQTT_STATE_TOPIC, &mut self.state_topic)]
+        {
+            if let Some(v) = read_str(flash, part, key, &mut buf, log) {
+                match Topic::new(v) {
+                    Some(t) => *topic = t,
+                    None => log.log(&LogEvent::ConfigIgnored { key, why: Rejected::NotATopic }),
+                }
+            }
+        }
+        if let Some(v) = read_u8(flash, part, KEY_PULL_VERSION_CHECK, log) {
+            use crate::proto::http_pull::VersionCheck;
+            match v {
+                0 => self.version_check = VersionCheck::None,
+                1 => self.version_check = VersionCheck::SkipSame,
+                2 => self.version_check = VersionCheck::RefuseDowngrade,
+                _ => log.log(&LogEvent::ConfigIgnored {
+                    key: KEY_PULL_VERSION_CHECK,
+                    why: Rejected::VersionCheckOutOfRange(v),
+                }),
+            }
+        }
+        self
+    }
+
+    /// The line that says what the pull path runs with (never the broker's address: it differs
+    /// from backend to backend, and logs must not).
+    pub fn log_event(&self) -> LogEvent<'_> {
+        LogEvent::ConfigMqtt {
+            broker_from: self.broker.map(|_| self.broker_from),
+            command_topic: self.command_topic.as_str(),
+            state_topic: self.state_topic.as_str(),
+        }
+    }
+}
+
+/// The pull path's provisioned settings.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct MqttProvision<'a> {
+    pub broker: &'a str,
+    pub command_topic: Option<&'a str>,
+    pub state_topic: Option<&'a str>,
+    /// 0, 1 or 2 ([`KEY_PULL_VERSION_CHECK`]).
+    pub version_check: u8,
+}
+
 /// What a factory (or the harness) provisions into a device's nvs partition.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct Provision<'a> {
@@ -340,6 +483,8 @@ pub struct Provision<'a> {
     /// ArduinoOTA's password (`None` stored as empty: no authentication) and auth scheme; not
     /// written at all when `None` (the build's values apply).
     pub arduino: Option<(Option<&'a str>, AuthScheme)>,
+    /// The pull path's broker and topics; not written when `None` (the path stays off).
+    pub mqtt: Option<MqttProvision<'a>>,
 }
 
 /// An NVS page holding `p`, for provisioning a flash image: the page decides the OTA password
@@ -374,6 +519,22 @@ pub fn provisioning_page(p: &Provision<'_>) -> Result<[u8; nvs::PAGE_SIZE], Prov
         page.str(ns, KEY_ARDUINO_PASSWORD, arduino_password).map_err(ProvisionError::Nvs)?;
         page.u8(ns, KEY_ARDUINO_AUTH, auth.code()).map_err(ProvisionError::Nvs)?;
     }
+    if let Some(m) = p.mqtt {
+        if parse_broker(m.broker).is_none() || m.broker.len() > MAX_BROKER_LEN {
+            return Err(ProvisionError::Broker);
+        }
+        page.str(ns, KEY_MQTT_BROKER, m.broker).map_err(ProvisionError::Nvs)?;
+        for (key, topic) in [(KEY_MQTT_CMD_TOPIC, m.command_topic), (KEY_MQTT_STATE_TOPIC, m.state_topic)] {
+            if let Some(t) = topic {
+                Topic::new(t).ok_or(ProvisionError::Topic)?;
+                page.str(ns, key, t).map_err(ProvisionError::Nvs)?;
+            }
+        }
+        if m.version_check > 2 {
+            return Err(ProvisionError::VersionCheck(m.version_check));
+        }
+        page.u8(ns, KEY_PULL_VERSION_CHECK, m.version_check).map_err(ProvisionError::Nvs)?;
+    }
     Ok(page.finish())
 }
 
@@ -383,6 +544,9 @@ pub enum ProvisionError {
     Protocol(u8),
     Ssid { len: usize },
     WifiPasswordTooLong { len: usize },
+    Broker,
+    Topic,
+    VersionCheck(u8),
     Nvs(nvs::BuildError),
 }
 
@@ -397,6 +561,13 @@ impl core::fmt::Display for ProvisionError {
             ProvisionError::WifiPasswordTooLong { len } => {
                 write!(f, "Wi-Fi password of {len} bytes: at most {MAX_WIFI_PASSWORD_LEN}")
             }
+            ProvisionError::Broker => {
+                write!(f, "MQTT broker: expected ip:port or ip (at most {MAX_BROKER_LEN} bytes)")
+            }
+            ProvisionError::Topic => {
+                write!(f, "MQTT topic: expected 1 to {MAX_TOPIC_LEN} bytes without wildcards")
+            }
+            ProvisionError::VersionCheck(v) => write!(f, "version check {v}: expected 0, 1 or 2"),
             ProvisionError::Nvs(e) => e.fmt(f),
         }
     }
@@ -443,6 +614,7 @@ mod tests {
             protocol: 1,
             wifi: None,
             arduino: None,
+            mqtt: None,
         })
         .unwrap();
         let (s, _) = load(Some(&page), OtaSettings::built_in(None, 2));
@@ -490,7 +662,8 @@ mod tests {
                 ota_password: Some(&long),
                 protocol: 2,
                 wifi: None,
-                arduino: None
+                arduino: None,
+                mqtt: None,
             }),
             Err(ProvisionError::PasswordTooLong { len: MAX_PASSWORD_LEN + 1 })
         );
@@ -572,5 +745,75 @@ mod tests {
         let s = built_in.load(&mut flash, &table, &mut |e: &LogEvent<'_>| lines.push(std::format!("{e}")));
         assert_eq!(s.auth, AuthScheme::Md5);
         assert_eq!(lines, ["ignoring nvs otahil/arduino_auth: auth scheme 9 is not 1 (md5) or 2 (pbkdf2)"]);
+    }
+
+    fn mqtt(page: Option<&[u8]>) -> (MqttSettings, Vec<String>) {
+        let (mut flash, table) = device(page);
+        let mut lines = Vec::new();
+        let s = MqttSettings::default()
+            .load(&mut flash, &table, &mut |e: &LogEvent<'_>| lines.push(format!("{e}")));
+        (s, lines)
+    }
+
+    #[test]
+    fn the_pull_path_is_off_until_a_broker_is_provisioned() {
+        let (s, lines) = mqtt(None);
+        assert_eq!(s.broker, None);
+        assert!(lines.is_empty());
+        assert_eq!(format!("{}", s.log_event()), "MQTT off: no broker configured");
+        let page = provisioning_page(&Provision {
+            protocol: 2,
+            mqtt: Some(MqttProvision {
+                broker: "10.0.2.2",
+                command_topic: Some("/fleet/cmd"),
+                state_topic: None,
+                version_check: 1,
+            }),
+            ..Provision::default()
+        })
+        .unwrap();
+        let (s, lines) = mqtt(Some(&page));
+        assert!(lines.is_empty(), "{lines:?}");
+        assert_eq!(s.broker, Some("10.0.2.2:1883".parse().unwrap()), "the seed's default port");
+        assert_eq!((s.command_topic.as_str(), s.state_topic.as_str()), ("/fleet/cmd", "/switch/state/root"));
+        assert_eq!(s.version_check, crate::proto::http_pull::VersionCheck::SkipSame);
+        assert_eq!(
+            format!("{}", s.log_event()),
+            "MQTT broker set (nvs), commands on /fleet/cmd, status on /switch/state/root"
+        );
+        assert_eq!(parse_broker("[::1]:1884"), Some("[::1]:1884".parse().unwrap()));
+        assert_eq!(parse_broker("[::1]"), Some("[::1]:1883".parse().unwrap()));
+    }
+
+    #[test]
+    fn unusable_pull_settings_are_refused_or_skipped() {
+        let bad = |m: MqttProvision<'static>| {
+            provisioning_page(&Provision { protocol: 2, mqtt: Some(m), ..Provision::default() })
+        };
+        assert_eq!(
+            bad(MqttProvision { broker: "broker.local", ..MqttProvision::default() }),
+            Err(ProvisionError::Broker)
+        );
+        let wild =
+            MqttProvision { broker: "1.2.3.4", command_topic: Some("/a/#"), ..MqttProvision::default() };
+        assert_eq!(bad(wild), Err(ProvisionError::Topic));
+        let vc = MqttProvision { broker: "1.2.3.4", version_check: 3, ..MqttProvision::default() };
+        assert_eq!(bad(vc), Err(ProvisionError::VersionCheck(3)));
+        // Written by another tool: the device logs and keeps its defaults.
+        let mut b = nvs::PageBuilder::new(0);
+        let ns = b.namespace(NAMESPACE).unwrap();
+        b.str(ns, KEY_MQTT_BROKER, "mqtt.example.com").unwrap();
+        b.str(ns, KEY_MQTT_CMD_TOPIC, "a/+/b").unwrap();
+        b.u8(ns, KEY_PULL_VERSION_CHECK, 9).unwrap();
+        let (s, lines) = mqtt(Some(&b.finish()));
+        assert_eq!(s, MqttSettings::default());
+        assert_eq!(
+            lines,
+            [
+                "ignoring nvs otahil/mqtt_broker: not ip:port",
+                "ignoring nvs otahil/mqtt_cmd_topic: not a topic of 1 to 64 bytes without wildcards",
+                "ignoring nvs otahil/pull_vcheck: version check 9 is not 0, 1 or 2",
+            ]
+        );
     }
 }

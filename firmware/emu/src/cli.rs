@@ -200,6 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     protocol: protocol.unwrap_or(2),
                     wifi: wifi_ssid.as_deref().map(|ssid| (ssid, wifi_password.as_deref().unwrap_or(""))),
                     arduino: None,
+                    mqtt: None,
                 };
                 crate::mkflash::provision_settings(&mut image, &table, &settings)?;
             } else if wifi_password.is_some() {

@@ -9,12 +9,15 @@ use ota_core::partition::PartitionTable;
 use ota_core::proto::arduino::{self, AuthScheme};
 use ota_core::proto::esphome::{self, Event, NonceSource, Output, Server, ServerConfig};
 use ota_core::session::{Session, Target};
-use ota_core::settings::{ArduinoSettings, OtaSettings};
+use ota_core::settings::{ArduinoSettings, MqttSettings, OtaSettings};
 use ota_core::writer::OtaConfig;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Instant;
+
+mod pull;
+pub use pull::{PullInput, PullStep, ServerAddr};
 
 /// A reboot loop longer than this is reported as a brick instead of spinning forever.
 const MAX_CONSECUTIVE_BOOTS: u32 = 8;
@@ -40,6 +43,8 @@ pub struct DeviceConfig {
     pub arduino_password: Option<Vec<u8>>,
     /// ArduinoOTA's authentication scheme built in; NVS overrides it at boot.
     pub arduino_auth: AuthScheme,
+    /// The station MAC (the pull path's MQTT client id ends with it, as the seed's does).
+    pub mac: [u8; 6],
 }
 
 impl Default for DeviceConfig {
@@ -54,6 +59,7 @@ impl Default for DeviceConfig {
             seed: 0,
             arduino_password: None,
             arduino_auth: AuthScheme::Md5,
+            mac: crate::uart::MAC,
         }
     }
 }
@@ -121,6 +127,8 @@ pub struct Device<W: Write> {
     rng: Rng,
     /// This boot's ArduinoOTA service (while the app runs) and the update it is writing.
     arduino: Option<Session<arduino::Server>>,
+    /// This boot's MQTT-triggered pull (when NVS names a broker).
+    pull: Option<pull::PullService>,
     cut: LogCut,
 }
 
@@ -148,6 +156,7 @@ impl<W: Write> Device<W> {
             serial,
             rng,
             arduino: None,
+            pull: None,
             cut: LogCut::default(),
         }
     }
@@ -199,6 +208,7 @@ impl<W: Write> Device<W> {
     pub fn power_off(&mut self) {
         self.power = Power::Off;
         self.arduino = None;
+        self.pull = None;
     }
 
     /// Powers on: bootloader, boot guard, app — rebooting as the guard asks.
@@ -252,6 +262,15 @@ impl<W: Write> Device<W> {
                 };
                 self.log(&arduino_settings.log_event(arduino::DEFAULT_PORT));
                 self.arduino = Some(Session::new(arduino::Server::new(arduino_settings.config())));
+                let mqtt_settings = {
+                    let (boot_at, serial, cut) = (self.boot_at, &mut self.serial, &mut self.cut);
+                    MqttSettings::default().load(&mut self.flash, &table, &mut |e: &LogEvent<'_>| {
+                        print_line(serial, boot_at, e, cut)
+                    })
+                };
+                self.log(&mqtt_settings.log_event());
+                self.pull =
+                    pull::PullService::new(mqtt_settings, self.config.mac, booted.image.desc.version());
                 self.log(&LogEvent::OtaListening { port: self.config.device_port });
                 Power::Running { table: Box::new(table), booted, server }
             }
@@ -551,6 +570,7 @@ mod tests {
                 protocol: 1,
                 wifi: None,
                 arduino: None,
+                mqtt: None,
             },
         )
         .unwrap();

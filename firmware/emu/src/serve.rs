@@ -6,7 +6,10 @@
 
 use crate::CONTROL_PREFIX;
 use crate::control::{self, Command, Message};
-use crate::device::{ArduinoInput, ArduinoStep, Device, OtaSession, SessionInput, SessionStep};
+use crate::device::{
+    ArduinoInput, ArduinoStep, Device, OtaSession, PullInput, PullStep, SessionInput, SessionStep,
+};
+use ota_core::proto::http_pull::{ConnectError, TlsFailure};
 use std::fs::File;
 use std::io::{self, BufRead, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -92,6 +95,10 @@ struct Net {
     conn: Option<Connection>,
     /// ArduinoOTA's back-connection to the uploader.
     arduino: Option<TcpStream>,
+    /// The pull path's connection to its MQTT broker.
+    broker: Option<TcpStream>,
+    /// The pull path's connection to the firmware server.
+    server: Option<TcpStream>,
 }
 
 impl Net {
@@ -104,6 +111,10 @@ impl Net {
         if let Some(a) = self.arduino.take() {
             let _ = a.shutdown(Shutdown::Both);
             control_line(device, &SESSION_CLOSED);
+        }
+        // The pull's peers see the connections drop (the broker then publishes the will).
+        for s in [self.broker.take(), self.server.take()].into_iter().flatten() {
+            let _ = s.shutdown(Shutdown::Both);
         }
     }
 }
@@ -125,13 +136,13 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
         device.power_on();
     }
     let commands = spawn_stdin_reader();
-    let mut net = Net { listener, udp, conn: None, arduino: None };
+    let mut net = Net { listener, udp, conn: None, arduino: None, broker: None, server: None };
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         log_cut(&mut device, &mut net);
         // Commands first: a power cut must land between two reads of an upload.
         loop {
-            let busy = net.conn.is_some() || net.arduino.is_some();
+            let busy = net.conn.is_some() || net.arduino.is_some() || net.server.is_some();
             let wait = if busy { Duration::ZERO } else { Duration::from_millis(1) };
             let line = match commands.recv_timeout(wait) {
                 Ok(Some(line)) => line,
@@ -165,8 +176,10 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
         }
         let mut active = arduino_datagrams(&mut device, &mut net, &mut buf)?;
         active |= arduino_connection(&mut device, &mut net, &mut buf);
-        if device.arduino_busy() {
-            // ArduinoOTA's `_runUpdate` holds the device's loop: ESPHome waits in the backlog.
+        active |= pull_connections(&mut device, &mut net, &mut buf);
+        if device.arduino_busy() || device.pull_busy() {
+            // ArduinoOTA's `_runUpdate` holds the device's loop, and one update runs at a time:
+            // ESPHome waits in the backlog.
             if !active {
                 std::thread::sleep(Duration::from_micros(200));
             }
@@ -285,8 +298,8 @@ fn arduino_datagrams(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8])
         }
         Err(e) => return Err(e.into()),
     };
-    let esphome_busy = net.conn.is_some();
-    let step = device.arduino_input(ArduinoInput::Datagram { from, bytes: &buf[..n] }, esphome_busy);
+    let other_update = net.conn.is_some() || device.pull_busy();
+    let step = device.arduino_input(ArduinoInput::Datagram { from, bytes: &buf[..n] }, other_update);
     apply_arduino(device, net, step);
     Ok(true)
 }
@@ -372,6 +385,165 @@ fn apply_arduino(device: &mut Device<Serial>, net: &mut Net, mut step: ArduinoSt
         }
         return;
     }
+}
+
+/// How long the device tries to reach its broker or the firmware server (`esp_http_client`'s
+/// connect timeout is its `timeout_ms`; loopback answers at once or never).
+const PULL_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Runs the pull path's timers and reads its two connections; true if bytes came.
+fn pull_connections(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) -> bool {
+    if device.pull_due() {
+        let step = device.pull_input(PullInput::Poll);
+        apply_pull(device, net, step);
+    }
+    let mut active = false;
+    for link in [Link::Broker, Link::Server] {
+        let slot = link.stream(net);
+        let Some(stream) = slot.as_mut() else { continue };
+        let input = match stream.read(buf) {
+            Ok(0) => None,
+            Ok(n) => {
+                active = true;
+                Some(link.data(&buf[..n]))
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
+            Err(_) => None,
+        };
+        let input = input.unwrap_or_else(|| {
+            *slot = None;
+            link.closed()
+        });
+        let step = device.pull_input(input);
+        apply_pull(device, net, step);
+    }
+    active
+}
+
+#[derive(Clone, Copy)]
+enum Link {
+    Broker,
+    Server,
+}
+
+impl Link {
+    fn stream(self, net: &mut Net) -> &mut Option<TcpStream> {
+        match self {
+            Link::Broker => &mut net.broker,
+            Link::Server => &mut net.server,
+        }
+    }
+
+    fn data(self, bytes: &[u8]) -> PullInput<'_> {
+        match self {
+            Link::Broker => PullInput::BrokerData(bytes),
+            Link::Server => PullInput::ServerData(bytes),
+        }
+    }
+
+    fn closed(self) -> PullInput<'static> {
+        match self {
+            Link::Broker => PullInput::BrokerClosed,
+            Link::Server => PullInput::ServerClosed,
+        }
+    }
+}
+
+/// Carries out what the pull path asked for, feeding the outcome of each socket call back to it.
+fn apply_pull(device: &mut Device<Serial>, net: &mut Net, mut step: PullStep) {
+    loop {
+        if let Some(loss) = step.power_lost {
+            for s in [net.broker.take(), net.server.take()].into_iter().flatten() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            report_loss(device, loss);
+            return;
+        }
+        let mut lost = None;
+        if !step.to_broker.is_empty()
+            && let Some(s) = net.broker.as_mut()
+            && !write_blocking(s, &step.to_broker)
+        {
+            net.broker = None;
+            lost = Some(Link::Broker);
+        }
+        if step.close_broker
+            && let Some(s) = net.broker.take()
+        {
+            let _ = s.shutdown(Shutdown::Write);
+        }
+        if !step.to_server.is_empty()
+            && let Some(s) = net.server.as_mut()
+            && !write_blocking(s, &step.to_server)
+        {
+            net.server = None;
+            lost = Some(Link::Server);
+        }
+        if step.close_server
+            && let Some(s) = net.server.take()
+        {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        if step.reboot {
+            // `esp_restart()` after the pull: the broker sees the connection go (no DISCONNECT).
+            for s in [net.broker.take(), net.server.take()].into_iter().flatten() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            device.reboot_after_update();
+            let s = device.status();
+            control_line(device, &Message::Rebooted(s));
+            return;
+        }
+        if let Some(to) = step.connect_broker {
+            let input = match TcpStream::connect_timeout(&to, PULL_CONNECT_TIMEOUT) {
+                Ok(stream) if stream.set_nonblocking(true).is_ok() => {
+                    let _ = stream.set_nodelay(true);
+                    net.broker = Some(stream);
+                    PullInput::BrokerConnected
+                }
+                _ => PullInput::BrokerConnectFailed,
+            };
+            step = device.pull_input(input);
+            continue;
+        }
+        if let Some(to) = step.connect_server {
+            let input = match connect_server(&to) {
+                Ok(stream) => {
+                    net.server = Some(stream);
+                    PullInput::ServerConnected
+                }
+                Err(why) => PullInput::ServerConnectFailed(why),
+            };
+            step = device.pull_input(input);
+            continue;
+        }
+        if let Some(link) = lost {
+            step = device.pull_input(link.closed());
+            continue;
+        }
+        return;
+    }
+}
+
+/// The firmware server's connection. TLS is not in the emulator yet: an https URL fails as a
+/// handshake failure would, before any byte is written.
+fn connect_server(to: &crate::device::ServerAddr) -> Result<TcpStream, ConnectError> {
+    use std::net::ToSocketAddrs;
+    if to.tls {
+        return Err(ConnectError::Tls(TlsFailure::Handshake));
+    }
+    let addr = (to.host.as_str(), to.port)
+        .to_socket_addrs()
+        .map_err(|_| ConnectError::Dns)?
+        .next()
+        .ok_or(ConnectError::Dns)?;
+    let stream = TcpStream::connect_timeout(&addr, PULL_CONNECT_TIMEOUT).map_err(|e| match e.kind() {
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => ConnectError::Timeout,
+        _ => ConnectError::Refused,
+    })?;
+    stream.set_nonblocking(true).map_err(|_| ConnectError::Refused)?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// Serves the ESPHome session; true if bytes came.

@@ -87,6 +87,7 @@ pub fn device_flash(
             protocol: d.protocol,
             wifi,
             arduino: d.arduino.as_ref().map(|a| (a.password.as_deref(), a.auth)),
+            mqtt: None,
         },
     ) {
         Ok(()) => true,
