@@ -307,6 +307,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 seed,
                 sweep_matrix,
                 keep_cuts: html.is_some(),
+                device_broker: None,
             };
             let (loaded, errors) = load_all(&scenarios, &scenario)?;
             if !errors.is_empty() {

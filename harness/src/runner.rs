@@ -12,6 +12,8 @@ use crate::scenario::{
 use crate::serial::{SerialLog, normalise};
 use std::time::{Duration, Instant};
 
+mod pull;
+
 /// Options of one run beyond the scenario itself.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -24,6 +26,9 @@ pub struct RunOptions {
     pub sweep_matrix: Option<std::path::PathBuf>,
     /// Keep every sweep's cuts in the report (for the HTML report's picture).
     pub keep_cuts: bool,
+    /// The MQTT broker as the device reaches it, set per scenario by the runner when the
+    /// scenario's device has the pull path (provisioned into its NVS).
+    pub device_broker: Option<std::net::SocketAddr>,
 }
 
 /// How long to wait for the device to reboot after an update, or for an armed cut to fire.
@@ -45,6 +50,7 @@ struct Run<'a> {
     backend: &'a dyn Backend,
     skipped_a_step: bool,
     snapshots_after_skip: Vec<String>,
+    services: pull::Services,
 }
 
 type StepResult = Result<StepOutcome, String>;
@@ -159,6 +165,11 @@ impl Run<'_> {
                 }
             }
             StepKind::Ota(o) => self.ota(o),
+            StepKind::Serve(s) => self.serve(s),
+            StepKind::MqttPublish(p) => self.mqtt_publish(p),
+            StepKind::ExpectStatus(e) => self.expect_status(e),
+            StepKind::ExpectRequest(r) => self.expect_request(r),
+            StepKind::Broker(a) => self.broker(*a),
             StepKind::Sweep(w) => self.sweep(w, snapshot_no),
             StepKind::Snapshot(kinds) => {
                 self.drain(Duration::ZERO).map_err(dut_err)?;
@@ -491,6 +502,21 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
         sweeps: Vec::new(),
         log: String::new(),
     };
+    // The services the device connects to exist before it boots, at addresses it is given.
+    let (services, device_broker) = match pull::Services::start(scenario, backend.host_address()) {
+        Ok(s) => s,
+        Err(pull::Start::Skip(why)) => {
+            report.skipped = Some(why);
+            report.duration = started.elapsed();
+            return report;
+        }
+        Err(pull::Start::Fail(e)) => {
+            report.error = Some(format!("cannot start the scenario's services: {e}"));
+            report.duration = started.elapsed();
+            return report;
+        }
+    };
+    let options = &RunOptions { device_broker, ..options.clone() };
     let mut dut = match backend.start(scenario, options) {
         Ok(d) => d,
         Err(StartError::Skip(why)) => {
@@ -527,6 +553,7 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
         backend,
         skipped_a_step: false,
         snapshots_after_skip: Vec::new(),
+        services,
     };
     let mut snapshot_no = 0;
     for step in &scenario.steps {

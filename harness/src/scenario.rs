@@ -11,6 +11,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod pull;
+
 /// A scenario that cannot be loaded: where, and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ScenarioError {
@@ -60,6 +62,8 @@ struct RawDevice {
     writer_fault: Option<WriterFaultSpec>,
     #[serde(default)]
     arduino: Option<RawArduinoDevice>,
+    #[serde(default)]
+    mqtt: Option<pull::RawMqttDevice>,
 }
 
 /// The device's ArduinoOTA settings, provisioned in NVS like ESPHome's.
@@ -104,6 +108,11 @@ enum RawStep {
     Ota(Box<RawOta>),
     Snapshot(RawSnapshot),
     Sweep(RawSweep),
+    Serve(Box<pull::RawServe>),
+    MqttPublish(pull::RawPublish),
+    ExpectStatus(pull::RawExpectStatus),
+    ExpectRequest(pull::RawExpectRequest),
+    Broker(pull::BrokerAction),
 }
 
 #[derive(Debug, Deserialize)]
@@ -258,6 +267,8 @@ pub struct Device {
     pub writer_fault: Option<WriterFaultSpec>,
     /// ArduinoOTA's password and scheme, when the scenario provisions them.
     pub arduino: Option<ArduinoDevice>,
+    /// The pull path, provisioned with the harness's broker.
+    pub mqtt: Option<pull::MqttDevice>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,6 +306,11 @@ pub enum StepKind {
     Ota(Box<OtaStep>),
     Snapshot(Vec<SnapshotKind>),
     Sweep(Box<SweepStep>),
+    Serve(Box<pull::ServeStep>),
+    MqttPublish(pull::PublishStep),
+    ExpectStatus(pull::ExpectStatusStep),
+    ExpectRequest(pull::ExpectRequestStep),
+    Broker(pull::BrokerAction),
 }
 
 /// Cut the power at every flash operation of an update (and tear it, with `torn`).
@@ -333,6 +349,18 @@ impl StepKind {
                 if s.path == UpdatePath::Esphome { String::new() } else { format!(" over {}", s.path) },
                 if s.torn { " (torn)" } else { "" }
             ),
+            StepKind::Serve(s) => match &s.image {
+                Some(i) => format!("serve {} at {}", i.name, s.path),
+                None => format!("serve {:?} at {}", s.route.response, s.path),
+            },
+            StepKind::MqttPublish(p) => format!("mqtt_publish {}", p.topic),
+            StepKind::ExpectStatus(e) => format!(
+                "expect_status {}{}",
+                e.state,
+                e.err.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+            ),
+            StepKind::ExpectRequest(r) => format!("expect_request {}", r.path),
+            StepKind::Broker(a) => format!("broker {a:?}"),
         }
     }
 }
@@ -665,6 +693,10 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
         seed: d.seed.unwrap_or(0),
         writer_fault: d.writer_fault,
         arduino,
+        mqtt: match d.mqtt {
+            Some(m) => Some(pull::device(m, cx)?),
+            None => None,
+        },
     };
     // What `run` would refuse when it builds the device's flash is refused here, at its place.
     if let Err(e) =
@@ -736,6 +768,24 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
                 random_runs: w.random_runs,
                 max_cuts: w.max_cuts.unwrap_or(4),
             })),
+            RawStep::Serve(r) => StepKind::Serve(Box::new(pull::serve(*r, cx)?)),
+            RawStep::MqttPublish(r) => {
+                StepKind::MqttPublish(pull::publish(r, device.mqtt.as_ref(), cx, line, column)?)
+            }
+            RawStep::ExpectStatus(r) => {
+                StepKind::ExpectStatus(pull::expect_status(r, device.mqtt.as_ref(), cx, line, column)?)
+            }
+            RawStep::ExpectRequest(r) => StepKind::ExpectRequest(pull::expect_request(r)),
+            RawStep::Broker(a) => {
+                if device.mqtt.is_none() {
+                    return cx.err(
+                        line,
+                        column,
+                        "broker: the device has no broker: add `mqtt: {}` under `device`",
+                    );
+                }
+                StepKind::Broker(a)
+            }
         };
         steps.push(Step { line, kind });
     }

@@ -95,7 +95,7 @@ impl EmuSetup {
         let d = &s.device;
         // Provisioned settings are how the chip gets them; the emulator's built-in values are
         // only for a layout without an nvs partition.
-        let (flash_image, provisioned) = super::device_flash(s, &d.firmware.bytes, wifi)?;
+        let (flash_image, provisioned) = super::device_flash(s, &d.firmware.bytes, wifi, options)?;
         Ok(EmuSetup {
             flash_image,
             password: if provisioned { None } else { d.password.clone() },
@@ -402,5 +402,9 @@ impl super::Backend for EmuBackend {
 
     fn snapshots_compare(&self) -> Result<(), String> {
         Ok(())
+    }
+
+    fn host_address(&self) -> Result<std::net::IpAddr, String> {
+        Ok(std::net::Ipv4Addr::LOCALHOST.into())
     }
 }

@@ -36,6 +36,9 @@ pub trait Backend {
     fn board(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+    /// Where the device reaches a service the harness runs on this machine's loopback (a
+    /// broker, a firmware server), or why it cannot.
+    fn host_address(&self) -> Result<std::net::IpAddr, String>;
 }
 
 /// What a backend may need from the command line.
@@ -75,8 +78,24 @@ pub fn device_flash(
     s: &Scenario,
     app: &[u8],
     wifi: Option<(&str, &str)>,
+    options: &RunOptions,
 ) -> Result<(Vec<u8>, bool), StartError> {
     let d = &s.device;
+    let broker = options.device_broker.map(|a| a.to_string());
+    let mqtt = match (&d.mqtt, &broker) {
+        (Some(m), Some(broker)) => Some(ota_core::settings::MqttProvision {
+            broker,
+            command_topic: Some(&m.command_topic),
+            state_topic: Some(&m.state_topic),
+            version_check: m.version_check.code(),
+        }),
+        (Some(_), None) => {
+            return Err(StartError::Fail(
+                "the scenario's device has the pull path but no broker was started".into(),
+            ));
+        }
+        (None, _) => None,
+    };
     let mut image = ota_emu::mkflash::merged_image(&d.partitions, app, d.flash_size)
         .map_err(|e| StartError::Fail(format!("cannot build the flash image: {e}")))?;
     let provisioned = match ota_emu::mkflash::provision_settings(
@@ -87,7 +106,7 @@ pub fn device_flash(
             protocol: d.protocol,
             wifi,
             arduino: d.arduino.as_ref().map(|a| (a.password.as_deref(), a.auth)),
-            mqtt: None,
+            mqtt,
         },
     ) {
         Ok(()) => true,

@@ -315,6 +315,15 @@ impl super::Backend for DeviceBackend {
         }
     }
 
+    /// The emulator standing in for the board runs on this machine; a board on the bench
+    /// runs the chip firmware, which has no pull path yet.
+    fn host_address(&self) -> Result<std::net::IpAddr, String> {
+        match &self.firmware {
+            Firmware::Fixtures => Ok(std::net::Ipv4Addr::LOCALHOST.into()),
+            Firmware::Builds(_) => Err(super::qemu::NO_PULL_PATH.into()),
+        }
+    }
+
     fn start(
         &self,
         s: &crate::scenario::Scenario,
@@ -324,12 +333,12 @@ impl super::Backend for DeviceBackend {
         let image = match &self.firmware {
             Firmware::Fixtures => {
                 let wifi = self.bench.wifi.as_ref().map(|w| (w.ssid.as_str(), w.password.as_str()));
-                super::device_flash(s, &s.device.firmware.bytes, wifi)?.0
+                super::device_flash(s, &s.device.firmware.bytes, wifi, options)?.0
             }
             Firmware::Builds(builds) => {
                 let app = builds.ota_image(&s.device.firmware).map_err(StartError::Skip)?;
                 let wifi = self.bench.wifi.as_ref().map(|w| (w.ssid.as_str(), w.password.as_str()));
-                let (mut image, provisioned) = super::device_flash(s, &app, wifi)?;
+                let (mut image, provisioned) = super::device_flash(s, &app, wifi, options)?;
                 if let Some(why) = builds.unfit_for(s, provisioned) {
                     return Err(StartError::Skip(why));
                 }

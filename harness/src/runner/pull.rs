@@ -1,0 +1,212 @@
+//! Playing the steps of update paths where the device connects out: the services a scenario
+//! needs (the broker, the firmware server), started before the device and stopped with the run,
+//! and the steps that drive and check them.
+
+use super::{Run, StepResult};
+use crate::report::StepOutcome;
+use crate::scenario::pull::{
+    BrokerAction, ExpectRequestStep, ExpectStatusStep, PublishStep, SERVER_PLACEHOLDER, ServeStep,
+};
+use crate::scenario::{Scenario, StepKind};
+use crate::services::firmware_server::FirmwareServer;
+use crate::services::mqtt_broker::MqttBroker;
+use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// How long `mqtt_publish` waits for the device to subscribe to the topic.
+const SUBSCRIBER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The services of one scenario run.
+pub struct Services {
+    pub broker: Option<MqttBroker>,
+    pub server: Option<FirmwareServer>,
+    /// `http://host:port` of the firmware server as the device reaches it.
+    pub server_base: String,
+    /// The index of the first broker message `expect_status` has not looked at.
+    pub status_cursor: usize,
+}
+
+impl Services {
+    /// Starts what `scenario` uses; `host` is where the device reaches this machine. Returns the
+    /// broker's address as the device reaches it, for provisioning.
+    pub fn start(
+        scenario: &Scenario,
+        host: Result<IpAddr, String>,
+    ) -> Result<(Services, Option<SocketAddr>), Start> {
+        let serves = scenario.steps.iter().any(|s| matches!(s.kind, StepKind::Serve(_)));
+        let mut services =
+            Services { broker: None, server: None, server_base: String::new(), status_cursor: 0 };
+        if scenario.device.mqtt.is_none() && !serves {
+            return Ok((services, None));
+        }
+        let host = host.map_err(Start::Skip)?;
+        let loopback: IpAddr = Ipv4Addr::LOCALHOST.into();
+        let mut device_broker = None;
+        if scenario.device.mqtt.is_some() {
+            let b = MqttBroker::start(loopback).map_err(|e| Start::Fail(e.to_string()))?;
+            device_broker = Some(SocketAddr::new(host, b.addr().port()));
+            services.broker = Some(b);
+        }
+        if serves {
+            let s = FirmwareServer::start(loopback).map_err(|e| Start::Fail(e.to_string()))?;
+            services.server_base = format!("http://{}", SocketAddr::new(host, s.addr().port()));
+            services.server = Some(s);
+        }
+        Ok((services, device_broker))
+    }
+}
+
+pub enum Start {
+    Skip(String),
+    Fail(String),
+}
+
+/// A status message as the device publishes it (ota-core's `mqtt::status`); JSON read as YAML.
+#[derive(Debug, Deserialize)]
+struct Status {
+    state: String,
+    #[serde(default)]
+    err: String,
+    #[serde(default)]
+    code: Option<i64>,
+    #[serde(default)]
+    fw: String,
+}
+
+fn terminal(state: &str) -> bool {
+    matches!(state, "done" | "failed" | "no_update")
+}
+
+impl Run<'_> {
+    fn services_missing(&self, what: &str) -> String {
+        format!("{what}: the run has no such service (a scenario check should have refused this step)")
+    }
+
+    pub(super) fn serve(&mut self, s: &ServeStep) -> StepResult {
+        let Some(server) = &self.services.server else { return Err(self.services_missing("serve")) };
+        server.route(&s.path, s.route.clone());
+        Ok(StepOutcome::Passed)
+    }
+
+    pub(super) fn mqtt_publish(&mut self, p: &PublishStep) -> StepResult {
+        let Some(broker) = &self.services.broker else { return Err(self.services_missing("mqtt_publish")) };
+        if !p.retain && broker.wait_subscriber(&p.topic, SUBSCRIBER_TIMEOUT).is_none() {
+            return Ok(StepOutcome::Failed(format!(
+                "no client subscribed to {} within {SUBSCRIBER_TIMEOUT:?}: the device is not connected to the broker (connected: {:?})",
+                p.topic,
+                broker.clients()
+            )));
+        }
+        let payload = p.payload.replace(SERVER_PLACEHOLDER, &self.services.server_base);
+        broker.publish(&p.topic, payload.as_bytes(), p.retain);
+        Ok(StepOutcome::Passed)
+    }
+
+    pub(super) fn expect_status(&mut self, e: &ExpectStatusStep) -> StepResult {
+        let topic = self.scenario.device.mqtt.as_ref().map(|m| m.state_topic.clone()).unwrap_or_default();
+        let deadline = Instant::now() + e.timeout;
+        let mut seen = Vec::new();
+        loop {
+            let Some(broker) = &self.services.broker else {
+                return Err(self.services_missing("expect_status"));
+            };
+            let messages = broker.messages();
+            for (i, m) in messages.iter().enumerate().skip(self.services.status_cursor) {
+                self.services.status_cursor = i + 1;
+                if m.topic != topic {
+                    continue;
+                }
+                let text = m.text();
+                let Ok(status) = serde_saphyr::from_str::<Status>(&text) else {
+                    return Ok(StepOutcome::Failed(format!(
+                        "the device published a status that is not our schema: {text}"
+                    )));
+                };
+                let matches = status.state == e.state
+                    && e.err.as_ref().is_none_or(|want| *want == status.err)
+                    && e.fw.as_ref().is_none_or(|want| *want == status.fw);
+                if matches {
+                    return Ok(StepOutcome::Passed);
+                }
+                seen.push(text.clone());
+                // An update that ended another way will not bring the expected state.
+                if terminal(&status.state) && terminal(&e.state) {
+                    let code = status.code.map(|c| format!(", code {c}")).unwrap_or_default();
+                    let err = if status.err.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (err {}{code})", status.err)
+                    };
+                    return Ok(StepOutcome::Failed(format!(
+                        "expected status `{}`{}, the device reported `{}`{err}",
+                        e.state,
+                        e.err.as_ref().map(|x| format!(" (err {x})")).unwrap_or_default(),
+                        status.state
+                    )));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(StepOutcome::Failed(format!(
+                    "no status `{}` on {topic} within {:?}; seen: {}",
+                    e.state,
+                    e.timeout,
+                    if seen.is_empty() { "none".to_string() } else { seen.join(" ") }
+                )));
+            }
+            // The device's log and reboots keep coming in while the status is awaited.
+            if let Some(ev) =
+                self.dut.next_event(left.min(Duration::from_millis(20))).map_err(|e| e.to_string())?
+            {
+                self.record(ev);
+            }
+        }
+    }
+
+    pub(super) fn expect_request(&mut self, r: &ExpectRequestStep) -> StepResult {
+        let Some(server) = &self.services.server else { return Err(self.services_missing("expect_request")) };
+        let requests: Vec<_> = server.requests().into_iter().filter(|q| q.target == r.path).collect();
+        if let Some(n) = r.count
+            && requests.len() != n as usize
+        {
+            return Ok(StepOutcome::Failed(format!(
+                "{} request(s) for {}, expected {n}",
+                requests.len(),
+                r.path
+            )));
+        }
+        if r.count == Some(0) {
+            return Ok(StepOutcome::Passed);
+        }
+        let Some(last) = requests.last() else {
+            return Ok(StepOutcome::Failed(format!("no request for {} reached the server", r.path)));
+        };
+        for (name, want) in &r.headers {
+            match last.header(name) {
+                Some(v) if v == want => {}
+                Some(v) => {
+                    return Ok(StepOutcome::Failed(format!("header {name}: `{v}`, expected `{want}`")));
+                }
+                None => {
+                    return Ok(StepOutcome::Failed(format!("no header {name} in the request for {}", r.path)));
+                }
+            }
+        }
+        for name in &r.absent_headers {
+            if let Some(v) = last.header(name) {
+                return Ok(StepOutcome::Failed(format!("header {name}: `{v}` was sent, expected none")));
+            }
+        }
+        Ok(StepOutcome::Passed)
+    }
+
+    pub(super) fn broker(&mut self, a: BrokerAction) -> StepResult {
+        let Some(broker) = &self.services.broker else { return Err(self.services_missing("broker")) };
+        match a {
+            BrokerAction::GoAway => broker.go_away(),
+            BrokerAction::ComeBack => broker.come_back(),
+        }
+        Ok(StepOutcome::Passed)
+    }
+}

@@ -1,0 +1,364 @@
+//! The scenario steps of update paths where the device connects out (the HTTP pull triggered
+//! over MQTT now; Homie and fleet rollouts next): what the firmware server serves, what is
+//! published to the broker, the status the device must report, the requests it must have sent,
+//! and the broker going away. As written in YAML, and checked into the model the runner plays.
+
+use super::{Ctx, Image, ScenarioError, duration_message, parse_duration};
+use crate::services::firmware_server::{Fault, Framing, Md5Header, Response, Route};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The text `{server}` in a published payload stands for the firmware server's base URL as the
+/// device reaches it (`http://10.0.2.2:41234` under QEMU, `http://127.0.0.1:41234` on the emulator).
+pub const SERVER_PLACEHOLDER: &str = "{server}";
+
+// ---- the YAML as written -------------------------------------------------------------------
+
+/// `device: mqtt:` provisions the pull path with the harness's broker.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMqttDevice {
+    #[serde(default)]
+    command_topic: Option<Spanned<String>>,
+    #[serde(default)]
+    state_topic: Option<Spanned<String>>,
+    #[serde(default)]
+    version_check: Option<VersionCheckSpec>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionCheckSpec {
+    #[default]
+    None,
+    SkipSame,
+    RefuseDowngrade,
+}
+
+impl VersionCheckSpec {
+    pub fn code(self) -> u8 {
+        match self {
+            VersionCheckSpec::None => 0,
+            VersionCheckSpec::SkipSame => 1,
+            VersionCheckSpec::RefuseDowngrade => 2,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServe {
+    path: Spanned<String>,
+    #[serde(default)]
+    image: Option<Spanned<String>>,
+    #[serde(default)]
+    status: Option<Spanned<u16>>,
+    #[serde(default)]
+    redirect: Option<Spanned<String>>,
+    #[serde(default)]
+    not_modified: bool,
+    #[serde(default)]
+    framing: Option<FramingSpec>,
+    #[serde(default)]
+    chunk: Option<Spanned<u32>>,
+    #[serde(default)]
+    md5: Option<Spanned<String>>,
+    #[serde(default)]
+    truncate_at: Option<u64>,
+    #[serde(default)]
+    reset_at: Option<u64>,
+    #[serde(default)]
+    claim_length: Option<u64>,
+    #[serde(default)]
+    stall: Option<RawStallAt>,
+    #[serde(default)]
+    drip: Option<RawDrip>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum FramingSpec {
+    ContentLength,
+    Chunked,
+    Close,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStallAt {
+    after_bytes: u64,
+    #[serde(rename = "for")]
+    pause: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrip {
+    chunk: u32,
+    every: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPublish {
+    #[serde(default)]
+    topic: Option<Spanned<String>>,
+    payload: Spanned<String>,
+    #[serde(default)]
+    retain: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawExpectStatus {
+    state: Spanned<String>,
+    #[serde(default)]
+    err: Option<String>,
+    #[serde(default)]
+    fw: Option<String>,
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawExpectRequest {
+    path: String,
+    #[serde(default)]
+    count: Option<u32>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    absent_headers: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerAction {
+    /// Every connection drops and new ones are refused (mosquitto stopped, a network split).
+    GoAway,
+    ComeBack,
+}
+
+// ---- the checked model ---------------------------------------------------------------------
+
+/// The pull path's device settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MqttDevice {
+    pub command_topic: String,
+    pub state_topic: String,
+    pub version_check: VersionCheckSpec,
+}
+
+/// What the firmware server answers at a path.
+#[derive(Debug, Clone)]
+pub struct ServeStep {
+    pub path: String,
+    /// The image's name, when it serves one (for labels; its bytes are in the route).
+    pub image: Option<Image>,
+    pub route: Route,
+}
+
+#[derive(Debug, Clone)]
+pub struct PublishStep {
+    pub topic: String,
+    pub payload: String,
+    pub retain: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExpectStatusStep {
+    pub state: String,
+    pub err: Option<String>,
+    pub fw: Option<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExpectRequestStep {
+    pub path: String,
+    pub count: Option<u32>,
+    pub headers: Vec<(String, String)>,
+    pub absent_headers: Vec<String>,
+}
+
+/// The states a status message can have (ota-core's `mqtt::status::State`).
+pub const STATES: [&str; 7] = ["started", "downloading", "done", "failed", "no_update", "online", "offline"];
+
+// ---- loading -------------------------------------------------------------------------------
+
+fn topic(cx: &Ctx<'_>, t: &Spanned<String>, what: &str) -> Result<String, ScenarioError> {
+    let v = &t.value;
+    if v.is_empty() || v.len() > ota_core::settings::MAX_TOPIC_LEN || v.contains(['+', '#', '\0']) {
+        return cx.at(
+            t,
+            format!(
+                "{what} `{v}`: expected a topic of 1 to {} bytes without wildcards",
+                ota_core::settings::MAX_TOPIC_LEN
+            ),
+        );
+    }
+    Ok(v.clone())
+}
+
+pub(super) fn device(raw: RawMqttDevice, cx: &Ctx<'_>) -> Result<MqttDevice, ScenarioError> {
+    Ok(MqttDevice {
+        command_topic: match &raw.command_topic {
+            Some(t) => topic(cx, t, "command_topic")?,
+            None => ota_core::proto::mqtt::DEFAULT_COMMAND_TOPIC.to_string(),
+        },
+        state_topic: match &raw.state_topic {
+            Some(t) => topic(cx, t, "state_topic")?,
+            None => ota_core::proto::mqtt::DEFAULT_STATE_TOPIC.to_string(),
+        },
+        version_check: raw.version_check.unwrap_or_default(),
+    })
+}
+
+pub(super) fn serve(raw: RawServe, cx: &Ctx<'_>) -> Result<ServeStep, ScenarioError> {
+    if !raw.path.value.starts_with('/') {
+        return cx.at(
+            &raw.path,
+            format!("path `{}`: expected an absolute path such as /fw/v2.bin", raw.path.value),
+        );
+    }
+    let answers = [
+        raw.image.is_some(),
+        raw.redirect.is_some(),
+        raw.not_modified,
+        raw.status.is_some() && raw.redirect.is_none(),
+    ];
+    if answers.iter().filter(|a| **a).count() != 1 {
+        return cx.at(&raw.path, "serve: expected exactly one answer: `image`, `status`, `redirect` (with an optional `status`) or `not_modified: true`");
+    }
+    let mut image = None;
+    let response = if let Some(i) = &raw.image {
+        let img = cx.image(i)?;
+        let framing = match (raw.framing, &raw.chunk) {
+            (None | Some(FramingSpec::ContentLength), None) => Framing::ContentLength,
+            (Some(FramingSpec::Chunked), None) => Framing::Chunked(4096),
+            (Some(FramingSpec::Chunked), Some(c)) if c.value > 0 => Framing::Chunked(c.value as usize),
+            (Some(FramingSpec::Close), None) => Framing::Close,
+            (_, Some(c)) => return cx.at(c, "chunk: expected a size above 0 with `framing: chunked`"),
+        };
+        let md5 = match &raw.md5 {
+            None => Md5Header::None,
+            Some(m) if m.value == "correct" => Md5Header::Correct,
+            Some(m) => Md5Header::Value(m.value.clone()),
+        };
+        let bytes = Arc::new(img.bytes.clone());
+        image = Some(img);
+        Response::Image { bytes, framing, md5 }
+    } else if let Some(to) = &raw.redirect {
+        let status = raw.status.as_ref().map_or(302, |s| s.value);
+        if ![301, 302, 303, 307, 308].contains(&status) {
+            let message = format!("redirect status {status}: expected 301, 302, 303, 307 or 308");
+            return match &raw.status {
+                Some(s) => cx.at(s, message),
+                None => cx.at(to, message),
+            };
+        }
+        Response::Redirect { status, location: to.value.clone() }
+    } else if raw.not_modified {
+        Response::NotModified
+    } else {
+        let s = raw.status.as_ref().expect("one answer");
+        if !(100..=599).contains(&s.value) || s.value == 304 {
+            return cx.at(
+                s,
+                format!(
+                    "status {}: expected an HTTP status from 100 to 599 (`not_modified: true` for 304)",
+                    s.value
+                ),
+            );
+        }
+        Response::Status(s.value)
+    };
+    let mut faults = Vec::new();
+    if let Some(at) = raw.truncate_at {
+        faults.push(Fault::Truncate { at: at as usize });
+    }
+    if let Some(at) = raw.reset_at {
+        faults.push(Fault::Reset { at: at as usize });
+    }
+    if let Some(claimed) = raw.claim_length {
+        faults.push(Fault::WrongLength { claimed });
+    }
+    if let Some(s) = &raw.stall {
+        let for_ = parse_duration(&s.pause.value)
+            .or_else(|e| cx.at(&s.pause, duration_message("stall for", &s.pause.value, e)))?;
+        faults.push(Fault::Stall { at: s.after_bytes as usize, for_ });
+    }
+    if let Some(d) = &raw.drip {
+        let every = parse_duration(&d.every.value)
+            .or_else(|e| cx.at(&d.every, duration_message("drip every", &d.every.value, e)))?;
+        if d.chunk == 0 {
+            return cx.at(&d.every, "drip: chunk must be above 0");
+        }
+        faults.push(Fault::Drip { chunk: d.chunk as usize, every });
+    }
+    if faults.len() > 1 {
+        return cx.at(&raw.path, "serve: at most one of truncate_at, reset_at, claim_length, stall, drip");
+    }
+    if !faults.is_empty() && image.is_none() {
+        return cx.at(&raw.path, "serve: body faults need an `image` to cut");
+    }
+    Ok(ServeStep {
+        path: raw.path.value.clone(),
+        image,
+        route: Route { response, fault: faults.pop().unwrap_or_default() },
+    })
+}
+
+pub(super) fn publish(
+    raw: RawPublish,
+    device: Option<&MqttDevice>,
+    cx: &Ctx<'_>,
+    line: u64,
+    column: u64,
+) -> Result<PublishStep, ScenarioError> {
+    let Some(d) = device else {
+        return cx.err(line, column, "mqtt_publish: the device has no broker: add `mqtt: {}` under `device`");
+    };
+    let topic = match &raw.topic {
+        Some(t) => topic(cx, t, "topic")?,
+        None => d.command_topic.clone(),
+    };
+    Ok(PublishStep { topic, payload: raw.payload.value, retain: raw.retain })
+}
+
+pub(super) fn expect_status(
+    raw: RawExpectStatus,
+    device: Option<&MqttDevice>,
+    cx: &Ctx<'_>,
+    line: u64,
+    column: u64,
+) -> Result<ExpectStatusStep, ScenarioError> {
+    if device.is_none() {
+        return cx.err(
+            line,
+            column,
+            "expect_status: the device has no broker: add `mqtt: {}` under `device`",
+        );
+    }
+    if !STATES.contains(&raw.state.value.as_str()) {
+        return cx
+            .at(&raw.state, format!("state `{}`: expected one of {}", raw.state.value, STATES.join(", ")));
+    }
+    let timeout = match &raw.timeout {
+        None => Duration::from_secs(30),
+        Some(t) => cx.duration(t)?,
+    };
+    Ok(ExpectStatusStep { state: raw.state.value, err: raw.err, fw: raw.fw, timeout })
+}
+
+pub(super) fn expect_request(raw: RawExpectRequest) -> ExpectRequestStep {
+    ExpectRequestStep {
+        path: raw.path,
+        count: raw.count,
+        headers: raw.headers.into_iter().collect(),
+        absent_headers: raw.absent_headers,
+    }
+}
