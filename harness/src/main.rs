@@ -66,6 +66,11 @@ enum Cmd {
         /// puts the emulator in the board's place).
         #[arg(long)]
         bench: Option<PathBuf>,
+        /// An MQTT 3.1.1 broker for the pull path's scenarios (`mqtt://HOST:PORT`, e.g. a
+        /// mosquitto), instead of the one the harness starts for each scenario. Steps that stop
+        /// the broker are skipped against it.
+        #[arg(long, value_name = "URL", value_parser = parse_mqtt_url)]
+        mqtt_broker: Option<std::net::SocketAddr>,
     },
     /// Flash one firmware build to a bench's board (blocks that already match are skipped,
     /// the rest verified), start it, and print the board's identity and the figures.
@@ -301,6 +306,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sweep_matrix,
             firmware,
             bench,
+            mqtt_broker,
         } => {
             let options = runner::RunOptions {
                 only_cut: cut.map(|c| (c, torn)),
@@ -308,6 +314,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 sweep_matrix,
                 keep_cuts: html.is_some(),
                 device_broker: None,
+                mqtt_broker,
             };
             let (loaded, errors) = load_all(&scenarios, &scenario)?;
             if !errors.is_empty() {
@@ -468,4 +475,25 @@ fn check_snapshots(r: &mut ScenarioReport, dir: &std::path::Path) -> anyhow::Res
         r.error = Some(problems.join("; "));
     }
     Ok(())
+}
+
+/// `mqtt://HOST:PORT`, `mqtt://HOST` (port 1883) or `HOST:PORT`; the host resolved now.
+fn parse_mqtt_url(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let rest = text.strip_prefix("mqtt://").unwrap_or(text);
+    if rest.contains("://") {
+        return Err(format!("`{text}`: expected mqtt://HOST:PORT (TLS brokers are not supported yet)"));
+    }
+    let rest = rest.trim_end_matches('/');
+    let with_port =
+        if rest.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !rest.ends_with(']') {
+            rest.to_string()
+        } else {
+            format!("{rest}:{}", ota_core::proto::mqtt::DEFAULT_PORT)
+        };
+    with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("`{text}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{text}`: the host has no address"))
 }

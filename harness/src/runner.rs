@@ -29,6 +29,8 @@ pub struct RunOptions {
     /// The MQTT broker as the device reaches it, set per scenario by the runner when the
     /// scenario's device has the pull path (provisioned into its NVS).
     pub device_broker: Option<std::net::SocketAddr>,
+    /// An MQTT broker to use instead of starting one (`--mqtt-broker`).
+    pub mqtt_broker: Option<std::net::SocketAddr>,
 }
 
 /// How long to wait for the device to reboot after an update, or for an armed cut to fire.
@@ -503,19 +505,20 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
         log: String::new(),
     };
     // The services the device connects to exist before it boots, at addresses it is given.
-    let (services, device_broker) = match pull::Services::start(scenario, backend.host_address()) {
-        Ok(s) => s,
-        Err(pull::Start::Skip(why)) => {
-            report.skipped = Some(why);
-            report.duration = started.elapsed();
-            return report;
-        }
-        Err(pull::Start::Fail(e)) => {
-            report.error = Some(format!("cannot start the scenario's services: {e}"));
-            report.duration = started.elapsed();
-            return report;
-        }
-    };
+    let (services, device_broker) =
+        match pull::Services::start(scenario, backend.host_address(), options.mqtt_broker) {
+            Ok(s) => s,
+            Err(pull::Start::Skip(why)) => {
+                report.skipped = Some(why);
+                report.duration = started.elapsed();
+                return report;
+            }
+            Err(pull::Start::Fail(e)) => {
+                report.error = Some(format!("cannot start the scenario's services: {e}"));
+                report.duration = started.elapsed();
+                return report;
+            }
+        };
     let options = &RunOptions { device_broker, ..options.clone() };
     let mut dut = match backend.start(scenario, options) {
         Ok(d) => d,

@@ -5,3 +5,4 @@
 
 pub mod firmware_server;
 pub mod mqtt_broker;
+pub mod mqtt_observer;

@@ -9,7 +9,8 @@ use crate::scenario::pull::{
 };
 use crate::scenario::{Scenario, StepKind};
 use crate::services::firmware_server::FirmwareServer;
-use crate::services::mqtt_broker::MqttBroker;
+use crate::services::mqtt_broker::{Message, MqttBroker};
+use crate::services::mqtt_observer::MqttObserver;
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -17,9 +18,70 @@ use std::time::{Duration, Instant};
 /// How long `mqtt_publish` waits for the device to subscribe to the topic.
 const SUBSCRIBER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The broker of a run: the harness's own, or one it only talks to.
+pub enum BrokerLink {
+    Embedded(MqttBroker),
+    External(MqttObserver),
+}
+
+impl BrokerLink {
+    fn publish(&self, topic: &str, payload: &[u8], retain: bool) {
+        match self {
+            BrokerLink::Embedded(b) => b.publish(topic, payload, retain),
+            BrokerLink::External(o) => o.publish(topic, payload, retain),
+        }
+    }
+
+    /// The publications seen; from an external broker, not the retained ones it sent on
+    /// subscribing (they are from before this run).
+    fn messages(&self) -> Vec<Message> {
+        match self {
+            BrokerLink::Embedded(b) => b.messages(),
+            BrokerLink::External(o) => o.messages().into_iter().filter(|m| !m.retain).collect(),
+        }
+    }
+
+    /// Waits until the device can receive a command on `command_topic`. The embedded broker
+    /// knows its subscribers; through an external one, the device's own status says it: its
+    /// session is up once it published `online` (after its SUBACK), unless a later `done` or
+    /// `offline` says it restarted or left since.
+    fn wait_device(&self, command_topic: &str, state_topic: &str, timeout: Duration) -> Result<(), String> {
+        match self {
+            BrokerLink::Embedded(b) => b.wait_subscriber(command_topic, timeout).map(|_| ()).ok_or_else(|| {
+                format!(
+                    "no client subscribed to {command_topic} within {timeout:?}: the device is not connected to the broker (connected: {:?})",
+                    b.clients()
+                )
+            }),
+            BrokerLink::External(_) => {
+                let deadline = Instant::now() + timeout;
+                loop {
+                    let last = self
+                        .messages()
+                        .iter()
+                        .rev()
+                        .filter(|m| m.topic == state_topic)
+                        .find_map(|m| serde_saphyr::from_str::<Status>(&m.text()).ok())
+                        .map(|s| s.state);
+                    match last.as_deref() {
+                        Some("done" | "offline") | None => {}
+                        Some(_) => return Ok(()),
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(format!(
+                            "the device did not say `online` on {state_topic} within {timeout:?}: it is not connected to the broker"
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+}
+
 /// The services of one scenario run.
 pub struct Services {
-    pub broker: Option<MqttBroker>,
+    pub broker: Option<BrokerLink>,
     pub server: Option<FirmwareServer>,
     /// `http://host:port` of the firmware server as the device reaches it.
     pub server_base: String,
@@ -33,6 +95,7 @@ impl Services {
     pub fn start(
         scenario: &Scenario,
         host: Result<IpAddr, String>,
+        external_broker: Option<SocketAddr>,
     ) -> Result<(Services, Option<SocketAddr>), Start> {
         let serves = scenario.steps.iter().any(|s| matches!(s.kind, StepKind::Serve(_)));
         let mut services =
@@ -43,10 +106,31 @@ impl Services {
         let host = host.map_err(Start::Skip)?;
         let loopback: IpAddr = Ipv4Addr::LOCALHOST.into();
         let mut device_broker = None;
-        if scenario.device.mqtt.is_some() {
-            let b = MqttBroker::start(loopback).map_err(|e| Start::Fail(e.to_string()))?;
-            device_broker = Some(SocketAddr::new(host, b.addr().port()));
-            services.broker = Some(b);
+        let stops_broker = scenario.steps.iter().any(|s| matches!(s.kind, StepKind::Broker(_)));
+        if external_broker.is_some() && stops_broker {
+            return Err(Start::Skip(
+                "the scenario stops and restarts the broker, which the harness can only do to its own (not with --mqtt-broker)".into(),
+            ));
+        }
+        if let Some(m) = &scenario.device.mqtt {
+            let (link, addr) = match external_broker {
+                None => {
+                    let b = MqttBroker::start(loopback).map_err(|e| Start::Fail(e.to_string()))?;
+                    let addr = b.addr();
+                    (BrokerLink::Embedded(b), addr)
+                }
+                Some(addr) => {
+                    let o = MqttObserver::connect(addr).map_err(|e| Start::Fail(e.to_string()))?;
+                    // A previous run's device left its status retained there.
+                    o.publish(&m.state_topic, b"", true);
+                    (BrokerLink::External(o), addr)
+                }
+            };
+            // A broker on this machine's loopback is reached through the backend's way to the
+            // host; one elsewhere at its own address.
+            let seen = if addr.ip().is_loopback() { SocketAddr::new(host, addr.port()) } else { addr };
+            device_broker = Some(seen);
+            services.broker = Some(link);
         }
         if serves {
             let s = FirmwareServer::start(loopback).map_err(|e| Start::Fail(e.to_string()))?;
@@ -91,12 +175,12 @@ impl Run<'_> {
 
     pub(super) fn mqtt_publish(&mut self, p: &PublishStep) -> StepResult {
         let Some(broker) = &self.services.broker else { return Err(self.services_missing("mqtt_publish")) };
-        if !p.retain && broker.wait_subscriber(&p.topic, SUBSCRIBER_TIMEOUT).is_none() {
-            return Ok(StepOutcome::Failed(format!(
-                "no client subscribed to {} within {SUBSCRIBER_TIMEOUT:?}: the device is not connected to the broker (connected: {:?})",
-                p.topic,
-                broker.clients()
-            )));
+        let state_topic =
+            self.scenario.device.mqtt.as_ref().map(|m| m.state_topic.as_str()).unwrap_or_default();
+        if !p.retain
+            && let Err(why) = broker.wait_device(&p.topic, state_topic, SUBSCRIBER_TIMEOUT)
+        {
+            return Ok(StepOutcome::Failed(why));
         }
         let payload = p.payload.replace(SERVER_PLACEHOLDER, &self.services.server_base);
         broker.publish(&p.topic, payload.as_bytes(), p.retain);
@@ -118,6 +202,10 @@ impl Run<'_> {
                     continue;
                 }
                 let text = m.text();
+                if text.is_empty() {
+                    // A retained status cleared (by the harness, before the run).
+                    continue;
+                }
                 let Ok(status) = serde_saphyr::from_str::<Status>(&text) else {
                     return Ok(StepOutcome::Failed(format!(
                         "the device published a status that is not our schema: {text}"
@@ -189,7 +277,10 @@ impl Run<'_> {
                     return Ok(StepOutcome::Failed(format!("header {name}: `{v}`, expected `{want}`")));
                 }
                 None => {
-                    return Ok(StepOutcome::Failed(format!("no header {name} in the request for {}", r.path)));
+                    return Ok(StepOutcome::Failed(format!(
+                        "no header {name} in the request for {}",
+                        r.path
+                    )));
                 }
             }
         }
@@ -203,6 +294,11 @@ impl Run<'_> {
 
     pub(super) fn broker(&mut self, a: BrokerAction) -> StepResult {
         let Some(broker) = &self.services.broker else { return Err(self.services_missing("broker")) };
+        let BrokerLink::Embedded(broker) = broker else {
+            return Err(
+                "broker: an external broker cannot be stopped (the scenario should have been skipped)".into(),
+            );
+        };
         match a {
             BrokerAction::GoAway => broker.go_away(),
             BrokerAction::ComeBack => broker.come_back(),
