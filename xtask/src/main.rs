@@ -46,6 +46,10 @@ enum Task {
         /// `libudev-dev` and `pkg-config` for hidapi's build).
         #[arg(long)]
         probe_rs: bool,
+        /// An MQTT broker for the pull path's scenarios (`mqtt://HOST:PORT`) instead of the
+        /// harness's own.
+        #[arg(long, value_name = "URL")]
+        mqtt_broker: Option<String>,
     },
     /// Flash one firmware build to a bench's board (skipping blocks that match, verified),
     /// start it and print the board's identity.
@@ -161,6 +165,7 @@ struct HilArgs {
     seed: Option<u64>,
     bench: Option<PathBuf>,
     probe_rs: bool,
+    mqtt_broker: Option<String>,
 }
 
 /// The firmware directory a bench's board runs (after building it), from `otahil check`.
@@ -219,6 +224,9 @@ fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
     }
     for s in &args.scenarios {
         c.args(["--scenario", s]);
+    }
+    if let Some(m) = &args.mqtt_broker {
+        c.args(["--mqtt-broker", m]);
     }
     if let Some(h) = &args.html {
         c.arg("--html").arg(h);
@@ -520,9 +528,10 @@ fn main() -> std::process::ExitCode {
 
 fn run_task(task: Task) -> anyhow::Result<()> {
     match task {
-        Task::Hil { backend, scenario, junit, html, cut, torn, seed, bench, probe_rs } => {
-            hil(&backend, &HilArgs { scenarios: scenario, junit, html, cut, torn, seed, bench, probe_rs })
-        }
+        Task::Hil { backend, scenario, junit, html, cut, torn, seed, bench, probe_rs, mqtt_broker } => hil(
+            &backend,
+            &HilArgs { scenarios: scenario, junit, html, cut, torn, seed, bench, probe_rs, mqtt_broker },
+        ),
         Task::Flash { bench, image, probe_rs } => {
             let bin = build_harness(probe_rs)?;
             let mut c = Command::new(bin.join("otahil"));
