@@ -298,28 +298,27 @@ impl Run<'_> {
         Ok(StepOutcome::Passed)
     }
 
+    /// Why this backend cannot make `cut`, if it cannot.
+    fn cannot_cut(&self, cut: &PowerCut) -> Option<String> {
+        let caps = self.dut.capabilities();
+        if cut.is_exact() && !caps.exact_power_cut {
+            return Some(format!(
+                "the {} backend cannot cut power at an exact flash operation",
+                self.dut.backend()
+            ));
+        }
+        if !caps.power_switch {
+            return Some(format!("the {} backend has no power switch", self.dut.backend()));
+        }
+        None
+    }
+
     fn ota(&mut self, o: &OtaStep) -> StepResult {
         let dut_err = |e: DutError| e.to_string();
         let caps = self.dut.capabilities();
-        let cut = o.cut_power.as_ref().map(|(at, torn_seed)| match at {
-            CutPower::AfterBytes(count) => PowerCut::AfterBytes { count: *count, torn_seed: *torn_seed },
-            CutPower::AfterOps(count) => PowerCut::AfterOps { count: *count, torn_seed: *torn_seed },
-            CutPower::AtLog(re) => PowerCut::AtLog(re.clone()),
-        });
-        match &cut {
-            Some(c) if c.is_exact() && !caps.exact_power_cut => {
-                return Ok(StepOutcome::Skipped(format!(
-                    "the {} backend cannot cut power at an exact flash operation",
-                    self.dut.backend()
-                )));
-            }
-            Some(_) if !caps.power_switch => {
-                return Ok(StepOutcome::Skipped(format!(
-                    "the {} backend has no power switch",
-                    self.dut.backend()
-                )));
-            }
-            _ => {}
+        let cut = o.cut_power.as_ref().map(power_cut);
+        if let Some(why) = cut.as_ref().and_then(|c| self.cannot_cut(c)) {
+            return Ok(StepOutcome::Skipped(why));
         }
         // Without counters the update still runs and everything else is checked; the step then
         // reports the erase count as the part it skipped.
@@ -450,6 +449,15 @@ impl Run<'_> {
     }
 }
 
+/// A scenario's `cut_power` as the Dut arms it.
+fn power_cut((at, torn_seed): &(CutPower, Option<u64>)) -> PowerCut {
+    match at {
+        CutPower::AfterBytes(count) => PowerCut::AfterBytes { count: *count, torn_seed: *torn_seed },
+        CutPower::AfterOps(count) => PowerCut::AfterOps { count: *count, torn_seed: *torn_seed },
+        CutPower::AtLog(re) => PowerCut::AtLog(re.clone()),
+    }
+}
+
 /// A sweep's outcome classes (and its cuts, when it kept them) for the reports.
 fn sweep_result(name: &str, report: &ota_emu::sweep::SweepReport) -> crate::report::SweepResult {
     use crate::report::{CutCell, SweepClass};
@@ -571,6 +579,7 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
         // sweep on its own copy of the flash) does not.
         let changes_device = match &step.kind {
             StepKind::Ota(o) => o.cut_power.is_some(),
+            StepKind::MqttPublish(p) => p.cut_power.is_some(),
             StepKind::PowerOff => true,
             _ => false,
         };

@@ -213,7 +213,7 @@ struct RawStall {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawCut {
+pub(crate) struct RawCut {
     #[serde(default)]
     after_bytes: Option<u64>,
     #[serde(default)]
@@ -792,6 +792,31 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
     Ok(Scenario { name: raw.name.value, about: raw.about, file: cx.file.to_path_buf(), device, steps })
 }
 
+/// A `cut_power` option; errors point at `at` (the step's anchor field).
+fn check_cut<U>(c: &RawCut, at: &Spanned<U>, cx: &Ctx<'_>) -> Result<(CutPower, Option<u64>), ScenarioError> {
+    let cut = match (c.after_bytes, c.after_ops, &c.at_log) {
+        (Some(b), None, None) => CutPower::AfterBytes(b),
+        (None, Some(n), None) => CutPower::AfterOps(n),
+        (None, None, Some(pattern)) => {
+            if c.torn_seed.is_some() {
+                return cx.at(
+                    at,
+                    "cut_power: `torn_seed` tears a flash operation cut at an exact point; `at_log` cuts between operations",
+                );
+            }
+            if pattern.contains('\n') {
+                return cx.at(at, "cut_power at_log: one line of regex, without a newline");
+            }
+            match regex::Regex::new(pattern) {
+                Ok(re) => CutPower::AtLog(re),
+                Err(e) => return cx.at(at, format!("cut_power at_log is not a regex: {e}")),
+            }
+        }
+        _ => return cx.at(at, "cut_power: expected exactly one of `after_bytes`, `after_ops` or `at_log`"),
+    };
+    Ok((cut, c.torn_seed))
+}
+
 /// A step's `protocol`, ESPHome when it names none.
 fn update_path(protocol: Option<&Spanned<String>>, cx: &Ctx<'_>) -> Result<UpdatePath, ScenarioError> {
     match protocol {
@@ -889,31 +914,7 @@ fn check_ota(o: RawOta, cx: &Ctx<'_>) -> Result<OtaStep, ScenarioError> {
     };
     let cut_power = match &o.cut_power {
         None => None,
-        Some(c) => {
-            let at = match (c.after_bytes, c.after_ops, &c.at_log) {
-                (Some(b), None, None) => CutPower::AfterBytes(b),
-                (None, Some(n), None) => CutPower::AfterOps(n),
-                (None, None, Some(pattern)) => {
-                    if c.torn_seed.is_some() {
-                        return cx.at(&o.image, "cut_power: `torn_seed` tears a flash operation cut at an exact point; `at_log` cuts between operations");
-                    }
-                    if pattern.contains('\n') {
-                        return cx.at(&o.image, "cut_power at_log: one line of regex, without a newline");
-                    }
-                    match regex::Regex::new(pattern) {
-                        Ok(re) => CutPower::AtLog(re),
-                        Err(e) => return cx.at(&o.image, format!("cut_power at_log is not a regex: {e}")),
-                    }
-                }
-                _ => {
-                    return cx.at(
-                        &o.image,
-                        "cut_power: expected exactly one of `after_bytes`, `after_ops` or `at_log`",
-                    );
-                }
-            };
-            Some((at, c.torn_seed))
-        }
+        Some(c) => Some(check_cut(c, &o.image, cx)?),
     };
     Ok(OtaStep {
         path,

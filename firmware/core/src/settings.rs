@@ -46,6 +46,7 @@ pub enum Rejected {
     NotAnAddress,
     NotATopic,
     VersionCheckOutOfRange(u8),
+    ZeroTimeout,
 }
 
 impl core::fmt::Display for Rejected {
@@ -58,6 +59,7 @@ impl core::fmt::Display for Rejected {
             Rejected::NotAnAddress => f.write_str("not ip:port"),
             Rejected::NotATopic => write!(f, "not a topic of 1 to {MAX_TOPIC_LEN} bytes without wildcards"),
             Rejected::VersionCheckOutOfRange(v) => write!(f, "version check {v} is not 0, 1 or 2"),
+            Rejected::ZeroTimeout => f.write_str("a timeout of 0 s"),
         }
     }
 }
@@ -339,6 +341,11 @@ pub const KEY_MQTT_CMD_TOPIC: &str = "mqtt_cmd_topic";
 pub const KEY_MQTT_STATE_TOPIC: &str = "mqtt_st_topic";
 /// 0: no version check, 1: skip the running version, 2: refuse a downgrade as well.
 pub const KEY_PULL_VERSION_CHECK: &str = "pull_vcheck";
+/// `esp_http_client`'s `timeout_ms` in whole seconds (1 to 255): the wait for a response head;
+/// a body that brings nothing for three of these fails (ESP-IDF would wait forever).
+pub const KEY_PULL_TIMEOUT: &str = "pull_timeout_s";
+/// The seed's `timeout_ms` (mqtt-https-pull.md §1).
+pub const DEFAULT_PULL_TIMEOUT_S: u8 = 10;
 /// The longest topic the device keeps (the seed's are 16 bytes).
 pub const MAX_TOPIC_LEN: usize = 64;
 /// `ip:port`, IPv4 or `[IPv6]`: a device without DNS is given an address.
@@ -377,6 +384,7 @@ pub struct MqttSettings {
     pub command_topic: Topic,
     pub state_topic: Topic,
     pub version_check: crate::proto::http_pull::VersionCheck,
+    pub timeout_s: u8,
 }
 
 impl Default for MqttSettings {
@@ -387,6 +395,7 @@ impl Default for MqttSettings {
             command_topic: Topic::new(crate::proto::mqtt::DEFAULT_COMMAND_TOPIC).expect("a valid topic"),
             state_topic: Topic::new(crate::proto::mqtt::DEFAULT_STATE_TOPIC).expect("a valid topic"),
             version_check: crate::proto::http_pull::VersionCheck::None,
+            timeout_s: DEFAULT_PULL_TIMEOUT_S,
         }
     }
 }
@@ -435,6 +444,13 @@ impl MqttSettings {
                 }
             }
         }
+        match read_u8(flash, part, KEY_PULL_TIMEOUT, log) {
+            Some(0) => {
+                log.log(&LogEvent::ConfigIgnored { key: KEY_PULL_TIMEOUT, why: Rejected::ZeroTimeout })
+            }
+            Some(s) => self.timeout_s = s,
+            None => {}
+        }
         if let Some(v) = read_u8(flash, part, KEY_PULL_VERSION_CHECK, log) {
             use crate::proto::http_pull::VersionCheck;
             match v {
@@ -469,6 +485,8 @@ pub struct MqttProvision<'a> {
     pub state_topic: Option<&'a str>,
     /// 0, 1 or 2 ([`KEY_PULL_VERSION_CHECK`]).
     pub version_check: u8,
+    /// Not written when `None` (the seed's 10 s).
+    pub timeout_s: Option<u8>,
 }
 
 /// What a factory (or the harness) provisions into a device's nvs partition.
@@ -534,6 +552,11 @@ pub fn provisioning_page(p: &Provision<'_>) -> Result<[u8; nvs::PAGE_SIZE], Prov
             return Err(ProvisionError::VersionCheck(m.version_check));
         }
         page.u8(ns, KEY_PULL_VERSION_CHECK, m.version_check).map_err(ProvisionError::Nvs)?;
+        match m.timeout_s {
+            Some(0) => return Err(ProvisionError::Timeout),
+            Some(s) => page.u8(ns, KEY_PULL_TIMEOUT, s).map_err(ProvisionError::Nvs)?,
+            None => {}
+        }
     }
     Ok(page.finish())
 }
@@ -547,6 +570,7 @@ pub enum ProvisionError {
     Broker,
     Topic,
     VersionCheck(u8),
+    Timeout,
     Nvs(nvs::BuildError),
 }
 
@@ -568,6 +592,7 @@ impl core::fmt::Display for ProvisionError {
                 write!(f, "MQTT topic: expected 1 to {MAX_TOPIC_LEN} bytes without wildcards")
             }
             ProvisionError::VersionCheck(v) => write!(f, "version check {v}: expected 0, 1 or 2"),
+            ProvisionError::Timeout => f.write_str("pull timeout: expected 1 to 255 seconds"),
             ProvisionError::Nvs(e) => e.fmt(f),
         }
     }
@@ -768,6 +793,7 @@ mod tests {
                 command_topic: Some("/fleet/cmd"),
                 state_topic: None,
                 version_check: 1,
+                timeout_s: Some(2),
             }),
             ..Provision::default()
         })
@@ -777,6 +803,10 @@ mod tests {
         assert_eq!(s.broker, Some("10.0.2.2:1883".parse().unwrap()), "the seed's default port");
         assert_eq!((s.command_topic.as_str(), s.state_topic.as_str()), ("/fleet/cmd", "/switch/state/root"));
         assert_eq!(s.version_check, crate::proto::http_pull::VersionCheck::SkipSame);
+        assert_eq!(s.timeout_s, 2);
+        let zero = MqttProvision { broker: "1.2.3.4", timeout_s: Some(0), ..MqttProvision::default() };
+        let page = provisioning_page(&Provision { protocol: 2, mqtt: Some(zero), ..Provision::default() });
+        assert_eq!(page, Err(ProvisionError::Timeout));
         assert_eq!(
             format!("{}", s.log_event()),
             "MQTT broker set (nvs), commands on /fleet/cmd, status on /switch/state/root"

@@ -88,6 +88,7 @@ pub fn device_flash(
             command_topic: Some(&m.command_topic),
             state_topic: Some(&m.state_topic),
             version_check: m.version_check.code(),
+            timeout_s: m.timeout_s,
         }),
         (Some(_), None) => {
             return Err(StartError::Fail(

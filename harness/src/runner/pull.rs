@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 /// How long `mqtt_publish` waits for the device to subscribe to the topic.
 const SUBSCRIBER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a publication with `cut_power` waits for the cut (the pull it starts may be slow).
+const CUT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The broker of a run: the harness's own, or one it only talks to.
 pub enum BrokerLink {
@@ -182,8 +184,27 @@ impl Run<'_> {
         {
             return Ok(StepOutcome::Failed(why));
         }
+        let cut = p.cut_power.as_ref().map(super::power_cut);
+        if let Some(why) = cut.as_ref().and_then(|c| self.cannot_cut(c)) {
+            return Ok(StepOutcome::Skipped(why));
+        }
+        let losses = self.power_losses.len();
+        if let Some(c) = cut {
+            self.dut.arm_power_cut(c).map_err(|e| e.to_string())?;
+        }
         let payload = p.payload.replace(SERVER_PLACEHOLDER, &self.services.server_base);
+        let Some(broker) = &self.services.broker else { return Err(self.services_missing("mqtt_publish")) };
         broker.publish(&p.topic, payload.as_bytes(), p.retain);
+        if p.cut_power.is_some() {
+            let fired =
+                self.wait_until(CUT_TIMEOUT, |r| r.power_losses.len() > losses).map_err(|e| e.to_string())?;
+            if !fired {
+                self.dut.disarm_power_cut().map_err(|e| e.to_string())?;
+                return Ok(StepOutcome::Failed(format!(
+                    "the armed power cut never fired within {CUT_TIMEOUT:?} of the publication"
+                )));
+            }
+        }
         Ok(StepOutcome::Passed)
     }
 

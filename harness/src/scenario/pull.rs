@@ -26,6 +26,8 @@ pub(super) struct RawMqttDevice {
     state_topic: Option<Spanned<String>>,
     #[serde(default)]
     version_check: Option<VersionCheckSpec>,
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
@@ -108,6 +110,8 @@ pub(super) struct RawPublish {
     payload: Spanned<String>,
     #[serde(default)]
     retain: bool,
+    #[serde(default)]
+    cut_power: Option<super::RawCut>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,6 +154,8 @@ pub struct MqttDevice {
     pub command_topic: String,
     pub state_topic: String,
     pub version_check: VersionCheckSpec,
+    /// The device's HTTP timeout in whole seconds (`None`: the seed's 10 s).
+    pub timeout_s: Option<u8>,
 }
 
 /// What the firmware server answers at a path.
@@ -166,6 +172,9 @@ pub struct PublishStep {
     pub topic: String,
     pub payload: String,
     pub retain: bool,
+    /// Armed before publishing; the step then waits for it to fire (the update it triggers is
+    /// cut as an `ota` step's would be).
+    pub cut_power: Option<(super::CutPower, Option<u64>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +223,18 @@ pub(super) fn device(raw: RawMqttDevice, cx: &Ctx<'_>) -> Result<MqttDevice, Sce
             None => ota_core::proto::mqtt::DEFAULT_STATE_TOPIC.to_string(),
         },
         version_check: raw.version_check.unwrap_or_default(),
+        timeout_s: match &raw.timeout {
+            None => None,
+            Some(t) => {
+                let d = cx.duration(t)?;
+                let s = d.as_secs();
+                if d.subsec_nanos() != 0 || !(1..=255).contains(&s) {
+                    return cx
+                        .at(t, format!("timeout `{}`: expected whole seconds from 1s to 255s", t.value));
+                }
+                Some(s as u8)
+            }
+        },
     })
 }
 
@@ -326,7 +347,11 @@ pub(super) fn publish(
         Some(t) => topic(cx, t, "topic")?,
         None => d.command_topic.clone(),
     };
-    Ok(PublishStep { topic, payload: raw.payload.value, retain: raw.retain })
+    let cut_power = match &raw.cut_power {
+        None => None,
+        Some(c) => Some(super::check_cut(c, &raw.payload, cx)?),
+    };
+    Ok(PublishStep { topic, payload: raw.payload.value, retain: raw.retain, cut_power })
 }
 
 pub(super) fn expect_status(

@@ -42,6 +42,8 @@ impl PullConf {
     fn settings(&self) -> Option<Settings<'_>> {
         let mut pull = http_pull::Config::esp_https_ota(&self.version);
         pull.version_check = self.settings.version_check;
+        pull.timeout_ms = u64::from(self.settings.timeout_s) * 1000;
+        pull.stall_limit_ms = 3 * pull.timeout_ms;
         Some(Settings {
             broker: self.settings.broker?,
             client_id: &self.client_id,
