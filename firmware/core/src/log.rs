@@ -221,6 +221,8 @@ pub enum LogEvent<'a> {
     // --- the HTTP(S) pull (tag `pull`); its writes share the `ota` lines above
     PullTriggered {
         truncated: bool,
+        /// An `http_update`: the Arduino updater pulls.
+        arduino: bool,
     },
     PullBusy,
     PullRequesting {
@@ -279,7 +281,7 @@ impl LogEvent<'_> {
             | MqttDropped { .. }
             | MqttCommandIgnored(_)
             | PullBusy
-            | PullTriggered { truncated: true } => Level::Warn,
+            | PullTriggered { truncated: true, .. } => Level::Warn,
             _ => Level::Info,
         }
     }
@@ -467,9 +469,12 @@ impl fmt::Display for LogEvent<'_> {
             MqttDropped { len } => write!(f, "message of {len} bytes dropped: too long"),
             MqttCommandIgnored(why) => write!(f, "command ignored: {}", why.text()),
             MqttCommandOther(kind) => write!(f, "'{kind}' command: not handled by this firmware"),
-            PullTriggered { truncated: false } => f.write_str("OTA trigger received"),
-            PullTriggered { truncated: true } => {
-                write!(f, "OTA trigger received, URL cut to {} bytes", crate::proto::mqtt::command::MAX_URL)
+            PullTriggered { truncated, arduino } => {
+                f.write_str(if *arduino { "HTTP update trigger received (Arduino updater)" } else { "OTA trigger received" })?;
+                if *truncated {
+                    write!(f, ", URL cut to {} bytes", crate::proto::mqtt::command::MAX_URL)?;
+                }
+                Ok(())
             }
             PullBusy => f.write_str("OTA trigger ignored: an update is already running"),
             PullRequesting { path, redirects: 0 } => write!(f, "GET {path}"),

@@ -12,8 +12,9 @@ use embedded_storage::nor_flash::NorFlash;
 /// An update path's state machine.
 pub trait Protocol {
     /// How this path writes, given how the app's own writer does (`esp_ota_*`). A path whose
-    /// library writes its own way (Arduino's `Update`) says so here.
-    fn writes(app: OtaConfig) -> OtaConfig {
+    /// library writes its own way (Arduino's `Update`) says so here; one that runs either
+    /// library (the pull agent) answers for the update it runs now.
+    fn writes(&self, app: OtaConfig) -> OtaConfig {
         app
     }
 }
@@ -25,11 +26,19 @@ impl Protocol for esphome::Server<'_> {}
 /// through the `Update` library.
 impl Protocol for http_pull::Client {}
 
-/// The seed's trigger-and-pull agent writes through `esp_https_ota`, so through `esp_ota_*`.
-impl Protocol for mqtt_pull::Agent {}
+/// The pull agent writes through `esp_https_ota` (so `esp_ota_*`), or, for an `http_update`,
+/// through Arduino's `Update` library.
+impl Protocol for mqtt_pull::Agent {
+    fn writes(&self, app: OtaConfig) -> OtaConfig {
+        match self.library() {
+            mqtt_pull::Library::EspHttpsOta => app,
+            mqtt_pull::Library::ArduinoHttpUpdate => arduino::library_writes(app),
+        }
+    }
+}
 
 impl Protocol for arduino::Server {
-    fn writes(app: OtaConfig) -> OtaConfig {
+    fn writes(&self, app: OtaConfig) -> OtaConfig {
         arduino::library_writes(app)
     }
 }
@@ -61,8 +70,13 @@ impl<P: Protocol> Session<P> {
         target: &Target<'_>,
         f: impl FnOnce(&mut P, &mut FlashSink<'_, F>) -> R,
     ) -> R {
-        let mut sink =
-            FlashSink::new(flash, target.table, target.running, P::writes(target.config), &mut self.update);
+        let mut sink = FlashSink::new(
+            flash,
+            target.table,
+            target.running,
+            self.server.writes(target.config),
+            &mut self.update,
+        );
         f(&mut self.server, &mut sink)
     }
 

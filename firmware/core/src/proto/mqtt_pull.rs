@@ -38,8 +38,29 @@ pub struct Settings<'a> {
     pub keep_alive_s: u16,
     pub command_topic: &'a str,
     pub state_topic: &'a str,
-    /// How the pull runs; its `running_version` is also the status messages' `fw`.
+    /// How an `ota_trigger` pull runs; its `running_version` is also the status messages' `fw`.
     pub pull: http_pull::Config<'a>,
+    /// How an `http_update` pull runs (the Arduino updater's flavour, with the device's facts).
+    pub arduino_pull: http_pull::Config<'a>,
+}
+
+impl<'a> Settings<'a> {
+    fn pull_for(&self, library: Library) -> &http_pull::Config<'a> {
+        match library {
+            Library::EspHttpsOta => &self.pull,
+            Library::ArduinoHttpUpdate => &self.arduino_pull,
+        }
+    }
+}
+
+/// Which library pulls: the trigger's type says.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum Library {
+    /// ESP-IDF's `esp_https_ota` (`ota_trigger`).
+    #[default]
+    EspHttpsOta,
+    /// arduino-esp32's `HTTPUpdate` (`http_update`).
+    ArduinoHttpUpdate,
 }
 
 /// Which of the agent's two connections.
@@ -66,6 +87,8 @@ pub struct Agent {
     will_len: usize,
     /// The pull's last reported progress (a quarter, or a multiple of the unsized step).
     progress_mark: u64,
+    /// The library of the pull under way (or the last one).
+    library: Library,
 }
 
 impl Default for Agent {
@@ -76,6 +99,7 @@ impl Default for Agent {
             will: [0; STATUS_MAX],
             will_len: 0,
             progress_mark: 0,
+            library: Library::EspHttpsOta,
         }
     }
 }
@@ -120,6 +144,7 @@ enum Taken {
         url: [u8; MAX_URL],
         len: usize,
         truncated: bool,
+        library: Library,
     },
     /// A trigger beyond [`QUEUED_TRIGGERS`].
     Overflow,
@@ -175,10 +200,10 @@ impl<O: Output> client::Output for Inbox<'_, '_, O> {
                 let mut buf = [0u8; MAX_URL];
                 match command::parse(payload, &mut buf) {
                     Ok(Command::OtaTrigger { url, truncated }) => {
-                        let len = url.len();
-                        let mut kept = [0u8; MAX_URL];
-                        kept[..len].copy_from_slice(url.as_bytes());
-                        self.push(Taken::Trigger { url: kept, len, truncated });
+                        self.push(trigger(url, truncated, Library::EspHttpsOta));
+                    }
+                    Ok(Command::HttpUpdate { url, truncated }) => {
+                        self.push(trigger(url, truncated, Library::ArduinoHttpUpdate));
                     }
                     Ok(Command::Other(kind)) => self.out.0.log(&LogEvent::MqttCommandOther(kind)),
                     Err(why) => {
@@ -192,6 +217,13 @@ impl<O: Output> client::Output for Inbox<'_, '_, O> {
             other => self.out.event(other),
         }
     }
+}
+
+fn trigger(url: &str, truncated: bool, library: Library) -> Taken {
+    let len = url.len();
+    let mut kept = [0u8; MAX_URL];
+    kept[..len].copy_from_slice(url.as_bytes());
+    Taken::Trigger { url: kept, len, truncated, library }
 }
 
 /// The pull's side of the agent's output: its events become log lines and status messages.
@@ -308,6 +340,11 @@ fn mqtt_config<'s>(s: &Settings<'s>, will: &'s [u8]) -> client::Config<'s> {
 }
 
 impl Agent {
+    /// The library of the pull under way (or the last one).
+    pub fn library(&self) -> Library {
+        self.library
+    }
+
     /// Whether a pull is under way.
     pub fn pulling(&self) -> bool {
         self.pull.is_busy()
@@ -326,7 +363,7 @@ impl Agent {
     /// When [`Agent::poll`] next has something to do.
     pub fn deadline(&self, s: &Settings<'_>) -> Option<u64> {
         let cfg = mqtt_config(s, &self.will[..self.will_len]);
-        match (self.mqtt.deadline(&cfg), self.pull.deadline(&s.pull)) {
+        match (self.mqtt.deadline(&cfg), self.pull.deadline(s.pull_for(self.library))) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -378,9 +415,9 @@ impl Agent {
         for t in taken.into_iter().flatten() {
             match t {
                 Taken::Ready => publish_status(&mut self.mqtt, s, now_ms, out, State::Online, 0, None, None),
-                Taken::Trigger { url, len, truncated } => {
+                Taken::Trigger { url, len, truncated, library } => {
                     let url = core::str::from_utf8(&url[..len]).unwrap_or("");
-                    self.trigger(s, url, truncated, now_ms, sink, out);
+                    self.trigger(s, url, truncated, library, now_ms, sink, out);
                 }
                 Taken::Overflow => self.refuse_busy(s, now_ms, out),
                 Taken::BadTrigger => {
@@ -397,11 +434,13 @@ impl Agent {
         publish_status(&mut self.mqtt, s, now_ms, out, State::Failed, 0, None, Some(("busy", -1)));
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn trigger<S: UpdateSink, O: Output>(
         &mut self,
         s: &Settings<'_>,
         url: &str,
         truncated: bool,
+        library: Library,
         now_ms: u64,
         _sink: &mut S,
         out: &mut O,
@@ -410,7 +449,8 @@ impl Agent {
             self.refuse_busy(s, now_ms, out);
             return;
         }
-        out.log(&LogEvent::PullTriggered { truncated });
+        out.log(&LogEvent::PullTriggered { truncated, arduino: library == Library::ArduinoHttpUpdate });
+        self.library = library;
         publish_status(&mut self.mqtt, s, now_ms, out, State::Started, 0, None, None);
         self.progress_mark = 0;
         let Agent { mqtt, pull, progress_mark, .. } = self;
@@ -418,8 +458,9 @@ impl Agent {
     }
 
     pub fn server_connected<O: Output>(&mut self, s: &Settings<'_>, now_ms: u64, out: &mut O) {
+        let cfg = s.pull_for(self.library);
         let Agent { mqtt, pull, progress_mark, .. } = self;
-        pull.connected(&s.pull, now_ms, &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark });
+        pull.connected(cfg, now_ms, &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark });
     }
 
     pub fn server_connect_failed<S: UpdateSink, O: Output>(
@@ -442,14 +483,9 @@ impl Agent {
         sink: &mut S,
         out: &mut O,
     ) {
+        let cfg = s.pull_for(self.library);
         let Agent { mqtt, pull, progress_mark, .. } = self;
-        pull.data(
-            &s.pull,
-            bytes,
-            now_ms,
-            sink,
-            &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark },
-        );
+        pull.data(cfg, bytes, now_ms, sink, &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark });
     }
 
     pub fn server_closed<S: UpdateSink, O: Output>(
@@ -459,8 +495,9 @@ impl Agent {
         sink: &mut S,
         out: &mut O,
     ) {
+        let cfg = s.pull_for(self.library);
         let Agent { mqtt, pull, progress_mark, .. } = self;
-        pull.closed(&s.pull, sink, &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark });
+        pull.closed(cfg, sink, &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark });
     }
 
     /// Time passed: the broker's timers and the pull's.
@@ -471,9 +508,10 @@ impl Agent {
         sink: &mut S,
         out: &mut O,
     ) {
-        let Agent { mqtt, pull, progress_mark, will, will_len } = self;
+        let cfg = s.pull_for(self.library);
+        let Agent { mqtt, pull, progress_mark, will, will_len, .. } = self;
         mqtt.poll(&mqtt_config(s, &will[..*will_len]), now_ms, &mut BrokerOut(out));
-        pull.poll(&s.pull, now_ms, sink, &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark });
+        pull.poll(cfg, now_ms, sink, &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark });
     }
 
     /// The device goes down cleanly (a restart after an update): DISCONNECT, so no will.

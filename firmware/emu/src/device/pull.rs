@@ -23,16 +23,35 @@ struct PullConf {
     settings: MqttSettings,
     client_id: String,
     version: String,
+    facts: Facts,
 }
+
+/// What arduino-esp32's `ESP` class reports about the running device, for the Arduino
+/// updater's `x-ESP32-*` headers.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Facts {
+    pub mac: [u8; 6],
+    /// `ESP.getFreeSketchSpace()`: the next OTA slot's size.
+    pub free_space: u32,
+    /// `ESP.getSketchSize()`: the running image's length.
+    pub sketch_size: u32,
+    /// `ESP.getSketchMD5()`.
+    pub sketch_md5: [u8; 16],
+    pub chip_size: u32,
+}
+
+/// `ESP.getSdkVersion()` of arduino-esp32 3.3 (ESP-IDF 5.5).
+const SDK_VERSION: &str = "v5.5.1";
 
 impl PullService {
     /// The service of a boot whose settings name a broker (`None`: the path is off).
-    pub(super) fn new(settings: MqttSettings, mac: [u8; 6], version: &str) -> Option<Self> {
+    pub(super) fn new(settings: MqttSettings, facts: Facts, version: &str) -> Option<Self> {
         settings.broker?;
+        let mac = facts.mac;
         let client_id = format!("otahil_{:02x}{:02x}{:02x}", mac[3], mac[4], mac[5]);
         Some(PullService {
             session: Session::new(Agent::default()),
-            conf: PullConf { settings, client_id, version: version.to_string() },
+            conf: PullConf { settings, client_id, version: version.to_string(), facts },
             started: false,
         })
     }
@@ -44,6 +63,21 @@ impl PullConf {
         pull.version_check = self.settings.version_check;
         pull.timeout_ms = u64::from(self.settings.timeout_s) * 1000;
         pull.stall_limit_ms = 3 * pull.timeout_ms;
+        let f = &self.facts;
+        let mut ap_mac = f.mac;
+        // The soft-AP MAC is the base MAC plus one (esp_read_mac).
+        ap_mac[5] = ap_mac[5].wrapping_add(1);
+        let facts = http_pull::DeviceFacts {
+            sta_mac: f.mac,
+            ap_mac,
+            free_space: f.free_space,
+            sketch_size: f.sketch_size,
+            sketch_md5: Some(f.sketch_md5),
+            chip_size: f.chip_size,
+            sdk_version: SDK_VERSION,
+            version: &self.version,
+        };
+        let arduino_pull = http_pull::Config::arduino(facts, &self.version);
         Some(Settings {
             broker: self.settings.broker?,
             client_id: &self.client_id,
@@ -53,6 +87,7 @@ impl PullConf {
             command_topic: self.settings.command_topic.as_str(),
             state_topic: self.settings.state_topic.as_str(),
             pull,
+            arduino_pull,
         })
     }
 }

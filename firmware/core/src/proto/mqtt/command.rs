@@ -8,11 +8,17 @@ pub const MAX_URL: usize = 199;
 /// Command types the seed knows besides the trigger (taken, not acted on).
 pub const OTHER_TYPES: [&str; 3] = ["connections", "button_types", "gesture_config"];
 
+/// Our own type beside the seed's trigger: the same pull done by arduino-esp32's `HTTPUpdate`
+/// (`httpUpdate.update(client, url, version)`, as sketches call it on a command).
+pub const HTTP_UPDATE_TYPE: &str = "http_update";
+
 /// A command the device takes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Command<'a> {
     /// Pull the image at this URL (cut to [`MAX_URL`] bytes; `truncated` says it was).
     OtaTrigger { url: &'a str, truncated: bool },
+    /// Pull it with the Arduino HTTP updater ([`HTTP_UPDATE_TYPE`]).
+    HttpUpdate { url: &'a str, truncated: bool },
     /// One of the seed's other configuration messages.
     Other(&'static str),
 }
@@ -28,7 +34,8 @@ pub enum CommandError {
     MissingType,
     /// A `type` the device does not know (`Unknown config type`).
     UnknownType,
-    /// An `ota_trigger` without a string `url` (the seed ignores it silently; we say so).
+    /// An `ota_trigger` (or `http_update`) without a string `url` (the seed ignores it silently;
+    /// we say so).
     MissingUrl,
     /// A `url` that is not `http://` or `https://` (or has no host).
     BadUrl,
@@ -41,7 +48,7 @@ impl CommandError {
             CommandError::BadJson { .. } => "malformed JSON",
             CommandError::MissingType => "JSON missing 'type' field",
             CommandError::UnknownType => "unknown command type",
-            CommandError::MissingUrl => "ota_trigger without a string 'url'",
+            CommandError::MissingUrl => "trigger without a string 'url'",
             CommandError::BadUrl => "url is not http(s)://host/…",
         }
     }
@@ -110,7 +117,7 @@ pub fn parse<'b>(payload: &[u8], url_buf: &'b mut [u8; MAX_URL]) -> Result<Comma
         Kind::Unknown => return Err(CommandError::UnknownType),
         Kind::Is(len) => core::str::from_utf8(&type_buf[..len]).map_err(|_| CommandError::UnknownType)?,
     };
-    if name != "ota_trigger" {
+    if name != "ota_trigger" && name != HTTP_UPDATE_TYPE {
         return OTHER_TYPES
             .iter()
             .find(|t| **t == name)
@@ -123,7 +130,11 @@ pub fn parse<'b>(payload: &[u8], url_buf: &'b mut [u8; MAX_URL]) -> Result<Comma
     if crate::url::Url::parse(url).is_err() {
         return Err(CommandError::BadUrl);
     }
-    Ok(Command::OtaTrigger { url, truncated })
+    Ok(if name == HTTP_UPDATE_TYPE {
+        Command::HttpUpdate { url, truncated }
+    } else {
+        Command::OtaTrigger { url, truncated }
+    })
 }
 
 enum Kind {

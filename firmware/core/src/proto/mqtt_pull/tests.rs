@@ -139,6 +139,19 @@ fn settings() -> Settings<'static> {
         command_topic: crate::proto::mqtt::DEFAULT_COMMAND_TOPIC,
         state_topic: crate::proto::mqtt::DEFAULT_STATE_TOPIC,
         pull: http_pull::Config::esp_https_ota("1.0.0"),
+        arduino_pull: http_pull::Config::arduino(
+            http_pull::DeviceFacts {
+                sta_mac: [2, 0, 0, 0, 0, 1],
+                ap_mac: [2, 0, 0, 0, 0, 2],
+                free_space: 0x1c0000,
+                sketch_size: 5000,
+                sketch_md5: None,
+                chip_size: 4 << 20,
+                sdk_version: "v5.5.1",
+                version: "1.0.0",
+            },
+            "1.0.0",
+        ),
     }
 }
 
@@ -363,4 +376,33 @@ fn a_failed_pull_reports_why_and_leaves_the_device_as_it_was() {
     assert!(d.world.log.last().unwrap().contains("truncated"), "{:?}", d.world.log);
     assert!(d.otadata_untouched());
     assert!(!d.session.server.reboot_requested());
+}
+
+/// `http_update` runs the Arduino updater: HTTP/1.0 with its headers, 304 is `no_update`, and
+/// it writes as `Update` does (the first 16 bytes withheld until the end).
+#[test]
+fn an_http_update_runs_the_arduino_updater() {
+    let mut d = Device::online();
+    d.broker(&publish("/switch/cmd/root", br#"{"type":"http_update","url":"http://a/v2.bin"}"#));
+    assert_eq!(d.session.server.library(), Library::ArduinoHttpUpdate);
+    d.server_up();
+    let request = String::from_utf8(d.world.to_server.clone()).unwrap();
+    assert!(request.starts_with("GET /v2.bin HTTP/1.0\r\n"), "{request}");
+    assert!(request.contains("x-ESP32-STA-MAC: 02:00:00:00:00:01\r\n"), "{request}");
+    d.server(b"HTTP/1.0 304 Not Modified\r\n\r\n", 100);
+    d.server_closed();
+    assert!(d.world.log.iter().any(|l| l == "I (0) pull: no update (304)"), "{:?}", d.world.log);
+    assert!(d.world.statuses().last().unwrap().starts_with(r#"{"state":"no_update""#));
+    assert!(d.flash.ops.is_empty());
+    // A 200: written with the head withheld until the end, then switched.
+    d.broker(&publish("/switch/cmd/root", br#"{"type":"http_update","url":"http://a/v2.bin"}"#));
+    d.server_up();
+    let v2 = image("2.0.0", 20_000);
+    let slot = d.table.ota(1).unwrap().offset as usize;
+    let r = response(&v2);
+    d.server(&r[..r.len() - 10], 1460);
+    assert!(d.flash.data[slot..slot + 16].iter().all(|b| *b == 0xFF), "head withheld while writing");
+    d.server(&r[r.len() - 10..], 1460);
+    assert!(d.session.server.reboot_requested());
+    assert!(d.flash.data[slot..slot + v2.len()] == v2[..]);
 }
