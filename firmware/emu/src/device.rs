@@ -272,8 +272,17 @@ impl<W: Write> Device<W> {
                 // Only a device with a broker has the pull path (and reads its own image for it).
                 self.pull = match mqtt_settings.broker {
                     Some(_) => {
-                        let facts = self.facts(&table, &booted);
-                        pull::PullService::new(mqtt_settings, facts, booted.image.desc.version())
+                        // The image was just verified from this flash; a read that fails is a
+                        // flash the boot would have failed on already.
+                        let facts = ota_core::proto::mqtt_pull::RunningFacts::read(
+                            &mut self.flash,
+                            &table,
+                            &booted,
+                            self.config.mac,
+                        );
+                        facts.ok().and_then(|f| {
+                            pull::PullService::new(mqtt_settings, f, booted.image.desc.version())
+                        })
                     }
                     None => None,
                 };
@@ -290,25 +299,6 @@ impl<W: Write> Device<W> {
                 Power::Bricked(format!("reboot loop: {n} boots without reaching the app"))
             }
         };
-    }
-
-    /// What the running app would report about itself (for the Arduino updater's headers).
-    fn facts(&mut self, table: &PartitionTable, booted: &Booted) -> pull::Facts {
-        use embedded_storage::nor_flash::ReadNorFlash;
-        use md5::Digest;
-        let next = ota_core::writer::next_update_partition(table, Some(&booted.partition));
-        let len = booted.image.len;
-        let mut image = vec![0u8; len as usize];
-        // The image was just verified from this flash; a read that fails leaves the digest of
-        // zeros, which no server will match.
-        let _ = self.flash.read(booted.partition.offset, &mut image);
-        pull::Facts {
-            mac: self.config.mac,
-            free_space: next.map_or(0, |p| p.size),
-            sketch_size: len,
-            sketch_md5: md5::Md5::digest(&image).into(),
-            chip_size: self.flash_size,
-        }
     }
 
     /// A reset (watchdog, reset button, `esp_restart`): power stays, the chip restarts.

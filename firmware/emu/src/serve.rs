@@ -394,7 +394,7 @@ const PULL_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Runs the pull path's timers and reads its two connections; true if bytes came.
 fn pull_connections(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) -> bool {
     if device.pull_due() {
-        let step = device.pull_input(PullInput::Poll);
+        let step = device.pull_input(PullInput::Poll, false);
         apply_pull(device, net, step);
     }
     let mut active = false;
@@ -414,7 +414,7 @@ fn pull_connections(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) 
             *slot = None;
             link.closed()
         });
-        let step = device.pull_input(input);
+        let step = device.pull_input(input, net.conn.is_some());
         apply_pull(device, net, step);
     }
     active
@@ -503,7 +503,7 @@ fn apply_pull(device: &mut Device<Serial>, net: &mut Net, mut step: PullStep) {
                 }
                 _ => PullInput::BrokerConnectFailed,
             };
-            step = device.pull_input(input);
+            step = device.pull_input(input, false);
             continue;
         }
         if let Some(to) = step.connect_server {
@@ -514,11 +514,11 @@ fn apply_pull(device: &mut Device<Serial>, net: &mut Net, mut step: PullStep) {
                 }
                 Err(why) => PullInput::ServerConnectFailed(why),
             };
-            step = device.pull_input(input);
+            step = device.pull_input(input, false);
             continue;
         }
         if let Some(link) = lost {
-            step = device.pull_input(link.closed());
+            step = device.pull_input(link.closed(), false);
             continue;
         }
         return;

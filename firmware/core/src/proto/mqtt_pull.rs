@@ -44,7 +44,107 @@ pub struct Settings<'a> {
     pub arduino_pull: http_pull::Config<'a>,
 }
 
+/// What the running device knows about itself, for its client id and the Arduino updater's
+/// `x-ESP32-*` headers (arduino-esp32's `ESP` class).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunningFacts {
+    /// The station MAC (the soft-AP's is one more, as `esp_read_mac` derives it).
+    pub mac: [u8; 6],
+    /// `ESP.getFreeSketchSpace()`: the next OTA slot's size.
+    pub free_space: u32,
+    /// `ESP.getSketchSize()`: the running image's length.
+    pub sketch_size: u32,
+    /// `ESP.getSketchMD5()`.
+    pub sketch_md5: [u8; 16],
+    /// `ESP.getFlashChipSize()`.
+    pub chip_size: u32,
+}
+
+impl RunningFacts {
+    /// The facts of the app `booted` runs, read from its flash (the image's MD5 in 1 KiB reads).
+    pub fn read<F: embedded_storage::nor_flash::ReadNorFlash>(
+        flash: &mut F,
+        table: &crate::partition::PartitionTable,
+        booted: &crate::boot::Booted,
+        mac: [u8; 6],
+    ) -> Result<Self, F::Error> {
+        use md5::{Digest, Md5};
+        let len = booted.image.len;
+        let mut md5 = Md5::new();
+        let mut buf = [0u8; 1024];
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(buf.len() as u32);
+            flash.read(booted.partition.offset + at, &mut buf[..n as usize])?;
+            md5.update(&buf[..n as usize]);
+            at += n;
+        }
+        let next = crate::writer::next_update_partition(table, Some(&booted.partition));
+        Ok(RunningFacts {
+            mac,
+            free_space: next.map_or(0, |p| p.size),
+            sketch_size: len,
+            sketch_md5: md5.finalize().into(),
+            chip_size: flash.capacity() as u32,
+        })
+    }
+}
+
+/// `ESP.getSdkVersion()` of arduino-esp32 3.3 (ESP-IDF 5.5).
+pub const SDK_VERSION: &str = "v5.5.1";
+/// The keep-alive the device asks the broker for (ESP-IDF's MQTT client default).
+pub const KEEP_ALIVE_S: u16 = 120;
+
+/// The device's MQTT client id: `otahil_` and the last three bytes of its MAC (the seed's is
+/// `domator_<device id>`).
+pub fn client_id(mac: [u8; 6], buf: &mut [u8; 13]) -> &str {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    buf[..7].copy_from_slice(b"otahil_");
+    for (i, b) in mac[3..].iter().enumerate() {
+        buf[7 + 2 * i] = HEX[(b >> 4) as usize];
+        buf[8 + 2 * i] = HEX[(b & 15) as usize];
+    }
+    core::str::from_utf8(&buf[..]).unwrap_or("otahil")
+}
+
 impl<'a> Settings<'a> {
+    /// The agent's settings from what NVS configured (`None`: no broker, the path is off).
+    pub fn from_nvs(
+        m: &'a crate::settings::MqttSettings,
+        client_id: &'a str,
+        version: &'a str,
+        facts: &RunningFacts,
+    ) -> Option<Self> {
+        let mut pull = http_pull::Config::esp_https_ota(version);
+        pull.version_check = m.version_check;
+        pull.timeout_ms = u64::from(m.timeout_s) * 1000;
+        // ESP-IDF retries a silent body forever; three read timeouts in a row end it here.
+        pull.stall_limit_ms = 3 * pull.timeout_ms;
+        let mut ap_mac = facts.mac;
+        ap_mac[5] = ap_mac[5].wrapping_add(1);
+        let device = http_pull::DeviceFacts {
+            sta_mac: facts.mac,
+            ap_mac,
+            free_space: facts.free_space,
+            sketch_size: facts.sketch_size,
+            sketch_md5: Some(facts.sketch_md5),
+            chip_size: facts.chip_size,
+            sdk_version: SDK_VERSION,
+            version,
+        };
+        Some(Settings {
+            broker: m.broker?,
+            client_id,
+            username: None,
+            password: None,
+            keep_alive_s: KEEP_ALIVE_S,
+            command_topic: m.command_topic.as_str(),
+            state_topic: m.state_topic.as_str(),
+            pull,
+            arduino_pull: http_pull::Config::arduino(device, version),
+        })
+    }
+
     fn pull_for(&self, library: Library) -> &http_pull::Config<'a> {
         match library {
             Library::EspHttpsOta => &self.pull,
@@ -394,11 +494,14 @@ impl Agent {
 
     /// Bytes from the broker: acknowledgements, pings, commands. Triggers are acted on in the
     /// order they came, after the read.
+    /// `other_update`: another update path is writing (a trigger is then refused as busy).
+    #[allow(clippy::too_many_arguments)]
     pub fn broker_data<S: UpdateSink, O: Output>(
         &mut self,
         s: &Settings<'_>,
         bytes: &[u8],
         now_ms: u64,
+        other_update: bool,
         sink: &mut S,
         out: &mut O,
     ) {
@@ -417,7 +520,11 @@ impl Agent {
                 Taken::Ready => publish_status(&mut self.mqtt, s, now_ms, out, State::Online, 0, None, None),
                 Taken::Trigger { url, len, truncated, library } => {
                     let url = core::str::from_utf8(&url[..len]).unwrap_or("");
-                    self.trigger(s, url, truncated, library, now_ms, sink, out);
+                    if other_update {
+                        self.refuse_busy(s, now_ms, out);
+                    } else {
+                        self.trigger(s, url, truncated, library, now_ms, sink, out);
+                    }
                 }
                 Taken::Overflow => self.refuse_busy(s, now_ms, out),
                 Taken::BadTrigger => {

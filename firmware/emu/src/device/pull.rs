@@ -4,8 +4,8 @@
 use super::{Device, Power, print_line};
 use crate::flash::PowerLoss;
 use ota_core::log::LogEvent;
-use ota_core::proto::http_pull::{self, ConnectError, Endpoint};
-use ota_core::proto::mqtt_pull::{Agent, Link, Output, Settings};
+use ota_core::proto::http_pull::{ConnectError, Endpoint};
+use ota_core::proto::mqtt_pull::{Agent, Link, Output, RunningFacts, Settings};
 use ota_core::session::{Session, Target};
 use ota_core::settings::MqttSettings;
 use std::io::Write;
@@ -23,32 +23,14 @@ struct PullConf {
     settings: MqttSettings,
     client_id: String,
     version: String,
-    facts: Facts,
+    facts: RunningFacts,
 }
-
-/// What arduino-esp32's `ESP` class reports about the running device, for the Arduino
-/// updater's `x-ESP32-*` headers.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Facts {
-    pub mac: [u8; 6],
-    /// `ESP.getFreeSketchSpace()`: the next OTA slot's size.
-    pub free_space: u32,
-    /// `ESP.getSketchSize()`: the running image's length.
-    pub sketch_size: u32,
-    /// `ESP.getSketchMD5()`.
-    pub sketch_md5: [u8; 16],
-    pub chip_size: u32,
-}
-
-/// `ESP.getSdkVersion()` of arduino-esp32 3.3 (ESP-IDF 5.5).
-const SDK_VERSION: &str = "v5.5.1";
 
 impl PullService {
     /// The service of a boot whose settings name a broker (`None`: the path is off).
-    pub(super) fn new(settings: MqttSettings, facts: Facts, version: &str) -> Option<Self> {
+    pub(super) fn new(settings: MqttSettings, facts: RunningFacts, version: &str) -> Option<Self> {
         settings.broker?;
-        let mac = facts.mac;
-        let client_id = format!("otahil_{:02x}{:02x}{:02x}", mac[3], mac[4], mac[5]);
+        let client_id = ota_core::proto::mqtt_pull::client_id(facts.mac, &mut [0; 13]).to_string();
         Some(PullService {
             session: Session::new(Agent::default()),
             conf: PullConf { settings, client_id, version: version.to_string(), facts },
@@ -59,36 +41,7 @@ impl PullService {
 
 impl PullConf {
     fn settings(&self) -> Option<Settings<'_>> {
-        let mut pull = http_pull::Config::esp_https_ota(&self.version);
-        pull.version_check = self.settings.version_check;
-        pull.timeout_ms = u64::from(self.settings.timeout_s) * 1000;
-        pull.stall_limit_ms = 3 * pull.timeout_ms;
-        let f = &self.facts;
-        let mut ap_mac = f.mac;
-        // The soft-AP MAC is the base MAC plus one (esp_read_mac).
-        ap_mac[5] = ap_mac[5].wrapping_add(1);
-        let facts = http_pull::DeviceFacts {
-            sta_mac: f.mac,
-            ap_mac,
-            free_space: f.free_space,
-            sketch_size: f.sketch_size,
-            sketch_md5: Some(f.sketch_md5),
-            chip_size: f.chip_size,
-            sdk_version: SDK_VERSION,
-            version: &self.version,
-        };
-        let arduino_pull = http_pull::Config::arduino(facts, &self.version);
-        Some(Settings {
-            broker: self.settings.broker?,
-            client_id: &self.client_id,
-            username: None,
-            password: None,
-            keep_alive_s: 60,
-            command_topic: self.settings.command_topic.as_str(),
-            state_topic: self.settings.state_topic.as_str(),
-            pull,
-            arduino_pull,
-        })
+        Settings::from_nvs(&self.settings, &self.client_id, &self.version, &self.facts)
     }
 }
 
@@ -178,8 +131,10 @@ impl<W: Write> Device<W> {
         self.pull.as_ref().is_some_and(|p| p.session.server.pulling())
     }
 
-    /// Something for the pull path.
-    pub fn pull_input(&mut self, input: PullInput<'_>) -> PullStep {
+    /// Something for the pull path. `other_update`: an ESPHome session is writing (ArduinoOTA's
+    /// is known here), so a trigger is refused as busy.
+    pub fn pull_input(&mut self, input: PullInput<'_>, other_update: bool) -> PullStep {
+        let other_update = other_update || self.arduino_busy();
         let now = self.now_ms();
         let Device { power, pull, flash, serial, boot_at, cut, config, .. } = self;
         let Power::Running { table, booted, .. } = power else { return PullStep::default() };
@@ -197,7 +152,9 @@ impl<W: Write> Device<W> {
             match input {
                 PullInput::BrokerConnected => agent.broker_connected(&settings, now, &mut out),
                 PullInput::BrokerConnectFailed => agent.broker_connect_failed(now, &mut out),
-                PullInput::BrokerData(bytes) => agent.broker_data(&settings, bytes, now, sink, &mut out),
+                PullInput::BrokerData(bytes) => {
+                    agent.broker_data(&settings, bytes, now, other_update, sink, &mut out)
+                }
                 PullInput::BrokerClosed => agent.broker_closed(now, &mut out),
                 PullInput::ServerConnected => agent.server_connected(&settings, now, &mut out),
                 PullInput::ServerConnectFailed(why) => {

@@ -195,7 +195,7 @@ impl Device {
 
     fn broker(&mut self, bytes: &[u8]) {
         let now = self.now;
-        self.with(|a, sink, w| a.broker_data(&settings(), bytes, now, sink, w));
+        self.with(|a, sink, w| a.broker_data(&settings(), bytes, now, false, sink, w));
     }
 
     fn server_up(&mut self) {
