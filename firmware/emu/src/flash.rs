@@ -115,9 +115,17 @@ pub struct FileFlash {
     /// Thrown by whoever sees the power go between operations (a cut at a log line): the next
     /// operation does not happen.
     cut_now: Arc<AtomicBool>,
+    /// Set while the power is lost (`lost` is some), for whoever prints on the device's behalf
+    /// in the middle of an operation sequence: a chip without power says nothing more.
+    unpowered: Arc<AtomicBool>,
 }
 
 impl FileFlash {
+    /// Whether the power is lost now, shared (see [`FileFlash::power_loss`] for what was cut).
+    pub fn unpowered_flag(&self) -> Arc<AtomicBool> {
+        self.unpowered.clone()
+    }
+
     /// The switch that cuts the power before the next operation (shared with the serial log).
     pub fn cut_switch(&self) -> Arc<AtomicBool> {
         self.cut_now.clone()
@@ -147,6 +155,7 @@ impl FileFlash {
             fault: None,
             lost: None,
             cut_now: Arc::default(),
+            unpowered: Arc::default(),
         })
     }
 
@@ -159,6 +168,7 @@ impl FileFlash {
             fault: None,
             lost: None,
             cut_now: Arc::default(),
+            unpowered: Arc::default(),
         }
     }
 
@@ -198,6 +208,7 @@ impl FileFlash {
     /// The cut was noticed and the device powered on again: operations work again.
     pub fn restore_power(&mut self) {
         self.lost = None;
+        self.unpowered.store(false, Ordering::Relaxed);
     }
 
     fn persist(&mut self, from: usize, to: usize) -> Result<(), FlashOpError> {
@@ -233,6 +244,7 @@ impl FileFlash {
     fn lose_power(&mut self, kind: OpKind, addr: u32, torn: bool) {
         let op = self.counters.erases + self.counters.programs + 1;
         self.lost = Some(PowerLoss { op, kind, addr, torn });
+        self.unpowered.store(true, Ordering::Relaxed);
         self.fault = None;
         self.cut_now.store(false, Ordering::Relaxed);
     }

@@ -88,6 +88,8 @@ struct Collect<'d, W: Write> {
     serial: &'d mut W,
     boot_at: std::time::Instant,
     cut: &'d mut super::LogCut,
+    /// Set once the flash lost power during the step: nothing is printed from then on.
+    unpowered: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<W: Write> Output for Collect<'_, W> {
@@ -110,7 +112,9 @@ impl<W: Write> Output for Collect<'_, W> {
         }
     }
     fn log(&mut self, line: &LogEvent<'_>) {
-        print_line(self.serial, self.boot_at, line, self.cut);
+        if !self.unpowered.load(std::sync::atomic::Ordering::Relaxed) {
+            print_line(self.serial, self.boot_at, line, self.cut);
+        }
     }
 }
 
@@ -140,7 +144,8 @@ impl<W: Write> Device<W> {
         let Power::Running { table, booted, .. } = power else { return PullStep::default() };
         let Some(service) = pull.as_mut() else { return PullStep::default() };
         let target = Target { table, running: booted.partition, config: config.ota };
-        let mut out = Collect { step: PullStep::default(), serial, boot_at: *boot_at, cut };
+        let unpowered = flash.unpowered_flag();
+        let mut out = Collect { step: PullStep::default(), serial, boot_at: *boot_at, cut, unpowered };
         let first = !service.started;
         service.started = true;
         let Some(settings) = service.conf.settings() else { return PullStep::default() };
