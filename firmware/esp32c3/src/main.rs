@@ -30,6 +30,7 @@ mod markers;
 mod net;
 #[cfg(not(feature = "wifi"))]
 mod open_eth;
+mod pull_link;
 #[cfg(feature = "wifi")]
 mod wifi;
 
@@ -94,6 +95,11 @@ fn start_systimer_unit0() {
     unsafe { SYSTIMER_CONF.write_volatile(SYSTIMER_CONF.read_volatile() | 1 << 30) };
 }
 
+/// The MAC the firmware uses on QEMU's open_eth (locally administered; the emulated chip's
+/// `ota_emu::uart::MAC`, so both report the same device), and for its MQTT client id (on a board
+/// the Wi-Fi MAC is the station's own, but the client id stays this one for now).
+const MAC: [u8; 6] = [0x02, 0x07, 0x7a, 0xc3, 0x00, 0x01];
+
 #[main]
 fn main() -> ! {
     let peripherals = esp_hal::init(esp_hal::Config::default());
@@ -142,6 +148,20 @@ fn main() -> ! {
     let arduino = ArduinoSettings::built_in(ARDUINO_PASSWORD.map(str::as_bytes), ARDUINO_AUTH)
         .load(&mut flash, &table, &mut log);
     log(&arduino.log_event(ota_core::proto::arduino::DEFAULT_PORT));
+    let mqtt = ota_core::settings::MqttSettings::default().load(&mut flash, &table, &mut log);
+    log(&mqtt.log_event());
+    // The device's facts (its MAC and image) for its client id and the Arduino updater's headers;
+    // read only when the pull path is on.
+    let facts = match mqtt.broker {
+        Some(_) => ota_core::proto::mqtt_pull::RunningFacts::read(&mut flash, &table, &booted, MAC).ok(),
+        None => None,
+    };
+    let mut client_id_buf = [0u8; 13];
+    let client_id = ota_core::proto::mqtt_pull::client_id(MAC, &mut client_id_buf);
+    let version = image.desc.version();
+    let pull = facts
+        .as_ref()
+        .and_then(|f| ota_core::proto::mqtt_pull::Settings::from_nvs(&mqtt, client_id, version, f));
     let mut rng = net::HwRng(esp_hal::rng::Rng::new());
     let service = |net| net::Service {
         table: &table,
@@ -150,12 +170,13 @@ fn main() -> ! {
         arduino: arduino.config(),
         ota: OtaConfig::default(),
         net,
+        pull,
     };
     let port = ota_core::proto::esphome::DEFAULT_PORT;
     #[cfg(not(feature = "wifi"))]
     {
         // Espressif's QEMU: the OpenCores MAC on its user-mode network, at slirp's fixed address.
-        let mac = [0x02, 0x00, 0x00, 0x12, 0x34, 0x56];
+        let mac = MAC;
         let mut rx_bufs = [[0u8; open_eth::BUF_LEN]; open_eth::N_RX];
         let mut tx_bufs = [[0u8; open_eth::BUF_LEN]; open_eth::N_TX];
         let mut dev = open_eth::OpenEth::new(mac, &mut rx_bufs, &mut tx_bufs);

@@ -4,6 +4,7 @@
 //! A tight polled loop: one 8 KiB chunk acknowledgement waits for nothing but the next poll.
 
 use crate::arduino_link::ArduinoLink;
+use crate::pull_link::PullLink;
 use esp_storage::FlashStorage;
 use ota_core::log::LogEvent;
 use ota_core::partition::{Partition, PartitionTable};
@@ -161,6 +162,8 @@ pub struct Service<'t> {
     pub arduino: ota_core::proto::arduino::Config<'t>,
     pub ota: OtaConfig,
     pub net: NetConfig,
+    /// The pull path's settings, when NVS names a broker.
+    pub pull: Option<ota_core::proto::mqtt_pull::Settings<'t>>,
 }
 
 /// Serves OTA on `dev` forever; resets into the new image after a completed update.
@@ -172,10 +175,10 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
     rng: &mut HwRng,
     log: &mut L,
 ) -> ! {
-    let Service { table, running, server: server_config, arduino, ota, net } = service;
+    let Service { table, running, server: server_config, arduino, ota, net, pull: pull_settings } = service;
     let mut iface =
         Interface::new(Config::new(HardwareAddress::Ethernet(EthernetAddress(net.mac))), dev, now());
-    let mut storage = [SocketStorage::EMPTY; 5];
+    let mut storage = [SocketStorage::EMPTY; 7];
     let mut sockets = SocketSet::new(&mut storage[..]);
     #[cfg(feature = "wifi")]
     let mut dhcp = None;
@@ -229,6 +232,18 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         tcp::SocketBuffer::new(&mut client_tx[..]),
     ));
     let mut arduino = ArduinoLink::new(udp_handle, client_handle, arduino);
+    // The pull path: a connection to the broker and one to the firmware server.
+    let (mut broker_rx, mut broker_tx) = ([0u8; 2 * 1024], [0u8; 2 * 1024]);
+    let (mut server_rx, mut server_tx) = ([0u8; 8 * 1024], [0u8; 1024]);
+    let broker_handle = sockets.add(tcp::Socket::new(
+        tcp::SocketBuffer::new(&mut broker_rx[..]),
+        tcp::SocketBuffer::new(&mut broker_tx[..]),
+    ));
+    let server_handle = sockets.add(tcp::Socket::new(
+        tcp::SocketBuffer::new(&mut server_rx[..]),
+        tcp::SocketBuffer::new(&mut server_tx[..]),
+    ));
+    let mut pull = pull_settings.as_ref().map(|_| PullLink::new(broker_handle, server_handle));
     log(&LogEvent::OtaListening { port: net.port });
     match net.addressing {
         Addressing::Static { ip, gateway, .. } => announce(dev, net.mac, ip, gateway),
@@ -256,9 +271,29 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         if let Some(h) = dhcp {
             dhcp_update(&mut iface, sockets.get_mut::<smoltcp::socket::dhcpv4::Socket>(h), log);
         }
-        if arduino.poll(&mut iface, &mut sockets, flash, &target, rng, session.is_some(), &mut *log) {
+        let pulling = pull.as_ref().is_some_and(PullLink::busy);
+        if arduino.poll(
+            &mut iface,
+            &mut sockets,
+            flash,
+            &target,
+            rng,
+            session.is_some() || pulling,
+            &mut *log,
+        ) {
             log(&LogEvent::OtaRebooting);
             esp_hal::system::software_reset();
+        }
+        if let (Some(p), Some(settings)) = (pull.as_mut(), pull_settings.as_ref()) {
+            let other = session.is_some() || arduino.busy();
+            if p.poll(&mut iface, &mut sockets, flash, &target, settings, other, &mut *log) {
+                log(&LogEvent::OtaRebooting);
+                esp_hal::system::software_reset();
+            }
+            if p.busy() {
+                // One update at a time: ESPHome's next client waits in the backlog.
+                continue;
+            }
         }
         if arduino.busy() {
             // ArduinoOTA's update loop holds the device: ESPHome's connection waits.

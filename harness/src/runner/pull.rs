@@ -8,7 +8,7 @@ use crate::scenario::pull::{
     BrokerAction, ExpectRequestStep, ExpectStatusStep, PublishStep, SERVER_PLACEHOLDER, ServeStep,
 };
 use crate::scenario::{Scenario, StepKind};
-use crate::services::firmware_server::FirmwareServer;
+use crate::services::firmware_server::{FirmwareServer, Response};
 use crate::services::mqtt_broker::{Message, MqttBroker};
 use crate::services::mqtt_observer::MqttObserver;
 use serde::Deserialize;
@@ -171,7 +171,15 @@ impl Run<'_> {
 
     pub(super) fn serve(&mut self, s: &ServeStep) -> StepResult {
         let Some(server) = &self.services.server else { return Err(self.services_missing("serve")) };
-        server.route(&s.path, s.route.clone());
+        let mut route = s.route.clone();
+        // The bytes this backend runs for a named image (its firmware build of `v2`, say).
+        if let (Some(image), Response::Image { bytes, .. }) = (&s.image, &mut route.response) {
+            match self.backend.ota_image(image) {
+                Ok(b) => *bytes = std::sync::Arc::new(b),
+                Err(why) => return Ok(StepOutcome::Skipped(why)),
+            }
+        }
+        server.route(&s.path, route);
         Ok(StepOutcome::Passed)
     }
 

@@ -315,12 +315,14 @@ impl super::Backend for DeviceBackend {
         }
     }
 
-    /// The emulator standing in for the board runs on this machine; a board on the bench
-    /// runs the chip firmware, which has no pull path yet.
+    /// The emulator standing in for the board runs on this machine. A board reaches the
+    /// harness over its network, at an address the bench file does not give yet.
     fn host_address(&self) -> Result<std::net::IpAddr, String> {
         match &self.firmware {
             Firmware::Fixtures => Ok(std::net::Ipv4Addr::LOCALHOST.into()),
-            Firmware::Builds(_) => Err(super::qemu::NO_PULL_PATH.into()),
+            Firmware::Builds(_) => Err(
+                "the bench file names no address at which the board reaches this machine's broker and firmware server (not supported yet)".into(),
+            ),
         }
     }
 

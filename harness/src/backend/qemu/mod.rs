@@ -61,9 +61,6 @@ impl QemuProgram {
 }
 
 /// The firmware builds the backend runs: `target/firmware/` from `cargo xtask firmware`.
-/// Why a scenario with the pull path does not run on the chip firmware yet.
-pub const NO_PULL_PATH: &str = "the chip firmware has no MQTT-triggered HTTP pull yet (ota-core's mqtt_pull agent is not in firmware/esp32c3)";
-
 #[derive(Debug, Clone)]
 pub struct FirmwareBuilds {
     pub dir: PathBuf,
@@ -161,9 +158,6 @@ impl FirmwareBuilds {
         }
         if d.erase != crate::scenario::EraseSpec::Sequential || d.writer_fault.is_some() {
             return Some("the firmware's writer is fixed at sequential erase, without faults".into());
-        }
-        if d.mqtt.is_some() {
-            return Some(NO_PULL_PATH.into());
         }
         None
     }
