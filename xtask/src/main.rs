@@ -427,6 +427,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "flash_formats",
     "http_pull",
     "mqtt_client",
+    "mqtt_pull",
     "rom_loader",
     "scenario_loader",
 ];
