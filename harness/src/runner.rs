@@ -33,6 +33,9 @@ pub struct RunOptions {
     pub mqtt_broker: Option<std::net::SocketAddr>,
 }
 
+/// How a read-back boot's lines are marked in the full log.
+const READ_BACK_PREFIX: &str = "[read-back boot]";
+
 /// How long to wait for the device to reboot after an update, or for an armed cut to fire.
 const DEVICE_EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -67,7 +70,7 @@ impl Run<'_> {
             // Before the cursor, and not a catalogue line: neither expectations nor the log
             // snapshot see it.
             DutEvent::ReadBackBoot(l) => {
-                self.serial.push(format!("[read-back boot] {l}"));
+                self.serial.push(format!("{READ_BACK_PREFIX} {l}"));
                 self.serial.mark_boot();
             }
         }

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use super::READ_BACK_PREFIX;
 /// How long `mqtt_publish` waits for the device to subscribe to the topic.
 const SUBSCRIBER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a publication with `cut_power` waits for the cut (the pull it starts may be slow).
@@ -183,7 +184,41 @@ impl Run<'_> {
         Ok(StepOutcome::Passed)
     }
 
+    /// The app runs again if a flash read-back stopped it (a bench's chip waits in its ROM loader
+    /// after one): the device must be connected to hear a command or report a status.
+    /// A boot that only a read-back caused is not the scenario's: its lines, up to the device's
+    /// MQTT session being back, go to the full log as read-back lines, as the boot's own do
+    /// (the emulator and QEMU read without a reboot, and their snapshots are the same files).
+    fn device_running(&mut self) -> Result<(), String> {
+        let before = self.serial.lines.len();
+        self.dut.resume().map_err(|e| e.to_string())?;
+        self.drain(Duration::ZERO).map_err(|e| e.to_string())?;
+        let rebooted = self.serial.lines[before..].iter().any(|l| l.starts_with(READ_BACK_PREFIX));
+        let Some(m) = &self.scenario.device.mqtt else { return Ok(()) };
+        if !rebooted {
+            return Ok(());
+        }
+        let (command_topic, state_topic) = (m.command_topic.clone(), m.state_topic.clone());
+        let deadline = Instant::now() + SUBSCRIBER_TIMEOUT;
+        loop {
+            let ready = match &self.services.broker {
+                Some(b) => b.wait_device(&command_topic, &state_topic, Duration::ZERO).is_ok(),
+                None => true,
+            };
+            if ready || Instant::now() >= deadline {
+                break;
+            }
+            match self.dut.next_event(Duration::from_millis(20)).map_err(|e| e.to_string())? {
+                Some(crate::dut::DutEvent::Serial(l)) => self.record(crate::dut::DutEvent::ReadBackBoot(l)),
+                Some(e) => self.record(e),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn mqtt_publish(&mut self, p: &PublishStep) -> StepResult {
+        self.device_running()?;
         let Some(broker) = &self.services.broker else { return Err(self.services_missing("mqtt_publish")) };
         let state_topic =
             self.scenario.device.mqtt.as_ref().map(|m| m.state_topic.as_str()).unwrap_or_default();
@@ -217,6 +252,7 @@ impl Run<'_> {
     }
 
     pub(super) fn expect_status(&mut self, e: &ExpectStatusStep) -> StepResult {
+        self.device_running()?;
         let topic = self.scenario.device.mqtt.as_ref().map(|m| m.state_topic.clone()).unwrap_or_default();
         let deadline = Instant::now() + e.timeout;
         let mut seen = Vec::new();
