@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use super::READ_BACK_PREFIX;
 /// How long `mqtt_publish` waits for the device to subscribe to the topic.
 const SUBSCRIBER_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a matching status, how long the serial log must stay quiet before the step ends.
+const LOG_CATCH_UP: Duration = Duration::from_millis(100);
 /// How long a publication with `cut_power` waits for the cut (the pull it starts may be slow).
 const CUT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -280,6 +282,10 @@ impl Run<'_> {
                     && e.err.as_ref().is_none_or(|want| *want == status.err)
                     && e.fw.as_ref().is_none_or(|want| *want == status.fw);
                 if matches {
+                    // The device logs each step before it publishes it, but its serial line can
+                    // reach us after the status (a bench's pty under load): take the log in until
+                    // it is quiet, so what follows (a snapshot) sees the lines that came first.
+                    self.drain(LOG_CATCH_UP).map_err(|e| e.to_string())?;
                     return Ok(StepOutcome::Passed);
                 }
                 seen.push(text.clone());
