@@ -288,23 +288,8 @@ pub fn valid_filter(filter: &str) -> bool {
     })
 }
 
-/// Whether `topic` matches `filter` (§4.7): `$` topics are not matched by a leading wildcard.
-pub fn matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
+/// Whether `topic` matches `filter` (§4.7): the device's own rule, one truth for both sides.
+pub use ota_core::proto::mqtt::packet::topic_matches as matches;
 
 #[cfg(test)]
 mod tests {
