@@ -22,6 +22,8 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "tls")]
+extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
@@ -42,6 +44,8 @@ pub mod rng;
 pub mod selftest;
 pub mod session;
 pub mod settings;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod update;
 pub mod url;
 pub mod writer;
