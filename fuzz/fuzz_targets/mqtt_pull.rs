@@ -108,7 +108,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 2 => agent.broker_closed(now, &mut out),
-                3 => agent.server_connected(&settings, now, &mut out),
+                3 => agent.server_connected(&settings, now, sink, &mut out),
                 5 => agent.server_closed(&settings, now, sink, &mut out),
                 6 => agent.server_connect_failed(&settings, ConnectError::Refused, now, sink, &mut out),
                 _ => {

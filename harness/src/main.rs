@@ -314,6 +314,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 sweep_matrix,
                 keep_cuts: html.is_some(),
                 device_broker: None,
+                device_tls: None,
                 mqtt_broker,
             };
             let (loaded, errors) = load_all(&scenarios, &scenario)?;

@@ -29,8 +29,19 @@ pub struct RunOptions {
     /// The MQTT broker as the device reaches it, set per scenario by the runner when the
     /// scenario's device has the pull path (provisioned into its NVS).
     pub device_broker: Option<std::net::SocketAddr>,
+    /// The test CA (PEM) and the clock provisioned with it, set per scenario by the runner when
+    /// the scenario's device has `tls`.
+    pub device_tls: Option<DeviceTls>,
     /// An MQTT broker to use instead of starting one (`--mqtt-broker`).
     pub mqtt_broker: Option<std::net::SocketAddr>,
+}
+
+/// What a device with `tls` is provisioned with: the run's test CA, and the host's clock when
+/// the scenario asks for certificate dates to be checked.
+#[derive(Clone, Debug)]
+pub struct DeviceTls {
+    pub ca_pem: String,
+    pub clock_unix: Option<u64>,
 }
 
 /// How a read-back boot's lines are marked in the full log.
@@ -516,7 +527,7 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
         log: String::new(),
     };
     // The services the device connects to exist before it boots, at addresses it is given.
-    let (services, device_broker) =
+    let (services, device_broker, device_tls) =
         match pull::Services::start(scenario, backend.host_address(), options.mqtt_broker) {
             Ok(s) => s,
             Err(pull::Start::Skip(why)) => {
@@ -530,7 +541,7 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
                 return report;
             }
         };
-    let options = &RunOptions { device_broker, ..options.clone() };
+    let options = &RunOptions { device_broker, device_tls, ..options.clone() };
     let mut dut = match backend.start(scenario, options) {
         Ok(d) => d,
         Err(StartError::Skip(why)) => {

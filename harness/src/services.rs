@@ -6,3 +6,4 @@
 pub mod firmware_server;
 pub mod mqtt_broker;
 pub mod mqtt_observer;
+pub mod test_pki;

@@ -18,6 +18,8 @@
 //! - [`proto`]: the update paths, each a sans-IO state machine (ESPHome native OTA, ArduinoOTA).
 //! - [`log`]: the device's log line catalogue.
 //! - [`nvs`]: reading settings from ESP-IDF NVS, and building an NVS page.
+//! - [`pem`]: a PEM certificate (the pull's CA, provisioned in NVS) to DER.
+//! - [`tls`] (feature `tls`): the HTTPS pull's TLS client.
 //! - [`settings`]: the device's OTA password and protocol, built in or provisioned in NVS.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -39,6 +41,7 @@ pub mod nvs;
 pub mod otadata;
 pub mod partition;
 pub mod partition_csv;
+pub mod pem;
 pub mod proto;
 pub mod rng;
 pub mod selftest;

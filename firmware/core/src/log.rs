@@ -206,6 +206,10 @@ pub enum LogEvent<'a> {
         command_topic: &'a str,
         state_topic: &'a str,
     },
+    /// https pulls trust a provisioned CA (tag `config`); dates checked only with a clock.
+    ConfigTls {
+        dates_checked: bool,
+    },
     MqttReady {
         command_topic: &'a str,
     },
@@ -304,7 +308,11 @@ impl LogEvent<'_> {
             | Loaded { .. }
             | SetActualSeq { .. } => "boot",
             AppRunning { .. } => "app",
-            ConfigOta { .. } | ConfigIgnored { .. } | ConfigArduino { .. } | ConfigMqtt { .. } => "config",
+            ConfigOta { .. }
+            | ConfigIgnored { .. }
+            | ConfigArduino { .. }
+            | ConfigMqtt { .. }
+            | ConfigTls { .. } => "config",
             MqttReady { .. }
             | MqttLost { .. }
             | MqttDropped { .. }
@@ -464,6 +472,12 @@ impl fmt::Display for LogEvent<'_> {
                 f,
                 "MQTT broker set ({from}), commands on {command_topic}, status on {state_topic}"
             ),
+            ConfigTls { dates_checked: true } => {
+                f.write_str("https trusts the CA set (nvs); certificate dates checked (clock set)")
+            }
+            ConfigTls { dates_checked: false } => {
+                f.write_str("https trusts the CA set (nvs); certificate dates not checked (no clock)")
+            }
             MqttReady { command_topic } => write!(f, "connected, subscribed to {command_topic}"),
             MqttLost { why, retry_in_ms } => write!(f, "connection lost ({why}), retrying in {retry_in_ms} ms"),
             MqttDropped { len } => write!(f, "message of {len} bytes dropped: too long"),

@@ -47,6 +47,8 @@ pub enum Rejected {
     NotATopic,
     VersionCheckOutOfRange(u8),
     ZeroTimeout,
+    NotACertificate(crate::pem::PemError),
+    NotATime,
 }
 
 impl core::fmt::Display for Rejected {
@@ -60,6 +62,8 @@ impl core::fmt::Display for Rejected {
             Rejected::NotATopic => write!(f, "not a topic of 1 to {MAX_TOPIC_LEN} bytes without wildcards"),
             Rejected::VersionCheckOutOfRange(v) => write!(f, "version check {v} is not 0, 1 or 2"),
             Rejected::ZeroTimeout => f.write_str("a timeout of 0 s"),
+            Rejected::NotACertificate(e) => write!(f, "not a PEM certificate ({e})"),
+            Rejected::NotATime => f.write_str("not seconds since 1970"),
         }
     }
 }
@@ -344,6 +348,16 @@ pub const KEY_PULL_VERSION_CHECK: &str = "pull_vcheck";
 /// `esp_http_client`'s `timeout_ms` in whole seconds (1 to 255): the wait for a response head;
 /// a body that brings nothing for three of these fails (ESP-IDF would wait forever).
 pub const KEY_PULL_TIMEOUT: &str = "pull_timeout_s";
+/// The CA (PEM, a string) an https server's certificate must chain to; without it https pulls
+/// fail (as `esp_https_ota` without `cert_pem` or a bundle).
+pub const KEY_PULL_CA: &str = "pull_ca";
+/// The device's clock for certificate dates (seconds since 1970, a decimal string), standing in
+/// for the time an SNTP client would set; without it dates are not checked (ESP-IDF's default).
+pub const KEY_PULL_CLOCK: &str = "pull_clock";
+/// The longest CA certificate (DER) the device keeps.
+pub const MAX_CA_DER: usize = 1536;
+/// The longest PEM text read for it.
+const MAX_CA_PEM: usize = 2200;
 /// The seed's `timeout_ms` (mqtt-https-pull.md §1).
 pub const DEFAULT_PULL_TIMEOUT_S: u8 = 10;
 /// The longest topic the device keeps (the seed's are 16 bytes).
@@ -385,6 +399,11 @@ pub struct MqttSettings {
     pub state_topic: Topic,
     pub version_check: crate::proto::http_pull::VersionCheck,
     pub timeout_s: u8,
+    /// [`KEY_PULL_CA`] as DER (`ca_len` bytes; none: 0).
+    pub ca: [u8; MAX_CA_DER],
+    pub ca_len: usize,
+    /// [`KEY_PULL_CLOCK`].
+    pub clock_unix: Option<u64>,
 }
 
 impl Default for MqttSettings {
@@ -396,6 +415,9 @@ impl Default for MqttSettings {
             state_topic: Topic::new(crate::proto::mqtt::DEFAULT_STATE_TOPIC).expect("a valid topic"),
             version_check: crate::proto::http_pull::VersionCheck::None,
             timeout_s: DEFAULT_PULL_TIMEOUT_S,
+            ca: [0; MAX_CA_DER],
+            ca_len: 0,
+            clock_unix: None,
         }
     }
 }
@@ -463,7 +485,33 @@ impl MqttSettings {
                 }),
             }
         }
+        let mut pem = [0u8; MAX_CA_PEM];
+        if let Some(v) = read_str(flash, part, KEY_PULL_CA, &mut pem, log) {
+            match crate::pem::decode_certificate(v, &mut self.ca) {
+                Ok(n) => self.ca_len = n,
+                Err(e) => {
+                    log.log(&LogEvent::ConfigIgnored { key: KEY_PULL_CA, why: Rejected::NotACertificate(e) })
+                }
+            }
+        }
+        let mut clock = [0u8; 24];
+        if let Some(v) = read_str(flash, part, KEY_PULL_CLOCK, &mut clock, log) {
+            match v.parse() {
+                Ok(t) => self.clock_unix = Some(t),
+                Err(_) => log.log(&LogEvent::ConfigIgnored { key: KEY_PULL_CLOCK, why: Rejected::NotATime }),
+            }
+        }
         self
+    }
+
+    /// The CA certificate (DER) https servers must chain to; empty when none is provisioned.
+    pub fn ca_der(&self) -> &[u8] {
+        &self.ca[..self.ca_len]
+    }
+
+    /// The line that says what https pulls trust, when a CA is provisioned.
+    pub fn tls_log_event(&self) -> Option<LogEvent<'_>> {
+        (self.ca_len > 0).then_some(LogEvent::ConfigTls { dates_checked: self.clock_unix.is_some() })
     }
 
     /// The line that says what the pull path runs with (never the broker's address: it differs
@@ -487,6 +535,10 @@ pub struct MqttProvision<'a> {
     pub version_check: u8,
     /// Not written when `None` (the seed's 10 s).
     pub timeout_s: Option<u8>,
+    /// [`KEY_PULL_CA`]: a PEM certificate.
+    pub ca_pem: Option<&'a str>,
+    /// [`KEY_PULL_CLOCK`].
+    pub clock_unix: Option<u64>,
 }
 
 /// What a factory (or the harness) provisions into a device's nvs partition.
@@ -557,6 +609,17 @@ pub fn provisioning_page(p: &Provision<'_>) -> Result<[u8; nvs::PAGE_SIZE], Prov
             Some(s) => page.u8(ns, KEY_PULL_TIMEOUT, s).map_err(ProvisionError::Nvs)?,
             None => {}
         }
+        if let Some(pem) = m.ca_pem {
+            crate::pem::decode_certificate(pem, &mut [0; MAX_CA_DER]).map_err(ProvisionError::Certificate)?;
+            if pem.len() >= MAX_CA_PEM {
+                return Err(ProvisionError::Certificate(crate::pem::PemError::TooLong));
+            }
+            page.str(ns, KEY_PULL_CA, pem).map_err(ProvisionError::Nvs)?;
+        }
+        if let Some(t) = m.clock_unix {
+            let mut digits = [0u8; 20];
+            page.str(ns, KEY_PULL_CLOCK, decimal(t, &mut digits)).map_err(ProvisionError::Nvs)?;
+        }
     }
     Ok(page.finish())
 }
@@ -571,7 +634,22 @@ pub enum ProvisionError {
     Topic,
     VersionCheck(u8),
     Timeout,
+    Certificate(crate::pem::PemError),
     Nvs(nvs::BuildError),
+}
+
+/// `value` in decimal, in `buf`.
+fn decimal(mut value: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    core::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 impl core::fmt::Display for ProvisionError {
@@ -593,6 +671,7 @@ impl core::fmt::Display for ProvisionError {
             }
             ProvisionError::VersionCheck(v) => write!(f, "version check {v}: expected 0, 1 or 2"),
             ProvisionError::Timeout => f.write_str("pull timeout: expected 1 to 255 seconds"),
+            ProvisionError::Certificate(e) => write!(f, "pull CA: {e}"),
             ProvisionError::Nvs(e) => e.fmt(f),
         }
     }
@@ -780,6 +859,49 @@ mod tests {
         (s, lines)
     }
 
+    const TEST_CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBXzCCAQWgAwIBAgIUX7Ui1kC5ak+3Um4a5E0rEZ9gKecwCgYIKoZIzj0EAwIw
+GTEXMBUGA1UEAwwOb3RhaGlsIHRlc3QgQ0EwIBcNNzUwMTAxMDAwMDAwWhgPNDA5
+NjAxMDEwMDAwMDBaMBkxFzAVBgNVBAMMDm90YWhpbCB0ZXN0IENBMFkwEwYHKoZI
+zj0CAQYIKoZIzj0DAQcDQgAEUTXLz0Q2O6sC4hTk2lUHrV3nyEfXWQ8tgSx+5pR1
+vSpm0KY/gUMWo4iQpH7DbvV4wuvQDkxXp4zZpb3cNaZRa6MjMCEwDwYDVR0TAQH/
+BAUwAwEB/zAOBgNVHQ8BAf8EBAMCAQYwCgYIKoZIzj0EAwIDSAAwRQIgVdGTMZDu
+sGZ3ZpK5nGtPCB0AI3BhbvoWrRG7Ft2W6KYCIQCWmP3uZVVnY9kB/7x1QY9l0Vnx
+Z8O+2bCrbqW4zJmD3g==
+-----END CERTIFICATE-----
+";
+
+    #[test]
+    fn the_pull_ca_and_clock_are_provisioned_and_read_back() {
+        let m = MqttProvision {
+            broker: "10.0.2.2",
+            ca_pem: Some(TEST_CA_PEM),
+            clock_unix: Some(1_796_000_000),
+            ..MqttProvision::default()
+        };
+        let page =
+            provisioning_page(&Provision { protocol: 2, mqtt: Some(m), ..Provision::default() }).unwrap();
+        let (s, lines) = mqtt(Some(&page));
+        assert!(lines.is_empty(), "{lines:?}");
+        let mut der = [0u8; MAX_CA_DER];
+        let n = crate::pem::decode_certificate(TEST_CA_PEM, &mut der).unwrap();
+        assert_eq!(s.ca_der(), &der[..n]);
+        assert_eq!(s.clock_unix, Some(1_796_000_000));
+        assert_eq!(
+            format!("{}", s.tls_log_event().unwrap()),
+            "https trusts the CA set (nvs); certificate dates checked (clock set)"
+        );
+        let bad = MqttProvision {
+            broker: "10.0.2.2",
+            ca_pem: Some("not a certificate"),
+            ..MqttProvision::default()
+        };
+        assert_eq!(
+            provisioning_page(&Provision { protocol: 2, mqtt: Some(bad), ..Provision::default() }),
+            Err(ProvisionError::Certificate(crate::pem::PemError::NoCertificate))
+        );
+    }
+
     #[test]
     fn the_pull_path_is_off_until_a_broker_is_provisioned() {
         let (s, lines) = mqtt(None);
@@ -794,6 +916,7 @@ mod tests {
                 state_topic: None,
                 version_check: 1,
                 timeout_s: Some(2),
+                ..MqttProvision::default()
             }),
             ..Provision::default()
         })

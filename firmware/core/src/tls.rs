@@ -17,7 +17,6 @@
 //! Dates: ESP-IDF's default build does not check them (`MBEDTLS_HAVE_TIME_DATE` off, no clock);
 //! this device checks them only when it is given a clock ([`Trust::now_unix`]).
 
-mod pem;
 mod pump;
 #[cfg(test)]
 mod tests;
@@ -33,10 +32,6 @@ use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context, Poll, Waker};
 
-pub use pem::{PemError, decode_certificate};
-
-/// The longest CA certificate (DER) the device keeps.
-pub const MAX_CA_DER: usize = 1536;
 /// The record buffer: the largest TLS record (2^14 bytes of plaintext plus expansion).
 const READ_RECORD_BUFFER: usize = 16_640;
 /// Outgoing records (an HTTP request fits one).
@@ -125,9 +120,14 @@ impl TlsLink {
         self.drive();
     }
 
-    /// Plaintext for the server (sent once the handshake is done).
+    /// Plaintext for the server, queued: the engine writes it on [`TlsLink::flush`] (once the
+    /// handshake is done). The session carries one request, written whole.
     pub fn send(&mut self, plaintext: &[u8]) {
         self.pipe.borrow_mut().to_send.extend_from_slice(plaintext);
+    }
+
+    /// Lets the engine write what was queued.
+    pub fn flush(&mut self) {
         self.drive();
     }
 

@@ -269,6 +269,9 @@ impl<W: Write> Device<W> {
                     })
                 };
                 self.log(&mqtt_settings.log_event());
+                if let Some(line) = mqtt_settings.tls_log_event() {
+                    self.log(&line);
+                }
                 // Only a device with a broker has the pull path (and reads its own image for it).
                 self.pull = match mqtt_settings.broker {
                     Some(_) => {
@@ -281,7 +284,12 @@ impl<W: Write> Device<W> {
                             self.config.mac,
                         );
                         facts.ok().and_then(|f| {
-                            pull::PullService::new(mqtt_settings, f, booted.image.desc.version())
+                            pull::PullService::new(
+                                mqtt_settings,
+                                f,
+                                booted.image.desc.version(),
+                                self.config.seed,
+                            )
                         })
                     }
                     None => None,

@@ -9,7 +9,7 @@ use crate::control::{self, Command, Message};
 use crate::device::{
     ArduinoInput, ArduinoStep, Device, OtaSession, PullInput, PullStep, SessionInput, SessionStep,
 };
-use ota_core::proto::http_pull::{ConnectError, TlsFailure};
+use ota_core::proto::http_pull::ConnectError;
 use std::fs::File;
 use std::io::{self, BufRead, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -525,13 +525,10 @@ fn apply_pull(device: &mut Device<Serial>, net: &mut Net, mut step: PullStep) {
     }
 }
 
-/// The firmware server's connection. TLS is not in the emulator yet: an https URL fails as a
-/// handshake failure would, before any byte is written.
+/// The firmware server's TCP connection (for https, ota-core's TLS layer runs over it, as on the
+/// chip).
 fn connect_server(to: &crate::device::ServerAddr) -> Result<TcpStream, ConnectError> {
     use std::net::ToSocketAddrs;
-    if to.tls {
-        return Err(ConnectError::Tls(TlsFailure::Handshake));
-    }
     let addr = (to.host.as_str(), to.port)
         .to_socket_addrs()
         .map_err(|_| ConnectError::Dns)?

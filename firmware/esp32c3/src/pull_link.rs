@@ -202,7 +202,7 @@ impl PullLink {
                     s.set_timeout(None);
                     asked.server.connecting = false;
                     asked.server.up = true;
-                    agent.server_connected(settings, now, &mut asked);
+                    agent.server_connected(settings, now, sink, &mut asked);
                 } else if !s.is_open() {
                     asked.server.connecting = false;
                     agent.server_connect_failed(settings, ConnectError::Refused, now, sink, &mut asked);

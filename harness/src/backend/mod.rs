@@ -89,6 +89,8 @@ pub fn device_flash(
             state_topic: Some(&m.state_topic),
             version_check: m.version_check.code(),
             timeout_s: m.timeout_s,
+            ca_pem: options.device_tls.as_ref().map(|t| t.ca_pem.as_str()),
+            clock_unix: options.device_tls.as_ref().and_then(|t| t.clock_unix),
         }),
         (Some(_), None) => {
             return Err(StartError::Fail(

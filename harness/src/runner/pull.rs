@@ -5,12 +5,13 @@
 use super::{Run, StepResult};
 use crate::report::StepOutcome;
 use crate::scenario::pull::{
-    BrokerAction, ExpectRequestStep, ExpectStatusStep, PublishStep, SERVER_PLACEHOLDER, ServeStep,
+    BrokerAction, CertKind, ExpectRequestStep, ExpectStatusStep, PublishStep, SERVER_PLACEHOLDER, ServeStep,
 };
 use crate::scenario::{Scenario, StepKind};
 use crate::services::firmware_server::{FirmwareServer, Response};
 use crate::services::mqtt_broker::{Message, MqttBroker};
 use crate::services::mqtt_observer::MqttObserver;
+use crate::services::test_pki::TestPki;
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -88,8 +89,9 @@ impl BrokerLink {
 pub struct Services {
     pub broker: Option<BrokerLink>,
     pub server: Option<FirmwareServer>,
-    /// `http://host:port` of the firmware server as the device reaches it.
-    pub server_base: String,
+    /// The base URLs of the firmware server's listeners as the device reaches them, by
+    /// placeholder (`{server}`: `http://host:port`; `{https}` and the certificate faults').
+    pub bases: Vec<(&'static str, String)>,
     /// The index of the first broker message `expect_status` has not looked at.
     pub status_cursor: usize,
 }
@@ -101,12 +103,11 @@ impl Services {
         scenario: &Scenario,
         host: Result<IpAddr, String>,
         external_broker: Option<SocketAddr>,
-    ) -> Result<(Services, Option<SocketAddr>), Start> {
+    ) -> Result<(Services, Option<SocketAddr>, Option<super::DeviceTls>), Start> {
         let serves = scenario.steps.iter().any(|s| matches!(s.kind, StepKind::Serve(_)));
-        let mut services =
-            Services { broker: None, server: None, server_base: String::new(), status_cursor: 0 };
+        let mut services = Services { broker: None, server: None, bases: Vec::new(), status_cursor: 0 };
         if scenario.device.mqtt.is_none() && !serves {
-            return Ok((services, None));
+            return Ok((services, None, None));
         }
         let host = host.map_err(Start::Skip)?;
         let loopback: IpAddr = Ipv4Addr::LOCALHOST.into();
@@ -137,12 +138,55 @@ impl Services {
             device_broker = Some(seen);
             services.broker = Some(link);
         }
-        if serves {
-            let s = FirmwareServer::start(loopback).map_err(|e| Start::Fail(e.to_string()))?;
-            services.server_base = format!("http://{}", SocketAddr::new(host, s.addr().port()));
+        let tls_clock = scenario.device.mqtt.as_ref().and_then(|m| m.tls_clock);
+        let mut device_tls = None;
+        if serves || tls_clock.is_some() {
+            let mut s = FirmwareServer::start(loopback).map_err(|e| Start::Fail(e.to_string()))?;
+            services
+                .bases
+                .push((SERVER_PLACEHOLDER, format!("http://{}", SocketAddr::new(host, s.addr().port()))));
+            // The certificates name the host both as the device reaches it and as loopback.
+            let pki = TestPki::new(&[host, loopback]).map_err(|e| Start::Fail(e.to_string()))?;
+            let https = if uses_https(scenario) { &CertKind::ALL[..] } else { &[] };
+            for &kind in https {
+                let addr = s
+                    .listen_tls(loopback, pki.server_config(kind))
+                    .map_err(|e| Start::Fail(e.to_string()))?;
+                services
+                    .bases
+                    .push((kind.placeholder(), format!("https://{}", SocketAddr::new(host, addr.port()))));
+            }
+            if let Some(clock) = tls_clock {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                device_tls = Some(super::DeviceTls {
+                    ca_pem: pki.ca_pem().to_string(),
+                    clock_unix: clock.then_some(now),
+                });
+            }
             services.server = Some(s);
         }
-        Ok((services, device_broker))
+        Ok((services, device_broker, device_tls))
+    }
+}
+
+/// Whether a step names an https listener.
+fn uses_https(scenario: &Scenario) -> bool {
+    let named = |t: &str| crate::scenario::pull::https_placeholders(t).is_ok_and(|k| !k.is_empty());
+    scenario.steps.iter().any(|s| match &s.kind {
+        StepKind::MqttPublish(p) => named(&p.payload),
+        StepKind::Serve(v) => {
+            matches!(&v.route.response, Response::Redirect { location, .. } if named(location))
+        }
+        _ => false,
+    })
+}
+
+impl Services {
+    /// `text` with every listener's placeholder replaced by its base URL.
+    pub fn with_bases(&self, text: &str) -> String {
+        self.bases.iter().fold(text.to_string(), |t, (placeholder, base)| t.replace(placeholder, base))
     }
 }
 
@@ -181,6 +225,9 @@ impl Run<'_> {
                 Ok(b) => *bytes = std::sync::Arc::new(b),
                 Err(why) => return Ok(StepOutcome::Skipped(why)),
             }
+        }
+        if let Response::Redirect { location, .. } = &mut route.response {
+            *location = self.services.with_bases(location);
         }
         server.route(&s.path, route);
         Ok(StepOutcome::Passed)
@@ -237,7 +284,7 @@ impl Run<'_> {
         if let Some(c) = cut {
             self.dut.arm_power_cut(c).map_err(|e| e.to_string())?;
         }
-        let payload = p.payload.replace(SERVER_PLACEHOLDER, &self.services.server_base);
+        let payload = self.services.with_bases(&p.payload);
         let Some(broker) = &self.services.broker else { return Err(self.services_missing("mqtt_publish")) };
         broker.publish(&p.topic, payload.as_bytes(), p.retain);
         if p.cut_power.is_some() {

@@ -5,14 +5,38 @@
 
 use super::{Ctx, Image, ScenarioError, duration_message, parse_duration};
 use crate::services::firmware_server::{Fault, Framing, Md5Header, Response, Route};
+pub use crate::services::test_pki::CertKind;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The text `{server}` in a published payload stands for the firmware server's base URL as the
-/// device reaches it (`http://10.0.2.2:41234` under QEMU, `http://127.0.0.1:41234` on the emulator).
+/// The text `{server}` in a published payload (or a redirect's target) stands for the firmware
+/// server's base URL as the device reaches it (`http://10.0.2.2:41234` under QEMU,
+/// `http://127.0.0.1:41234` on the emulator); `{https}` for its HTTPS listener with a certificate
+/// from the test CA, and `{https_untrusted}`, `{https_wrong_name}`, `{https_expired}`,
+/// `{https_tls12}` for the listeners with the certificate faults ([`CertKind`]).
 pub const SERVER_PLACEHOLDER: &str = "{server}";
+
+/// The https listeners `text` names by placeholder; an unknown `{https…}` placeholder is an error.
+pub fn https_placeholders(text: &str) -> Result<Vec<CertKind>, String> {
+    let mut found = Vec::new();
+    for (at, _) in text.match_indices("{https") {
+        let end = text[at..].find('}').map(|e| at + e + 1).unwrap_or(text.len());
+        let name = &text[at..end];
+        match CertKind::ALL.iter().find(|k| k.placeholder() == name) {
+            Some(k) => found.push(*k),
+            None => {
+                let known: Vec<_> = CertKind::ALL.iter().map(|k| k.placeholder()).collect();
+                return Err(format!(
+                    "placeholder `{name}`: expected {SERVER_PLACEHOLDER} or one of {}",
+                    known.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(found)
+}
 
 // ---- the YAML as written -------------------------------------------------------------------
 
@@ -28,6 +52,17 @@ pub(super) struct RawMqttDevice {
     version_check: Option<VersionCheckSpec>,
     #[serde(default)]
     timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    tls: Option<RawTlsDevice>,
+}
+
+/// `tls:` provisions the harness's test CA (https pulls are refused without one) and optionally
+/// the host's time as the device's clock, so that certificate dates are checked.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTlsDevice {
+    #[serde(default)]
+    clock: bool,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
@@ -156,6 +191,8 @@ pub struct MqttDevice {
     pub version_check: VersionCheckSpec,
     /// The device's HTTP timeout in whole seconds (`None`: the seed's 10 s).
     pub timeout_s: Option<u8>,
+    /// The test CA is provisioned (`Some`), with the host's clock when `true`.
+    pub tls_clock: Option<bool>,
 }
 
 /// What the firmware server answers at a path.
@@ -235,6 +272,7 @@ pub(super) fn device(raw: RawMqttDevice, cx: &Ctx<'_>) -> Result<MqttDevice, Sce
                 Some(s as u8)
             }
         },
+        tls_clock: raw.tls.map(|t| t.clock),
     })
 }
 
@@ -281,6 +319,7 @@ pub(super) fn serve(raw: RawServe, cx: &Ctx<'_>) -> Result<ServeStep, ScenarioEr
                 None => cx.at(to, message),
             };
         }
+        https_placeholders(&to.value).or_else(|e| cx.at(to, e))?;
         Response::Redirect { status, location: to.value.clone() }
     } else if raw.not_modified {
         Response::NotModified
@@ -351,6 +390,7 @@ pub(super) fn publish(
         None => None,
         Some(c) => Some(super::check_cut(c, &raw.payload, cx)?),
     };
+    https_placeholders(&raw.payload.value).or_else(|e| cx.at(&raw.payload, e))?;
     Ok(PublishStep { topic, payload: raw.payload.value, retain: raw.retain, cut_power })
 }
 

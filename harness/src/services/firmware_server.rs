@@ -4,7 +4,9 @@
 //! request (line and headers, in order) so a scenario can check what the device sent.
 //!
 //! Plain TCP on loopback, one thread per connection, a free port chosen by the system; the
-//! server stops when dropped. Responses are written byte-exact by hand (no HTTP library), since
+//! server stops when dropped. HTTPS listeners (rustls, each with its own certificate and TLS
+//! versions, for the certificate faults) can be added beside the plain one; all of them answer
+//! from the same routes and record into the same request log. Responses are written byte-exact by hand (no HTTP library), since
 //! the faults are exactly what a library would not let a server do.
 
 use md5::{Digest, Md5};
@@ -120,7 +122,39 @@ pub struct FirmwareServer {
     addr: SocketAddr,
     shared: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// A connection the server answers on: plain TCP, or TLS over it.
+trait Conn: Read + Write {
+    fn tcp(&self) -> &TcpStream;
+    /// The response is complete: TLS says so (close_notify), then FIN.
+    fn finish(&mut self) -> std::io::Result<()>;
+}
+
+impl Conn for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.flush()?;
+        let _ = self.shutdown(std::net::Shutdown::Write);
+        Ok(())
+    }
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
+
+impl Conn for TlsStream {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.conn.send_close_notify();
+        self.flush()?;
+        let _ = self.sock.shutdown(std::net::Shutdown::Write);
+        Ok(())
+    }
 }
 
 fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -130,19 +164,42 @@ fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 impl FirmwareServer {
     /// Listens on `ip` at a free port.
     pub fn start(ip: std::net::IpAddr) -> Result<FirmwareServer, ServerError> {
+        let mut server = FirmwareServer {
+            addr: SocketAddr::new(ip, 0),
+            shared: Arc::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        };
+        server.addr = server.listen(ip, None)?;
+        Ok(server)
+    }
+
+    /// Adds an HTTPS listener on `ip` at a free port, with `tls`'s certificate and versions.
+    pub fn listen_tls(
+        &mut self,
+        ip: std::net::IpAddr,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<SocketAddr, ServerError> {
+        self.listen(ip, Some(tls))
+    }
+
+    fn listen(
+        &mut self,
+        ip: std::net::IpAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<SocketAddr, ServerError> {
         let want = SocketAddr::new(ip, 0);
         let listener = TcpListener::bind(want).map_err(|source| ServerError::Bind { addr: want, source })?;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: want, source })?;
         listener.set_nonblocking(true).map_err(|source| ServerError::Bind { addr, source })?;
-        let shared: Arc<Mutex<Shared>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (shared.clone(), stop.clone());
+        let (s, st) = (self.shared.clone(), self.stop.clone());
         let thread = std::thread::Builder::new()
             .name("otahil-firmware-server".into())
-            .spawn(move || accept_loop(&listener, &s, &st))
+            .spawn(move || accept_loop(&listener, tls.as_ref(), &s, &st))
             .expect("spawning a thread");
         tracing::debug!(%addr, "firmware server listening");
-        Ok(FirmwareServer { addr, shared, stop, thread: Some(thread) })
+        self.threads.push(thread);
+        Ok(addr)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -168,19 +225,31 @@ impl FirmwareServer {
 impl Drop for FirmwareServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
-fn accept_loop(listener: &TcpListener, shared: &Arc<Mutex<Shared>>, stop: &Arc<AtomicBool>) {
+fn accept_loop(
+    listener: &TcpListener,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+    shared: &Arc<Mutex<Shared>>,
+    stop: &Arc<AtomicBool>,
+) {
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, peer)) => {
-                let (s, st) = (shared.clone(), stop.clone());
+                let (s, st, tls) = (shared.clone(), stop.clone(), tls.cloned());
                 let _ = std::thread::Builder::new().name("otahil-firmware-conn".into()).spawn(move || {
-                    if let Err(e) = serve_connection(stream, &s, &st) {
+                    let _ = stream.set_nonblocking(false);
+                    let served = match tls {
+                        None => serve_connection(stream, &s, &st),
+                        Some(config) => rustls::ServerConnection::new(config)
+                            .map_err(std::io::Error::other)
+                            .and_then(|c| serve_connection(TlsStream::new(c, stream), &s, &st)),
+                    };
+                    if let Err(e) = served {
                         tracing::debug!(%peer, error = %e, "firmware server connection ended");
                     }
                 });
@@ -195,8 +264,8 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Mutex<Shared>>, stop: &Arc<A
 }
 
 /// Reads one request head; `None` if the client sent none (or too much) in time.
-fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<Request>> {
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+fn read_request(stream: &mut impl Conn) -> std::io::Result<Option<Request>> {
+    stream.tcp().set_read_timeout(Some(REQUEST_TIMEOUT))?;
     let mut buf = Vec::new();
     let mut byte = [0u8; 512];
     let started = Instant::now();
@@ -262,7 +331,7 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn serve_connection(mut stream: TcpStream, shared: &Mutex<Shared>, stop: &AtomicBool) -> std::io::Result<()> {
+fn serve_connection(mut stream: impl Conn, shared: &Mutex<Shared>, stop: &AtomicBool) -> std::io::Result<()> {
     let Some(request) = read_request(&mut stream)? else { return Ok(()) };
     // The target's path (a query is the device's business): routes are by path.
     let path = request.target.split('?').next().unwrap_or("").to_string();
@@ -274,7 +343,7 @@ fn serve_connection(mut stream: TcpStream, shared: &Mutex<Shared>, stop: &Atomic
     };
     let Route { response, fault } =
         route.unwrap_or(Route { response: Response::Status(404), fault: Fault::None });
-    stream.set_nodelay(true)?;
+    stream.tcp().set_nodelay(true)?;
     match response {
         Response::Status(code) => {
             let body = format!("{code} {}\n", reason(code));
@@ -321,17 +390,23 @@ fn serve_connection(mut stream: TcpStream, shared: &Mutex<Shared>, stop: &Atomic
             stream.write_all(head.as_bytes())?;
             if !head_only {
                 send_body(&mut stream, &bytes, framing, fault, stop)?;
-                if let Fault::Reset { .. } = fault {
+                match fault {
                     // Dropped with a zero linger: RST, no FIN.
-                    return Ok(());
+                    Fault::Reset { .. } => return Ok(()),
+                    // FIN without TLS's close_notify: the body just stops.
+                    Fault::Truncate { .. } => {
+                        stream.flush()?;
+                        let _ = stream.tcp().shutdown(std::net::Shutdown::Write);
+                        return Ok(());
+                    }
+                    _ => {}
                 }
             }
         }
     }
-    stream.flush()?;
-    // FIN now; the socket closes when the client has closed its side or this thread ends.
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    Ok(())
+    // FIN now (after close_notify on TLS); the socket closes when the client has closed its side
+    // or this thread ends.
+    stream.finish()
 }
 
 /// Sleeps `d` in slices, returning early when the server stops.
@@ -347,7 +422,7 @@ fn wait(d: Duration, stop: &AtomicBool) -> bool {
 }
 
 fn send_body(
-    stream: &mut TcpStream,
+    stream: &mut impl Conn,
     body: &[u8],
     framing: Framing,
     fault: Fault,
@@ -396,7 +471,10 @@ fn send_body(
         }
     }
     match fault {
-        Fault::Reset { .. } => reset(stream),
+        Fault::Reset { .. } => {
+            stream.flush()?;
+            reset(stream.tcp())
+        }
         Fault::Truncate { .. } => Ok(()),
         _ => {
             if let Framing::Chunked(_) = framing {

@@ -7,9 +7,9 @@
 //!   with the `x-ESP32-*` headers, 304 = no update, a length required and checked against the
 //!   free space, `x-MD5` checked before the boot slot is switched.
 //!
-//! The connection is an output ("connect to host:port, with TLS or not"): TLS, name resolution
-//! and sockets are the adapter's, which reports a failed connection (a refused certificate
-//! included) through [`Client::connect_failed`]. Nothing is written to flash before the image's
+//! The connection is an output ("connect to host:port, with TLS or not"): TLS (the pull agent's
+//! layer, [`crate::tls`]), name resolution and sockets are outside, and a failed connection (a
+//! refused certificate included) comes back through [`Client::connect_failed`]. Nothing is written to flash before the image's
 //! header checks out, and the boot slot is switched only for a verified image.
 //!
 //! Deliberate difference from ESP-IDF: `esp_https_ota` retries a stalled body read forever and
@@ -159,6 +159,8 @@ pub enum TlsFailure {
     Expired,
     /// Anything else in the handshake (protocol versions, ciphers, a non-TLS peer).
     Handshake,
+    /// No CA is provisioned to check a server against (ESP-IDF: no `cert_pem`, no bundle).
+    NoCa,
 }
 
 /// Why a pull ended without an update.

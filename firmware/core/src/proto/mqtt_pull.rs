@@ -10,6 +10,7 @@
 //! failed one it keeps running its image. A trigger without a usable URL is refused with a log line
 //! and a `failed`/`bad_trigger` status (the seed only logs it).
 
+mod secure;
 #[cfg(test)]
 mod tests;
 
@@ -42,6 +43,10 @@ pub struct Settings<'a> {
     pub pull: http_pull::Config<'a>,
     /// How an `http_update` pull runs (the Arduino updater's flavour, with the device's facts).
     pub arduino_pull: http_pull::Config<'a>,
+    /// The CA (DER) https servers must chain to; empty: https pulls fail.
+    pub ca_der: &'a [u8],
+    /// The device's clock for certificate dates; `None`: dates are not checked.
+    pub clock_unix: Option<u64>,
 }
 
 /// What the running device knows about itself, for its client id and the Arduino updater's
@@ -142,6 +147,8 @@ impl<'a> Settings<'a> {
             state_topic: m.state_topic.as_str(),
             pull,
             arduino_pull: http_pull::Config::arduino(device, version),
+            ca_der: m.ca_der(),
+            clock_unix: m.clock_unix,
         })
     }
 
@@ -189,6 +196,8 @@ pub struct Agent {
     progress_mark: u64,
     /// The library of the pull under way (or the last one).
     library: Library,
+    /// TLS between the firmware server's connection and the pull.
+    secure: secure::Secure,
 }
 
 impl Default for Agent {
@@ -200,6 +209,7 @@ impl Default for Agent {
             will_len: 0,
             progress_mark: 0,
             library: Library::EspHttpsOta,
+            secure: secure::Secure::default(),
         }
     }
 }
@@ -329,6 +339,7 @@ fn trigger(url: &str, truncated: bool, library: Library) -> Taken {
 /// The pull's side of the agent's output: its events become log lines and status messages.
 struct PullOut<'o, O: Output> {
     out: &'o mut O,
+    secure: &'o mut secure::Secure,
     mqtt: &'o mut client::Client,
     settings: &'o Settings<'o>,
     now_ms: u64,
@@ -343,13 +354,13 @@ impl<O: Output> PullOut<'_, O> {
 
 impl<O: Output> http_pull::Output for PullOut<'_, O> {
     fn connect(&mut self, to: Endpoint<'_>) {
-        self.out.connect_server(to);
+        self.secure.connect(to, self.out);
     }
     fn send(&mut self, bytes: &[u8]) {
-        self.out.send(Link::Server, bytes);
+        self.secure.send(bytes, self.out);
     }
     fn close(&mut self) {
-        self.out.close(Link::Server);
+        self.secure.close(self.out);
     }
     fn event(&mut self, event: http_pull::Event<'_>) {
         use http_pull::Event as E;
@@ -463,10 +474,12 @@ impl Agent {
     /// When [`Agent::poll`] next has something to do.
     pub fn deadline(&self, s: &Settings<'_>) -> Option<u64> {
         let cfg = mqtt_config(s, &self.will[..self.will_len]);
-        match (self.mqtt.deadline(&cfg), self.pull.deadline(s.pull_for(self.library))) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let pull = s.pull_for(self.library);
+        #[cfg(feature = "tls")]
+        let handshake = self.secure.handshake_deadline(pull.timeout_ms);
+        #[cfg(not(feature = "tls"))]
+        let handshake = None;
+        [self.mqtt.deadline(&cfg), self.pull.deadline(pull), handshake].into_iter().flatten().min()
     }
 
     /// The app is up: connect to the broker.
@@ -560,14 +573,40 @@ impl Agent {
         self.library = library;
         publish_status(&mut self.mqtt, s, now_ms, out, State::Started, 0, None, None);
         self.progress_mark = 0;
-        let Agent { mqtt, pull, progress_mark, .. } = self;
-        pull.start(url, &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark });
+        let Agent { mqtt, pull, progress_mark, secure, .. } = self;
+        pull.start(url, &mut PullOut { out, secure, mqtt, settings: s, now_ms, progress_mark });
     }
 
-    pub fn server_connected<O: Output>(&mut self, s: &Settings<'_>, now_ms: u64, out: &mut O) {
+    /// The firmware server's TCP connection is up (for https the handshake starts first).
+    pub fn server_connected<S: UpdateSink, O: Output>(
+        &mut self,
+        s: &Settings<'_>,
+        now_ms: u64,
+        sink: &mut S,
+        out: &mut O,
+    ) {
+        #[cfg(feature = "tls")]
+        {
+            let trust = crate::tls::Trust { ca_der: s.ca_der, now_unix: s.clock_unix };
+            match self.secure.tcp_connected(trust, now_ms, out) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(why) => {
+                    // The pull client closes the connection.
+                    self.server_connect_failed(s, ConnectError::Tls(why), now_ms, sink, out);
+                    return;
+                }
+            }
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = sink;
+        self.pull_connected(s, now_ms, out);
+    }
+
+    fn pull_connected<O: Output>(&mut self, s: &Settings<'_>, now_ms: u64, out: &mut O) {
         let cfg = s.pull_for(self.library);
-        let Agent { mqtt, pull, progress_mark, .. } = self;
-        pull.connected(cfg, now_ms, &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark });
+        let Agent { mqtt, pull, progress_mark, secure, .. } = self;
+        pull.connected(cfg, now_ms, &mut PullOut { out, secure, mqtt, settings: s, now_ms, progress_mark });
     }
 
     pub fn server_connect_failed<S: UpdateSink, O: Output>(
@@ -578,8 +617,12 @@ impl Agent {
         sink: &mut S,
         out: &mut O,
     ) {
-        let Agent { mqtt, pull, progress_mark, .. } = self;
-        pull.connect_failed(why, sink, &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark });
+        let Agent { mqtt, pull, progress_mark, secure, .. } = self;
+        pull.connect_failed(
+            why,
+            sink,
+            &mut PullOut { out, secure, mqtt, settings: s, now_ms, progress_mark },
+        );
     }
 
     pub fn server_data<S: UpdateSink, O: Output>(
@@ -590,9 +633,59 @@ impl Agent {
         sink: &mut S,
         out: &mut O,
     ) {
+        #[cfg(feature = "tls")]
+        if self.secure.active() {
+            let found = self.secure.received(Some(bytes), out);
+            self.through_tls(s, found, now_ms, sink, out);
+            return;
+        }
+        self.pull_data(s, bytes, now_ms, sink, out);
+    }
+
+    fn pull_data<S: UpdateSink, O: Output>(
+        &mut self,
+        s: &Settings<'_>,
+        bytes: &[u8],
+        now_ms: u64,
+        sink: &mut S,
+        out: &mut O,
+    ) {
         let cfg = s.pull_for(self.library);
-        let Agent { mqtt, pull, progress_mark, .. } = self;
-        pull.data(cfg, bytes, now_ms, sink, &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark });
+        let Agent { mqtt, pull, progress_mark, secure, .. } = self;
+        pull.data(
+            cfg,
+            bytes,
+            now_ms,
+            sink,
+            &mut PullOut { out, secure, mqtt, settings: s, now_ms, progress_mark },
+        );
+    }
+
+    /// What came through the TLS layer, handed to the pull client in order.
+    #[cfg(feature = "tls")]
+    fn through_tls<S: UpdateSink, O: Output>(
+        &mut self,
+        s: &Settings<'_>,
+        found: secure::ForPull,
+        now_ms: u64,
+        sink: &mut S,
+        out: &mut O,
+    ) {
+        if let Some(why) = found.refused {
+            self.server_connect_failed(s, ConnectError::Tls(why), now_ms, sink, out);
+            return;
+        }
+        if found.connected {
+            self.pull_connected(s, now_ms, out);
+            // The request, queued piece by piece, goes out as one write.
+            self.secure.flush(out);
+        }
+        if !found.plaintext.is_empty() {
+            self.pull_data(s, &found.plaintext, now_ms, sink, out);
+        }
+        if found.ended {
+            self.pull_closed(s, now_ms, sink, out);
+        }
     }
 
     pub fn server_closed<S: UpdateSink, O: Output>(
@@ -602,13 +695,16 @@ impl Agent {
         sink: &mut S,
         out: &mut O,
     ) {
-        let cfg = s.pull_for(self.library);
-        let Agent { mqtt, pull, progress_mark, .. } = self;
-        pull.closed(cfg, sink, &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark });
+        #[cfg(feature = "tls")]
+        if self.secure.active() {
+            let found = self.secure.received(None, out);
+            self.through_tls(s, found, now_ms, sink, out);
+            return;
+        }
+        self.pull_closed(s, now_ms, sink, out);
     }
 
-    /// Time passed: the broker's timers and the pull's.
-    pub fn poll<S: UpdateSink, O: Output>(
+    fn pull_closed<S: UpdateSink, O: Output>(
         &mut self,
         s: &Settings<'_>,
         now_ms: u64,
@@ -616,9 +712,31 @@ impl Agent {
         out: &mut O,
     ) {
         let cfg = s.pull_for(self.library);
-        let Agent { mqtt, pull, progress_mark, will, will_len, .. } = self;
+        let Agent { mqtt, pull, progress_mark, secure, .. } = self;
+        pull.closed(cfg, sink, &mut PullOut { out, secure, mqtt, settings: s, now_ms, progress_mark });
+    }
+
+    /// Time passed: the broker's timers, the TLS handshake's and the pull's.
+    pub fn poll<S: UpdateSink, O: Output>(
+        &mut self,
+        s: &Settings<'_>,
+        now_ms: u64,
+        sink: &mut S,
+        out: &mut O,
+    ) {
+        #[cfg(feature = "tls")]
+        if self.secure.handshake_deadline(s.pull_for(self.library).timeout_ms).is_some_and(|d| now_ms >= d) {
+            self.server_connect_failed(s, ConnectError::Timeout, now_ms, sink, out);
+        }
+        let cfg = s.pull_for(self.library);
+        let Agent { mqtt, pull, progress_mark, will, will_len, secure, .. } = self;
         mqtt.poll(&mqtt_config(s, &will[..*will_len]), now_ms, &mut BrokerOut(out));
-        pull.poll(cfg, now_ms, sink, &mut PullOut { out, mqtt, settings: s, now_ms, progress_mark });
+        pull.poll(cfg, now_ms, sink, &mut PullOut { out, secure, mqtt, settings: s, now_ms, progress_mark });
+    }
+
+    /// Keys the randomness of the https handshakes (the chip: its RNG; the emulator: its seed).
+    pub fn set_tls_key(&mut self, key: [u8; 32]) {
+        self.secure.set_key(key);
     }
 
     /// The device goes down cleanly (a restart after an update): DISCONNECT, so no will.

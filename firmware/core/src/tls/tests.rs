@@ -1,12 +1,14 @@
 //! The TLS link against rustls's server, in memory: what a careful device accepts and refuses.
 
 use super::*;
+use crate::pem::{PemError, decode_certificate};
+use crate::settings::MAX_CA_DER;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
 use rustls::ServerConnection;
 use std::io::{Read, Write};
 use std::sync::Arc;
-use std::vec::Vec;
 use std::vec;
+use std::vec::Vec;
 
 struct Ca {
     der: Vec<u8>,
@@ -34,10 +36,8 @@ fn leaf(ca: &Ca, sans: &[&str], years: Option<(i32, i32)>) -> (Vec<u8>, KeyPair)
     }
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     if let Some((from, to)) = years {
-        params.not_before =
-            time::Date::from_calendar_date(from, time::Month::January, 1).unwrap().midnight().assume_utc();
-        params.not_after =
-            time::Date::from_calendar_date(to, time::Month::January, 1).unwrap().midnight().assume_utc();
+        params.not_before = rcgen::date_time_ymd(from, 1, 1);
+        params.not_after = rcgen::date_time_ymd(to, 1, 1);
     }
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &ca.issuer).unwrap();
@@ -108,7 +108,9 @@ fn a_request_and_its_response_cross_a_verified_session() {
     assert_eq!(link.state(), TlsState::Open);
     assert_eq!(s.server_name(), None, "an IP address is not sent as SNI");
 
-    link.send(b"GET /fw/v2.bin HTTP/1.1\r\n\r\n");
+    link.send(b"GET /fw/v2.bin ");
+    link.send(b"HTTP/1.1\r\n\r\n");
+    link.flush();
     exchange(&mut link, &mut s);
     let mut request = vec![0u8; 64];
     let n = s.reader().read(&mut request).unwrap();
@@ -150,6 +152,7 @@ fn a_certificate_from_another_ca_is_refused() {
     assert_eq!(link.state(), TlsState::Failed(TlsFailure::UnknownIssuer));
     // A session that failed takes no plaintext and sends none.
     link.send(b"GET / HTTP/1.1\r\n\r\n");
+    link.flush();
     assert!(link.take_outbound().is_empty());
 }
 
@@ -206,6 +209,7 @@ fn a_connection_cut_mid_body_ends_the_session_with_what_arrived() {
     let mut link = TlsLink::start("127.0.0.1", trust(&ca), [6; 32]);
     exchange(&mut link, &mut s);
     link.send(b"GET / HTTP/1.1\r\n\r\n");
+    link.flush();
     exchange(&mut link, &mut s);
     s.writer().write_all(&[1u8; 3000]).unwrap();
     let mut records = Vec::new();

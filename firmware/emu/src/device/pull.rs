@@ -28,11 +28,17 @@ struct PullConf {
 
 impl PullService {
     /// The service of a boot whose settings name a broker (`None`: the path is off).
-    pub(super) fn new(settings: MqttSettings, facts: RunningFacts, version: &str) -> Option<Self> {
+    /// `seed` keys the https handshakes' randomness (the emulator's seed: runs repeat).
+    pub(super) fn new(settings: MqttSettings, facts: RunningFacts, version: &str, seed: u64) -> Option<Self> {
         settings.broker?;
         let client_id = ota_core::proto::mqtt_pull::client_id(facts.mac, &mut [0; 13]).to_string();
+        let mut agent = Agent::default();
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&seed.to_le_bytes());
+        key[8..16].copy_from_slice(b"tls-seed");
+        agent.set_tls_key(key);
         Some(PullService {
-            session: Session::new(Agent::default()),
+            session: Session::new(agent),
             conf: PullConf { settings, client_id, version: version.to_string(), facts },
             started: false,
         })
@@ -161,7 +167,7 @@ impl<W: Write> Device<W> {
                     agent.broker_data(&settings, bytes, now, other_update, sink, &mut out)
                 }
                 PullInput::BrokerClosed => agent.broker_closed(now, &mut out),
-                PullInput::ServerConnected => agent.server_connected(&settings, now, &mut out),
+                PullInput::ServerConnected => agent.server_connected(&settings, now, sink, &mut out),
                 PullInput::ServerConnectFailed(why) => {
                     agent.server_connect_failed(&settings, why, now, sink, &mut out)
                 }

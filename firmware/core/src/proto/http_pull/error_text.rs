@@ -12,6 +12,7 @@ impl fmt::Display for TlsFailure {
             TlsFailure::WrongName => "certificate does not name the host",
             TlsFailure::Expired => "certificate outside its validity period",
             TlsFailure::Handshake => "TLS handshake failed",
+            TlsFailure::NoCa => "no CA certificate to check the server against",
         })
     }
 }

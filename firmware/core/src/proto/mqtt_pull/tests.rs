@@ -152,6 +152,8 @@ fn settings() -> Settings<'static> {
             },
             "1.0.0",
         ),
+        ca_der: &[],
+        clock_unix: None,
     }
 }
 
@@ -200,7 +202,7 @@ impl Device {
 
     fn server_up(&mut self) {
         let now = self.now;
-        self.with(|a, _, w| a.server_connected(&settings(), now, w));
+        self.with(|a, sink, w| a.server_connected(&settings(), now, sink, w));
     }
 
     fn server(&mut self, bytes: &[u8], step: usize) {
@@ -405,4 +407,113 @@ fn an_http_update_runs_the_arduino_updater() {
     d.server(&r[r.len() - 10..], 1460);
     assert!(d.session.server.reboot_requested());
     assert!(d.flash.data[slot..slot + v2.len()] == v2[..]);
+}
+
+/// The agent's https pulls against rustls's server, bytes moved in TCP-sized pieces.
+#[cfg(feature = "tls")]
+mod https {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
+    use std::boxed::Box;
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    fn pki() -> (Vec<u8>, rustls::ServerConnection) {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name.push(DnType::CommonName, "test CA");
+        ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_der = ca.self_signed(&ca_key).unwrap().der().to_vec();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
+        leaf.subject_alt_names.push(SanType::IpAddress("10.0.2.2".parse().unwrap()));
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![cert.der().clone()],
+                    rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+                )
+                .unwrap();
+        (ca_der, rustls::ServerConnection::new(Arc::new(config)).unwrap())
+    }
+
+    impl Device {
+        fn with_settings(
+            &mut self,
+            s: &Settings<'_>,
+            f: impl FnOnce(&mut Agent, &mut crate::update::FlashSink<'_, RamFlash>, &mut World, &Settings<'_>),
+        ) {
+            let running = *self.table.ota(0).unwrap();
+            let target = Target { table: &self.table, running, config: OtaConfig::default() };
+            let world = &mut self.world;
+            self.session.with(&mut self.flash, &target, |agent, sink| f(agent, sink, world, s));
+        }
+
+        /// Moves bytes between the device and the server until neither has any.
+        fn tls_exchange(&mut self, s: &Settings<'_>, server: &mut rustls::ServerConnection, piece: usize) {
+            for _ in 0..10_000 {
+                let to_server = core::mem::take(&mut self.world.to_server);
+                let mut moved = !to_server.is_empty();
+                if moved {
+                    server.read_tls(&mut &to_server[..]).unwrap();
+                    server.process_new_packets().unwrap();
+                }
+                let mut to_device = Vec::new();
+                while server.wants_write() {
+                    server.write_tls(&mut to_device).unwrap();
+                }
+                for p in to_device.chunks(piece) {
+                    moved = true;
+                    self.with_settings(s, |a, sink, w, s| a.server_data(s, p, 0, sink, w));
+                }
+                if !moved {
+                    return;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_https_trigger_pulls_through_a_verified_session() {
+        let (ca_der, mut server) = pki();
+        let ca: &'static [u8] = Box::leak(ca_der.into_boxed_slice());
+        let s = Settings { ca_der: ca, ..settings() };
+        let mut d = Device::online();
+        d.broker(&trigger("https://10.0.2.2:8443/fw/v2.bin"));
+        assert_eq!(d.world.servers, ["10.0.2.2:8443"], "plain TCP: the agent runs TLS itself");
+        d.with_settings(&s, |a, sink, w, s| a.server_connected(s, 0, sink, w));
+        assert_eq!(d.world.to_server[0], 0x16, "a TLS handshake record, not the request");
+        d.tls_exchange(&s, &mut server, 1460);
+        let mut request = vec![0u8; 512];
+        let n = server.reader().read(&mut request).unwrap();
+        assert!(
+            request[..n].starts_with(b"GET /fw/v2.bin HTTP/1.1\r\n"),
+            "{:?}",
+            String::from_utf8_lossy(&request[..n])
+        );
+        let v2 = image("2.0.0", 50_000);
+        server.writer().write_all(&response(&v2)).unwrap();
+        d.tls_exchange(&s, &mut server, 1460);
+        assert!(d.session.server.reboot_requested(), "{}", d.world.log.join("\n"));
+        assert_eq!(&d.flash.data[0x1d0000..0x1d0000 + v2.len()], &v2[..]);
+    }
+
+    #[test]
+    fn https_without_a_ca_fails_before_any_byte_is_sent() {
+        let mut d = Device::online();
+        d.broker(&trigger("https://10.0.2.2:8443/fw/v2.bin"));
+        d.world.statuses();
+        d.server_up();
+        assert!(d.world.to_server.is_empty());
+        assert_eq!(d.world.closed, [Link::Server]);
+        let failed = d.world.statuses();
+        assert!(failed[0].contains(r#""err":"tls_failed""#), "{failed:?}");
+        assert!(d.otadata_untouched());
+    }
 }

@@ -11,6 +11,16 @@ pub enum PemError {
     TooLong,
 }
 
+impl core::fmt::Display for PemError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            PemError::NoCertificate => "no BEGIN/END CERTIFICATE block",
+            PemError::Base64 => "a character outside base64",
+            PemError::TooLong => "longer than the device keeps",
+        })
+    }
+}
+
 const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
 const END: &str = "-----END CERTIFICATE-----";
 
