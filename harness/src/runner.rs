@@ -607,7 +607,7 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
         });
         if failed {
             let _ = run.drain(Duration::from_millis(20));
-            report.log_tail = run.serial.tail(15).to_vec();
+            report.log_tail = run.serial.tail(60).to_vec();
             break;
         }
     }

@@ -100,9 +100,17 @@ fn start_systimer_unit0() {
 /// the Wi-Fi MAC is the station's own, but the client id stays this one for now).
 const MAC: [u8; 6] = [0x02, 0x07, 0x7a, 0xc3, 0x00, 0x01];
 
+/// One TLS session's heap: the record buffers (16,640 + 4,096 bytes), the engine's state, the
+/// certificates kept for the handshake, and the queues between them (a whole decrypted 16 KiB
+/// record on its way to the pull client). 48 KiB ran out on the first full record under QEMU.
+const TLS_HEAP: usize = 96 * 1024;
+
 #[main]
 fn main() -> ! {
     let peripherals = esp_hal::init(esp_hal::Config::default());
+    // The heap of the https pull's TLS session (its 16 KiB record buffer and handshake state);
+    // the wifi build adds the radio's own region.
+    esp_alloc::heap_allocator!(size: TLS_HEAP);
     start_systimer_unit0();
     markers::keep();
     let started = Instant::now();
@@ -150,6 +158,9 @@ fn main() -> ! {
     log(&arduino.log_event(ota_core::proto::arduino::DEFAULT_PORT));
     let mqtt = ota_core::settings::MqttSettings::default().load(&mut flash, &table, &mut log);
     log(&mqtt.log_event());
+    if let Some(line) = mqtt.tls_log_event() {
+        log(&line);
+    }
     // The device's facts (its MAC and image) for its client id and the Arduino updater's headers;
     // read only when the pull path is on.
     let facts = match mqtt.broker {

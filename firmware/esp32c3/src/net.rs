@@ -243,7 +243,12 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         tcp::SocketBuffer::new(&mut server_rx[..]),
         tcp::SocketBuffer::new(&mut server_tx[..]),
     ));
-    let mut pull = pull_settings.as_ref().map(|_| PullLink::new(broker_handle, server_handle));
+    let mut pull = pull_settings.as_ref().map(|_| {
+        // The https handshakes' randomness is keyed from the hardware RNG once per boot.
+        let mut tls_key = [0u8; 32];
+        rng.0.read(&mut tls_key);
+        PullLink::new(broker_handle, server_handle, tls_key)
+    });
     log(&LogEvent::OtaListening { port: net.port });
     match net.addressing {
         Addressing::Static { ip, gateway, .. } => announce(dev, net.mac, ip, gateway),

@@ -7,7 +7,7 @@ use crate::net::now_ms;
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use esp_storage::FlashStorage;
 use ota_core::log::LogEvent;
-use ota_core::proto::http_pull::{ConnectError, Endpoint, TlsFailure};
+use ota_core::proto::http_pull::{ConnectError, Endpoint};
 use ota_core::proto::mqtt_pull::{Agent, Link, Output, Settings};
 use ota_core::session::{Session, Target};
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
@@ -81,14 +81,11 @@ impl<L: FnMut(&LogEvent<'_>)> Output for Asked<'_, L> {
         self.connect_broker = Some(to);
     }
     fn connect_server(&mut self, to: Endpoint<'_>) {
-        self.connect_server = Some(if to.tls {
-            // No TLS on the chip yet: an https URL fails as a refused handshake would.
-            Err(ConnectError::Tls(TlsFailure::Handshake))
-        } else {
-            match to.host.parse::<Ipv4Addr>() {
-                Ok(ip) => Ok(IpEndpoint::new(IpAddress::Ipv4(ip), to.port)),
-                Err(_) => Err(ConnectError::Dns),
-            }
+        // TCP only: for https, ota-core's TLS link runs over it inside the agent. No DNS here:
+        // URLs name IPv4 addresses.
+        self.connect_server = Some(match to.host.parse::<Ipv4Addr>() {
+            Ok(ip) => Ok(IpEndpoint::new(IpAddress::Ipv4(ip), to.port)),
+            Err(_) => Err(ConnectError::Dns),
         });
     }
     fn send(&mut self, link: Link, bytes: &[u8]) {
@@ -118,11 +115,13 @@ pub struct PullLink {
 }
 
 impl PullLink {
-    pub fn new(broker: SocketHandle, server: SocketHandle) -> Self {
+    pub fn new(broker: SocketHandle, server: SocketHandle, tls_key: [u8; 32]) -> Self {
+        let mut agent = Agent::default();
+        agent.set_tls_key(tls_key);
         PullLink {
             broker: Conn::new(broker),
             server: Conn::new(server),
-            session: Session::new(Agent::default()),
+            session: Session::new(agent),
             started: false,
             next_port: *EPHEMERAL.start(),
             reboot_since: None,
