@@ -2,6 +2,7 @@
 //! connection events and time, writing a real (RAM) flash through the session type the emulator
 //! and the chip use. Properties: no panic; otadata changes only with a completed pull; only the
 //! update slot and otadata are ever written; every status the device publishes is one of ours.
+//! With flag bit 2 the device has a CA, and https triggers run the TLS engine on the server bytes.
 #![no_main]
 
 use device::{BASE, CSV};
@@ -15,6 +16,10 @@ use ota_core::writer::OtaConfig;
 use ota_emu::flash::FileFlash;
 
 mod device;
+
+/// Stands for a provisioned CA: a DER SEQUENCE (its contents matter only once a certificate
+/// arrives, which random bytes never get to with a valid signature).
+const FUZZ_CA: &[u8] = &[0x30, 0x03, 0x02, 0x01, 0x00];
 
 #[derive(Default)]
 struct Out {
@@ -77,8 +82,15 @@ fuzz_target!(|data: &[u8]| {
         1 => ota_core::proto::http_pull::VersionCheck::SkipSame,
         _ => ota_core::proto::http_pull::VersionCheck::RefuseDowngrade,
     };
-    let nvs =
+    let mut nvs =
         MqttSettings { broker: parse_broker("10.0.2.2:1883"), version_check, ..MqttSettings::default() };
+    if flags & 4 != 0 {
+        // A CA, so that an https trigger's handshake runs and the server's bytes reach the TLS
+        // engine (random bytes never get past the server's signature; everything before it is
+        // parsed, and must not panic).
+        nvs.ca[..FUZZ_CA.len()].copy_from_slice(FUZZ_CA);
+        nvs.ca_len = FUZZ_CA.len();
+    }
     let facts = RunningFacts {
         mac: [2, 7, 0x7a, 0xc3, 0, 1],
         free_space: 0x70000,
