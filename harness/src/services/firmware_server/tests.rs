@@ -255,3 +255,111 @@ fn the_arduino_updater_304_x_md5_and_its_headers() {
     assert_eq!(r.header("x-ESP32-version"), Some("1.0.0"));
     assert_eq!(r.header("x-ESP32-mode"), Some("sketch"));
 }
+
+/// The HTTPS listeners against the device's own TLS link (ota-core's `tls`), over loopback.
+mod tls {
+    use super::*;
+    use crate::services::test_pki::{CertKind, TestPki};
+    use ota_core::tls::{TlsLink, TlsState, Trust};
+
+    /// The device's side: a TLS session over a real socket; returns the link when the server
+    /// has closed (or the handshake failed) and the plaintext received.
+    fn fetch(addr: SocketAddr, ca_der: &[u8], path: &str) -> (TlsState, Vec<u8>) {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut link = TlsLink::start("127.0.0.1", Trust { ca_der, now_unix: None }, [9; 32]);
+        let mut sent_request = false;
+        let mut plaintext = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let out = link.take_outbound();
+            stream.write_all(&out).unwrap();
+            match link.state() {
+                TlsState::Open if !sent_request => {
+                    link.send(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes());
+                    link.flush();
+                    sent_request = true;
+                    continue;
+                }
+                TlsState::Failed(_) | TlsState::Closed => break,
+                _ => {}
+            }
+            let n = stream.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                link.peer_closed();
+            } else {
+                link.received(&buf[..n]);
+            }
+            plaintext.extend(link.take_received());
+        }
+        plaintext.extend(link.take_received());
+        (link.state(), plaintext)
+    }
+
+    fn ca_der(pki: &TestPki) -> Vec<u8> {
+        let mut der = vec![0u8; ota_core::settings::MAX_CA_DER];
+        let n = ota_core::pem::decode_certificate(pki.ca_pem(), &mut der).unwrap();
+        der.truncate(n);
+        der
+    }
+
+    #[test]
+    fn the_trusted_listener_serves_an_image_to_the_device_tls_link() {
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let pki = TestPki::new(&[loopback]).unwrap();
+        let mut server = FirmwareServer::start(loopback).unwrap();
+        let addr = server.listen_tls(loopback, pki.server_config(CertKind::Trusted)).unwrap();
+        let v2 = app("2.0.0", 40_000);
+        let bytes = Arc::new(v2.clone());
+        server.route(
+            "/v2.bin",
+            Route {
+                response: Response::Image { bytes, framing: Framing::ContentLength, md5: Md5Header::None },
+                fault: Fault::None,
+            },
+        );
+        let (state, got) = fetch(addr, &ca_der(&pki), "/v2.bin");
+        assert_eq!(state, TlsState::Closed);
+        assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert!(got.ends_with(&v2), "the whole body, decrypted");
+        assert_eq!(server.requests().len(), 1);
+    }
+
+    #[test]
+    fn a_truncated_body_over_tls_ends_without_close_notify() {
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let pki = TestPki::new(&[loopback]).unwrap();
+        let mut server = FirmwareServer::start(loopback).unwrap();
+        let addr = server.listen_tls(loopback, pki.server_config(CertKind::Trusted)).unwrap();
+        let bytes = Arc::new(app("2.0.0", 40_000));
+        server.route(
+            "/cut.bin",
+            Route {
+                response: Response::Image { bytes, framing: Framing::ContentLength, md5: Md5Header::None },
+                fault: Fault::Truncate { at: 10_000 },
+            },
+        );
+        let (state, got) = fetch(addr, &ca_der(&pki), "/cut.bin");
+        assert_eq!(state, TlsState::Closed);
+        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(got.len() - head_end, 10_000, "the body stops where the fault says");
+    }
+
+    #[test]
+    fn the_fault_listeners_are_refused_by_the_device_before_any_request() {
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let pki = TestPki::new(&[loopback]).unwrap();
+        let mut server = FirmwareServer::start(loopback).unwrap();
+        for (kind, why) in [
+            (CertKind::UntrustedCa, ota_core::proto::http_pull::TlsFailure::UnknownIssuer),
+            (CertKind::WrongName, ota_core::proto::http_pull::TlsFailure::WrongName),
+            (CertKind::Tls12Only, ota_core::proto::http_pull::TlsFailure::Handshake),
+        ] {
+            let addr = server.listen_tls(loopback, pki.server_config(kind)).unwrap();
+            let (state, got) = fetch(addr, &ca_der(&pki), "/v2.bin");
+            assert_eq!(state, TlsState::Failed(why), "{kind:?}");
+            assert!(got.is_empty());
+        }
+        assert!(server.requests().is_empty());
+    }
+}
