@@ -115,6 +115,9 @@ pub struct Bench {
     pub reset: ResetMethod,
     pub power: Option<PowerSwitch>,
     pub address: Address,
+    /// This machine's address as the board reaches it (the MQTT broker and the firmware server
+    /// of the pull scenarios listen there); `None`: the pull scenarios are skipped.
+    pub harness_address: Option<std::net::IpAddr>,
     pub esphome_port: u16,
     pub arduino_port: u16,
     pub wifi: Option<Wifi>,
@@ -152,6 +155,7 @@ struct RawBench {
     power: Option<Spanned<RawPower>>,
     address: Option<Spanned<String>>,
     address_from_log: Option<Spanned<String>>,
+    harness_address: Option<Spanned<String>>,
     esphome_port: Option<Spanned<u16>>,
     arduino_port: Option<Spanned<u16>>,
     wifi: Option<Spanned<RawWifi>>,
@@ -452,6 +456,24 @@ fn check(raw: RawBench, cx: &Ctx<'_>) -> Result<Bench, BenchError> {
             );
         }
     };
+    let harness_address = match raw.harness_address {
+        None => None,
+        Some(a) if emulator => {
+            return cx.at(&a, "harness_address: the emulator reaches this machine on its own; remove it");
+        }
+        Some(a) => match a.value.parse::<std::net::IpAddr>() {
+            Ok(ip) if !ip.is_unspecified() => Some(ip),
+            _ => {
+                return cx.at(
+                    &a,
+                    format!(
+                        "harness_address `{}`: expected this machine's IP address on the board's network (the firmware has no DNS)",
+                        a.value
+                    ),
+                );
+            }
+        },
+    };
     let tcp_port = |p: Option<Spanned<u16>>, what: &str| match p {
         None => Ok(3232),
         Some(p) if p.value != 0 => Ok(p.value),
@@ -490,6 +512,7 @@ fn check(raw: RawBench, cx: &Ctx<'_>) -> Result<Bench, BenchError> {
         reset,
         power,
         address,
+        harness_address,
         esphome_port,
         arduino_port,
         wifi,

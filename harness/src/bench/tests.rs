@@ -25,6 +25,7 @@ fn the_example_documents_every_field_and_loads() {
         ("uhubctl", Some("on"), Duration::from_millis(500))
     );
     assert!(matches!(&b.address, Address::Fixed(a) if a == "192.168.50.21"));
+    assert_eq!(b.harness_address, Some("192.168.50.2".parse().unwrap()));
     assert_eq!((b.esphome_port, b.arduino_port), (3232, 3232));
     assert_eq!(b.wifi, Some(Wifi { ssid: "otahil-lab".into(), password: "correct-horse".into() }));
     // Every key of the raw schema appears in the example (commented alternatives aside).
@@ -41,6 +42,7 @@ fn the_example_documents_every_field_and_loads() {
         "power:",
         "address:",
         "address_from_log:",
+        "harness_address:",
         "esphome_port:",
         "arduino_port:",
         "wifi:",
@@ -135,6 +137,17 @@ fn bad_values_are_refused_at_their_place_in_the_benchs_words() {
     assert!(error(&format!("{base}wifi: {{ ssid: lab, password: short }}\n")).contains("WPA2 takes 8 to 63"));
     assert!(error(&format!("{base}wifi: {{ ssid: \"\" }}\n")).contains("ssid of 0 bytes"));
     assert!(error(&format!("{base}esphome_port: 0\n")).contains("esphome_port 0"));
+    assert!(
+        error(&format!("{base}harness_address: lab-pc.local\n"))
+            .contains("harness_address `lab-pc.local`: expected this machine's IP address")
+    );
+    assert!(
+        error(&format!("{base}harness_address: 0.0.0.0\n")).contains("expected this machine's IP address")
+    );
+    assert!(
+        error("name: b\nport: emulator\nharness_address: 10.0.0.1\n")
+            .contains("harness_address: the emulator")
+    );
     assert!(error(&format!("{base}colour: blue\n")).contains("colour"));
     assert!(
         error("name: b\nport: emulator\nlog_port: /dev/ttyUSB0\n")

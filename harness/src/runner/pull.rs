@@ -111,6 +111,7 @@ impl Services {
         }
         let host = host.map_err(Start::Skip)?;
         let loopback: IpAddr = Ipv4Addr::LOCALHOST.into();
+        let listen = listen_address(host);
         let mut device_broker = None;
         let stops_broker = scenario.steps.iter().any(|s| matches!(s.kind, StepKind::Broker(_)));
         if external_broker.is_some() && stops_broker {
@@ -121,7 +122,7 @@ impl Services {
         if let Some(m) = &scenario.device.mqtt {
             let (link, addr) = match external_broker {
                 None => {
-                    let b = MqttBroker::start(loopback).map_err(|e| Start::Fail(e.to_string()))?;
+                    let b = MqttBroker::start(listen).map_err(|e| Start::Fail(e.to_string()))?;
                     let addr = b.addr();
                     (BrokerLink::Embedded(b), addr)
                 }
@@ -134,14 +135,18 @@ impl Services {
             };
             // A broker on this machine's loopback is reached through the backend's way to the
             // host; one elsewhere at its own address.
-            let seen = if addr.ip().is_loopback() { SocketAddr::new(host, addr.port()) } else { addr };
+            let seen = if addr.ip() == listen || addr.ip().is_loopback() {
+                SocketAddr::new(host, addr.port())
+            } else {
+                addr
+            };
             device_broker = Some(seen);
             services.broker = Some(link);
         }
         let tls_clock = scenario.device.mqtt.as_ref().and_then(|m| m.tls_clock);
         let mut device_tls = None;
         if serves || tls_clock.is_some() {
-            let mut s = FirmwareServer::start(loopback).map_err(|e| Start::Fail(e.to_string()))?;
+            let mut s = FirmwareServer::start(listen).map_err(|e| Start::Fail(e.to_string()))?;
             services
                 .bases
                 .push((SERVER_PLACEHOLDER, format!("http://{}", SocketAddr::new(host, s.addr().port()))));
@@ -149,9 +154,8 @@ impl Services {
             let pki = TestPki::new(&[host, loopback]).map_err(|e| Start::Fail(e.to_string()))?;
             let https = if uses_https(scenario) { &CertKind::ALL[..] } else { &[] };
             for &kind in https {
-                let addr = s
-                    .listen_tls(loopback, pki.server_config(kind))
-                    .map_err(|e| Start::Fail(e.to_string()))?;
+                let addr =
+                    s.listen_tls(listen, pki.server_config(kind)).map_err(|e| Start::Fail(e.to_string()))?;
                 services
                     .bases
                     .push((kind.placeholder(), format!("https://{}", SocketAddr::new(host, addr.port()))));
@@ -168,6 +172,17 @@ impl Services {
             services.server = Some(s);
         }
         Ok((services, device_broker, device_tls))
+    }
+}
+
+/// Where the services listen for a device that reaches this machine at `host`: there, when it is
+/// one of this machine's addresses (a lab bench's LAN); else loopback (the emulator; QEMU's slirp
+/// turns 10.0.2.2 into the host's loopback).
+fn listen_address(host: IpAddr) -> IpAddr {
+    if !host.is_loopback() && std::net::TcpListener::bind((host, 0)).is_ok() {
+        host
+    } else {
+        Ipv4Addr::LOCALHOST.into()
     }
 }
 
@@ -422,5 +437,26 @@ impl Run<'_> {
             BrokerAction::ComeBack => broker.come_back(),
         }
         Ok(StepOutcome::Passed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_listen_where_the_device_reaches_them_or_on_loopback() {
+        assert_eq!(listen_address(Ipv4Addr::LOCALHOST.into()), IpAddr::from(Ipv4Addr::LOCALHOST));
+        // QEMU's slirp gateway (and any address that is not this machine's): loopback.
+        assert_eq!(listen_address(Ipv4Addr::new(192, 0, 2, 1).into()), IpAddr::from(Ipv4Addr::LOCALHOST));
+        // An address of this machine (the second loopback address stands for a LAN address).
+        let other: IpAddr = Ipv4Addr::new(127, 0, 0, 2).into();
+        if std::net::TcpListener::bind((other, 0)).is_ok() {
+            assert_eq!(
+                listen_address(other),
+                IpAddr::from(Ipv4Addr::LOCALHOST),
+                "loopback addresses stay loopback"
+            );
+        }
     }
 }

@@ -320,9 +320,9 @@ impl super::Backend for DeviceBackend {
     fn host_address(&self) -> Result<std::net::IpAddr, String> {
         match &self.firmware {
             Firmware::Fixtures => Ok(std::net::Ipv4Addr::LOCALHOST.into()),
-            Firmware::Builds(_) => Err(
-                "the bench file names no address at which the board reaches this machine's broker and firmware server (not supported yet)".into(),
-            ),
+            Firmware::Builds(_) => self.bench.harness_address.ok_or_else(|| {
+                "the bench file names no harness_address (this machine's IP address on the board's network, where the board reaches the broker and the firmware server)".to_string()
+            }),
         }
     }
 
