@@ -505,6 +505,27 @@ mod https {
     }
 
     #[test]
+    fn a_server_that_never_answers_the_handshake_times_out() {
+        let (ca_der, _server) = pki();
+        let ca: &'static [u8] = Box::leak(ca_der.into_boxed_slice());
+        let s = Settings { ca_der: ca, ..settings() };
+        let mut d = Device::online();
+        d.broker(&trigger("https://10.0.2.2:8443/fw/v2.bin"));
+        d.world.statuses();
+        d.with_settings(&s, |a, sink, w, s| a.server_connected(s, 0, sink, w));
+        let timeout = s.pull.timeout_ms;
+        assert_eq!(d.session.server.deadline(&s), Some(timeout), "the handshake has the connect timeout");
+        d.with_settings(&s, |a, sink, w, s| a.poll(s, timeout - 1, sink, w));
+        assert!(d.session.server.pulling());
+        d.with_settings(&s, |a, sink, w, s| a.poll(s, timeout, sink, w));
+        assert!(!d.session.server.pulling());
+        let failed = d.world.statuses();
+        assert!(failed.iter().any(|f| f.contains(r#""err":"connect_failed""#)), "{failed:?}");
+        assert_eq!(d.world.closed, [Link::Server]);
+        assert!(d.otadata_untouched());
+    }
+
+    #[test]
     fn https_without_a_ca_fails_before_any_byte_is_sent() {
         let mut d = Device::online();
         d.broker(&trigger("https://10.0.2.2:8443/fw/v2.bin"));
