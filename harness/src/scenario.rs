@@ -955,6 +955,28 @@ mod tests {
     }
 
     #[test]
+    fn https_placeholders_and_the_devices_tls_are_checked_where_written() {
+        let device = "name: t\ndevice: { firmware: v1, mqtt: { tls: { clock: true } } }\nsteps:\n  - boot\n";
+        let ok =
+            format!("{device}  - mqtt_publish: {{ payload: '{{\"url\":\"{{https_expired}}/a.bin\"}}' }}\n");
+        let s = parse(&ok, Path::new("x.yaml")).unwrap();
+        assert_eq!(s.device.mqtt.as_ref().and_then(|m| m.tls_clock), Some(true));
+        let e = err(&format!(
+            "{device}  - mqtt_publish: {{ payload: '{{\"url\":\"{{https_bogus}}/a.bin\"}}' }}\n"
+        ));
+        assert_eq!(e.line, 5, "{e}");
+        assert!(
+            e.message.contains("placeholder `{https_bogus}`") && e.message.contains("{https_tls12}"),
+            "{e}"
+        );
+        let e = err(&format!("{device}  - serve: {{ path: /r, redirect: '{{https_nope}}/x' }}\n"));
+        assert_eq!(e.line, 5, "{e}");
+        assert!(e.message.contains("placeholder `{https_nope}`"), "{e}");
+        let e = err("name: t\ndevice: { firmware: v1, mqtt: { tls: { clock: maybe } } }\nsteps: []\n");
+        assert_eq!(e.line, 2, "{e}");
+    }
+
+    #[test]
     fn unknown_key_names_file_line_and_column() {
         let e = err(
             "name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { image: v2, expect: ok, colour: red }\n",
