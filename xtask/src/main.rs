@@ -86,7 +86,7 @@ enum Task {
     Fuzz {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        /// Only this target (arduino_server, esphome_server, flash_formats, rom_loader, scenario_loader).
+        /// Only this target (arduino_server, esphome_server, flash_formats, http_pull, mqtt_client, mqtt_pull, rom_loader, scenario_loader, tls_link).
         #[arg(long)]
         target: Option<String>,
         /// libFuzzer's seed (0: libFuzzer picks one and prints it).
@@ -430,6 +430,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "mqtt_pull",
     "rom_loader",
     "scenario_loader",
+    "tls_link",
 ];
 
 fn fuzz(seconds: u64, only: Option<&str>, seed: u64, max_runs: u64) -> anyhow::Result<()> {
