@@ -19,6 +19,9 @@ use crate::flash::{FlashError, read};
 use crate::partition::Partition;
 use embedded_storage::nor_flash::ReadNorFlash;
 
+mod store;
+pub use store::{MAX_STORED_STR, StoreError, erase, set_str, set_u8, set_u32};
+
 pub const PAGE_SIZE: usize = 4096;
 pub const ENTRY_SIZE: usize = 32;
 pub const ENTRIES_PER_PAGE: usize = 126;
@@ -37,12 +40,14 @@ const CHUNK_ANY: u8 = 0xFF;
 
 /// The item types this module reads and writes.
 pub const TYPE_U8: u8 = 0x01;
+pub const TYPE_U32: u8 = 0x04;
 pub const TYPE_STR: u8 = 0x21;
 
 /// A value found in NVS.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Value<'a> {
     U8(u8),
+    U32(u32),
     /// The string without its NUL, borrowed from the caller's buffer.
     Str(&'a str),
 }
@@ -137,8 +142,11 @@ fn scan<F: ReadNorFlash>(
             read(flash, addr, &mut entry)?;
             let crc_ok = entry_crc(&entry) == u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
             let span = entry[2] as usize;
-            let span = if crc_ok && span >= 1 && i + span <= ENTRIES_PER_PAGE { span } else { 1 };
-            if state == 0b10 && crc_ok {
+            // An erased entry steps over itself only: erasing marks a whole span, and an entry
+            // a cut left without its data was erased alone, so its span is not to be believed.
+            let written = state == 0b10 && crc_ok;
+            let span = if written && span >= 1 && i + span <= ENTRIES_PER_PAGE { span } else { 1 };
+            if written {
                 visit(seq, addr, &entry);
             }
             i += span;
@@ -189,6 +197,7 @@ pub fn get<'b, F: ReadNorFlash>(
     let data = &hit.entry[24..];
     match hit.entry[1] {
         TYPE_U8 => Ok(Some(Value::U8(data[0]))),
+        TYPE_U32 => Ok(Some(Value::U32(u32::from_le_bytes([data[0], data[1], data[2], data[3]])))),
         TYPE_STR => {
             let size = u16::from_le_bytes([data[0], data[1]]) as usize;
             let data_crc = u32::from_le_bytes([data[4], data[5], data[6], data[7]]);
