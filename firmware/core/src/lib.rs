@@ -43,6 +43,7 @@ pub mod partition;
 pub mod partition_csv;
 pub mod pem;
 pub mod proto;
+pub mod resume;
 pub mod rng;
 pub mod selftest;
 pub mod session;

@@ -205,6 +205,8 @@ pub enum LogEvent<'a> {
         broker_from: Option<crate::settings::Source>,
         command_topic: &'a str,
         state_topic: &'a str,
+        /// Downloads resume after a cut ([`crate::settings::KEY_PULL_RESUME`]).
+        resume: bool,
     },
     /// https pulls trust a provisioned CA (tag `config`); dates checked only with a clock.
     ConfigTls {
@@ -244,6 +246,22 @@ pub enum LogEvent<'a> {
     },
     PullNoUpdate,
     PullFailed(crate::proto::http_pull::PullError),
+    /// A download cut short goes on from its resume record (`path` of the recorded URL).
+    PullResuming {
+        path: &'a str,
+        at: u32,
+    },
+    /// The server answered a `Range` request with the whole image (200) or 416.
+    PullRangeIgnored {
+        status: u16,
+    },
+    /// The server sent the rest: writing goes on at `at` (`esp_ota_resume`).
+    PullResumed {
+        at: u32,
+        size: Option<u32>,
+        slot: SlotName,
+    },
+    PullResumeNotSaved(crate::nvs::StoreError),
 }
 
 impl LogEvent<'_> {
@@ -285,6 +303,8 @@ impl LogEvent<'_> {
             | MqttDropped { .. }
             | MqttCommandIgnored(_)
             | PullBusy
+            | PullRangeIgnored { .. }
+            | PullResumeNotSaved(_)
             | PullTriggered { truncated: true, .. } => Level::Warn,
             _ => Level::Info,
         }
@@ -325,7 +345,11 @@ impl LogEvent<'_> {
             | PullImageAccepted { .. }
             | PullStartingUnsized { .. }
             | PullNoUpdate
-            | PullFailed(_) => "pull",
+            | PullFailed(_)
+            | PullResuming { .. }
+            | PullRangeIgnored { .. }
+            | PullResumed { .. }
+            | PullResumeNotSaved(_) => "pull",
             ArduinoInvitationIgnored(_)
             | ArduinoBusy
             | ArduinoAuthUnexpected { .. }
@@ -468,10 +492,13 @@ impl fmt::Display for LogEvent<'_> {
                 if *password { "set" } else { "none" }
             ),
             ConfigMqtt { broker_from: None, .. } => f.write_str("MQTT off: no broker configured"),
-            ConfigMqtt { broker_from: Some(from), command_topic, state_topic } => write!(
-                f,
-                "MQTT broker set ({from}), commands on {command_topic}, status on {state_topic}"
-            ),
+            ConfigMqtt { broker_from: Some(from), command_topic, state_topic, resume } => {
+                write!(f, "MQTT broker set ({from}), commands on {command_topic}, status on {state_topic}")?;
+                if *resume {
+                    f.write_str("; downloads resume after a cut")?;
+                }
+                Ok(())
+            }
             ConfigTls { dates_checked: true } => {
                 f.write_str("https trusts the CA set (nvs); certificate dates checked (clock set)")
             }
@@ -506,6 +533,20 @@ impl fmt::Display for LogEvent<'_> {
                     write!(f, "OTA update failed: {} ({code}): {e}", e.name())
                 }
             }
+            PullResuming { path, at } => write!(f, "resuming {path} from byte {at}"),
+            PullRangeIgnored { status: 416 } => {
+                f.write_str("Range not satisfiable (416), downloading from byte 0")
+            }
+            PullRangeIgnored { status } => {
+                write!(f, "server ignored the requested Range header (HTTP {status}), downloading from byte 0")
+            }
+            PullResumed { at, size: Some(size), slot } => {
+                write!(f, "Resuming update of {size} bytes into {slot} at byte {at}")
+            }
+            PullResumed { at, size: None, slot } => {
+                write!(f, "Resuming update of unknown size into {slot} at byte {at}")
+            }
+            PullResumeNotSaved(e) => write!(f, "resume point not saved: {e}"),
         }
     }
 }

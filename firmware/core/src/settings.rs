@@ -49,6 +49,7 @@ pub enum Rejected {
     ZeroTimeout,
     NotACertificate(crate::pem::PemError),
     NotATime,
+    NotAFlag(u8),
 }
 
 impl core::fmt::Display for Rejected {
@@ -64,6 +65,7 @@ impl core::fmt::Display for Rejected {
             Rejected::ZeroTimeout => f.write_str("a timeout of 0 s"),
             Rejected::NotACertificate(e) => write!(f, "not a PEM certificate ({e})"),
             Rejected::NotATime => f.write_str("not seconds since 1970"),
+            Rejected::NotAFlag(v) => write!(f, "{v} is not 0 or 1"),
         }
     }
 }
@@ -354,6 +356,9 @@ pub const KEY_PULL_CA: &str = "pull_ca";
 /// The device's clock for certificate dates (seconds since 1970, a decimal string), standing in
 /// for the time an SNTP client would set; without it dates are not checked (ESP-IDF's default).
 pub const KEY_PULL_CLOCK: &str = "pull_clock";
+/// 1: a download cut short resumes with `Range` (ESP-IDF's `ota_resumption`), its progress
+/// kept in NVS ([`crate::resume`]); 0 or absent: every pull starts from byte 0 (ESP-IDF's default).
+pub const KEY_PULL_RESUME: &str = "pull_resume";
 /// The longest CA certificate (DER) the device keeps.
 pub const MAX_CA_DER: usize = 1536;
 /// The longest PEM text read for it.
@@ -404,6 +409,8 @@ pub struct MqttSettings {
     pub ca_len: usize,
     /// [`KEY_PULL_CLOCK`].
     pub clock_unix: Option<u64>,
+    /// [`KEY_PULL_RESUME`].
+    pub resume: bool,
 }
 
 impl Default for MqttSettings {
@@ -418,6 +425,7 @@ impl Default for MqttSettings {
             ca: [0; MAX_CA_DER],
             ca_len: 0,
             clock_unix: None,
+            resume: false,
         }
     }
 }
@@ -494,6 +502,12 @@ impl MqttSettings {
                 }
             }
         }
+        match read_u8(flash, part, KEY_PULL_RESUME, log) {
+            Some(0) => self.resume = false,
+            Some(1) => self.resume = true,
+            Some(v) => log.log(&LogEvent::ConfigIgnored { key: KEY_PULL_RESUME, why: Rejected::NotAFlag(v) }),
+            None => {}
+        }
         let mut clock = [0u8; 24];
         if let Some(v) = read_str(flash, part, KEY_PULL_CLOCK, &mut clock, log) {
             match v.parse() {
@@ -521,6 +535,7 @@ impl MqttSettings {
             broker_from: self.broker.map(|_| self.broker_from),
             command_topic: self.command_topic.as_str(),
             state_topic: self.state_topic.as_str(),
+            resume: self.resume,
         }
     }
 }
@@ -539,6 +554,8 @@ pub struct MqttProvision<'a> {
     pub ca_pem: Option<&'a str>,
     /// [`KEY_PULL_CLOCK`].
     pub clock_unix: Option<u64>,
+    /// [`KEY_PULL_RESUME`], written when set.
+    pub resume: bool,
 }
 
 /// What a factory (or the harness) provisions into a device's nvs partition.
@@ -619,6 +636,9 @@ pub fn provisioning_page(p: &Provision<'_>) -> Result<[u8; nvs::PAGE_SIZE], Prov
         if let Some(t) = m.clock_unix {
             let mut digits = [0u8; 20];
             page.str(ns, KEY_PULL_CLOCK, decimal(t, &mut digits)).map_err(ProvisionError::Nvs)?;
+        }
+        if m.resume {
+            page.u8(ns, KEY_PULL_RESUME, 1).map_err(ProvisionError::Nvs)?;
         }
     }
     Ok(page.finish())

@@ -3,8 +3,10 @@
 //! `OtaError` to its own codes and texts inside its module (`proto::*`), so adding an update path
 //! never touches the writer.
 
+use crate::nvs::StoreError;
 use crate::otadata::OtaState;
 use crate::partition::{Partition, PartitionTable};
+use crate::resume;
 use crate::writer::{BootSwitch, OtaConfig, OtaError, OtaUpdate, next_update_partition, set_boot_partition};
 use embedded_storage::nor_flash::NorFlash;
 
@@ -27,6 +29,31 @@ pub trait UpdateSink {
     fn end(&mut self) -> Result<Switched, OtaError>;
     /// Forgets the update; flash stays as it is.
     fn abort(&mut self);
+    /// `esp_ota_resume`: continues an update of the slot `begin` would pick, whose first
+    /// `offset` bytes are written already; returns the slot. A sink that cannot says so.
+    fn resume(&mut self, offset: u32) -> Result<u8, OtaError> {
+        Err(OtaError::BadResumeOffset { offset })
+    }
+    /// The resume record ([`crate::resume`]): the URL (copied into `buf`) and offset of a
+    /// download that was cut short, if the sink keeps one.
+    fn resume_record<'b>(&mut self, buf: &'b mut [u8]) -> Option<(&'b str, u32)> {
+        let _ = buf;
+        None
+    }
+    /// Starts the record for `url` at `at` bytes.
+    fn start_resume_record(&mut self, url: &str, at: u32) -> Result<(), StoreError> {
+        let _ = (url, at);
+        Err(StoreError::NoPartition)
+    }
+    /// The recorded download has `at` bytes in the slot.
+    fn advance_resume_record(&mut self, at: u32) -> Result<(), StoreError> {
+        let _ = at;
+        Err(StoreError::NoPartition)
+    }
+    /// Forgets the record.
+    fn clear_resume_record(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Writes the inactive OTA slot of a `NorFlash`, as `esp_ota_begin/write/end` and
@@ -85,6 +112,33 @@ impl<F: NorFlash> UpdateSink for FlashSink<'_, F> {
     fn abort(&mut self) {
         if let Some(u) = self.update.take() {
             u.abort();
+        }
+    }
+
+    fn resume(&mut self, offset: u32) -> Result<u8, OtaError> {
+        let target =
+            next_update_partition(self.table, Some(&self.running)).ok_or(OtaError::NoUpdatePartition)?;
+        let update = OtaUpdate::resume(&self.running, &target, offset, self.config)?;
+        self.update.replace(update);
+        Ok(target.ota_slot().unwrap_or(0))
+    }
+
+    fn resume_record<'b>(&mut self, buf: &'b mut [u8]) -> Option<(&'b str, u32)> {
+        resume::load(self.flash, self.table.nvs()?, buf)
+    }
+
+    fn start_resume_record(&mut self, url: &str, at: u32) -> Result<(), StoreError> {
+        resume::start(self.flash, self.table.nvs().ok_or(StoreError::NoPartition)?, url, at)
+    }
+
+    fn advance_resume_record(&mut self, at: u32) -> Result<(), StoreError> {
+        resume::advance(self.flash, self.table.nvs().ok_or(StoreError::NoPartition)?, at)
+    }
+
+    fn clear_resume_record(&mut self) -> Result<(), StoreError> {
+        match self.table.nvs() {
+            Some(part) => resume::clear(self.flash, part),
+            None => Ok(()),
         }
     }
 }

@@ -50,6 +50,10 @@ pub struct OtaConfig {
     pub withhold_head: bool,
 }
 
+/// A resumed download restarts at a multiple of this (ESP-IDF's example keeps the written
+/// length in NVS in KiB, rounded down; shorter than one unit restarts from 0).
+pub const RESUME_UNIT: u32 = 1024;
+
 /// How many bytes [`OtaConfig::withhold_head`] keeps back (`ENCRYPTED_BLOCK_SIZE` in `Update`).
 pub const WITHHELD_HEAD: u32 = 16;
 
@@ -89,6 +93,9 @@ pub enum OtaError {
     Flash(FlashError),
     /// `ESP_ERR_INVALID_ARG`: a write or end with no update begun.
     NotStarted,
+    /// `ESP_ERR_INVALID_ARG` from `esp_ota_resume`: not a whole number of [`RESUME_UNIT`]s
+    /// inside the slot.
+    BadResumeOffset { offset: u32 },
 }
 
 impl OtaError {
@@ -100,7 +107,7 @@ impl OtaError {
             OtaError::RollbackInvalidState => 0x1506,
             OtaError::InvalidSize { .. } => 0x104,
             OtaError::InvalidMagic { .. } | OtaError::Validate(_) => 0x1503,
-            OtaError::NothingWritten | OtaError::NotStarted => 0x102,
+            OtaError::NothingWritten | OtaError::NotStarted | OtaError::BadResumeOffset { .. } => 0x102,
             OtaError::Flash(_) => 0x6001,
         }
     }
@@ -125,6 +132,7 @@ impl fmt::Display for OtaError {
             OtaError::NoOtadata => f.write_str("no otadata partition"),
             OtaError::Flash(e) => e.fmt(f),
             OtaError::NotStarted => f.write_str("no update in progress"),
+            OtaError::BadResumeOffset { offset } => write!(f, "cannot resume an update at byte {offset}"),
         }
     }
 }
@@ -268,6 +276,40 @@ impl OtaUpdate {
             switch_boot_slot(flash, table, target, config)?;
         }
         Ok(update)
+    }
+
+    /// `esp_ota_resume(target, offset)`: continues an update whose first `offset` bytes are in
+    /// `target` already (a download cut short). As in ESP-IDF: no erase (every sector up to
+    /// `offset` was erased when first written; the one `offset` starts in is not erased again
+    /// unless `offset` is its first byte) and no rollback-state check. `offset` is a multiple of
+    /// [`RESUME_UNIT`], at least one unit; an update that withholds its head cannot resume.
+    pub fn resume(
+        running: &Partition,
+        target: &Partition,
+        offset: u32,
+        config: OtaConfig,
+    ) -> Result<Self, OtaError> {
+        if target.ota_slot().is_none() {
+            return Err(OtaError::NoUpdatePartition);
+        }
+        if target.offset == running.offset {
+            return Err(OtaError::PartitionConflict);
+        }
+        if offset < RESUME_UNIT
+            || !offset.is_multiple_of(RESUME_UNIT)
+            || offset > target.size
+            || config.withhold_head
+        {
+            return Err(OtaError::BadResumeOffset { offset });
+        }
+        Ok(OtaUpdate {
+            target: *target,
+            config,
+            written: offset,
+            erased_to: align_up(offset, SECTOR_SIZE),
+            tail: [0xFF; 8],
+            head: [0xFF; WITHHELD_HEAD as usize],
+        })
     }
 
     pub fn target(&self) -> &Partition {

@@ -91,6 +91,7 @@ pub fn device_flash(
             timeout_s: m.timeout_s,
             ca_pem: options.device_tls.as_ref().map(|t| t.ca_pem.as_str()),
             clock_unix: options.device_tls.as_ref().and_then(|t| t.clock_unix),
+            resume: m.resume,
         }),
         (Some(_), None) => {
             return Err(StartError::Fail(

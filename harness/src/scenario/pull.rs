@@ -4,7 +4,7 @@
 //! and the broker going away. As written in YAML, and checked into the model the runner plays.
 
 use super::{Ctx, Image, ScenarioError, duration_message, parse_duration};
-use crate::services::firmware_server::{Fault, Framing, Md5Header, Response, Route};
+use crate::services::firmware_server::{Fault, Framing, Md5Header, RangeSupport, Response, Route};
 pub use crate::services::test_pki::CertKind;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -54,6 +54,9 @@ pub(super) struct RawMqttDevice {
     timeout: Option<Spanned<String>>,
     #[serde(default)]
     tls: Option<RawTlsDevice>,
+    /// Downloads cut short resume with `Range` (ESP-IDF's `ota_resumption`).
+    #[serde(default)]
+    resume: bool,
 }
 
 /// `tls:` provisions the harness's test CA (https pulls are refused without one) and optionally
@@ -112,6 +115,20 @@ pub(super) struct RawServe {
     stall: Option<RawStallAt>,
     #[serde(default)]
     drip: Option<RawDrip>,
+    #[serde(default)]
+    range: Option<RangeSpec>,
+}
+
+/// How the server answers a `Range` request for an image.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RangeSpec {
+    /// 206 with the rest (the default, as nginx or S3 answer).
+    Honour,
+    /// 200 with the whole image, as a server without range support does.
+    Ignore,
+    /// 416 whatever was asked.
+    Unsatisfiable,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +210,8 @@ pub struct MqttDevice {
     pub timeout_s: Option<u8>,
     /// The test CA is provisioned (`Some`), with the host's clock when `true`.
     pub tls_clock: Option<bool>,
+    /// Downloads cut short resume with `Range`.
+    pub resume: bool,
 }
 
 /// What the firmware server answers at a path.
@@ -273,6 +292,7 @@ pub(super) fn device(raw: RawMqttDevice, cx: &Ctx<'_>) -> Result<MqttDevice, Sce
             }
         },
         tls_clock: raw.tls.map(|t| t.clock),
+        resume: raw.resume,
     })
 }
 
@@ -309,7 +329,12 @@ pub(super) fn serve(raw: RawServe, cx: &Ctx<'_>) -> Result<ServeStep, ScenarioEr
         };
         let bytes = Arc::new(img.bytes.clone());
         image = Some(img);
-        Response::Image { bytes, framing, md5 }
+        let range = match raw.range {
+            None | Some(RangeSpec::Honour) => RangeSupport::Honour,
+            Some(RangeSpec::Ignore) => RangeSupport::Ignore,
+            Some(RangeSpec::Unsatisfiable) => RangeSupport::Unsatisfiable,
+        };
+        Response::Image { bytes, framing, md5, range }
     } else if let Some(to) = &raw.redirect {
         let status = raw.status.as_ref().map_or(302, |s| s.value);
         if ![301, 302, 303, 307, 308].contains(&status) {
@@ -361,6 +386,9 @@ pub(super) fn serve(raw: RawServe, cx: &Ctx<'_>) -> Result<ServeStep, ScenarioEr
     }
     if faults.len() > 1 {
         return cx.at(&raw.path, "serve: at most one of truncate_at, reset_at, claim_length, stall, drip");
+    }
+    if raw.range.is_some() && image.is_none() {
+        return cx.at(&raw.path, "serve: `range` says how an `image` is served; this path serves none");
     }
     if !faults.is_empty() && image.is_none() {
         return cx.at(&raw.path, "serve: body faults need an `image` to cut");

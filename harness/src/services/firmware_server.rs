@@ -60,6 +60,7 @@ pub enum Response {
         bytes: Arc<Vec<u8>>,
         framing: Framing,
         md5: Md5Header,
+        range: RangeSupport,
     },
     /// A status with a short text body.
     Status(u16),
@@ -69,6 +70,39 @@ pub enum Response {
         location: String,
     },
     NotModified,
+}
+
+/// How an image answers a `Range: bytes=first-[last]` request (without one: 200, the whole
+/// image, whatever this says).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RangeSupport {
+    /// 206 with `Content-Range` and the bytes asked for (416 past the end), as nginx answers.
+    /// Only with `Content-Length` framing; chunked and close-delimited images answer 200.
+    #[default]
+    Honour,
+    /// 200 with the whole image: a server without range support.
+    Ignore,
+    /// 416 to every range.
+    Unsatisfiable,
+}
+
+/// `Range: bytes=first-[last]` (one range; anything else is no range, as servers treat it).
+fn requested_range(request: &Request) -> Option<(u64, Option<u64>)> {
+    let v = request.header("range")?.trim();
+    let spec = v.strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let first = first.trim().parse().ok()?;
+    let last = match last.trim() {
+        "" => None,
+        l => Some(l.parse().ok()?),
+    };
+    if last.is_some_and(|l| l < first) {
+        return None;
+    }
+    Some((first, last))
 }
 
 /// What goes wrong while answering.
@@ -336,6 +370,7 @@ fn serve_connection(mut stream: impl Conn, shared: &Mutex<Shared>, stop: &Atomic
     // The target's path (a query is the device's business): routes are by path.
     let path = request.target.split('?').next().unwrap_or("").to_string();
     let head_only = request.method.eq_ignore_ascii_case("HEAD");
+    let asked = requested_range(&request);
     let route = {
         let mut s = lock(shared);
         s.requests.push(request);
@@ -367,13 +402,39 @@ fn serve_connection(mut stream: impl Conn, shared: &Mutex<Shared>, stop: &Atomic
             );
             stream.write_all(head.as_bytes())?;
         }
-        Response::Image { bytes, framing, md5 } => {
-            let mut head = String::from("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n");
+        Response::Image { bytes, framing, md5, range } => {
+            let total = bytes.len() as u64;
+            let ranged = match (asked, range, framing) {
+                (Some(_), RangeSupport::Unsatisfiable, _) => Err(()),
+                (Some((first, _)), RangeSupport::Honour, Framing::ContentLength) if first >= total => Err(()),
+                (Some((first, last)), RangeSupport::Honour, Framing::ContentLength) => {
+                    let last = last.map_or(total - 1, |l| l.min(total - 1));
+                    Ok(Some((first, last)))
+                }
+                _ => Ok(None),
+            };
+            let Ok(ranged) = ranged else {
+                let head = format!(
+                    "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{total}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                stream.write_all(head.as_bytes())?;
+                return stream.finish();
+            };
+            let body: &[u8] = match ranged {
+                Some((first, last)) => &bytes[first as usize..=last as usize],
+                None => &bytes[..],
+            };
+            let mut head = match ranged {
+                Some((first, last)) => format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes {first}-{last}/{total}\r\n"
+                ),
+                None => String::from("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"),
+            };
             match (framing, fault) {
                 (Framing::ContentLength, Fault::WrongLength { claimed }) => {
                     head += &format!("Content-Length: {claimed}\r\n");
                 }
-                (Framing::ContentLength, _) => head += &format!("Content-Length: {}\r\n", bytes.len()),
+                (Framing::ContentLength, _) => head += &format!("Content-Length: {}\r\n", body.len()),
                 (Framing::Chunked(_), _) => head += "Transfer-Encoding: chunked\r\n",
                 (Framing::Close, _) => {}
             }
@@ -389,7 +450,7 @@ fn serve_connection(mut stream: impl Conn, shared: &Mutex<Shared>, stop: &Atomic
             head += "Connection: close\r\n\r\n";
             stream.write_all(head.as_bytes())?;
             if !head_only {
-                send_body(&mut stream, &bytes, framing, fault, stop)?;
+                send_body(&mut stream, body, framing, fault, stop)?;
                 match fault {
                     // Dropped with a zero linger: RST, no FIN.
                     Fault::Reset { .. } => return Ok(()),

@@ -35,6 +35,8 @@ pub enum StoreError {
     BadItem,
     /// The partition has no page left to take the item (live items fill it).
     Full,
+    /// The partition table has no nvs partition.
+    NoPartition,
 }
 
 impl From<FlashError> for StoreError {
@@ -49,6 +51,7 @@ impl core::fmt::Display for StoreError {
             StoreError::Flash(e) => e.fmt(f),
             StoreError::BadItem => f.write_str("not a storable NVS key or value"),
             StoreError::Full => f.write_str("the NVS partition is full"),
+            StoreError::NoPartition => f.write_str("no nvs partition"),
         }
     }
 }

@@ -92,6 +92,9 @@ pub struct Config<'a> {
     pub version_check: VersionCheck,
     /// The running app's version (its descriptor's).
     pub running_version: &'a str,
+    /// `ota_resumption`: how far a download got is kept in NVS (the sink's resume record), and
+    /// a pull of the same URL after a cut asks for the rest with `Range` (`esp_https_ota` only).
+    pub resume: bool,
 }
 
 impl<'a> Config<'a> {
@@ -105,6 +108,7 @@ impl<'a> Config<'a> {
             max_redirects: MAX_REDIRECTS,
             version_check: VersionCheck::None,
             running_version,
+            resume: false,
         }
     }
 
@@ -118,6 +122,7 @@ impl<'a> Config<'a> {
             max_redirects: MAX_REDIRECTS,
             version_check: VersionCheck::None,
             running_version,
+            resume: false,
         }
     }
 
@@ -220,6 +225,10 @@ pub enum PullError {
     },
     /// `Update` failed (positive: its error number); MD5 mismatch is `Update` error 7.
     Update(UpdateError),
+    /// A 206 whose `Content-Range` does not start where the device asked.
+    BadRange {
+        first: u64,
+    },
 }
 
 impl PullError {
@@ -248,6 +257,7 @@ impl PullError {
             | PullError::SameVersion
             | PullError::Downgrade
             | PullError::Truncated { .. }
+            | PullError::BadRange { .. }
             | PullError::Body(_) => -1,
         }
     }
@@ -284,6 +294,21 @@ impl PullError {
             PullError::BinHeader { .. } => "bin_header",
             PullError::Update(UpdateError::Md5) => "md5_mismatch",
             PullError::Update(_) => "update_failed",
+            PullError::BadRange { .. } => "bad_range",
+        }
+    }
+
+    /// Whether the bytes already in the slot are still good for a later resume: the network or
+    /// the server failed, not the image.
+    pub fn keeps_resume_record(&self) -> bool {
+        match self {
+            PullError::Truncated { .. }
+            | PullError::Stalled { .. }
+            | PullError::HeadTimeout
+            | PullError::ClosedInHead => true,
+            PullError::Connect(why) => !matches!(why, ConnectError::Tls(_)),
+            PullError::Status(code) => *code >= 500,
+            _ => false,
         }
     }
 }
@@ -311,6 +336,18 @@ pub enum Event<'a> {
         size: Option<u32>,
         slot: u8,
     },
+    /// A `Range` request was answered with the rest: writing goes on at `at` (`esp_ota_resume`).
+    Resumed {
+        at: u32,
+        size: Option<u32>,
+        slot: u8,
+    },
+    /// A `Range` request was answered with the whole image (200) or 416: from byte 0.
+    RangeIgnored {
+        status: u16,
+    },
+    /// The resume record could not be written; this pull will not resume after a cut.
+    ResumeNotSaved(crate::nvs::StoreError),
     Progress {
         received: u64,
         total: Option<u64>,
@@ -343,6 +380,19 @@ enum State {
     Done,
 }
 
+/// The resume record of the pull under way.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Record {
+    None,
+    /// In NVS for this pull's URL, at this many bytes.
+    Kept(u32),
+    /// Starting it failed: it is never advanced (its offset could pair with another URL).
+    Failed,
+}
+
+/// The resume record advances each time this many more bytes are in the slot.
+pub const RESUME_CHECKPOINT: u32 = 4096;
+
 pub struct Client {
     state: State,
     url: [u8; MAX_URL],
@@ -359,6 +409,16 @@ pub struct Client {
     md5: Md5,
     expected_md5: Option<[u8; 16]>,
     reboot: bool,
+    /// The URL the pull started with (what a resume record names).
+    origin: [u8; MAX_URL],
+    origin_len: usize,
+    /// The offset the requests ask for with `Range` (0: the whole image).
+    range_from: u32,
+    /// Where the body's first byte goes in the image (a resumed body: `range_from`).
+    base: u32,
+    /// Image bytes handed to the sink.
+    written: u32,
+    record: Record,
 }
 
 impl Default for Client {
@@ -377,6 +437,12 @@ impl Default for Client {
             md5: Md5::new(),
             expected_md5: None,
             reboot: false,
+            origin: [0; MAX_URL],
+            origin_len: 0,
+            range_from: 0,
+            base: 0,
+            written: 0,
+            record: Record::None,
         }
     }
 }
@@ -426,16 +492,28 @@ impl Client {
 
     /// Starts pulling `url`.
     pub fn start<O: Output>(&mut self, url: &str, out: &mut O) {
+        self.start_at(url, 0, out);
+    }
+
+    /// Starts pulling `url`, asking for the image from byte `from` on (a resume record's
+    /// offset; 0: the whole image).
+    pub fn start_at<O: Output>(&mut self, url: &str, from: u32, out: &mut O) {
         if self.is_busy() {
             return;
         }
         self.reboot = false;
         self.redirects = 0;
+        self.range_from = from;
+        self.base = 0;
+        self.written = 0;
+        self.record = if from > 0 { Record::Kept(from) } else { Record::None };
         match Url::parse(url) {
             Ok(u) if url.len() <= MAX_URL => {
                 self.https_origin = u.scheme == Scheme::Https;
                 self.url[..url.len()].copy_from_slice(url.as_bytes());
                 self.url_len = url.len();
+                self.origin = self.url;
+                self.origin_len = url.len();
                 self.connect(out);
             }
             Ok(_) => self.fail_idle(PullError::BadUrl(UrlError::Characters), out),
@@ -491,6 +569,12 @@ impl Client {
                 out.send(USER_AGENT.as_bytes());
                 out.send(b"\r\n");
                 host(out);
+                if self.range_from > 0 {
+                    let mut buf = [0u8; 10];
+                    out.send(b"Range: bytes=");
+                    out.send(decimal(self.range_from as u64, &mut buf));
+                    out.send(b"-\r\n");
+                }
             }
             Some(f) => {
                 host(out);
@@ -515,6 +599,9 @@ impl Client {
         if self.begun {
             sink.abort();
             self.begun = false;
+        }
+        if !e.keeps_resume_record() {
+            self.forget_record(sink);
         }
         out.close();
         self.state = State::Done;
@@ -595,6 +682,23 @@ impl Client {
                 }
             };
         } else {
+            if self.range_from > 0 {
+                match status {
+                    206 => return self.on_rest(cfg, head, now_ms, sink, out),
+                    200 | 416 => {
+                        // `esp_https_ota`: the bytes in the slot are no use, from byte 0.
+                        out.event(Event::RangeIgnored { status });
+                        self.range_from = 0;
+                        self.forget_record(sink);
+                        if status == 416 {
+                            out.close();
+                            self.connect(out);
+                            return false;
+                        }
+                    }
+                    _ => {}
+                }
+            }
             match status {
                 200..=299 | 300 | 305 => {}
                 301 | 302 | 303 | 307 | 308 if cfg.follow_redirects => {
@@ -614,6 +718,8 @@ impl Client {
         self.body = Body::new(Framing::of(head));
         self.peek_len = 0;
         self.begun = false;
+        self.base = 0;
+        self.written = 0;
         self.md5 = Md5::new();
         self.state = State::Body { last_data_ms: now_ms };
         if self.body.complete() {
@@ -623,6 +729,79 @@ impl Client {
             return false;
         }
         true
+    }
+
+    /// A 206 to a resumed pull: the rest of the image, written on from `range_from`.
+    fn on_rest<S: UpdateSink, O: Output>(
+        &mut self,
+        cfg: &Config<'_>,
+        head: &Head,
+        now_ms: u64,
+        sink: &mut S,
+        out: &mut O,
+    ) -> bool {
+        let from = self.range_from;
+        if let Some(r) = head.content_range
+            && r.first != from as u64
+        {
+            self.fail(PullError::BadRange { first: r.first }, sink, out);
+            return false;
+        }
+        self.body = Body::new(Framing::of(head));
+        self.base = from;
+        self.written = from;
+        self.expected_md5 = None;
+        match sink.resume(from) {
+            Ok(slot) => {
+                self.begun = true;
+                let size = self.total().map(|t| t as u32);
+                out.event(Event::Resumed { at: from, size, slot });
+            }
+            Err(e) => {
+                self.fail(PullError::Ota(e), sink, out);
+                return false;
+            }
+        }
+        self.state = State::Body { last_data_ms: now_ms };
+        if self.body.complete() {
+            self.finish(cfg, sink, out);
+            return false;
+        }
+        true
+    }
+
+    /// The resume record goes (the slot's bytes are no use to a later pull).
+    fn forget_record<S: UpdateSink>(&mut self, sink: &mut S) {
+        if matches!(self.record, Record::Kept(_)) {
+            let _ = sink.clear_resume_record();
+        }
+        self.record = Record::None;
+    }
+
+    /// The resume record follows what is in the slot, every [`RESUME_CHECKPOINT`] bytes.
+    fn checkpoint<S: UpdateSink, O: Output>(&mut self, cfg: &Config<'_>, sink: &mut S, out: &mut O) {
+        if !cfg.resume || cfg.arduino_facts().is_some() || !self.begun {
+            return;
+        }
+        let at = self.written - self.written % crate::writer::RESUME_UNIT;
+        let saved = match self.record {
+            Record::Failed => return,
+            Record::Kept(k) if at / RESUME_CHECKPOINT <= k / RESUME_CHECKPOINT => return,
+            Record::None if at < RESUME_CHECKPOINT => return,
+            Record::Kept(_) => sink.advance_resume_record(at),
+            Record::None => sink.start_resume_record(url_text(&self.origin, self.origin_len), at),
+        };
+        match saved {
+            Ok(()) => self.record = Record::Kept(at),
+            Err(e) => {
+                // A record half-started is cleared; one that stopped advancing stays true.
+                if self.record == Record::None {
+                    let _ = sink.clear_resume_record();
+                }
+                self.record = Record::Failed;
+                out.event(Event::ResumeNotSaved(e));
+            }
+        }
     }
 
     fn redirect<S: UpdateSink, O: Output>(
@@ -685,17 +864,24 @@ impl Client {
         if let Err(e) = fed {
             return self.fail(PullError::Body(e), sink, out);
         }
-        out.event(Event::Progress { received: self.body.received(), total: self.total() });
+        self.checkpoint(cfg, sink, out);
+        out.event(Event::Progress { received: self.received(), total: self.total() });
         if self.body.complete() {
             self.finish(cfg, sink, out);
         }
     }
 
+    /// The image's length: the body's, plus what a resumed pull had already.
     fn total(&self) -> Option<u64> {
         match self.body.framing() {
-            Framing::Length(n) => Some(n),
+            Framing::Length(n) => Some(self.base as u64 + n),
             _ => None,
         }
+    }
+
+    /// Image bytes received, counted from the image's first byte.
+    fn received(&self) -> u64 {
+        self.base as u64 + self.body.received()
     }
 
     /// Image bytes: kept until the header is checked, then written.
@@ -731,7 +917,9 @@ impl Client {
         sink.write(data).map_err(|e| match cfg.arduino_facts() {
             Some(_) => PullError::Update(UpdateError::at_write(&e)),
             None => PullError::Ota(e),
-        })
+        })?;
+        self.written += data.len() as u32;
+        Ok(())
     }
 
     /// The header checks on the first bytes, then `esp_ota_begin` / `Update.begin`.
@@ -810,6 +998,9 @@ impl Client {
             }
         }
         self.begun = false;
+        // Before the boot switch: a cut after it must not leave a record pointing into the
+        // slot that is now the running one's rollback partner.
+        self.forget_record(sink);
         match sink.end() {
             Ok(switched) => {
                 out.close();
@@ -835,7 +1026,7 @@ impl Client {
             State::Head { .. } => self.fail(PullError::ClosedInHead, sink, out),
             State::Body { .. } if self.body.framing() == Framing::Close => self.finish(cfg, sink, out),
             State::Body { .. } => {
-                let received = self.body.received();
+                let received = self.received();
                 self.fail(PullError::Truncated { received }, sink, out)
             }
             State::Connecting => self.fail(PullError::Connect(ConnectError::Refused), sink, out),
@@ -856,7 +1047,7 @@ impl Client {
                 self.fail(PullError::HeadTimeout, sink, out)
             }
             State::Body { last_data_ms } if now_ms >= last_data_ms + cfg.stall_limit_ms => {
-                let received = self.body.received();
+                let received = self.received();
                 self.fail(PullError::Stalled { received }, sink, out)
             }
             _ => {}

@@ -125,6 +125,7 @@ impl<'a> Settings<'a> {
         pull.timeout_ms = u64::from(m.timeout_s) * 1000;
         // ESP-IDF retries a silent body forever; three read timeouts in a row end it here.
         pull.stall_limit_ms = 3 * pull.timeout_ms;
+        pull.resume = m.resume;
         let mut ap_mac = facts.mac;
         ap_mac[5] = ap_mac[5].wrapping_add(1);
         let device = http_pull::DeviceFacts {
@@ -198,6 +199,9 @@ pub struct Agent {
     library: Library,
     /// TLS between the firmware server's connection and the pull.
     secure: secure::Secure,
+    /// The first broker session since boot has come up (a download cut short by the restart
+    /// is resumed then, once).
+    booted: bool,
 }
 
 impl Default for Agent {
@@ -210,6 +214,7 @@ impl Default for Agent {
             progress_mark: 0,
             library: Library::EspHttpsOta,
             secure: secure::Secure::default(),
+            booted: false,
         }
     }
 }
@@ -396,6 +401,17 @@ impl<O: Output> http_pull::Output for PullOut<'_, O> {
                     self.status(State::Downloading, received, total, None);
                 }
             }
+            E::Resumed { at, size, slot } => {
+                *self.progress_mark = match size {
+                    Some(t) => u64::from(at) * 4 / u64::from(t.max(1)),
+                    None => u64::from(at) / PROGRESS_STEP_UNSIZED,
+                };
+                let slot = SlotName(crate::boot::BootIndex::Ota(slot));
+                self.out.log(&LogEvent::PullResumed { at, size, slot });
+                self.status(State::Downloading, u64::from(at), size.map(u64::from), None);
+            }
+            E::RangeIgnored { status } => self.out.log(&LogEvent::PullRangeIgnored { status }),
+            E::ResumeNotSaved(e) => self.out.log(&LogEvent::PullResumeNotSaved(e)),
             E::NoUpdate => {
                 self.out.log(&LogEvent::PullNoUpdate);
                 self.status(State::NoUpdate, 0, None, None);
@@ -530,7 +546,15 @@ impl Agent {
         };
         for t in taken.into_iter().flatten() {
             match t {
-                Taken::Ready => publish_status(&mut self.mqtt, s, now_ms, out, State::Online, 0, None, None),
+                Taken::Ready => {
+                    publish_status(&mut self.mqtt, s, now_ms, out, State::Online, 0, None, None);
+                    if !self.booted {
+                        self.booted = true;
+                        if !other_update {
+                            self.resume_after_restart(s, now_ms, sink, out);
+                        }
+                    }
+                }
                 Taken::Trigger { url, len, truncated, library } => {
                     let url = core::str::from_utf8(&url[..len]).unwrap_or("");
                     if other_update {
@@ -562,7 +586,7 @@ impl Agent {
         truncated: bool,
         library: Library,
         now_ms: u64,
-        _sink: &mut S,
+        sink: &mut S,
         out: &mut O,
     ) {
         if self.pull.is_busy() {
@@ -570,11 +594,58 @@ impl Agent {
             return;
         }
         out.log(&LogEvent::PullTriggered { truncated, arduino: library == Library::ArduinoHttpUpdate });
+        // The same URL as a download cut short goes on where it stopped; another one makes
+        // the bytes in the slot useless.
+        let mut from = 0;
+        if library == Library::EspHttpsOta && s.pull.resume {
+            let mut buf = [0u8; MAX_URL];
+            match sink.resume_record(&mut buf) {
+                Some((recorded, at)) if recorded == url => from = at,
+                Some(_) => {
+                    let _ = sink.clear_resume_record();
+                }
+                None => {}
+            }
+        }
+        self.begin_pull(s, url, from, library, now_ms, out);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn begin_pull<O: Output>(
+        &mut self,
+        s: &Settings<'_>,
+        url: &str,
+        from: u32,
+        library: Library,
+        now_ms: u64,
+        out: &mut O,
+    ) {
         self.library = library;
+        if from > 0 {
+            let path = Url::parse(url).map(|u| u.target).unwrap_or("");
+            out.log(&LogEvent::PullResuming { path, at: from });
+        }
         publish_status(&mut self.mqtt, s, now_ms, out, State::Started, 0, None, None);
         self.progress_mark = 0;
         let Agent { mqtt, pull, progress_mark, secure, .. } = self;
-        pull.start(url, &mut PullOut { out, secure, mqtt, settings: s, now_ms, progress_mark });
+        pull.start_at(url, from, &mut PullOut { out, secure, mqtt, settings: s, now_ms, progress_mark });
+    }
+
+    /// At the first broker session after boot: a download the restart cut short goes on
+    /// (ESP-IDF's example resumes at boot the same way), if the device resumes at all.
+    fn resume_after_restart<S: UpdateSink, O: Output>(
+        &mut self,
+        s: &Settings<'_>,
+        now_ms: u64,
+        sink: &mut S,
+        out: &mut O,
+    ) {
+        if !s.pull.resume || self.pull.is_busy() {
+            return;
+        }
+        let mut buf = [0u8; MAX_URL];
+        let Some((url, at)) = sink.resume_record(&mut buf) else { return };
+        self.begin_pull(s, url, at, Library::EspHttpsOta, now_ms, out);
     }
 
     /// The firmware server's TCP connection is up (for https the handshake starts first).

@@ -61,13 +61,26 @@ impl Output for Net {
 fn pull(cfg: &Config<'_>, url: &str, limit: Duration) -> (Vec<String>, Vec<u8>, Vec<u8>) {
     let (table, image) = base();
     let mut flash = FileFlash::in_memory(image.clone());
+    let events = pull_on(&table, &mut flash, cfg, url, 0, limit);
+    (events, image, flash.data().to_vec())
+}
+
+/// Pulls `url` from byte `from` on into `flash`, returning the events.
+fn pull_on(
+    table: &ota_core::partition::PartitionTable,
+    flash: &mut FileFlash,
+    cfg: &Config<'_>,
+    url: &str,
+    from: u32,
+    limit: Duration,
+) -> Vec<String> {
     let mut session = Session::new(Client::default());
     let mut net = Net::default();
     let started = Instant::now();
     let now = || started.elapsed().as_millis() as u64;
-    let target = Target { table: &table, running: *table.ota(0).unwrap(), config: OtaConfig::default() };
-    session.with(&mut flash, &target, |client, sink| {
-        client.start(url, &mut net);
+    let target = Target { table, running: *table.ota(0).unwrap(), config: OtaConfig::default() };
+    session.with(flash, &target, |client, sink| {
+        client.start_at(url, from, &mut net);
         let mut buf = [0u8; 4096];
         while client.is_busy() && started.elapsed() < limit {
             // A close asked for before a new connection (a redirect) applies to the old one.
@@ -116,12 +129,17 @@ fn pull(cfg: &Config<'_>, url: &str, limit: Duration) -> (Vec<String>, Vec<u8>, 
             }
         }
     });
-    (net.events, image, flash.data().to_vec())
+    net.events
 }
 
 fn image_route(bytes: &[u8], framing: Framing, fault: Fault) -> Route {
     Route {
-        response: Response::Image { bytes: Arc::new(bytes.to_vec()), framing, md5: Md5Header::None },
+        response: Response::Image {
+            bytes: Arc::new(bytes.to_vec()),
+            framing,
+            md5: Md5Header::None,
+            range: RangeSupport::Honour,
+        },
         fault,
     }
 }
@@ -235,7 +253,12 @@ fn the_arduino_updater_304_x_md5_and_its_headers() {
     };
     let cfg = Config::arduino(facts, "1.0.0");
     let with_md5 = |md5| Route {
-        response: Response::Image { bytes: Arc::new(v2.clone()), framing: Framing::ContentLength, md5 },
+        response: Response::Image {
+            bytes: Arc::new(v2.clone()),
+            framing: Framing::ContentLength,
+            md5,
+            range: RangeSupport::Honour,
+        },
         fault: Fault::None,
     };
     s.route("/update", with_md5(Md5Header::Correct));
@@ -314,7 +337,12 @@ mod tls {
         server.route(
             "/v2.bin",
             Route {
-                response: Response::Image { bytes, framing: Framing::ContentLength, md5: Md5Header::None },
+                response: Response::Image {
+                    bytes,
+                    framing: Framing::ContentLength,
+                    md5: Md5Header::None,
+                    range: RangeSupport::Honour,
+                },
                 fault: Fault::None,
             },
         );
@@ -335,7 +363,12 @@ mod tls {
         server.route(
             "/cut.bin",
             Route {
-                response: Response::Image { bytes, framing: Framing::ContentLength, md5: Md5Header::None },
+                response: Response::Image {
+                    bytes,
+                    framing: Framing::ContentLength,
+                    md5: Md5Header::None,
+                    range: RangeSupport::Honour,
+                },
                 fault: Fault::Truncate { at: 10_000 },
             },
         );
@@ -362,4 +395,90 @@ mod tls {
         }
         assert!(server.requests().is_empty());
     }
+}
+
+#[test]
+fn a_download_cut_short_resumes_with_range_and_a_server_that_ignores_it_starts_again() {
+    const NVS_CSV: &str = "nvs, data, nvs, , 0x3000\notadata, data, ota, , 0x2000\napp0, app, ota_0, , 0x70000\napp1, app, ota_1, , 0x70000\n";
+    let table = ota_core::partition_csv::parse_csv(NVS_CSV).unwrap();
+    let nvs = *table.nvs().unwrap();
+    let slot = table.ota(1).unwrap().offset as usize;
+    let fresh = || {
+        let mut image = ota_emu::mkflash::merged_image(&table, &app("1.0.0", 1000), 1 << 20).unwrap();
+        let od = table.otadata().unwrap().offset as usize;
+        image[od..od + 32].copy_from_slice(
+            &ota_core::otadata::OtaEntry::new(1, ota_core::otadata::OtaState::Valid).to_bytes(),
+        );
+        FileFlash::in_memory(image)
+    };
+    let s = server();
+    let v2 = app("2.0.0", 60_000);
+    let url = s.url("/v2.bin");
+    let mut cfg = Config::esp_https_ota("1.0.0");
+    cfg.resume = true;
+    let mut record = [0u8; 400];
+
+    for (range, want) in [
+        (RangeSupport::Honour, "Resumed { at: "),
+        (RangeSupport::Ignore, "RangeIgnored { status: 200 }"),
+        (RangeSupport::Unsatisfiable, "RangeIgnored { status: 416 }"),
+    ] {
+        let mut flash = fresh();
+        let before = flash.data().to_vec();
+        s.route("/v2.bin", image_route(&v2, Framing::ContentLength, Fault::Truncate { at: 30_000 }));
+        let events = pull_on(&table, &mut flash, &cfg, &url, 0, LIMIT);
+        assert!(events.last().unwrap().starts_with("Failed(Truncated { received: 30000 })"), "{events:?}");
+        // The record: this URL, a whole number of KiB no further than the bytes in the slot.
+        let (recorded, at) = ota_core::resume::load(&mut flash, &nvs, &mut record).expect("a record");
+        assert_eq!(recorded, url);
+        assert!(at % 1024 == 0 && (4096..=30_000).contains(&at), "{at}");
+        assert_eq!(&flash.data()[slot..slot + at as usize], &v2[..at as usize]);
+        assert_eq!(flash.data()[..0x9000], before[..0x9000]);
+
+        let mut route = image_route(&v2, Framing::ContentLength, Fault::None);
+        if let Response::Image { range: r, .. } = &mut route.response {
+            *r = range;
+        }
+        s.route("/v2.bin", route);
+        let first_request = s.requests().len();
+        let events = pull_on(&table, &mut flash, &cfg, &url, at, LIMIT);
+        assert!(events.iter().any(|e| e.starts_with(want)), "{range:?}: {events:?}");
+        assert!(events.last().unwrap().starts_with("Complete(Switched { slot: 1"), "{range:?}: {events:?}");
+        assert_eq!(&flash.data()[slot..slot + v2.len()], &v2[..], "{range:?}");
+        assert_eq!(ota_core::resume::load(&mut flash, &nvs, &mut record), None, "{range:?}: record kept");
+        let requests = s.requests();
+        let asked = format!("bytes={at}-");
+        assert_eq!(requests[first_request].header("range"), Some(asked.as_str()), "{range:?}");
+        if range == RangeSupport::Unsatisfiable {
+            assert_eq!(requests.len(), first_request + 2, "{range:?}: one more request, without Range");
+            assert_eq!(requests[first_request + 1].header("range"), None);
+        }
+        if range == RangeSupport::Honour {
+            assert!(
+                events
+                    .iter()
+                    .any(|e| e.starts_with(&format!("Resumed {{ at: {at}, size: Some({})", v2.len())))
+            );
+        }
+    }
+}
+
+#[test]
+fn an_image_that_fails_verification_leaves_no_record_to_resume() {
+    const NVS_CSV: &str = "nvs, data, nvs, , 0x3000\notadata, data, ota, , 0x2000\napp0, app, ota_0, , 0x70000\napp1, app, ota_1, , 0x70000\n";
+    let table = ota_core::partition_csv::parse_csv(NVS_CSV).unwrap();
+    let nvs = *table.nvs().unwrap();
+    let mut flash =
+        FileFlash::in_memory(ota_emu::mkflash::merged_image(&table, &app("1.0.0", 1000), 1 << 20).unwrap());
+    let s = server();
+    let mut v2 = app("2.0.0", 60_000);
+    let last = v2.len() - 1;
+    v2[last] ^= 0xFF; // the SHA-256 no longer matches
+    s.route("/v2.bin", image_route(&v2, Framing::ContentLength, Fault::None));
+    let mut cfg = Config::esp_https_ota("1.0.0");
+    cfg.resume = true;
+    let events = pull_on(&table, &mut flash, &cfg, &s.url("/v2.bin"), 0, LIMIT);
+    assert!(events.last().unwrap().starts_with("Failed(Ota(Validate("), "{events:?}");
+    let mut record = [0u8; 400];
+    assert_eq!(ota_core::resume::load(&mut flash, &nvs, &mut record), None);
 }

@@ -74,6 +74,7 @@ impl fmt::Display for PullError {
             PullError::FaultyMd5 => f.write_str("x-MD5 is not 32 hex digits"),
             PullError::BinHeader { found } => write!(f, "first byte {found:#04x}, not 0xe9"),
             PullError::Update(e) => e.fmt(f),
+            PullError::BadRange { first } => write!(f, "206 starts at byte {first}, not where asked"),
         }
     }
 }

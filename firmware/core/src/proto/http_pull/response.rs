@@ -42,6 +42,35 @@ pub struct Head {
     /// `Location` longer than [`MAX_LOCATION`].
     pub location_too_long: bool,
     pub md5: Md5Header,
+    /// `Content-Range: bytes first-last/total` (a 206's): first byte, and the total when known.
+    pub content_range: Option<ContentRange>,
+}
+
+/// A 206 response's `Content-Range`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ContentRange {
+    pub first: u64,
+    pub last: u64,
+    /// `*` when the server does not know it.
+    pub total: Option<u64>,
+}
+
+impl ContentRange {
+    /// `bytes first-last/total` or `bytes first-last/*`; anything else (`bytes */total` of a
+    /// 416 included) is none.
+    fn parse(value: &[u8]) -> Option<Self> {
+        let v = core::str::from_utf8(value).ok()?;
+        let rest = v.strip_prefix("bytes")?.trim_start();
+        let (range, total) = rest.split_once('/')?;
+        let (first, last) = range.split_once('-')?;
+        let first: u64 = first.trim().parse().ok()?;
+        let last: u64 = last.trim().parse().ok()?;
+        let total = match total.trim() {
+            "*" => None,
+            t => Some(t.parse::<u64>().ok()?),
+        };
+        (first <= last && total.is_none_or(|t| last < t)).then_some(ContentRange { first, last, total })
+    }
 }
 
 impl Head {
@@ -54,6 +83,7 @@ impl Head {
             location_len: 0,
             location_too_long: false,
             md5: Md5Header::Absent,
+            content_range: None,
         }
     }
 
@@ -154,6 +184,8 @@ fn parse_head(head: &[u8]) -> Result<Head, HeadError> {
                 head.location[..value.len()].copy_from_slice(value);
                 head.location_len = value.len();
             }
+        } else if name.eq_ignore_ascii_case(b"content-range") {
+            head.content_range = ContentRange::parse(value);
         } else if name.eq_ignore_ascii_case(b"x-md5") {
             let mut digest = [0u8; 16];
             head.md5 = match crate::hex::decode(value, &mut digest) {
