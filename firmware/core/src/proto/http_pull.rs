@@ -392,6 +392,7 @@ enum Record {
 
 /// The resume record advances each time this many more bytes are in the slot.
 pub const RESUME_CHECKPOINT: u32 = 4096;
+const _: () = assert!(RESUME_CHECKPOINT.is_multiple_of(crate::writer::RESUME_UNIT));
 
 pub struct Client {
     state: State,
@@ -778,12 +779,14 @@ impl Client {
         self.record = Record::None;
     }
 
-    /// The resume record follows what is in the slot, every [`RESUME_CHECKPOINT`] bytes.
+    /// The resume record follows what is in the slot, every [`RESUME_CHECKPOINT`] bytes. The
+    /// point kept is a multiple of it, not where the read ended: how TCP cut the body must not
+    /// change where a resumed download starts (the emulator and QEMU resume at the same byte).
     fn checkpoint<S: UpdateSink, O: Output>(&mut self, cfg: &Config<'_>, sink: &mut S, out: &mut O) {
         if !cfg.resume || cfg.arduino_facts().is_some() || !self.begun {
             return;
         }
-        let at = self.written - self.written % crate::writer::RESUME_UNIT;
+        let at = self.written - self.written % RESUME_CHECKPOINT;
         let saved = match self.record {
             Record::Failed => return,
             Record::Kept(k) if at / RESUME_CHECKPOINT <= k / RESUME_CHECKPOINT => return,

@@ -517,3 +517,117 @@ fn heads_and_bodies_are_framed_as_http_says() {
         assert_eq!(b.feed(bad, |_| {}), Err(BodyError::Chunk), "{bad:?}");
     }
 }
+
+/// The resume record in the device's NVS, if there is one.
+fn resume_record(d: &mut Device) -> Option<(String, u32)> {
+    let nvs = *d.table.nvs().unwrap();
+    let mut buf = [0u8; 256];
+    crate::resume::load(&mut d.flash, &nvs, &mut buf).map(|(url, at)| (url.to_string(), at))
+}
+
+/// The same flash after a power cycle: a new client, no update in progress.
+fn rebooted(d: Device) -> Device {
+    Device { client: Client::default(), update: None, out: Rec::default(), now: 0, ..d }
+}
+
+fn partial_head(first: usize, total: usize) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {first}-{}/{total}\r\nContent-Length: {}\r\n\r\n",
+        total - 1,
+        total - first
+    )
+    .into_bytes()
+}
+
+/// v2 cut at byte 20,000 with resumption on: the record says where a resume starts.
+fn cut_pull(cfg: &Config<'_>, v2: &[u8], step: usize) -> Device {
+    let mut d = Device::new();
+    d.start(cfg, "http://h/v2.bin");
+    let mut resp = ok_head(v2.len());
+    resp.extend_from_slice(&v2[..20_000]);
+    d.respond(cfg, &resp, step);
+    d.close(cfg);
+    assert!(d.last().starts_with("Failed(Truncated"), "{}", d.last());
+    d
+}
+
+#[test]
+fn a_cut_pull_resumes_with_range_where_its_record_says() {
+    let mut cfg = Config::esp_https_ota("1.0.0");
+    cfg.resume = true;
+    let v2 = image("2.0.0", 40_000);
+    // However TCP cut the body, the checkpoint is the last whole 4 KiB: 16384.
+    for step in [1, 1000, 1460, usize::MAX] {
+        let d = cut_pull(&cfg, &v2, step);
+        let mut d = rebooted(d);
+        assert_eq!(resume_record(&mut d), Some(("http://h/v2.bin".to_string(), 16384)), "step {step}");
+        let ops_before = d.flash.ops.len();
+        d.client.start_at("http://h/v2.bin", 16384, &mut d.out);
+        d.client.connected(&cfg, 0, &mut d.out);
+        let request = String::from_utf8(d.out.sent.clone()).unwrap();
+        assert!(request.contains("\r\nRange: bytes=16384-\r\n"), "{request}");
+        let mut resp = partial_head(16384, v2.len());
+        resp.extend_from_slice(&v2[16384..]);
+        d.respond(&cfg, &resp, step);
+        assert!(d.out.events.iter().any(|e| e.starts_with("Resumed { at: 16384")), "{:?}", d.out.events);
+        assert!(d.last().starts_with("Complete(Switched { slot: 1"), "step {step}: {:?}", d.out.events);
+        assert_eq!(&d.flash.data[0x1D0000..0x1D0000 + v2.len()], &v2[..]);
+        // Nothing below the record was erased again.
+        let erased_low = d.flash.ops[ops_before..]
+            .iter()
+            .any(|op| matches!(*op, Op::Erase(a) if (0x1D0000..0x1D0000 + 16384).contains(&a)));
+        assert!(!erased_low);
+        assert_eq!(resume_record(&mut d), None, "the record goes before the boot switch");
+    }
+}
+
+#[test]
+fn servers_that_do_not_honour_range_restart_or_fail_the_resume() {
+    let mut cfg = Config::esp_https_ota("1.0.0");
+    cfg.resume = true;
+    let v2 = image("2.0.0", 40_000);
+    // 200: the whole image, written from byte 0.
+    let mut d = rebooted(cut_pull(&cfg, &v2, 1460));
+    d.client.start_at("http://h/v2.bin", 16384, &mut d.out);
+    d.client.connected(&cfg, 0, &mut d.out);
+    let mut resp = ok_head(v2.len());
+    resp.extend_from_slice(&v2);
+    d.respond(&cfg, &resp, 1460);
+    assert!(d.out.events.contains(&"RangeIgnored { status: 200 }".to_string()), "{:?}", d.out.events);
+    assert!(d.last().starts_with("Complete(Switched { slot: 1"), "{:?}", d.out.events);
+    assert_eq!(&d.flash.data[0x1D0000..0x1D0000 + v2.len()], &v2[..]);
+    // 416: asked again without Range.
+    let mut d = rebooted(cut_pull(&cfg, &v2, 1460));
+    d.client.start_at("http://h/v2.bin", 16384, &mut d.out);
+    d.client.connected(&cfg, 0, &mut d.out);
+    d.respond(
+        &cfg,
+        b"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */40000\r\nContent-Length: 0\r\n\r\n",
+        1460,
+    );
+    assert!(d.out.events.contains(&"RangeIgnored { status: 416 }".to_string()), "{:?}", d.out.events);
+    assert_eq!(resume_record(&mut d), None);
+    let again = d.out.events.iter().filter(|e| e.starts_with("Requesting")).count();
+    assert_eq!(again, 2, "{:?}", d.out.events);
+    // A 206 that starts elsewhere: refused before a byte is written, the slot untouched.
+    let mut d = rebooted(cut_pull(&cfg, &v2, 1460));
+    d.client.start_at("http://h/v2.bin", 16384, &mut d.out);
+    d.client.connected(&cfg, 0, &mut d.out);
+    let slot_before = d.flash.data[0x1D0000..0x1D0000 + 0x10000].to_vec();
+    let mut resp = partial_head(0, v2.len());
+    resp.extend_from_slice(&v2);
+    d.respond(&cfg, &resp, 1460);
+    assert_eq!(d.last(), "Failed(BadRange { first: 0 })");
+    assert_eq!(PullError::BadRange { first: 0 }.name(), "bad_range");
+    assert_eq!(&d.flash.data[0x1D0000..0x1D0000 + 0x10000], &slot_before[..]);
+    assert!(d.otadata_untouched());
+}
+
+#[test]
+fn without_resumption_no_record_is_kept_and_no_range_is_asked() {
+    let cfg = Config::esp_https_ota("1.0.0");
+    let v2 = image("2.0.0", 40_000);
+    let mut d = cut_pull(&cfg, &v2, 1460);
+    assert_eq!(resume_record(&mut d), None);
+    assert!(!String::from_utf8(d.out.sent.clone()).unwrap().contains("Range:"));
+}

@@ -127,6 +127,8 @@ struct Device {
     session: Session<Agent>,
     world: World,
     now: u64,
+    /// The device resumes cut downloads (`pull_resume`).
+    resume: bool,
 }
 
 fn settings() -> Settings<'static> {
@@ -165,14 +167,20 @@ impl Device {
         flash.data[0x10000..0x10000 + v1.len()].copy_from_slice(&v1);
         flash.data[0x9000..0x9020].copy_from_slice(&OtaEntry::new(1, OtaState::Valid).to_bytes());
         flash.ops.clear();
+        Self::boot(flash, false)
+    }
+
+    /// A device on `flash` that has just booted and reached the broker.
+    fn boot(flash: RamFlash, resume: bool) -> Self {
         let mut d = Device {
             flash,
             table: esphome_4mb_table(),
             session: Session::new(Agent::default()),
             world: World::default(),
             now: 0,
+            resume,
         };
-        let s = settings();
+        let s = d.settings();
         d.session.server.start(&s, &mut d.world);
         assert_eq!(d.world.broker_connects, 1);
         d.session.server.broker_connected(&s, 0, &mut d.world);
@@ -181,8 +189,14 @@ impl Device {
         d.broker(&[&CONNACK[..], &SUBACK[..]].concat());
         assert!(d.session.server.broker_ready());
         let online = d.world.statuses();
-        assert_eq!(online, [r#"{"state":"online","bytes":0,"total":-1,"err":"","fw":"1.0.0"}"#]);
+        assert_eq!(online[0], r#"{"state":"online","bytes":0,"total":-1,"err":"","fw":"1.0.0"}"#);
         d
+    }
+
+    fn settings(&self) -> Settings<'static> {
+        let mut s = settings();
+        s.pull.resume = self.resume;
+        s
     }
 
     fn with<R>(
@@ -196,25 +210,25 @@ impl Device {
     }
 
     fn broker(&mut self, bytes: &[u8]) {
-        let now = self.now;
-        self.with(|a, sink, w| a.broker_data(&settings(), bytes, now, false, sink, w));
+        let (now, s) = (self.now, self.settings());
+        self.with(|a, sink, w| a.broker_data(&s, bytes, now, false, sink, w));
     }
 
     fn server_up(&mut self) {
-        let now = self.now;
-        self.with(|a, sink, w| a.server_connected(&settings(), now, sink, w));
+        let (now, s) = (self.now, self.settings());
+        self.with(|a, sink, w| a.server_connected(&s, now, sink, w));
     }
 
     fn server(&mut self, bytes: &[u8], step: usize) {
-        let now = self.now;
+        let (now, s) = (self.now, self.settings());
         for piece in bytes.chunks(step) {
-            self.with(|a, sink, w| a.server_data(&settings(), piece, now, sink, w));
+            self.with(|a, sink, w| a.server_data(&s, piece, now, sink, w));
         }
     }
 
     fn server_closed(&mut self) {
-        let now = self.now;
-        self.with(|a, sink, w| a.server_closed(&settings(), now, sink, w));
+        let (now, s) = (self.now, self.settings());
+        self.with(|a, sink, w| a.server_closed(&s, now, sink, w));
     }
 
     fn otadata_untouched(&self) -> bool {
@@ -537,4 +551,79 @@ mod https {
         assert!(failed[0].contains(r#""err":"tls_failed""#), "{failed:?}");
         assert!(d.otadata_untouched());
     }
+}
+
+/// With `pull_resume` set: a cut download goes on with `Range` when the same URL comes again,
+/// and by itself at the first broker session after a restart; another URL drops the record.
+#[test]
+fn cut_downloads_resume_on_the_same_trigger_and_after_a_restart() {
+    let v2 = image("2.0.0", 40_000);
+    let cut = |d: &mut Device| {
+        d.broker(&trigger("http://a/v2.bin"));
+        d.server_up();
+        d.server(&response(&v2)[..20_000], 1460);
+        d.server_closed();
+        assert!(d.world.log.last().unwrap().contains("truncated"), "{:?}", d.world.log);
+    };
+    let partial = |from: usize| {
+        let mut r = format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {from}-{}/{}\r\nContent-Length: {}\r\n\r\n",
+            v2.len() - 1,
+            v2.len(),
+            v2.len() - from
+        )
+        .into_bytes();
+        r.extend_from_slice(&v2[from..]);
+        r
+    };
+    let mut online = Device::online();
+    online.resume = true;
+    // The same URL again, without a restart.
+    let mut d = online;
+    cut(&mut d);
+    d.world.to_server.clear();
+    d.world.log.clear();
+    d.broker(&trigger("http://a/v2.bin"));
+    d.server_up();
+    let request = String::from_utf8(d.world.to_server.clone()).unwrap();
+    assert!(request.contains("\r\nRange: bytes=16384-\r\n"), "{request}");
+    d.server(&partial(16384), 1460);
+    assert!(d.session.server.reboot_requested(), "{:?}", d.world.log);
+    assert_eq!(d.world.log[1], "I (0) pull: resuming /v2.bin from byte 16384");
+    assert!(
+        d.world.log.iter().any(|l| l.starts_with("I (0) pull: Resuming update of 40")),
+        "{:?}",
+        d.world.log
+    );
+    let slot = d.table.ota(1).unwrap().offset as usize;
+    assert!(d.flash.data[slot..slot + v2.len()] == v2[..]);
+
+    // A restart after the cut: the agent asks for the rest as soon as the broker is there.
+    let mut d = Device::online();
+    d.resume = true;
+    cut(&mut d);
+    let mut d = Device::boot(d.flash, true);
+    assert_eq!(d.world.servers, ["a:80"], "{:?}", d.world.log);
+    assert!(d.world.log.contains(&"I (0) pull: resuming /v2.bin from byte 16384".to_string()));
+    d.server_up();
+    assert!(String::from_utf8(d.world.to_server.clone()).unwrap().contains("Range: bytes=16384-"));
+    d.server(&partial(16384), 1000);
+    assert!(d.session.server.reboot_requested(), "{:?}", d.world.log);
+    assert!(d.flash.data[slot..slot + v2.len()] == v2[..]);
+
+    // Another URL after the cut: downloaded whole, the record dropped; a restart resumes nothing.
+    let mut d = Device::online();
+    d.resume = true;
+    cut(&mut d);
+    d.world.to_server.clear();
+    d.broker(&trigger("http://a/v3.bin"));
+    d.server_up();
+    assert!(!String::from_utf8(d.world.to_server.clone()).unwrap().contains("Range:"));
+    d.with(|_, sink, _| assert_eq!(sink.resume_record(&mut [0u8; 64]), None));
+    // Without the setting, a restart ignores a record.
+    let mut d = Device::online();
+    d.resume = true;
+    cut(&mut d);
+    let d = Device::boot(d.flash, false);
+    assert!(d.world.servers.is_empty(), "{:?}", d.world.log);
 }
