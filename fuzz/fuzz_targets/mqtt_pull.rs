@@ -82,8 +82,12 @@ fuzz_target!(|data: &[u8]| {
         1 => ota_core::proto::http_pull::VersionCheck::SkipSame,
         _ => ota_core::proto::http_pull::VersionCheck::RefuseDowngrade,
     };
-    let mut nvs =
-        MqttSettings { broker: parse_broker("10.0.2.2:1883"), version_check, ..MqttSettings::default() };
+    let mut nvs = MqttSettings {
+        broker: parse_broker("10.0.2.2:1883"),
+        version_check,
+        resume: flags & 8 != 0,
+        ..MqttSettings::default()
+    };
     if flags & 4 != 0 {
         // A CA, so that an https trigger's handshake runs and the server's bytes reach the TLS
         // engine (random bytes never get past the server's signature; everything before it is
