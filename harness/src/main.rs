@@ -25,6 +25,8 @@ fn parse_backend(name: &str) -> Result<&'static otahil::backend::BackendEntry, S
 }
 
 #[derive(Subcommand)]
+// Parsed once per process: boxing `Run`'s options would only make every use of them noisier.
+#[allow(clippy::large_enum_variant)]
 enum Cmd {
     /// Play scenarios and check their snapshots.
     Run {
@@ -69,8 +71,13 @@ enum Cmd {
         /// An MQTT 3.1.1 broker for the pull path's scenarios (`mqtt://HOST:PORT`, e.g. a
         /// mosquitto), instead of the one the harness starts for each scenario. Steps that stop
         /// the broker are skipped against it.
-        #[arg(long, value_name = "URL", value_parser = parse_mqtt_url)]
+        #[arg(long, value_name = "URL", value_parser = parse_mqtt_url, conflicts_with = "mosquitto")]
         mqtt_broker: Option<std::net::SocketAddr>,
+        /// A mosquitto program (e.g. /usr/sbin/mosquitto) the harness runs itself for the pull
+        /// path's scenarios, one process per scenario on a free port, instead of its own broker;
+        /// `broker: go_away` kills it and `come_back` starts it again on the same port.
+        #[arg(long, value_name = "PROGRAM")]
+        mosquitto: Option<PathBuf>,
     },
     /// Flash one firmware build to a bench's board (blocks that already match are skipped,
     /// the rest verified), start it, and print the board's identity and the figures.
@@ -307,6 +314,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             firmware,
             bench,
             mqtt_broker,
+            mosquitto,
         } => {
             let options = runner::RunOptions {
                 only_cut: cut.map(|c| (c, torn)),
@@ -315,7 +323,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 keep_cuts: html.is_some(),
                 device_broker: None,
                 device_tls: None,
-                mqtt_broker,
+                broker: match (mqtt_broker, mosquitto) {
+                    (Some(addr), _) => runner::BrokerChoice::External(addr),
+                    (None, Some(program)) => runner::BrokerChoice::Mosquitto(program),
+                    (None, None) => runner::BrokerChoice::Embedded,
+                },
             };
             let (loaded, errors) = load_all(&scenarios, &scenario)?;
             if !errors.is_empty() {

@@ -13,6 +13,7 @@ use crate::serial::{SerialLog, normalise};
 use std::time::{Duration, Instant};
 
 mod pull;
+pub use pull::BrokerChoice;
 
 /// Options of one run beyond the scenario itself.
 #[derive(Debug, Clone, Default)]
@@ -32,8 +33,8 @@ pub struct RunOptions {
     /// The test CA (PEM) and the clock provisioned with it, set per scenario by the runner when
     /// the scenario's device has `tls`.
     pub device_tls: Option<DeviceTls>,
-    /// An MQTT broker to use instead of starting one (`--mqtt-broker`).
-    pub mqtt_broker: Option<std::net::SocketAddr>,
+    /// Which MQTT broker the pull path's scenarios use (`--mqtt-broker`, `--mosquitto`).
+    pub broker: pull::BrokerChoice,
 }
 
 /// What a device with `tls` is provisioned with: the run's test CA, and the host's clock when
@@ -528,7 +529,7 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
     };
     // The services the device connects to exist before it boots, at addresses it is given.
     let (services, device_broker, device_tls) =
-        match pull::Services::start(scenario, backend.host_address(), options.mqtt_broker) {
+        match pull::Services::start(scenario, backend.host_address(), &options.broker) {
             Ok(s) => s,
             Err(pull::Start::Skip(why)) => {
                 report.skipped = Some(why);

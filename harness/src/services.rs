@@ -4,6 +4,7 @@
 //! step or update path (HTTP pull, the Arduino updater, Homie, fleet rollouts).
 
 pub mod firmware_server;
+pub mod mosquitto;
 pub mod mqtt_broker;
 pub mod mqtt_observer;
 pub mod test_pki;

@@ -50,6 +50,10 @@ enum Task {
         /// harness's own.
         #[arg(long, value_name = "URL")]
         mqtt_broker: Option<String>,
+        /// A mosquitto program the harness runs itself, one per scenario (it can stop and
+        /// restart it, so the scenarios with `broker:` steps play too).
+        #[arg(long, value_name = "PROGRAM")]
+        mosquitto: Option<PathBuf>,
     },
     /// Flash one firmware build to a bench's board (skipping blocks that match, verified),
     /// start it and print the board's identity.
@@ -166,6 +170,7 @@ struct HilArgs {
     bench: Option<PathBuf>,
     probe_rs: bool,
     mqtt_broker: Option<String>,
+    mosquitto: Option<PathBuf>,
 }
 
 /// The firmware directory a bench's board runs (after building it), from `otahil check`.
@@ -227,6 +232,9 @@ fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
     }
     if let Some(m) = &args.mqtt_broker {
         c.args(["--mqtt-broker", m]);
+    }
+    if let Some(m) = &args.mosquitto {
+        c.arg("--mosquitto").arg(m);
     }
     if let Some(h) = &args.html {
         c.arg("--html").arg(h);
@@ -530,9 +538,32 @@ fn main() -> std::process::ExitCode {
 
 fn run_task(task: Task) -> anyhow::Result<()> {
     match task {
-        Task::Hil { backend, scenario, junit, html, cut, torn, seed, bench, probe_rs, mqtt_broker } => hil(
+        Task::Hil {
+            backend,
+            scenario,
+            junit,
+            html,
+            cut,
+            torn,
+            seed,
+            bench,
+            probe_rs,
+            mqtt_broker,
+            mosquitto,
+        } => hil(
             &backend,
-            &HilArgs { scenarios: scenario, junit, html, cut, torn, seed, bench, probe_rs, mqtt_broker },
+            &HilArgs {
+                scenarios: scenario,
+                junit,
+                html,
+                cut,
+                torn,
+                seed,
+                bench,
+                probe_rs,
+                mqtt_broker,
+                mosquitto,
+            },
         ),
         Task::Flash { bench, image, probe_rs } => {
             let bin = build_harness(probe_rs)?;

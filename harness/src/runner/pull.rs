@@ -9,6 +9,7 @@ use crate::scenario::pull::{
 };
 use crate::scenario::{Scenario, StepKind};
 use crate::services::firmware_server::{FirmwareServer, Response};
+use crate::services::mosquitto::Mosquitto;
 use crate::services::mqtt_broker::{Message, MqttBroker};
 use crate::services::mqtt_observer::MqttObserver;
 use crate::services::test_pki::TestPki;
@@ -24,26 +25,43 @@ const LOG_CATCH_UP: Duration = Duration::from_millis(100);
 /// How long a publication with `cut_power` waits for the cut (the pull it starts may be slow).
 const CUT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The broker of a run: the harness's own, or one it only talks to.
+/// Which broker the pull path's scenarios use.
+#[derive(Clone, Debug, Default)]
+pub enum BrokerChoice {
+    /// The harness's own, one per scenario.
+    #[default]
+    Embedded,
+    /// One already running that the harness only talks to (`--mqtt-broker`).
+    External(SocketAddr),
+    /// A mosquitto program the harness runs itself, one process per scenario (`--mosquitto`).
+    Mosquitto(std::path::PathBuf),
+}
+
+/// The broker of a run: the harness's own, one it only talks to, or a mosquitto it runs.
 pub enum BrokerLink {
     Embedded(MqttBroker),
     External(MqttObserver),
+    Mosquitto { broker: Mosquitto, observer: MqttObserver },
 }
 
 impl BrokerLink {
     fn publish(&self, topic: &str, payload: &[u8], retain: bool) {
         match self {
             BrokerLink::Embedded(b) => b.publish(topic, payload, retain),
-            BrokerLink::External(o) => o.publish(topic, payload, retain),
+            BrokerLink::External(o) | BrokerLink::Mosquitto { observer: o, .. } => {
+                o.publish(topic, payload, retain)
+            }
         }
     }
 
     /// The publications seen; from an external broker, not the retained ones it sent on
-    /// subscribing (they are from before this run).
+    /// subscribing (they are from before this run). A mosquitto of this run's own starts empty,
+    /// so what it sends retained (to the harness's session after a restart) is this run's.
     fn messages(&self) -> Vec<Message> {
         match self {
             BrokerLink::Embedded(b) => b.messages(),
             BrokerLink::External(o) => o.messages().into_iter().filter(|m| !m.retain).collect(),
+            BrokerLink::Mosquitto { observer, .. } => observer.messages(),
         }
     }
 
@@ -59,7 +77,7 @@ impl BrokerLink {
                     b.clients()
                 )
             }),
-            BrokerLink::External(_) => {
+            BrokerLink::External(_) | BrokerLink::Mosquitto { .. } => {
                 let deadline = Instant::now() + timeout;
                 loop {
                     let last = self
@@ -102,7 +120,7 @@ impl Services {
     pub fn start(
         scenario: &Scenario,
         host: Result<IpAddr, String>,
-        external_broker: Option<SocketAddr>,
+        choice: &BrokerChoice,
     ) -> Result<(Services, Option<SocketAddr>, Option<super::DeviceTls>), Start> {
         let serves = scenario.steps.iter().any(|s| matches!(s.kind, StepKind::Serve(_)));
         let mut services = Services { broker: None, server: None, bases: Vec::new(), status_cursor: 0 };
@@ -114,23 +132,29 @@ impl Services {
         let listen = listen_address(host);
         let mut device_broker = None;
         let stops_broker = scenario.steps.iter().any(|s| matches!(s.kind, StepKind::Broker(_)));
-        if external_broker.is_some() && stops_broker {
+        if matches!(choice, BrokerChoice::External(_)) && stops_broker {
             return Err(Start::Skip(
-                "the scenario stops and restarts the broker, which the harness can only do to its own (not with --mqtt-broker)".into(),
+                "the scenario stops and restarts the broker, which the harness can only do to one it runs (its own or --mosquitto), not with --mqtt-broker".into(),
             ));
         }
         if let Some(m) = &scenario.device.mqtt {
-            let (link, addr) = match external_broker {
-                None => {
+            let (link, addr) = match choice {
+                BrokerChoice::Embedded => {
                     let b = MqttBroker::start(listen).map_err(|e| Start::Fail(e.to_string()))?;
                     let addr = b.addr();
                     (BrokerLink::Embedded(b), addr)
                 }
-                Some(addr) => {
-                    let o = MqttObserver::connect(addr).map_err(|e| Start::Fail(e.to_string()))?;
+                BrokerChoice::External(addr) => {
+                    let o = MqttObserver::connect(*addr).map_err(|e| Start::Fail(e.to_string()))?;
                     // A previous run's device left its status retained there.
                     o.publish(&m.state_topic, b"", true);
-                    (BrokerLink::External(o), addr)
+                    (BrokerLink::External(o), *addr)
+                }
+                BrokerChoice::Mosquitto(program) => {
+                    let broker = Mosquitto::start(program, listen).map_err(|e| Start::Fail(e.to_string()))?;
+                    let addr = broker.addr();
+                    let observer = MqttObserver::connect(addr).map_err(|e| Start::Fail(e.to_string()))?;
+                    (BrokerLink::Mosquitto { broker, observer }, addr)
                 }
             };
             // A broker on this machine's loopback is reached through the backend's way to the
@@ -426,15 +450,22 @@ impl Run<'_> {
     }
 
     pub(super) fn broker(&mut self, a: BrokerAction) -> StepResult {
-        let Some(broker) = &self.services.broker else { return Err(self.services_missing("broker")) };
-        let BrokerLink::Embedded(broker) = broker else {
-            return Err(
-                "broker: an external broker cannot be stopped (the scenario should have been skipped)".into(),
-            );
-        };
-        match a {
-            BrokerAction::GoAway => broker.go_away(),
-            BrokerAction::ComeBack => broker.come_back(),
+        let Some(broker) = &mut self.services.broker else { return Err(self.services_missing("broker")) };
+        match (broker, a) {
+            (BrokerLink::Embedded(b), BrokerAction::GoAway) => b.go_away(),
+            (BrokerLink::Embedded(b), BrokerAction::ComeBack) => b.come_back(),
+            (BrokerLink::Mosquitto { broker, .. }, BrokerAction::GoAway) => broker.go_away(),
+            // The harness's own session went with the process: it follows the broker back.
+            (BrokerLink::Mosquitto { broker, observer }, BrokerAction::ComeBack) => {
+                broker.come_back().map_err(|e| format!("broker: come_back: {e}"))?;
+                observer.reconnect().map_err(|e| format!("broker: come_back: {e}"))?;
+            }
+            (BrokerLink::External(_), _) => {
+                return Err(
+                    "broker: an external broker cannot be stopped (the scenario should have been skipped)"
+                        .into(),
+                );
+            }
         }
         Ok(StepOutcome::Passed)
     }

@@ -52,23 +52,43 @@ pub struct MqttObserver {
 impl MqttObserver {
     /// Connects to `addr` and subscribes to `#`; returns once the subscription is acknowledged.
     pub fn connect(addr: SocketAddr) -> Result<Self, ObserverError> {
+        let (tx, _) = mpsc::channel();
+        let mut observer =
+            MqttObserver { addr, seen: Arc::default(), outgoing: tx, stop: Arc::default(), thread: None };
+        observer.open_session()?;
+        Ok(observer)
+    }
+
+    /// Ends the session (if any is left) and opens a new one, keeping what was seen: for a broker
+    /// that went away and came back. Publications of the time between are lost, as the device's.
+    pub fn reconnect(&mut self) -> Result<(), ObserverError> {
+        self.end_session();
+        self.open_session()
+    }
+
+    fn open_session(&mut self) -> Result<(), ObserverError> {
+        let addr = self.addr;
         let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
             .map_err(|source| ObserverError::Connect { addr, source })?;
         stream.set_read_timeout(Some(TICK)).map_err(|source| ObserverError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
-        let seen: Arc<(Mutex<Seen>, Condvar)> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let mut s = self.seen.0.lock().unwrap_or_else(|p| p.into_inner());
+            s.ready = false;
+            s.lost = None;
+        }
+        self.stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
-        let thread = {
-            let (seen, stop) = (seen.clone(), stop.clone());
+        self.outgoing = tx;
+        let (seen, stop) = (self.seen.clone(), self.stop.clone());
+        self.thread = Some(
             std::thread::Builder::new()
                 .name("otahil-mqtt-observer".into())
                 .spawn(move || session(addr, stream, &seen, &stop, &rx))
-                .expect("spawning a thread")
-        };
-        let observer = MqttObserver { addr, seen, outgoing: tx, stop, thread: Some(thread) };
+                .expect("spawning a thread"),
+        );
         let deadline = Instant::now() + CONNECT_TIMEOUT;
-        let (lock, cv) = &*observer.seen;
+        let (lock, cv) = &*self.seen;
         let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
         while !s.ready {
             if let Some(why) = &s.lost {
@@ -79,8 +99,14 @@ impl MqttObserver {
             };
             s = cv.wait_timeout(s, left).unwrap_or_else(|p| p.into_inner()).0;
         }
-        drop(s);
-        Ok(observer)
+        Ok(())
+    }
+
+    fn end_session(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -119,10 +145,7 @@ impl MqttObserver {
 
 impl Drop for MqttObserver {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.end_session();
     }
 }
 
@@ -163,8 +186,9 @@ impl Output for Sock<'_> {
     }
 }
 
-/// One session, until stopped or lost (a lost session is reported, not re-made: a scenario
-/// against an external broker that drops the harness fails where it waits).
+/// One session, until stopped or lost (a lost session is reported, not re-made here: a scenario
+/// against an external broker that drops the harness fails where it waits; a broker the harness
+/// restarts itself is followed by [`MqttObserver::reconnect`]).
 fn session(
     addr: SocketAddr,
     mut stream: TcpStream,
@@ -218,4 +242,47 @@ fn session(
     }
     client.stop(&mut sock);
     let _ = stream.write_all(&sock.out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::mqtt_broker::MqttBroker;
+    use std::net::Ipv4Addr;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn published(m: &Message, topic: &str, payload: &str) -> bool {
+        m.topic == topic && m.payload == payload.as_bytes()
+    }
+
+    #[test]
+    fn follows_a_broker_that_went_away_and_came_back_keeping_what_it_saw() {
+        let broker = MqttBroker::start(Ipv4Addr::LOCALHOST.into()).expect("a loopback port");
+        let mut observer = MqttObserver::connect(broker.addr()).expect("subscribed");
+        broker.publish("t/a", b"before", false);
+        let (first, _) = observer.wait_message(0, WAIT, |m| published(m, "t/a", "before")).expect("seen");
+
+        broker.go_away();
+        broker.publish("t/a", b"while away", false);
+        broker.come_back();
+        observer.reconnect().expect("subscribed again");
+        broker.publish("t/a", b"after", false);
+        let (next, _) =
+            observer.wait_message(first + 1, WAIT, |m| published(m, "t/a", "after")).expect("seen");
+
+        let texts: Vec<String> = observer.messages().iter().map(Message::text).collect();
+        assert_eq!(next, first + 1, "nothing in between: {texts:?}");
+        assert_eq!(texts, ["before", "after"], "what came before the restart is kept, in order");
+        // The new session publishes too.
+        observer.publish("t/b", b"from the harness", false);
+        broker.wait_message(0, WAIT, |m| published(m, "t/b", "from the harness")).expect("published");
+    }
+
+    #[test]
+    fn a_broker_that_is_not_there_is_a_clear_error() {
+        let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap();
+        let e = MqttObserver::connect(port).err().expect("nothing listens there");
+        assert!(e.to_string().starts_with(&format!("cannot reach the MQTT broker at {port}")), "{e}");
+    }
 }
