@@ -315,11 +315,13 @@ impl super::Backend for DeviceBackend {
         }
     }
 
-    /// The emulator standing in for the board runs on this machine. A board reaches the
-    /// harness over its network, at an address the bench file does not give yet.
+    /// The emulator standing in for the board runs on this machine; QEMU in its place reaches
+    /// the host through slirp's gateway, as on the qemu backend. A board reaches the harness
+    /// over its network, at the bench file's `harness_address`.
     fn host_address(&self) -> Result<std::net::IpAddr, String> {
         match &self.firmware {
             Firmware::Fixtures => Ok(std::net::Ipv4Addr::LOCALHOST.into()),
+            Firmware::Builds(_) if self.qemu.is_some() => Ok(super::qemu::SLIRP_GATEWAY.into()),
             Firmware::Builds(_) => self.bench.harness_address.ok_or_else(|| {
                 "the bench file names no harness_address (this machine's IP address on the board's network, where the board reaches the broker and the firmware server)".to_string()
             }),

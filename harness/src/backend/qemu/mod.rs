@@ -186,6 +186,8 @@ pub struct QemuDut {
     _dir: tempfile::TempDir,
 }
 
+/// slirp's gateway: the guest reaches the host's loopback through it.
+pub const SLIRP_GATEWAY: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 2);
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long QEMU gets to answer a QMP command.
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -523,9 +525,8 @@ impl super::Backend for QemuBackend {
         Ok(Box::new(dut))
     }
 
-    /// slirp's gateway: the guest reaches the host's loopback through it.
     fn host_address(&self) -> Result<std::net::IpAddr, String> {
-        Ok(std::net::Ipv4Addr::new(10, 0, 2, 2).into())
+        Ok(SLIRP_GATEWAY.into())
     }
 
     fn snapshots_compare(&self) -> Result<(), String> {
