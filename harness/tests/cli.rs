@@ -95,3 +95,28 @@ fn check_validates_a_bench_file_at_its_place() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bench.yaml:4:7: baud 7: expected 9600 to 3000000"), "{stderr}");
 }
+
+/// `--mosquitto` names a program the harness runs: one that cannot run fails the pull scenario
+/// with the program's name and the reason (not a panic, not a skip); it and `--mqtt-broker`
+/// exclude each other.
+#[test]
+fn a_mosquitto_that_cannot_run_fails_the_scenario_saying_why() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let out = otahil()
+        .current_dir(root)
+        .args(["run", "--scenario", "pull-happy-path", "--mosquitto", "/nonexistent/mosquitto"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("FAIL") && stdout.contains("cannot start /nonexistent/mosquitto"), "{stdout}");
+
+    let out = otahil()
+        .current_dir(root)
+        .args(["run", "--mosquitto", "/usr/sbin/mosquitto", "--mqtt-broker", "mqtt://127.0.0.1:1883"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+}
