@@ -1,7 +1,7 @@
 //! `cargo xtask …`: the project's tasks, as cargo commands so they need nothing but cargo.
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -20,40 +20,8 @@ enum Task {
         /// Device backend.
         #[arg(long, default_value = "emu")]
         backend: String,
-        /// Play only this scenario (repeatable).
-        #[arg(long)]
-        scenario: Vec<String>,
-        /// Write JUnit XML here.
-        #[arg(long)]
-        junit: Option<PathBuf>,
-        /// Write the self-contained HTML report here.
-        #[arg(long)]
-        html: Option<PathBuf>,
-        /// Sweeps evaluate only this cut (reproduces a sweep failure, printing its log).
-        #[arg(long)]
-        cut: Option<u64>,
-        /// With --cut: its torn variant.
-        #[arg(long)]
-        torn: bool,
-        /// Override the scenarios' device seed.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// The device backend's bench file (fixtures/bench.emu.yaml: the emulator in the
-        /// board's place; fixtures/bench.example.yaml documents a lab bench).
-        #[arg(long)]
-        bench: Option<PathBuf>,
-        /// Build otahil with probe-rs, for a bench file with `flash: probe-rs` (needs
-        /// `libudev-dev` and `pkg-config` for hidapi's build).
-        #[arg(long)]
-        probe_rs: bool,
-        /// An MQTT broker for the pull path's scenarios (`mqtt://HOST:PORT`) instead of the
-        /// harness's own.
-        #[arg(long, value_name = "URL")]
-        mqtt_broker: Option<String>,
-        /// A mosquitto program the harness runs itself, one per scenario (it can stop and
-        /// restart it, so the scenarios with `broker:` steps play too).
-        #[arg(long, value_name = "PROGRAM")]
-        mosquitto: Option<PathBuf>,
+        #[command(flatten)]
+        args: HilArgs,
     },
     /// Flash one firmware build to a bench's board (skipping blocks that match, verified),
     /// start it and print the board's identity.
@@ -159,17 +127,42 @@ fn build_harness(probe_rs: bool) -> anyhow::Result<PathBuf> {
     Ok(root().join("target/release"))
 }
 
-#[derive(Default)]
+/// `cargo xtask hil`'s options, passed on to `otahil run`.
+#[derive(Args, Default)]
 struct HilArgs {
+    /// Play only this scenario (repeatable).
+    #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
+    /// Write JUnit XML here.
+    #[arg(long)]
     junit: Option<PathBuf>,
+    /// Write the self-contained HTML report here.
+    #[arg(long)]
     html: Option<PathBuf>,
+    /// Sweeps evaluate only this cut (reproduces a sweep failure, printing its log).
+    #[arg(long)]
     cut: Option<u64>,
+    /// With --cut: its torn variant.
+    #[arg(long)]
     torn: bool,
+    /// Override the scenarios' device seed.
+    #[arg(long)]
     seed: Option<u64>,
+    /// The device backend's bench file (fixtures/bench.emu.yaml: the emulator in the
+    /// board's place; fixtures/bench.example.yaml documents a lab bench).
+    #[arg(long)]
     bench: Option<PathBuf>,
+    /// Build otahil with probe-rs, for a bench file with `flash: probe-rs` (needs
+    /// `libudev-dev` and `pkg-config` for hidapi's build).
+    #[arg(long)]
     probe_rs: bool,
+    /// An MQTT broker for the pull path's scenarios (`mqtt://HOST:PORT`) instead of the
+    /// harness's own.
+    #[arg(long, value_name = "URL")]
     mqtt_broker: Option<String>,
+    /// A mosquitto program the harness runs itself, one per scenario (it can stop and
+    /// restart it, so the scenarios with `broker:` steps play too).
+    #[arg(long, value_name = "PROGRAM")]
     mosquitto: Option<PathBuf>,
 }
 
@@ -538,33 +531,7 @@ fn main() -> std::process::ExitCode {
 
 fn run_task(task: Task) -> anyhow::Result<()> {
     match task {
-        Task::Hil {
-            backend,
-            scenario,
-            junit,
-            html,
-            cut,
-            torn,
-            seed,
-            bench,
-            probe_rs,
-            mqtt_broker,
-            mosquitto,
-        } => hil(
-            &backend,
-            &HilArgs {
-                scenarios: scenario,
-                junit,
-                html,
-                cut,
-                torn,
-                seed,
-                bench,
-                probe_rs,
-                mqtt_broker,
-                mosquitto,
-            },
-        ),
+        Task::Hil { backend, args } => hil(&backend, &args),
         Task::Flash { bench, image, probe_rs } => {
             let bin = build_harness(probe_rs)?;
             let mut c = Command::new(bin.join("otahil"));

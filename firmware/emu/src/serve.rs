@@ -395,9 +395,9 @@ const LAST_BYTES_GRACE: Duration = Duration::from_millis(500);
 
 /// Ends a connection so that what was written reaches the peer: a FIN after the data, then what
 /// the peer still sends is read and dropped until it closes too (or the grace ends). Closing a
-/// socket with unread bytes makes the kernel send a reset, and a peer that gets the reset before it
-/// read the last publication loses it (mosquitto lost a `done` so in 1 of 7 runs of a scenario). The chip's
-/// firmware likewise closes and waits before it restarts.
+/// socket with unread bytes makes the kernel send a reset, and a peer that gets the reset before
+/// it has read the last publication loses it (mosquitto lost the `done` status that way in 1 of 7
+/// runs of a scenario). The chip's firmware likewise closes and waits before it restarts.
 fn close_after_sending(s: TcpStream) {
     let _ = s.shutdown(Shutdown::Write);
     let deadline = Instant::now() + LAST_BYTES_GRACE;
