@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+mod module_cycles;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
 struct Cli {
@@ -69,6 +71,9 @@ enum Task {
         #[arg(long, default_value_t = 0)]
         runs: u64,
     },
+    /// Import cycles between the modules of ota-core and the harness (none allowed; `cargo
+    /// test -p xtask` runs the same check).
+    Cycles,
     /// Time the emulator suite: builds once, then plays every scenario N times and prints figures.
     Bench {
         #[arg(long, default_value_t = 5)]
@@ -565,6 +570,7 @@ fn run_task(task: Task) -> anyhow::Result<()> {
             run(c)?;
             hil("emu", &HilArgs::default())
         }
+        Task::Cycles => module_cycles::check(&root()),
         Task::Fuzz { seconds, target, seed, runs } => fuzz(seconds, target.as_deref(), seed, runs),
         Task::Bench { runs } => {
             let bin = build_emu()?;
