@@ -321,8 +321,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 seed,
                 sweep_matrix,
                 keep_cuts: html.is_some(),
-                device_broker: None,
-                device_tls: None,
                 broker: match (mqtt_broker, mosquitto) {
                     (Some(addr), _) => runner::BrokerChoice::External(addr),
                     (None, Some(program)) => runner::BrokerChoice::Mosquitto(program),
@@ -436,7 +434,7 @@ fn flash(
     let text =
         format!("name: flash\nabout: otahil flash\ndevice: {{ firmware: {image} }}\nsteps:\n  - boot\n");
     let s = scenario::parse(&text, std::path::Path::new("<otahil flash>"))?;
-    let mut dut = match backend.start(&s, &runner::RunOptions::default()) {
+    let mut dut = match backend.start(&s, &otahil::backend::StartContext::default()) {
         Ok(d) => d,
         Err(otahil::backend::StartError::Skip(why) | otahil::backend::StartError::Fail(why)) => {
             bail!("{why}")

@@ -1,7 +1,7 @@
 //! Plays a scenario against a [`Dut`]: steps in order, each checked, the first failure stops
 //! the scenario with what was expected, what happened and the last serial lines.
 
-use crate::backend::{Backend, StartError};
+use crate::backend::{Backend, StartContext, StartError};
 use crate::client::{self, Upload};
 use crate::dut::{Dut, DutError, DutEvent, PowerCut};
 use crate::inspect;
@@ -27,22 +27,8 @@ pub struct RunOptions {
     pub sweep_matrix: Option<std::path::PathBuf>,
     /// Keep every sweep's cuts in the report (for the HTML report's picture).
     pub keep_cuts: bool,
-    /// The MQTT broker as the device reaches it, set per scenario by the runner when the
-    /// scenario's device has the pull path (provisioned into its NVS).
-    pub device_broker: Option<std::net::SocketAddr>,
-    /// The test CA (PEM) and the clock provisioned with it, set per scenario by the runner when
-    /// the scenario's device has `tls`.
-    pub device_tls: Option<DeviceTls>,
     /// Which MQTT broker the pull path's scenarios use (`--mqtt-broker`, `--mosquitto`).
     pub broker: pull::BrokerChoice,
-}
-
-/// What a device with `tls` is provisioned with: the run's test CA, and the host's clock when
-/// the scenario asks for certificate dates to be checked.
-#[derive(Clone, Debug)]
-pub struct DeviceTls {
-    pub ca_pem: String,
-    pub clock_unix: Option<u64>,
 }
 
 /// How a read-back boot's lines are marked in the full log.
@@ -542,8 +528,8 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
                 return report;
             }
         };
-    let options = &RunOptions { device_broker, device_tls, ..options.clone() };
-    let mut dut = match backend.start(scenario, options) {
+    let context = StartContext { seed: options.seed, device_broker, device_tls };
+    let mut dut = match backend.start(scenario, &context) {
         Ok(d) => d,
         Err(StartError::Skip(why)) => {
             report.skipped = Some(why);

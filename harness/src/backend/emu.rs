@@ -89,20 +89,20 @@ impl EmuSetup {
     /// (with `wifi`'s network when given).
     pub fn for_scenario(
         s: &crate::scenario::Scenario,
-        options: &crate::runner::RunOptions,
+        context: &super::StartContext,
         wifi: Option<(&str, &str)>,
     ) -> Result<EmuSetup, super::StartError> {
         let d = &s.device;
         // Provisioned settings are how the chip gets them; the emulator's built-in values are
         // only for a layout without an nvs partition.
-        let (flash_image, provisioned) = super::device_flash(s, &d.firmware.bytes, wifi, options)?;
+        let (flash_image, provisioned) = super::device_flash(s, &d.firmware.bytes, wifi, context)?;
         Ok(EmuSetup {
             flash_image,
             password: if provisioned { None } else { d.password.clone() },
             protocol: if provisioned { 2 } else { d.protocol },
             bootloader_rollback: d.bootloader_rollback,
             erase_upfront: d.erase == crate::scenario::EraseSpec::Upfront,
-            seed: options.seed.unwrap_or(d.seed),
+            seed: context.seed.unwrap_or(d.seed),
             arduino: if provisioned { None } else { d.arduino.clone() },
             flash_file: None,
             uart_pty: false,
@@ -392,9 +392,9 @@ impl super::Backend for EmuBackend {
     fn start(
         &self,
         s: &crate::scenario::Scenario,
-        options: &crate::runner::RunOptions,
+        context: &super::StartContext,
     ) -> Result<Box<dyn Dut>, super::StartError> {
-        let setup = EmuSetup::for_scenario(s, options, None)?;
+        let setup = EmuSetup::for_scenario(s, context, None)?;
         EmuDut::start(&self.program, &setup)
             .map(|d| Box::new(d) as Box<dyn Dut>)
             .map_err(|e| super::StartError::Fail(e.to_string()))

@@ -7,7 +7,6 @@ pub mod emu;
 pub mod qemu;
 
 use crate::dut::Dut;
-use crate::runner::RunOptions;
 use crate::scenario::{Image, Scenario};
 use std::path::PathBuf;
 
@@ -27,7 +26,7 @@ pub trait Backend {
     /// named fixtures to its builds).
     fn ota_image(&self, image: &Image) -> Result<Vec<u8>, String>;
     /// A device set up for `scenario`, powered off.
-    fn start(&self, scenario: &Scenario, options: &RunOptions) -> Result<Box<dyn Dut>, StartError>;
+    fn start(&self, scenario: &Scenario, context: &StartContext) -> Result<Box<dyn Dut>, StartError>;
     /// Whether its snapshots are comparable with the stored ones (the device runs the fixture
     /// images' bytes), and if not, why.
     fn snapshots_compare(&self) -> Result<(), String>;
@@ -39,6 +38,27 @@ pub trait Backend {
     /// Where the device reaches a service the harness runs on this machine's loopback (a
     /// broker, a firmware server), or why it cannot.
     fn host_address(&self) -> Result<std::net::IpAddr, String>;
+}
+
+/// What a backend is told when it starts a scenario's device, beyond the scenario: what the
+/// run overrides and what the services started for this scenario give the device.
+#[derive(Debug, Clone, Default)]
+pub struct StartContext {
+    /// Overrides the scenario's device seed.
+    pub seed: Option<u64>,
+    /// The MQTT broker as the device reaches it (provisioned into its NVS), when the scenario's
+    /// device has the pull path.
+    pub device_broker: Option<std::net::SocketAddr>,
+    /// The test CA and clock provisioned with it, when the scenario's device has `tls`.
+    pub device_tls: Option<DeviceTls>,
+}
+
+/// What a device with `tls` is provisioned with: the run's test CA, and the host's clock when
+/// the scenario asks for certificate dates to be checked.
+#[derive(Clone, Debug)]
+pub struct DeviceTls {
+    pub ca_pem: String,
+    pub clock_unix: Option<u64>,
 }
 
 /// What a backend may need from the command line.
@@ -78,10 +98,10 @@ pub fn device_flash(
     s: &Scenario,
     app: &[u8],
     wifi: Option<(&str, &str)>,
-    options: &RunOptions,
+    context: &StartContext,
 ) -> Result<(Vec<u8>, bool), StartError> {
     let d = &s.device;
-    let broker = options.device_broker.map(|a| a.to_string());
+    let broker = context.device_broker.map(|a| a.to_string());
     let mqtt = match (&d.mqtt, &broker) {
         (Some(m), Some(broker)) => Some(ota_core::settings::MqttProvision {
             broker,
@@ -89,8 +109,8 @@ pub fn device_flash(
             state_topic: Some(&m.state_topic),
             version_check: m.version_check.code(),
             timeout_s: m.timeout_s,
-            ca_pem: options.device_tls.as_ref().map(|t| t.ca_pem.as_str()),
-            clock_unix: options.device_tls.as_ref().and_then(|t| t.clock_unix),
+            ca_pem: context.device_tls.as_ref().map(|t| t.ca_pem.as_str()),
+            clock_unix: context.device_tls.as_ref().and_then(|t| t.clock_unix),
             resume: m.resume,
         }),
         (Some(_), None) => {

@@ -121,7 +121,7 @@ impl Services {
         scenario: &Scenario,
         host: Result<IpAddr, String>,
         choice: &BrokerChoice,
-    ) -> Result<(Services, Option<SocketAddr>, Option<super::DeviceTls>), Start> {
+    ) -> Result<(Services, Option<SocketAddr>, Option<crate::backend::DeviceTls>), Start> {
         let serves = scenario.steps.iter().any(|s| matches!(s.kind, StepKind::Serve(_)));
         let mut services = Services { broker: None, server: None, bases: Vec::new(), status_cursor: 0 };
         if scenario.device.mqtt.is_none() && !serves {
@@ -188,7 +188,7 @@ impl Services {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
-                device_tls = Some(super::DeviceTls {
+                device_tls = Some(crate::backend::DeviceTls {
                     ca_pem: pki.ca_pem().to_string(),
                     clock_unix: clock.then_some(now),
                 });

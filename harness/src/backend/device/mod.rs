@@ -137,7 +137,7 @@ impl DeviceBackend {
     fn board_for(
         &self,
         s: &crate::scenario::Scenario,
-        options: &crate::runner::RunOptions,
+        context: &super::StartContext,
         image: &[u8],
     ) -> Result<BenchDut, DutError> {
         let b = &self.bench;
@@ -145,7 +145,7 @@ impl DeviceBackend {
             (Some(program), Some(dir)) => {
                 let file = board_flash_file(dir.path(), image.len())?;
                 let wifi = b.wifi.as_ref().map(|w| (w.ssid.as_str(), w.password.as_str()));
-                let mut setup = EmuSetup::for_scenario(s, options, wifi)
+                let mut setup = EmuSetup::for_scenario(s, context, wifi)
                     .map_err(|e| DutError::Start(format!("{e:?}")))?;
                 setup.flash_file = Some(file);
                 setup.uart_pty = true;
@@ -331,18 +331,18 @@ impl super::Backend for DeviceBackend {
     fn start(
         &self,
         s: &crate::scenario::Scenario,
-        options: &crate::runner::RunOptions,
+        context: &super::StartContext,
     ) -> Result<Box<dyn Dut>, super::StartError> {
         use super::StartError;
         let image = match &self.firmware {
             Firmware::Fixtures => {
                 let wifi = self.bench.wifi.as_ref().map(|w| (w.ssid.as_str(), w.password.as_str()));
-                super::device_flash(s, &s.device.firmware.bytes, wifi, options)?.0
+                super::device_flash(s, &s.device.firmware.bytes, wifi, context)?.0
             }
             Firmware::Builds(builds) => {
                 let app = builds.ota_image(&s.device.firmware).map_err(StartError::Skip)?;
                 let wifi = self.bench.wifi.as_ref().map(|w| (w.ssid.as_str(), w.password.as_str()));
-                let (mut image, provisioned) = super::device_flash(s, &app, wifi, options)?;
+                let (mut image, provisioned) = super::device_flash(s, &app, wifi, context)?;
                 if let Some(why) = builds.unfit_for(s, provisioned) {
                     return Err(StartError::Skip(why));
                 }
@@ -356,7 +356,7 @@ impl super::Backend for DeviceBackend {
                 .map(|d| Box::new(d) as Box<dyn Dut>)
                 .map_err(|e| StartError::Fail(format!("bench {}: {e}", self.bench.name)));
         }
-        self.board_for(s, options, &image)
+        self.board_for(s, context, &image)
             .map(|d| Box::new(d) as Box<dyn Dut>)
             .map_err(|e| StartError::Fail(format!("bench {}: {e}", self.bench.name)))
     }

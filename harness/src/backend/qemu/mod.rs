@@ -508,13 +508,13 @@ impl super::Backend for QemuBackend {
     fn start(
         &self,
         s: &crate::scenario::Scenario,
-        options: &crate::runner::RunOptions,
+        context: &super::StartContext,
     ) -> Result<Box<dyn Dut>, super::StartError> {
         use super::StartError;
         let d = &s.device;
         let builds = &self.builds;
         let app = self.ota_image(&d.firmware).map_err(StartError::Skip)?;
-        let (mut flash_image, provisioned) = super::device_flash(s, &app, None, options)?;
+        let (mut flash_image, provisioned) = super::device_flash(s, &app, None, context)?;
         if let Some(why) = builds.unfit_for(s, provisioned) {
             return Err(StartError::Skip(why));
         }
