@@ -9,40 +9,15 @@
 
 use crate::flash::{FlashError, PartitionSource};
 use crate::image::{ChipInfo, ImageError, ImageInfo, verify_in_partition};
-use crate::log::{LogEvent, LogSink, SlotName};
+use crate::log::{LogEvent, LogSink};
 use crate::otadata::{OtaData, OtaEntry, OtaState};
 use crate::partition::{Partition, PartitionTable, TABLE_LEN, TABLE_OFFSET, TableError};
 use crate::selftest::SelfTest;
+use crate::slot::SlotName;
 use crate::writer::{read_otadata, state_of_slot, write_otadata_copy};
 use embedded_storage::nor_flash::NorFlash;
 
-/// A boot candidate, as the bootloader indexes them.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord, Hash)]
-pub enum BootIndex {
-    Factory,
-    Ota(u8),
-    Test,
-}
-
-impl BootIndex {
-    pub fn partition(self, table: &PartitionTable) -> Option<&Partition> {
-        match self {
-            BootIndex::Factory => table.factory(),
-            BootIndex::Ota(n) => table.ota(n),
-            BootIndex::Test => table.test_app(),
-        }
-    }
-
-    pub fn of(p: &Partition) -> Option<BootIndex> {
-        if p.is_factory() {
-            Some(BootIndex::Factory)
-        } else if p.is_test() {
-            Some(BootIndex::Test)
-        } else {
-            p.ota_slot().map(BootIndex::Ota)
-        }
-    }
-}
+pub use crate::slot::BootIndex;
 
 /// Why the bootloader chose its first candidate.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

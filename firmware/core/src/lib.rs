@@ -12,6 +12,7 @@
 //! - [`flash`]: partition-relative flash access over `NorFlash`.
 //! - [`writer`]: `esp_ota_begin/write/end/set_boot_partition` semantics.
 //! - [`update`]: the protocol-neutral update sink every update path writes through.
+//! - [`slot`]: boot candidates (`BootIndex`) and their names in logs (`SlotName`).
 //! - [`boot`]: the bootloader's slot choice (rollback on or off) and the app's boot guard.
 //! - [`url`]: `http(s)://` URLs as triggers name them.
 //! - [`session`]: one update session of any path (state machine + update in progress).
@@ -48,6 +49,7 @@ pub mod rng;
 pub mod selftest;
 pub mod session;
 pub mod settings;
+pub mod slot;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod update;

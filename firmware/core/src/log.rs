@@ -24,19 +24,7 @@ impl Level {
     }
 }
 
-/// Names a boot candidate the way logs show it: `factory`, `ota_1`, `test`.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct SlotName(pub crate::boot::BootIndex);
-
-impl fmt::Display for SlotName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            crate::boot::BootIndex::Factory => f.write_str("factory"),
-            crate::boot::BootIndex::Ota(n) => write!(f, "ota_{n}"),
-            crate::boot::BootIndex::Test => f.write_str("test"),
-        }
-    }
-}
+pub use crate::slot::SlotName;
 
 /// One line of the device's serial log, without its timestamp.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -652,7 +640,7 @@ impl<F: FnMut(&LogEvent<'_>)> LogSink for F {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::boot::BootIndex;
+    use crate::slot::BootIndex;
     use std::format;
 
     #[test]

@@ -21,7 +21,8 @@ pub use auth::AuthScheme;
 pub use invitation::{AuthRequest, Invitation, InvitationError, parse_auth, parse_invitation};
 
 use crate::hex;
-use crate::log::{LogEvent, SlotName};
+use crate::log::LogEvent;
+use crate::slot::SlotName;
 use crate::update::{Switched, UpdateSink};
 use crate::writer::{EraseMode, OtaConfig, OtaError};
 use core::fmt;
@@ -227,7 +228,7 @@ impl Event {
             Event::AuthFailed => LogEvent::ArduinoAuthFailed,
             Event::BeginFailed { error, cause } => LogEvent::ArduinoBeginFailed { error, cause },
             Event::Begin { size, slot } => {
-                LogEvent::OtaStarting { size, slot: SlotName(crate::boot::BootIndex::Ota(slot)) }
+                LogEvent::OtaStarting { size, slot: SlotName(crate::slot::BootIndex::Ota(slot)) }
             }
             Event::ConnectFailed => LogEvent::ArduinoConnectFailed,
             Event::Progress { written, received, size } => {
@@ -244,7 +245,7 @@ impl Event {
             Event::ConnectionLost { received, size } => LogEvent::OtaConnectionLost { received, size },
             Event::EndFailed { error, cause } => LogEvent::ArduinoUpdateFailed { error, cause },
             Event::Complete(s) => LogEvent::OtaComplete {
-                slot: SlotName(crate::boot::BootIndex::Ota(s.slot)),
+                slot: SlotName(crate::slot::BootIndex::Ota(s.slot)),
                 seq: s.seq,
                 state: s.state,
             },

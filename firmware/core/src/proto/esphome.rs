@@ -7,7 +7,8 @@
 //! declined.
 
 use crate::hex;
-use crate::log::{LogEvent, SlotName};
+use crate::log::LogEvent;
+use crate::slot::SlotName;
 use crate::update::{Switched, UpdateSink};
 use crate::writer::OtaError;
 use md5::{Digest, Md5};
@@ -210,7 +211,7 @@ impl Event {
             Event::AuthFailed => LogEvent::OtaAuthFailed,
             Event::AuthMissing => LogEvent::OtaAuthMissing,
             Event::Begin { size, slot } => {
-                LogEvent::OtaStarting { size, slot: SlotName(crate::boot::BootIndex::Ota(slot)) }
+                LogEvent::OtaStarting { size, slot: SlotName(crate::slot::BootIndex::Ota(slot)) }
             }
             Event::Progress { received, size } => {
                 // One line per quarter: enough to follow, few enough to snapshot.
@@ -227,7 +228,7 @@ impl Event {
             Event::Interrupted { timeout: true, .. } => LogEvent::OtaTimeout,
             Event::Interrupted { received, size, .. } => LogEvent::OtaConnectionLost { received, size },
             Event::Complete(s) => LogEvent::OtaComplete {
-                slot: SlotName(crate::boot::BootIndex::Ota(s.slot)),
+                slot: SlotName(crate::slot::BootIndex::Ota(s.slot)),
                 seq: s.seq,
                 state: s.state,
             },

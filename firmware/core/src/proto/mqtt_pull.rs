@@ -14,12 +14,13 @@ mod secure;
 #[cfg(test)]
 mod tests;
 
-use crate::log::{LogEvent, SlotName};
+use crate::log::LogEvent;
 use crate::proto::http_pull::{self, ConnectError, Endpoint};
 use crate::proto::mqtt::client;
 use crate::proto::mqtt::command::{self, Command, CommandError, MAX_URL};
 use crate::proto::mqtt::packet::{QoS, Will};
 use crate::proto::mqtt::status::{State, Status};
+use crate::slot::SlotName;
 use crate::update::UpdateSink;
 use crate::url::Url;
 use core::net::SocketAddr;
@@ -380,7 +381,7 @@ impl<O: Output> http_pull::Output for PullOut<'_, O> {
             E::ImageAccepted { version } => self.out.log(&LogEvent::PullImageAccepted { version }),
             E::Begin { size, slot } => {
                 *self.progress_mark = 0;
-                let slot = SlotName(crate::boot::BootIndex::Ota(slot));
+                let slot = SlotName(crate::slot::BootIndex::Ota(slot));
                 match size {
                     Some(size) => self.out.log(&LogEvent::OtaStarting { size, slot }),
                     None => self.out.log(&LogEvent::PullStartingUnsized { slot }),
@@ -406,7 +407,7 @@ impl<O: Output> http_pull::Output for PullOut<'_, O> {
                     Some(t) => u64::from(at) * 4 / u64::from(t.max(1)),
                     None => u64::from(at) / PROGRESS_STEP_UNSIZED,
                 };
-                let slot = SlotName(crate::boot::BootIndex::Ota(slot));
+                let slot = SlotName(crate::slot::BootIndex::Ota(slot));
                 self.out.log(&LogEvent::PullResumed { at, size, slot });
                 self.status(State::Downloading, u64::from(at), size.map(u64::from), None);
             }
@@ -421,7 +422,7 @@ impl<O: Output> http_pull::Output for PullOut<'_, O> {
                 self.status(State::Failed, 0, None, Some((e.name(), e.code())));
             }
             E::Complete(s) => {
-                let slot = SlotName(crate::boot::BootIndex::Ota(s.slot));
+                let slot = SlotName(crate::slot::BootIndex::Ota(s.slot));
                 self.out.log(&LogEvent::OtaComplete { slot, seq: s.seq, state: s.state });
                 self.status(State::Done, 0, None, None);
             }
