@@ -7,7 +7,8 @@ use libfuzzer_sys::fuzz_target;
 use ota_core::image::{ChipInfo, verify};
 use ota_core::otadata::{OtaData, OtaEntry};
 use ota_core::partition::{Partition, PartitionTable, SUBTYPE_DATA_NVS, TYPE_DATA};
-use ota_core::settings::{OtaSettings, WifiCredentials};
+use ota_core::proto::esphome::settings::OtaSettings;
+use ota_core::wifi::WifiCredentials;
 use ota_emu::flash::FileFlash;
 
 /// `data` as the nvs partition (at 0x9000, up to three pages) of a device reading its settings.

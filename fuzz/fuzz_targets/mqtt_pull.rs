@@ -9,9 +9,9 @@ use device::{BASE, CSV};
 use libfuzzer_sys::fuzz_target;
 use ota_core::log::LogEvent;
 use ota_core::proto::http_pull::{ConnectError, Endpoint};
+use ota_core::proto::mqtt_pull::settings::{MqttSettings, parse_broker};
 use ota_core::proto::mqtt_pull::{Agent, Link, Output, RunningFacts, Settings};
 use ota_core::session::{Session, Target};
-use ota_core::settings::{MqttSettings, parse_broker};
 use ota_core::writer::OtaConfig;
 use ota_emu::flash::FileFlash;
 

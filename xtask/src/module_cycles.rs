@@ -438,4 +438,13 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].modules, ["a::inner", "b"]);
     }
+
+    /// The project's own crates: this is what keeps cycles from growing back.
+    #[test]
+    fn project_crates_have_no_import_cycles() {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        if let Err(e) = check(workspace) {
+            panic!("{e:#}");
+        }
+    }
 }

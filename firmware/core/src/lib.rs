@@ -44,6 +44,7 @@ pub mod partition;
 pub mod partition_csv;
 pub mod pem;
 pub mod proto;
+pub mod provision;
 pub mod resume;
 pub mod rng;
 pub mod selftest;
@@ -54,6 +55,7 @@ pub mod slot;
 pub mod tls;
 pub mod update;
 pub mod url;
+pub mod wifi;
 pub mod writer;
 
 #[cfg(test)]

@@ -26,8 +26,16 @@ impl Level {
 
 pub use crate::slot::SlotName;
 
+/// A log line that the module printing it defines (its level, tag and text), so that the
+/// catalogue here keeps the formatter and the boot, app, rollback and writer lines and knows no
+/// update path. Each tag still appears in [`TAGS`], so log filters see every line.
+pub trait ModuleLine: fmt::Display + fmt::Debug {
+    fn level(&self) -> Level;
+    fn tag(&self) -> &'static str;
+}
+
 /// One line of the device's serial log, without its timestamp.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub enum LogEvent<'a> {
     // --- second-stage bootloader (tag `boot`), ESP-IDF's own texts where it has them
     BootStart,
@@ -69,36 +77,6 @@ pub enum LogEvent<'a> {
         project: &'a str,
         version: &'a str,
     },
-    // --- the app's settings (tag `config`)
-    ConfigOta {
-        password: bool,
-        password_from: crate::settings::Source,
-        protocol: u8,
-        protocol_from: crate::settings::Source,
-    },
-    ConfigIgnored {
-        key: &'a str,
-        why: crate::settings::Rejected,
-    },
-    // --- the board's network link (tag `net`; the emulator has none)
-    WifiJoining {
-        ssid: &'a str,
-        from: crate::settings::Source,
-    },
-    WifiJoined {
-        channel: u8,
-    },
-    WifiJoinFailed {
-        reason: &'a str,
-        retry_in_s: u8,
-    },
-    WifiNoCredentials,
-    NetAddress {
-        ip: [u8; 4],
-        prefix: u8,
-        dhcp: bool,
-    },
-    NetAddressLost,
     // --- the app's boot guard (tag `rollback`)
     GuardFirstBoot {
         slot: SlotName,
@@ -154,102 +132,9 @@ pub enum LogEvent<'a> {
         seq: u32,
         state: OtaState,
     },
-    // --- ArduinoOTA (tag `arduino`); its updates share the `ota` lines above
-    ArduinoInvitationIgnored(crate::proto::arduino::InvitationError),
-    ArduinoBusy,
-    ArduinoAuthUnexpected {
-        got: u32,
-    },
-    ArduinoAuthMalformed(crate::proto::arduino::InvitationError),
-    ArduinoAuthFailed,
-    ArduinoBeginFailed {
-        error: crate::proto::arduino::UpdateError,
-        cause: Option<OtaError>,
-    },
-    ArduinoConnectFailed,
-    ArduinoWriteFailed {
-        error: crate::proto::arduino::UpdateError,
-        cause: OtaError,
-    },
-    ArduinoReceiveFailed {
-        received: u32,
-        size: u32,
-    },
-    ArduinoUpdateFailed {
-        error: crate::proto::arduino::UpdateError,
-        cause: Option<OtaError>,
-    },
-    /// The settings ArduinoOTA runs with (tag `config`).
-    ConfigArduino {
-        port: u16,
-        password: bool,
-        password_from: crate::settings::Source,
-        auth: crate::proto::arduino::AuthScheme,
-        auth_from: crate::settings::Source,
-    },
-    // --- MQTT to the broker (tag `mqtt`)
-    /// What the pull path runs with (tag `config`): `None` when no broker is configured.
-    ConfigMqtt {
-        broker_from: Option<crate::settings::Source>,
-        command_topic: &'a str,
-        state_topic: &'a str,
-        /// Downloads resume after a cut ([`crate::settings::KEY_PULL_RESUME`]).
-        resume: bool,
-    },
-    /// https pulls trust a provisioned CA (tag `config`); dates checked only with a clock.
-    ConfigTls {
-        dates_checked: bool,
-    },
-    MqttReady {
-        command_topic: &'a str,
-    },
-    MqttLost {
-        why: crate::proto::mqtt::client::Lost,
-        retry_in_ms: u64,
-    },
-    MqttDropped {
-        len: u32,
-    },
-    MqttCommandIgnored(crate::proto::mqtt::command::CommandError),
-    MqttCommandOther(&'static str),
-    // --- the HTTP(S) pull (tag `pull`); its writes share the `ota` lines above
-    PullTriggered {
-        truncated: bool,
-        /// An `http_update`: the Arduino updater pulls.
-        arduino: bool,
-    },
-    PullBusy,
-    PullRequesting {
-        path: &'a str,
-        redirects: u8,
-    },
-    PullStatus {
-        code: u16,
-    },
-    PullImageAccepted {
-        version: &'a str,
-    },
-    PullStartingUnsized {
-        slot: SlotName,
-    },
-    PullNoUpdate,
-    PullFailed(crate::proto::http_pull::PullError),
-    /// A download cut short goes on from its resume record (`path` of the recorded URL).
-    PullResuming {
-        path: &'a str,
-        at: u32,
-    },
-    /// The server answered a `Range` request with the whole image (200) or 416.
-    PullRangeIgnored {
-        status: u16,
-    },
-    /// The server sent the rest: writing goes on at `at` (`esp_ota_resume`).
-    PullResumed {
-        at: u32,
-        size: Option<u32>,
-        slot: SlotName,
-    },
-    PullResumeNotSaved(crate::nvs::StoreError),
+    /// A line of a module that owns its lines (an update path, the settings, the network), so
+    /// this catalogue knows no path.
+    Module(&'a (dyn ModuleLine + 'a)),
 }
 
 impl LogEvent<'_> {
@@ -257,23 +142,13 @@ impl LogEvent<'_> {
         use LogEvent::*;
         match self {
             TableInvalid(_)
-            | WifiNoCredentials
             | SlotNotBootable { .. }
             | NoBootableApp
             | SelfTestFailed { .. }
             | RollbackImpossible
             | OtaRejected { .. }
-            | OtaMd5Mismatch
-            | ArduinoBeginFailed { .. }
-            | ArduinoConnectFailed
-            | ArduinoWriteFailed { .. }
-            | ArduinoReceiveFailed { .. }
-            | ArduinoUpdateFailed { .. }
-            | PullFailed(_) => Level::Error,
+            | OtaMd5Mismatch => Level::Error,
             BootPendingToAborted { .. }
-            | ConfigIgnored { .. }
-            | WifiJoinFailed { .. }
-            | NetAddressLost
             | Unconfirmed { .. }
             | SelfTestHung { .. }
             | FallbackBoot { .. }
@@ -281,19 +156,8 @@ impl LogEvent<'_> {
             | OtaAuthFailed
             | OtaAuthMissing
             | OtaConnectionLost { .. }
-            | OtaTimeout
-            | ArduinoInvitationIgnored(_)
-            | ArduinoBusy
-            | ArduinoAuthUnexpected { .. }
-            | ArduinoAuthMalformed(_)
-            | ArduinoAuthFailed
-            | MqttLost { .. }
-            | MqttDropped { .. }
-            | MqttCommandIgnored(_)
-            | PullBusy
-            | PullRangeIgnored { .. }
-            | PullResumeNotSaved(_)
-            | PullTriggered { truncated: true, .. } => Level::Warn,
+            | OtaTimeout => Level::Warn,
+            Module(line) => line.level(),
             _ => Level::Info,
         }
     }
@@ -316,44 +180,6 @@ impl LogEvent<'_> {
             | Loaded { .. }
             | SetActualSeq { .. } => "boot",
             AppRunning { .. } => "app",
-            ConfigOta { .. }
-            | ConfigIgnored { .. }
-            | ConfigArduino { .. }
-            | ConfigMqtt { .. }
-            | ConfigTls { .. } => "config",
-            MqttReady { .. }
-            | MqttLost { .. }
-            | MqttDropped { .. }
-            | MqttCommandIgnored(_)
-            | MqttCommandOther(_) => "mqtt",
-            PullTriggered { .. }
-            | PullBusy
-            | PullRequesting { .. }
-            | PullStatus { .. }
-            | PullImageAccepted { .. }
-            | PullStartingUnsized { .. }
-            | PullNoUpdate
-            | PullFailed(_)
-            | PullResuming { .. }
-            | PullRangeIgnored { .. }
-            | PullResumed { .. }
-            | PullResumeNotSaved(_) => "pull",
-            ArduinoInvitationIgnored(_)
-            | ArduinoBusy
-            | ArduinoAuthUnexpected { .. }
-            | ArduinoAuthMalformed(_)
-            | ArduinoAuthFailed
-            | ArduinoBeginFailed { .. }
-            | ArduinoConnectFailed
-            | ArduinoWriteFailed { .. }
-            | ArduinoReceiveFailed { .. }
-            | ArduinoUpdateFailed { .. } => "arduino",
-            WifiJoining { .. }
-            | WifiJoined { .. }
-            | WifiJoinFailed { .. }
-            | WifiNoCredentials
-            | NetAddress { .. }
-            | NetAddressLost => "net",
             GuardFirstBoot { .. }
             | SelfTestPassed { .. }
             | SelfTestFailed { .. }
@@ -362,6 +188,7 @@ impl LogEvent<'_> {
             | RollbackImpossible
             | FallbackBoot { .. }
             | Rebooting => "rollback",
+            Module(line) => line.tag(),
             _ => "ota",
         }
     }
@@ -397,26 +224,6 @@ impl fmt::Display for LogEvent<'_> {
             AppRunning { slot, label, project, version } => {
                 write!(f, "running {slot} ({label}): {project} version {version}")
             }
-            ConfigOta { password, password_from, protocol, protocol_from } => write!(
-                f,
-                "OTA password {} ({password_from}), protocol {protocol} ({protocol_from})",
-                if *password { "set" } else { "none" }
-            ),
-            ConfigIgnored { key, why } => {
-                write!(f, "ignoring nvs {}/{key}: {why}", crate::settings::NAMESPACE)
-            }
-            WifiJoining { ssid, from } => write!(f, "joining Wi-Fi \"{ssid}\" (credentials {from})"),
-            WifiJoined { channel } => write!(f, "Wi-Fi connected on channel {channel}"),
-            WifiJoinFailed { reason, retry_in_s } => {
-                write!(f, "Wi-Fi connection failed ({reason}), retrying in {retry_in_s} s")
-            }
-            WifiNoCredentials => f.write_str(
-                "no Wi-Fi credentials: provision nvs otahil/wifi_ssid (and wifi_password) or build with OTAHIL_FW_WIFI_SSID",
-            ),
-            NetAddress { ip: [a, b, c, d], prefix, dhcp } => {
-                write!(f, "address {a}.{b}.{c}.{d}/{prefix} ({})", if *dhcp { "dhcp" } else { "static" })
-            }
-            NetAddressLost => f.write_str("DHCP lease lost: no address until it is renewed"),
             GuardFirstBoot { slot } => {
                 write!(f, "first boot of {slot}: PENDING_VERIFY, running self-test")
             }
@@ -456,85 +263,7 @@ impl fmt::Display for LogEvent<'_> {
             OtaComplete { slot, seq, state } => {
                 write!(f, "update complete: boot set to {slot} (seq {seq}, {state})")
             }
-            ArduinoInvitationIgnored(why) => write!(f, "invitation ignored: {why}"),
-            ArduinoBusy => f.write_str("invitation ignored: an update is already running"),
-            ArduinoAuthUnexpected { got } => write!(f, "200 was expected. got {got} instead"),
-            ArduinoAuthMalformed(why) => write!(f, "authentication answer ignored: {why}"),
-            ArduinoAuthFailed => f.write_str("Authentication Failed"),
-            ArduinoBeginFailed { error, cause } => {
-                write!(f, "Begin ERROR: {error}")?;
-                cause.map_or(Ok(()), |c| write!(f, " ({c})"))
-            }
-            ArduinoConnectFailed => f.write_str("could not connect back to the uploader: update dropped"),
-            ArduinoWriteFailed { error, cause } => write!(f, "Write ERROR: {error} ({cause})"),
-            ArduinoReceiveFailed { received, size } => {
-                write!(f, "Receive Failed after {received} of {size} bytes")
-            }
-            ArduinoUpdateFailed { error, cause } => {
-                write!(f, "Update ERROR: {error}")?;
-                cause.map_or(Ok(()), |c| write!(f, " ({c})"))
-            }
-            ConfigArduino { port, password, password_from, auth, auth_from } => write!(
-                f,
-                "ArduinoOTA on UDP port {port}: password {} ({password_from}), auth {auth} ({auth_from})",
-                if *password { "set" } else { "none" }
-            ),
-            ConfigMqtt { broker_from: None, .. } => f.write_str("MQTT off: no broker configured"),
-            ConfigMqtt { broker_from: Some(from), command_topic, state_topic, resume } => {
-                write!(f, "MQTT broker set ({from}), commands on {command_topic}, status on {state_topic}")?;
-                if *resume {
-                    f.write_str("; downloads resume after a cut")?;
-                }
-                Ok(())
-            }
-            ConfigTls { dates_checked: true } => {
-                f.write_str("https trusts the CA set (nvs); certificate dates checked (clock set)")
-            }
-            ConfigTls { dates_checked: false } => {
-                f.write_str("https trusts the CA set (nvs); certificate dates not checked (no clock)")
-            }
-            MqttReady { command_topic } => write!(f, "connected, subscribed to {command_topic}"),
-            MqttLost { why, retry_in_ms } => write!(f, "connection lost ({why}), retrying in {retry_in_ms} ms"),
-            MqttDropped { len } => write!(f, "message of {len} bytes dropped: too long"),
-            MqttCommandIgnored(why) => write!(f, "command ignored: {}", why.text()),
-            MqttCommandOther(kind) => write!(f, "'{kind}' command: not handled by this firmware"),
-            PullTriggered { truncated, arduino } => {
-                f.write_str(if *arduino { "HTTP update trigger received (Arduino updater)" } else { "OTA trigger received" })?;
-                if *truncated {
-                    write!(f, ", URL cut to {} bytes", crate::proto::mqtt::command::MAX_URL)?;
-                }
-                Ok(())
-            }
-            PullBusy => f.write_str("OTA trigger ignored: an update is already running"),
-            PullRequesting { path, redirects: 0 } => write!(f, "GET {path}"),
-            PullRequesting { path, redirects } => write!(f, "GET {path} (redirect {redirects})"),
-            PullStatus { code } => write!(f, "HTTP status {code}"),
-            PullImageAccepted { version: "" } => f.write_str("image header checked"),
-            PullImageAccepted { version } => write!(f, "image header checked, version {version}"),
-            PullStartingUnsized { slot } => write!(f, "Starting update of unknown size into {slot}"),
-            PullNoUpdate => f.write_str("no update (304)"),
-            PullFailed(e) => {
-                let code = e.code();
-                if code >= 0 {
-                    write!(f, "OTA update failed: {} ({code:#x}): {e}", e.name())
-                } else {
-                    write!(f, "OTA update failed: {} ({code}): {e}", e.name())
-                }
-            }
-            PullResuming { path, at } => write!(f, "resuming {path} from byte {at}"),
-            PullRangeIgnored { status: 416 } => {
-                f.write_str("Range not satisfiable (416), downloading from byte 0")
-            }
-            PullRangeIgnored { status } => {
-                write!(f, "server ignored the requested Range header (HTTP {status}), downloading from byte 0")
-            }
-            PullResumed { at, size: Some(size), slot } => {
-                write!(f, "Resuming update of {size} bytes into {slot} at byte {at}")
-            }
-            PullResumed { at, size: None, slot } => {
-                write!(f, "Resuming update of unknown size into {slot} at byte {at}")
-            }
-            PullResumeNotSaved(e) => write!(f, "resume point not saved: {e}"),
+            Module(line) => line.fmt(f),
         }
     }
 }

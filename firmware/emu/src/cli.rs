@@ -195,7 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let mut image = crate::mkflash::merged_image(&table, &app_bytes, flash_size)?;
             if password.is_some() || protocol.is_some() || wifi_ssid.is_some() {
-                let settings = ota_core::settings::Provision {
+                let settings = ota_core::provision::Provision {
                     ota_password: password.as_deref(),
                     protocol: protocol.unwrap_or(2),
                     wifi: wifi_ssid.as_deref().map(|ssid| (ssid, wifi_password.as_deref().unwrap_or(""))),

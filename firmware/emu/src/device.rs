@@ -6,10 +6,12 @@ use crate::flash::{FileFlash, PowerLoss, SplitMix};
 use ota_core::boot::{BootError, Booted, BootloaderConfig, DirectVerify, PowerOn, power_on};
 use ota_core::log::{LogEvent, LogLine, SlotName};
 use ota_core::partition::PartitionTable;
+use ota_core::proto::arduino::settings::ArduinoSettings;
 use ota_core::proto::arduino::{self, AuthScheme};
+use ota_core::proto::esphome::settings::OtaSettings;
 use ota_core::proto::esphome::{self, Event, NonceSource, Output, Server, ServerConfig};
+use ota_core::proto::mqtt_pull::settings::MqttSettings;
 use ota_core::session::{Session, Target};
-use ota_core::settings::{ArduinoSettings, MqttSettings, OtaSettings};
 use ota_core::writer::OtaConfig;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -244,7 +246,7 @@ impl<W: Write> Device<W> {
                         print_line(serial, boot_at, e, cut)
                     })
                 };
-                self.log(&settings.log_event());
+                self.log(&LogEvent::Module(&settings.log_line()));
                 let server = ServerConfig {
                     password: settings.password().map(interned),
                     version: settings.protocol,
@@ -260,7 +262,7 @@ impl<W: Write> Device<W> {
                         print_line(serial, boot_at, e, cut)
                     })
                 };
-                self.log(&arduino_settings.log_event(arduino::DEFAULT_PORT));
+                self.log(&LogEvent::Module(&arduino_settings.log_line(arduino::DEFAULT_PORT)));
                 self.arduino = Some(Session::new(arduino::Server::new(arduino_settings.config())));
                 let mqtt_settings = {
                     let (boot_at, serial, cut) = (self.boot_at, &mut self.serial, &mut self.cut);
@@ -268,9 +270,9 @@ impl<W: Write> Device<W> {
                         print_line(serial, boot_at, e, cut)
                     })
                 };
-                self.log(&mqtt_settings.log_event());
-                if let Some(line) = mqtt_settings.tls_log_event() {
-                    self.log(&line);
+                self.log(&LogEvent::Module(&mqtt_settings.log_line()));
+                if let Some(line) = mqtt_settings.tls_log_line() {
+                    self.log(&LogEvent::Module(&line));
                 }
                 // Only a device with a broker has the pull path (and reads its own image for it).
                 self.pull = match mqtt_settings.broker {
@@ -357,8 +359,8 @@ impl<W: Write> Device<W> {
             self.power_off();
             return ArduinoStep { power_lost: Some(loss), exchange_over: true, ..ArduinoStep::default() };
         }
-        for line in out.events.iter().filter_map(arduino::Event::log_event) {
-            self.log(&line);
+        for e in &out.events {
+            e.log(&mut |line: &LogEvent<'_>| self.log(line));
         }
         step.exchange_over = out.events.iter().any(ends_exchange);
         step.reboot = reboot && step.close;
@@ -588,7 +590,7 @@ mod tests {
         crate::mkflash::provision_settings(
             &mut image,
             &table,
-            &ota_core::settings::Provision {
+            &ota_core::provision::Provision {
                 ota_password: Some("hunter2"),
                 protocol: 1,
                 wifi: None,

@@ -24,7 +24,7 @@ pub enum ProvisionError {
     #[error("the flash image ({len} bytes) does not hold the nvs partition (ends at {end:#x})")]
     ImageTooSmall { len: usize, end: u64 },
     #[error("{0}")]
-    Settings(ota_core::settings::ProvisionError),
+    Settings(ota_core::provision::ProvisionError),
 }
 
 /// Writes `settings` (OTA password `None`: no authentication) as the first page of `table`'s
@@ -33,13 +33,13 @@ pub enum ProvisionError {
 pub fn provision_settings(
     image: &mut [u8],
     table: &PartitionTable,
-    settings: &ota_core::settings::Provision<'_>,
+    settings: &ota_core::provision::Provision<'_>,
 ) -> Result<(), ProvisionError> {
     let nvs = table.nvs().ok_or(ProvisionError::NoNvsPartition)?;
     if nvs.end() > image.len() as u64 {
         return Err(ProvisionError::ImageTooSmall { len: image.len(), end: nvs.end() });
     }
-    let page = ota_core::settings::provisioning_page(settings).map_err(ProvisionError::Settings)?;
+    let page = ota_core::provision::provisioning_page(settings).map_err(ProvisionError::Settings)?;
     let region = &mut image[nvs.offset as usize..nvs.end() as usize];
     region.fill(0xFF);
     region[..page.len()].copy_from_slice(&page);
@@ -83,7 +83,7 @@ pub fn check_layout(
 mod tests {
     use super::*;
     use ota_core::partition_csv::parse_csv;
-    use ota_core::settings::Provision;
+    use ota_core::provision::Provision;
 
     const APP: &[u8] = &[0xE9; 64];
 
@@ -95,7 +95,7 @@ mod tests {
         let settings =
             Provision { ota_password: Some("pw"), protocol: 2, wifi: None, arduino: None, mqtt: None };
         provision_settings(&mut image, &table, &settings).unwrap();
-        let page = ota_core::settings::provisioning_page(&settings).unwrap();
+        let page = ota_core::provision::provisioning_page(&settings).unwrap();
         assert_eq!(&image[0x9000..0xA000], &page[..]);
         assert!(image[0xA000..0xE000].iter().all(|&b| b == 0xFF));
         assert_eq!(&image[0x10000..0x10040], APP, "nothing outside nvs moves");

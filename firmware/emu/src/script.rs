@@ -27,15 +27,15 @@ pub enum ScriptError {
 
 impl fmt::Display for ScriptError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let line = match self {
-            ScriptError::Esphome(e) => e.log_event(),
-            ScriptError::Arduino(e) => e.log_event(),
-            ScriptError::Incomplete => None,
-        };
-        match line {
-            Some(l) => write!(f, "{l}"),
-            None => write!(f, "{self:?}"),
+        let mut shown = None;
+        match self {
+            ScriptError::Esphome(e) => shown = e.log_event().map(|l| write!(f, "{l}")),
+            ScriptError::Arduino(e) => {
+                e.log(&mut |l: &ota_core::log::LogEvent<'_>| shown = Some(write!(f, "{l}")))
+            }
+            ScriptError::Incomplete => {}
         }
+        shown.unwrap_or_else(|| write!(f, "{self:?}"))
     }
 }
 

@@ -48,9 +48,7 @@ impl<L: FnMut(&LogEvent<'_>)> Output for Asked<'_, L> {
         self.close = true;
     }
     fn event(&mut self, e: Event) {
-        if let Some(line) = e.log_event() {
-            (self.log)(&line);
-        }
+        e.log(&mut |line: &LogEvent<'_>| (self.log)(line));
     }
 }
 

@@ -22,7 +22,8 @@ use ota_core::boot::{
 use ota_core::image::ChipInfo;
 use ota_core::log::{LogEvent, LogLine, SlotName};
 use ota_core::proto::arduino::AuthScheme;
-use ota_core::settings::{ArduinoSettings, OtaSettings};
+use ota_core::proto::arduino::settings::ArduinoSettings;
+use ota_core::proto::esphome::settings::OtaSettings;
 use ota_core::writer::{OtaConfig, read_otadata};
 
 mod arduino_link;
@@ -151,15 +152,16 @@ fn main() -> ! {
     }
     let settings =
         OtaSettings::built_in(PASSWORD.map(str::as_bytes), PROTOCOL).load(&mut flash, &table, &mut log);
-    log(&settings.log_event());
+    log(&LogEvent::Module(&settings.log_line()));
     let server = settings.server_config();
     let arduino = ArduinoSettings::built_in(ARDUINO_PASSWORD.map(str::as_bytes), ARDUINO_AUTH)
         .load(&mut flash, &table, &mut log);
-    log(&arduino.log_event(ota_core::proto::arduino::DEFAULT_PORT));
-    let mqtt = ota_core::settings::MqttSettings::default().load(&mut flash, &table, &mut log);
-    log(&mqtt.log_event());
-    if let Some(line) = mqtt.tls_log_event() {
-        log(&line);
+    log(&LogEvent::Module(&arduino.log_line(ota_core::proto::arduino::DEFAULT_PORT)));
+    let mqtt =
+        ota_core::proto::mqtt_pull::settings::MqttSettings::default().load(&mut flash, &table, &mut log);
+    log(&LogEvent::Module(&mqtt.log_line()));
+    if let Some(line) = mqtt.tls_log_line() {
+        log(&LogEvent::Module(&line));
     }
     // The device's facts (its MAC and image) for its client id and the Arduino updater's headers;
     // read only when the pull path is on.
@@ -197,7 +199,7 @@ fn main() -> ! {
     }
     #[cfg(feature = "wifi")]
     {
-        let credentials = ota_core::settings::WifiCredentials::load(
+        let credentials = ota_core::wifi::WifiCredentials::load(
             &mut flash,
             &table,
             wifi::BUILT_IN_SSID,

@@ -10,6 +10,7 @@ use ota_core::log::LogEvent;
 use ota_core::partition::{Partition, PartitionTable};
 use ota_core::proto::esphome::{Event, NonceSource, Output, Server, ServerConfig};
 use ota_core::session::{Session, Target};
+use ota_core::wifi::NetLine;
 use ota_core::writer::OtaConfig;
 use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
 use smoltcp::phy::Device;
@@ -188,7 +189,7 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
                 let _ = addrs.push(IpCidr::new(Ipv4Address::from_octets(ip).into(), prefix));
             });
             let _ = iface.routes_mut().add_default_ipv4_route(Ipv4Address::from_octets(gateway));
-            log(&LogEvent::NetAddress { ip, prefix, dhcp: false });
+            log(&LogEvent::Module(&NetLine::NetAddress { ip, prefix, dhcp: false }));
         }
         #[cfg(feature = "wifi")]
         Addressing::Dhcp => dhcp = Some(sockets.add(smoltcp::socket::dhcpv4::Socket::new())),
@@ -426,16 +427,16 @@ fn dhcp_update<L: FnMut(&LogEvent<'_>)>(
                     iface.routes_mut().remove_default_ipv4_route();
                 }
             }
-            log(&LogEvent::NetAddress {
+            log(&LogEvent::Module(&NetLine::NetAddress {
                 ip: config.address.address().octets(),
                 prefix: config.address.prefix_len(),
                 dhcp: true,
-            });
+            }));
         }
         Some(Event::Deconfigured) => {
             iface.update_ip_addrs(|addrs| addrs.clear());
             iface.routes_mut().remove_default_ipv4_route();
-            log(&LogEvent::NetAddressLost);
+            log(&LogEvent::Module(&NetLine::NetAddressLost));
         }
     }
 }

@@ -17,7 +17,8 @@ use esp_hal::time::{Duration, Instant};
 use esp_radio::wifi::sta::StationConfig;
 use esp_radio::wifi::{AuthenticationMethodConfig, Config, ControllerConfig, Interface, WifiController};
 use ota_core::log::LogEvent;
-use ota_core::settings::WifiCredentials;
+use ota_core::wifi::NetLine;
+use ota_core::wifi::WifiCredentials;
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 
 /// Credentials built in (`OTAHIL_FW_WIFI_SSID`, `OTAHIL_FW_WIFI_PASSWORD`); NVS keys
@@ -139,19 +140,22 @@ pub struct Link {
 impl Link {
     /// Joins the network, retrying every 5 s until it succeeds (nothing else to do without it).
     fn join(&mut self, log: &mut dyn FnMut(&LogEvent<'_>)) {
-        log(&LogEvent::WifiJoining { ssid: self.credentials.ssid(), from: self.credentials.from });
+        log(&LogEvent::Module(&NetLine::WifiJoining {
+            ssid: self.credentials.ssid(),
+            from: self.credentials.from,
+        }));
         loop {
             match block_on(self.controller.connect_async()) {
                 Ok(info) => {
-                    log(&LogEvent::WifiJoined { channel: info.channel });
+                    log(&LogEvent::Module(&NetLine::WifiJoined { channel: info.channel }));
                     return;
                 }
                 Err(e) => {
                     let reason = ShortText::of(&e);
-                    log(&LogEvent::WifiJoinFailed {
+                    log(&LogEvent::Module(&NetLine::WifiJoinFailed {
                         reason: reason.as_str(),
                         retry_in_s: RETRY.as_secs() as u8,
-                    });
+                    }));
                     let until = Instant::now() + RETRY;
                     while Instant::now() < until {
                         core::hint::spin_loop();
@@ -185,7 +189,7 @@ pub fn up(
     log: &mut dyn FnMut(&LogEvent<'_>),
 ) -> (Polled<Interface>, [u8; 6], Link) {
     let Some(credentials) = credentials else {
-        log(&LogEvent::WifiNoCredentials);
+        log(&LogEvent::Module(&NetLine::WifiNoCredentials));
         crate::halt(&"no network to join")
     };
     esp_alloc::heap_allocator!(size: 72 * 1024);

@@ -103,7 +103,7 @@ pub fn device_flash(
     let d = &s.device;
     let broker = context.device_broker.map(|a| a.to_string());
     let mqtt = match (&d.mqtt, &broker) {
-        (Some(m), Some(broker)) => Some(ota_core::settings::MqttProvision {
+        (Some(m), Some(broker)) => Some(ota_core::provision::MqttProvision {
             broker,
             command_topic: Some(&m.command_topic),
             state_topic: Some(&m.state_topic),
@@ -125,7 +125,7 @@ pub fn device_flash(
     let provisioned = match ota_emu::mkflash::provision_settings(
         &mut image,
         &d.partitions,
-        &ota_core::settings::Provision {
+        &ota_core::provision::Provision {
             ota_password: d.password.as_deref(),
             protocol: d.protocol,
             wifi,

@@ -256,12 +256,15 @@ pub const STATES: [&str; 7] = ["started", "downloading", "done", "failed", "no_u
 
 fn topic(cx: &Ctx<'_>, t: &Spanned<String>, what: &str) -> Result<String, ScenarioError> {
     let v = &t.value;
-    if v.is_empty() || v.len() > ota_core::settings::MAX_TOPIC_LEN || v.contains(['+', '#', '\0']) {
+    if v.is_empty()
+        || v.len() > ota_core::proto::mqtt_pull::settings::MAX_TOPIC_LEN
+        || v.contains(['+', '#', '\0'])
+    {
         return cx.at(
             t,
             format!(
                 "{what} `{v}`: expected a topic of 1 to {} bytes without wildcards",
-                ota_core::settings::MAX_TOPIC_LEN
+                ota_core::proto::mqtt_pull::settings::MAX_TOPIC_LEN
             ),
         );
     }

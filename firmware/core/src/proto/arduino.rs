@@ -13,6 +13,9 @@
 //! "close" and [`Event`]s come out through an [`Output`]. Sockets and timers are the adapter's.
 
 mod auth;
+mod lines;
+pub mod settings;
+pub use lines::ArduinoLine;
 mod invitation;
 #[cfg(test)]
 mod tests;
@@ -21,7 +24,7 @@ pub use auth::AuthScheme;
 pub use invitation::{AuthRequest, Invitation, InvitationError, parse_auth, parse_invitation};
 
 use crate::hex;
-use crate::log::LogEvent;
+use crate::log::{LogEvent, LogSink};
 use crate::slot::SlotName;
 use crate::update::{Switched, UpdateSink};
 use crate::writer::{EraseMode, OtaConfig, OtaError};
@@ -218,39 +221,45 @@ pub enum Event {
 }
 
 impl Event {
-    /// The catalogue line this event prints, if any.
-    pub fn log_event(&self) -> Option<LogEvent<'static>> {
-        Some(match *self {
-            Event::InvitationIgnored(why) => LogEvent::ArduinoInvitationIgnored(why),
-            Event::Busy => LogEvent::ArduinoBusy,
-            Event::AuthUnexpectedCommand(got) => LogEvent::ArduinoAuthUnexpected { got },
-            Event::AuthMalformed(why) => LogEvent::ArduinoAuthMalformed(why),
-            Event::AuthFailed => LogEvent::ArduinoAuthFailed,
-            Event::BeginFailed { error, cause } => LogEvent::ArduinoBeginFailed { error, cause },
+    /// Prints the catalogue line this event prints, if any.
+    pub fn log(&self, log: &mut impl LogSink) {
+        let line = match *self {
+            Event::InvitationIgnored(why) => ArduinoLine::InvitationIgnored(why),
+            Event::Busy => ArduinoLine::Busy,
+            Event::AuthUnexpectedCommand(got) => ArduinoLine::AuthUnexpected { got },
+            Event::AuthMalformed(why) => ArduinoLine::AuthMalformed(why),
+            Event::AuthFailed => ArduinoLine::AuthFailed,
+            Event::BeginFailed { error, cause } => ArduinoLine::BeginFailed { error, cause },
             Event::Begin { size, slot } => {
-                LogEvent::OtaStarting { size, slot: SlotName(crate::slot::BootIndex::Ota(slot)) }
+                return log
+                    .log(&LogEvent::OtaStarting { size, slot: SlotName(crate::slot::BootIndex::Ota(slot)) });
             }
-            Event::ConnectFailed => LogEvent::ArduinoConnectFailed,
+            Event::ConnectFailed => ArduinoLine::ConnectFailed,
             Event::Progress { written, received, size } => {
                 // One line per quarter crossed: enough to follow, few enough to snapshot.
                 let quarter = |r: u32| (r as u64 * 4 / size.max(1) as u64) as u8;
                 let now = quarter(received);
                 if now == quarter(received.saturating_sub(written)) || received >= size {
-                    return None;
+                    return;
                 }
-                LogEvent::OtaProgress { percent: now * 25 }
+                return log.log(&LogEvent::OtaProgress { percent: now * 25 });
             }
-            Event::WriteFailed { error, cause } => LogEvent::ArduinoWriteFailed { error, cause },
-            Event::ReceiveFailed { received, size } => LogEvent::ArduinoReceiveFailed { received, size },
-            Event::ConnectionLost { received, size } => LogEvent::OtaConnectionLost { received, size },
-            Event::EndFailed { error, cause } => LogEvent::ArduinoUpdateFailed { error, cause },
-            Event::Complete(s) => LogEvent::OtaComplete {
-                slot: SlotName(crate::slot::BootIndex::Ota(s.slot)),
-                seq: s.seq,
-                state: s.state,
-            },
-            Event::AuthRequested | Event::Received { .. } => return None,
-        })
+            Event::WriteFailed { error, cause } => ArduinoLine::WriteFailed { error, cause },
+            Event::ReceiveFailed { received, size } => ArduinoLine::ReceiveFailed { received, size },
+            Event::ConnectionLost { received, size } => {
+                return log.log(&LogEvent::OtaConnectionLost { received, size });
+            }
+            Event::EndFailed { error, cause } => ArduinoLine::UpdateFailed { error, cause },
+            Event::Complete(s) => {
+                return log.log(&LogEvent::OtaComplete {
+                    slot: SlotName(crate::slot::BootIndex::Ota(s.slot)),
+                    seq: s.seq,
+                    state: s.state,
+                });
+            }
+            Event::AuthRequested | Event::Received { .. } => return,
+        };
+        log.log(&LogEvent::Module(&line));
     }
 }
 

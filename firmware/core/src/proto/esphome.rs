@@ -29,6 +29,8 @@ pub const FEATURE_COMPRESSION: u8 = 0x01;
 pub const FEATURE_SHA256_AUTH: u8 = 0x02;
 
 /// Response codes (`OTA_RESPONSE_*`), with the client's names.
+pub mod settings;
+
 pub mod code {
     pub const OK: u8 = 0x00;
     pub const REQUEST_AUTH: u8 = 0x01;

@@ -10,7 +10,10 @@
 //! failed one it keeps running its image. A trigger without a usable URL is refused with a log line
 //! and a `failed`/`bad_trigger` status (the seed only logs it).
 
+mod lines;
 mod secure;
+pub mod settings;
+pub use lines::{MqttLine, PullLine};
 #[cfg(test)]
 mod tests;
 
@@ -116,7 +119,7 @@ pub fn client_id(mac: [u8; 6], buf: &mut [u8; 13]) -> &str {
 impl<'a> Settings<'a> {
     /// The agent's settings from what NVS configured (`None`: no broker, the path is off).
     pub fn from_nvs(
-        m: &'a crate::settings::MqttSettings,
+        m: &'a settings::MqttSettings,
         client_id: &'a str,
         version: &'a str,
         facts: &RunningFacts,
@@ -237,8 +240,10 @@ impl<O: Output> client::Output for BrokerOut<'_, O> {
         // Messages are handled by the agent (it needs the pull); the rest is logged here.
         match event {
             client::Event::Ready => {}
-            client::Event::Lost { why, retry_in_ms } => self.0.log(&LogEvent::MqttLost { why, retry_in_ms }),
-            client::Event::Dropped { len } => self.0.log(&LogEvent::MqttDropped { len }),
+            client::Event::Lost { why, retry_in_ms } => {
+                self.0.log(&LogEvent::Module(&MqttLine::Lost { why, retry_in_ms }))
+            }
+            client::Event::Dropped { len } => self.0.log(&LogEvent::Module(&MqttLine::Dropped { len })),
             client::Event::Connecting { .. }
             | client::Event::Message { .. }
             | client::Event::Published { .. } => {}
@@ -288,7 +293,7 @@ impl<O: Output> Inbox<'_, '_, O> {
             *slot = Some(t);
         } else {
             // Full of overflows already: one more refused trigger is logged at once.
-            self.out.0.log(&LogEvent::PullBusy);
+            self.out.0.log(&LogEvent::Module(&PullLine::Busy));
         }
     }
 }
@@ -306,7 +311,7 @@ impl<O: Output> client::Output for Inbox<'_, '_, O> {
     fn event(&mut self, event: client::Event<'_>) {
         match event {
             client::Event::Ready => {
-                self.out.0.log(&LogEvent::MqttReady { command_topic: self.command_topic });
+                self.out.0.log(&LogEvent::Module(&MqttLine::Ready { command_topic: self.command_topic }));
                 self.push(Taken::Ready);
             }
             client::Event::Message { topic, payload, .. } => {
@@ -321,9 +326,11 @@ impl<O: Output> client::Output for Inbox<'_, '_, O> {
                     Ok(Command::HttpUpdate { url, truncated }) => {
                         self.push(trigger(url, truncated, Library::ArduinoHttpUpdate));
                     }
-                    Ok(Command::Other(kind)) => self.out.0.log(&LogEvent::MqttCommandOther(kind)),
+                    Ok(Command::Other(kind)) => {
+                        self.out.0.log(&LogEvent::Module(&MqttLine::CommandOther(kind)))
+                    }
                     Err(why) => {
-                        self.out.0.log(&LogEvent::MqttCommandIgnored(why));
+                        self.out.0.log(&LogEvent::Module(&MqttLine::CommandIgnored(why)));
                         if matches!(why, CommandError::MissingUrl | CommandError::BadUrl) {
                             self.push(Taken::BadTrigger);
                         }
@@ -374,17 +381,19 @@ impl<O: Output> http_pull::Output for PullOut<'_, O> {
             E::Requesting { url, redirects } => {
                 // The path only: hosts and ports differ from backend to backend, logs must not.
                 let path = Url::parse(url).map(|u| u.target).unwrap_or("");
-                self.out.log(&LogEvent::PullRequesting { path, redirects });
+                self.out.log(&LogEvent::Module(&PullLine::Requesting { path, redirects }));
             }
-            E::Status { code } => self.out.log(&LogEvent::PullStatus { code }),
+            E::Status { code } => self.out.log(&LogEvent::Module(&PullLine::Status { code })),
             E::Redirected { .. } => {}
-            E::ImageAccepted { version } => self.out.log(&LogEvent::PullImageAccepted { version }),
+            E::ImageAccepted { version } => {
+                self.out.log(&LogEvent::Module(&PullLine::ImageAccepted { version }))
+            }
             E::Begin { size, slot } => {
                 *self.progress_mark = 0;
                 let slot = SlotName(crate::slot::BootIndex::Ota(slot));
                 match size {
                     Some(size) => self.out.log(&LogEvent::OtaStarting { size, slot }),
-                    None => self.out.log(&LogEvent::PullStartingUnsized { slot }),
+                    None => self.out.log(&LogEvent::Module(&PullLine::StartingUnsized { slot })),
                 }
                 self.status(State::Downloading, 0, size.map(u64::from), None);
             }
@@ -408,17 +417,17 @@ impl<O: Output> http_pull::Output for PullOut<'_, O> {
                     None => u64::from(at) / PROGRESS_STEP_UNSIZED,
                 };
                 let slot = SlotName(crate::slot::BootIndex::Ota(slot));
-                self.out.log(&LogEvent::PullResumed { at, size, slot });
+                self.out.log(&LogEvent::Module(&PullLine::Resumed { at, size, slot }));
                 self.status(State::Downloading, u64::from(at), size.map(u64::from), None);
             }
-            E::RangeIgnored { status } => self.out.log(&LogEvent::PullRangeIgnored { status }),
-            E::ResumeNotSaved(e) => self.out.log(&LogEvent::PullResumeNotSaved(e)),
+            E::RangeIgnored { status } => self.out.log(&LogEvent::Module(&PullLine::RangeIgnored { status })),
+            E::ResumeNotSaved(e) => self.out.log(&LogEvent::Module(&PullLine::ResumeNotSaved(e))),
             E::NoUpdate => {
-                self.out.log(&LogEvent::PullNoUpdate);
+                self.out.log(&LogEvent::Module(&PullLine::NoUpdate));
                 self.status(State::NoUpdate, 0, None, None);
             }
             E::Failed(e) => {
-                self.out.log(&LogEvent::PullFailed(e));
+                self.out.log(&LogEvent::Module(&PullLine::Failed(e)));
                 self.status(State::Failed, 0, None, Some((e.name(), e.code())));
             }
             E::Complete(s) => {
@@ -575,7 +584,7 @@ impl Agent {
     }
 
     fn refuse_busy<O: Output>(&mut self, s: &Settings<'_>, now_ms: u64, out: &mut O) {
-        out.log(&LogEvent::PullBusy);
+        out.log(&LogEvent::Module(&PullLine::Busy));
         publish_status(&mut self.mqtt, s, now_ms, out, State::Failed, 0, None, Some(("busy", -1)));
     }
 
@@ -594,7 +603,10 @@ impl Agent {
             self.refuse_busy(s, now_ms, out);
             return;
         }
-        out.log(&LogEvent::PullTriggered { truncated, arduino: library == Library::ArduinoHttpUpdate });
+        out.log(&LogEvent::Module(&PullLine::Triggered {
+            truncated,
+            arduino: library == Library::ArduinoHttpUpdate,
+        }));
         // The same URL as a download cut short goes on where it stopped; another one makes
         // the bytes in the slot useless.
         let mut from = 0;
@@ -624,7 +636,7 @@ impl Agent {
         self.library = library;
         if from > 0 {
             let path = Url::parse(url).map(|u| u.target).unwrap_or("");
-            out.log(&LogEvent::PullResuming { path, at: from });
+            out.log(&LogEvent::Module(&PullLine::Resuming { path, at: from }));
         }
         publish_status(&mut self.mqtt, s, now_ms, out, State::Started, 0, None, None);
         self.progress_mark = 0;

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::pem::{PemError, decode_certificate};
-use crate::settings::MAX_CA_DER;
+use crate::proto::mqtt_pull::settings::MAX_CA_DER;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
 use rustls::ServerConnection;
 use std::io::{Read, Write};

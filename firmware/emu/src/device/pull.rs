@@ -5,9 +5,9 @@ use super::{Device, Power, print_line};
 use crate::flash::PowerLoss;
 use ota_core::log::LogEvent;
 use ota_core::proto::http_pull::{ConnectError, Endpoint};
+use ota_core::proto::mqtt_pull::settings::MqttSettings;
 use ota_core::proto::mqtt_pull::{Agent, Link, Output, RunningFacts, Settings};
 use ota_core::session::{Session, Target};
-use ota_core::settings::MqttSettings;
 use std::io::Write;
 use std::net::SocketAddr;
 

@@ -320,7 +320,7 @@ mod tls {
     }
 
     fn ca_der(pki: &TestPki) -> Vec<u8> {
-        let mut der = vec![0u8; ota_core::settings::MAX_CA_DER];
+        let mut der = vec![0u8; ota_core::proto::mqtt_pull::settings::MAX_CA_DER];
         let n = ota_core::pem::decode_certificate(pki.ca_pem(), &mut der).unwrap();
         der.truncate(n);
         der

@@ -424,13 +424,15 @@ fn counts_are_decimal_and_progress_lines_come_by_quarter() {
     assert_eq!(decimal(0, &mut buf), b"0");
     assert_eq!(decimal(1460, &mut buf), b"1460");
     assert_eq!(decimal(u32::MAX, &mut buf), b"4294967295");
-    let lines: Vec<u8> = (1..=100u32)
-        .filter_map(|k| Event::Progress { written: 1460, received: k * 1460, size: 146_000 }.log_event())
-        .map(|e| match e {
-            LogEvent::OtaProgress { percent } => percent,
-            _ => unreachable!(),
-        })
-        .collect();
+    let mut lines: Vec<u8> = Vec::new();
+    for k in 1..=100u32 {
+        Event::Progress { written: 1460, received: k * 1460, size: 146_000 }.log(&mut |e: &LogEvent<'_>| {
+            match e {
+                LogEvent::OtaProgress { percent } => lines.push(*percent),
+                _ => unreachable!(),
+            }
+        });
+    }
     assert_eq!(lines, vec![25, 50, 75]);
     for e in UpdateError::ALL {
         assert_eq!(UpdateError::from_reply(&std::format!("{}\r\n", e.text())), Some(e));

@@ -1,0 +1,212 @@
+//! The pull path's settings (MQTT broker and topics, the pull's version check, timeout, CA,
+//! clock and resumption).
+
+use super::{MqttLine, PullLine};
+use crate::log::{LogEvent, LogSink};
+use crate::partition::PartitionTable;
+use crate::proto::http_pull::VersionCheck;
+use crate::settings::{Ignored, Rejected, Source, read_str, read_u8};
+use embedded_storage::nor_flash::ReadNorFlash;
+
+pub const KEY_MQTT_BROKER: &str = "mqtt_broker";
+pub const KEY_MQTT_CMD_TOPIC: &str = "mqtt_cmd_topic";
+pub const KEY_MQTT_STATE_TOPIC: &str = "mqtt_st_topic";
+/// 0: no version check, 1: skip the running version, 2: refuse a downgrade as well.
+pub const KEY_PULL_VERSION_CHECK: &str = "pull_vcheck";
+/// `esp_http_client`'s `timeout_ms` in whole seconds (1 to 255): the wait for a response head;
+/// a body that brings nothing for three of these fails (ESP-IDF would wait forever).
+pub const KEY_PULL_TIMEOUT: &str = "pull_timeout_s";
+/// The CA (PEM, a string) an https server's certificate must chain to; without it https pulls
+/// fail (as `esp_https_ota` without `cert_pem` or a bundle).
+pub const KEY_PULL_CA: &str = "pull_ca";
+/// The device's clock for certificate dates (seconds since 1970, a decimal string), standing in
+/// for the time an SNTP client would set; without it dates are not checked (ESP-IDF's default).
+pub const KEY_PULL_CLOCK: &str = "pull_clock";
+/// 1: a download cut short resumes with `Range` (ESP-IDF's `ota_resumption`), its progress
+/// kept in NVS ([`crate::resume`]); 0 or absent: every pull starts from byte 0 (ESP-IDF's default).
+pub const KEY_PULL_RESUME: &str = "pull_resume";
+/// The longest CA certificate (DER) the device keeps.
+pub const MAX_CA_DER: usize = 1536;
+/// The longest PEM text read for it.
+pub const MAX_CA_PEM: usize = 2200;
+/// The seed's `timeout_ms` (mqtt-https-pull.md §1).
+pub const DEFAULT_PULL_TIMEOUT_S: u8 = 10;
+/// The longest topic the device keeps (the seed's are 16 bytes).
+pub const MAX_TOPIC_LEN: usize = 64;
+/// `ip:port`, IPv4 or `[IPv6]`: a device without DNS is given an address.
+pub const MAX_BROKER_LEN: usize = 47;
+
+/// A topic kept in a fixed buffer.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Topic {
+    bytes: [u8; MAX_TOPIC_LEN],
+    len: usize,
+}
+
+impl Topic {
+    pub fn new(s: &str) -> Option<Self> {
+        if s.is_empty() || s.len() > MAX_TOPIC_LEN || s.contains(['+', '#', '\0']) {
+            return None;
+        }
+        let mut t = Topic { bytes: [0; MAX_TOPIC_LEN], len: s.len() };
+        t.bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Some(t)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ever filled from a `&str`, cut at its own length.
+        core::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
+    }
+}
+
+/// The pull path's settings: NVS `mqtt_broker` (`ip:port`; none: the path is off),
+/// `mqtt_cmd_topic`, `mqtt_st_topic` and `pull_vcheck`, else the seed's topics and no version
+/// check. The seed appends `:1883` to a broker without a port; so does this.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct MqttSettings {
+    pub broker: Option<core::net::SocketAddr>,
+    pub broker_from: Source,
+    pub command_topic: Topic,
+    pub state_topic: Topic,
+    pub version_check: VersionCheck,
+    pub timeout_s: u8,
+    /// [`KEY_PULL_CA`] as DER (`ca_len` bytes; none: 0).
+    pub ca: [u8; MAX_CA_DER],
+    pub ca_len: usize,
+    /// [`KEY_PULL_CLOCK`].
+    pub clock_unix: Option<u64>,
+    /// [`KEY_PULL_RESUME`].
+    pub resume: bool,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        MqttSettings {
+            broker: None,
+            broker_from: Source::BuiltIn,
+            command_topic: Topic::new(crate::proto::mqtt::DEFAULT_COMMAND_TOPIC).expect("a valid topic"),
+            state_topic: Topic::new(crate::proto::mqtt::DEFAULT_STATE_TOPIC).expect("a valid topic"),
+            version_check: VersionCheck::None,
+            timeout_s: DEFAULT_PULL_TIMEOUT_S,
+            ca: [0; MAX_CA_DER],
+            ca_len: 0,
+            clock_unix: None,
+            resume: false,
+        }
+    }
+}
+
+/// `ip:port` or `ip` (port 1883), IPv6 in brackets.
+pub fn parse_broker(s: &str) -> Option<core::net::SocketAddr> {
+    if let Ok(a) = s.parse() {
+        return Some(a);
+    }
+    let ip: core::net::IpAddr = s.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    Some(core::net::SocketAddr::new(ip, crate::proto::mqtt::DEFAULT_PORT))
+}
+
+impl MqttSettings {
+    /// The settings after the NVS overrides, each unusable override logged and skipped.
+    pub fn load<F: ReadNorFlash>(
+        mut self,
+        flash: &mut F,
+        table: &PartitionTable,
+        log: &mut impl LogSink,
+    ) -> Self {
+        let Some(part) = table.nvs() else { return self };
+        let mut buf = [0u8; MAX_TOPIC_LEN + 1];
+        if let Some(v) = read_str(flash, part, KEY_MQTT_BROKER, &mut buf, log) {
+            match parse_broker(v) {
+                Some(a) => {
+                    self.broker = Some(a);
+                    self.broker_from = Source::Nvs;
+                }
+                None if v.is_empty() => {
+                    self.broker = None;
+                    self.broker_from = Source::Nvs;
+                }
+                None => {
+                    log.log(&LogEvent::Module(&Ignored { key: KEY_MQTT_BROKER, why: Rejected::NotAnAddress }))
+                }
+            }
+        }
+        for (key, topic) in
+            [(KEY_MQTT_CMD_TOPIC, &mut self.command_topic), (KEY_MQTT_STATE_TOPIC, &mut self.state_topic)]
+        {
+            if let Some(v) = read_str(flash, part, key, &mut buf, log) {
+                match Topic::new(v) {
+                    Some(t) => *topic = t,
+                    None => log.log(&LogEvent::Module(&Ignored {
+                        key,
+                        why: Rejected::NotATopic { max_len: MAX_TOPIC_LEN },
+                    })),
+                }
+            }
+        }
+        match read_u8(flash, part, KEY_PULL_TIMEOUT, log) {
+            Some(0) => {
+                log.log(&LogEvent::Module(&Ignored { key: KEY_PULL_TIMEOUT, why: Rejected::ZeroTimeout }))
+            }
+            Some(s) => self.timeout_s = s,
+            None => {}
+        }
+        if let Some(v) = read_u8(flash, part, KEY_PULL_VERSION_CHECK, log) {
+            match v {
+                0 => self.version_check = VersionCheck::None,
+                1 => self.version_check = VersionCheck::SkipSame,
+                2 => self.version_check = VersionCheck::RefuseDowngrade,
+                _ => log.log(&LogEvent::Module(&Ignored {
+                    key: KEY_PULL_VERSION_CHECK,
+                    why: Rejected::VersionCheckOutOfRange(v),
+                })),
+            }
+        }
+        let mut pem = [0u8; MAX_CA_PEM];
+        if let Some(v) = read_str(flash, part, KEY_PULL_CA, &mut pem, log) {
+            match crate::pem::decode_certificate(v, &mut self.ca) {
+                Ok(n) => self.ca_len = n,
+                Err(e) => log
+                    .log(&LogEvent::Module(&Ignored { key: KEY_PULL_CA, why: Rejected::NotACertificate(e) })),
+            }
+        }
+        match read_u8(flash, part, KEY_PULL_RESUME, log) {
+            Some(0) => self.resume = false,
+            Some(1) => self.resume = true,
+            Some(v) => {
+                log.log(&LogEvent::Module(&Ignored { key: KEY_PULL_RESUME, why: Rejected::NotAFlag(v) }))
+            }
+            None => {}
+        }
+        let mut clock = [0u8; 24];
+        if let Some(v) = read_str(flash, part, KEY_PULL_CLOCK, &mut clock, log) {
+            match v.parse() {
+                Ok(t) => self.clock_unix = Some(t),
+                Err(_) => {
+                    log.log(&LogEvent::Module(&Ignored { key: KEY_PULL_CLOCK, why: Rejected::NotATime }))
+                }
+            }
+        }
+        self
+    }
+
+    /// The CA certificate (DER) https servers must chain to; empty when none is provisioned.
+    pub fn ca_der(&self) -> &[u8] {
+        &self.ca[..self.ca_len]
+    }
+
+    /// The line that says what https pulls trust, when a CA is provisioned.
+    pub fn tls_log_line(&self) -> Option<PullLine<'static>> {
+        (self.ca_len > 0).then_some(PullLine::ConfigTls { dates_checked: self.clock_unix.is_some() })
+    }
+
+    /// The line that says what the pull path runs with (never the broker's address: it differs
+    /// from backend to backend, and logs must not).
+    pub fn log_line(&self) -> MqttLine<'_> {
+        MqttLine::Config {
+            broker_from: self.broker.map(|_| self.broker_from),
+            command_topic: self.command_topic.as_str(),
+            state_topic: self.state_topic.as_str(),
+            resume: self.resume,
+        }
+    }
+}
