@@ -251,12 +251,8 @@ impl<O: Output> client::Output for BrokerOut<'_, O> {
     }
 }
 
-/// Triggers kept from one read of the broker's bytes; more in the same read are refused as busy
-/// (the first has started a pull by the time they would be looked at).
-const QUEUED_TRIGGERS: usize = 2;
-
-/// What one read from the broker brought for the agent, in order.
-// The URL is held inline: no heap in `no_std`, and the queue is a few slots on the stack.
+/// What one packet from the broker brought for the agent.
+// The URL is held inline: no heap in `no_std`.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy)]
 enum Taken {
@@ -267,34 +263,24 @@ enum Taken {
         truncated: bool,
         library: Library,
     },
-    /// A trigger beyond [`QUEUED_TRIGGERS`].
-    Overflow,
     /// An `ota_trigger` without a usable URL: refused before any request.
     BadTrigger,
 }
 
-/// Collects the MQTT client's events for the agent: the command topic's messages parsed on the
-/// spot (the payload lives in the decoder only during the call), acted on after the read.
+/// Collects the MQTT client's events for the agent from one packet: a command topic's message
+/// parsed on the spot (the payload lives in the decoder only during the call), acted on as soon
+/// as the packet is decoded, before the next one.
 struct Inbox<'o, 'b, O: Output> {
     out: BrokerOut<'o, O>,
     command_topic: &'b str,
-    taken: [Option<Taken>; QUEUED_TRIGGERS + 2],
+    taken: Option<Taken>,
 }
 
 impl<O: Output> Inbox<'_, '_, O> {
     fn push(&mut self, t: Taken) {
-        let triggers = self.taken.iter().flatten().filter(|t| matches!(t, Taken::Trigger { .. })).count();
-        let t = if matches!(t, Taken::Trigger { .. }) && triggers >= QUEUED_TRIGGERS {
-            Taken::Overflow
-        } else {
-            t
-        };
-        if let Some(slot) = self.taken.iter_mut().find(|s| s.is_none()) {
-            *slot = Some(t);
-        } else {
-            // Full of overflows already: one more refused trigger is logged at once.
-            self.out.0.log(&LogEvent::Module(&PullLine::Busy));
-        }
+        // One packet is one event at most (CONNACK/SUBACK or one PUBLISH).
+        debug_assert!(self.taken.is_none(), "one event per packet");
+        self.taken = Some(t);
     }
 }
 
@@ -531,54 +517,65 @@ impl Agent {
         self.mqtt.closed(now_ms, &mut BrokerOut(out));
     }
 
-    /// Bytes from the broker: acknowledgements, pings, commands. Triggers are acted on in the
-    /// order they came, after the read.
+    /// Bytes from the broker: acknowledgements, pings, commands, each message acted on before
+    /// the next is decoded, so how TCP grouped them changes nothing.
     /// `other_update`: another update path is writing (a trigger is then refused as busy).
     #[allow(clippy::too_many_arguments)]
     pub fn broker_data<S: UpdateSink, O: Output>(
         &mut self,
         s: &Settings<'_>,
-        bytes: &[u8],
+        mut bytes: &[u8],
         now_ms: u64,
         other_update: bool,
         sink: &mut S,
         out: &mut O,
     ) {
-        let taken = {
-            let Agent { mqtt, will, will_len, .. } = self;
-            let mut inbox = Inbox {
-                out: BrokerOut(out),
-                command_topic: s.command_topic,
-                taken: [None; QUEUED_TRIGGERS + 2],
+        while !bytes.is_empty() {
+            let (used, taken) = {
+                let Agent { mqtt, will, will_len, .. } = self;
+                let mut inbox = Inbox { out: BrokerOut(out), command_topic: s.command_topic, taken: None };
+                let used = mqtt.data_packet(&mqtt_config(s, &will[..*will_len]), bytes, now_ms, &mut inbox);
+                (used, inbox.taken)
             };
-            mqtt.data(&mqtt_config(s, &will[..*will_len]), bytes, now_ms, &mut inbox);
-            inbox.taken
-        };
-        for t in taken.into_iter().flatten() {
-            match t {
-                Taken::Ready => {
-                    publish_status(&mut self.mqtt, s, now_ms, out, State::Online, 0, None, None);
-                    if !self.booted {
-                        self.booted = true;
-                        if !other_update {
-                            self.resume_after_restart(s, now_ms, sink, out);
-                        }
+            bytes = &bytes[used..];
+            if let Some(t) = taken {
+                self.act(s, t, now_ms, other_update, sink, out);
+            }
+        }
+    }
+
+    /// What one message asks for, done.
+    fn act<S: UpdateSink, O: Output>(
+        &mut self,
+        s: &Settings<'_>,
+        taken: Taken,
+        now_ms: u64,
+        other_update: bool,
+        sink: &mut S,
+        out: &mut O,
+    ) {
+        match taken {
+            Taken::Ready => {
+                publish_status(&mut self.mqtt, s, now_ms, out, State::Online, 0, None, None);
+                if !self.booted {
+                    self.booted = true;
+                    if !other_update {
+                        self.resume_after_restart(s, now_ms, sink, out);
                     }
                 }
-                Taken::Trigger { url, len, truncated, library } => {
-                    let url = core::str::from_utf8(&url[..len]).unwrap_or("");
-                    if other_update {
-                        self.refuse_busy(s, now_ms, out);
-                    } else {
-                        self.trigger(s, url, truncated, library, now_ms, sink, out);
-                    }
+            }
+            Taken::Trigger { url, len, truncated, library } => {
+                let url = core::str::from_utf8(&url[..len]).unwrap_or("");
+                if other_update {
+                    self.refuse_busy(s, now_ms, out);
+                } else {
+                    self.trigger(s, url, truncated, library, now_ms, sink, out);
                 }
-                Taken::Overflow => self.refuse_busy(s, now_ms, out),
-                Taken::BadTrigger => {
-                    // ESP_ERR_INVALID_ARG: what `esp_https_ota` says of a config without a URL.
-                    let error = Some(("bad_trigger", 0x102));
-                    publish_status(&mut self.mqtt, s, now_ms, out, State::Failed, 0, None, error);
-                }
+            }
+            Taken::BadTrigger => {
+                // ESP_ERR_INVALID_ARG: what `esp_https_ota` says of a config without a URL.
+                let error = Some(("bad_trigger", 0x102));
+                publish_status(&mut self.mqtt, s, now_ms, out, State::Failed, 0, None, error);
             }
         }
     }

@@ -280,9 +280,27 @@ impl Client {
 
     /// Bytes from the broker.
     pub fn data<O: Output>(&mut self, cfg: &Config<'_>, mut input: &[u8], now_ms: u64, out: &mut O) {
-        while !input.is_empty() && self.is_connected() {
-            let (used, packet) = self.decoder.feed(input);
+        while !input.is_empty() {
+            let used = self.data_packet(cfg, input, now_ms, out);
             input = &input[used..];
+        }
+    }
+
+    /// Bytes from the broker up to the end of the first packet they complete, whose events are
+    /// out before this returns: how many bytes were taken (all of them when no packet completes,
+    /// or when the session is lost). A caller acts on each message before the next is decoded,
+    /// so how TCP grouped the broker's packets changes nothing.
+    pub fn data_packet<O: Output>(
+        &mut self,
+        cfg: &Config<'_>,
+        input: &[u8],
+        now_ms: u64,
+        out: &mut O,
+    ) -> usize {
+        let mut taken = 0;
+        while taken < input.len() && self.is_connected() {
+            let (used, packet) = self.decoder.feed(&input[taken..]);
+            taken += used;
             let Some(packet) = packet else { continue };
             let mut reply = Reply::None;
             let outcome = match packet {
@@ -291,7 +309,7 @@ impl Client {
             };
             if let Err(why) = outcome {
                 self.lose(why, now_ms, true, out);
-                return;
+                return input.len();
             }
             match reply {
                 Reply::None => {}
@@ -302,7 +320,8 @@ impl Client {
                 Reply::Subscribe => {
                     let id = self.id();
                     if packet::subscribe(&mut Bytes(out), id, cfg.command_topic, QoS::AtLeastOnce).is_err() {
-                        return self.lose(Lost::SubscribeRefused, now_ms, true, out);
+                        self.lose(Lost::SubscribeRefused, now_ms, true, out);
+                        return input.len();
                     }
                     self.last_sent_ms = now_ms;
                     self.state = State::AwaitSubAck { since_ms: now_ms, id };
@@ -314,7 +333,9 @@ impl Client {
                 Reply::Acked => self.unacked = self.unacked.saturating_sub(1),
                 Reply::Pong => self.ping_sent_ms = None,
             }
+            return taken;
         }
+        input.len()
     }
 
     /// Publishes `payload` on `topic`; returns the packet id of a QoS 1 publication.

@@ -340,6 +340,33 @@ fn one_update_at_a_time() {
     assert!(d.session.server.reboot_requested());
 }
 
+/// How TCP groups the broker's messages must not decide what the device does: each message is
+/// its own event (mosquitto sends queued messages in one segment).
+#[test]
+fn every_message_counts_whatever_segment_brought_it() {
+    let bad = publish("/switch/cmd/root", br#"{"type":"ota_trigger"}"#);
+    let mut one_segment = Vec::new();
+    for _ in 0..6 {
+        one_segment.extend_from_slice(&bad);
+    }
+    one_segment.extend_from_slice(&trigger("http://a/1.bin"));
+    one_segment.extend_from_slice(&bad);
+    let mut together = Device::online();
+    together.broker(&one_segment);
+    let mut apart = Device::online();
+    for piece in [&bad[..], &bad, &bad, &bad, &bad, &bad, &trigger("http://a/1.bin"), &bad] {
+        apart.broker(piece);
+    }
+    for d in [&mut together, &mut apart] {
+        assert_eq!(d.world.servers, ["a:80"], "the valid trigger pulls: {:?}", d.world.log);
+        let statuses = d.world.statuses();
+        let bad_triggers = statuses.iter().filter(|s| s.contains(r#""err":"bad_trigger""#)).count();
+        assert_eq!(bad_triggers, 7, "{statuses:?}");
+        assert!(!d.world.log.iter().any(|l| l.contains("already running")), "{:?}", d.world.log);
+    }
+    assert_eq!(together.world.log, apart.world.log);
+}
+
 #[test]
 fn a_broker_gone_mid_download_does_not_stop_the_pull() {
     let mut d = Device::online();
