@@ -44,17 +44,28 @@ pub struct OtaConfig {
     pub chip: ChipInfo,
     #[cfg(feature = "test-faults")]
     pub fault: WriterFault,
-    /// Keep the image's first [`WITHHELD_HEAD`] bytes in RAM and program them only in `end`,
-    /// as arduino-esp32's `Update` library does, so a partly written slot never holds a valid
-    /// header. `esp_ota_write` (ESPHome) writes them at once.
-    pub withhold_head: bool,
+    /// Write as arduino-esp32's `Update` library does instead of `esp_ota_write` (ESPHome,
+    /// `esp_https_ota`), which programs every byte at once: bytes are collected in a 4 KiB
+    /// buffer ([`UPDATE_BUFFER`]) and reach the flash a whole buffer at a time (or the last,
+    /// partial one once the declared size is in), each buffer preceded by `Update`'s lazy erase
+    /// (a 64 KiB block at a block boundary with at least a block of the image left, else the
+    /// 4 KiB sectors of the image's last block or of an unaligned partition's first), buffers
+    /// of only 0xFF not programmed, and the image's first [`WITHHELD_HEAD`] bytes kept in RAM
+    /// until `end`, so a partly written slot never holds a valid header. What a cut leaves in
+    /// the slot then depends on the bytes received, not on how TCP cut them into reads.
+    pub update_library: bool,
 }
+
+/// `Update`'s buffer (`SPI_FLASH_SEC_SIZE`).
+pub const UPDATE_BUFFER: usize = 4096;
+/// `SPI_FLASH_BLOCK_SIZE`: what `Update` erases at once where it can.
+const FLASH_BLOCK: u32 = 64 * 1024;
 
 /// A resumed download restarts at a multiple of this (ESP-IDF's example keeps the written
 /// length in NVS in KiB, rounded down; shorter than one unit restarts from 0).
 pub const RESUME_UNIT: u32 = 1024;
 
-/// How many bytes [`OtaConfig::withhold_head`] keeps back (`ENCRYPTED_BLOCK_SIZE` in `Update`).
+/// How many bytes [`OtaConfig::update_library`] keeps back (`ENCRYPTED_BLOCK_SIZE` in `Update`).
 pub const WITHHELD_HEAD: u32 = 16;
 
 impl Default for OtaConfig {
@@ -65,7 +76,7 @@ impl Default for OtaConfig {
             chip: ChipInfo::ESP32C3,
             #[cfg(feature = "test-faults")]
             fault: WriterFault::None,
-            withhold_head: false,
+            update_library: false,
         }
     }
 }
@@ -212,8 +223,13 @@ pub struct OtaUpdate {
     erased_to: u32,
     /// The last programmed word, for a write that continues inside it.
     tail: [u8; 8],
-    /// The withheld first bytes of the image (`config.withhold_head`).
+    /// The withheld first bytes of the image (`config.update_library`).
     head: [u8; WITHHELD_HEAD as usize],
+    /// The size `begin` was given (0: unknown).
+    size: u32,
+    /// `Update`'s buffer: the last `buffered` of the `written` bytes (`config.update_library`).
+    buffer: [u8; UPDATE_BUFFER],
+    buffered: usize,
 }
 
 impl OtaUpdate {
@@ -256,8 +272,11 @@ impl OtaUpdate {
             erased_to: 0,
             tail: [0xFF; 8],
             head: [0xFF; WITHHELD_HEAD as usize],
+            size,
+            buffer: [0xFF; UPDATE_BUFFER],
+            buffered: 0,
         };
-        if config.erase == EraseMode::Upfront {
+        if config.erase == EraseMode::Upfront && !config.update_library {
             let len = if size == 0 { target.size } else { needed };
             for s in (0..len).step_by(SECTOR_SIZE as usize) {
                 let at = target.offset + s;
@@ -298,7 +317,7 @@ impl OtaUpdate {
         if offset < RESUME_UNIT
             || !offset.is_multiple_of(RESUME_UNIT)
             || offset > target.size
-            || config.withhold_head
+            || config.update_library
         {
             return Err(OtaError::BadResumeOffset { offset });
         }
@@ -309,6 +328,9 @@ impl OtaUpdate {
             erased_to: align_up(offset, SECTOR_SIZE),
             tail: [0xFF; 8],
             head: [0xFF; WITHHELD_HEAD as usize],
+            size: 0,
+            buffer: [0xFF; UPDATE_BUFFER],
+            buffered: 0,
         })
     }
 
@@ -321,7 +343,7 @@ impl OtaUpdate {
     }
 
     /// `esp_ota_write`: appends `data` to the image.
-    pub fn write<F: NorFlash>(&mut self, flash: &mut F, mut data: &[u8]) -> Result<(), OtaError> {
+    pub fn write<F: NorFlash>(&mut self, flash: &mut F, data: &[u8]) -> Result<(), OtaError> {
         if data.is_empty() {
             return Ok(());
         }
@@ -334,21 +356,66 @@ impl OtaUpdate {
                 partition: self.target.size,
             });
         }
-        if self.config.withhold_head && self.written < WITHHELD_HEAD {
-            // Kept for `end`; the rest of the image is programmed after the erased head.
-            let n = ((WITHHELD_HEAD - self.written) as usize).min(data.len());
-            let at = self.written as usize;
-            self.head[at..at + n].copy_from_slice(&data[..n]);
+        if self.config.update_library {
+            return self.buffer_write(flash, data);
+        }
+        let at = self.written;
+        self.program(flash, at, data)?;
+        self.written += data.len() as u32;
+        Ok(())
+    }
+
+    /// `Update.write`: into the buffer, which goes to the flash when full or when it holds the
+    /// last bytes of the declared size.
+    fn buffer_write<F: NorFlash>(&mut self, flash: &mut F, mut data: &[u8]) -> Result<(), OtaError> {
+        while !data.is_empty() {
+            let n = (UPDATE_BUFFER - self.buffered).min(data.len());
+            self.buffer[self.buffered..self.buffered + n].copy_from_slice(&data[..n]);
+            self.buffered += n;
             self.written += n as u32;
             data = &data[n..];
+            if self.buffered == UPDATE_BUFFER || self.written == self.size {
+                self.flush_buffer(flash)?;
+            }
         }
-        // Programmed at once, as `esp_ota_write` does: a disconnect leaves every received byte
-        // in flash. Each program stays within one page; a partial word is padded with FF and
-        // programmed again when the rest arrives (NOR programming only clears bits).
+        Ok(())
+    }
+
+    /// `Update::_writeBuffer`: the lazy erase, then the buffer (the head withheld from the first).
+    fn flush_buffer<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), OtaError> {
+        let progress = self.written - self.buffered as u32;
+        let mut skip = 0;
+        if progress == 0 {
+            skip = (WITHHELD_HEAD as usize).min(self.buffered);
+            self.head[..skip].copy_from_slice(&self.buffer[..skip]);
+        }
+        let size = if self.size == 0 { self.target.size } else { self.size };
+        let offset = self.target.offset + progress;
+        let block_erase = size - progress >= FLASH_BLOCK && offset.is_multiple_of(FLASH_BLOCK);
+        let first_block_end = (self.target.offset / FLASH_BLOCK + 1) * FLASH_BLOCK;
+        let head_sectors = !self.target.offset.is_multiple_of(FLASH_BLOCK) && offset < first_block_end;
+        let tail_sectors = offset >= (self.target.offset + size) / FLASH_BLOCK * FLASH_BLOCK;
+        let erase = if block_erase { FLASH_BLOCK } else { SECTOR_SIZE };
+        if (block_erase || head_sectors || tail_sectors) && progress + erase <= self.target.size {
+            flash.erase(offset, offset + erase).map_err(FlashError::from_driver)?;
+            self.erased_to = self.erased_to.max(progress + erase);
+        }
+        let buffer = self.buffer;
+        let bytes = &buffer[skip..self.buffered];
+        if bytes.iter().any(|&b| b != 0xFF) {
+            self.program(flash, progress + skip as u32, bytes)?;
+        }
+        self.buffered = 0;
+        Ok(())
+    }
+
+    /// Programs `data` at `at` (relative to the target), erasing sectors on the way up when the
+    /// writer erases sequentially. Each program stays within one page; a partial word is padded
+    /// with FF and programmed again when the rest arrives (NOR programming only clears bits).
+    fn program<F: NorFlash>(&mut self, flash: &mut F, mut at: u32, mut data: &[u8]) -> Result<(), OtaError> {
         let word = F::WRITE_SIZE.max(1) as u32;
         let mut buf = [0xFFu8; PAGE_SIZE as usize + 8];
         while !data.is_empty() {
-            let at = self.written;
             let page_end = (at / PAGE_SIZE + 1) * PAGE_SIZE;
             let n = ((page_end - at) as usize).min(data.len());
             let start = at - at % word;
@@ -369,7 +436,7 @@ impl OtaUpdate {
             flash.write(self.target.offset + start, &buf[..span]).map_err(FlashError::from_driver)?;
             let last_word = span - word as usize;
             self.tail[..word as usize].copy_from_slice(&buf[last_word..span]);
-            self.written += n as u32;
+            at += n as u32;
             data = &data[n..];
         }
         Ok(())
@@ -380,7 +447,10 @@ impl OtaUpdate {
         if self.written == 0 {
             return Err(OtaError::NothingWritten);
         }
-        if self.config.withhold_head {
+        if self.config.update_library {
+            if self.buffered > 0 {
+                self.flush_buffer(flash)?;
+            }
             let n = self.written.min(WITHHELD_HEAD);
             let end = align_up(n, F::WRITE_SIZE.max(1) as u32);
             if self.erased_to == 0 {
@@ -566,7 +636,7 @@ mod tests {
         for chunk in [1usize, 5, 16, 17, 1024] {
             let (mut f, t) = setup();
             let (running, target) = (*t.ota(0).unwrap(), *t.ota(1).unwrap());
-            let cfg = OtaConfig { rollback: false, withhold_head: true, ..OtaConfig::default() };
+            let cfg = OtaConfig { rollback: false, update_library: true, ..OtaConfig::default() };
             let mut u = OtaUpdate::begin(&mut f, &t, &running, &target, v2.len() as u32, cfg).unwrap();
             for piece in v2.chunks(chunk) {
                 u.write(&mut f, piece).unwrap();
@@ -581,13 +651,66 @@ mod tests {
         let (mut f, t) = setup();
         let (running, target) = (*t.ota(0).unwrap(), *t.ota(1).unwrap());
         f.data[0x1D0000] = 0x00;
-        let cfg = OtaConfig { rollback: false, withhold_head: true, ..OtaConfig::default() };
+        let cfg = OtaConfig { rollback: false, update_library: true, ..OtaConfig::default() };
         let mut u = OtaUpdate::begin(&mut f, &t, &running, &target, 8, cfg).unwrap();
         u.write(&mut f, &v2[..8]).unwrap();
-        assert!(f.ops.is_empty());
+        // The declared size is in: `Update` writes its buffer, which is all head (erase only).
+        assert_eq!(f.ops, [Op::Erase(0x1D0000)]);
         assert!(u.end(&mut f).is_err(), "8 bytes are no image");
         assert_eq!(f.ops[..2], [Op::Erase(0x1D0000), Op::Program(0x1D0000, 8)]);
         assert_eq!(&f.data[0x1D0000..0x1D0008], &v2[..8]);
+    }
+
+    /// arduino-esp32's `Update` writes whole 4 KiB buffers: the flash sees the same operations
+    /// whatever pieces the bytes came in, and a transfer cut short leaves only the buffers
+    /// that filled. Erases are `Update`'s: a 64 KiB block where one starts with a block of
+    /// image left, then the sectors of the image's last block.
+    #[test]
+    fn the_update_library_writes_whole_buffers_whatever_the_pieces() {
+        let v2 = image("2.0.0", 150_001);
+        let size = v2.len() as u32;
+        let cfg = OtaConfig { rollback: false, update_library: true, ..OtaConfig::default() };
+        let mut reference: Option<Vec<Op>> = None;
+        for chunk in [1usize, 7, 1460, 4096, 5000, 70_000] {
+            let (mut f, t) = setup();
+            let (running, target) = (*t.ota(0).unwrap(), *t.ota(1).unwrap());
+            let mut u = OtaUpdate::begin(&mut f, &t, &running, &target, size, cfg).unwrap();
+            for piece in v2.chunks(chunk) {
+                u.write(&mut f, piece).unwrap();
+            }
+            assert_eq!(u.end(&mut f).unwrap().desc.version(), "2.0.0");
+            assert_eq!(&f.data[0x1D0000..0x1D0000 + v2.len()], &v2[..]);
+            match &reference {
+                None => reference = Some(f.ops.clone()),
+                Some(ops) => assert_eq!(&f.ops, ops, "chunk {chunk}"),
+            }
+        }
+        let ops = reference.unwrap();
+        // In the order they happen: a 64 KiB block (16 sectors) before the first buffer and
+        // another before the 17th, then each of the last block's 5 sectors before its buffer.
+        let mut erase_runs: Vec<usize> = Vec::new();
+        let mut last_was_erase = false;
+        for op in &ops {
+            let is_erase = matches!(op, Op::Erase(_));
+            match (is_erase, last_was_erase, erase_runs.last_mut()) {
+                (true, true, Some(n)) => *n += 1,
+                (true, _, _) => erase_runs.push(1),
+                _ => {}
+            }
+            last_was_erase = is_erase;
+        }
+        assert_eq!(erase_runs, [16, 16, 1, 1, 1, 1, 1]);
+        assert_eq!(ops.iter().filter(|op| matches!(op, Op::Erase(_))).count(), 37);
+        // Cut after 10,000 bytes: two whole buffers programmed (the head withheld), not a byte more.
+        let (mut f, t) = setup();
+        let (running, target) = (*t.ota(0).unwrap(), *t.ota(1).unwrap());
+        let mut u = OtaUpdate::begin(&mut f, &t, &running, &target, size, cfg).unwrap();
+        for piece in v2[..10_000].chunks(1460) {
+            u.write(&mut f, piece).unwrap();
+        }
+        assert_eq!(&f.data[0x1D0000..0x1D0010], &[0xFF; 16]);
+        assert_eq!(&f.data[0x1D0010..0x1D2000], &v2[16..8192]);
+        assert!(f.data[0x1D2000..0x1D3000].iter().all(|&b| b == 0xFF), "the third buffer is in RAM");
     }
 
     #[test]

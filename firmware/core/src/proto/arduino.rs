@@ -27,7 +27,7 @@ use crate::hex;
 use crate::log::{LogEvent, LogSink};
 use crate::slot::SlotName;
 use crate::update::{Switched, UpdateSink};
-use crate::writer::{EraseMode, OtaConfig, OtaError};
+use crate::writer::{OtaConfig, OtaError};
 use core::fmt;
 use core::net::SocketAddr;
 use md5::{Digest, Md5};
@@ -44,11 +44,11 @@ pub const READ_CHUNK: usize = 1460;
 pub const DATA_TIMEOUT_MS: u64 = 1000;
 /// How often the last count is re-sent before the device gives up (`Receive Failed`).
 pub const ACK_RETRIES: u8 = 3;
-/// How arduino-esp32's `Update` library writes, over what the app's writer would do: it erases
-/// lazily, sector by sector, and keeps the image's first 16 bytes back until `end()`, so a
-/// partly written slot never holds a valid header.
+/// How arduino-esp32's `Update` library writes, over what the app's writer would do: through
+/// its 4 KiB buffer with lazy erases, the image's first 16 bytes kept back until `end()`
+/// ([`OtaConfig::update_library`]).
 pub fn library_writes(app: OtaConfig) -> OtaConfig {
-    OtaConfig { erase: EraseMode::Sequential, withhold_head: true, ..app }
+    OtaConfig { update_library: true, ..app }
 }
 
 /// The `Update` library's errors (`UPDATE_ERROR_*`), with the texts `printError` sends.
