@@ -29,9 +29,17 @@ pub use crate::slot::SlotName;
 /// A log line that the module printing it defines (its level, tag and text), so that the
 /// catalogue here keeps the formatter and the boot, app, rollback and writer lines and knows no
 /// update path. Each tag still appears in [`TAGS`], so log filters see every line.
-pub trait ModuleLine: fmt::Display + fmt::Debug {
+pub trait ModuleLine: fmt::Display {
     fn level(&self) -> Level;
     fn tag(&self) -> &'static str;
+}
+
+/// A module's line as `Debug` shows it: its tag and text. (Not each type's own `Debug`, which
+/// would link every line type's debug formatting into the chip firmware through the vtables.)
+impl fmt::Debug for dyn ModuleLine + '_ {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.tag(), self)
+    }
 }
 
 /// One line of the device's serial log, without its timestamp.
