@@ -327,6 +327,15 @@ impl<W: Write> Device<W> {
         self.arduino.as_ref().is_some_and(|a| a.server.is_busy())
     }
 
+    /// When the device next has something to do without input (an ArduinoOTA timer; the pull
+    /// path's first connection, back-off, keep-alive or stall), if ever: how long the process
+    /// may sleep when no socket and no command wakes it.
+    pub fn next_deadline(&self) -> Option<std::time::Instant> {
+        let arduino = self.arduino.as_ref().and_then(|a| a.server.deadline());
+        let ms = [arduino, self.pull_deadline_ms()].into_iter().flatten().min()?;
+        Some(self.boot_at + std::time::Duration::from_millis(ms))
+    }
+
     /// Whether ArduinoOTA has a timer that has run out (the transport then sends `Poll`).
     pub fn arduino_due(&self) -> bool {
         let deadline = self.arduino.as_ref().and_then(|a| a.server.deadline());
@@ -540,6 +549,17 @@ fn ends_exchange(event: &arduino::Event) -> bool {
 pub struct OtaSession(Session<Server<'static>>);
 
 impl OtaSession {
+    /// When the client's time runs out (see [`OtaSession::expired`]), `None` once closed.
+    pub fn deadline(
+        &self,
+        accepted: std::time::Instant,
+        last_input: std::time::Instant,
+    ) -> Option<std::time::Instant> {
+        let since = |t: std::time::Instant| t.elapsed().as_millis() as u64;
+        let left = self.0.server.expires_in(since(accepted), since(last_input))?;
+        Some(std::time::Instant::now() + std::time::Duration::from_millis(left))
+    }
+
     /// Whether the client has had its time (ESPHome's rules: `esphome::Server::expired`).
     pub fn expired(&self, since_accept: std::time::Duration, since_input: std::time::Duration) -> bool {
         self.0.server.expired(since_accept.as_millis() as u64, since_input.as_millis() as u64)

@@ -1,19 +1,32 @@
 //! The emulator process: the device's ESPHome OTA port on a loopback TCP listener, its
-//! ArduinoOTA port on a loopback UDP socket (and the device's back-connections from it), its
-//! serial log on stdout (and optionally a file), the control channel on stdin. One thread runs
-//! the device; another only reads stdin lines into a channel. One update at a time, as on the
-//! chip, where each library's update loop holds the app's loop until it is done.
+//! ArduinoOTA port on a loopback UDP socket (and the device's back-connection from it), the pull
+//! path's connections to its broker and firmware server, its serial log on stdout (and
+//! optionally a file and a UART pty), the control channel on stdin.
+//!
+//! One thread runs the device and sleeps until a socket, the control channel, the UART or the
+//! device's next deadline is ready (mio); another only reads stdin lines and wakes it. No socket
+//! call blocks: connects finish in the background, and what a peer does not take waits in its
+//! link ([`link`]), so a stalled peer costs only its own link. The ESPHome port keeps one
+//! waiting client, as the chip's listener (backlog 1) does, and resets the others at once. One
+//! update at a time, as on the chip, where each library's update loop holds the app's loop.
+
+mod link;
 
 use crate::CONTROL_PREFIX;
 use crate::control::{self, Command, Message};
 use crate::device::{
     ArduinoInput, ArduinoStep, Device, OtaSession, PullInput, PullStep, SessionInput, SessionStep,
 };
+use link::{Expired, Link, Read1};
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use ota_core::proto::http_pull::ConnectError;
 use std::fs::File;
-use std::io::{self, BufRead, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::io::{self, BufRead, ErrorKind, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 /// The serial port: stdout, plus a copy in a file and on the UART's pty when asked.
@@ -50,12 +63,21 @@ pub struct ServeOptions {
     pub uart: Option<crate::uart::Uart>,
 }
 
-struct Connection {
-    stream: TcpStream,
-    session: OtaSession,
-    accepted: Instant,
-    last_input: Instant,
-}
+const LISTENER: Token = Token(0);
+const UDP: Token = Token(1);
+const ESPHOME: Token = Token(2);
+const ARDUINO: Token = Token(3);
+const BROKER: Token = Token(4);
+const SERVER: Token = Token(5);
+const COMMANDS: Token = Token(6);
+const UART: Token = Token(7);
+
+/// How long the device tries to reach the uploader for ArduinoOTA's back-connection
+/// (arduino-esp32's `WiFiClient` connect timeout), its broker or the firmware server
+/// (`esp_http_client`'s connect timeout is its `timeout_ms`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a restart waits for the broker to take in the last bytes and close its side.
+const LAST_BYTES_GRACE: Duration = Duration::from_millis(500);
 
 fn control_line(device: &mut Device<Serial>, message: &Message) {
     let out = device.serial();
@@ -65,7 +87,8 @@ fn control_line(device: &mut Device<Serial>, message: &Message) {
 
 const SESSION_CLOSED: Message = Message::SessionClosed { refused: false };
 
-fn spawn_stdin_reader() -> Receiver<Option<String>> {
+/// Reads stdin lines on a thread of their own, waking the device's loop for each.
+fn spawn_stdin_reader(waker: Arc<Waker>) -> Receiver<Option<String>> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in io::stdin().lock().lines() {
@@ -74,88 +97,186 @@ fn spawn_stdin_reader() -> Receiver<Option<String>> {
                     if tx.send(Some(l)).is_err() {
                         return;
                     }
+                    let _ = waker.wake();
                 }
                 Err(_) => break,
             }
         }
         let _ = tx.send(None);
+        let _ = waker.wake();
     });
     rx
 }
 
-/// How long the device tries to reach the uploader for the back-connection (arduino-esp32's
-/// `WiFiClient` connect timeout).
-const ARDUINO_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The ESPHome port: a listener with the chip's backlog of one.
+fn esphome_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
 
-/// The sockets of the device's network services.
+/// Turns a client away as a full backlog on the chip does: a reset, not a silent wait.
+fn reset(stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// The ESPHome session in progress.
+struct Connection {
+    link: Link,
+    session: OtaSession,
+    accepted: Instant,
+    last_input: Instant,
+}
+
+/// The pull path's restart after a completed update: the broker link takes the last bytes
+/// and is half-closed; the device restarts once the broker has closed too (or the grace ends).
+struct Restart {
+    broker: Option<Link>,
+    until: Instant,
+    shut: bool,
+}
+
+/// The device's sockets.
 struct Net {
+    registry: Registry,
     listener: TcpListener,
+    listener_ready: bool,
     udp: UdpSocket,
+    udp_ready: bool,
     /// The ESPHome session in progress.
     conn: Option<Connection>,
+    /// The one client the backlog holds while the device is busy.
+    waiting: Option<TcpStream>,
     /// ArduinoOTA's back-connection to the uploader.
-    arduino: Option<TcpStream>,
+    arduino: Option<Link>,
     /// The pull path's connection to its MQTT broker.
-    broker: Option<TcpStream>,
+    broker: Option<Link>,
     /// The pull path's connection to the firmware server.
-    server: Option<TcpStream>,
+    server: Option<Link>,
+    restart: Option<Restart>,
 }
 
 impl Net {
+    fn link(&mut self, token: Token) -> Option<&mut Link> {
+        match token {
+            ESPHOME => self.conn.as_mut().map(|c| &mut c.link),
+            ARDUINO => self.arduino.as_mut(),
+            BROKER => self.restart.as_mut().and_then(|r| r.broker.as_mut()).or(self.broker.as_mut()),
+            SERVER => self.server.as_mut(),
+            _ => None,
+        }
+    }
+
+    fn links(&self) -> impl Iterator<Item = &Link> {
+        let restart = self.restart.as_ref().and_then(|r| r.broker.as_ref());
+        let conn = self.conn.as_ref().map(|c| &c.link);
+        [conn, self.arduino.as_ref(), self.broker.as_ref(), self.server.as_ref(), restart]
+            .into_iter()
+            .flatten()
+    }
+
     /// The device stops serving (power, reset): every client sees its connection drop.
     fn drop_connections(&mut self, device: &mut Device<Serial>) {
         if let Some(c) = self.conn.take() {
-            let _ = c.stream.shutdown(Shutdown::Both);
+            c.link.close(&self.registry);
             control_line(device, &SESSION_CLOSED);
         }
+        if let Some(w) = self.waiting.take() {
+            let _ = w.shutdown(Shutdown::Both);
+        }
         if let Some(a) = self.arduino.take() {
-            let _ = a.shutdown(Shutdown::Both);
+            a.close(&self.registry);
             control_line(device, &SESSION_CLOSED);
         }
         // The pull's peers see the connections drop (the broker then publishes the will).
-        for s in [self.broker.take(), self.server.take()].into_iter().flatten() {
-            let _ = s.shutdown(Shutdown::Both);
+        for l in [self.broker.take(), self.server.take()].into_iter().flatten() {
+            l.close(&self.registry);
         }
+        if let Some(r) = self.restart.take()
+            && let Some(b) = r.broker
+        {
+            b.close(&self.registry);
+        }
+    }
+
+    /// Whether there is something to do without waiting.
+    fn has_work(&self, uart_ready: bool) -> bool {
+        uart_ready
+            || self.listener_ready
+            || self.udp_ready
+            || self.links().any(|l| l.wants_read() || l.wants_flush())
+            || (self.conn.is_none() && self.waiting.is_some())
+    }
+
+    /// When something is due without input: the device's timers, the ESPHome client's time, a
+    /// connect or a stalled queue giving up, the end of a restart's grace.
+    fn next_deadline(&self, device: &Device<Serial>) -> Option<Instant> {
+        let session = self.conn.as_ref().and_then(|c| c.session.deadline(c.accepted, c.last_input));
+        let restart = self.restart.as_ref().map(|r| r.until);
+        let links = self.links().filter_map(Link::deadline).min();
+        [device.next_deadline(), session, restart, links].into_iter().flatten().min()
     }
 }
 
 /// Runs until `quit` or the end of stdin.
 pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(opts.listen)
+    let mut poll = Poll::new()?;
+    let mut listener = esphome_listener(opts.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
-    listener.set_nonblocking(true)?;
-    let udp = UdpSocket::bind(opts.arduino_listen)
+    let mut udp = UdpSocket::bind(opts.arduino_listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on UDP {}: {e}", opts.arduino_listen))?;
-    udp.set_nonblocking(true)?;
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    poll.registry().register(&mut udp, UDP, Interest::READABLE)?;
+    let waker = Arc::new(Waker::new(poll.registry(), COMMANDS)?);
     let local = listener.local_addr()?;
     let arduino_local = udp.local_addr()?;
     let mut uart = opts.uart;
+    if let Some(u) = &uart {
+        poll.registry().register(&mut SourceFd(&u.raw_fd()), UART, Interest::READABLE)?;
+    }
     let uart_path = uart.as_ref().and_then(|u| u.path());
     control_line(&mut device, &Message::Ready { listen: local, arduino: arduino_local, uart: uart_path });
     if !opts.start_off {
         device.power_on();
     }
-    let commands = spawn_stdin_reader();
-    let mut net = Net { listener, udp, conn: None, arduino: None, broker: None, server: None };
+    let commands = spawn_stdin_reader(waker);
+    let mut net = Net {
+        registry: poll.registry().try_clone()?,
+        listener,
+        listener_ready: true,
+        udp,
+        udp_ready: true,
+        conn: None,
+        waiting: None,
+        arduino: None,
+        broker: None,
+        server: None,
+        restart: None,
+    };
+    let mut uart_ready = uart.is_some();
+    let mut events = Events::with_capacity(64);
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         log_cut(&mut device, &mut net);
         // Commands first: a power cut must land between two reads of an upload.
         loop {
-            let busy = net.conn.is_some() || net.arduino.is_some() || net.server.is_some();
-            let wait = if busy { Duration::ZERO } else { Duration::from_millis(1) };
-            let line = match commands.recv_timeout(wait) {
-                Ok(Some(line)) => line,
-                Ok(None) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
-                Err(RecvTimeoutError::Timeout) => break,
-            };
-            if !command(&mut device, &mut net, uart.as_mut(), &line) {
-                return Ok(());
+            match commands.try_recv() {
+                Ok(Some(line)) => {
+                    if !command(&mut device, &mut net, uart.as_mut(), &line) {
+                        return Ok(());
+                    }
+                }
+                Ok(None) | Err(TryRecvError::Disconnected) => return Ok(()),
+                Err(TryRecvError::Empty) => break,
             }
         }
-        if let Some(u) = uart.as_mut() {
-            let downloading = u.downloading();
-            let exit = u.poll(device.flash_mut(), |r| eprintln!("rom loader: {r}"))?;
+        if uart_ready && let Some(u) = uart.as_mut() {
+            let (read, exit) = u.poll(device.flash_mut(), |r| eprintln!("rom loader: {r}"))?;
+            uart_ready = read;
             match exit {
                 // A reboot re-reads the boot strap, still held in download mode: the ROM loader
                 // again (esptool's `--after no-reset` from the stub relies on it).
@@ -169,45 +290,476 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
                 }
                 None => {}
             }
-            if downloading {
-                std::thread::sleep(Duration::from_micros(200));
-                continue;
-            }
         }
-        let mut active = arduino_datagrams(&mut device, &mut net, &mut buf)?;
-        active |= arduino_connection(&mut device, &mut net, &mut buf);
-        active |= pull_connections(&mut device, &mut net, &mut buf);
-        if device.arduino_busy() || device.pull_busy() {
-            // ArduinoOTA's `_runUpdate` holds the device's loop, and one update runs at a time:
-            // ESPHome waits in the backlog.
-            if !active {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            continue;
+        let downloading = uart.as_ref().is_some_and(|u| u.downloading());
+        if !downloading {
+            step_network(&mut device, &mut net, &mut buf)?;
         }
-        if net.conn.is_none() {
-            match net.listener.accept() {
-                Ok((stream, _)) => {
-                    if let Some(session) = device.accept() {
-                        stream.set_nonblocking(true)?;
-                        stream.set_nodelay(true)?;
-                        let now = Instant::now();
-                        net.conn = Some(Connection { stream, session, accepted: now, last_input: now });
-                    } else {
-                        // Nothing serves OTA (off, hung, bricked): the connection is refused.
-                        let _ = stream.shutdown(Shutdown::Both);
-                        control_line(&mut device, &Message::SessionClosed { refused: true });
+        let timeout = if uart_ready || (net.has_work(false) && !downloading) {
+            Some(Duration::ZERO)
+        } else if downloading {
+            None
+        } else {
+            net.next_deadline(&device).map(|d| d.saturating_duration_since(Instant::now()))
+        };
+        match poll.poll(&mut events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => net.listener_ready = true,
+                UDP => net.udp_ready = true,
+                UART => uart_ready = true,
+                COMMANDS => {}
+                token => {
+                    if let Some(link) = net.link(token) {
+                        link.ready(event);
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
             }
-            continue;
-        }
-        if !esphome_connection(&mut device, &mut net, &mut buf) && !active {
-            std::thread::sleep(Duration::from_micros(200));
         }
     }
+}
+
+/// One round over the device's sockets and timers: at most one read per connection, so
+/// control commands come between any two reads.
+fn step_network(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) -> anyhow::Result<()> {
+    if net.restart.is_some() {
+        // The device is restarting: nothing else happens until it has.
+        restart_step(device, net, buf);
+        return Ok(());
+    }
+    if device.arduino_due() {
+        let step = device.arduino_input(ArduinoInput::Poll, false);
+        apply_arduino(device, net, step);
+    }
+    if device.pull_due() {
+        let step = device.pull_input(PullInput::Poll, false);
+        apply_pull(device, net, step);
+    }
+    if net.udp_ready {
+        arduino_datagram(device, net, buf)?;
+    }
+    arduino_connection(device, net, buf);
+    pull_connections(device, net, buf);
+    accept_clients(device, net)?;
+    esphome_connection(device, net, buf);
+    Ok(())
+}
+
+/// The restart after a pull: the broker takes the last bytes, then closes; the device restarts.
+fn restart_step(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) {
+    let Some(r) = net.restart.as_mut() else { return };
+    let mut done = Instant::now() >= r.until;
+    if let Some(b) = r.broker.as_mut() {
+        let _ = b.on_writable();
+        if !r.shut && b.is_flushed() {
+            b.shutdown_write();
+            r.shut = true;
+        }
+        if r.shut && b.drain(buf) {
+            done = true;
+        }
+    } else {
+        done = true;
+    }
+    if done {
+        let r = net.restart.take().expect("checked above");
+        if let Some(b) = r.broker {
+            b.close(&net.registry);
+        }
+        device.reboot_after_update();
+        let s = device.status();
+        control_line(device, &Message::Rebooted(s));
+    }
+}
+
+/// Takes new clients of the ESPHome port: a free device serves one, the backlog holds one
+/// more, the rest are reset.
+fn accept_clients(device: &mut Device<Serial>, net: &mut Net) -> anyhow::Result<()> {
+    while net.listener_ready {
+        match net.listener.accept() {
+            Ok((stream, _)) => {
+                if net.waiting.is_none() {
+                    net.waiting = Some(stream);
+                } else {
+                    reset(stream);
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => net.listener_ready = false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+        if net.conn.is_none() && net.waiting.is_some() && !device.arduino_busy() && !device.pull_busy() {
+            start_session(device, net)?;
+        }
+    }
+    if net.conn.is_none() && net.waiting.is_some() && !device.arduino_busy() && !device.pull_busy() {
+        start_session(device, net)?;
+    }
+    Ok(())
+}
+
+/// The waiting client becomes the session, or is refused when nothing serves OTA.
+fn start_session(device: &mut Device<Serial>, net: &mut Net) -> anyhow::Result<()> {
+    let Some(stream) = net.waiting.take() else { return Ok(()) };
+    match device.accept() {
+        Some(session) => {
+            let link = Link::accepted(&net.registry, ESPHOME, stream)?;
+            let now = Instant::now();
+            net.conn = Some(Connection { link, session, accepted: now, last_input: now });
+        }
+        None => {
+            // Nothing serves OTA (off, hung, bricked): the connection is refused.
+            let _ = stream.shutdown(Shutdown::Both);
+            control_line(device, &Message::SessionClosed { refused: true });
+        }
+    }
+    Ok(())
+}
+
+/// Serves the ESPHome session: one read, queued replies, the client's time.
+fn esphome_connection(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) {
+    let Some(c) = net.conn.as_mut() else { return };
+    let mut input = match c.link.on_writable() {
+        Err(_) => Some(SessionInput::Closed),
+        Ok(()) => None,
+    };
+    if input.is_none() {
+        input = match c.link.read1(buf) {
+            Read1::Data(bytes) => {
+                c.last_input = Instant::now();
+                Some(SessionInput::Data(bytes))
+            }
+            Read1::Closed => Some(SessionInput::Closed),
+            Read1::Nothing => {
+                let expired = c.session.expired(c.accepted.elapsed(), c.last_input.elapsed());
+                let stalled = c.link.expired(Instant::now()).is_some();
+                (expired || stalled).then_some(if stalled {
+                    SessionInput::Closed
+                } else {
+                    SessionInput::TimedOut
+                })
+            }
+        };
+    }
+    let Some(input) = input else { return };
+    let step = device.session_input(&mut c.session, input);
+    match step {
+        SessionStep::Continue(reply) => {
+            if !reply.is_empty() && c.link.send(&reply).is_err() {
+                let step = device.session_input(&mut c.session, SessionInput::Closed);
+                if let SessionStep::PowerLost(loss) = step {
+                    report_loss(device, loss);
+                }
+                if let Some(c) = net.conn.take() {
+                    c.link.close(&net.registry);
+                }
+                control_line(device, &SESSION_CLOSED);
+            }
+        }
+        SessionStep::Close { reply, reboot } => {
+            let mut c = net.conn.take().expect("the session is there");
+            let _ = c.link.send(&reply);
+            c.link.finish(&net.registry);
+            control_line(device, &SESSION_CLOSED);
+            if reboot {
+                device.reboot_after_update();
+                let s = device.status();
+                control_line(device, &Message::Rebooted(s));
+            }
+        }
+        SessionStep::PowerLost(loss) => {
+            if let Some(c) = net.conn.take() {
+                c.link.close(&net.registry);
+            }
+            report_loss(device, loss);
+            control_line(device, &SESSION_CLOSED);
+        }
+    }
+}
+
+/// One datagram on the ArduinoOTA port. Datagrams to a device that is off are lost, as on
+/// the chip.
+fn arduino_datagram(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) -> anyhow::Result<()> {
+    let (n, from) = match net.udp.recv_from(buf) {
+        Ok(got) => got,
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+            net.udp_ready = false;
+            return Ok(());
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused | ErrorKind::Interrupted
+            ) =>
+        {
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let other_update = net.conn.is_some() || device.pull_busy();
+    let step = device.arduino_input(ArduinoInput::Datagram { from, bytes: &buf[..n] }, other_update);
+    apply_arduino(device, net, step);
+    Ok(())
+}
+
+/// ArduinoOTA's back-connection: its connect finishing, queued bytes, one read, its timeouts.
+fn arduino_connection(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) {
+    let Some(link) = net.arduino.as_mut() else { return };
+    let input = if link.is_connecting() {
+        let outcome = match link.connect_outcome() {
+            Some(true) => Some(ArduinoInput::Connected),
+            Some(false) => Some(ArduinoInput::ConnectFailed),
+            None => link.expired(Instant::now()).map(|_| ArduinoInput::ConnectFailed),
+        };
+        if matches!(outcome, Some(ArduinoInput::ConnectFailed))
+            && let Some(l) = net.arduino.take()
+        {
+            l.close(&net.registry);
+        }
+        outcome
+    } else if link.on_writable().is_err() || link.expired(Instant::now()).is_some() {
+        Some(ArduinoInput::Closed)
+    } else {
+        match link.read1(buf) {
+            Read1::Data(bytes) => Some(ArduinoInput::Data(bytes)),
+            Read1::Closed => Some(ArduinoInput::Closed),
+            Read1::Nothing => None,
+        }
+    };
+    let Some(input) = input else { return };
+    if matches!(input, ArduinoInput::Closed)
+        && let Some(l) = net.arduino.take()
+    {
+        l.close(&net.registry);
+    }
+    let step = device.arduino_input(input, false);
+    apply_arduino(device, net, step);
+}
+
+/// Carries out what ArduinoOTA asked for; a connect it asks for finishes later.
+fn apply_arduino(device: &mut Device<Serial>, net: &mut Net, mut step: ArduinoStep) {
+    loop {
+        if let Some(loss) = step.power_lost {
+            if let Some(a) = net.arduino.take() {
+                a.close(&net.registry);
+            }
+            report_loss(device, loss);
+            control_line(device, &SESSION_CLOSED);
+            return;
+        }
+        for (to, bytes) in &step.datagrams {
+            // A lost reply is what UDP does; the uploader retries or times out.
+            let _ = net.udp.send_to(bytes, *to);
+        }
+        if let Some(to) = step.connect {
+            match Link::connect(&net.registry, ARDUINO, to, CONNECT_TIMEOUT) {
+                Ok(link) => net.arduino = Some(link),
+                Err(_) => {
+                    step = device.arduino_input(ArduinoInput::ConnectFailed, false);
+                    continue;
+                }
+            }
+            return;
+        }
+        if !step.send.is_empty()
+            && let Some(link) = net.arduino.as_mut()
+            && link.send(&step.send).is_err()
+            && !step.close
+        {
+            if let Some(l) = net.arduino.take() {
+                l.close(&net.registry);
+            }
+            step = device.arduino_input(ArduinoInput::Closed, false);
+            continue;
+        }
+        if step.close {
+            if let Some(link) = net.arduino.take() {
+                link.finish(&net.registry);
+            }
+            let reboot = step.reboot;
+            let _ = device.arduino_input(ArduinoInput::Closed, false);
+            control_line(device, &SESSION_CLOSED);
+            if reboot {
+                device.reboot_after_update();
+                let s = device.status();
+                control_line(device, &Message::Rebooted(s));
+            }
+            return;
+        }
+        if step.exchange_over {
+            control_line(device, &SESSION_CLOSED);
+        }
+        return;
+    }
+}
+
+#[derive(Clone, Copy)]
+enum PullLink {
+    Broker,
+    Server,
+}
+
+impl PullLink {
+    fn slot(self, net: &mut Net) -> &mut Option<Link> {
+        match self {
+            PullLink::Broker => &mut net.broker,
+            PullLink::Server => &mut net.server,
+        }
+    }
+
+    fn data(self, bytes: &[u8]) -> PullInput<'_> {
+        match self {
+            PullLink::Broker => PullInput::BrokerData(bytes),
+            PullLink::Server => PullInput::ServerData(bytes),
+        }
+    }
+
+    fn connected(self) -> PullInput<'static> {
+        match self {
+            PullLink::Broker => PullInput::BrokerConnected,
+            PullLink::Server => PullInput::ServerConnected,
+        }
+    }
+
+    fn connect_failed(self, why: ConnectError) -> PullInput<'static> {
+        match self {
+            PullLink::Broker => PullInput::BrokerConnectFailed,
+            PullLink::Server => PullInput::ServerConnectFailed(why),
+        }
+    }
+
+    fn closed(self) -> PullInput<'static> {
+        match self {
+            PullLink::Broker => PullInput::BrokerClosed,
+            PullLink::Server => PullInput::ServerClosed,
+        }
+    }
+}
+
+/// The pull path's two connections: connects finishing, queued bytes, one read each, timeouts.
+fn pull_connections(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) {
+    for which in [PullLink::Broker, PullLink::Server] {
+        let Some(link) = which.slot(net).as_mut() else { continue };
+        let input = if link.is_connecting() {
+            match link.connect_outcome() {
+                Some(true) => Some(which.connected()),
+                Some(false) => Some(which.connect_failed(ConnectError::Refused)),
+                None => link.expired(Instant::now()).map(|_| which.connect_failed(ConnectError::Timeout)),
+            }
+        } else if link.on_writable().is_err() || link.expired(Instant::now()) == Some(Expired::Stalled) {
+            Some(which.closed())
+        } else {
+            match link.read1(buf) {
+                Read1::Data(bytes) => Some(which.data(bytes)),
+                Read1::Closed => Some(which.closed()),
+                Read1::Nothing => None,
+            }
+        };
+        let Some(input) = input else { continue };
+        if matches!(
+            input,
+            PullInput::BrokerConnectFailed
+                | PullInput::ServerConnectFailed(_)
+                | PullInput::BrokerClosed
+                | PullInput::ServerClosed
+        ) && let Some(l) = which.slot(net).take()
+        {
+            l.close(&net.registry);
+        }
+        let step = device.pull_input(input, net.conn.is_some());
+        apply_pull(device, net, step);
+    }
+}
+
+/// Carries out what the pull path asked for; the connects it asks for finish later.
+fn apply_pull(device: &mut Device<Serial>, net: &mut Net, mut step: PullStep) {
+    loop {
+        if let Some(loss) = step.power_lost {
+            for l in [net.broker.take(), net.server.take()].into_iter().flatten() {
+                l.close(&net.registry);
+            }
+            report_loss(device, loss);
+            return;
+        }
+        let mut lost = None;
+        if !step.to_broker.is_empty()
+            && let Some(l) = net.broker.as_mut()
+            && l.send(&step.to_broker).is_err()
+        {
+            if let Some(l) = net.broker.take() {
+                l.close(&net.registry);
+            }
+            lost = Some(PullLink::Broker);
+        }
+        if step.close_broker
+            && let Some(l) = net.broker.take()
+        {
+            l.finish(&net.registry);
+        }
+        if !step.to_server.is_empty()
+            && let Some(l) = net.server.as_mut()
+            && l.send(&step.to_server).is_err()
+        {
+            if let Some(l) = net.server.take() {
+                l.close(&net.registry);
+            }
+            lost = Some(PullLink::Server);
+        }
+        if step.close_server
+            && let Some(l) = net.server.take()
+        {
+            l.close(&net.registry);
+        }
+        if step.reboot {
+            // `esp_restart()` after the pull: the broker sees the connection go (no DISCONNECT),
+            // after the `done` status queued above.
+            if let Some(l) = net.server.take() {
+                l.close(&net.registry);
+            }
+            let broker = net.broker.take();
+            net.restart = Some(Restart { broker, until: Instant::now() + LAST_BYTES_GRACE, shut: false });
+            return;
+        }
+        if let Some(to) = step.connect_broker {
+            match Link::connect(&net.registry, BROKER, to, CONNECT_TIMEOUT) {
+                Ok(link) => net.broker = Some(link),
+                Err(_) => {
+                    step = device.pull_input(PullInput::BrokerConnectFailed, false);
+                    continue;
+                }
+            }
+        }
+        if let Some(to) = &step.connect_server {
+            match resolve(to).and_then(|addr| {
+                Link::connect(&net.registry, SERVER, addr, CONNECT_TIMEOUT).map_err(|_| ConnectError::Refused)
+            }) {
+                Ok(link) => net.server = Some(link),
+                Err(why) => {
+                    step = device.pull_input(PullInput::ServerConnectFailed(why), false);
+                    continue;
+                }
+            }
+        }
+        if let Some(link) = lost {
+            step = device.pull_input(link.closed(), false);
+            continue;
+        }
+        return;
+    }
+}
+
+/// The firmware server's address (scenarios name IP addresses: the lookup is immediate).
+fn resolve(to: &crate::device::ServerAddr) -> Result<SocketAddr, ConnectError> {
+    use std::net::ToSocketAddrs;
+    (to.host.as_str(), to.port)
+        .to_socket_addrs()
+        .map_err(|_| ConnectError::Dns)?
+        .next()
+        .ok_or(ConnectError::Dns)
 }
 
 /// One control command; `false` to quit.
@@ -281,353 +833,6 @@ fn run(device: &mut Device<Serial>, cmd: Command, verb: control::Verb) -> bool {
     let status = matches!(cmd, Command::PowerOn | Command::Reset | Command::Status).then(|| device.status());
     control_line(device, &Message::Ok { verb, status });
     cmd != Command::Quit
-}
-
-/// Reads the ArduinoOTA port; true if a datagram came. Datagrams to a device that is off are
-/// lost, as on the chip.
-fn arduino_datagrams(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) -> anyhow::Result<bool> {
-    let (n, from) = match net.udp.recv_from(buf) {
-        Ok(got) => got,
-        Err(e)
-            if matches!(
-                e.kind(),
-                ErrorKind::WouldBlock | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Ok(false);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let other_update = net.conn.is_some() || device.pull_busy();
-    let step = device.arduino_input(ArduinoInput::Datagram { from, bytes: &buf[..n] }, other_update);
-    apply_arduino(device, net, step);
-    Ok(true)
-}
-
-/// Reads ArduinoOTA's back-connection and runs its timers; true if bytes came.
-fn arduino_connection(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) -> bool {
-    if device.arduino_due() {
-        let step = device.arduino_input(ArduinoInput::Poll, false);
-        apply_arduino(device, net, step);
-    }
-    let Some(stream) = net.arduino.as_mut() else { return false };
-    let input = match stream.read(buf) {
-        Ok(0) => ArduinoInput::Closed,
-        Ok(n) => ArduinoInput::Data(&buf[..n]),
-        Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
-        Err(_) => ArduinoInput::Closed,
-    };
-    let closed = matches!(input, ArduinoInput::Closed);
-    if closed {
-        net.arduino = None;
-    }
-    let step = device.arduino_input(input, false);
-    apply_arduino(device, net, step);
-    !closed
-}
-
-/// Carries out what ArduinoOTA asked for, feeding the outcome of each socket call back to it.
-fn apply_arduino(device: &mut Device<Serial>, net: &mut Net, mut step: ArduinoStep) {
-    loop {
-        if let Some(loss) = step.power_lost {
-            if let Some(a) = net.arduino.take() {
-                let _ = a.shutdown(Shutdown::Both);
-            }
-            report_loss(device, loss);
-            control_line(device, &SESSION_CLOSED);
-            return;
-        }
-        for (to, bytes) in &step.datagrams {
-            // A lost reply is what UDP does; the uploader retries or times out.
-            let _ = net.udp.send_to(bytes, to);
-        }
-        if let Some(to) = step.connect {
-            let input = match TcpStream::connect_timeout(&to, ARDUINO_CONNECT_TIMEOUT) {
-                Ok(stream) if stream.set_nonblocking(true).is_ok() => {
-                    let _ = stream.set_nodelay(true);
-                    net.arduino = Some(stream);
-                    ArduinoInput::Connected
-                }
-                _ => ArduinoInput::ConnectFailed,
-            };
-            step = device.arduino_input(input, false);
-            continue;
-        }
-        if !step.send.is_empty()
-            && let Some(stream) = net.arduino.as_mut()
-        {
-            // Counts and texts are a few bytes: the socket takes them whole.
-            let _ = stream.set_nonblocking(false);
-            let sent = stream.write_all(&step.send);
-            let _ = stream.set_nonblocking(true);
-            if sent.is_err() && !step.close {
-                net.arduino = None;
-                step = device.arduino_input(ArduinoInput::Closed, false);
-                continue;
-            }
-        }
-        if step.close {
-            if let Some(stream) = net.arduino.take() {
-                let _ = stream.shutdown(Shutdown::Write);
-            }
-            let reboot = step.reboot;
-            let _ = device.arduino_input(ArduinoInput::Closed, false);
-            control_line(device, &SESSION_CLOSED);
-            if reboot {
-                device.reboot_after_update();
-                let s = device.status();
-                control_line(device, &Message::Rebooted(s));
-            }
-            return;
-        }
-        if step.exchange_over {
-            control_line(device, &SESSION_CLOSED);
-        }
-        return;
-    }
-}
-
-/// How long the device tries to reach its broker or the firmware server (`esp_http_client`'s
-/// connect timeout is its `timeout_ms`; loopback answers at once or never).
-const PULL_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a restart waits for the broker to take in the last bytes and close its side.
-const LAST_BYTES_GRACE: Duration = Duration::from_millis(500);
-
-/// Ends a connection so that what was written reaches the peer: a FIN after the data, then what
-/// the peer still sends is read and dropped until it closes too (or the grace ends). Closing a
-/// socket with unread bytes makes the kernel send a reset, and a peer that gets the reset before
-/// it has read the last publication loses it (mosquitto lost the `done` status that way in 1 of 7
-/// runs of a scenario). The chip's firmware likewise closes and waits before it restarts.
-fn close_after_sending(s: TcpStream) {
-    let _ = s.shutdown(Shutdown::Write);
-    let deadline = Instant::now() + LAST_BYTES_GRACE;
-    let _ = s.set_nonblocking(false);
-    let mut sink = [0u8; 1024];
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        if s.set_read_timeout(Some(left.max(Duration::from_millis(1)))).is_err() {
-            break;
-        }
-        match (&s).read(&mut sink) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-}
-
-/// Runs the pull path's timers and reads its two connections; true if bytes came.
-fn pull_connections(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) -> bool {
-    if device.pull_due() {
-        let step = device.pull_input(PullInput::Poll, false);
-        apply_pull(device, net, step);
-    }
-    let mut active = false;
-    for link in [Link::Broker, Link::Server] {
-        let slot = link.stream(net);
-        let Some(stream) = slot.as_mut() else { continue };
-        let input = match stream.read(buf) {
-            Ok(0) => None,
-            Ok(n) => {
-                active = true;
-                Some(link.data(&buf[..n]))
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
-            Err(_) => None,
-        };
-        let input = input.unwrap_or_else(|| {
-            *slot = None;
-            link.closed()
-        });
-        let step = device.pull_input(input, net.conn.is_some());
-        apply_pull(device, net, step);
-    }
-    active
-}
-
-#[derive(Clone, Copy)]
-enum Link {
-    Broker,
-    Server,
-}
-
-impl Link {
-    fn stream(self, net: &mut Net) -> &mut Option<TcpStream> {
-        match self {
-            Link::Broker => &mut net.broker,
-            Link::Server => &mut net.server,
-        }
-    }
-
-    fn data(self, bytes: &[u8]) -> PullInput<'_> {
-        match self {
-            Link::Broker => PullInput::BrokerData(bytes),
-            Link::Server => PullInput::ServerData(bytes),
-        }
-    }
-
-    fn closed(self) -> PullInput<'static> {
-        match self {
-            Link::Broker => PullInput::BrokerClosed,
-            Link::Server => PullInput::ServerClosed,
-        }
-    }
-}
-
-/// Carries out what the pull path asked for, feeding the outcome of each socket call back to it.
-fn apply_pull(device: &mut Device<Serial>, net: &mut Net, mut step: PullStep) {
-    loop {
-        if let Some(loss) = step.power_lost {
-            for s in [net.broker.take(), net.server.take()].into_iter().flatten() {
-                let _ = s.shutdown(Shutdown::Both);
-            }
-            report_loss(device, loss);
-            return;
-        }
-        let mut lost = None;
-        if !step.to_broker.is_empty()
-            && let Some(s) = net.broker.as_mut()
-            && !write_blocking(s, &step.to_broker)
-        {
-            net.broker = None;
-            lost = Some(Link::Broker);
-        }
-        if step.close_broker
-            && let Some(s) = net.broker.take()
-        {
-            let _ = s.shutdown(Shutdown::Write);
-        }
-        if !step.to_server.is_empty()
-            && let Some(s) = net.server.as_mut()
-            && !write_blocking(s, &step.to_server)
-        {
-            net.server = None;
-            lost = Some(Link::Server);
-        }
-        if step.close_server
-            && let Some(s) = net.server.take()
-        {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-        if step.reboot {
-            // `esp_restart()` after the pull: the broker sees the connection go (no DISCONNECT),
-            // after the `done` status written above.
-            if let Some(s) = net.broker.take() {
-                close_after_sending(s);
-            }
-            if let Some(s) = net.server.take() {
-                let _ = s.shutdown(Shutdown::Both);
-            }
-            device.reboot_after_update();
-            let s = device.status();
-            control_line(device, &Message::Rebooted(s));
-            return;
-        }
-        if let Some(to) = step.connect_broker {
-            let input = match TcpStream::connect_timeout(&to, PULL_CONNECT_TIMEOUT) {
-                Ok(stream) if stream.set_nonblocking(true).is_ok() => {
-                    let _ = stream.set_nodelay(true);
-                    net.broker = Some(stream);
-                    PullInput::BrokerConnected
-                }
-                _ => PullInput::BrokerConnectFailed,
-            };
-            step = device.pull_input(input, false);
-            continue;
-        }
-        if let Some(to) = step.connect_server {
-            let input = match connect_server(&to) {
-                Ok(stream) => {
-                    net.server = Some(stream);
-                    PullInput::ServerConnected
-                }
-                Err(why) => PullInput::ServerConnectFailed(why),
-            };
-            step = device.pull_input(input, false);
-            continue;
-        }
-        if let Some(link) = lost {
-            step = device.pull_input(link.closed(), false);
-            continue;
-        }
-        return;
-    }
-}
-
-/// The firmware server's TCP connection (for https, ota-core's TLS layer runs over it, as on the
-/// chip).
-fn connect_server(to: &crate::device::ServerAddr) -> Result<TcpStream, ConnectError> {
-    use std::net::ToSocketAddrs;
-    let addr = (to.host.as_str(), to.port)
-        .to_socket_addrs()
-        .map_err(|_| ConnectError::Dns)?
-        .next()
-        .ok_or(ConnectError::Dns)?;
-    let stream = TcpStream::connect_timeout(&addr, PULL_CONNECT_TIMEOUT).map_err(|e| match e.kind() {
-        ErrorKind::TimedOut | ErrorKind::WouldBlock => ConnectError::Timeout,
-        _ => ConnectError::Refused,
-    })?;
-    stream.set_nonblocking(true).map_err(|_| ConnectError::Refused)?;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
-}
-
-/// Serves the ESPHome session; true if bytes came.
-fn esphome_connection(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) -> bool {
-    let Some(c) = net.conn.as_mut() else { return false };
-    let mut got_bytes = false;
-    let input = match c.stream.read(buf) {
-        Ok(0) => SessionInput::Closed,
-        Ok(n) => {
-            c.last_input = Instant::now();
-            got_bytes = true;
-            SessionInput::Data(&buf[..n])
-        }
-        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-            if !c.session.expired(c.accepted.elapsed(), c.last_input.elapsed()) {
-                return false;
-            }
-            SessionInput::TimedOut
-        }
-        Err(_) => SessionInput::Closed,
-    };
-    let step = device.session_input(&mut c.session, input);
-    match step {
-        SessionStep::Continue(reply) => {
-            if !reply.is_empty() && !write_blocking(&mut c.stream, &reply) {
-                let step = device.session_input(&mut c.session, SessionInput::Closed);
-                if let SessionStep::PowerLost(loss) = step {
-                    report_loss(device, loss);
-                }
-                net.conn = None;
-                control_line(device, &SESSION_CLOSED);
-            }
-        }
-        SessionStep::Close { reply, reboot } => {
-            let _ = write_blocking(&mut c.stream, &reply);
-            let _ = c.stream.shutdown(Shutdown::Write);
-            net.conn = None;
-            control_line(device, &SESSION_CLOSED);
-            if reboot {
-                device.reboot_after_update();
-                let s = device.status();
-                control_line(device, &Message::Rebooted(s));
-            }
-        }
-        SessionStep::PowerLost(loss) => {
-            let _ = c.stream.shutdown(Shutdown::Both);
-            net.conn = None;
-            report_loss(device, loss);
-            control_line(device, &SESSION_CLOSED);
-        }
-    }
-    got_bytes
-}
-
-/// Writes all of `bytes` on a non-blocking stream (replies are a few bytes).
-fn write_blocking(stream: &mut TcpStream, bytes: &[u8]) -> bool {
-    let _ = stream.set_nonblocking(false);
-    let ok = stream.write_all(bytes).is_ok();
-    let _ = stream.set_nonblocking(true);
-    ok
 }
 
 /// A cut armed at a log line that fired: if no flash operation was cut after the line (that

@@ -66,15 +66,22 @@ impl Uart {
         self.loader.is_some()
     }
 
+    /// The master side's descriptor, for the process's event loop to wait on.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.port.as_raw_fd()
+    }
+
     /// Takes what the host sent: the loader's input in download mode, ignored otherwise (the
-    /// app reads no UART input). Returns how the loader exited, if it did.
+    /// app reads no UART input). Returns whether bytes came, and how the loader exited, if it did.
     pub fn poll(
         &mut self,
         flash: &mut FileFlash,
         mut rejected: impl FnMut(&Rejected),
-    ) -> std::io::Result<Option<Exit>> {
+    ) -> std::io::Result<(bool, Option<Exit>)> {
         let mut buf = [0u8; 4096];
         let n = match self.port.read(&mut buf) {
+            Ok(0) => return Ok((false, None)),
             Ok(n) => n,
             Err(e)
                 if matches!(
@@ -82,11 +89,11 @@ impl Uart {
                     ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::Interrupted
                 ) =>
             {
-                return Ok(None);
+                return Ok((false, None));
             }
             Err(e) => return Err(e),
         };
-        let Some(loader) = self.loader.as_mut() else { return Ok(None) };
+        let Some(loader) = self.loader.as_mut() else { return Ok((true, None)) };
         let out = loader.receive(&buf[..n], flash);
         out.rejected.iter().for_each(&mut rejected);
         self.port.set_timeout(WRITE_TIMEOUT).map_err(std::io::Error::other)?;
@@ -96,6 +103,6 @@ impl Uart {
         if out.exit.is_some() {
             self.loader = None;
         }
-        Ok(out.exit)
+        Ok((true, out.exit))
     }
 }

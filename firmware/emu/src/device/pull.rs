@@ -125,6 +125,17 @@ impl<W: Write> Output for Collect<'_, W> {
 }
 
 impl<W: Write> Device<W> {
+    /// When the pull path has something to do without input, in ms since boot (0: its first
+    /// connection is still to be made).
+    pub(super) fn pull_deadline_ms(&self) -> Option<u64> {
+        let p = self.pull.as_ref()?;
+        if !p.started {
+            return Some(0);
+        }
+        let s = p.conf.settings()?;
+        p.session.server.deadline(&s)
+    }
+
     /// Whether the pull path has something to do without input (its first connection, a
     /// back-off, a stalled download).
     pub fn pull_due(&self) -> bool {
