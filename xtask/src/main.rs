@@ -74,7 +74,9 @@ enum Task {
     /// Import cycles between the modules of ota-core and the harness (none allowed; `cargo
     /// test -p xtask` runs the same check).
     Cycles,
-    /// Time the emulator suite: builds once, then plays every scenario N times and prints figures.
+    /// Time the emulator suite: builds once, then plays every scenario N times and prints figures
+    /// (the suite, the sweeps' rates, espflash through the emulator's ROM loader, one ESPHome
+    /// and one ArduinoOTA upload of v2, an idle device's CPU).
     Bench {
         #[arg(long, default_value_t = 5)]
         runs: u32,
@@ -627,6 +629,24 @@ fn run_task(task: Task) -> anyhow::Result<()> {
                 }
             }
             let _ = std::fs::remove_file(&no_stub);
+            // One ESPHome and one ArduinoOTA upload of v2 against the emulator, and the CPU an
+            // idle emulated device uses.
+            let mut c = cargo();
+            c.args(["build", "--release", "-p", "otahil", "--example", "upload_times"]);
+            run(c)?;
+            let out = Command::new(root().join("target/release/examples/upload_times"))
+                .current_dir(root())
+                .arg(runs.max(3).to_string())
+                .env("OTAHIL_EMU", bin.join("ota-emu"))
+                .output()
+                .context("running the upload_times example")?;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() {
+                bail!("upload_times failed:\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
+            }
+            for line in stdout.lines() {
+                println!("bench: {line}");
+            }
             Ok(())
         }
     }

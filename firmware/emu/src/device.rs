@@ -549,15 +549,20 @@ fn ends_exchange(event: &arduino::Event) -> bool {
 pub struct OtaSession(Session<Server<'static>>);
 
 impl OtaSession {
-    /// When the client's time runs out (see [`OtaSession::expired`]), `None` once closed.
+    /// When the client's time may next run out: the handshake's limit from the accepted
+    /// connection, then the data phase's from the last byte (ESPHome's rules decide, at that
+    /// moment, through [`OtaSession::expired`]).
     pub fn deadline(
         &self,
         accepted: std::time::Instant,
         last_input: std::time::Instant,
     ) -> Option<std::time::Instant> {
-        let since = |t: std::time::Instant| t.elapsed().as_millis() as u64;
-        let left = self.0.server.expires_in(since(accepted), since(last_input))?;
-        Some(std::time::Instant::now() + std::time::Duration::from_millis(left))
+        use ota_core::proto::esphome::{DATA_TIMEOUT_MS, HANDSHAKE_TIMEOUT_MS};
+        let now = std::time::Instant::now();
+        let handshake = accepted + std::time::Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
+        let data = last_input + std::time::Duration::from_millis(DATA_TIMEOUT_MS);
+        // A limit that has passed without expiring the session does not apply to it.
+        [handshake, data].into_iter().filter(|&t| t > now).min()
     }
 
     /// Whether the client has had its time (ESPHome's rules: `esphome::Server::expired`).

@@ -76,6 +76,10 @@ const UART: Token = Token(7);
 /// (arduino-esp32's `WiFiClient` connect timeout), its broker or the firmware server
 /// (`esp_http_client`'s connect timeout is its `timeout_ms`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the loop keeps looking (without sleeping) for a peer's next bytes after it read
+/// some: a request/response exchange (ArduinoOTA's count after every 1 KiB) then does not pay a
+/// sleep and a wake-up per round trip. An idle device never spins.
+const EXCHANGE_SPIN: Duration = Duration::from_micros(200);
 /// How long a restart waits for the broker to take in the last bytes and close its side.
 const LAST_BYTES_GRACE: Duration = Duration::from_millis(500);
 
@@ -208,7 +212,7 @@ impl Net {
         uart_ready
             || self.listener_ready
             || self.udp_ready
-            || self.links().any(|l| l.wants_read() || l.wants_flush())
+            || self.links().any(|l| l.wants_read() || l.wants_flush() || l.in_exchange(EXCHANGE_SPIN))
             || (self.conn.is_none() && self.waiting.is_some())
     }
 

@@ -325,20 +325,6 @@ impl<'a> Server<'a> {
         }
     }
 
-    /// How long until [`Server::expired`] turns true (0: it has), `None` once closed: what an
-    /// event-driven adapter sleeps for.
-    pub fn expires_in(&self, since_accept_ms: u64, since_input_ms: u64) -> Option<u64> {
-        match self.state {
-            State::Magic | State::Features | State::AuthAnswer(_) => {
-                Some(HANDSHAKE_TIMEOUT_MS.saturating_sub(since_accept_ms))
-            }
-            State::Closed => None,
-            State::Size | State::Md5 | State::Data | State::FinalAck => {
-                Some(DATA_TIMEOUT_MS.saturating_sub(since_input_ms))
-            }
-        }
-    }
-
     fn close(&mut self) {
         self.state = State::Closed;
     }

@@ -25,6 +25,8 @@ pub struct Link {
     readable: bool,
     /// The socket said it is writable (or connected) since the last check.
     writable: bool,
+    /// When a read last brought bytes.
+    last_data: Option<Instant>,
 }
 
 /// What one read found.
@@ -54,6 +56,7 @@ impl Link {
             connecting: Some(Instant::now() + timeout),
             readable: false,
             writable: false,
+            last_data: None,
         })
     }
 
@@ -69,6 +72,7 @@ impl Link {
             connecting: None,
             readable: true,
             writable: true,
+            last_data: None,
         })
     }
 
@@ -142,6 +146,12 @@ impl Link {
         self.readable && self.queue.is_empty() && self.connecting.is_none()
     }
 
+    /// Whether a read brought bytes within `window`: a peer in the middle of an exchange, whose
+    /// next bytes are worth a look before the loop goes to sleep.
+    pub fn in_exchange(&self, window: Duration) -> bool {
+        self.last_data.is_some_and(|t| t.elapsed() < window)
+    }
+
     /// Whether bytes wait and the socket may take some.
     pub fn wants_flush(&self) -> bool {
         self.writable && !self.queue.is_empty()
@@ -156,7 +166,10 @@ impl Link {
         loop {
             return match self.stream.read(buf) {
                 Ok(0) => Read1::Closed,
-                Ok(n) => Read1::Data(&buf[..n]),
+                Ok(n) => {
+                    self.last_data = Some(Instant::now());
+                    Read1::Data(&buf[..n])
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.readable = false;
                     Read1::Nothing
