@@ -207,13 +207,13 @@ impl Net {
         }
     }
 
-    /// Whether there is something to do without waiting.
+    /// Whether there is something to do without waiting. (A client waiting in the backlog is
+    /// not: each round offers it to the device, which takes it once no update runs.)
     fn has_work(&self, uart_ready: bool) -> bool {
         uart_ready
             || self.listener_ready
             || self.udp_ready
             || self.links().any(|l| l.wants_read() || l.wants_flush() || l.in_exchange(EXCHANGE_SPIN))
-            || (self.conn.is_none() && self.waiting.is_some())
     }
 
     /// When something is due without input: the device's timers, the ESPHome client's time, a

@@ -7,72 +7,13 @@ use espflash::connection::{Connection, ResetAfterOperation, ResetBeforeOperation
 use espflash::flasher::Flasher;
 use espflash::target::{Chip, DefaultProgressCallback};
 use serialport::{SerialPort, UsbPortInfo};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const PREFIX: &str = "#otahil ";
-
-struct Emulator {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: Receiver<String>,
-}
-
-impl Emulator {
-    fn start(flash: &Path) -> Emulator {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ota-emu"))
-            .args([
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--arduino-listen",
-                "127.0.0.1:0",
-                "--uart-pty",
-                "--flash",
-            ])
-            .arg(flash)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("ota-emu starts");
-        let stdin = child.stdin.take().unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, stdout) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Emulator { child, stdin, stdout }
-    }
-
-    /// Waits for a stdout line containing `text`; returns it.
-    fn expect(&self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen = Vec::new();
-        while let Ok(line) = self.stdout.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            if line.contains(text) {
-                return line;
-            }
-            seen.push(line);
-        }
-        panic!("no line with `{text}` from the emulator; it said:\n{}", seen.join("\n"));
-    }
-
-    fn command(&mut self, line: &str) {
-        writeln!(self.stdin, "{line}").unwrap();
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::{Emulator, PREFIX};
 
 /// espflash on a pty, as the bench drives it: no USB identity, no DTR/RTS, no reset.
 fn pty_connection(port: serialport::TTYPort) -> Connection {
@@ -132,7 +73,7 @@ fn espflash_flashes_the_emulator_in_download_mode_and_it_boots_the_new_image() {
     let table = ota_core::partition_csv::parse_csv(&std::fs::read_to_string(&csv).unwrap()).unwrap();
     let app0 = table.by_label("app0").expect("app0").offset;
 
-    let mut emu = Emulator::start(&flash);
+    let mut emu = Emulator::start(&flash, &["--uart-pty"]);
     let ready = emu.expect("ready ");
     let uart =
         ready.split_whitespace().find_map(|w| w.strip_prefix("uart=")).expect("a uart path").to_string();
@@ -170,7 +111,7 @@ fn espflash_flashes_the_emulator_in_download_mode_and_it_boots_the_new_image() {
 fn a_reboot_asked_of_the_loader_comes_back_to_the_loader_while_the_strap_is_held() {
     let dir = tempfile::tempdir().unwrap();
     let flash = v1_board(dir.path());
-    let mut emu = Emulator::start(&flash);
+    let mut emu = Emulator::start(&flash, &["--uart-pty"]);
     let ready = emu.expect("ready ");
     let uart =
         ready.split_whitespace().find_map(|w| w.strip_prefix("uart=")).expect("a uart path").to_string();
