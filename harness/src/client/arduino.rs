@@ -90,6 +90,9 @@ fn auth_answer(up: &Upload<'_>, password: &str, nonce: &str, md5_hex: &str, devi
 /// What the device's replies on the back-connection say once the counts are taken off.
 enum Reply {
     Counts,
+    /// The start of `OK` or of an error text: the rest is still on its way (TCP may cut a
+    /// reply anywhere, and the device's counts can fill a read).
+    Incomplete,
     Ok,
     Error(UpdateError),
     Other(String),
@@ -103,6 +106,8 @@ fn read_replies(text: &str) -> Reply {
         Reply::Ok
     } else if let Some(e) = UpdateError::from_reply(rest) {
         Reply::Error(e)
+    } else if "OK".starts_with(rest) || UpdateError::ALL.iter().any(|e| e.text().starts_with(rest)) {
+        Reply::Incomplete
     } else {
         Reply::Other(rest.trim().to_string())
     }
@@ -110,7 +115,7 @@ fn read_replies(text: &str) -> Reply {
 
 fn reply_outcome(reply: Reply, phase: Phase, progress: &Progress, chunks: u64) -> Option<Outcome> {
     match reply {
-        Reply::Counts => None,
+        Reply::Counts | Reply::Incomplete => None,
         Reply::Ok => Some(Outcome::Ok { detail: format!("{chunks} chunks, {} bytes", progress.sent()) }),
         Reply::Error(e) => Some(Outcome::DeviceError { name: e.name(), detail: e.text().to_string(), phase }),
         Reply::Other(text) => Some(Outcome::Unexpected { detail: format!("reply `{text}`"), phase }),
@@ -315,6 +320,10 @@ mod tests {
     fn replies_are_counts_then_ok_or_the_update_librarys_text() {
         assert!(matches!(read_replies("10241024"), Reply::Counts));
         assert!(matches!(read_replies("1024OK"), Reply::Ok));
+        // A reply cut by TCP (or by a read full of counts) is waited for, not judged.
+        assert!(matches!(read_replies("10241024O"), Reply::Incomplete));
+        assert!(matches!(read_replies("1024MD5 Che"), Reply::Incomplete));
+        assert!(matches!(read_replies("1024OX"), Reply::Other(t) if t == "OX"));
         assert!(matches!(read_replies("1024MD5 Check Failed\r\n"), Reply::Error(UpdateError::Md5)));
         assert!(matches!(read_replies("Wrong Magic Byte\r\n"), Reply::Error(UpdateError::MagicByte)));
         assert!(matches!(read_replies("1024hello"), Reply::Other(t) if t == "hello"));
