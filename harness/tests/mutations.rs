@@ -4,7 +4,8 @@
 
 use md5::{Digest, Md5};
 use ota_core::proto::esphome::MAGIC;
-use ota_emu::device::{Device, DeviceConfig, SessionInput, SessionStep};
+use ota_core::io::{Input, LinkId};
+use ota_emu::device::{Action, Device, DeviceConfig};
 use ota_emu::flash::{FileFlash, SplitMix};
 use otahil::fixtures;
 
@@ -18,6 +19,18 @@ fn device() -> Device<Vec<u8>> {
     d
 }
 
+/// The listener the app opened on the ESPHome port (taken from its first requests once).
+fn esphome_listener(d: &mut Device<Vec<u8>>) -> LinkId {
+    d.take_step()
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Listen { listener, port: ota_core::proto::esphome::DEFAULT_PORT } => Some(*listener),
+            _ => None,
+        })
+        .expect("the app listens on the ESPHome port")
+}
+
 /// Uploads `image` (no password, protocol 2) and returns (last reply byte, serial log).
 fn upload(d: &mut Device<Vec<u8>>, image: &[u8]) -> (u8, String) {
     let mut stream = MAGIC.to_vec();
@@ -26,18 +39,20 @@ fn upload(d: &mut Device<Vec<u8>>, image: &[u8]) -> (u8, String) {
     let digest: Vec<u8> = Md5::digest(image).iter().flat_map(|b| format!("{b:02x}").into_bytes()).collect();
     stream.extend_from_slice(&digest);
     stream.extend_from_slice(image);
+    let listener = esphome_listener(d);
     d.serial().clear();
-    let mut session = d.accept().expect("serving");
+    let link = d.accept(listener).0.expect("serving");
     let mut reply = Vec::new();
-    for piece in stream.chunks(1024) {
-        match d.session_input(&mut session, SessionInput::Data(piece)) {
-            SessionStep::Continue(r) => reply.extend(r),
-            SessionStep::Close { reply: r, reboot } => {
-                assert!(!reboot, "a mutated image must never be switched to");
-                reply.extend(r);
-                break;
+    'upload: for piece in stream.chunks(1024) {
+        let step = d.input(Input::Data(link, piece));
+        assert!(step.power_lost.is_none(), "power lost: {:?}", step.power_lost);
+        assert!(!step.reboot, "a mutated image must never be switched to");
+        for action in step.actions {
+            match action {
+                Action::Send { bytes, .. } => reply.extend(bytes),
+                Action::Close { .. } => break 'upload,
+                _ => {}
             }
-            SessionStep::PowerLost(l) => panic!("power lost: {l:?}"),
         }
     }
     (*reply.last().unwrap(), String::from_utf8(d.serial().clone()).unwrap())

@@ -15,6 +15,9 @@
 //! - [`slot`]: boot candidates (`BootIndex`) and their names in logs (`SlotName`).
 //! - [`boot`]: the bootloader's slot choice (rollback on or off) and the app's boot guard.
 //! - [`url`]: `http(s)://` URLs as triggers name them.
+//! - [`io`]: the links-by-id vocabulary between the app and its adapter.
+//! - [`service`]: what an update path is to the app ([`service::PathService`]).
+//! - [`app`]: the device application: every path, booted, driven, one update at a time.
 //! - [`session`]: one update session of any path (state machine + update in progress).
 //! - [`proto`]: the update paths, each a sans-IO state machine (ESPHome native OTA, ArduinoOTA).
 //! - [`log`]: the device's log line catalogue.
@@ -30,6 +33,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod app;
 pub mod app_desc;
 pub mod boot;
 pub mod crc;
@@ -37,6 +41,7 @@ pub mod flash;
 pub mod hex;
 pub mod image;
 pub mod image_builder;
+pub mod io;
 pub mod log;
 pub mod nvs;
 pub mod otadata;
@@ -48,6 +53,7 @@ pub mod provision;
 pub mod resume;
 pub mod rng;
 pub mod selftest;
+pub mod service;
 pub mod session;
 pub mod settings;
 pub mod slot;

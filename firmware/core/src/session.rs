@@ -4,7 +4,6 @@
 //! (or knows how a path's library writes) itself.
 
 use crate::partition::{Partition, PartitionTable};
-use crate::proto::{arduino, esphome, http_pull, mqtt_pull};
 use crate::update::FlashSink;
 use crate::writer::{OtaConfig, OtaUpdate};
 use embedded_storage::nor_flash::NorFlash;
@@ -13,33 +12,10 @@ use embedded_storage::nor_flash::NorFlash;
 pub trait Protocol {
     /// How this path writes, given how the app's own writer does (`esp_ota_*`). A path whose
     /// library writes its own way (Arduino's `Update`) says so here; one that runs either
-    /// library (the pull agent) answers for the update it runs now.
+    /// library (the pull agent) answers for the update it runs now. Each path implements this
+    /// trait in its own module, so this one knows none of them.
     fn writes(&self, app: OtaConfig) -> OtaConfig {
         app
-    }
-}
-
-impl Protocol for esphome::Server<'_> {}
-
-/// `esp_https_ota` writes through the app's `esp_ota_*`; an adapter running the Arduino
-/// updater's flavour passes [`arduino::library_writes`] of its config, as `HTTPUpdate` writes
-/// through the `Update` library.
-impl Protocol for http_pull::Client {}
-
-/// The pull agent writes through `esp_https_ota` (so `esp_ota_*`), or, for an `http_update`,
-/// through Arduino's `Update` library.
-impl Protocol for mqtt_pull::Agent {
-    fn writes(&self, app: OtaConfig) -> OtaConfig {
-        match self.library() {
-            mqtt_pull::Library::EspHttpsOta => app,
-            mqtt_pull::Library::ArduinoHttpUpdate => arduino::library_writes(app),
-        }
-    }
-}
-
-impl Protocol for arduino::Server {
-    fn writes(&self, app: OtaConfig) -> OtaConfig {
-        arduino::library_writes(app)
     }
 }
 

@@ -149,7 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => None,
             };
             let config = DeviceConfig {
-                password: a.password.map(|p| &*Box::leak(p.into_bytes().into_boxed_slice())),
+                password: a.password.map(String::into_bytes),
                 protocol_version: a.protocol,
                 sha256: !a.md5_only,
                 bootloader_rollback: a.bootloader_rollback,
@@ -173,8 +173,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let device =
                 Device::new(config, flash, Serial { stdout: std::io::stdout(), file, uart: uart_log });
             let options = ServeOptions {
-                listen: a.listen,
-                arduino_listen: a.arduino_listen,
+                tcp: vec![(ota_core::proto::esphome::DEFAULT_PORT, a.listen)],
+                udp: vec![(ota_core::proto::arduino::DEFAULT_PORT, a.arduino_listen)],
                 start_off: a.start_off,
                 uart,
             };

@@ -1,25 +1,23 @@
 //! The emulated ESP32-C3: power, the bootloader and the app's boot guard from `ota-core`, the
-//! serial log, ESPHome OTA sessions and ArduinoOTA — all independent of sockets and processes.
+//! serial log, and the device application (`ota_core::app`) with every update path — all
+//! independent of sockets and processes. What the app asks of the network comes out as
+//! [`Action`]s for the process's event loop (`crate::serve`) to carry out.
 
 use crate::control::{Counters, DeviceState, Status};
 use crate::flash::{FileFlash, PowerLoss, SplitMix};
+use ota_core::app::{App, Env};
 use ota_core::boot::{BootError, Booted, BootloaderConfig, DirectVerify, PowerOn, power_on};
+use ota_core::io::{Entropy, Input, Io, LinkId, Remote};
 use ota_core::log::{LogEvent, LogLine, SlotName};
-use ota_core::partition::PartitionTable;
-use ota_core::proto::arduino::settings::ArduinoSettings;
-use ota_core::proto::arduino::{self, AuthScheme};
-use ota_core::proto::esphome::settings::OtaSettings;
-use ota_core::proto::esphome::{self, Event, NonceSource, Output, Server, ServerConfig};
-use ota_core::proto::mqtt_pull::settings::MqttSettings;
-use ota_core::session::{Session, Target};
+use ota_core::proto::arduino::AuthScheme;
+use ota_core::proto::esphome;
+use ota_core::service::BuiltIn;
 use ota_core::writer::OtaConfig;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::Instant;
-
-mod pull;
-pub use pull::{PullInput, PullStep, ServerAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 /// A reboot loop longer than this is reported as a brick instead of spinning forever.
 const MAX_CONSECUTIVE_BOOTS: u32 = 8;
@@ -28,7 +26,7 @@ const MAX_CONSECUTIVE_BOOTS: u32 = 8;
 pub struct DeviceConfig {
     /// The OTA password built in (`None`: no authentication); NVS overrides it at boot, as on
     /// the chip (`ota_core::settings`).
-    pub password: Option<&'static [u8]>,
+    pub password: Option<Vec<u8>>,
     /// ESPHome OTA protocol version built in (1 or 2); NVS overrides it at boot.
     pub protocol_version: u8,
     /// Offer SHA-256 authentication to clients that support it.
@@ -67,15 +65,12 @@ impl Default for DeviceConfig {
 }
 
 /// What the device is doing.
-#[derive(Clone, Debug)]
 pub enum Power {
     Off,
     /// The app runs and serves OTA.
     Running {
-        table: Box<PartitionTable>,
         booted: Booted,
-        /// What this boot's OTA server answers with (built-in settings after NVS overrides).
-        server: ServerConfig<'static>,
+        app: Box<App>,
     },
     /// The app's self-test never finishes: no OTA service until a reset.
     Hung {
@@ -85,37 +80,63 @@ pub enum Power {
     Bricked(String),
 }
 
-/// How a session step ended for the transport.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SessionStep {
-    /// Send these bytes, keep the connection.
-    Continue(Vec<u8>),
-    /// Send these bytes, then close the connection.
-    Close { reply: Vec<u8>, reboot: bool },
-    /// The power went during the step: drop the connection without a word.
-    PowerLost(PowerLoss),
+/// Where an outgoing connection goes, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectTo {
+    Addr(SocketAddr),
+    Host { host: String, port: u16 },
+}
+
+/// What the app asked of the network, in order (`ota_core::io::Io`, owned).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Listen {
+        listener: LinkId,
+        port: u16,
+    },
+    Bind {
+        socket: LinkId,
+        port: u16,
+    },
+    Connect {
+        link: LinkId,
+        to: ConnectTo,
+    },
+    Send {
+        link: LinkId,
+        bytes: Vec<u8>,
+    },
+    Close {
+        link: LinkId,
+    },
+    Datagram {
+        socket: LinkId,
+        to: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    /// A client's exchange with a push path ended (the control channel's `session-closed`).
+    ExchangeOver,
+}
+
+/// What one call into the app gave the transport to do.
+#[derive(Debug, Default)]
+pub struct Step {
+    pub actions: Vec<Action>,
+    /// The power went during the call: drop every connection without a word (the actions
+    /// from before the cut are dropped with them, as the chip's would be).
+    pub power_lost: Option<PowerLoss>,
+    /// A client's exchange was open when the power went (it ends with the power).
+    pub exchange_cut: bool,
+    /// An update completed: flush the links and restart into the new image.
+    pub reboot: bool,
 }
 
 struct Rng(SplitMix);
-impl NonceSource for Rng {
+impl Entropy for Rng {
     fn fill(&mut self, buf: &mut [u8]) {
         for b in buf {
             *b = self.0.byte();
         }
-    }
-}
-
-#[derive(Default)]
-struct Collect {
-    sent: Vec<u8>,
-    events: Vec<Event>,
-}
-impl Output for Collect {
-    fn send(&mut self, bytes: &[u8]) {
-        self.sent.extend_from_slice(bytes);
-    }
-    fn event(&mut self, e: Event) {
-        self.events.push(e);
     }
 }
 
@@ -127,10 +148,8 @@ pub struct Device<W: Write> {
     boot_at: Instant,
     serial: W,
     rng: Rng,
-    /// This boot's ArduinoOTA service (while the app runs) and the update it is writing.
-    arduino: Option<Session<arduino::Server>>,
-    /// This boot's MQTT-triggered pull (when NVS names a broker).
-    pull: Option<pull::PullService>,
+    /// What the app asked for since the transport last took it.
+    actions: Vec<Action>,
     cut: LogCut,
 }
 
@@ -142,7 +161,68 @@ struct LogCut {
     /// The line that matched, until the serve loop has taken it.
     fired: Option<String>,
     /// The flash's switch: thrown with the line, so its next operation does not happen.
-    switch: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    switch: Option<Arc<AtomicBool>>,
+}
+
+/// The app's adapter side within the device: lines go to the serial port at once (a cut armed
+/// at a line stops the flash operation after it), the rest is recorded for the transport.
+/// Nothing is said or asked once the flash has lost power.
+struct Recorder<'d, W: Write> {
+    actions: &'d mut Vec<Action>,
+    serial: &'d mut W,
+    boot_at: Instant,
+    cut: &'d mut LogCut,
+    unpowered: Arc<AtomicBool>,
+}
+
+impl<W: Write> Recorder<'_, W> {
+    fn push(&mut self, action: Action) {
+        if !self.unpowered.load(Ordering::Relaxed) {
+            self.actions.push(action);
+        }
+    }
+}
+
+impl<W: Write> Io for Recorder<'_, W> {
+    fn listen(&mut self, listener: LinkId, port: u16) {
+        self.push(Action::Listen { listener, port });
+    }
+    fn bind(&mut self, socket: LinkId, port: u16) {
+        self.push(Action::Bind { socket, port });
+    }
+    fn connect(&mut self, link: LinkId, to: Remote<'_>) {
+        let to = match to {
+            Remote::Addr(a) => ConnectTo::Addr(a),
+            Remote::Host { host, port } => ConnectTo::Host { host: host.to_string(), port },
+        };
+        self.push(Action::Connect { link, to });
+    }
+    fn send(&mut self, link: LinkId, bytes: &[u8]) {
+        // Consecutive sends on one link go out as one write, as a socket buffer joins them.
+        if let Some(Action::Send { link: last, bytes: queued }) = self.actions.last_mut()
+            && *last == link
+        {
+            if !self.unpowered.load(Ordering::Relaxed) {
+                queued.extend_from_slice(bytes);
+            }
+            return;
+        }
+        self.push(Action::Send { link, bytes: bytes.to_vec() });
+    }
+    fn close(&mut self, link: LinkId) {
+        self.push(Action::Close { link });
+    }
+    fn datagram(&mut self, socket: LinkId, to: SocketAddr, bytes: &[u8]) {
+        self.push(Action::Datagram { socket, to, bytes: bytes.to_vec() });
+    }
+    fn log(&mut self, line: &LogEvent<'_>) {
+        if !self.unpowered.load(Ordering::Relaxed) {
+            print_line(self.serial, self.boot_at, line, self.cut);
+        }
+    }
+    fn exchange_over(&mut self) {
+        self.push(Action::ExchangeOver);
+    }
 }
 
 impl<W: Write> Device<W> {
@@ -157,8 +237,7 @@ impl<W: Write> Device<W> {
             boot_at: Instant::now(),
             serial,
             rng,
-            arduino: None,
-            pull: None,
+            actions: Vec::new(),
             cut: LogCut::default(),
         }
     }
@@ -192,7 +271,7 @@ impl<W: Write> Device<W> {
     /// Cuts the power when the device prints a line matching `pattern` (`None`: disarms).
     pub fn arm_log_cut(&mut self, pattern: Option<regex::Regex>) {
         let switch = self.flash.cut_switch();
-        switch.store(false, std::sync::atomic::Ordering::Relaxed);
+        switch.store(false, Ordering::Relaxed);
         self.cut = LogCut { pattern, fired: None, switch: Some(switch) };
     }
 
@@ -202,21 +281,22 @@ impl<W: Write> Device<W> {
     pub fn take_log_cut(&mut self) -> Option<String> {
         let line = self.cut.fired.take()?;
         // Not taken by an operation: the caller switches the device off instead.
-        self.flash.cut_switch().store(false, std::sync::atomic::Ordering::Relaxed);
+        self.flash.cut_switch().store(false, Ordering::Relaxed);
         Some(line)
     }
 
     /// Cuts the power now (between flash operations).
     pub fn power_off(&mut self) {
         self.power = Power::Off;
-        self.arduino = None;
-        self.pull = None;
+        self.actions.clear();
     }
 
-    /// Powers on: bootloader, boot guard, app — rebooting as the guard asks.
+    /// Powers on: bootloader, boot guard, app — rebooting as the guard asks. The app's first
+    /// requests (its listeners, its broker) wait in [`Device::take_step`].
     pub fn power_on(&mut self) {
         self.flash.restore_power();
         self.boot_at = Instant::now();
+        self.actions.clear();
         let cfg = BootloaderConfig {
             rollback: self.config.bootloader_rollback,
             chip: self.config.ota.chip,
@@ -239,65 +319,31 @@ impl<W: Write> Device<W> {
         self.power = match outcome {
             _ if self.flash.power_loss().is_some() => Power::Off,
             PowerOn::Running { table, booted } => {
-                let built_in = OtaSettings::built_in(self.config.password, self.config.protocol_version);
-                let settings = {
+                let built_in = BuiltIn {
+                    ota_password: self.config.password.as_deref(),
+                    ota_protocol: self.config.protocol_version,
+                    ota_sha256: self.config.sha256,
+                    ota_port: self.config.device_port,
+                    arduino_password: self.config.arduino_password.as_deref(),
+                    arduino_auth: self.config.arduino_auth,
+                    mac: self.config.mac,
+                };
+                let app = {
                     let (boot_at, serial, cut) = (self.boot_at, &mut self.serial, &mut self.cut);
-                    built_in.load(&mut self.flash, &table, &mut |e: &LogEvent<'_>| {
-                        print_line(serial, boot_at, e, cut)
-                    })
+                    let mut log = |e: &LogEvent<'_>| print_line(serial, boot_at, e, cut);
+                    App::boot(
+                        &mut self.flash,
+                        table,
+                        &booted,
+                        self.config.ota,
+                        &built_in,
+                        &mut log,
+                        &mut self.rng,
+                    )
                 };
-                self.log(&LogEvent::Module(&settings.log_line()));
-                let server = ServerConfig {
-                    password: settings.password().map(interned),
-                    version: settings.protocol,
-                    sha256: self.config.sha256,
-                };
-                let built_in = ArduinoSettings::built_in(
-                    self.config.arduino_password.as_deref(),
-                    self.config.arduino_auth,
-                );
-                let arduino_settings = {
-                    let (boot_at, serial, cut) = (self.boot_at, &mut self.serial, &mut self.cut);
-                    built_in.load(&mut self.flash, &table, &mut |e: &LogEvent<'_>| {
-                        print_line(serial, boot_at, e, cut)
-                    })
-                };
-                self.log(&LogEvent::Module(&arduino_settings.log_line(arduino::DEFAULT_PORT)));
-                self.arduino = Some(Session::new(arduino::Server::new(arduino_settings.config())));
-                let mqtt_settings = {
-                    let (boot_at, serial, cut) = (self.boot_at, &mut self.serial, &mut self.cut);
-                    MqttSettings::default().load(&mut self.flash, &table, &mut |e: &LogEvent<'_>| {
-                        print_line(serial, boot_at, e, cut)
-                    })
-                };
-                self.log(&LogEvent::Module(&mqtt_settings.log_line()));
-                if let Some(line) = mqtt_settings.tls_log_line() {
-                    self.log(&LogEvent::Module(&line));
-                }
-                // Only a device with a broker has the pull path (and reads its own image for it).
-                self.pull = match mqtt_settings.broker {
-                    Some(_) => {
-                        // The image was just verified from this flash; a read that fails is a
-                        // flash the boot would have failed on already.
-                        let facts = ota_core::proto::mqtt_pull::RunningFacts::read(
-                            &mut self.flash,
-                            &table,
-                            &booted,
-                            self.config.mac,
-                        );
-                        facts.ok().and_then(|f| {
-                            pull::PullService::new(
-                                mqtt_settings,
-                                f,
-                                booted.image.desc.version(),
-                                self.config.seed,
-                            )
-                        })
-                    }
-                    None => None,
-                };
-                self.log(&LogEvent::OtaListening { port: self.config.device_port });
-                Power::Running { table: Box::new(table), booted, server }
+                self.power = Power::Running { booted, app: Box::new(app) };
+                self.call(|app, env| app.start(env));
+                return;
             }
             PowerOn::Hung { booted, .. } => Power::Hung { booted },
             PowerOn::Failed(BootError::Table(e)) => Power::Bricked(format!("partition table invalid: {e}")),
@@ -317,105 +363,76 @@ impl<W: Write> Device<W> {
         self.power_on();
     }
 
-    /// Milliseconds since this boot (the clock ArduinoOTA's timeouts run on).
+    /// Milliseconds since this boot (the app's clock).
     fn now_ms(&self) -> u64 {
         self.boot_at.elapsed().as_millis() as u64
     }
 
-    /// Whether an ArduinoOTA update is under way (another update path must wait).
-    pub fn arduino_busy(&self) -> bool {
-        self.arduino.as_ref().is_some_and(|a| a.server.is_busy())
+    /// Runs `f` on the app (if it runs) with the device's flash, clock and randomness; what it
+    /// asked for is added to the actions.
+    fn call<R>(&mut self, f: impl FnOnce(&mut App, &mut Env<'_, FileFlash>) -> R) -> Option<R> {
+        let now_ms = self.now_ms();
+        let Device { power, flash, serial, boot_at, cut, rng, actions, .. } = self;
+        let Power::Running { app, .. } = power else { return None };
+        let unpowered = flash.unpowered_flag();
+        let mut io = Recorder { actions, serial, boot_at: *boot_at, cut, unpowered };
+        let out = f(app, &mut Env { flash, now_ms, rng, io: &mut io });
+        let _ = self.serial.flush();
+        Some(out)
     }
 
-    /// When the device next has something to do without input (an ArduinoOTA timer; the pull
-    /// path's first connection, back-off, keep-alive or stall), if ever: how long the process
-    /// may sleep when no socket and no command wakes it.
-    pub fn next_deadline(&self) -> Option<std::time::Instant> {
-        let arduino = self.arduino.as_ref().and_then(|a| a.server.deadline());
-        let ms = [arduino, self.pull_deadline_ms()].into_iter().flatten().min()?;
-        Some(self.boot_at + std::time::Duration::from_millis(ms))
-    }
-
-    /// Whether ArduinoOTA has a timer that has run out (the transport then sends `Poll`).
-    pub fn arduino_due(&self) -> bool {
-        let deadline = self.arduino.as_ref().and_then(|a| a.server.deadline());
-        deadline.is_some_and(|d| self.now_ms() >= d)
-    }
-
-    /// Something for ArduinoOTA: a datagram on its port, news of its back-connection, or time.
-    /// `other_update_running`: an ESPHome session is writing, so no invitation is taken.
-    pub fn arduino_input(&mut self, input: ArduinoInput<'_>, other_update_running: bool) -> ArduinoStep {
-        let now = self.now_ms();
-        let Power::Running { table, booted, .. } = &self.power else { return ArduinoStep::default() };
-        let (table, running) = (table.as_ref().clone(), booted.partition);
-        let Some(session) = self.arduino.as_mut() else { return ArduinoStep::default() };
-        let target = Target { table: &table, running, config: self.config.ota };
-        let mut out = ArduinoOut::default();
-        let rng = &mut self.rng;
-        session.with(&mut self.flash, &target, |server, sink| match input {
-            ArduinoInput::Datagram { from, bytes } => {
-                server.datagram(from, bytes, other_update_running, sink, &mut ArduinoRng(rng), &mut out)
-            }
-            ArduinoInput::Connected => server.connected(now),
-            ArduinoInput::ConnectFailed => server.connect_failed(sink, &mut out),
-            ArduinoInput::Data(bytes) => server.data(bytes, now, sink, &mut out),
-            ArduinoInput::Closed => server.closed(sink, &mut out),
-            ArduinoInput::Poll => server.poll(now, sink, &mut out),
-        });
-        let reboot = session.server.reboot_requested();
-        let mut step = out.step;
+    /// What the app asked for since the last step (after a power-on, its listeners and first
+    /// connections), and whether the power went or a restart is due.
+    pub fn take_step(&mut self) -> Step {
+        let exchange_open = self.app().is_some_and(|a| a.in_exchange::<FileFlash>());
+        let reboot = self.app().is_some_and(|a| a.reboot_requested::<FileFlash>());
         if let Some(loss) = self.flash.power_loss() {
             self.power_off();
-            return ArduinoStep { power_lost: Some(loss), exchange_over: true, ..ArduinoStep::default() };
+            return Step { power_lost: Some(loss), exchange_cut: exchange_open, ..Step::default() };
         }
-        for e in &out.events {
-            e.log(&mut |line: &LogEvent<'_>| self.log(line));
+        Step { actions: std::mem::take(&mut self.actions), reboot, ..Step::default() }
+    }
+
+    /// A client's exchange with a push path is open (a power cut or a reset ends it).
+    pub fn exchange_open(&self) -> bool {
+        self.app().is_some_and(|a| a.in_exchange::<FileFlash>())
+    }
+
+    fn app(&self) -> Option<&App> {
+        match &self.power {
+            Power::Running { app, .. } => Some(app),
+            _ => None,
         }
-        step.exchange_over = out.events.iter().any(ends_exchange);
-        step.reboot = reboot && step.close;
+    }
+
+    /// Something happened to one of the app's links.
+    pub fn input(&mut self, input: Input<'_>) -> Step {
+        let exchange_open = self.app().is_some_and(|a| a.in_exchange::<FileFlash>());
+        self.call(|app, env| app.input(input, env));
+        let mut step = self.take_step();
+        step.exchange_cut |= exchange_open && step.power_lost.is_some();
         step
     }
 
-    /// A new OTA connection: its session state, if the app serves OTA.
-    pub fn accept(&mut self) -> Option<OtaSession> {
-        if !self.serving() {
-            return None;
-        }
-        let Power::Running { server, .. } = &self.power else { return None };
-        let session = Session::new(Server::new(*server));
-        self.log(&LogEvent::OtaClientConnected);
-        Some(OtaSession(session))
+    /// Time passed: the app looks at its timers.
+    pub fn poll(&mut self) -> Step {
+        let exchange_open = self.app().is_some_and(|a| a.in_exchange::<FileFlash>());
+        self.call(|app, env| app.poll(env));
+        let mut step = self.take_step();
+        step.exchange_cut |= exchange_open && step.power_lost.is_some();
+        step
     }
 
-    /// Bytes from the client (`Some`), its disconnect (`None`), or a read timeout.
-    pub fn session_input(&mut self, session: &mut OtaSession, input: SessionInput<'_>) -> SessionStep {
-        let OtaSession(session) = session;
-        let Power::Running { table, booted, .. } = &self.power else {
-            return SessionStep::Close { reply: Vec::new(), reboot: false };
-        };
-        let (table, running) = (table.as_ref().clone(), booted.partition);
-        let target = Target { table: &table, running, config: self.config.ota };
-        let mut out = Collect::default();
-        let rng = &mut self.rng;
-        session.with(&mut self.flash, &target, |server, sink| match input {
-            SessionInput::Data(bytes) => server.feed(bytes, sink, rng, &mut out),
-            SessionInput::Closed => server.on_disconnect(false, sink, &mut out),
-            SessionInput::TimedOut => server.on_disconnect(true, sink, &mut out),
-        });
-        let server = &session.server;
-        if let Some(loss) = self.flash.power_loss() {
-            self.power = Power::Off;
-            return SessionStep::PowerLost(loss);
-        }
-        for line in out.events.iter().filter_map(Event::log_event) {
-            self.log(&line);
-        }
-        if server.is_closed() {
-            let reboot = server.reboot_requested();
-            SessionStep::Close { reply: out.sent, reboot }
-        } else {
-            SessionStep::Continue(out.sent)
-        }
+    /// A connection waits on `listener`: the link it becomes, or `None` to leave it waiting.
+    pub fn accept(&mut self, listener: LinkId) -> (Option<LinkId>, Step) {
+        let link = self.call(|app, env| app.accept(listener, env)).flatten();
+        (link, self.take_step())
+    }
+
+    /// When the app next has something to do without input, if ever.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let ms = self.app()?.deadline::<FileFlash>(self.now_ms())?;
+        Some(self.boot_at + Duration::from_millis(ms))
     }
 
     /// After a completed update: log and restart into the new image.
@@ -461,122 +478,9 @@ fn print_line<W: Write>(serial: &mut W, boot_at: Instant, event: &LogEvent<'_>, 
         cut.pattern = None;
         cut.fired = Some(line);
         if let Some(s) = &cut.switch {
-            s.store(true, std::sync::atomic::Ordering::Relaxed);
+            s.store(true, Ordering::Relaxed);
         }
     }
-}
-
-/// `password` with a `'static` life for the sessions of a boot. Interned, so a device that
-/// boots thousands of times keeps one copy per distinct password.
-fn interned(password: &[u8]) -> &'static [u8] {
-    static SEEN: Mutex<Vec<&'static [u8]>> = Mutex::new(Vec::new());
-    let mut seen = SEEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(known) = seen.iter().find(|known| **known == password) {
-        return known;
-    }
-    let leaked: &'static [u8] = Box::leak(password.into());
-    seen.push(leaked);
-    leaked
-}
-
-/// What happened to ArduinoOTA's sockets, or that time passed.
-#[derive(Clone, Copy, Debug)]
-pub enum ArduinoInput<'a> {
-    Datagram { from: SocketAddr, bytes: &'a [u8] },
-    Connected,
-    ConnectFailed,
-    Data(&'a [u8]),
-    Closed,
-    Poll,
-}
-
-/// What the transport does for ArduinoOTA after one input, in this order.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct ArduinoStep {
-    pub datagrams: Vec<(SocketAddr, Vec<u8>)>,
-    /// Open the back-connection (then report `Connected` or `ConnectFailed`).
-    pub connect: Option<SocketAddr>,
-    /// Bytes for the back-connection.
-    pub send: Vec<u8>,
-    /// Close the back-connection after `send` (then report `Closed`).
-    pub close: bool,
-    /// The exchange ended (refused, failed or complete): its log lines are out.
-    pub exchange_over: bool,
-    /// Reboot into the new image once the connection is closed.
-    pub reboot: bool,
-    /// The power went during the step: drop everything without a word.
-    pub power_lost: Option<PowerLoss>,
-}
-
-#[derive(Default)]
-struct ArduinoOut {
-    step: ArduinoStep,
-    events: Vec<arduino::Event>,
-}
-
-impl arduino::Output for ArduinoOut {
-    fn datagram(&mut self, to: SocketAddr, bytes: &[u8]) {
-        self.step.datagrams.push((to, bytes.to_vec()));
-    }
-    fn connect(&mut self, to: SocketAddr) {
-        self.step.connect = Some(to);
-    }
-    fn send(&mut self, bytes: &[u8]) {
-        self.step.send.extend_from_slice(bytes);
-    }
-    fn close(&mut self) {
-        self.step.close = true;
-    }
-    fn event(&mut self, event: arduino::Event) {
-        self.events.push(event);
-    }
-}
-
-struct ArduinoRng<'a>(&'a mut Rng);
-impl arduino::NonceSource for ArduinoRng<'_> {
-    fn fill(&mut self, buf: &mut [u8]) {
-        NonceSource::fill(self.0, buf);
-    }
-}
-
-/// Whether `event` ends an ArduinoOTA exchange (a refused invitation during a transfer does not).
-fn ends_exchange(event: &arduino::Event) -> bool {
-    use arduino::Event::*;
-    !matches!(event, Busy | AuthRequested | Begin { .. } | Progress { .. } | Received { .. })
-}
-
-/// One ESPHome OTA connection's state: the protocol server and the update it is writing.
-pub struct OtaSession(Session<Server<'static>>);
-
-impl OtaSession {
-    /// When the client's time may next run out: the handshake's limit from the accepted
-    /// connection, then the data phase's from the last byte (ESPHome's rules decide, at that
-    /// moment, through [`OtaSession::expired`]).
-    pub fn deadline(
-        &self,
-        accepted: std::time::Instant,
-        last_input: std::time::Instant,
-    ) -> Option<std::time::Instant> {
-        use ota_core::proto::esphome::{DATA_TIMEOUT_MS, HANDSHAKE_TIMEOUT_MS};
-        let now = std::time::Instant::now();
-        let handshake = accepted + std::time::Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
-        let data = last_input + std::time::Duration::from_millis(DATA_TIMEOUT_MS);
-        // A limit that has passed without expiring the session does not apply to it.
-        [handshake, data].into_iter().filter(|&t| t > now).min()
-    }
-
-    /// Whether the client has had its time (ESPHome's rules: `esphome::Server::expired`).
-    pub fn expired(&self, since_accept: std::time::Duration, since_input: std::time::Duration) -> bool {
-        self.0.server.expired(since_accept.as_millis() as u64, since_input.as_millis() as u64)
-    }
-}
-
-/// What the transport saw.
-#[derive(Clone, Copy, Debug)]
-pub enum SessionInput<'a> {
-    Data(&'a [u8]),
-    Closed,
-    TimedOut,
 }
 
 #[cfg(test)]
@@ -627,25 +531,57 @@ mod tests {
         let mut d = Device::new(config_with(b"built-in"), FileFlash::in_memory(image), Vec::new());
         d.power_on();
         assert!(serial(&d).contains("config: OTA password set (nvs), protocol 1 (nvs)"), "{}", serial(&d));
-        let Power::Running { server, .. } = d.power() else { panic!("not running: {}", d.status()) };
-        assert_eq!((server.password, server.version), (Some(&b"hunter2"[..]), 1));
+        use esphome::code::{AUTH_OK, HEADER_OK as FEATURES_ACK, OK, REQUEST_AUTH};
+        // The session's server answers with them: protocol 1, and a challenge for the password.
+        assert_eq!(esphome_greeting(&mut d)[..4], [OK, 1, FEATURES_ACK, REQUEST_AUTH]);
         // Nothing provisioned: the values the device was started with.
         let mut d = Device::new(config_with(b"built-in"), FileFlash::in_memory(flash()), Vec::new());
         d.power_on();
         assert!(serial(&d).contains("config: OTA password set (built in), protocol 2 (built in)"));
-        let Power::Running { server, .. } = d.power() else { panic!("not running: {}", d.status()) };
-        assert_eq!(server.password, Some(&b"built-in"[..]));
+        assert_eq!(esphome_greeting(&mut d)[..4], [OK, 2, FEATURES_ACK, REQUEST_AUTH]);
+        let mut d = Device::new(DeviceConfig::default(), FileFlash::in_memory(flash()), Vec::new());
+        d.power_on();
+        assert_eq!(esphome_greeting(&mut d), [OK, 2, FEATURES_ACK, AUTH_OK]);
     }
 
-    fn config_with(password: &'static [u8]) -> DeviceConfig {
-        DeviceConfig { password: Some(password), ..DeviceConfig::default() }
+    /// The listener the app asked for on the ESPHome port.
+    fn esphome_listener(step: &Step) -> LinkId {
+        step.actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Listen { listener, port: esphome::DEFAULT_PORT } => Some(*listener),
+                _ => None,
+            })
+            .expect("the app listens on the ESPHome port")
+    }
+
+    /// What a fresh ESPHome session answers to the magic and a features byte without SHA-256.
+    fn esphome_greeting(d: &mut Device<Vec<u8>>) -> Vec<u8> {
+        let listener = esphome_listener(&d.take_step());
+        let (link, _) = d.accept(listener);
+        let link = link.expect("an idle device takes the client");
+        let mut sent = Vec::new();
+        for bytes in [&esphome::MAGIC[..], &[0u8][..]] {
+            for a in d.input(Input::Data(link, bytes)).actions {
+                if let Action::Send { link: to, bytes } = a {
+                    assert_eq!(to, link);
+                    sent.extend(bytes);
+                }
+            }
+        }
+        sent
+    }
+
+    fn config_with(password: &[u8]) -> DeviceConfig {
+        DeviceConfig { password: Some(password.to_vec()), ..DeviceConfig::default() }
     }
 
     #[test]
     fn boots_and_reports_status() {
         let mut d = Device::new(DeviceConfig::default(), FileFlash::in_memory(flash()), Vec::new());
         assert!(matches!(d.power(), Power::Off));
-        assert!(d.accept().is_none(), "nothing serves OTA while off");
+        let listener = LinkId { path: 0, local: 0 };
+        assert!(d.accept(listener).0.is_none(), "nothing serves OTA while off");
         d.power_on();
         assert!(d.serving());
         assert!(
@@ -696,8 +632,9 @@ mod tests {
         // the line is reported and the flash left disarmed for the caller to switch off.
         let mut d = Device::new(DeviceConfig::default(), FileFlash::in_memory(flash()), Vec::new());
         d.power_on();
+        let listener = esphome_listener(&d.take_step());
         d.arm_log_cut(Some(regex::Regex::new(r"client connected").unwrap()));
-        assert!(d.accept().is_some());
+        assert!(d.accept(listener).0.is_some());
         assert!(d.take_log_cut().is_some_and(|l| l.contains("client connected")));
         assert!(d.flash().power_loss().is_none());
         assert!(!d.flash().cut_switch().load(std::sync::atomic::Ordering::Relaxed), "left open");

@@ -1,27 +1,26 @@
-//! The emulator process: the device's ESPHome OTA port on a loopback TCP listener, its
-//! ArduinoOTA port on a loopback UDP socket (and the device's back-connection from it), the pull
-//! path's connections to its broker and firmware server, its serial log on stdout (and
-//! optionally a file and a UART pty), the control channel on stdin.
+//! The emulator process: the device's ports on loopback (its TCP listeners and UDP sockets,
+//! each device port mapped to a host address), the connections the device opens, its serial log
+//! on stdout (and optionally a file and a UART pty), the control channel on stdin.
 //!
 //! One thread runs the device and sleeps until a socket, the control channel, the UART or the
-//! device's next deadline is ready (mio); another only reads stdin lines and wakes it. No socket
-//! call blocks: connects finish in the background, and what a peer does not take waits in its
-//! link ([`link`]), so a stalled peer costs only its own link. The ESPHome port keeps one
-//! waiting client, as the chip's listener (backlog 1) does, and resets the others at once. One
-//! update at a time, as on the chip, where each library's update loop holds the app's loop.
+//! app's next deadline is ready (mio); another only reads stdin lines and wakes it. This loop
+//! knows no update path: it carries out the app's [`Action`]s on links named by the app and
+//! reports what happened to them ([`Input`]). No socket call blocks: connects finish in the
+//! background, and what a peer does not take waits in its link ([`link`]), so a stalled peer
+//! costs only its own link. A listener keeps one waiting client, as the chip's (backlog 1)
+//! does, and resets the others at once.
 
 mod link;
 
 use crate::CONTROL_PREFIX;
 use crate::control::{self, Command, Message};
-use crate::device::{
-    ArduinoInput, ArduinoStep, Device, OtaSession, PullInput, PullStep, SessionInput, SessionStep,
-};
-use link::{Expired, Link, Read1};
+use crate::device::{Action, ConnectTo, Device, Step};
+use link::{Link, Read1};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use ota_core::proto::http_pull::ConnectError;
+use ota_core::io::{ConnectFailure, Input, LinkId};
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{self, BufRead, ErrorKind, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -53,34 +52,30 @@ impl Write for Serial {
 }
 
 pub struct ServeOptions {
-    /// The ESPHome OTA port (TCP).
-    pub listen: SocketAddr,
-    /// The ArduinoOTA invitation port (UDP).
-    pub arduino_listen: SocketAddr,
+    /// The device's TCP ports and the host addresses they are reached at.
+    pub tcp: Vec<(u16, SocketAddr)>,
+    /// The device's UDP ports and their host addresses.
+    pub udp: Vec<(u16, SocketAddr)>,
     /// Start powered off (the harness powers on when a scenario says `boot`).
     pub start_off: bool,
     /// UART0 on a pseudo-terminal (the log, and the ROM loader in download boot mode).
     pub uart: Option<crate::uart::Uart>,
 }
 
-const LISTENER: Token = Token(0);
-const UDP: Token = Token(1);
-const ESPHOME: Token = Token(2);
-const ARDUINO: Token = Token(3);
-const BROKER: Token = Token(4);
-const SERVER: Token = Token(5);
-const COMMANDS: Token = Token(6);
-const UART: Token = Token(7);
+const COMMANDS: Token = Token(0);
+const UART: Token = Token(1);
+/// Listeners and UDP sockets take the tokens from here, connections the ones after them.
+const FIRST_PORT_TOKEN: usize = 16;
+const FIRST_LINK_TOKEN: usize = 1 << 16;
 
-/// How long the device tries to reach the uploader for ArduinoOTA's back-connection
-/// (arduino-esp32's `WiFiClient` connect timeout), its broker or the firmware server
-/// (`esp_http_client`'s connect timeout is its `timeout_ms`).
+/// How long the device tries to reach a peer (arduino-esp32's `WiFiClient` connect timeout,
+/// `esp_http_client`'s `timeout_ms`, the MQTT client's network timeout order of magnitude).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the loop keeps looking (without sleeping) for a peer's next bytes after it read
 /// some: a request/response exchange (ArduinoOTA's count after every 1 KiB) then does not pay a
 /// sleep and a wake-up per round trip. An idle device never spins.
 const EXCHANGE_SPIN: Duration = Duration::from_micros(200);
-/// How long a restart waits for the broker to take in the last bytes and close its side.
+/// How long a restart waits for its peers to take the last bytes and close their side.
 const LAST_BYTES_GRACE: Duration = Duration::from_millis(500);
 
 fn control_line(device: &mut Device<Serial>, message: &Message) {
@@ -112,8 +107,8 @@ fn spawn_stdin_reader(waker: Arc<Waker>) -> Receiver<Option<String>> {
     rx
 }
 
-/// The ESPHome port: a listener with the chip's backlog of one.
-fn esphome_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+/// A TCP listener with the chip's backlog of one.
+fn listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
@@ -128,139 +123,177 @@ fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-/// The ESPHome session in progress.
-struct Connection {
-    link: Link,
-    session: OtaSession,
-    accepted: Instant,
-    last_input: Instant,
+/// A device TCP port, bound on the host for the process's life (its address stays the same
+/// across the device's boots); the app listens on it by naming it.
+struct Listener {
+    device_port: u16,
+    socket: TcpListener,
+    ready: bool,
+    /// The one client the backlog holds until the app takes it.
+    waiting: Option<TcpStream>,
+    /// The app's link for it, while the app listens.
+    link: Option<LinkId>,
 }
 
-/// The pull path's restart after a completed update: the broker link takes the last bytes
-/// and is half-closed; the device restarts once the broker has closed too (or the grace ends).
+/// A device UDP port, bound on the host for the process's life.
+struct Datagrams {
+    device_port: u16,
+    socket: UdpSocket,
+    ready: bool,
+    link: Option<LinkId>,
+}
+
+/// One of the app's connections.
+struct Conn {
+    link: Link,
+    token: Token,
+    /// `Closed` was reported: the app closes it; it is read no more.
+    gone: bool,
+}
+
+/// The restart after a completed update: every open connection takes its last bytes and is
+/// half-closed; the device restarts once the peers have closed too (or the grace ends).
 struct Restart {
-    broker: Option<Link>,
+    links: Vec<Link>,
     until: Instant,
-    shut: bool,
+}
+
+impl Restart {
+    fn close(self, registry: &Registry) {
+        for l in self.links {
+            l.close(registry);
+        }
+    }
 }
 
 /// The device's sockets.
 struct Net {
     registry: Registry,
-    listener: TcpListener,
-    listener_ready: bool,
-    udp: UdpSocket,
-    udp_ready: bool,
-    /// The ESPHome session in progress.
-    conn: Option<Connection>,
-    /// The one client the backlog holds while the device is busy.
-    waiting: Option<TcpStream>,
-    /// ArduinoOTA's back-connection to the uploader.
-    arduino: Option<Link>,
-    /// The pull path's connection to its MQTT broker.
-    broker: Option<Link>,
-    /// The pull path's connection to the firmware server.
-    server: Option<Link>,
+    listeners: Vec<Listener>,
+    datagrams: Vec<Datagrams>,
+    conns: BTreeMap<LinkId, Conn>,
+    next_token: usize,
+    /// What the transport has to tell the app after the current call (a connect or a write
+    /// that failed at once): told on the next round, never from inside a call.
+    inbox: VecDeque<OwnedInput>,
     restart: Option<Restart>,
 }
 
+/// An [`Input`] the transport keeps for later.
+#[derive(Clone, Copy, Debug)]
+enum OwnedInput {
+    ConnectFailed(LinkId, ConnectFailure),
+    Closed(LinkId),
+}
+
 impl Net {
-    fn link(&mut self, token: Token) -> Option<&mut Link> {
-        match token {
-            ESPHOME => self.conn.as_mut().map(|c| &mut c.link),
-            ARDUINO => self.arduino.as_mut(),
-            BROKER => self.restart.as_mut().and_then(|r| r.broker.as_mut()).or(self.broker.as_mut()),
-            SERVER => self.server.as_mut(),
-            _ => None,
-        }
+    fn conn_by_token(&mut self, token: Token) -> Option<&mut Link> {
+        self.conns.values_mut().find(|c| c.token == token).map(|c| &mut c.link)
     }
 
-    fn links(&self) -> impl Iterator<Item = &Link> {
-        let restart = self.restart.as_ref().and_then(|r| r.broker.as_ref());
-        let conn = self.conn.as_ref().map(|c| &c.link);
-        [conn, self.arduino.as_ref(), self.broker.as_ref(), self.server.as_ref(), restart]
-            .into_iter()
-            .flatten()
-    }
-
-    /// The device stops serving (power, reset): every client sees its connection drop.
+    /// The device stops serving (power, reset): every peer sees its connection drop, and a
+    /// client whose exchange was open has it end.
     fn drop_connections(&mut self, device: &mut Device<Serial>) {
-        if let Some(c) = self.conn.take() {
+        let exchange_open = device.exchange_open();
+        for (_, c) in std::mem::take(&mut self.conns) {
             c.link.close(&self.registry);
+        }
+        for l in &mut self.listeners {
+            if let Some(w) = l.waiting.take() {
+                let _ = w.shutdown(Shutdown::Both);
+            }
+            l.link = None;
+        }
+        for d in &mut self.datagrams {
+            d.link = None;
+        }
+        self.inbox.clear();
+        if let Some(r) = self.restart.take() {
+            r.close(&self.registry);
+        }
+        if exchange_open {
             control_line(device, &SESSION_CLOSED);
-        }
-        if let Some(w) = self.waiting.take() {
-            let _ = w.shutdown(Shutdown::Both);
-        }
-        if let Some(a) = self.arduino.take() {
-            a.close(&self.registry);
-            control_line(device, &SESSION_CLOSED);
-        }
-        // The pull's peers see the connections drop (the broker then publishes the will).
-        for l in [self.broker.take(), self.server.take()].into_iter().flatten() {
-            l.close(&self.registry);
-        }
-        if let Some(r) = self.restart.take()
-            && let Some(b) = r.broker
-        {
-            b.close(&self.registry);
         }
     }
 
-    /// Whether there is something to do without waiting. (A client waiting in the backlog is
-    /// not: each round offers it to the device, which takes it once no update runs.)
-    fn has_work(&self, uart_ready: bool) -> bool {
-        uart_ready
-            || self.listener_ready
-            || self.udp_ready
-            || self.links().any(|l| l.wants_read() || l.wants_flush() || l.in_exchange(EXCHANGE_SPIN))
+    /// Whether there is something to do without waiting. (A client waiting in a backlog is
+    /// not: each round offers it to the app, which takes it once no update runs.)
+    fn has_work(&self) -> bool {
+        !self.inbox.is_empty()
+            || self.restart.as_ref().is_some_and(|r| r.links.is_empty())
+            || self.listeners.iter().any(|l| l.ready)
+            || self.datagrams.iter().any(|d| d.ready)
+            || self.conns.values().any(|c| {
+                !c.gone && (c.link.wants_read() || c.link.wants_flush() || c.link.in_exchange(EXCHANGE_SPIN))
+            })
     }
 
-    /// When something is due without input: the device's timers, the ESPHome client's time, a
-    /// connect or a stalled queue giving up, the end of a restart's grace.
+    /// When something is due without input: the app's timers, a connect or a stalled queue
+    /// giving up, the end of a restart's grace.
     fn next_deadline(&self, device: &Device<Serial>) -> Option<Instant> {
-        let session = self.conn.as_ref().and_then(|c| c.session.deadline(c.accepted, c.last_input));
         let restart = self.restart.as_ref().map(|r| r.until);
-        let links = self.links().filter_map(Link::deadline).min();
-        [device.next_deadline(), session, restart, links].into_iter().flatten().min()
+        let links = self.conns.values().filter(|c| !c.gone).filter_map(|c| c.link.deadline()).min();
+        [device.next_deadline(), restart, links].into_iter().flatten().min()
     }
 }
 
 /// Runs until `quit` or the end of stdin.
 pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<()> {
     let mut poll = Poll::new()?;
-    let mut listener = esphome_listener(opts.listen)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
-    let mut udp = UdpSocket::bind(opts.arduino_listen)
-        .map_err(|e| anyhow::anyhow!("cannot listen on UDP {}: {e}", opts.arduino_listen))?;
-    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-    poll.registry().register(&mut udp, UDP, Interest::READABLE)?;
+    let mut token = FIRST_PORT_TOKEN;
+    let mut listeners = Vec::new();
+    for (device_port, addr) in &opts.tcp {
+        let mut socket = listener(*addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        poll.registry().register(&mut socket, Token(token), Interest::READABLE)?;
+        token += 1;
+        listeners.push(Listener {
+            device_port: *device_port,
+            socket,
+            ready: true,
+            waiting: None,
+            link: None,
+        });
+    }
+    let mut datagrams = Vec::new();
+    for (device_port, addr) in &opts.udp {
+        let mut socket =
+            UdpSocket::bind(*addr).map_err(|e| anyhow::anyhow!("cannot listen on UDP {addr}: {e}"))?;
+        poll.registry().register(&mut socket, Token(token), Interest::READABLE)?;
+        token += 1;
+        datagrams.push(Datagrams { device_port: *device_port, socket, ready: true, link: None });
+    }
     let waker = Arc::new(Waker::new(poll.registry(), COMMANDS)?);
-    let local = listener.local_addr()?;
-    let arduino_local = udp.local_addr()?;
     let mut uart = opts.uart;
     if let Some(u) = &uart {
         poll.registry().register(&mut SourceFd(&u.raw_fd()), UART, Interest::READABLE)?;
     }
     let uart_path = uart.as_ref().and_then(|u| u.path());
-    control_line(&mut device, &Message::Ready { listen: local, arduino: arduino_local, uart: uart_path });
-    if !opts.start_off {
-        device.power_on();
-    }
-    let commands = spawn_stdin_reader(waker);
+    let first_tcp = listeners.first().map(|l| l.socket.local_addr()).transpose()?;
+    let first_udp = datagrams.first().map(|d| d.socket.local_addr()).transpose()?;
+    let unbound: SocketAddr = ([127, 0, 0, 1], 0).into();
+    control_line(
+        &mut device,
+        &Message::Ready {
+            listen: first_tcp.unwrap_or(unbound),
+            arduino: first_udp.unwrap_or(unbound),
+            uart: uart_path,
+        },
+    );
     let mut net = Net {
         registry: poll.registry().try_clone()?,
-        listener,
-        listener_ready: true,
-        udp,
-        udp_ready: true,
-        conn: None,
-        waiting: None,
-        arduino: None,
-        broker: None,
-        server: None,
+        listeners,
+        datagrams,
+        conns: BTreeMap::new(),
+        next_token: FIRST_LINK_TOKEN,
+        inbox: VecDeque::new(),
         restart: None,
     };
+    if !opts.start_off {
+        device.power_on();
+        let step = device.take_step();
+        apply(&mut device, &mut net, step);
+    }
+    let commands = spawn_stdin_reader(waker);
     let mut uart_ready = uart.is_some();
     let mut events = Events::with_capacity(64);
     let mut buf = vec![0u8; 16 * 1024];
@@ -291,6 +324,8 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
                     device.power_on();
                     let status = device.status();
                     control_line(&mut device, &Message::Rebooted(status));
+                    let step = device.take_step();
+                    apply(&mut device, &mut net, step);
                 }
                 None => {}
             }
@@ -299,7 +334,7 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
         if !downloading {
             step_network(&mut device, &mut net, &mut buf)?;
         }
-        let timeout = if uart_ready || (net.has_work(false) && !downloading) {
+        let timeout = if uart_ready || (net.has_work() && !downloading) {
             Some(Duration::ZERO)
         } else if downloading {
             None
@@ -313,12 +348,21 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
         }
         for event in events.iter() {
             match event.token() {
-                LISTENER => net.listener_ready = true,
-                UDP => net.udp_ready = true,
                 UART => uart_ready = true,
                 COMMANDS => {}
+                Token(t) if t < FIRST_LINK_TOKEN => {
+                    let i = t - FIRST_PORT_TOKEN;
+                    match net.listeners.get_mut(i) {
+                        Some(l) => l.ready = true,
+                        None => {
+                            if let Some(d) = net.datagrams.get_mut(i - net.listeners.len()) {
+                                d.ready = true;
+                            }
+                        }
+                    }
+                }
                 token => {
-                    if let Some(link) = net.link(token) {
+                    if let Some(link) = net.conn_by_token(token) {
                         link.ready(event);
                     }
                 }
@@ -335,163 +379,129 @@ fn step_network(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) -> a
         restart_step(device, net, buf);
         return Ok(());
     }
-    if device.arduino_due() {
-        let step = device.arduino_input(ArduinoInput::Poll, false);
-        apply_arduino(device, net, step);
+    while let Some(input) = net.inbox.pop_front() {
+        let step = match input {
+            OwnedInput::ConnectFailed(link, why) => device.input(Input::ConnectFailed(link, why)),
+            OwnedInput::Closed(link) => device.input(Input::Closed(link)),
+        };
+        apply(device, net, step);
     }
-    if device.pull_due() {
-        let step = device.pull_input(PullInput::Poll, false);
-        apply_pull(device, net, step);
+    if device.next_deadline().is_some_and(|d| d <= Instant::now()) {
+        let step = device.poll();
+        apply(device, net, step);
     }
-    if net.udp_ready {
-        arduino_datagram(device, net, buf)?;
+    for i in 0..net.datagrams.len() {
+        if net.datagrams[i].ready {
+            datagram(device, net, i, buf)?;
+        }
     }
-    arduino_connection(device, net, buf);
-    pull_connections(device, net, buf);
-    accept_clients(device, net)?;
-    esphome_connection(device, net, buf);
+    connections(device, net, buf);
+    for i in 0..net.listeners.len() {
+        accept_clients(device, net, i)?;
+    }
     Ok(())
 }
 
-/// The restart after a pull: the broker takes the last bytes, then closes; the device restarts.
+/// The restart after an update: the peers take the last bytes, then close; the device restarts.
 fn restart_step(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) {
     let Some(r) = net.restart.as_mut() else { return };
-    let mut done = Instant::now() >= r.until;
-    if let Some(b) = r.broker.as_mut() {
-        let _ = b.on_writable();
-        if !r.shut && b.is_flushed() {
-            b.shutdown_write();
-            r.shut = true;
+    let timed_out = Instant::now() >= r.until;
+    let mut open = Vec::new();
+    // Any event wakes the loop; every draining connection is looked at each round.
+    for mut l in std::mem::take(&mut r.links) {
+        let _ = l.flush();
+        if l.is_flushed() {
+            l.shutdown_write();
+            if l.drain(buf) {
+                l.close(&net.registry);
+                continue;
+            }
         }
-        if r.shut && b.drain(buf) {
-            done = true;
-        }
-    } else {
-        done = true;
+        open.push(l);
     }
-    if done {
-        let r = net.restart.take().expect("checked above");
-        if let Some(b) = r.broker {
-            b.close(&net.registry);
-        }
-        device.reboot_after_update();
-        let s = device.status();
-        control_line(device, &Message::Rebooted(s));
+    r.links = open;
+    if !timed_out && !r.links.is_empty() {
+        return;
     }
+    if let Some(r) = net.restart.take() {
+        r.close(&net.registry);
+    }
+    for l in &mut net.listeners {
+        l.link = None;
+    }
+    for d in &mut net.datagrams {
+        d.link = None;
+    }
+    device.reboot_after_update();
+    let s = device.status();
+    control_line(device, &Message::Rebooted(s));
+    let step = device.take_step();
+    apply(device, net, step);
 }
 
-/// Takes new clients of the ESPHome port: a free device serves one, the backlog holds one
+/// Takes new clients of a listener: the app takes one when it can, the backlog holds one
 /// more, the rest are reset.
-fn accept_clients(device: &mut Device<Serial>, net: &mut Net) -> anyhow::Result<()> {
-    while net.listener_ready {
-        match net.listener.accept() {
-            Ok((stream, _)) => {
-                if net.waiting.is_none() {
-                    net.waiting = Some(stream);
-                } else {
-                    reset(stream);
+fn accept_clients(device: &mut Device<Serial>, net: &mut Net, i: usize) -> anyhow::Result<()> {
+    loop {
+        let l = &mut net.listeners[i];
+        if l.ready {
+            match l.socket.accept() {
+                Ok((stream, _)) => {
+                    if l.waiting.is_none() {
+                        l.waiting = Some(stream);
+                    } else {
+                        reset(stream);
+                    }
                 }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => l.ready = false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => net.listener_ready = false,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
         }
-        if net.conn.is_none() && net.waiting.is_some() && !device.arduino_busy() && !device.pull_busy() {
-            start_session(device, net)?;
+        offer_waiting(device, net, i)?;
+        if !net.listeners[i].ready {
+            return Ok(());
         }
     }
-    if net.conn.is_none() && net.waiting.is_some() && !device.arduino_busy() && !device.pull_busy() {
-        start_session(device, net)?;
-    }
-    Ok(())
 }
 
-/// The waiting client becomes the session, or is refused when nothing serves OTA.
-fn start_session(device: &mut Device<Serial>, net: &mut Net) -> anyhow::Result<()> {
-    let Some(stream) = net.waiting.take() else { return Ok(()) };
-    match device.accept() {
-        Some(session) => {
-            let link = Link::accepted(&net.registry, ESPHOME, stream)?;
-            let now = Instant::now();
-            net.conn = Some(Connection { link, session, accepted: now, last_input: now });
-        }
-        None => {
-            // Nothing serves OTA (off, hung, bricked): the connection is refused.
+/// The waiting client becomes one of the app's connections, waits on, or is refused when
+/// nothing serves OTA.
+fn offer_waiting(device: &mut Device<Serial>, net: &mut Net, i: usize) -> anyhow::Result<()> {
+    let l = &mut net.listeners[i];
+    if l.waiting.is_none() {
+        return Ok(());
+    }
+    if !device.serving() {
+        // Nothing serves OTA (off, hung, bricked): the connection is refused.
+        if let Some(stream) = l.waiting.take() {
             let _ = stream.shutdown(Shutdown::Both);
-            control_line(device, &Message::SessionClosed { refused: true });
         }
+        control_line(device, &Message::SessionClosed { refused: true });
+        return Ok(());
     }
+    let Some(listener) = l.link else { return Ok(()) };
+    let (taken, step) = device.accept(listener);
+    if let Some(link) = taken
+        && let Some(stream) = net.listeners[i].waiting.take()
+    {
+        let token = Token(net.next_token);
+        net.next_token += 1;
+        let conn = Link::accepted(&net.registry, token, stream)?;
+        net.conns.insert(link, Conn { link: conn, token, gone: false });
+    }
+    apply(device, net, step);
     Ok(())
 }
 
-/// Serves the ESPHome session: one read, queued replies, the client's time.
-fn esphome_connection(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) {
-    let Some(c) = net.conn.as_mut() else { return };
-    let mut input = match c.link.on_writable() {
-        Err(_) => Some(SessionInput::Closed),
-        Ok(()) => None,
-    };
-    if input.is_none() {
-        input = match c.link.read1(buf) {
-            Read1::Data(bytes) => {
-                c.last_input = Instant::now();
-                Some(SessionInput::Data(bytes))
-            }
-            Read1::Closed => Some(SessionInput::Closed),
-            Read1::Nothing => {
-                let expired = c.session.expired(c.accepted.elapsed(), c.last_input.elapsed());
-                let stalled = c.link.expired(Instant::now()).is_some();
-                (expired || stalled).then_some(if stalled {
-                    SessionInput::Closed
-                } else {
-                    SessionInput::TimedOut
-                })
-            }
-        };
-    }
-    let Some(input) = input else { return };
-    let step = device.session_input(&mut c.session, input);
-    match step {
-        SessionStep::Continue(reply) => {
-            if !reply.is_empty() && c.link.send(&reply).is_err() {
-                let step = device.session_input(&mut c.session, SessionInput::Closed);
-                if let SessionStep::PowerLost(loss) = step {
-                    report_loss(device, loss);
-                }
-                if let Some(c) = net.conn.take() {
-                    c.link.close(&net.registry);
-                }
-                control_line(device, &SESSION_CLOSED);
-            }
-        }
-        SessionStep::Close { reply, reboot } => {
-            let mut c = net.conn.take().expect("the session is there");
-            let _ = c.link.send(&reply);
-            c.link.finish(&net.registry);
-            control_line(device, &SESSION_CLOSED);
-            if reboot {
-                device.reboot_after_update();
-                let s = device.status();
-                control_line(device, &Message::Rebooted(s));
-            }
-        }
-        SessionStep::PowerLost(loss) => {
-            if let Some(c) = net.conn.take() {
-                c.link.close(&net.registry);
-            }
-            report_loss(device, loss);
-            control_line(device, &SESSION_CLOSED);
-        }
-    }
-}
-
-/// One datagram on the ArduinoOTA port. Datagrams to a device that is off are lost, as on
-/// the chip.
-fn arduino_datagram(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) -> anyhow::Result<()> {
-    let (n, from) = match net.udp.recv_from(buf) {
+/// One datagram on a device UDP port. Datagrams to a port nothing listens on (a device that
+/// is off) are lost, as on the chip.
+fn datagram(device: &mut Device<Serial>, net: &mut Net, i: usize, buf: &mut [u8]) -> anyhow::Result<()> {
+    let d = &mut net.datagrams[i];
+    let (n, from) = match d.socket.recv_from(buf) {
         Ok(got) => got,
         Err(e) if e.kind() == ErrorKind::WouldBlock => {
-            net.udp_ready = false;
+            d.ready = false;
             return Ok(());
         }
         Err(e)
@@ -504,266 +514,147 @@ fn arduino_datagram(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) 
         }
         Err(e) => return Err(e.into()),
     };
-    let other_update = net.conn.is_some() || device.pull_busy();
-    let step = device.arduino_input(ArduinoInput::Datagram { from, bytes: &buf[..n] }, other_update);
-    apply_arduino(device, net, step);
+    let Some(socket) = d.link else { return Ok(()) };
+    let step = device.input(Input::Datagram { socket, from, bytes: &buf[..n] });
+    apply(device, net, step);
     Ok(())
 }
 
-/// ArduinoOTA's back-connection: its connect finishing, queued bytes, one read, its timeouts.
-fn arduino_connection(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) {
-    let Some(link) = net.arduino.as_mut() else { return };
-    let input = if link.is_connecting() {
-        let outcome = match link.connect_outcome() {
-            Some(true) => Some(ArduinoInput::Connected),
-            Some(false) => Some(ArduinoInput::ConnectFailed),
-            None => link.expired(Instant::now()).map(|_| ArduinoInput::ConnectFailed),
-        };
-        if matches!(outcome, Some(ArduinoInput::ConnectFailed))
-            && let Some(l) = net.arduino.take()
-        {
-            l.close(&net.registry);
-        }
-        outcome
-    } else if link.on_writable().is_err() || link.expired(Instant::now()).is_some() {
-        Some(ArduinoInput::Closed)
-    } else {
-        match link.read1(buf) {
-            Read1::Data(bytes) => Some(ArduinoInput::Data(bytes)),
-            Read1::Closed => Some(ArduinoInput::Closed),
-            Read1::Nothing => None,
-        }
-    };
-    let Some(input) = input else { return };
-    if matches!(input, ArduinoInput::Closed)
-        && let Some(l) = net.arduino.take()
-    {
-        l.close(&net.registry);
-    }
-    let step = device.arduino_input(input, false);
-    apply_arduino(device, net, step);
-}
-
-/// Carries out what ArduinoOTA asked for; a connect it asks for finishes later.
-fn apply_arduino(device: &mut Device<Serial>, net: &mut Net, mut step: ArduinoStep) {
-    loop {
-        if let Some(loss) = step.power_lost {
-            if let Some(a) = net.arduino.take() {
-                a.close(&net.registry);
-            }
-            report_loss(device, loss);
-            control_line(device, &SESSION_CLOSED);
-            return;
-        }
-        for (to, bytes) in &step.datagrams {
-            // A lost reply is what UDP does; the uploader retries or times out.
-            let _ = net.udp.send_to(bytes, *to);
-        }
-        if let Some(to) = step.connect {
-            match Link::connect(&net.registry, ARDUINO, to, CONNECT_TIMEOUT) {
-                Ok(link) => net.arduino = Some(link),
-                Err(_) => {
-                    step = device.arduino_input(ArduinoInput::ConnectFailed, false);
-                    continue;
-                }
-            }
-            return;
-        }
-        if !step.send.is_empty()
-            && let Some(link) = net.arduino.as_mut()
-            && link.send(&step.send).is_err()
-            && !step.close
-        {
-            if let Some(l) = net.arduino.take() {
-                l.close(&net.registry);
-            }
-            step = device.arduino_input(ArduinoInput::Closed, false);
+/// Every connection: its connect finishing, queued bytes, one read, its timeouts.
+fn connections(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) {
+    let ids: Vec<LinkId> = net.conns.keys().copied().collect();
+    for id in ids {
+        let Some(c) = net.conns.get_mut(&id) else { continue };
+        if c.gone {
             continue;
         }
-        if step.close {
-            if let Some(link) = net.arduino.take() {
-                link.finish(&net.registry);
-            }
-            let reboot = step.reboot;
-            let _ = device.arduino_input(ArduinoInput::Closed, false);
-            control_line(device, &SESSION_CLOSED);
-            if reboot {
-                device.reboot_after_update();
-                let s = device.status();
-                control_line(device, &Message::Rebooted(s));
-            }
-            return;
-        }
-        if step.exchange_over {
-            control_line(device, &SESSION_CLOSED);
-        }
-        return;
-    }
-}
-
-#[derive(Clone, Copy)]
-enum PullLink {
-    Broker,
-    Server,
-}
-
-impl PullLink {
-    fn slot(self, net: &mut Net) -> &mut Option<Link> {
-        match self {
-            PullLink::Broker => &mut net.broker,
-            PullLink::Server => &mut net.server,
-        }
-    }
-
-    fn data(self, bytes: &[u8]) -> PullInput<'_> {
-        match self {
-            PullLink::Broker => PullInput::BrokerData(bytes),
-            PullLink::Server => PullInput::ServerData(bytes),
-        }
-    }
-
-    fn connected(self) -> PullInput<'static> {
-        match self {
-            PullLink::Broker => PullInput::BrokerConnected,
-            PullLink::Server => PullInput::ServerConnected,
-        }
-    }
-
-    fn connect_failed(self, why: ConnectError) -> PullInput<'static> {
-        match self {
-            PullLink::Broker => PullInput::BrokerConnectFailed,
-            PullLink::Server => PullInput::ServerConnectFailed(why),
-        }
-    }
-
-    fn closed(self) -> PullInput<'static> {
-        match self {
-            PullLink::Broker => PullInput::BrokerClosed,
-            PullLink::Server => PullInput::ServerClosed,
-        }
-    }
-}
-
-/// The pull path's two connections: connects finishing, queued bytes, one read each, timeouts.
-fn pull_connections(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) {
-    for which in [PullLink::Broker, PullLink::Server] {
-        let Some(link) = which.slot(net).as_mut() else { continue };
+        let link = &mut c.link;
+        let now = Instant::now();
         let input = if link.is_connecting() {
-            match link.connect_outcome() {
-                Some(true) => Some(which.connected()),
-                Some(false) => Some(which.connect_failed(ConnectError::Refused)),
-                None => link.expired(Instant::now()).map(|_| which.connect_failed(ConnectError::Timeout)),
+            let failed = match link.connect_outcome() {
+                Some(true) => None,
+                Some(false) => Some(ConnectFailure::Refused),
+                None if link.expired(now).is_some() => Some(ConnectFailure::Timeout),
+                None => continue,
+            };
+            match failed {
+                None => Input::Connected(id),
+                Some(why) => {
+                    if let Some(c) = net.conns.remove(&id) {
+                        c.link.close(&net.registry);
+                    }
+                    Input::ConnectFailed(id, why)
+                }
             }
-        } else if link.on_writable().is_err() || link.expired(Instant::now()) == Some(Expired::Stalled) {
-            Some(which.closed())
+        } else if link.on_writable().is_err() || link.expired(now).is_some() {
+            c.gone = true;
+            Input::Closed(id)
         } else {
             match link.read1(buf) {
-                Read1::Data(bytes) => Some(which.data(bytes)),
-                Read1::Closed => Some(which.closed()),
-                Read1::Nothing => None,
+                Read1::Data(bytes) => Input::Data(id, bytes),
+                Read1::Closed => {
+                    c.gone = true;
+                    Input::Closed(id)
+                }
+                Read1::Nothing => continue,
             }
         };
-        let Some(input) = input else { continue };
-        if matches!(
-            input,
-            PullInput::BrokerConnectFailed
-                | PullInput::ServerConnectFailed(_)
-                | PullInput::BrokerClosed
-                | PullInput::ServerClosed
-        ) && let Some(l) = which.slot(net).take()
-        {
-            l.close(&net.registry);
-        }
-        let step = device.pull_input(input, net.conn.is_some());
-        apply_pull(device, net, step);
+        let step = device.input(input);
+        apply(device, net, step);
     }
 }
 
-/// Carries out what the pull path asked for; the connects it asks for finish later.
-fn apply_pull(device: &mut Device<Serial>, net: &mut Net, mut step: PullStep) {
-    loop {
-        if let Some(loss) = step.power_lost {
-            for l in [net.broker.take(), net.server.take()].into_iter().flatten() {
-                l.close(&net.registry);
-            }
-            report_loss(device, loss);
-            return;
+/// Carries out what the app asked for; connects finish later, failures are told next round.
+fn apply(device: &mut Device<Serial>, net: &mut Net, step: Step) {
+    if let Some(loss) = step.power_lost {
+        for (_, c) in std::mem::take(&mut net.conns) {
+            c.link.close(&net.registry);
         }
-        let mut lost = None;
-        if !step.to_broker.is_empty()
-            && let Some(l) = net.broker.as_mut()
-            && l.send(&step.to_broker).is_err()
-        {
-            if let Some(l) = net.broker.take() {
-                l.close(&net.registry);
-            }
-            lost = Some(PullLink::Broker);
-        }
-        if step.close_broker
-            && let Some(l) = net.broker.take()
-        {
-            l.finish(&net.registry);
-        }
-        if !step.to_server.is_empty()
-            && let Some(l) = net.server.as_mut()
-            && l.send(&step.to_server).is_err()
-        {
-            if let Some(l) = net.server.take() {
-                l.close(&net.registry);
-            }
-            lost = Some(PullLink::Server);
-        }
-        if step.close_server
-            && let Some(l) = net.server.take()
-        {
-            l.close(&net.registry);
-        }
-        if step.reboot {
-            // `esp_restart()` after the pull: the broker sees the connection go (no DISCONNECT),
-            // after the `done` status queued above.
-            if let Some(l) = net.server.take() {
-                l.close(&net.registry);
-            }
-            let broker = net.broker.take();
-            net.restart = Some(Restart { broker, until: Instant::now() + LAST_BYTES_GRACE, shut: false });
-            return;
-        }
-        if let Some(to) = step.connect_broker {
-            match Link::connect(&net.registry, BROKER, to, CONNECT_TIMEOUT) {
-                Ok(link) => net.broker = Some(link),
-                Err(_) => {
-                    step = device.pull_input(PullInput::BrokerConnectFailed, false);
-                    continue;
-                }
-            }
-        }
-        if let Some(to) = &step.connect_server {
-            match resolve(to).and_then(|addr| {
-                Link::connect(&net.registry, SERVER, addr, CONNECT_TIMEOUT).map_err(|_| ConnectError::Refused)
-            }) {
-                Ok(link) => net.server = Some(link),
-                Err(why) => {
-                    step = device.pull_input(PullInput::ServerConnectFailed(why), false);
-                    continue;
-                }
-            }
-        }
-        if let Some(link) = lost {
-            step = device.pull_input(link.closed(), false);
-            continue;
+        net.inbox.clear();
+        report_loss(device, loss);
+        if step.exchange_cut {
+            control_line(device, &SESSION_CLOSED);
         }
         return;
     }
+    for action in step.actions {
+        match action {
+            Action::Listen { listener, port } => {
+                match net.listeners.iter_mut().find(|l| l.device_port == port) {
+                    Some(l) => l.link = Some(listener),
+                    None => {
+                        eprintln!("ota-emu: the device listens on TCP port {port}, which has no host address")
+                    }
+                }
+            }
+            Action::Bind { socket, port } => match net.datagrams.iter_mut().find(|d| d.device_port == port) {
+                Some(d) => d.link = Some(socket),
+                None => eprintln!("ota-emu: the device binds UDP port {port}, which has no host address"),
+            },
+            Action::Connect { link, to } => {
+                if let Some(old) = net.conns.remove(&link) {
+                    old.link.close(&net.registry);
+                }
+                let addr = match resolve(&to) {
+                    Ok(a) => a,
+                    Err(why) => {
+                        net.inbox.push_back(OwnedInput::ConnectFailed(link, why));
+                        continue;
+                    }
+                };
+                let token = Token(net.next_token);
+                net.next_token += 1;
+                match Link::connect(&net.registry, token, addr, CONNECT_TIMEOUT) {
+                    Ok(l) => {
+                        net.conns.insert(link, Conn { link: l, token, gone: false });
+                    }
+                    Err(_) => net.inbox.push_back(OwnedInput::ConnectFailed(link, ConnectFailure::Refused)),
+                }
+            }
+            Action::Send { link, bytes } => {
+                if let Some(c) = net.conns.get_mut(&link)
+                    && c.link.send(&bytes).is_err()
+                    && !c.gone
+                {
+                    c.gone = true;
+                    net.inbox.push_back(OwnedInput::Closed(link));
+                }
+            }
+            Action::Close { link } => {
+                if let Some(c) = net.conns.remove(&link) {
+                    c.link.finish(&net.registry);
+                }
+                net.inbox.retain(|i| !matches!(i, OwnedInput::Closed(l) if *l == link));
+            }
+            Action::Datagram { socket, to, bytes } => {
+                if let Some(d) = net.datagrams.iter().find(|d| d.link == Some(socket)) {
+                    // A lost datagram is what UDP does; the peer retries or times out.
+                    let _ = d.socket.send_to(&bytes, to);
+                }
+            }
+            Action::ExchangeOver => control_line(device, &SESSION_CLOSED),
+        }
+    }
+    if step.reboot {
+        // `esp_restart()` after the update: the peers see their connections end after the
+        // last bytes queued above.
+        let links = std::mem::take(&mut net.conns).into_values().map(|c| c.link).collect();
+        net.inbox.clear();
+        net.restart = Some(Restart { links, until: Instant::now() + LAST_BYTES_GRACE });
+    }
 }
 
-/// The firmware server's address (scenarios name IP addresses: the lookup is immediate).
-fn resolve(to: &crate::device::ServerAddr) -> Result<SocketAddr, ConnectError> {
+/// An outgoing connection's address (scenarios name IP addresses: the lookup is immediate).
+fn resolve(to: &ConnectTo) -> Result<SocketAddr, ConnectFailure> {
     use std::net::ToSocketAddrs;
-    (to.host.as_str(), to.port)
-        .to_socket_addrs()
-        .map_err(|_| ConnectError::Dns)?
-        .next()
-        .ok_or(ConnectError::Dns)
+    match to {
+        ConnectTo::Addr(a) => Ok(*a),
+        ConnectTo::Host { host, port } => (host.as_str(), *port)
+            .to_socket_addrs()
+            .map_err(|_| ConnectFailure::Dns)?
+            .next()
+            .ok_or(ConnectFailure::Dns),
+    }
 }
 
 /// One control command; `false` to quit.
@@ -789,7 +680,7 @@ fn command(
             control_line(device, &Message::Err("no UART to download over: start with --uart-pty".into()));
             return true;
         }
-        return run(device, cmd, verb);
+        return run_and_start(device, net, cmd, verb);
     };
     match cmd {
         Command::Download => {
@@ -803,7 +694,18 @@ fn command(
         control_line(device, &Message::Ok { verb, status: Some(device.status()) });
         return true;
     }
-    run(device, cmd, verb)
+    run_and_start(device, net, cmd, verb)
+}
+
+/// Carries out the command; a device it powered on starts its app's links.
+fn run_and_start(device: &mut Device<Serial>, net: &mut Net, cmd: Command, verb: control::Verb) -> bool {
+    let booted = matches!(cmd, Command::PowerOn | Command::Reset);
+    let go_on = run(device, cmd, verb);
+    if booted {
+        let step = device.take_step();
+        apply(device, net, step);
+    }
+    go_on
 }
 
 /// Carries out a command that does not involve the UART.

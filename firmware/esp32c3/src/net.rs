@@ -258,7 +258,7 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         Addressing::Dhcp => {}
     }
     let target = Target { table, running, config: ota };
-    let mut session: Option<Session<Server<'_>>> = None;
+    let mut session: Option<Session<Server>> = None;
     // Which of `ports` holds the session, until the session ends.
     let mut active: Option<usize> = None;
     // When each of `ports` was released by its ended session while its connection still closed.

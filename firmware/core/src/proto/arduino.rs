@@ -14,6 +14,7 @@
 
 mod auth;
 mod lines;
+pub mod service;
 pub mod settings;
 pub use lines::ArduinoLine;
 mod invitation;
@@ -595,5 +596,12 @@ fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &[u8] {
         if n == 0 {
             return &buf[at..];
         }
+    }
+}
+
+/// ArduinoOTA writes through arduino-esp32's `Update` library.
+impl crate::session::Protocol for Server {
+    fn writes(&self, app: OtaConfig) -> OtaConfig {
+        library_writes(app)
     }
 }

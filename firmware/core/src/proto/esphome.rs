@@ -8,6 +8,7 @@
 
 use crate::hex;
 use crate::log::LogEvent;
+use crate::settings::Password;
 use crate::slot::SlotName;
 use crate::update::{Switched, UpdateSink};
 use crate::writer::OtaError;
@@ -29,6 +30,7 @@ pub const FEATURE_COMPRESSION: u8 = 0x01;
 pub const FEATURE_SHA256_AUTH: u8 = 0x02;
 
 /// Response codes (`OTA_RESPONSE_*`), with the client's names.
+pub mod service;
 pub mod settings;
 
 pub mod code {
@@ -259,9 +261,12 @@ enum State {
     Closed,
 }
 
-/// One ESPHome OTA session's server side.
-pub struct Server<'a> {
-    config: ServerConfig<'a>,
+/// One ESPHome OTA session's server side. It keeps its own copy of the password (as ESPHome's
+/// component does), so a session outlives the settings it was made from.
+pub struct Server {
+    password: Option<Password>,
+    version: u8,
+    sha256: bool,
     state: State,
     buf: [u8; 128],
     have: usize,
@@ -275,10 +280,14 @@ pub struct Server<'a> {
     complete: bool,
 }
 
-impl<'a> Server<'a> {
-    pub fn new(config: ServerConfig<'a>) -> Self {
+impl Server {
+    /// A password longer than [`crate::settings::MAX_PASSWORD_LEN`] is cut there, as NVS
+    /// would have cut it.
+    pub fn new(config: ServerConfig<'_>) -> Self {
         Server {
-            config,
+            password: config.password.map(|p| Password::built_in(Some(p))),
+            version: config.version,
+            sha256: config.sha256,
             state: State::Magic,
             buf: [0; 128],
             have: 0,
@@ -370,7 +379,7 @@ impl<'a> Server<'a> {
                             out.event(Event::MagicMismatch);
                             self.close();
                         } else {
-                            out.send(&[code::OK, self.config.version]);
+                            out.send(&[code::OK, self.version]);
                             self.state = State::Features;
                         }
                     }
@@ -432,7 +441,7 @@ impl<'a> Server<'a> {
                     self.md5.update(data);
                     self.received += take as u32;
                     if self.received.is_multiple_of(CHUNK_SIZE) || self.received == self.size {
-                        if self.config.version >= 2 {
+                        if self.version >= 2 {
                             out.send(&[code::CHUNK_OK]);
                         }
                         out.event(Event::Progress { received: self.received, size: self.size });
@@ -451,12 +460,12 @@ impl<'a> Server<'a> {
     }
 
     fn start_auth<N: NonceSource, O: Output>(&mut self, features: u8, rng: &mut N, out: &mut O) {
-        let Some(_) = self.config.password else {
+        let Some(_) = self.password else {
             out.send(&[code::AUTH_OK]);
             self.state = State::Size;
             return;
         };
-        let method = if self.config.sha256 && features & FEATURE_SHA256_AUTH != 0 {
+        let method = if self.sha256 && features & FEATURE_SHA256_AUTH != 0 {
             AuthMethod::Sha256
         } else {
             AuthMethod::Md5
@@ -490,7 +499,7 @@ impl<'a> Server<'a> {
 
     fn check_auth<O: Output>(&mut self, method: AuthMethod, out: &mut O) {
         let n = hash_hex_len(method);
-        let password = self.config.password.unwrap_or_default();
+        let password = self.password.as_ref().and_then(Password::get).unwrap_or_default();
         let (cnonce, answer) = self.buf[..2 * n].split_at(n);
         let mut expected = [0u8; 64];
         match method {
@@ -594,3 +603,6 @@ fn hash_hex_len(m: AuthMethod) -> usize {
 
 #[cfg(test)]
 mod tests;
+
+/// ESPHome's component writes through the app's `esp_ota_*`.
+impl crate::session::Protocol for Server {}

@@ -1155,3 +1155,8 @@ fn decimal(mut n: u64, buf: &mut [u8]) -> &[u8] {
         }
     }
 }
+
+/// `esp_https_ota` writes through the app's `esp_ota_*`; an adapter running the Arduino
+/// updater's flavour passes [`crate::proto::arduino::library_writes`] of its config, as
+/// `HTTPUpdate` writes through the `Update` library.
+impl crate::session::Protocol for Client {}

@@ -12,6 +12,7 @@
 
 mod lines;
 mod secure;
+pub mod service;
 pub mod settings;
 pub use lines::{MqttLine, PullLine};
 #[cfg(test)]
@@ -823,5 +824,16 @@ impl Agent {
     /// The device goes down cleanly (a restart after an update): DISCONNECT, so no will.
     pub fn stop<O: Output>(&mut self, out: &mut O) {
         self.mqtt.stop(&mut BrokerOut(out));
+    }
+}
+
+/// The pull agent writes through `esp_https_ota` (so `esp_ota_*`), or, for an `http_update`,
+/// through Arduino's `Update` library.
+impl crate::session::Protocol for Agent {
+    fn writes(&self, app: crate::writer::OtaConfig) -> crate::writer::OtaConfig {
+        match self.library() {
+            Library::EspHttpsOta => app,
+            Library::ArduinoHttpUpdate => crate::proto::arduino::library_writes(app),
+        }
     }
 }
