@@ -3,8 +3,8 @@
 //! reason, leaving otadata as it was.
 
 use md5::{Digest, Md5};
-use ota_core::proto::esphome::MAGIC;
 use ota_core::io::{Input, LinkId};
+use ota_core::proto::esphome::MAGIC;
 use ota_emu::device::{Action, Device, DeviceConfig};
 use ota_emu::flash::{FileFlash, SplitMix};
 use otahil::fixtures;

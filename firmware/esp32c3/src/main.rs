@@ -16,22 +16,20 @@ use esp_hal::main;
 use esp_hal::time::Instant;
 use esp_println::println;
 use esp_storage::FlashStorage;
+use ota_core::app::App;
 use ota_core::boot::{
     BootIndex, Booted, DirectVerify, GuardOutcome, SlotVerifier, boot_guard, select, verify_slot,
 };
 use ota_core::image::ChipInfo;
 use ota_core::log::{LogEvent, LogLine, SlotName};
 use ota_core::proto::arduino::AuthScheme;
-use ota_core::proto::arduino::settings::ArduinoSettings;
-use ota_core::proto::esphome::settings::OtaSettings;
+use ota_core::service::BuiltIn;
 use ota_core::writer::{OtaConfig, read_otadata};
 
-mod arduino_link;
 mod markers;
 mod net;
 #[cfg(not(feature = "wifi"))]
 mod open_eth;
-mod pull_link;
 #[cfg(feature = "wifi")]
 mod wifi;
 
@@ -150,42 +148,17 @@ fn main() -> ! {
         },
         Err(e) => halt(&format_args!("flash failed in the boot guard: {e}")),
     }
-    let settings =
-        OtaSettings::built_in(PASSWORD.map(str::as_bytes), PROTOCOL).load(&mut flash, &table, &mut log);
-    log(&LogEvent::Module(&settings.log_line()));
-    let server = settings.server_config();
-    let arduino = ArduinoSettings::built_in(ARDUINO_PASSWORD.map(str::as_bytes), ARDUINO_AUTH)
-        .load(&mut flash, &table, &mut log);
-    log(&LogEvent::Module(&arduino.log_line(ota_core::proto::arduino::DEFAULT_PORT)));
-    let mqtt =
-        ota_core::proto::mqtt_pull::settings::MqttSettings::default().load(&mut flash, &table, &mut log);
-    log(&LogEvent::Module(&mqtt.log_line()));
-    if let Some(line) = mqtt.tls_log_line() {
-        log(&LogEvent::Module(&line));
-    }
-    // The device's facts (its MAC and image) for its client id and the Arduino updater's headers;
-    // read only when the pull path is on.
-    let facts = match mqtt.broker {
-        Some(_) => ota_core::proto::mqtt_pull::RunningFacts::read(&mut flash, &table, &booted, MAC).ok(),
-        None => None,
+    let built_in = BuiltIn {
+        ota_password: PASSWORD.map(str::as_bytes),
+        ota_protocol: PROTOCOL,
+        ota_sha256: true,
+        ota_port: ota_core::proto::esphome::DEFAULT_PORT,
+        arduino_password: ARDUINO_PASSWORD.map(str::as_bytes),
+        arduino_auth: ARDUINO_AUTH,
+        mac: MAC,
     };
-    let mut client_id_buf = [0u8; 13];
-    let client_id = ota_core::proto::mqtt_pull::client_id(MAC, &mut client_id_buf);
-    let version = image.desc.version();
-    let pull = facts
-        .as_ref()
-        .and_then(|f| ota_core::proto::mqtt_pull::Settings::from_nvs(&mqtt, client_id, version, f));
     let mut rng = net::HwRng(esp_hal::rng::Rng::new());
-    let service = |net| net::Service {
-        table: &table,
-        running: partition,
-        server,
-        arduino: arduino.config(),
-        ota: OtaConfig::default(),
-        net,
-        pull,
-    };
-    let port = ota_core::proto::esphome::DEFAULT_PORT;
+    let mut app = App::boot(&mut flash, table, &booted, OtaConfig::default(), &built_in, &mut log, &mut rng);
     #[cfg(not(feature = "wifi"))]
     {
         // Espressif's QEMU: the OpenCores MAC on its user-mode network, at slirp's fixed address.
@@ -194,22 +167,22 @@ fn main() -> ! {
         let mut tx_bufs = [[0u8; open_eth::BUF_LEN]; open_eth::N_TX];
         let mut dev = open_eth::OpenEth::new(mac, &mut rx_bufs, &mut tx_bufs);
         let addressing = net::Addressing::Static { ip: [10, 0, 2, 15], prefix: 24, gateway: [10, 0, 2, 2] };
-        let net = net::NetConfig { mac, addressing, port };
-        net::serve(&mut dev, &mut (), &mut flash, service(net), &mut rng, &mut log)
+        let net = net::NetConfig { mac, addressing };
+        net::serve(&mut dev, &mut (), &mut flash, &mut app, net, &mut rng, &mut log)
     }
     #[cfg(feature = "wifi")]
     {
         let credentials = ota_core::wifi::WifiCredentials::load(
             &mut flash,
-            &table,
+            app.table(),
             wifi::BUILT_IN_SSID,
             wifi::BUILT_IN_PASSWORD,
             &mut log,
         );
         let (mut dev, mac, mut link) =
             wifi::up(peripherals.WIFI, peripherals.TIMG0, peripherals.FROM_CPU_INTR0, credentials, &mut log);
-        let net = net::NetConfig { mac, addressing: net::Addressing::Dhcp, port };
-        net::serve(&mut dev, &mut link, &mut flash, service(net), &mut rng, &mut log)
+        let net = net::NetConfig { mac, addressing: net::Addressing::Dhcp };
+        net::serve(&mut dev, &mut link, &mut flash, &mut app, net, &mut rng, &mut log)
     }
 }
 

@@ -1,21 +1,18 @@
-//! The OTA service: smoltcp on a link (QEMU's open_eth MAC, or Wi-Fi on a board): ESPHome OTA on
-//! TCP port 3232 and ArduinoOTA on UDP port 3232 (`arduino_link`), `ota-core`'s servers writing
-//! the inactive slot through esp-storage.
-//! A tight polled loop: one 8 KiB chunk acknowledgement waits for nothing but the next poll.
+//! The device's network on smoltcp (QEMU's open_eth MAC, or Wi-Fi on a board), pumped for
+//! `ota-core`'s device application (`ota_core::app`). This module knows no update path: the app
+//! names its links (`LinkId`) and asks to listen, bind, connect, send and close; this loop does
+//! it on a fixed pool of sockets and tells the app what happened, with the clock.
+//! A tight polled loop: an acknowledgement waits for nothing but the next poll.
 
-use crate::arduino_link::ArduinoLink;
-use crate::pull_link::PullLink;
 use esp_storage::FlashStorage;
+use ota_core::app::{App, Env};
+use ota_core::io::{ConnectFailure, Entropy, Input, Io, LinkId, Remote};
 use ota_core::log::LogEvent;
-use ota_core::partition::{Partition, PartitionTable};
-use ota_core::proto::esphome::{Event, NonceSource, Output, Server, ServerConfig};
-use ota_core::session::{Session, Target};
 use ota_core::wifi::NetLine;
-use ota_core::writer::OtaConfig;
-use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet, SocketStorage};
 use smoltcp::phy::Device;
 use smoltcp::socket::{tcp, udp};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address};
 
 /// How the device gets its IPv4 address.
 #[derive(Clone, Copy)]
@@ -33,7 +30,6 @@ pub enum Addressing {
 pub struct NetConfig {
     pub mac: [u8; 6],
     pub addressing: Addressing,
-    pub port: u16,
 }
 
 /// Keeps the link up between polls (Wi-Fi rejoins a network it lost); a wired link has
@@ -79,107 +75,295 @@ fn now() -> smoltcp::time::Instant {
     )
 }
 
-/// Milliseconds since boot (ArduinoOTA's timeouts run on it).
+/// Milliseconds since boot (the app's clock).
 pub fn now_ms() -> u64 {
     esp_hal::time::Instant::now().duration_since_epoch().as_millis()
 }
 
-/// Nonces from the chip's hardware random number generator.
+/// Randomness from the chip's hardware random number generator.
 pub struct HwRng(pub esp_hal::rng::Rng);
 
-impl NonceSource for HwRng {
+impl Entropy for HwRng {
     fn fill(&mut self, buf: &mut [u8]) {
         self.0.read(buf);
     }
 }
 
-impl ota_core::proto::arduino::NonceSource for HwRng {
-    fn fill(&mut self, buf: &mut [u8]) {
-        self.0.read(buf);
-    }
-}
+/// How long a connection may take to come up (arduino-esp32's `WiFiClient`, `esp_http_client`'s
+/// and the MQTT client's network timeouts are of this order).
+const CONNECT_TIMEOUT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(3);
+/// How long a closing connection may keep its socket before it is dropped, as lwIP bounds its
+/// closing states.
+const CLOSING_LIMIT: esp_hal::time::Duration = esp_hal::time::Duration::from_secs(2);
+/// How long a completed update waits for its last bytes to leave before the restart.
+const REBOOT_GRACE: esp_hal::time::Duration = esp_hal::time::Duration::from_millis(500);
+/// Local ports of the device's own connections (a fresh one per connection).
+const EPHEMERAL: core::ops::RangeInclusive<u16> = 49152..=65535;
+/// How many sockets a listener has: one for the connection being served, one for the next
+/// client, whose bytes wait in its buffer (lwIP's `listen(1)`).
+const PER_LISTENER: usize = 2;
+const LISTENERS: usize = 1;
+/// Sockets for the device's own connections (ArduinoOTA's back-connection; the pull's broker
+/// and firmware server).
+const CLIENTS: usize = 3;
+const LINKS: usize = LISTENERS + 1 + LISTENERS * PER_LISTENER + CLIENTS;
 
-/// What a server wants sent and has not been taken by its socket yet.
-pub struct Pending {
-    bytes: [u8; 1024],
+/// What the app sends and a socket has not taken yet.
+struct Outbox {
+    bytes: [u8; 2048],
     len: usize,
 }
 
-impl Pending {
-    pub fn new() -> Self {
-        Pending { bytes: [0; 1024], len: 0 }
+impl Outbox {
+    const fn new() -> Self {
+        Outbox { bytes: [0; 2048], len: 0 }
     }
 
-    /// Queues `bytes`. A server sends a few bytes per chunk it receives; 1 KiB is never reached
-    /// while the socket drains between reads.
-    pub fn push(&mut self, bytes: &[u8]) {
+    /// Queues `bytes`. A path sends a few bytes per piece it receives, and short requests and
+    /// statuses; 2 KiB is never reached while the sockets drain between polls.
+    fn push(&mut self, bytes: &[u8]) {
         let n = bytes.len().min(self.bytes.len() - self.len);
         self.bytes[self.len..self.len + n].copy_from_slice(&bytes[..n]);
         self.len += n;
     }
 
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-
-    /// The socket took the first `n` bytes.
-    pub fn consume(&mut self, n: usize) {
-        self.bytes.copy_within(n..self.len, 0);
-        self.len -= n;
-    }
-
-    pub fn clear(&mut self) {
-        self.len = 0;
-    }
-}
-
-struct Reply<'l, L: FnMut(&LogEvent<'_>)> {
-    pending: &'l mut Pending,
-    log: &'l mut L,
-}
-
-impl<L: FnMut(&LogEvent<'_>)> Output for Reply<'_, L> {
-    fn send(&mut self, bytes: &[u8]) {
-        self.pending.push(bytes);
-    }
-    fn event(&mut self, e: Event) {
-        if let Some(line) = e.log_event() {
-            (self.log)(&line);
+    fn drain_into(&mut self, socket: &mut tcp::Socket<'_>) {
+        if self.len > 0
+            && let Ok(n) = socket.send_slice(&self.bytes[..self.len])
+        {
+            self.bytes.copy_within(n..self.len, 0);
+            self.len -= n;
         }
     }
 }
 
-/// What the service serves with.
-pub struct Service<'t> {
-    pub table: &'t PartitionTable,
-    /// The partition the app runs from.
-    pub running: Partition,
-    pub server: ServerConfig<'t>,
-    /// ArduinoOTA's settings (its server keeps its own copy of the password hash).
-    pub arduino: ota_core::proto::arduino::Config<'t>,
-    pub ota: OtaConfig,
-    pub net: NetConfig,
-    /// The pull path's settings, when NVS names a broker.
-    pub pull: Option<ota_core::proto::mqtt_pull::Settings<'t>>,
+/// A TCP connection the app holds.
+struct Conn {
+    id: LinkId,
+    handle: SocketHandle,
+    out: Outbox,
+    /// Asked for and not up yet.
+    connecting: bool,
+    /// `Closed` was told: nothing more is read.
+    gone: bool,
+    /// Close once `out` is sent.
+    closing: bool,
 }
 
-/// Serves OTA on `dev` forever; resets into the new image after a completed update.
+/// One entry of the fixed link table (it stays in place, so a connection's outbox in it costs
+/// nothing to move).
+#[allow(clippy::large_enum_variant)]
+enum Slot {
+    Free,
+    Listener { id: LinkId, port: u16, sockets: [SocketHandle; PER_LISTENER] },
+    Udp { id: LinkId, handle: SocketHandle },
+    Conn(Conn),
+}
+
+/// The app's links and the sockets behind them.
+struct Links {
+    slots: [Slot; LINKS],
+    /// Free sockets for listeners (in groups of [`PER_LISTENER`]), UDP and clients.
+    listen_pool: [Option<[SocketHandle; PER_LISTENER]>; LISTENERS],
+    udp_pool: Option<SocketHandle>,
+    client_pool: [Option<SocketHandle>; CLIENTS],
+    /// Sockets of closed connections that are still closing, and since when: a listener's
+    /// socket listens again, a client socket goes back to the pool, once it is closed.
+    closing: [Option<(SocketHandle, esp_hal::time::Instant)>; LISTENERS * PER_LISTENER + CLIENTS],
+    next_port: u16,
+    /// Told on the next pass: a connect that could not start.
+    failed: Option<(LinkId, ConnectFailure)>,
+}
+
+impl Links {
+    fn find(&mut self, id: LinkId) -> Option<&mut Slot> {
+        self.slots.iter_mut().find(|s| match s {
+            Slot::Free => false,
+            Slot::Listener { id: i, .. } | Slot::Udp { id: i, .. } => *i == id,
+            Slot::Conn(c) => c.id == id,
+        })
+    }
+
+    fn conn(&mut self, id: LinkId) -> Option<&mut Conn> {
+        match self.find(id)? {
+            Slot::Conn(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn put(&mut self, slot: Slot) {
+        if let Some(free) = self.slots.iter_mut().find(|s| matches!(s, Slot::Free)) {
+            *free = slot;
+        }
+    }
+
+    fn port(&mut self) -> u16 {
+        let p = self.next_port;
+        self.next_port = if p == *EPHEMERAL.end() { *EPHEMERAL.start() } else { p + 1 };
+        p
+    }
+
+    /// Whether `handle` is one of a listener's sockets (it goes back to listening when freed).
+    fn listener_socket(&self, handle: SocketHandle) -> bool {
+        self.slots.iter().any(|s| matches!(s, Slot::Listener { sockets, .. } if sockets.contains(&handle)))
+    }
+
+    /// A connection the app closed (or that never came up): its socket is kept apart until it
+    /// has closed. The next client is served meanwhile, as lwIP keeps a closing connection
+    /// apart from the listening socket.
+    fn release(&mut self, handle: SocketHandle) {
+        if let Some(free) = self.closing.iter_mut().find(|c| c.is_none()) {
+            *free = Some((handle, esp_hal::time::Instant::now()));
+        }
+    }
+
+    /// A client socket for a new connection: a free one, else the one that has been closing
+    /// longest (a peer that keeps its side open, as an HTTP server with keep-alive does, must
+    /// not use up the pool; lwIP too reuses its oldest closing PCB).
+    fn client_socket(&mut self) -> Option<SocketHandle> {
+        if let Some(free) = self.client_pool.iter_mut().find_map(Option::take) {
+            return Some(free);
+        }
+        let listener_socket = |h: SocketHandle| self.listener_socket(h);
+        let oldest = (0..self.closing.len())
+            .filter_map(|i| self.closing[i].map(|(h, since)| (i, h, since)))
+            .filter(|(_, h, _)| !listener_socket(*h))
+            .min_by_key(|(_, _, since)| *since)?;
+        self.closing[oldest.0] = None;
+        Some(oldest.1)
+    }
+
+    fn is_closing(&self, handle: SocketHandle) -> bool {
+        self.closing.iter().flatten().any(|(h, _)| *h == handle)
+    }
+
+    /// Closed sockets go back where they came from; one that does not finish closing in a
+    /// while is dropped, as lwIP bounds its closing states.
+    fn reclaim(&mut self, sockets: &mut SocketSet<'_>) {
+        for i in 0..self.closing.len() {
+            let Some((handle, since)) = self.closing[i] else { continue };
+            let s = sockets.get_mut::<tcp::Socket>(handle);
+            if s.is_open() && since.elapsed() > CLOSING_LIMIT {
+                s.abort();
+            }
+            if s.is_open() {
+                continue;
+            }
+            self.closing[i] = None;
+            if !self.listener_socket(handle)
+                && let Some(free) = self.client_pool.iter_mut().find(|c| c.is_none())
+            {
+                *free = Some(handle);
+            }
+        }
+    }
+}
+
+/// The app's requests, carried out at once on the sockets.
+struct Pump<'a, 's, L: FnMut(&LogEvent<'_>)> {
+    iface: &'a mut Interface,
+    sockets: &'a mut SocketSet<'s>,
+    links: &'a mut Links,
+    log: &'a mut L,
+}
+
+impl<L: FnMut(&LogEvent<'_>)> Io for Pump<'_, '_, L> {
+    fn listen(&mut self, listener: LinkId, port: u16) {
+        let Some(sockets) = self.links.listen_pool.iter_mut().find_map(Option::take) else { return };
+        for h in sockets {
+            // (It cannot fail for a fresh socket and a non-zero port; the loop listens again.)
+            let _ = self.sockets.get_mut::<tcp::Socket>(h).listen(port);
+        }
+        self.links.put(Slot::Listener { id: listener, port, sockets });
+    }
+
+    fn bind(&mut self, socket: LinkId, port: u16) {
+        let Some(handle) = self.links.udp_pool.take() else { return };
+        // (Binding a fresh socket to a non-zero port cannot fail.)
+        let _ = self.sockets.get_mut::<udp::Socket>(handle).bind(port);
+        self.links.put(Slot::Udp { id: socket, handle });
+    }
+
+    fn connect(&mut self, link: LinkId, to: Remote<'_>) {
+        self.close(link);
+        // No DNS here: a host is an IPv4 address written out.
+        let endpoint = match to {
+            Remote::Addr(core::net::SocketAddr::V4(a)) => {
+                Ok(IpEndpoint::new(IpAddress::Ipv4(*a.ip()), a.port()))
+            }
+            Remote::Addr(core::net::SocketAddr::V6(_)) => Err(ConnectFailure::Refused),
+            Remote::Host { host, port } => host
+                .parse::<Ipv4Address>()
+                .map(|ip| IpEndpoint::new(IpAddress::Ipv4(ip), port))
+                .map_err(|_| ConnectFailure::Dns),
+        };
+        let Some(handle) = self.links.client_socket() else {
+            self.links.failed = Some((link, ConnectFailure::Refused));
+            return;
+        };
+        let local = self.links.port();
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        socket.abort();
+        socket.set_timeout(Some(CONNECT_TIMEOUT));
+        match endpoint.and_then(|ep| {
+            socket.connect(self.iface.context(), ep, local).map_err(|_| ConnectFailure::Refused)
+        }) {
+            Ok(()) => self.links.put(Slot::Conn(Conn {
+                id: link,
+                handle,
+                out: Outbox::new(),
+                connecting: true,
+                gone: false,
+                closing: false,
+            })),
+            Err(why) => {
+                self.links.release(handle);
+                self.links.failed = Some((link, why));
+            }
+        }
+    }
+
+    fn send(&mut self, link: LinkId, bytes: &[u8]) {
+        let Some(c) = self.links.conn(link) else { return };
+        c.out.push(bytes);
+        c.out.drain_into(self.sockets.get_mut::<tcp::Socket>(c.handle));
+    }
+
+    fn close(&mut self, link: LinkId) {
+        if let Some(c) = self.links.conn(link) {
+            c.closing = true;
+        }
+    }
+
+    fn datagram(&mut self, socket: LinkId, to: core::net::SocketAddr, bytes: &[u8]) {
+        let Some(Slot::Udp { handle, .. }) = self.links.find(socket) else { return };
+        let core::net::SocketAddr::V4(to) = to else { return };
+        let ep = IpEndpoint::new(IpAddress::Ipv4(*to.ip()), to.port());
+        // A lost reply is what UDP does; the uploader retries or times out.
+        let _ = self.sockets.get_mut::<udp::Socket>(*handle).send_slice(bytes, ep);
+    }
+
+    fn log(&mut self, line: &LogEvent<'_>) {
+        (self.log)(line);
+    }
+
+    /// The harness counts exchanges on the emulator; the chip's log says the same.
+    fn exchange_over(&mut self) {}
+}
+
+/// Serves the app on `dev` forever; resets into the new image after a completed update.
 pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
     dev: &mut D,
     link: &mut W,
     flash: &mut FlashStorage<'_>,
-    service: Service<'_>,
+    app: &mut App,
+    net: NetConfig,
     rng: &mut HwRng,
     log: &mut L,
 ) -> ! {
-    let Service { table, running, server: server_config, arduino, ota, net, pull: pull_settings } = service;
     let mut iface =
         Interface::new(Config::new(HardwareAddress::Ethernet(EthernetAddress(net.mac))), dev, now());
-    let mut storage = [SocketStorage::EMPTY; 7];
+    let mut storage = [SocketStorage::EMPTY; LINKS + 1];
     let mut sockets = SocketSet::new(&mut storage[..]);
     #[cfg(feature = "wifi")]
     let mut dhcp = None;
@@ -194,12 +378,11 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         #[cfg(feature = "wifi")]
         Addressing::Dhcp => dhcp = Some(sockets.add(smoltcp::socket::dhcpv4::Socket::new())),
     }
-    // ESPHome's port: two sockets, as behind ESPHome's `listen(1)`: one holds the session, the
-    // other takes the next client, whose bytes wait in its buffer until the session ends. (With
-    // one socket, a client that came while a session ran or was still closing got a reset.)
+    // A listener's sockets take whole uploads in (ESPHome sends 8 KiB chunks); the client
+    // sockets carry a firmware download or an ArduinoOTA upload, and MQTT.
     let (mut rx_a, mut tx_a) = ([0u8; 16 * 1024], [0u8; 2 * 1024]);
     let (mut rx_b, mut tx_b) = ([0u8; 16 * 1024], [0u8; 2 * 1024]);
-    let ports = [
+    let listen = [
         sockets.add(tcp::Socket::new(
             tcp::SocketBuffer::new(&mut rx_a[..]),
             tcp::SocketBuffer::new(&mut tx_a[..]),
@@ -209,13 +392,6 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
             tcp::SocketBuffer::new(&mut tx_b[..]),
         )),
     ];
-    // Listening before the interface first runs: a connection that waited for the device to
-    // boot (its SYN queued in the network) must find the port open, not get a reset.
-    // (It cannot fail for a fresh socket and a non-zero port; the loop listens again if it did.)
-    for h in ports {
-        let _ = sockets.get_mut::<tcp::Socket>(h).listen(net.port);
-    }
-    // ArduinoOTA: invitations on UDP, and the device's own connection back to the uploader.
     let mut udp_rx_meta = [udp::PacketMetadata::EMPTY; 4];
     let mut udp_rx = [0u8; 512];
     let mut udp_tx_meta = [udp::PacketMetadata::EMPTY; 4];
@@ -224,51 +400,47 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         udp::PacketBuffer::new(&mut udp_rx_meta[..], &mut udp_rx[..]),
         udp::PacketBuffer::new(&mut udp_tx_meta[..], &mut udp_tx[..]),
     ));
-    // (Binding a fresh socket to a non-zero port cannot fail.)
-    let _ = sockets.get_mut::<udp::Socket>(udp_handle).bind(ota_core::proto::arduino::DEFAULT_PORT);
-    let mut client_rx = [0u8; 4 * 1024];
-    let mut client_tx = [0u8; 512];
-    let client_handle = sockets.add(tcp::Socket::new(
-        tcp::SocketBuffer::new(&mut client_rx[..]),
-        tcp::SocketBuffer::new(&mut client_tx[..]),
-    ));
-    let mut arduino = ArduinoLink::new(udp_handle, client_handle, arduino);
-    // The pull path: a connection to the broker and one to the firmware server.
-    let (mut broker_rx, mut broker_tx) = ([0u8; 2 * 1024], [0u8; 2 * 1024]);
-    let (mut server_rx, mut server_tx) = ([0u8; 8 * 1024], [0u8; 1024]);
-    let broker_handle = sockets.add(tcp::Socket::new(
-        tcp::SocketBuffer::new(&mut broker_rx[..]),
-        tcp::SocketBuffer::new(&mut broker_tx[..]),
-    ));
-    let server_handle = sockets.add(tcp::Socket::new(
-        tcp::SocketBuffer::new(&mut server_rx[..]),
-        tcp::SocketBuffer::new(&mut server_tx[..]),
-    ));
-    let mut pull = pull_settings.as_ref().map(|_| {
-        // The https handshakes' randomness is keyed from the hardware RNG once per boot.
-        let mut tls_key = [0u8; 32];
-        rng.0.read(&mut tls_key);
-        PullLink::new(broker_handle, server_handle, tls_key)
-    });
-    log(&LogEvent::OtaListening { port: net.port });
+    let (mut c0_rx, mut c0_tx) = ([0u8; 8 * 1024], [0u8; 2 * 1024]);
+    let (mut c1_rx, mut c1_tx) = ([0u8; 8 * 1024], [0u8; 2 * 1024]);
+    let (mut c2_rx, mut c2_tx) = ([0u8; 8 * 1024], [0u8; 2 * 1024]);
+    let clients = [
+        sockets.add(tcp::Socket::new(
+            tcp::SocketBuffer::new(&mut c0_rx[..]),
+            tcp::SocketBuffer::new(&mut c0_tx[..]),
+        )),
+        sockets.add(tcp::Socket::new(
+            tcp::SocketBuffer::new(&mut c1_rx[..]),
+            tcp::SocketBuffer::new(&mut c1_tx[..]),
+        )),
+        sockets.add(tcp::Socket::new(
+            tcp::SocketBuffer::new(&mut c2_rx[..]),
+            tcp::SocketBuffer::new(&mut c2_tx[..]),
+        )),
+    ];
+    let mut links = Links {
+        slots: core::array::from_fn(|_| Slot::Free),
+        listen_pool: [Some(listen)],
+        udp_pool: Some(udp_handle),
+        client_pool: clients.map(Some),
+        closing: [None; LISTENERS * PER_LISTENER + CLIENTS],
+        next_port: *EPHEMERAL.start(),
+        failed: None,
+    };
+    // Listening before the interface first runs: a connection that waited for the device to
+    // boot (its SYN queued in the network) must find the port open, not get a reset.
+    {
+        let mut pump = Pump { iface: &mut iface, sockets: &mut sockets, links: &mut links, log: &mut *log };
+        app.start(&mut Env { flash: &mut *flash, now_ms: now_ms(), rng: &mut *rng, io: &mut pump });
+    }
     match net.addressing {
         Addressing::Static { ip, gateway, .. } => announce(dev, net.mac, ip, gateway),
         // The DHCP exchange introduces the device.
         #[cfg(feature = "wifi")]
         Addressing::Dhcp => {}
     }
-    let target = Target { table, running, config: ota };
-    let mut session: Option<Session<Server>> = None;
-    // Which of `ports` holds the session, until the session ends.
-    let mut active: Option<usize> = None;
-    // When each of `ports` was released by its ended session while its connection still closed.
-    let mut released_at: [Option<esp_hal::time::Instant>; 2] = [None, None];
-    // When the session's connection was accepted and when its client last sent a byte (the
-    // ESPHome timeouts, `Server::expired`).
-    let (mut accepted_ms, mut input_ms) = (0u64, 0u64);
-    let mut pending = Pending::new();
-    // Set when a completed update closed its connection: the device restarts once the close is
-    // done, or after a short grace (ESPHome waits ~110 ms) if the peer never finishes it.
+    let mut buf = [0u8; 4096];
+    // Set when an update completed: the device restarts once its links have sent their last
+    // bytes, or after a short grace if a peer does not take them.
     let mut reboot_from: Option<esp_hal::time::Instant> = None;
     loop {
         link.check(&mut *log);
@@ -277,131 +449,139 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         if let Some(h) = dhcp {
             dhcp_update(&mut iface, sockets.get_mut::<smoltcp::socket::dhcpv4::Socket>(h), log);
         }
-        let pulling = pull.as_ref().is_some_and(PullLink::busy);
-        if arduino.poll(
-            &mut iface,
-            &mut sockets,
-            flash,
-            &target,
-            rng,
-            session.is_some() || pulling,
-            &mut *log,
-        ) {
-            log(&LogEvent::OtaRebooting);
-            esp_hal::system::software_reset();
-        }
-        if let (Some(p), Some(settings)) = (pull.as_mut(), pull_settings.as_ref()) {
-            let other = session.is_some() || arduino.busy();
-            if p.poll(&mut iface, &mut sockets, flash, &target, settings, other, &mut *log) {
+        pass(&mut iface, &mut sockets, &mut links, app, flash, rng, &mut buf, log);
+        if app.reboot_requested::<FlashStorage<'_>>() {
+            let since = *reboot_from.get_or_insert_with(esp_hal::time::Instant::now);
+            let flushed = links.closing.iter().all(Option::is_none)
+                && links.slots.iter().all(|s| match s {
+                    Slot::Conn(c) => c.out.len == 0 && sockets.get::<tcp::Socket>(c.handle).send_queue() == 0,
+                    _ => true,
+                });
+            if flushed || since.elapsed() > REBOOT_GRACE {
                 log(&LogEvent::OtaRebooting);
                 esp_hal::system::software_reset();
             }
-            if p.busy() {
-                // One update at a time: ESPHome's next client waits in the backlog.
-                continue;
-            }
-        }
-        if arduino.busy() {
-            // ArduinoOTA's update loop holds the device: ESPHome's connection waits.
-            continue;
-        }
-        if let Some(i) = active {
-            let sock = sockets.get_mut::<tcp::Socket>(ports[i]);
-            if let Some(since) = reboot_from
-                && (!sock.is_open() || since.elapsed() > esp_hal::time::Duration::from_millis(300))
-            {
-                log(&LogEvent::OtaRebooting);
-                esp_hal::system::software_reset();
-            }
-            if !sock.is_open() {
-                // A peer that resets the connection (an RST, e.g. a client that closes with our
-                // bytes unread) sends no FIN: the session must still hear that its client is gone.
-                if let Some(session) = session.as_mut()
-                    && !session.server.is_closed()
-                {
-                    let mut reply = Reply { pending: &mut pending, log: &mut *log };
-                    session
-                        .with(flash, &target, |server, sink| server.on_disconnect(false, sink, &mut reply));
-                }
-                session = None;
-                pending.clear();
-                active = None;
-            }
-        }
-        for (i, h) in ports.into_iter().enumerate() {
-            let sock = sockets.get_mut::<tcp::Socket>(h);
-            // A released connection that has not finished closing in a while is dropped, as lwIP
-            // bounds its closing states.
-            if let Some(at) = released_at[i]
-                && sock.is_open()
-                && at.elapsed() > esp_hal::time::Duration::from_secs(2)
-            {
-                sock.abort();
-            }
-            if !sock.is_open() {
-                released_at[i] = None;
-                let _ = sock.listen(net.port);
-            }
-        }
-        // The next client: connected, or already gone again (its session then hears the close).
-        let waiting = |h: &smoltcp::iface::SocketHandle| {
-            matches!(sockets.get::<tcp::Socket>(*h).state(), tcp::State::Established | tcp::State::CloseWait)
-        };
-        if active.is_none()
-            && let Some(i) = ports.iter().position(waiting)
-        {
-            log(&LogEvent::OtaClientConnected);
-            session = Some(Session::new(Server::new(server_config)));
-            active = Some(i);
-            (accepted_ms, input_ms) = (now_ms(), now_ms());
-        }
-        let Some(i) = active else { continue };
-        let sock = sockets.get_mut::<tcp::Socket>(ports[i]);
-        let Some(live) = session.as_mut() else { continue };
-        let mut released = false;
-        let mut reply = Reply { pending: &mut pending, log: &mut *log };
-        let now = now_ms();
-        if !live.server.is_closed() && sock.can_recv() {
-            input_ms = now;
-            let _ = sock.recv(|data| {
-                live.with(flash, &target, |server, sink| server.feed(data, sink, rng, &mut reply));
-                (data.len(), ())
-            });
-        } else if !live.server.is_closed() && !sock.may_recv() {
-            live.with(flash, &target, |server, sink| server.on_disconnect(false, sink, &mut reply));
-        } else if live.server.expired(now - accepted_ms, now - input_ms) {
-            live.with(flash, &target, |server, sink| server.on_disconnect(true, sink, &mut reply));
-        }
-        let server = &live.server;
-        if pending.len() > 0
-            && let Ok(n) = sock.send_slice(pending.bytes())
-        {
-            pending.consume(n);
-        }
-        if server.is_closed()
-            && pending.len() == 0
-            && sock.send_queue() == 0
-            && sock.state() != tcp::State::Closed
-        {
-            if server.reboot_requested() && reboot_from.is_none() {
-                reboot_from = Some(esp_hal::time::Instant::now());
-            }
-            sock.close();
-            if !server.reboot_requested() {
-                // The session is over once its last byte is sent: the next client is served while
-                // this connection finishes closing on its own, as lwIP keeps a closing connection
-                // apart from the listening socket. (Waiting for the close let a FIN/FIN crossing
-                // that left the socket closing hold the port's next client for good.)
-                released_at[i] = Some(esp_hal::time::Instant::now());
-                released = true;
-            }
-        }
-        if released {
-            session = None;
-            active = None;
-            pending.clear();
         }
     }
+}
+
+/// One pass over the links: what each socket has for the app, the app's timers, what the app
+/// queued, closes.
+#[allow(clippy::too_many_arguments)]
+fn pass<L: FnMut(&LogEvent<'_>)>(
+    iface: &mut Interface,
+    sockets: &mut SocketSet<'_>,
+    links: &mut Links,
+    app: &mut App,
+    flash: &mut FlashStorage<'_>,
+    rng: &mut HwRng,
+    buf: &mut [u8],
+    log: &mut L,
+) {
+    // Calls the app with the sockets as its I/O.
+    macro_rules! call {
+        (|$app:ident, $env:ident| $body:expr) => {{
+            let mut pump =
+                Pump { iface: &mut *iface, sockets: &mut *sockets, links: &mut *links, log: &mut *log };
+            let $app = &mut *app;
+            let $env = &mut Env { flash: &mut *flash, now_ms: now_ms(), rng: &mut *rng, io: &mut pump };
+            $body
+        }};
+    }
+    if let Some((id, why)) = links.failed.take() {
+        call!(|a, env| a.input(Input::ConnectFailed(id, why), env));
+    }
+    for i in 0..LINKS {
+        match &mut links.slots[i] {
+            Slot::Free => {}
+            Slot::Udp { id, handle } => {
+                let (id, handle) = (*id, *handle);
+                let socket = sockets.get_mut::<udp::Socket>(handle);
+                if let Ok((n, meta)) = socket.recv_slice(buf) {
+                    let IpAddress::Ipv4(ip) = meta.endpoint.addr;
+                    let from = core::net::SocketAddr::new(core::net::IpAddr::V4(ip), meta.endpoint.port);
+                    call!(|a, env| a.input(Input::Datagram { socket: id, from, bytes: &buf[..n] }, env));
+                }
+            }
+            Slot::Listener { id, port, sockets: socks } => {
+                let (id, port, socks) = (*id, *port, *socks);
+                for h in socks {
+                    let s = sockets.get_mut::<tcp::Socket>(h);
+                    let in_use = links.slots.iter().any(|s| matches!(s, Slot::Conn(c) if c.handle == h));
+                    if in_use || links.is_closing(h) {
+                        continue;
+                    }
+                    if !s.is_open() {
+                        let _ = s.listen(port);
+                        continue;
+                    }
+                    // The next client: connected, or already gone again (its session then hears
+                    // the close).
+                    if matches!(s.state(), tcp::State::Established | tcp::State::CloseWait)
+                        && let Some(link) = call!(|a, env| a.accept(id, env))
+                    {
+                        links.put(Slot::Conn(Conn {
+                            id: link,
+                            handle: h,
+                            out: Outbox::new(),
+                            connecting: false,
+                            gone: false,
+                            closing: false,
+                        }));
+                    }
+                }
+            }
+            Slot::Conn(c) => {
+                let (id, handle) = (c.id, c.handle);
+                let s = sockets.get_mut::<tcp::Socket>(handle);
+                if c.connecting {
+                    if s.state() == tcp::State::Established {
+                        // Up: the paths keep their own timeouts (keep-alive, stall limits).
+                        s.set_timeout(None);
+                        c.connecting = false;
+                        call!(|a, env| a.input(Input::Connected(id), env));
+                    } else if !s.is_open() {
+                        links.slots[i] = Slot::Free;
+                        links.release(handle);
+                        call!(|a, env| a.input(Input::ConnectFailed(id, ConnectFailure::Refused), env));
+                    }
+                } else if !c.gone && !c.closing {
+                    if s.can_recv() {
+                        // A few reads a pass: an upload's chunk is taken in as it comes.
+                        for _ in 0..4 {
+                            let s = sockets.get_mut::<tcp::Socket>(handle);
+                            let Ok(n) = s.recv_slice(buf) else { break };
+                            if n == 0 {
+                                break;
+                            }
+                            call!(|a, env| a.input(Input::Data(id, &buf[..n]), env));
+                        }
+                    } else if !s.may_recv() || !s.is_open() {
+                        // A peer that resets the connection sends no FIN: the app must still
+                        // hear that it is gone.
+                        c.gone = true;
+                        call!(|a, env| a.input(Input::Closed(id), env));
+                    }
+                }
+            }
+        }
+    }
+    if app.deadline::<FlashStorage<'_>>(now_ms()).is_some_and(|d| d <= now_ms()) {
+        call!(|a, env| a.poll(env));
+    }
+    // What the app queued, and the closes it asked for once that is out.
+    for i in 0..LINKS {
+        let Slot::Conn(c) = &mut links.slots[i] else { continue };
+        let s = sockets.get_mut::<tcp::Socket>(c.handle);
+        c.out.drain_into(s);
+        if c.closing && (!s.is_open() || (c.out.len == 0 && s.send_queue() == 0)) {
+            s.close();
+            let handle = c.handle;
+            links.slots[i] = Slot::Free;
+            links.release(handle);
+        }
+    }
+    links.reclaim(sockets);
 }
 
 /// Applies what the DHCP client learnt: address and default route, or their loss.

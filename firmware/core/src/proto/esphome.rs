@@ -322,6 +322,16 @@ impl Server {
         self.state == State::Data
     }
 
+    /// When [`Server::expired`] turns true if nothing comes: the handshake's limit from the
+    /// accepted connection, or the data phase's from the last byte (`None`: closed).
+    pub fn expires_at(&self, accepted_ms: u64, last_input_ms: u64) -> Option<u64> {
+        match self.state {
+            State::Magic | State::Features | State::AuthAnswer(_) => Some(accepted_ms + HANDSHAKE_TIMEOUT_MS),
+            State::Size | State::Md5 | State::Data | State::FinalAck => Some(last_input_ms + DATA_TIMEOUT_MS),
+            State::Closed => None,
+        }
+    }
+
     /// Whether the client has had its time, `since_accept_ms` after the connection was accepted
     /// and `since_input_ms` after its last byte: [`HANDSHAKE_TIMEOUT_MS`] in all for the
     /// handshake, then [`DATA_TIMEOUT_MS`] without data. The adapter then calls

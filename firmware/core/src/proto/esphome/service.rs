@@ -3,7 +3,7 @@
 //! handshake and data timeouts on the app's clock.
 
 use super::settings::OtaSettings;
-use super::{DATA_TIMEOUT_MS, Event, HANDSHAKE_TIMEOUT_MS, NonceSource, Output, Server, ServerConfig};
+use super::{Event, NonceSource, Output, Server, ServerConfig};
 use crate::io::{Entropy, Input};
 use crate::log::{LogEvent, LogSink};
 use crate::service::{Boot, Cx, PathIo, PathService};
@@ -134,14 +134,9 @@ impl<F: NorFlash> PathService<F> for Service {
         self.settle(&mut cx.io);
     }
 
-    /// The handshake's limit from the accepted connection, then the data phase's from the last
-    /// byte (which applies is ESPHome's rule, [`Server::expired`], at that moment).
-    fn deadline(&self, now_ms: u64) -> Option<u64> {
+    fn deadline(&self, _now_ms: u64) -> Option<u64> {
         let live = self.live.as_ref()?;
-        let handshake = live.accepted_ms + HANDSHAKE_TIMEOUT_MS;
-        let data = live.last_input_ms + DATA_TIMEOUT_MS;
-        // A limit that has passed without expiring the session does not apply to it.
-        [handshake, data].into_iter().filter(|&t| t > now_ms).min()
+        live.session.server.expires_at(live.accepted_ms, live.last_input_ms)
     }
 
     fn busy(&self) -> bool {
