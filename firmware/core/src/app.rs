@@ -162,3 +162,6 @@ impl App {
         self.paths.each_ref::<F>().into_iter().flatten().any(|p| p.reboot_requested())
     }
 }
+
+#[cfg(test)]
+mod tests;

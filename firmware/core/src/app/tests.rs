@@ -1,0 +1,168 @@
+//! The app driven through its I/O vocabulary alone, as an adapter drives it: the registry, the
+//! ESPHome timeout on the app's clock, one update at a time across paths.
+
+use super::*;
+use crate::boot::{BootloaderConfig, DirectVerify, PowerOn, power_on};
+use crate::flash::ram::RamFlash;
+use crate::image_builder::{ImageSpec, build};
+use crate::io::Remote;
+use crate::log::LogEvent;
+use crate::proto::{arduino, esphome};
+use crate::testutil::esphome_4mb_table;
+use core::net::SocketAddr;
+use std::format;
+use std::string::{String, ToString};
+use std::vec;
+use std::vec::Vec;
+
+/// What the app asked for, one line per request.
+#[derive(Default)]
+struct Recorded {
+    requests: Vec<String>,
+    lines: Vec<String>,
+}
+
+impl Io for Recorded {
+    fn listen(&mut self, l: LinkId, port: u16) {
+        self.requests.push(format!("listen {}.{} {port}", l.path, l.local));
+    }
+    fn bind(&mut self, l: LinkId, port: u16) {
+        self.requests.push(format!("bind {}.{} {port}", l.path, l.local));
+    }
+    fn connect(&mut self, l: LinkId, to: Remote<'_>) {
+        self.requests.push(format!("connect {}.{} {to:?}", l.path, l.local));
+    }
+    fn send(&mut self, l: LinkId, bytes: &[u8]) {
+        self.requests.push(format!("send {}.{} {bytes:?}", l.path, l.local));
+    }
+    fn close(&mut self, l: LinkId) {
+        self.requests.push(format!("close {}.{}", l.path, l.local));
+    }
+    fn datagram(&mut self, l: LinkId, to: SocketAddr, bytes: &[u8]) {
+        self.requests.push(format!(
+            "datagram {}.{} {to} {}",
+            l.path,
+            l.local,
+            String::from_utf8_lossy(bytes)
+        ));
+    }
+    fn log(&mut self, line: &LogEvent<'_>) {
+        self.lines.push(crate::log::LogLine { ms: 0, event: line }.to_string());
+    }
+    fn exchange_over(&mut self) {
+        self.requests.push("exchange over".into());
+    }
+}
+
+struct Zeros;
+impl Entropy for Zeros {
+    fn fill(&mut self, buf: &mut [u8]) {
+        buf.fill(0);
+    }
+}
+
+fn booted_device() -> (RamFlash, App, Vec<String>) {
+    let mut flash = RamFlash::new(4 << 20);
+    let t = esphome_4mb_table().to_bytes(true);
+    flash.data[0x8000..0x8000 + t.len()].copy_from_slice(&t);
+    let mut spec = ImageSpec::new("otahil", "1.0.0");
+    spec.payload_len = 2000;
+    let mut image = vec![0; spec.image_len()];
+    build(&spec, &mut image).unwrap();
+    flash.data[0x10000..0x10000 + image.len()].copy_from_slice(&image);
+    let mut lines = Vec::new();
+    let mut log = |e: &LogEvent<'_>| lines.push(crate::log::LogLine { ms: 0, event: e }.to_string());
+    let config =
+        BootloaderConfig { rollback: false, chip: crate::image::ChipInfo::ESP32C3, flash_size: 4 << 20 };
+    let PowerOn::Running { table, booted } = power_on(&mut flash, config, &mut DirectVerify, &mut log, 4)
+    else {
+        panic!("the device does not boot")
+    };
+    let built_in = BuiltIn {
+        ota_password: None,
+        ota_protocol: 2,
+        ota_sha256: true,
+        ota_port: esphome::DEFAULT_PORT,
+        arduino_password: None,
+        arduino_auth: arduino::AuthScheme::Md5,
+        mac: [2, 0, 0, 0, 0, 1],
+    };
+    let app = App::boot(&mut flash, table, &booted, OtaConfig::default(), &built_in, &mut log, &mut Zeros);
+    (flash, app, lines)
+}
+
+fn env<'e>(
+    flash: &'e mut RamFlash,
+    now_ms: u64,
+    io: &'e mut Recorded,
+    rng: &'e mut Zeros,
+) -> Env<'e, RamFlash> {
+    Env { flash, now_ms, rng, io }
+}
+
+const ESPHOME_LISTENER: LinkId = LinkId { path: 0, local: 0 };
+const ARDUINO_SOCKET: LinkId = LinkId { path: 1, local: 0 };
+const UPLOADER: SocketAddr = SocketAddr::new(core::net::IpAddr::V4(core::net::Ipv4Addr::LOCALHOST), 40000);
+
+#[test]
+fn every_path_boots_from_its_settings_and_opens_links_named_by_its_index() {
+    let (mut flash, mut app, lines) = booted_device();
+    assert_eq!(PATHS, ["esphome", "arduino", "mqtt_pull"]);
+    assert!(
+        lines.iter().any(|l| l.contains("config: OTA password none (built in), protocol 2 (built in)")),
+        "{lines:?}"
+    );
+    assert!(app.serves::<RamFlash>("esphome") && app.serves::<RamFlash>("arduino"));
+    assert!(!app.serves::<RamFlash>("mqtt_pull"), "no broker in NVS: the pull is off");
+    let (mut io, mut rng) = (Recorded::default(), Zeros);
+    app.start(&mut env(&mut flash, 0, &mut io, &mut rng));
+    assert_eq!(io.requests, ["listen 0.0 3232", "bind 1.0 3232"]);
+    assert_eq!(io.lines, ["I (0) ota: listening on port 3232"]);
+    assert_eq!(app.deadline::<RamFlash>(0), None, "an idle device has nothing to wake up for");
+}
+
+#[test]
+fn a_silent_esphome_client_is_timed_out_on_the_apps_clock() {
+    let (mut flash, mut app, _) = booted_device();
+    let (mut io, mut rng) = (Recorded::default(), Zeros);
+    let client = app.accept(ESPHOME_LISTENER, &mut env(&mut flash, 1000, &mut io, &mut rng)).expect("taken");
+    assert_eq!(client, LinkId { path: 0, local: 1 });
+    assert!(app.busy::<RamFlash>() && app.in_exchange::<RamFlash>());
+    let limit = 1000 + esphome::HANDSHAKE_TIMEOUT_MS;
+    assert_eq!(app.deadline::<RamFlash>(1000), Some(limit));
+    let mut io = Recorded::default();
+    app.poll(&mut env(&mut flash, limit - 1, &mut io, &mut rng));
+    assert!(io.requests.is_empty(), "not yet: {:?}", io.requests);
+    app.poll(&mut env(&mut flash, limit, &mut io, &mut rng));
+    assert_eq!(io.requests, ["send 0.1 [255]", "close 0.1", "exchange over"]);
+    assert_eq!(io.lines, ["W (0) ota: timed out waiting for the client"]);
+    assert!(!app.busy::<RamFlash>());
+    assert_eq!(app.deadline::<RamFlash>(limit), None);
+}
+
+#[test]
+fn one_update_at_a_time_whichever_path_holds_the_device() {
+    let (mut flash, mut app, _) = booted_device();
+    let mut rng = Zeros;
+    // An ArduinoOTA invitation is taken: the device connects back to the uploader.
+    let mut io = Recorded::default();
+    let invitation = b"0 40000 1000 0123456789abcdef0123456789abcdef\n";
+    let input = Input::Datagram { socket: ARDUINO_SOCKET, from: UPLOADER, bytes: invitation };
+    app.input(input, &mut env(&mut flash, 0, &mut io, &mut rng));
+    assert_eq!(io.requests[0], "datagram 1.0 127.0.0.1:40000 OK");
+    assert!(io.requests[1].starts_with("connect 1.1 Addr(127.0.0.1:40000)"), "{:?}", io.requests);
+    // Meanwhile an ESPHome client waits: the app leaves it waiting.
+    assert_eq!(app.accept(ESPHOME_LISTENER, &mut env(&mut flash, 10, &mut io, &mut rng)), None);
+    // The uploader cannot be reached: the exchange ends, and the ESPHome client is taken.
+    let mut io = Recorded::default();
+    let failed = Input::ConnectFailed(LinkId { path: 1, local: 1 }, crate::io::ConnectFailure::Refused);
+    app.input(failed, &mut env(&mut flash, 20, &mut io, &mut rng));
+    assert!(io.requests.contains(&"exchange over".to_string()), "{:?}", io.requests);
+    let client = app.accept(ESPHOME_LISTENER, &mut env(&mut flash, 30, &mut io, &mut rng));
+    assert_eq!(client, Some(LinkId { path: 0, local: 1 }));
+    // And while it is held, an invitation is refused as busy.
+    let mut io = Recorded::default();
+    app.input(input, &mut env(&mut flash, 40, &mut io, &mut rng));
+    assert!(io.requests.iter().all(|r| !r.starts_with("connect")), "{:?}", io.requests);
+    assert_eq!(io.lines, ["W (0) arduino: invitation ignored: an update is already running"]);
+}
