@@ -245,8 +245,10 @@ impl<O: Output> client::Output for BrokerOut<'_, O> {
                 self.0.log(&LogEvent::Module(&MqttLine::Lost { why, retry_in_ms }))
             }
             client::Event::Dropped { len } => self.0.log(&LogEvent::Module(&MqttLine::Dropped { len })),
+            // The pull asks for no streaming: a large message comes as `Dropped`.
             client::Event::Connecting { .. }
             | client::Event::Message { .. }
+            | client::Event::Piece { .. }
             | client::Event::Published { .. } => {}
         }
     }
@@ -460,6 +462,7 @@ fn mqtt_config<'s>(s: &Settings<'s>, will: &'s [u8]) -> client::Config<'s> {
         keep_alive_s: s.keep_alive_s,
         command_topic: s.command_topic,
         will: Some(Will { topic: s.state_topic, message: will, qos: QoS::AtLeastOnce, retain: true }),
+        stream_large: false,
     }
 }
 

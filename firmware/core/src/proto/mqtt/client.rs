@@ -30,6 +30,9 @@ pub struct Config<'a> {
     pub command_topic: &'a str,
     /// The last will: published by the broker if the device vanishes.
     pub will: Option<Will<'a>>,
+    /// Messages over [`MAX_PACKET`] come piece by piece ([`Event::Piece`]) instead of being
+    /// dropped (Homie's firmware message: the image, never whole in RAM).
+    pub stream_large: bool,
 }
 
 /// Why the connection ended.
@@ -86,6 +89,9 @@ pub enum Event<'a> {
     Ready,
     /// A message on a subscribed topic.
     Message { topic: &'a str, payload: &'a [u8], retain: bool },
+    /// A piece of a message too large to hold, as it came (`stream_large`): the payload's bytes
+    /// from `offset`; the last piece ends at `total`.
+    Piece { topic: &'a str, retain: bool, offset: u32, total: u32, piece: &'a [u8] },
     /// A message too large for the device, dropped.
     Dropped { len: u32 },
     /// A QoS 1 publication was acknowledged.
@@ -299,6 +305,7 @@ impl Client {
     ) -> usize {
         let mut taken = 0;
         while taken < input.len() && self.is_connected() {
+            self.decoder.stream_large = cfg.stream_large;
             let (used, packet) = self.decoder.feed(&input[taken..]);
             taken += used;
             let Some(packet) = packet else { continue };
@@ -441,6 +448,18 @@ fn step<O: Output>(state: &mut State, p: Incoming<'_>, reply: &mut Reply, out: &
                 *reply = Reply::PubAck(id);
             }
         }
+        (_, Incoming::PublishPiece { qos: QoS::ExactlyOnce, .. }) => {
+            return Err(Lost::Protocol(ProtocolError::QoS));
+        }
+        (_, Incoming::PublishPiece { topic, retain, id, offset, total, piece, .. }) => {
+            out.event(Event::Piece { topic, retain, offset, total, piece });
+            // Acknowledged once all of it is taken, as the whole message is.
+            if let Some(id) = id
+                && offset + piece.len() as u32 == total
+            {
+                *reply = Reply::PubAck(id);
+            }
+        }
         (_, Incoming::Oversized { kind: packet::kind::PUBLISH, len }) => {
             // Dropped whole: its packet id (QoS 1) is lost with it, so the broker re-sends it
             // on a new session at most; this one goes on.
@@ -475,5 +494,6 @@ fn packet_kind(p: &Incoming<'_>) -> u8 {
         Incoming::UnsubAck { .. } => kind::UNSUBACK,
         Incoming::PingResp => kind::PINGRESP,
         Incoming::Oversized { kind, .. } => *kind,
+        Incoming::PublishPiece { .. } => kind::PUBLISH,
     }
 }

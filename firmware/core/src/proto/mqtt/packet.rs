@@ -107,6 +107,20 @@ pub enum Incoming<'a> {
         kind: u8,
         len: u32,
     },
+    /// A piece of a PUBLISH over the decoder's capacity, streamed (a decoder asked to stream
+    /// large messages): the payload's bytes from `offset`, as they came; `total` is the whole
+    /// payload's size, and the last piece ends there. The topic and packet id come with every
+    /// piece.
+    PublishPiece {
+        topic: &'a str,
+        qos: QoS,
+        retain: bool,
+        dup: bool,
+        id: Option<u16>,
+        offset: u32,
+        total: u32,
+        piece: &'a [u8],
+    },
 }
 
 /// Where encoded bytes go (a TCP stream: pieces may be sent separately).
@@ -294,6 +308,11 @@ enum Stage {
     Body { first: u8, len: u32 },
     /// Dropping an oversized body; reported once it is all gone.
     Skip { first: u8, len: u32, left: u32 },
+    /// Collecting a large PUBLISH's topic and packet id (`head` bytes of the body, known once
+    /// the topic's length is in) before its payload is streamed.
+    StreamHead { first: u8, len: u32, head: u32 },
+    /// Streaming a large PUBLISH's payload: `at` bytes of it handed out so far.
+    StreamBody { first: u8, len: u32, head: u32, at: u32 },
 }
 
 /// Splits the broker's byte stream into packets.
@@ -301,11 +320,13 @@ pub struct Decoder<const N: usize> {
     buf: [u8; N],
     filled: usize,
     stage: Stage,
+    /// Stream PUBLISH packets over `N` bytes piece by piece instead of skipping them.
+    pub stream_large: bool,
 }
 
 impl<const N: usize> Default for Decoder<N> {
     fn default() -> Self {
-        Decoder { buf: [0; N], filled: 0, stage: Stage::Type }
+        Decoder { buf: [0; N], filled: 0, stage: Stage::Type, stream_large: false }
     }
 }
 
@@ -318,7 +339,7 @@ impl<const N: usize> Decoder<N> {
 
     /// Consumes bytes from `input` until one packet is complete, then decodes it. Returns how
     /// many bytes were used and the packet, if one completed. Call again with the rest.
-    pub fn feed<'s>(&'s mut self, input: &[u8]) -> (usize, Option<Result<Incoming<'s>, ProtocolError>>) {
+    pub fn feed<'s>(&'s mut self, input: &'s [u8]) -> (usize, Option<Result<Incoming<'s>, ProtocolError>>) {
         let mut used = 0;
         while used < input.len() {
             let b = input[used];
@@ -343,7 +364,9 @@ impl<const N: usize> Decoder<N> {
                         continue;
                     }
                     self.filled = 0;
-                    self.stage = if value as usize > N {
+                    self.stage = if value as usize > N && self.stream_large && first >> 4 == kind::PUBLISH {
+                        Stage::StreamHead { first, len: value, head: 2 }
+                    } else if value as usize > N {
                         Stage::Skip { first, len: value, left: value }
                     } else {
                         Stage::Body { first, len: value }
@@ -361,6 +384,37 @@ impl<const N: usize> Decoder<N> {
                         return (used, Some(self.finish()));
                     }
                 }
+                Stage::StreamHead { first, len, head } => {
+                    let take = (head as usize - self.filled).min(input.len() - used);
+                    self.buf[self.filled..self.filled + take].copy_from_slice(&input[used..used + take]);
+                    self.filled += take;
+                    used += take;
+                    if self.filled < head as usize {
+                        continue;
+                    }
+                    if head == 2 {
+                        // The topic's length is in: the head is the topic and, at QoS 1 and 2,
+                        // the packet id.
+                        let topic_len = u16::from_be_bytes([self.buf[0], self.buf[1]]) as u32;
+                        let id_len = if (first >> 1) & 3 == 0 { 0 } else { 2 };
+                        let head = 2 + topic_len + id_len;
+                        if head as usize > N || head > len {
+                            self.reset();
+                            return (used, Some(Err(ProtocolError::Topic)));
+                        }
+                        self.stage = Stage::StreamHead { first, len, head };
+                        continue;
+                    }
+                    // (The payload is not empty: the head fits the buffer, the body does not.)
+                    self.stage = Stage::StreamBody { first, len, head, at: 0 };
+                }
+                Stage::StreamBody { first, len, head, at } => {
+                    let take = ((len - head - at) as usize).min(input.len() - used);
+                    let piece = &input[used..used + take];
+                    used += take;
+                    self.stage = Stage::StreamBody { first, len, head, at: at + take as u32 };
+                    return (used, Some(self.piece(piece)));
+                }
                 Stage::Skip { first, len, left } => {
                     let take = (left as usize).min(input.len() - used);
                     used += take;
@@ -374,6 +428,39 @@ impl<const N: usize> Decoder<N> {
             }
         }
         (used, None)
+    }
+
+    /// The piece just taken of a streamed PUBLISH (the stage holds the count after it).
+    fn piece<'s>(&'s mut self, piece: &'s [u8]) -> Result<Incoming<'s>, ProtocolError> {
+        let Stage::StreamBody { first, len, head, at } = self.stage else { return Err(ProtocolError::Topic) };
+        if head + at == len {
+            self.stage = Stage::Type;
+        }
+        let flags = first & 0x0F;
+        let qos = match (flags >> 1) & 3 {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            2 => QoS::ExactlyOnce,
+            _ => return Err(ProtocolError::QoS),
+        };
+        let topic_len = u16::from_be_bytes([self.buf[0], self.buf[1]]) as usize;
+        let topic = core::str::from_utf8(&self.buf[2..2 + topic_len]).map_err(|_| ProtocolError::Topic)?;
+        if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+            return Err(ProtocolError::Topic);
+        }
+        let id = (qos != QoS::AtMostOnce)
+            .then(|| u16::from_be_bytes([self.buf[2 + topic_len], self.buf[3 + topic_len]]));
+        let offset = at - piece.len() as u32;
+        Ok(Incoming::PublishPiece {
+            topic,
+            qos,
+            retain: flags & 1 != 0,
+            dup: flags & 8 != 0,
+            id,
+            offset,
+            total: len - head,
+            piece,
+        })
     }
 
     fn finish(&mut self) -> Result<Incoming<'_>, ProtocolError> {

@@ -121,6 +121,59 @@ fn oversized_packets_are_skipped_whole_and_the_stream_goes_on() {
     assert_eq!(p, Some(Ok(Incoming::PingResp)));
 }
 
+/// A large PUBLISH streamed: every split of the stream gives the same payload, in order, with
+/// the topic and id on every piece, and the stream goes on after it.
+#[test]
+fn large_publishes_stream_piece_by_piece_whatever_the_splits() {
+    let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+    let mut stream = Vec::new();
+    packet::publish(&mut stream, "homie/d/x", &payload, QoS::AtLeastOnce, true, 0x1234).unwrap();
+    packet::publish(&mut stream, "homie/d/e", b"", QoS::AtMostOnce, false, 0).unwrap();
+    stream.extend_from_slice(&[0xD0, 0]);
+    for split in [1, 2, 3, 13, 64, 999, stream.len()] {
+        let mut d = Decoder::<16>::default();
+        d.stream_large = true;
+        let (mut got, mut rest, mut pieces, mut after) = (Vec::new(), &stream[..], 0, Vec::new());
+        while !rest.is_empty() {
+            let chunk = &rest[..split.min(rest.len())];
+            let mut at = 0;
+            while at < chunk.len() {
+                let (used, p) = d.feed(&chunk[at..]);
+                at += used;
+                match p {
+                    Some(Ok(Incoming::PublishPiece { topic, id, retain, offset, total, piece, .. }))
+                        if topic == "homie/d/x" =>
+                    {
+                        assert_eq!((id, retain, total, offset as usize), (Some(0x1234), true, 1000, got.len()));
+                        got.extend_from_slice(piece);
+                        pieces += 1;
+                    }
+                    Some(other) => after.push(format!("{other:?}")),
+                    None => {}
+                }
+            }
+            rest = &rest[chunk.len()..];
+        }
+        assert_eq!(got, payload, "split {split}");
+        assert!(pieces >= 1 && pieces <= 1000, "split {split}: {pieces} pieces");
+        // A message within the capacity comes whole, as before.
+        assert_eq!(after.len(), 2, "split {split}: {after:?}");
+        assert!(after[0].contains("Publish {") && after[0].contains("homie/d/e"), "{after:?}");
+        assert_eq!(after[1], "Ok(PingResp)");
+    }
+    // Not asked to stream: skipped whole, as before.
+    let mut d = Decoder::<16>::default();
+    let (_, p) = d.feed(&stream);
+    assert!(matches!(p, Some(Ok(Incoming::Oversized { kind: 3, .. }))), "{p:?}");
+    // A topic longer than the decoder can hold is an error, not a panic.
+    let mut long = Vec::new();
+    packet::publish(&mut long, &"t".repeat(20), &[1; 30], QoS::AtMostOnce, false, 0).unwrap();
+    let mut d = Decoder::<16>::default();
+    d.stream_large = true;
+    let (_, p) = d.feed(&long);
+    assert_eq!(p, Some(Err(ProtocolError::Topic)));
+}
+
 #[test]
 fn malformed_packets_are_protocol_errors() {
     let cases: [(&[u8], ProtocolError); 10] = [
@@ -199,6 +252,7 @@ fn cfg() -> Config<'static> {
             qos: QoS::AtLeastOnce,
             retain: true,
         }),
+        stream_large: false,
     }
 }
 
