@@ -141,10 +141,19 @@ fn large_publishes_stream_piece_by_piece_whatever_the_splits() {
                 let (used, p) = d.feed(&chunk[at..]);
                 at += used;
                 match p {
-                    Some(Ok(Incoming::PublishPiece { topic, id, retain, offset, total, piece, .. }))
-                        if topic == "homie/d/x" =>
-                    {
-                        assert_eq!((id, retain, total, offset as usize), (Some(0x1234), true, 1000, got.len()));
+                    Some(Ok(Incoming::PublishPiece {
+                        topic: "homie/d/x",
+                        id,
+                        retain,
+                        offset,
+                        total,
+                        piece,
+                        ..
+                    })) => {
+                        assert_eq!(
+                            (id, retain, total, offset as usize),
+                            (Some(0x1234), true, 1000, got.len())
+                        );
                         got.extend_from_slice(piece);
                         pieces += 1;
                     }
@@ -155,7 +164,7 @@ fn large_publishes_stream_piece_by_piece_whatever_the_splits() {
             rest = &rest[chunk.len()..];
         }
         assert_eq!(got, payload, "split {split}");
-        assert!(pieces >= 1 && pieces <= 1000, "split {split}: {pieces} pieces");
+        assert!((1..=1000).contains(&pieces), "split {split}: {pieces} pieces");
         // A message within the capacity comes whole, as before.
         assert_eq!(after.len(), 2, "split {split}: {after:?}");
         assert!(after[0].contains("Publish {") && after[0].contains("homie/d/e"), "{after:?}");
