@@ -47,6 +47,7 @@ paths! {
     esphome: crate::proto::esphome::service::Service,
     arduino: crate::proto::arduino::service::Service,
     mqtt_pull: crate::proto::mqtt_pull::service::Service,
+    homie: crate::proto::homie::service::Service,
 }
 
 /// What every call lends the app: the flash, the clock (ms since boot), randomness and the

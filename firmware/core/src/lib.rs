@@ -52,6 +52,7 @@ pub mod proto;
 pub mod provision;
 pub mod resume;
 pub mod rng;
+pub mod running;
 pub mod selftest;
 pub mod service;
 pub mod session;

@@ -5,6 +5,7 @@
 
 pub mod arduino;
 pub mod esphome;
+pub mod homie;
 pub mod http_pull;
 pub mod mqtt;
 pub mod mqtt_pull;

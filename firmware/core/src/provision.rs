@@ -6,6 +6,7 @@ use crate::nvs;
 use crate::proto::arduino::AuthScheme;
 use crate::proto::arduino::settings::{KEY_ARDUINO_AUTH, KEY_ARDUINO_PASSWORD};
 use crate::proto::esphome::settings::{KEY_PASSWORD, KEY_PROTOCOL};
+use crate::proto::homie::settings::{DeviceId, KEY_HOMIE_BROKER, KEY_HOMIE_ID, KEY_HOMIE_OTA};
 use crate::proto::mqtt_pull::settings::{
     KEY_MQTT_BROKER, KEY_MQTT_CMD_TOPIC, KEY_MQTT_STATE_TOPIC, KEY_PULL_CA, KEY_PULL_CLOCK, KEY_PULL_RESUME,
     KEY_PULL_TIMEOUT, KEY_PULL_VERSION_CHECK, MAX_BROKER_LEN, MAX_CA_DER, MAX_CA_PEM, MAX_TOPIC_LEN, Topic,
@@ -32,6 +33,16 @@ pub struct MqttProvision<'a> {
     pub resume: bool,
 }
 
+/// Homie OTA's provisioned settings.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct HomieProvision<'a> {
+    pub broker: &'a str,
+    /// The device id in its topics (default: the MAC in hex).
+    pub id: Option<&'a str>,
+    /// [`KEY_HOMIE_OTA`]: OTA enabled (Homie's default is off).
+    pub ota: bool,
+}
+
 /// What a factory (or the harness) provisions into a device's nvs partition.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct Provision<'a> {
@@ -46,6 +57,8 @@ pub struct Provision<'a> {
     pub arduino: Option<(Option<&'a str>, AuthScheme)>,
     /// The pull path's broker and topics; not written when `None` (the path stays off).
     pub mqtt: Option<MqttProvision<'a>>,
+    /// Homie OTA's broker, id and switch; not written when `None` (the path stays off).
+    pub homie: Option<HomieProvision<'a>>,
 }
 
 /// An NVS page holding `p`, for provisioning a flash image: the page decides the OTA password
@@ -114,6 +127,17 @@ pub fn provisioning_page(p: &Provision<'_>) -> Result<[u8; nvs::PAGE_SIZE], Prov
         if m.resume {
             page.u8(ns, KEY_PULL_RESUME, 1).map_err(ProvisionError::Nvs)?;
         }
+    }
+    if let Some(h) = p.homie {
+        if parse_broker(h.broker).is_none() || h.broker.len() > MAX_BROKER_LEN {
+            return Err(ProvisionError::Broker);
+        }
+        page.str(ns, KEY_HOMIE_BROKER, h.broker).map_err(ProvisionError::Nvs)?;
+        if let Some(id) = h.id {
+            DeviceId::new(id).ok_or(ProvisionError::Topic)?;
+            page.str(ns, KEY_HOMIE_ID, id).map_err(ProvisionError::Nvs)?;
+        }
+        page.u8(ns, KEY_HOMIE_OTA, h.ota as u8).map_err(ProvisionError::Nvs)?;
     }
     Ok(page.finish())
 }
@@ -220,6 +244,7 @@ mod tests {
             wifi: None,
             arduino: None,
             mqtt: None,
+            homie: None,
         })
         .unwrap();
         let (s, _) = load(Some(&page), OtaSettings::built_in(None, 2));
@@ -269,6 +294,7 @@ mod tests {
                 wifi: None,
                 arduino: None,
                 mqtt: None,
+                homie: None,
             }),
             Err(ProvisionError::PasswordTooLong { len: MAX_PASSWORD_LEN + 1 })
         );

@@ -201,6 +201,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     wifi: wifi_ssid.as_deref().map(|ssid| (ssid, wifi_password.as_deref().unwrap_or(""))),
                     arduino: None,
                     mqtt: None,
+                    homie: None,
                 };
                 crate::mkflash::provision_settings(&mut image, &table, &settings)?;
             } else if wifi_password.is_some() {

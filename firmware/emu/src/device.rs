@@ -525,6 +525,7 @@ mod tests {
                 wifi: None,
                 arduino: None,
                 mqtt: None,
+                homie: None,
             },
         )
         .unwrap();

@@ -131,6 +131,7 @@ pub fn device_flash(
             wifi,
             arduino: d.arduino.as_ref().map(|a| (a.password.as_deref(), a.auth)),
             mqtt,
+            homie: None,
         },
     ) {
         Ok(()) => true,

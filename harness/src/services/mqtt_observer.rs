@@ -180,7 +180,8 @@ impl Output for Sock<'_> {
             Event::Dropped { len } => {
                 tracing::warn!("MQTT observer: a message of {len} bytes was too long to record")
             }
-            Event::Connecting { .. } | Event::Published { .. } => {}
+            // Asked for no streaming: a large message comes as `Dropped`.
+            Event::Connecting { .. } | Event::Published { .. } | Event::Piece { .. } => {}
         }
         cv.notify_all();
     }
@@ -205,6 +206,7 @@ fn session(
         keep_alive_s: 30,
         command_topic: "#",
         will: None,
+        stream_large: false,
     };
     let started = Instant::now();
     let now = || started.elapsed().as_millis() as u64;

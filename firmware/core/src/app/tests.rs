@@ -107,13 +107,14 @@ const UPLOADER: SocketAddr = SocketAddr::new(core::net::IpAddr::V4(core::net::Ip
 #[test]
 fn every_path_boots_from_its_settings_and_opens_links_named_by_its_index() {
     let (mut flash, mut app, lines) = booted_device();
-    assert_eq!(PATHS, ["esphome", "arduino", "mqtt_pull"]);
+    assert_eq!(PATHS, ["esphome", "arduino", "mqtt_pull", "homie"]);
     assert!(
         lines.iter().any(|l| l.contains("config: OTA password none (built in), protocol 2 (built in)")),
         "{lines:?}"
     );
     assert!(app.serves::<RamFlash>("esphome") && app.serves::<RamFlash>("arduino"));
     assert!(!app.serves::<RamFlash>("mqtt_pull"), "no broker in NVS: the pull is off");
+    assert!(!app.serves::<RamFlash>("homie"), "no broker in NVS: Homie is off");
     let (mut io, mut rng) = (Recorded::default(), Zeros);
     app.start(&mut env(&mut flash, 0, &mut io, &mut rng));
     assert_eq!(io.requests, ["listen 0.0 3232", "bind 1.0 3232"]);
@@ -165,4 +166,155 @@ fn one_update_at_a_time_whichever_path_holds_the_device() {
     app.input(input, &mut env(&mut flash, 40, &mut io, &mut rng));
     assert!(io.requests.iter().all(|r| !r.starts_with("connect")), "{:?}", io.requests);
     assert_eq!(io.lines, ["W (0) arduino: invitation ignored: an update is already running"]);
+}
+
+/// The bytes the app sent on each link, and whether it asked for a connection.
+#[derive(Default)]
+struct Wire {
+    sent: std::collections::BTreeMap<(u8, u8), Vec<u8>>,
+    connects: Vec<String>,
+    lines: Vec<String>,
+}
+
+impl Io for Wire {
+    fn listen(&mut self, _: LinkId, _: u16) {}
+    fn bind(&mut self, _: LinkId, _: u16) {}
+    fn connect(&mut self, l: LinkId, to: Remote<'_>) {
+        self.connects.push(format!("{}.{} {to:?}", l.path, l.local));
+    }
+    fn send(&mut self, l: LinkId, bytes: &[u8]) {
+        self.sent.entry((l.path, l.local)).or_default().extend_from_slice(bytes);
+    }
+    fn close(&mut self, _: LinkId) {}
+    fn datagram(&mut self, _: LinkId, _: SocketAddr, _: &[u8]) {}
+    fn log(&mut self, line: &LogEvent<'_>) {
+        self.lines.push(crate::log::LogLine { ms: 0, event: line }.to_string());
+    }
+    fn exchange_over(&mut self) {}
+}
+
+/// What a broker reads from the device's bytes: each PUBLISH as `topic payload`, and the
+/// PUBACKs' ids.
+fn broker_reads(bytes: &[u8]) -> (Vec<String>, Vec<u16>) {
+    use crate::proto::mqtt::packet::{Incoming, decode};
+    let (mut publishes, mut acks, mut rest) = (Vec::new(), Vec::new(), bytes);
+    while !rest.is_empty() {
+        let (first, mut len, mut n) = (rest[0], 0usize, 1);
+        loop {
+            let b = rest[n];
+            len |= ((b & 0x7F) as usize) << (7 * (n - 1));
+            n += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let body = &rest[n..n + len];
+        match first >> 4 {
+            3 => {
+                // decode() reads packets from a broker; the device's PUBLISH has the same layout.
+                if let Ok(Incoming::Publish { topic, payload, .. }) = decode(first, body) {
+                    publishes.push(format!("{topic} {}", String::from_utf8_lossy(payload)));
+                }
+            }
+            4 => acks.push(u16::from_be_bytes([body[0], body[1]])),
+            _ => {}
+        }
+        rest = &rest[n + len..];
+    }
+    (publishes, acks)
+}
+
+/// A Homie 3 push through the app alone: the session comes up, the attributes are published,
+/// the image comes as one large QoS 1 message in TCP-sized pieces, the statuses go out between
+/// the pieces, the message is acknowledged after its last piece, and the app asks for a restart.
+#[test]
+fn a_homie_push_through_the_app() {
+    use crate::proto::mqtt::packet::{self, QoS};
+    use crate::provision::{HomieProvision, Provision, provisioning_page};
+    let (mut flash, _, _) = booted_device();
+    let page = provisioning_page(&Provision {
+        protocol: 2,
+        homie: Some(HomieProvision { broker: "127.0.0.1:1883", id: Some("dev1"), ota: true }),
+        ..Provision::default()
+    })
+    .unwrap();
+    flash.data[0x390000..0x390000 + page.len()].copy_from_slice(&page);
+    // Boot again with the settings in NVS.
+    let table = esphome_4mb_table();
+    let config =
+        BootloaderConfig { rollback: false, chip: crate::image::ChipInfo::ESP32C3, flash_size: 4 << 20 };
+    let mut lines = Vec::new();
+    let mut log = |e: &LogEvent<'_>| lines.push(crate::log::LogLine { ms: 0, event: e }.to_string());
+    let PowerOn::Running { booted, .. } = power_on(&mut flash, config, &mut DirectVerify, &mut log, 4) else {
+        panic!("no boot")
+    };
+    let built_in = BuiltIn {
+        ota_password: None,
+        ota_protocol: 2,
+        ota_sha256: true,
+        ota_port: esphome::DEFAULT_PORT,
+        arduino_password: None,
+        arduino_auth: arduino::AuthScheme::Md5,
+        mac: [2, 0, 0, 0, 0, 1],
+    };
+    let mut app =
+        App::boot(&mut flash, table, &booted, OtaConfig::default(), &built_in, &mut log, &mut Zeros);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Homie device dev1 on broker 127.0.0.1:1883 (nvs), OTA enabled (nvs)")),
+        "{lines:?}"
+    );
+    assert!(app.serves::<RamFlash>("homie"));
+    let broker = LinkId { path: 3, local: 0 };
+    let (mut io, mut rng) = (Wire::default(), Zeros);
+    app.start(&mut env_wire(&mut flash, 0, &mut io, &mut rng));
+    assert_eq!(io.connects, ["3.0 Addr(127.0.0.1:1883)"]);
+    app.input(Input::Connected(broker), &mut env_wire(&mut flash, 1, &mut io, &mut rng));
+    // CONNACK, then the SUBACK of the firmware filter (packet id 1).
+    app.input(
+        Input::Data(broker, &[0x20, 2, 0, 0, 0x90, 3, 0, 1, 1]),
+        &mut env_wire(&mut flash, 2, &mut io, &mut rng),
+    );
+    let (publishes, _) = broker_reads(&io.sent[&(3, 0)]);
+    assert!(publishes.contains(&"homie/dev1/$state ready".to_string()), "{publishes:?}");
+    assert!(publishes.contains(&"homie/dev1/$implementation/ota/enabled true".to_string()));
+    let checksum = "homie/dev1/$fw/checksum ";
+    assert!(
+        publishes.iter().any(|p| p.starts_with(checksum) && p.len() == checksum.len() + 32),
+        "{publishes:?}"
+    );
+    // The firmware: v2 as one QoS 1 message, given in 1460-byte segments.
+    let mut spec = ImageSpec::new("otahil", "2.0.0");
+    spec.payload_len = 30_000;
+    let mut v2 = vec![0; spec.image_len()];
+    build(&spec, &mut v2).unwrap();
+    let md5: [u8; 16] = md5::Digest::finalize(<md5::Md5 as md5::Digest>::new_with_prefix(&v2)).into();
+    let mut hex = [0u8; 32];
+    crate::hex::encode_lower(&md5, &mut hex);
+    let topic = format!("homie/dev1/$implementation/ota/firmware/{}", core::str::from_utf8(&hex).unwrap());
+    let mut message = Vec::new();
+    packet::publish(&mut message, &topic, &v2, QoS::AtLeastOnce, false, 7).unwrap();
+    let mut io = Wire::default();
+    for (i, segment) in message.chunks(1460).enumerate() {
+        app.input(Input::Data(broker, segment), &mut env_wire(&mut flash, 10 + i as u64, &mut io, &mut rng));
+    }
+    let (publishes, acks) = broker_reads(&io.sent[&(3, 0)]);
+    let statuses: Vec<&str> =
+        publishes.iter().filter_map(|p| p.strip_prefix("homie/dev1/$implementation/ota/status ")).collect();
+    assert_eq!(statuses.first(), Some(&"202"));
+    assert_eq!(statuses.last(), Some(&"200"), "{:?}", io.lines);
+    assert!(statuses.len() > 10, "a 206 per piece: {statuses:?}");
+    assert_eq!(acks, [7], "acknowledged once, after the last piece");
+    assert!(app.reboot_requested::<RamFlash>());
+    assert_eq!(&flash.data[0x1D0000..0x1D0000 + v2.len()], &v2[..]);
+}
+
+fn env_wire<'e>(
+    flash: &'e mut RamFlash,
+    now_ms: u64,
+    io: &'e mut Wire,
+    rng: &'e mut Zeros,
+) -> Env<'e, RamFlash> {
+    Env { flash, now_ms, rng, io }
 }

@@ -200,6 +200,7 @@ fn the_devices_own_client_talks_to_it() {
             qos: QoS::AtLeastOnce,
             retain: true,
         }),
+        stream_large: false,
     };
     let mut client = Client::default();
     let mut sock = Sock::default();
