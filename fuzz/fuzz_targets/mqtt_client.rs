@@ -78,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
         // Half the inputs take large messages piece by piece (Homie's firmware message).
         stream_large: data.first().is_some_and(|b| b & 1 == 1),
     };
-    let mut client = Client::default();
+    let mut client = <Client>::default();
     let mut out = Out::default();
     let mut now = 0u64;
     let mut ops = data;

@@ -60,7 +60,7 @@ enum Task {
     Fuzz {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        /// Only this target (arduino_server, esphome_server, flash_formats, http_pull, mqtt_client, mqtt_pull, rom_loader, scenario_loader, tls_link).
+        /// Only this target (arduino_server, esphome_server, flash_formats, homie, http_pull, mqtt_client, mqtt_pull, rom_loader, scenario_loader, tls_link).
         #[arg(long)]
         target: Option<String>,
         /// libFuzzer's seed (0: libFuzzer picks one and prints it).
@@ -433,6 +433,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "arduino_server",
     "esphome_server",
     "flash_formats",
+    "homie",
     "http_pull",
     "mqtt_client",
     "mqtt_pull",

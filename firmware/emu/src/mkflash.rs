@@ -92,8 +92,14 @@ mod tests {
         let table = parse_csv("nvs, data, nvs, 0x9000, 0x5000\napp0, app, ota_0, 0x10000, 1M\n").unwrap();
         let mut image = merged_image(&table, APP, 4 << 20).unwrap();
         image[0xA000] = 0x00; // stale bytes in the partition's second page
-        let settings =
-            Provision { ota_password: Some("pw"), protocol: 2, wifi: None, arduino: None, mqtt: None, homie: None };
+        let settings = Provision {
+            ota_password: Some("pw"),
+            protocol: 2,
+            wifi: None,
+            arduino: None,
+            mqtt: None,
+            homie: None,
+        };
         provision_settings(&mut image, &table, &settings).unwrap();
         let page = ota_core::provision::provisioning_page(&settings).unwrap();
         assert_eq!(&image[0x9000..0xA000], &page[..]);
@@ -115,7 +121,14 @@ mod tests {
         let e = provision_settings(
             &mut image,
             &table,
-            &Provision { ota_password: Some(&long), protocol: 2, wifi: None, arduino: None, mqtt: None, homie: None },
+            &Provision {
+                ota_password: Some(&long),
+                protocol: 2,
+                wifi: None,
+                arduino: None,
+                mqtt: None,
+                homie: None,
+            },
         )
         .unwrap_err();
         assert_eq!(e.to_string(), "password of 65 bytes: the device stores at most 64");

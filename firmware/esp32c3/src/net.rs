@@ -104,7 +104,10 @@ const EPHEMERAL: core::ops::RangeInclusive<u16> = 49152..=65535;
 const PER_LISTENER: usize = 2;
 const LISTENERS: usize = 1;
 /// Sockets for the device's own connections (ArduinoOTA's back-connection; the pull's broker
-/// and firmware server).
+/// and firmware server; Homie's broker). Three: a fourth (10 KiB) overflowed the stack under
+/// QEMU with Homie's session in the app (TLS handshakes and Arduino uploads failed). With both
+/// MQTT paths on, a pull's server connection and an ArduinoOTA back-connection cannot both be
+/// open: a connect takes the socket closing longest, or fails (`Refused`).
 const CLIENTS: usize = 3;
 const LINKS: usize = LISTENERS + 1 + LISTENERS * PER_LISTENER + CLIENTS;
 

@@ -210,7 +210,7 @@ fn session(
     };
     let started = Instant::now();
     let now = || started.elapsed().as_millis() as u64;
-    let mut client = Client::default();
+    let mut client = <Client>::default();
     let mut sock = Sock { out: Vec::new(), seen, close: false };
     client.start(&cfg, &mut sock);
     client.connected(&cfg, now(), &mut sock);

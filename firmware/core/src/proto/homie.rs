@@ -46,6 +46,42 @@ pub const STATUS_TOPIC: &str = "$implementation/ota/status";
 /// The first byte of an ESP32 image (`ESP_IMAGE_HEADER_MAGIC`).
 const IMAGE_MAGIC: u8 = 0xE9;
 
+/// `Homie_setFirmware`'s magic bytes (homie-ota.md §3): the name and the version framed so an
+/// OTA server (`homie-ota`, `firmware_parser.py`) reads them from the binary.
+pub const NAME_LEFT: [u8; 5] = [0xBF, 0x84, 0xE4, 0x13, 0x54];
+pub const NAME_RIGHT: [u8; 5] = [0x93, 0x44, 0x6B, 0xA7, 0x75];
+pub const VERSION_LEFT: [u8; 5] = [0x6A, 0x3F, 0x3E, 0x0E, 0xE1];
+pub const VERSION_RIGHT: [u8; 5] = [0xB0, 0x30, 0x48, 0xD4, 0x1A];
+/// The signature `firmware_parser.py` looks for.
+pub const SIGNATURE: [u8; 18] = *b"%HOMIE_ESP8266_FW%";
+
+/// `text` between `left` and `right`, as a firmware embeds it (`N` = `text.len() + 10`); a
+/// `static` of it in the image is what servers find.
+pub const fn framed<const N: usize>(left: [u8; 5], text: &str, right: [u8; 5]) -> [u8; N] {
+    let mut out = [0u8; N];
+    let t = text.as_bytes();
+    assert!(N == t.len() + 10, "N must be the text's length + 10");
+    let mut i = 0;
+    while i < 5 {
+        out[i] = left[i];
+        out[N - 5 + i] = right[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < t.len() {
+        out[5 + j] = t[j];
+        j += 1;
+    }
+    out
+}
+
+/// The text framed by `left` and `right` in `image`, as `homie-ota` finds it (`None`: absent).
+pub fn find_framed<'i>(image: &'i [u8], left: &[u8; 5], right: &[u8; 5]) -> Option<&'i [u8]> {
+    let start = image.windows(5).position(|w| w == left)? + 5;
+    let len = image[start..].windows(5).position(|w| w == right)?;
+    Some(&image[start..start + len])
+}
+
 /// What the device publishes on the status topic.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Status {

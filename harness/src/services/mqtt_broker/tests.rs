@@ -202,7 +202,7 @@ fn the_devices_own_client_talks_to_it() {
         }),
         stream_large: false,
     };
-    let mut client = Client::default();
+    let mut client = <Client>::default();
     let mut sock = Sock::default();
     client.start(&cfg, &mut sock);
     let mut stream = TcpStream::connect(b.addr()).unwrap();

@@ -20,6 +20,9 @@ use embedded_storage::nor_flash::NorFlash;
 const BROKER: u8 = 0;
 /// AsyncMqttClient's keep-alive.
 const KEEP_ALIVE_S: u16 = 15;
+/// The largest packet the session takes whole: acknowledgements and small messages. The
+/// firmware message streams through, so the session needs no room for it.
+const PACKET: usize = 1024;
 /// `homie/` + a 32-character id + `/`.
 const PREFIX_MAX: usize = BASE_TOPIC.len() + super::settings::MAX_ID_LEN + 1;
 const TOPIC_MAX: usize = PREFIX_MAX + 40;
@@ -53,7 +56,7 @@ impl Topic {
 }
 
 pub struct Service {
-    client: Client,
+    client: Client<PACKET>,
     session: Session<Ota>,
     settings: HomieSettings,
     running: AppDesc,
@@ -187,7 +190,11 @@ impl Service {
     fn call<F: NorFlash>(
         &mut self,
         cx: &mut Cx<'_, F>,
-        f: impl FnOnce(&mut Client, &client::Config<'_>, &mut Handler<'_, '_, crate::update::FlashSink<'_, F>>),
+        f: impl FnOnce(
+            &mut Client<PACKET>,
+            &client::Config<'_>,
+            &mut Handler<'_, '_, crate::update::FlashSink<'_, F>>,
+        ),
     ) {
         let Some(broker) = self.settings.broker else { return };
         let Service { client, session, settings, running_md5, prefix, filter, state, .. } = self;

@@ -222,3 +222,32 @@ fn a_transfer_cut_by_the_broker_does_not_block_the_next() {
     let seen = b.send(&md5, &v2, 1000);
     assert_eq!(seen.statuses.last().map(String::as_str), Some("200"), "{:?}", seen.lines);
 }
+
+/// The spec's vectors for the magic bytes, and the chip firmware's fixtures carry them with
+/// the image's own name and version (what `homie-ota` reads when the image is uploaded).
+#[test]
+fn firmware_markers_frame_the_name_and_version() {
+    let name: [u8; 23] = framed(NAME_LEFT, "awesome-light", NAME_RIGHT);
+    assert_eq!(
+        name[..],
+        [
+            0xbf, 0x84, 0xe4, 0x13, 0x54, 0x61, 0x77, 0x65, 0x73, 0x6f, 0x6d, 0x65, 0x2d, 0x6c, 0x69, 0x67,
+            0x68, 0x74, 0x93, 0x44, 0x6b, 0xa7, 0x75
+        ]
+    );
+    let version: [u8; 15] = framed(VERSION_LEFT, "1.0.0", VERSION_RIGHT);
+    assert_eq!(
+        version[..],
+        [0x6a, 0x3f, 0x3e, 0x0e, 0xe1, 0x31, 0x2e, 0x30, 0x2e, 0x30, 0xb0, 0x30, 0x48, 0xd4, 0x1a]
+    );
+    assert_eq!(find_framed(&version, &VERSION_LEFT, &VERSION_RIGHT), Some(&b"1.0.0"[..]));
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/firmware/");
+    for (file, want) in [("v1.bin", "1.0.0"), ("v2.bin", "2.0.0")] {
+        let image = std::fs::read(std::format!("{dir}{file}")).unwrap();
+        let info = crate::image::verify(&mut &image[..], crate::image::ChipInfo::ESP32C3).unwrap();
+        assert_eq!(info.desc.version(), want);
+        assert_eq!(find_framed(&image, &VERSION_LEFT, &VERSION_RIGHT), Some(want.as_bytes()), "{file}");
+        assert_eq!(find_framed(&image, &NAME_LEFT, &NAME_RIGHT), Some(&b"otahil-fw"[..]), "{file}");
+        assert!(image.windows(SIGNATURE.len()).any(|w| w == SIGNATURE), "{file}");
+    }
+}

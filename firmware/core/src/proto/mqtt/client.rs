@@ -150,9 +150,11 @@ impl From<TooLong> for PublishError {
     }
 }
 
-pub struct Client {
+/// `N`: the largest packet taken whole (the rest are dropped, or streamed when the session asks
+/// for it); a client that only streams large messages needs little.
+pub struct Client<const N: usize = MAX_PACKET> {
     state: State,
-    decoder: Decoder<MAX_PACKET>,
+    decoder: Decoder<N>,
     attempt: u32,
     backoff_ms: u64,
     next_id: u16,
@@ -162,7 +164,7 @@ pub struct Client {
     unacked: u32,
 }
 
-impl Default for Client {
+impl<const N: usize> Default for Client<N> {
     fn default() -> Self {
         Client {
             state: State::Off,
@@ -177,7 +179,7 @@ impl Default for Client {
     }
 }
 
-impl Client {
+impl<const N: usize> Client<N> {
     /// Commands can arrive and status can be published.
     pub fn is_ready(&self) -> bool {
         self.state == State::Ready

@@ -268,7 +268,7 @@ fn cfg() -> Config<'static> {
 /// A client brought to Ready at t=0.
 fn ready() -> (Client, Rec) {
     let (c, mut out) = (cfg(), Rec::default());
-    let mut client = Client::default();
+    let mut client = <Client>::default();
     client.start(&c, &mut out);
     client.connected(&c, 0, &mut out);
     let (sent, log) = out.take();
@@ -366,7 +366,7 @@ fn refusals_and_broker_errors_end_the_session_with_the_reason() {
         ),
     ];
     for (first, then, want) in cases {
-        let mut client = Client::default();
+        let mut client = <Client>::default();
         let mut out = Rec::default();
         client.start(&c, &mut out);
         client.connected(&c, 0, &mut out);
@@ -382,7 +382,7 @@ fn refusals_and_broker_errors_end_the_session_with_the_reason() {
         assert!(!client.is_connected());
     }
     // No CONNACK within the answer timeout.
-    let mut client = Client::default();
+    let mut client = <Client>::default();
     let mut out = Rec::default();
     client.start(&c, &mut out);
     client.connected(&c, 0, &mut out);
