@@ -24,7 +24,8 @@ impl core::fmt::Display for PemError {
 const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
 const END: &str = "-----END CERTIFICATE-----";
 
-fn sextet(c: u8) -> Option<u32> {
+/// A base64 character's value (the standard alphabet; `None` for anything else).
+pub(crate) fn sextet(c: u8) -> Option<u32> {
     Some(match c {
         b'A'..=b'Z' => c - b'A',
         b'a'..=b'z' => c - b'a' + 26,

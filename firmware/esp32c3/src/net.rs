@@ -89,8 +89,8 @@ impl Entropy for HwRng {
     }
 }
 
-/// How long a connection may take to come up (arduino-esp32's `WiFiClient`, `esp_http_client`'s
-/// and the MQTT client's network timeouts are of this order).
+/// How long a connection may take to come up (the network timeouts of the clients an ESP32
+/// app links, lwIP's sockets under them, are of this order).
 const CONNECT_TIMEOUT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(3);
 /// How long a closing connection may keep its socket before it is dropped, as lwIP bounds its
 /// closing states.
@@ -103,11 +103,11 @@ const EPHEMERAL: core::ops::RangeInclusive<u16> = 49152..=65535;
 /// client, whose bytes wait in its buffer (lwIP's `listen(1)`).
 const PER_LISTENER: usize = 2;
 const LISTENERS: usize = 1;
-/// Sockets for the device's own connections (ArduinoOTA's back-connection; the pull's broker
-/// and firmware server; Homie's broker). Three: a fourth (10 KiB) overflowed the stack under
-/// QEMU with Homie's session in the app (TLS handshakes and Arduino uploads failed). With both
-/// MQTT paths on, a pull's server connection and an ArduinoOTA back-connection cannot both be
-/// open: a connect takes the socket closing longest, or fails (`Refused`).
+/// Sockets for the connections the app opens itself. Three: a fourth (10 KiB) overflowed the
+/// stack under QEMU with the app of four paths (TLS handshakes and uploads through a client
+/// socket failed). An app that wants a fourth connection at once gets the socket that has been
+/// closing longest, or `ConnectFailed(Refused)`; the paths' docs (README) say which of them
+/// can want that.
 const CLIENTS: usize = 3;
 const LINKS: usize = LISTENERS + 1 + LISTENERS * PER_LISTENER + CLIENTS;
 
@@ -381,8 +381,8 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         #[cfg(feature = "wifi")]
         Addressing::Dhcp => dhcp = Some(sockets.add(smoltcp::socket::dhcpv4::Socket::new())),
     }
-    // A listener's sockets take whole uploads in (ESPHome sends 8 KiB chunks); the client
-    // sockets carry a firmware download or an ArduinoOTA upload, and MQTT.
+    // A listener's sockets take whole uploads in (8 KiB chunks arrive at once); the client
+    // sockets carry downloads and uploads the device makes, and message sessions.
     let (mut rx_a, mut tx_a) = ([0u8; 16 * 1024], [0u8; 2 * 1024]);
     let (mut rx_b, mut tx_b) = ([0u8; 16 * 1024], [0u8; 2 * 1024]);
     let listen = [

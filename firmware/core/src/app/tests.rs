@@ -62,6 +62,11 @@ impl Entropy for Zeros {
 }
 
 fn booted_device() -> (RamFlash, App, Vec<String>) {
+    booted_with(None)
+}
+
+/// A device running v1 from ota_0, its nvs partition holding `provisioned` (if any), booted.
+fn booted_with(provisioned: Option<&crate::provision::Provision<'_>>) -> (RamFlash, App, Vec<String>) {
     let mut flash = RamFlash::new(4 << 20);
     let t = esphome_4mb_table().to_bytes(true);
     flash.data[0x8000..0x8000 + t.len()].copy_from_slice(&t);
@@ -70,6 +75,10 @@ fn booted_device() -> (RamFlash, App, Vec<String>) {
     let mut image = vec![0; spec.image_len()];
     build(&spec, &mut image).unwrap();
     flash.data[0x10000..0x10000 + image.len()].copy_from_slice(&image);
+    if let Some(p) = provisioned {
+        let page = crate::provision::provisioning_page(p).unwrap();
+        flash.data[0x390000..0x390000 + page.len()].copy_from_slice(&page);
+    }
     let mut lines = Vec::new();
     let mut log = |e: &LogEvent<'_>| lines.push(crate::log::LogLine { ms: 0, event: e }.to_string());
     let config =
@@ -230,35 +239,12 @@ fn broker_reads(bytes: &[u8]) -> (Vec<String>, Vec<u16>) {
 #[test]
 fn a_homie_push_through_the_app() {
     use crate::proto::mqtt::packet::{self, QoS};
-    use crate::provision::{HomieProvision, Provision, provisioning_page};
-    let (mut flash, _, _) = booted_device();
-    let page = provisioning_page(&Provision {
+    use crate::provision::{HomieProvision, Provision};
+    let (mut flash, mut app, lines) = booted_with(Some(&Provision {
         protocol: 2,
         homie: Some(HomieProvision { broker: "127.0.0.1:1883", id: Some("dev1"), ota: true }),
         ..Provision::default()
-    })
-    .unwrap();
-    flash.data[0x390000..0x390000 + page.len()].copy_from_slice(&page);
-    // Boot again with the settings in NVS.
-    let table = esphome_4mb_table();
-    let config =
-        BootloaderConfig { rollback: false, chip: crate::image::ChipInfo::ESP32C3, flash_size: 4 << 20 };
-    let mut lines = Vec::new();
-    let mut log = |e: &LogEvent<'_>| lines.push(crate::log::LogLine { ms: 0, event: e }.to_string());
-    let PowerOn::Running { booted, .. } = power_on(&mut flash, config, &mut DirectVerify, &mut log, 4) else {
-        panic!("no boot")
-    };
-    let built_in = BuiltIn {
-        ota_password: None,
-        ota_protocol: 2,
-        ota_sha256: true,
-        ota_port: esphome::DEFAULT_PORT,
-        arduino_password: None,
-        arduino_auth: arduino::AuthScheme::Md5,
-        mac: [2, 0, 0, 0, 0, 1],
-    };
-    let mut app =
-        App::boot(&mut flash, table, &booted, OtaConfig::default(), &built_in, &mut log, &mut Zeros);
+    }));
     assert!(
         lines
             .iter()

@@ -13,14 +13,7 @@ pub struct Base64 {
 }
 
 fn value(c: u8) -> Option<u8> {
-    Some(match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => return None,
-    })
+    crate::pem::sextet(c).map(|v| v as u8)
 }
 
 impl Base64 {

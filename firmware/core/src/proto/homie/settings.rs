@@ -5,7 +5,7 @@
 use super::HomieLine;
 use crate::log::{LogEvent, LogSink};
 use crate::partition::PartitionTable;
-use crate::proto::mqtt_pull::settings::parse_broker;
+use crate::proto::mqtt_pull::settings::read_broker;
 use crate::settings::{Ignored, Rejected, Source, read_str, read_u8};
 use core::net::SocketAddr;
 use embedded_storage::nor_flash::ReadNorFlash;
@@ -78,21 +78,11 @@ impl HomieSettings {
         log: &mut impl LogSink,
     ) -> Self {
         let Some(part) = table.nvs() else { return self };
-        let mut buf = [0u8; 64];
-        if let Some(v) = read_str(flash, part, KEY_HOMIE_BROKER, &mut buf, log) {
-            match parse_broker(v) {
-                Some(a) => {
-                    self.broker = Some(a);
-                    self.broker_from = Source::Nvs;
-                }
-                None if v.is_empty() => {
-                    self.broker = None;
-                    self.broker_from = Source::Nvs;
-                }
-                None => log
-                    .log(&LogEvent::Module(&Ignored { key: KEY_HOMIE_BROKER, why: Rejected::NotAnAddress })),
-            }
+        if let Some(broker) = read_broker(flash, part, KEY_HOMIE_BROKER, log) {
+            self.broker = broker;
+            self.broker_from = Source::Nvs;
         }
+        let mut buf = [0u8; 64];
         if let Some(v) = read_str(flash, part, KEY_HOMIE_ID, &mut buf, log) {
             match DeviceId::new(v) {
                 Some(id) => self.id = id,

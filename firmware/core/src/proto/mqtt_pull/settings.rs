@@ -105,6 +105,26 @@ pub fn parse_broker(s: &str) -> Option<core::net::SocketAddr> {
     Some(core::net::SocketAddr::new(ip, crate::proto::mqtt::DEFAULT_PORT))
 }
 
+/// A broker setting at `key`: `Some(Some(addr))`, `Some(None)` for an empty value (the path
+/// switched off), `None` when absent or unusable (logged).
+pub fn read_broker<F: ReadNorFlash>(
+    flash: &mut F,
+    part: &crate::partition::Partition,
+    key: &'static str,
+    log: &mut impl LogSink,
+) -> Option<Option<core::net::SocketAddr>> {
+    let mut buf = [0u8; MAX_TOPIC_LEN + 1];
+    let v = read_str(flash, part, key, &mut buf, log)?;
+    match parse_broker(v) {
+        Some(a) => Some(Some(a)),
+        None if v.is_empty() => Some(None),
+        None => {
+            log.log(&LogEvent::Module(&Ignored { key, why: Rejected::NotAnAddress }));
+            None
+        }
+    }
+}
+
 impl MqttSettings {
     /// The settings after the NVS overrides, each unusable override logged and skipped.
     pub fn load<F: ReadNorFlash>(
@@ -114,22 +134,11 @@ impl MqttSettings {
         log: &mut impl LogSink,
     ) -> Self {
         let Some(part) = table.nvs() else { return self };
-        let mut buf = [0u8; MAX_TOPIC_LEN + 1];
-        if let Some(v) = read_str(flash, part, KEY_MQTT_BROKER, &mut buf, log) {
-            match parse_broker(v) {
-                Some(a) => {
-                    self.broker = Some(a);
-                    self.broker_from = Source::Nvs;
-                }
-                None if v.is_empty() => {
-                    self.broker = None;
-                    self.broker_from = Source::Nvs;
-                }
-                None => {
-                    log.log(&LogEvent::Module(&Ignored { key: KEY_MQTT_BROKER, why: Rejected::NotAnAddress }))
-                }
-            }
+        if let Some(broker) = read_broker(flash, part, KEY_MQTT_BROKER, log) {
+            self.broker = broker;
+            self.broker_from = Source::Nvs;
         }
+        let mut buf = [0u8; MAX_TOPIC_LEN + 1];
         for (key, topic) in
             [(KEY_MQTT_CMD_TOPIC, &mut self.command_topic), (KEY_MQTT_STATE_TOPIC, &mut self.state_topic)]
         {
