@@ -6,7 +6,8 @@
 //! - [`fixtures`]: the named test images.
 //! - [`dut`]: the device-under-test trait; [`backend`]: the backends that make them (emulator,
 //!   QEMU), listed once in [`backend::BACKENDS`].
-//! - [`client`]: one OTA client per update path, with fault injection.
+//! - [`paths`]: the update paths, listed once in [`paths::PATHS`]: each reads its own step
+//!   options and runs its updates; [`client`]: the uploaders they use, with fault injection.
 //! - [`serial`]: log capture, `expect_log`, normalisation.
 //! - [`inspect`]: flash dump → partition state.
 //! - [`runner`]: steps in order; [`report`]: summary and JUnit; [`html`]: the HTML report;
@@ -19,6 +20,7 @@ pub mod dut;
 pub mod fixtures;
 pub mod html;
 pub mod inspect;
+pub mod paths;
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -2,18 +2,17 @@
 //! the scenario with what was expected, what happened and the last serial lines.
 
 use crate::backend::{Backend, StartContext, StartError};
-use crate::client::{self, Upload};
 use crate::dut::{Dut, DutError, DutEvent, PowerCut};
 use crate::inspect;
 use crate::report::{ScenarioReport, StepOutcome, StepReport};
 use crate::scenario::{
-    AuthSpec, CutPower, EraseSpec, OtaStep, Scenario, SnapshotKind, StepKind, SweepStep, WriterFaultSpec,
+    CutPower, EraseSpec, OtaStep, Scenario, SnapshotKind, StepKind, SweepStep, WriterFaultSpec,
 };
 use crate::serial::{SerialLog, normalise};
 use std::time::{Duration, Instant};
 
 mod pull;
-pub use pull::BrokerChoice;
+pub use crate::services::broker::BrokerChoice;
 
 /// Options of one run beyond the scenario itself.
 #[derive(Debug, Clone, Default)]
@@ -28,7 +27,7 @@ pub struct RunOptions {
     /// Keep every sweep's cuts in the report (for the HTML report's picture).
     pub keep_cuts: bool,
     /// Which MQTT broker the pull path's scenarios use (`--mqtt-broker`, `--mosquitto`).
-    pub broker: pull::BrokerChoice,
+    pub broker: BrokerChoice,
 }
 
 /// How a read-back boot's lines are marked in the full log.
@@ -348,29 +347,28 @@ impl Run<'_> {
             Ok(i) => i,
             Err(why) => return Ok(StepOutcome::Skipped(why)),
         };
-        let endpoint = match self.dut.endpoint(o.path) {
-            Ok(addr) => addr,
-            Err(why) => return Ok(StepOutcome::Skipped(why)),
-        };
-        let upload = Upload {
+        let dut: &dyn Dut = &*self.dut;
+        let endpoint = |path| dut.endpoint(path);
+        let update = crate::paths::UpdateCx {
             image: &image,
             file_name: &o.image.name,
-            password: o.password.as_deref(),
-            offer_sha256: o.auth == AuthSpec::Sha256,
-            declared_size: o.declared_size,
-            md5: o.md5,
-            disconnect_after: o.disconnect_after,
-            send_delay: o.send_delay,
             timeout: o.timeout,
             seed: self.seed(),
-            arduino: o.arduino.clone(),
+            endpoint: &endpoint,
+            broker: self.services.broker.as_ref(),
+            sections: &self.scenario.device.paths,
+            rt: &self.rt,
         };
-        let outcome = self.rt.block_on(client::upload(o.path, endpoint, &upload));
+        let outcome = match o.update.run(&update) {
+            Ok(outcome) => outcome,
+            Err(why) => return Ok(StepOutcome::Skipped(why.to_string())),
+        };
+        tracing::debug!(path = o.path.name, %outcome, "update done");
         if outcome.name() != o.expect.0 {
             return Ok(StepOutcome::Failed(format!("expected {}, got {outcome}", o.expect)));
         }
         // The device's side of the session (its logs, its abort) is over before we look at it.
-        let closed = if !client::device_ends_session(o.path, &outcome) {
+        let closed = if !o.update.device_ends_session(&outcome) {
             true
         } else if caps.session_events {
             self.wait_until(DEVICE_EVENT_TIMEOUT, |r| r.sessions_closed > sessions).map_err(dut_err)?

@@ -3,6 +3,7 @@
 
 use crate::client::UpdatePath;
 use crate::fixtures;
+use crate::paths;
 use ota_core::partition::PartitionTable;
 use ota_core::proto::arduino::AuthScheme;
 use serde::Deserialize;
@@ -12,21 +13,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod pull;
+pub mod yaml;
 
-/// A scenario that cannot be loaded: where, and what was expected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ScenarioError {
-    pub file: PathBuf,
-    pub line: u64,
-    pub column: u64,
-    pub message: String,
-}
-
-impl fmt::Display for ScenarioError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
-    }
-}
+pub use yaml::{
+    Ctx, DurationError, Image, MAX_DURATION, Options, ScenarioError, duration_message, parse_duration,
+};
+pub(crate) use yaml::{read_text, yaml_error};
 
 // ---- the YAML as written -------------------------------------------------------------------
 
@@ -64,6 +56,8 @@ struct RawDevice {
     arduino: Option<RawArduinoDevice>,
     #[serde(default)]
     mqtt: Option<pull::RawMqttDevice>,
+    #[serde(default)]
+    homie: Option<paths::homie::RawDeviceSection>,
 }
 
 /// The device's ArduinoOTA settings, provisioned in NVS like ESPHome's.
@@ -105,7 +99,7 @@ enum RawStep {
     PowerOff,
     Reset,
     ExpectLog(RawExpectLog),
-    Ota(Box<RawOta>),
+    Ota(Options),
     Snapshot(RawSnapshot),
     Sweep(RawSweep),
     Serve(Box<pull::RawServe>),
@@ -157,62 +151,6 @@ enum RawSnapshot {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawOta {
-    #[serde(default)]
-    protocol: Option<Spanned<String>>,
-    image: Spanned<String>,
-    expect: Spanned<String>,
-    #[serde(default)]
-    password: Option<String>,
-    #[serde(default)]
-    auth: Option<AuthSpec>,
-    #[serde(default)]
-    declared_size: Option<u32>,
-    #[serde(default)]
-    md5: Option<Spanned<String>>,
-    #[serde(default)]
-    disconnect_after: Option<u64>,
-    #[serde(default)]
-    send_delay: Option<Spanned<String>>,
-    #[serde(default)]
-    timeout: Option<Spanned<String>>,
-    #[serde(default)]
-    cut_power: Option<RawCut>,
-    #[serde(default)]
-    flash: Option<FlashExpect>,
-    #[serde(default)]
-    erases: Option<u64>,
-    // ArduinoOTA's uploader faults.
-    #[serde(default)]
-    invitation: Option<Spanned<String>>,
-    #[serde(default)]
-    command: Option<Spanned<u32>>,
-    #[serde(default)]
-    stall: Option<Spanned<RawStall>>,
-    #[serde(default)]
-    no_ack: Option<Spanned<bool>>,
-    #[serde(default)]
-    second_invitation: Option<Spanned<bool>>,
-    #[serde(default)]
-    answer_timeout: Option<Spanned<String>>,
-    #[serde(default)]
-    invitation_attempts: Option<Spanned<u32>>,
-    #[serde(default)]
-    auth_answer: Option<Spanned<String>>,
-    #[serde(default)]
-    refuse_back_connection: Option<Spanned<bool>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStall {
-    after_bytes: u64,
-    #[serde(rename = "for")]
-    pause: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct RawCut {
     #[serde(default)]
     after_bytes: Option<u64>,
@@ -222,17 +160,6 @@ pub(crate) struct RawCut {
     torn_seed: Option<u64>,
     #[serde(default)]
     at_log: Option<String>,
-}
-
-/// Which authentication the client offers.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthSpec {
-    /// Feature bit 1 set: a device that supports it challenges with SHA-256.
-    #[default]
-    Sha256,
-    /// An ESPHome 2024.11 client: MD5 only.
-    Md5,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -269,25 +196,14 @@ pub struct Device {
     pub arduino: Option<ArduinoDevice>,
     /// The pull path, provisioned with the harness's broker.
     pub mqtt: Option<pull::MqttDevice>,
+    /// The sections of `device:` that belong to an update path.
+    pub paths: paths::DeviceSections,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArduinoDevice {
     pub password: Option<String>,
     pub auth: AuthScheme,
-}
-
-/// An image resolved from a fixture name or a file.
-#[derive(Clone)]
-pub struct Image {
-    pub name: String,
-    pub bytes: Vec<u8>,
-}
-
-impl std::fmt::Debug for Image {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Image({}, {} bytes)", self.name, self.bytes.len())
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -336,10 +252,10 @@ impl StepKind {
             StepKind::ExpectLog { pattern, absent, .. } => {
                 format!("expect_log{} '{}'", if *absent { " (absent)" } else { "" }, pattern.as_str())
             }
-            StepKind::Ota(o) if o.path == UpdatePath::Esphome => {
+            StepKind::Ota(o) if std::ptr::eq(o.path, &paths::PATHS[0]) => {
                 format!("ota {} (expect {})", o.image.name, o.expect)
             }
-            StepKind::Ota(o) => format!("ota {} over {} (expect {})", o.image.name, o.path, o.expect),
+            StepKind::Ota(o) => format!("ota {} over {} (expect {})", o.image.name, o.path.name, o.expect),
             StepKind::Snapshot(k) => {
                 format!("snapshot {}", k.iter().map(|k| k.name()).collect::<Vec<_>>().join("+"))
             }
@@ -381,7 +297,7 @@ impl SnapshotKind {
 }
 
 /// What the OTA step must end with: `ok`, `interrupted`, `password_required`, or one of the
-/// update path's own outcome names ([`crate::client::error_names`]).
+/// update path's own outcome names ([`paths::PathEntry::outcomes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expect(pub &'static str);
 
@@ -415,175 +331,19 @@ pub enum CutPower {
 
 #[derive(Debug, Clone)]
 pub struct OtaStep {
-    pub path: UpdatePath,
+    /// The update path that runs it.
+    pub path: &'static paths::PathEntry,
     pub image: Image,
     pub expect: Expect,
-    pub password: Option<String>,
-    pub auth: AuthSpec,
-    pub declared_size: Option<u32>,
-    pub md5: Option<[u8; 32]>,
-    pub disconnect_after: Option<u64>,
-    pub send_delay: Option<Duration>,
     pub timeout: Duration,
     pub cut_power: Option<(CutPower, Option<u64>)>,
     pub flash_unchanged: bool,
     pub erases: Option<u64>,
-    pub arduino: crate::client::ArduinoFaults,
+    /// The path's own options, read by the path.
+    pub update: paths::Update,
 }
 
 // ---- loading -------------------------------------------------------------------------------
-
-struct Ctx<'a> {
-    file: &'a Path,
-    dir: &'a Path,
-}
-
-impl Ctx<'_> {
-    fn err<T>(&self, line: u64, column: u64, message: impl Into<String>) -> Result<T, ScenarioError> {
-        Err(ScenarioError { file: self.file.to_path_buf(), line, column, message: message.into() })
-    }
-
-    fn at<T, U>(&self, s: &Spanned<U>, message: impl Into<String>) -> Result<T, ScenarioError> {
-        self.err(s.referenced.line(), s.referenced.column(), message)
-    }
-
-    fn image(&self, s: &Spanned<String>) -> Result<Image, ScenarioError> {
-        if let Some(f) = fixtures::find(&s.value) {
-            return Ok(Image { name: s.value.clone(), bytes: f.bytes() });
-        }
-        let path = self.dir.join(&s.value);
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Image { name: s.value.clone(), bytes }),
-            Err(e) => self.at(
-                s,
-                format!(
-                    "unknown image `{}`: expected a fixture ({}) or a file relative to the scenario ({}: {e})",
-                    s.value,
-                    fixtures::names(),
-                    path.display()
-                ),
-            ),
-        }
-    }
-
-    fn duration(&self, s: &Spanned<String>) -> Result<Duration, ScenarioError> {
-        parse_duration(&s.value).or_else(|e| self.at(s, duration_message("duration", &s.value, e)))
-    }
-}
-
-/// The longest any step may wait or pause: longer is a mistake in the scenario, never a plan
-/// (and a time that large would overflow the clock it is added to).
-pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// Why a duration does not load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DurationError {
-    /// Not a number and a unit.
-    NotADuration,
-    /// More than [`MAX_DURATION`].
-    TooLong,
-}
-
-/// `500ms`, `5s`, `1.5s`, `2m`, at most [`MAX_DURATION`].
-pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
-    let t = text.trim();
-    let (num, unit) = t
-        .find(|c: char| c.is_ascii_alphabetic())
-        .map(|i| t.split_at(i))
-        .ok_or(DurationError::NotADuration)?;
-    let value: f64 = num.trim().parse().map_err(|_| DurationError::NotADuration)?;
-    if !value.is_finite() || value < 0.0 {
-        return Err(DurationError::NotADuration);
-    }
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(DurationError::NotADuration),
-    };
-    if secs > MAX_DURATION.as_secs_f64() {
-        return Err(DurationError::TooLong);
-    }
-    Duration::try_from_secs_f64(secs).map_err(|_| DurationError::TooLong)
-}
-
-/// The message for a duration that does not load.
-fn duration_message(what: &str, text: &str, e: DurationError) -> String {
-    match e {
-        DurationError::NotADuration => {
-            format!("{what} `{text}`: expected a duration such as `500ms`, `5s` or `1m`")
-        }
-        DurationError::TooLong => {
-            format!("{what} `{text}`: longer than the {} h a step may take", MAX_DURATION.as_secs() / 3600)
-        }
-    }
-}
-
-/// Drops a leading `line N column M: ` that the YAML library puts in its messages.
-/// Where a YAML document (a scenario, a bench file) failed to load, and why, in words a user of
-/// the file understands.
-pub(crate) fn yaml_error(e: &serde_saphyr::Error) -> (u64, u64, String) {
-    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-    // The library's message carries a rendered snippet and its own position; keep the first line
-    // without them (the position is ours, in front).
-    let first = e.to_string().lines().next().unwrap_or("invalid YAML").to_string();
-    (line, column, in_scenario_words(strip_position(first.strip_prefix("error: ").unwrap_or(&first))))
-}
-
-fn strip_position(message: &str) -> &str {
-    let Some(rest) = message.strip_prefix("line ") else { return message };
-    match rest.find(": ") {
-        Some(i) if rest[..i].split_whitespace().all(|w| w == "column" || w.parse::<u64>().is_ok()) => {
-            &rest[i + 2..]
-        }
-        _ => message,
-    }
-}
-
-/// The YAML library's message in the scenario's words: what was expected, without the
-/// library's internals (its type names, its options, its budgets).
-fn in_scenario_words(message: &str) -> String {
-    if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
-        let key = rest.split(',').next().unwrap_or(rest).trim();
-        return format!("key `{key}` appears twice in the same mapping");
-    }
-    if message.contains("untagged enum RawExpectLog") {
-        return "expect_log: expected a regex such as 'ota: listening' or { pattern, timeout, absent }"
-            .into();
-    }
-    if message.contains("untagged enum RawSnapshot") {
-        return "snapshot: expected `partitions`, `log` or a list of them".into();
-    }
-    if message.contains("externally tagged enum expected scalar or mapping") {
-        return "a step: expected a step name (boot, power_on, power_off, reset) or a mapping such as `ota: {…}`"
-            .into();
-    }
-    if message.contains("budget") {
-        return "the document is too large or nests too deep (aliases that expand to more than the loader allows)"
-            .into();
-    }
-    for (ty, what) in [
-        ("u8", "a whole number from 0 to 255"),
-        ("u32", "a whole number from 0 to 4294967295"),
-        ("u64", "a whole number from 0 to 18446744073709551615"),
-        ("bool", "true or false"),
-    ] {
-        if message == format!("invalid {ty}") || message.starts_with(&format!("invalid {ty}:")) {
-            return format!("expected {what}");
-        }
-    }
-    message.to_string()
-}
-
-/// The text of a YAML file (a scenario, a bench file), or why it cannot be read.
-pub(crate) fn read_text(path: &Path) -> Result<String, ScenarioError> {
-    std::fs::read_to_string(path).map_err(|e| ScenarioError {
-        file: path.to_path_buf(),
-        line: 0,
-        column: 0,
-        message: format!("cannot read: {e}"),
-    })
-}
 
 /// Loads and checks a scenario file.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
@@ -697,6 +457,9 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
             Some(m) => Some(pull::device(m, cx)?),
             None => None,
         },
+        paths: paths::DeviceSections {
+            homie: d.homie.map(|h| paths::homie::device_section(h, cx)).transpose()?,
+        },
     };
     // What `run` would refuse when it builds the device's flash is refused here, at its place.
     if let Err(e) =
@@ -759,9 +522,9 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
                 }
                 StepKind::Snapshot(kinds)
             }
-            RawStep::Ota(o) => StepKind::Ota(Box::new(check_ota(*o, cx)?)),
+            RawStep::Ota(o) => StepKind::Ota(Box::new(check_ota(o.at(line, column), &device, cx)?)),
             RawStep::Sweep(w) => StepKind::Sweep(Box::new(SweepStep {
-                path: update_path(w.protocol.as_ref(), cx)?,
+                path: sweep_path(w.protocol.as_ref(), cx)?,
                 image: cx.image(&w.image)?,
                 torn: w.torn,
                 exact: w.exact,
@@ -817,24 +580,59 @@ fn check_cut<U>(c: &RawCut, at: &Spanned<U>, cx: &Ctx<'_>) -> Result<(CutPower, 
     Ok((cut, c.torn_seed))
 }
 
-/// A step's `protocol`, ESPHome when it names none.
-fn update_path(protocol: Option<&Spanned<String>>, cx: &Ctx<'_>) -> Result<UpdatePath, ScenarioError> {
-    match protocol {
-        None => Ok(UpdatePath::Esphome),
-        Some(p) => UpdatePath::by_name(&p.value).map_or_else(
-            || {
-                let names: Vec<&str> = UpdatePath::ALL.iter().map(|p| p.name()).collect();
-                cx.at(p, format!("protocol `{}`: expected one of {}", p.value, names.join(", ")))
-            },
-            Ok,
-        ),
+/// A step's `via` (or `protocol`): the registered path it names, the first when it names none.
+fn path_named(
+    name: Option<&Spanned<String>>,
+    cx: &Ctx<'_>,
+) -> Result<&'static paths::PathEntry, ScenarioError> {
+    match name {
+        None => Ok(&paths::PATHS[0]),
+        Some(p) => match paths::by_name(&p.value) {
+            Some(entry) => Ok(entry),
+            None => cx.at(p, format!("update path `{}`: expected one of {}", p.value, paths::names())),
+        },
     }
 }
 
-fn check_ota(o: RawOta, cx: &Ctx<'_>) -> Result<OtaStep, ScenarioError> {
-    let path = update_path(o.protocol.as_ref(), cx)?;
-    let errors = crate::client::error_names(path);
-    let expect = match o.expect.value.as_str() {
+/// A sweep's path: one whose update the emulator's sweep can cut.
+fn sweep_path(name: Option<&Spanned<String>>, cx: &Ctx<'_>) -> Result<UpdatePath, ScenarioError> {
+    let entry = path_named(name, cx)?;
+    match (entry.sweep, name) {
+        (Some(core), _) => Ok(core),
+        (None, Some(at)) => cx.at(
+            at,
+            format!(
+                "sweep over {}: the emulator's power-cut sweep does not drive this path (it does: {})",
+                entry.name,
+                paths::PATHS
+                    .iter()
+                    .filter(|p| p.sweep.is_some())
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        (None, None) => unreachable!("the default path is sweepable (a registry test checks)"),
+    }
+}
+
+/// An `ota:` step: its own keys here, the rest read by its path.
+fn check_ota(mut o: Options, device: &Device, cx: &Ctx<'_>) -> Result<OtaStep, ScenarioError> {
+    let (line, column) = (o.line, o.column);
+    let via = o.take::<String>("via", cx)?;
+    let protocol = o.take::<String>("protocol", cx)?;
+    if let (Some(_), Some(p)) = (&via, &protocol) {
+        return cx.at(p, "`via` and `protocol` name the same thing: keep one");
+    }
+    let path = path_named(via.as_ref().or(protocol.as_ref()), cx)?;
+    let Some(image) = o.take::<String>("image", cx)? else {
+        return cx.err(line, column, "ota: missing `image` (a fixture name or a file)");
+    };
+    let Some(expect_text) = o.take::<String>("expect", cx)? else {
+        return cx.err(line, column, "ota: missing `expect` (ok, interrupted, or an outcome of the path)");
+    };
+    let errors = (path.outcomes)();
+    let expect = match expect_text.value.as_str() {
         "ok" => Expect::OK,
         "interrupted" => Expect::INTERRUPTED,
         "password_required" => Expect::PASSWORD_REQUIRED,
@@ -842,95 +640,36 @@ fn check_ota(o: RawOta, cx: &Ctx<'_>) -> Result<OtaStep, ScenarioError> {
             Some(n) => Expect(n),
             None => {
                 return cx.at(
-                    &o.expect,
+                    &expect_text,
                     format!(
-                        "expect `{name}`: expected ok, interrupted, password_required or an outcome of {path} OTA ({})",
+                        "expect `{name}`: expected ok, interrupted, password_required or an outcome of {} OTA ({})",
+                        path.name,
                         errors.join(", ")
                     ),
                 );
             }
         },
     };
-    // Options that only one update path has are errors on the other, where they would do nothing.
-    let only = |present: bool, name: &str, on: UpdatePath| -> Result<(), ScenarioError> {
-        if present && path != on {
-            return cx.at(
-                &o.expect,
-                format!("`{name}` is an option of {on} OTA steps, this step's protocol is {path}"),
-            );
-        }
-        Ok(())
+    let timeout = match o.take::<String>("timeout", cx)? {
+        Some(t) => cx.duration(&t)?,
+        None => Duration::from_secs(20),
     };
-    only(o.auth.is_some(), "auth", UpdatePath::Esphome)?;
-    only(o.invitation.is_some(), "invitation", UpdatePath::Arduino)?;
-    only(o.command.is_some(), "command", UpdatePath::Arduino)?;
-    only(o.stall.is_some(), "stall", UpdatePath::Arduino)?;
-    only(o.no_ack.is_some(), "no_ack", UpdatePath::Arduino)?;
-    only(o.second_invitation.is_some(), "second_invitation", UpdatePath::Arduino)?;
-    only(o.answer_timeout.is_some(), "answer_timeout", UpdatePath::Arduino)?;
-    only(o.invitation_attempts.is_some(), "invitation_attempts", UpdatePath::Arduino)?;
-    only(o.auth_answer.is_some(), "auth_answer", UpdatePath::Arduino)?;
-    only(o.refuse_back_connection.is_some(), "refuse_back_connection", UpdatePath::Arduino)?;
-    let invitation_attempts = match &o.invitation_attempts {
-        None => crate::client::arduino::INVITATION_ATTEMPTS,
-        Some(n) if (1..=100).contains(&n.value) => n.value,
-        Some(n) => return cx.at(n, format!("invitation_attempts {}: expected 1 to 100", n.value)),
-    };
-    let command = match &o.command {
-        None => ota_core::proto::arduino::CMD_FLASH,
-        Some(c) if c.value == 0 || c.value == 100 => c.value,
-        Some(c) => return cx.at(c, format!("command {}: expected 0 (flash) or 100 (filesystem)", c.value)),
-    };
-    let stall = match &o.stall {
+    let cut_power = match o.take::<RawCut>("cut_power", cx)? {
         None => None,
-        Some(st) => match parse_duration(&st.value.pause) {
-            Ok(d) => Some((st.value.after_bytes, d)),
-            Err(e) => return cx.at(st, duration_message("stall for", &st.value.pause, e)),
-        },
+        Some(c) => Some(check_cut(&c.value, &c, cx)?),
     };
-    let arduino = crate::client::ArduinoFaults {
-        answer_timeout: match &o.answer_timeout {
-            Some(t) => cx.duration(t)?,
-            None => crate::client::arduino::WAIT,
-        },
-        invitation_attempts,
-        raw_invitation: o.invitation.as_ref().map(|i| i.value.clone()),
-        raw_auth_answer: o.auth_answer.as_ref().map(|a| a.value.clone()),
-        refuse_back_connection: o.refuse_back_connection.as_ref().is_some_and(|b| b.value),
-        command,
-        stall,
-        no_ack: o.no_ack.as_ref().is_some_and(|b| b.value),
-        second_invitation: o.second_invitation.as_ref().is_some_and(|b| b.value),
-    };
-    let md5 = match &o.md5 {
-        None => None,
-        Some(m) if m.value == "wrong" => Some(*b"00000000000000000000000000000000"),
-        Some(m) if m.value.len() == 32 && m.value.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            let mut out = [0u8; 32];
-            out.copy_from_slice(m.value.as_bytes());
-            Some(out)
-        }
-        Some(m) => return cx.at(m, "md5: expected `wrong` or 32 hex digits"),
-    };
-    let cut_power = match &o.cut_power {
-        None => None,
-        Some(c) => Some(check_cut(c, &o.image, cx)?),
-    };
+    let flash = o.take::<FlashExpect>("flash", cx)?;
+    let erases = o.take::<u64>("erases", cx)?.map(|e| e.value);
+    let update = (path.read)(o, &paths::ReadCx { cx, sections: &device.paths, line, column })?;
     Ok(OtaStep {
         path,
-        image: cx.image(&o.image)?,
+        image: cx.image(&image)?,
         expect,
-        password: o.password,
-        auth: o.auth.unwrap_or_default(),
-        declared_size: o.declared_size,
-        md5,
-        disconnect_after: o.disconnect_after,
-        send_delay: o.send_delay.as_ref().map(|d| cx.duration(d)).transpose()?,
-        timeout: o.timeout.as_ref().map(|d| cx.duration(d)).transpose()?.unwrap_or(Duration::from_secs(20)),
+        timeout,
         cut_power,
-        flash_unchanged: o.flash == Some(FlashExpect::Unchanged),
-        erases: o.erases,
-        arduino,
+        flash_unchanged: flash.is_some_and(|f| f.value == FlashExpect::Unchanged),
+        erases,
+        update,
     })
 }
 

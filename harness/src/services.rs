@@ -3,6 +3,7 @@
 //! real server on loopback at a free port, stopped when dropped, and reusable by any scenario
 //! step or update path (HTTP pull, the Arduino updater, Homie, fleet rollouts).
 
+pub mod broker;
 pub mod firmware_server;
 pub mod mosquitto;
 pub mod mqtt_broker;

@@ -131,7 +131,17 @@ pub fn device_flash(
             wifi,
             arduino: d.arduino.as_ref().map(|a| (a.password.as_deref(), a.auth)),
             mqtt,
-            homie: None,
+            homie: match (&d.paths.homie, &broker) {
+                (Some(h), Some(broker)) => {
+                    Some(ota_core::provision::HomieProvision { broker, id: Some(&h.id), ota: h.ota })
+                }
+                (Some(_), None) => {
+                    return Err(StartError::Fail(
+                        "the scenario's device has a Homie session but no broker was started".into(),
+                    ));
+                }
+                (None, _) => None,
+            },
         },
     ) {
         Ok(()) => true,

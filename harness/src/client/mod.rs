@@ -109,13 +109,6 @@ pub async fn upload(path: UpdatePath, endpoint: SocketAddr, up: &Upload<'_>) -> 
     outcome
 }
 
-/// Whether the device ends its side of a session that ended with `outcome` (its last log
-/// lines are out then). An ArduinoOTA device that sent a challenge nobody answers keeps waiting
-/// for the answer: there is no end to wait for.
-pub fn device_ends_session(path: UpdatePath, outcome: &Outcome) -> bool {
-    !(path == UpdatePath::Arduino && matches!(outcome, Outcome::PasswordRequired))
-}
-
 /// How the session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

@@ -8,9 +8,10 @@ use crate::scenario::pull::{
     BrokerAction, CertKind, ExpectRequestStep, ExpectStatusStep, PublishStep, SERVER_PLACEHOLDER, ServeStep,
 };
 use crate::scenario::{Scenario, StepKind};
+use crate::services::broker::{BrokerChoice, BrokerLink};
 use crate::services::firmware_server::{FirmwareServer, Response};
 use crate::services::mosquitto::Mosquitto;
-use crate::services::mqtt_broker::{Message, MqttBroker};
+use crate::services::mqtt_broker::MqttBroker;
 use crate::services::mqtt_observer::MqttObserver;
 use crate::services::test_pki::TestPki;
 use serde::Deserialize;
@@ -24,84 +25,6 @@ const SUBSCRIBER_TIMEOUT: Duration = Duration::from_secs(10);
 const LOG_CATCH_UP: Duration = Duration::from_millis(100);
 /// How long a publication with `cut_power` waits for the cut (the pull it starts may be slow).
 const CUT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Which broker the pull path's scenarios use.
-#[derive(Clone, Debug, Default)]
-pub enum BrokerChoice {
-    /// The harness's own, one per scenario.
-    #[default]
-    Embedded,
-    /// One already running that the harness only talks to (`--mqtt-broker`).
-    External(SocketAddr),
-    /// A mosquitto program the harness runs itself, one process per scenario (`--mosquitto`).
-    Mosquitto(std::path::PathBuf),
-}
-
-/// The broker of a run: the harness's own, one it only talks to, or a mosquitto it runs.
-pub enum BrokerLink {
-    Embedded(MqttBroker),
-    External(MqttObserver),
-    Mosquitto { broker: Mosquitto, observer: MqttObserver },
-}
-
-impl BrokerLink {
-    fn publish(&self, topic: &str, payload: &[u8], retain: bool) {
-        match self {
-            BrokerLink::Embedded(b) => b.publish(topic, payload, retain),
-            BrokerLink::External(o) | BrokerLink::Mosquitto { observer: o, .. } => {
-                o.publish(topic, payload, retain)
-            }
-        }
-    }
-
-    /// The publications seen; from an external broker, not the retained ones it sent on
-    /// subscribing (they are from before this run). A mosquitto of this run's own starts empty,
-    /// so what it sends retained (to the harness's session after a restart) is this run's.
-    fn messages(&self) -> Vec<Message> {
-        match self {
-            BrokerLink::Embedded(b) => b.messages(),
-            BrokerLink::External(o) => o.messages().into_iter().filter(|m| !m.retain).collect(),
-            BrokerLink::Mosquitto { observer, .. } => observer.messages(),
-        }
-    }
-
-    /// Waits until the device can receive a command on `command_topic`. The embedded broker
-    /// knows its subscribers; through an external one, the device's own status says it: its
-    /// session is up once it published `online` (after its SUBACK), unless a later `done` or
-    /// `offline` says it restarted or left since.
-    fn wait_device(&self, command_topic: &str, state_topic: &str, timeout: Duration) -> Result<(), String> {
-        match self {
-            BrokerLink::Embedded(b) => b.wait_subscriber(command_topic, timeout).map(|_| ()).ok_or_else(|| {
-                format!(
-                    "no client subscribed to {command_topic} within {timeout:?}: the device is not connected to the broker (connected: {:?})",
-                    b.clients()
-                )
-            }),
-            BrokerLink::External(_) | BrokerLink::Mosquitto { .. } => {
-                let deadline = Instant::now() + timeout;
-                loop {
-                    let last = self
-                        .messages()
-                        .iter()
-                        .rev()
-                        .filter(|m| m.topic == state_topic)
-                        .find_map(|m| serde_saphyr::from_str::<Status>(&m.text()).ok())
-                        .map(|s| s.state);
-                    match last.as_deref() {
-                        Some("done" | "offline") | None => {}
-                        Some(_) => return Ok(()),
-                    }
-                    if Instant::now() >= deadline {
-                        return Err(format!(
-                            "the device did not say `online` on {state_topic} within {timeout:?}: it is not connected to the broker"
-                        ));
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-}
 
 /// The services of one scenario run.
 pub struct Services {
@@ -124,7 +47,8 @@ impl Services {
     ) -> Result<(Services, Option<SocketAddr>, Option<crate::backend::DeviceTls>), Start> {
         let serves = scenario.steps.iter().any(|s| matches!(s.kind, StepKind::Serve(_)));
         let mut services = Services { broker: None, server: None, bases: Vec::new(), status_cursor: 0 };
-        if scenario.device.mqtt.is_none() && !serves {
+        let wants_broker = scenario.device.mqtt.is_some() || scenario.device.paths.needs_broker();
+        if !wants_broker && !serves {
             return Ok((services, None, None));
         }
         let host = host.map_err(Start::Skip)?;
@@ -137,7 +61,7 @@ impl Services {
                 "the scenario stops and restarts the broker, which the harness can only do to one it runs (its own or --mosquitto), not with --mqtt-broker".into(),
             ));
         }
-        if let Some(m) = &scenario.device.mqtt {
+        if wants_broker {
             let (link, addr) = match choice {
                 BrokerChoice::Embedded => {
                     let b = MqttBroker::start(listen).map_err(|e| Start::Fail(e.to_string()))?;
@@ -147,7 +71,9 @@ impl Services {
                 BrokerChoice::External(addr) => {
                     let o = MqttObserver::connect(*addr).map_err(|e| Start::Fail(e.to_string()))?;
                     // A previous run's device left its status retained there.
-                    o.publish(&m.state_topic, b"", true);
+                    if let Some(m) = &scenario.device.mqtt {
+                        o.publish(&m.state_topic, b"", true);
+                    }
                     (BrokerLink::External(o), *addr)
                 }
                 BrokerChoice::Mosquitto(program) => {
@@ -222,6 +148,48 @@ fn uses_https(scenario: &Scenario) -> bool {
     })
 }
 
+/// Waits until the device can receive a command on `command_topic`. The embedded broker
+/// knows its subscribers; through an external one, the device's own status says it: its
+/// session is up once it published `online` (after its SUBACK), unless a later `done` or
+/// `offline` says it restarted or left since.
+fn wait_device(
+    link: &BrokerLink,
+    command_topic: &str,
+    state_topic: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    match link {
+        BrokerLink::Embedded(b) => b.wait_subscriber(command_topic, timeout).map(|_| ()).ok_or_else(|| {
+            format!(
+                "no client subscribed to {command_topic} within {timeout:?}: the device is not connected to the broker (connected: {:?})",
+                b.clients()
+            )
+        }),
+        BrokerLink::External(_) | BrokerLink::Mosquitto { .. } => {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let last = link
+                    .messages()
+                    .iter()
+                    .rev()
+                    .filter(|m| m.topic == state_topic)
+                    .find_map(|m| serde_saphyr::from_str::<Status>(&m.text()).ok())
+                    .map(|s| s.state);
+                match last.as_deref() {
+                    Some("done" | "offline") | None => {}
+                    Some(_) => return Ok(()),
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "the device did not say `online` on {state_topic} within {timeout:?}: it is not connected to the broker"
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
 impl Services {
     /// `text` with every listener's placeholder replaced by its base URL.
     pub fn with_bases(&self, text: &str) -> String {
@@ -290,7 +258,7 @@ impl Run<'_> {
         let deadline = Instant::now() + SUBSCRIBER_TIMEOUT;
         loop {
             let ready = match &self.services.broker {
-                Some(b) => b.wait_device(&command_topic, &state_topic, Duration::ZERO).is_ok(),
+                Some(b) => wait_device(b, &command_topic, &state_topic, Duration::ZERO).is_ok(),
                 None => true,
             };
             if ready || Instant::now() >= deadline {
@@ -311,7 +279,7 @@ impl Run<'_> {
         let state_topic =
             self.scenario.device.mqtt.as_ref().map(|m| m.state_topic.as_str()).unwrap_or_default();
         if !p.retain
-            && let Err(why) = broker.wait_device(&p.topic, state_topic, SUBSCRIBER_TIMEOUT)
+            && let Err(why) = wait_device(broker, &p.topic, state_topic, SUBSCRIBER_TIMEOUT)
         {
             return Ok(StepOutcome::Failed(why));
         }

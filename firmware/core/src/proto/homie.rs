@@ -118,6 +118,36 @@ impl Status {
         }
     }
 
+    /// A status as the device publishes it (`206 12/34`, `400 BAD_CHECKSUM`); `None` for any
+    /// other text. The one reader of it: an OTA server, the harness and the tests use it.
+    pub fn parse(text: &str) -> Option<Status> {
+        let (code, rest) = match text.split_once(' ') {
+            None => (text, ""),
+            Some((_, "")) => return None,
+            Some(split) => split,
+        };
+        Some(match (code, rest) {
+            ("202", "") => Status::Accepted,
+            ("200", "") => Status::Done,
+            ("304", "") => Status::NotModified,
+            ("403", "") => Status::Disabled,
+            ("206", progress) => {
+                let (written, total) = progress.split_once('/')?;
+                Status::Progress { written: written.parse().ok()?, total: total.parse().ok()? }
+            }
+            ("400", "BAD_CHECKSUM") => Status::BadChecksum,
+            ("400", "NOT_ENOUGH_SPACE") => Status::NotEnoughSpace,
+            ("500", "FLASH_ERROR") => Status::FlashError,
+            ("500", internal) => Status::Internal(internal.strip_prefix("INTERNAL_ERROR ")?.parse().ok()?),
+            _ => return None,
+        })
+    }
+
+    /// Whether the status ends the message's handling (done or failed).
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Status::Accepted | Status::Progress { .. })
+    }
+
     /// Whether the status ends the message's handling with a failure.
     pub fn is_failure(&self) -> bool {
         !matches!(self, Status::Accepted | Status::Progress { .. } | Status::Done)

@@ -224,6 +224,7 @@ impl Service {
             cx.io.log(&LogEvent::Module(&HomieLine::Ready { id: self.settings.id.as_str() }));
         }
         let out = &mut Publish(&mut cx.io);
+        let mut over = false;
         for status in statuses.queue.into_iter().flatten() {
             let mut text = [0u8; 48];
             let text = fmt_into(&mut text, status);
@@ -231,6 +232,11 @@ impl Service {
             // QoS 0 and retained, as Homie publishes it; a status lost with the connection is
             // what Homie's is too.
             let _ = self.client.publish(topic.as_str(), text, QoS::AtMostOnce, true, now, out);
+            over |= status.is_final();
+        }
+        if over {
+            // The message's handling is over: its log lines are out.
+            cx.io.exchange_over();
         }
     }
 

@@ -251,3 +251,28 @@ fn firmware_markers_frame_the_name_and_version() {
         assert!(image.windows(SIGNATURE.len()).any(|w| w == SIGNATURE), "{file}");
     }
 }
+
+#[test]
+fn every_status_reads_back_as_itself() {
+    let all = [
+        Status::Accepted,
+        Status::Progress { written: 1460, total: 395_408 },
+        Status::Done,
+        Status::NotModified,
+        Status::Disabled,
+        Status::BadChecksum,
+        Status::NotEnoughSpace,
+        Status::FlashError,
+        Status::Internal(0),
+        Status::Internal(9),
+    ];
+    for s in all {
+        assert_eq!(Status::parse(&s.to_string()), Some(s), "{s}");
+        assert_eq!(s.is_final(), !matches!(s, Status::Accepted | Status::Progress { .. }));
+    }
+    for text in
+        ["", "206", "206 1", "206 a/b", "400", "400 BAD_FIRMWARE_X", "500 INTERNAL_ERROR", "200 ", "ok"]
+    {
+        assert_eq!(Status::parse(text), None, "{text:?}");
+    }
+}

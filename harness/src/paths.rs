@@ -1,0 +1,187 @@
+//! The update paths the harness drives, one module each and one line in [`PATHS`]: a path
+//! declares its name, reads its own options of an `ota:` step (and its section of `device:`),
+//! names the outcomes a step may expect, says which services it needs and runs the update.
+//! The scenario loader and the runner ask the registry; neither names a path.
+
+pub mod arduino;
+pub mod esphome;
+pub mod homie;
+
+use crate::client::Outcome;
+use crate::scenario::yaml::{Ctx, Options, ScenarioError, Spans};
+use crate::services::broker::BrokerLink;
+use ota_core::proto::UpdatePath;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One registered update path.
+pub struct PathEntry {
+    /// What `ota: { via: NAME }` (or `protocol: NAME`) names.
+    pub name: &'static str,
+    /// One line for `--help` and the README.
+    pub about: &'static str,
+    /// The core path whose state machine the emulator's power-cut sweep drives, when it has one.
+    pub sweep: Option<UpdatePath>,
+    /// The outcome names a step may expect besides `ok`, `interrupted` and `password_required`.
+    pub outcomes: fn() -> Vec<&'static str>,
+    /// Reads this path's options of an `ota:` step (what the step's own keys left).
+    pub read: fn(Options, &ReadCx<'_>) -> Result<Update, ScenarioError>,
+    /// The services the path's steps need from the run.
+    pub needs: Needs,
+}
+
+impl fmt::Debug for PathEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// The services a path's steps use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Needs {
+    /// An MQTT broker the device is provisioned with.
+    pub broker: bool,
+}
+
+/// Every path, in the order messages list them; the first is what an `ota:` step without
+/// `via` uses.
+pub const PATHS: &[PathEntry] = &[esphome::ENTRY, arduino::ENTRY, homie::ENTRY];
+
+/// The path registered as `name`.
+pub fn by_name(name: &str) -> Option<&'static PathEntry> {
+    PATHS.iter().find(|p| p.name == name)
+}
+
+/// The registered names, for messages.
+pub fn names() -> String {
+    PATHS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+}
+
+/// The path whose sweep drives `core`.
+pub fn of_core(core: UpdatePath) -> Option<&'static PathEntry> {
+    PATHS.iter().find(|p| p.sweep == Some(core))
+}
+
+/// The device's settings that belong to a path (its section of `device:`), read by the path.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceSections {
+    pub homie: Option<homie::DeviceSection>,
+}
+
+impl DeviceSections {
+    /// Whether a section makes the device connect to the run's broker.
+    pub fn needs_broker(&self) -> bool {
+        self.homie.is_some()
+    }
+}
+
+/// What a path reading its step options may look at besides them.
+pub struct ReadCx<'a> {
+    pub cx: &'a Ctx<'a>,
+    pub sections: &'a DeviceSections,
+    /// Where the step is (for errors about the step as a whole).
+    pub line: u64,
+    pub column: u64,
+}
+
+/// Why an update could not be tried on this run (the step is skipped with it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+/// What an update needs from the run.
+pub struct UpdateCx<'a> {
+    /// The bytes to send (the backend's build of the named image).
+    pub image: &'a [u8],
+    /// The image's name, as an uploader names the file.
+    pub file_name: &'a str,
+    /// For the whole update.
+    pub timeout: Duration,
+    /// For anything the client randomises (nonces).
+    pub seed: u64,
+    /// Where the device listens for `path`, or why this backend cannot say.
+    pub endpoint: &'a dyn Fn(UpdatePath) -> Result<SocketAddr, String>,
+    /// The run's broker, when a path needs one.
+    pub broker: Option<&'a BrokerLink>,
+    pub sections: &'a DeviceSections,
+    pub rt: &'a tokio::runtime::Runtime,
+}
+
+/// One `ota:` step's update, with its path's options: what runs it.
+pub trait PathUpdate: fmt::Debug + Send + Sync {
+    /// Runs the update against the device; never panics on what the device does.
+    fn run(&self, cx: &UpdateCx<'_>) -> Result<Outcome, Unavailable>;
+    /// Whether the device ends its side of a session that ended with `outcome` (its last log
+    /// lines are out then).
+    fn device_ends_session(&self, _outcome: &Outcome) -> bool {
+        true
+    }
+}
+
+/// An `ota:` step's options read by the path that runs it.
+pub type Update = Arc<dyn PathUpdate>;
+
+/// Options every uploader-style path has (ESPHome's and ArduinoOTA's clients): what the client
+/// claims and how it sends, each checked at its key.
+#[derive(Debug, Clone, Default)]
+pub struct UploaderOptions {
+    pub password: Option<String>,
+    pub declared_size: Option<u32>,
+    pub md5: Option<[u8; 32]>,
+    pub disconnect_after: Option<u64>,
+    pub send_delay: Option<Duration>,
+}
+
+/// An `md5` option: `wrong`, or the 32 hex digits to announce.
+pub fn md5_option(
+    text: Option<&str>,
+    spans: &Spans,
+    cx: &Ctx<'_>,
+) -> Result<Option<[u8; 32]>, ScenarioError> {
+    match text {
+        None => Ok(None),
+        Some("wrong") => Ok(Some(*b"00000000000000000000000000000000")),
+        Some(m) if m.len() == 32 && m.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(m.as_bytes());
+            Ok(Some(out))
+        }
+        Some(_) => spans.err(cx, "md5", "md5: expected `wrong` or 32 hex digits"),
+    }
+}
+
+/// A duration option at `key`.
+pub fn duration_option(
+    text: Option<&str>,
+    key: &str,
+    spans: &Spans,
+    cx: &Ctx<'_>,
+) -> Result<Option<Duration>, ScenarioError> {
+    match text {
+        None => Ok(None),
+        Some(t) => crate::scenario::yaml::parse_duration(t)
+            .map(Some)
+            .or_else(|e| spans.err(cx, key, crate::scenario::yaml::duration_message(key, t, e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_lists_each_path_once_under_its_own_name() {
+        let mut seen = std::collections::HashSet::new();
+        for p in PATHS {
+            assert!(seen.insert(p.name), "{} twice", p.name);
+            assert_eq!(by_name(p.name).map(|e| e.name), Some(p.name));
+            assert!(!(p.outcomes)().is_empty(), "{} names no outcome", p.name);
+        }
+        assert_eq!(PATHS[0].name, "esphome", "an ota step without `via` is ESPHome's");
+        for core in UpdatePath::ALL {
+            assert_eq!(of_core(core).map(|p| p.name), Some(core.name()), "the sweep on {core}");
+        }
+    }
+}
