@@ -725,6 +725,61 @@ mod tests {
         assert!(e.message.contains("colour"), "{e}");
     }
 
+    /// Each path reads its own options: one of another path's is an error at its key, naming
+    /// the path and what it has.
+    #[test]
+    fn a_paths_options_are_its_own_and_errors_point_at_the_key() {
+        let e = err(
+            "name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { image: v2, expect: ok,\n      invitation: x }\n",
+        );
+        assert_eq!((e.line, e.column), (5, 19), "{e}");
+        assert!(e.message.contains("`invitation` is not an option of esphome OTA steps"), "{e}");
+        assert!(e.message.contains("auth") && e.message.contains("send_delay"), "{e}");
+        let e = err(
+            "name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { via: arduino, image: v2, expect: ok, auth: md5 }\n",
+        );
+        assert!(e.message.contains("`auth` is not an option of arduino OTA steps"), "{e}");
+        let e = err(
+            "name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { via: carrier-pigeon, image: v2, expect: ok }\n",
+        );
+        assert!(
+            e.message.contains("update path `carrier-pigeon`: expected one of esphome, arduino, homie"),
+            "{e}"
+        );
+        let e = err(
+            "name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { via: arduino, protocol: arduino, image: v2, expect: ok }\n",
+        );
+        assert!(e.message.contains("keep one"), "{e}");
+        let e = err(
+            "name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { via: homie, image: v2, expect: ok }\n",
+        );
+        assert!(e.message.contains("add `homie: { ota: true }` under `device`"), "{e}");
+        assert_eq!(e.line, 4, "{e}");
+        let homie = "name: t\ndevice: { firmware: v1, homie: { ota: true } }\nsteps:\n";
+        let e = err(&format!("{homie}  - ota: {{ via: homie, image: v2, expect: ok, encoding: hex }}\n"));
+        assert!(e.message.starts_with("encoding:") && e.line == 4, "{e}");
+        let e = err(&format!("{homie}  - ota: {{ via: homie, image: v2, expect: ok, truncate: lots }}\n"));
+        assert!(e.message.contains("truncate: expected a whole number"), "{e}");
+        let e = err(&format!("{homie}  - ota: {{ via: homie, image: v2, expect: bad_size }}\n"));
+        assert!(
+            e.message.contains("an outcome of homie OTA (not_modified, ota_disabled, bad_checksum"),
+            "{e}"
+        );
+        let e = err(&format!("{homie}  - sweep: {{ protocol: homie, image: v2 }}\n"));
+        assert!(e.message.contains("does not drive this path (it does: esphome, arduino)"), "{e}");
+        let e = err("name: t\ndevice: { firmware: v1, homie: { id: Not_An_Id } }\nsteps: []\n");
+        assert!(e.message.contains("homie id `Not_An_Id`"), "{e}");
+        let e = err("name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { expect: ok }\n");
+        assert!(e.message.contains("missing `image`"), "{e}");
+        let s = parse(
+            &format!("{homie}  - ota: {{ via: homie, image: v2, expect: ok, encoding: base64 }}\n"),
+            Path::new("x.yaml"),
+        )
+        .unwrap();
+        assert!(matches!(&s.steps[0].kind, StepKind::Ota(o) if o.path.name == "homie"));
+        assert_eq!(s.device.paths.homie.as_ref().map(|h| (h.id.as_str(), h.ota)), Some(("otahil", true)));
+    }
+
     #[test]
     fn wrong_type_and_missing_image() {
         let e = err(

@@ -184,6 +184,11 @@ impl HomiePush {
 const POLL: Duration = Duration::from_millis(10);
 
 impl PathUpdate for HomiePush {
+    /// A session lost mid-message (the power went) has no end on the device's side.
+    fn device_ends_session(&self, outcome: &Outcome) -> bool {
+        !matches!(outcome, Outcome::Interrupted { .. })
+    }
+
     fn run(&self, cx: &UpdateCx<'_>) -> Result<Outcome, Unavailable> {
         let Some(broker) = cx.broker else {
             return Err(Unavailable(
@@ -229,7 +234,9 @@ impl PathUpdate for HomiePush {
         let mut accepted = false;
         loop {
             let left = cx.timeout.saturating_sub(started.elapsed());
-            let Some((i, m)) = broker.wait_message(cursor, left, |m| m.topic == status_topic) else {
+            let watched =
+                |m: &crate::services::mqtt_broker::Message| m.topic == status_topic || m.topic == state_topic;
+            let Some((i, m)) = broker.wait_message(cursor, left, watched) else {
                 return Ok(Outcome::Interrupted {
                     phase: if accepted { Phase::Data } else { Phase::Prepare },
                     sent: written,
@@ -238,6 +245,18 @@ impl PathUpdate for HomiePush {
             };
             cursor = i + 1;
             let text = m.text();
+            if m.topic == state_topic {
+                // The broker published the device's will: its session is gone (a power cut, a
+                // reset), and with it the message's handling.
+                if m.payload == b"lost" {
+                    return Ok(Outcome::Interrupted {
+                        phase: if accepted { Phase::Data } else { Phase::Prepare },
+                        sent: written,
+                        detail: "the device's session was lost ($state lost)".into(),
+                    });
+                }
+                continue;
+            }
             let Some(status) = Status::parse(&text) else {
                 return Ok(Outcome::Unexpected { detail: format!("status `{text}`"), phase: Phase::Data });
             };
@@ -249,7 +268,7 @@ impl PathUpdate for HomiePush {
                     return Ok(Outcome::DeviceError {
                         name: outcome_name(failed).unwrap_or("unexpected"),
                         detail: text,
-                        phase: if accepted { Phase::End } else { Phase::Prepare },
+                        phase: if written > 0 { Phase::End } else { Phase::Prepare },
                     });
                 }
             }

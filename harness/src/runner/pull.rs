@@ -74,7 +74,7 @@ impl Services {
                     if let Some(m) = &scenario.device.mqtt {
                         o.publish(&m.state_topic, b"", true);
                     }
-                    (BrokerLink::External(o), *addr)
+                    (BrokerLink::External { observer: o, retained: Default::default() }, *addr)
                 }
                 BrokerChoice::Mosquitto(program) => {
                     let broker = Mosquitto::start(program, listen).map_err(|e| Start::Fail(e.to_string()))?;
@@ -165,7 +165,7 @@ fn wait_device(
                 b.clients()
             )
         }),
-        BrokerLink::External(_) | BrokerLink::Mosquitto { .. } => {
+        BrokerLink::External { .. } | BrokerLink::Mosquitto { .. } => {
             let deadline = Instant::now() + timeout;
             loop {
                 let last = link
@@ -428,7 +428,7 @@ impl Run<'_> {
                 broker.come_back().map_err(|e| format!("broker: come_back: {e}"))?;
                 observer.reconnect().map_err(|e| format!("broker: come_back: {e}"))?;
             }
-            (BrokerLink::External(_), _) => {
+            (BrokerLink::External { .. }, _) => {
                 return Err(
                     "broker: an external broker cannot be stopped (the scenario should have been skipped)"
                         .into(),

@@ -22,17 +22,29 @@ pub enum BrokerChoice {
 /// The broker of a run: the harness's own, one it only talks to, or a mosquitto it runs.
 pub enum BrokerLink {
     Embedded(MqttBroker),
-    External(MqttObserver),
-    Mosquitto { broker: Mosquitto, observer: MqttObserver },
+    /// `retained`: the topics the harness published retained there, cleared when the run ends
+    /// (the broker outlives the run; the next run's device must not get them).
+    External {
+        observer: MqttObserver,
+        retained: std::sync::Mutex<Vec<String>>,
+    },
+    Mosquitto {
+        broker: Mosquitto,
+        observer: MqttObserver,
+    },
 }
 
 impl BrokerLink {
     pub fn publish(&self, topic: &str, payload: &[u8], retain: bool) {
         match self {
             BrokerLink::Embedded(b) => b.publish(topic, payload, retain),
-            BrokerLink::External(o) | BrokerLink::Mosquitto { observer: o, .. } => {
-                o.publish(topic, payload, retain)
+            BrokerLink::External { observer, retained } => {
+                if retain && !payload.is_empty() {
+                    retained.lock().unwrap_or_else(|p| p.into_inner()).push(topic.to_string());
+                }
+                observer.publish(topic, payload, retain)
             }
+            BrokerLink::Mosquitto { observer, .. } => observer.publish(topic, payload, retain),
         }
     }
 
@@ -42,7 +54,9 @@ impl BrokerLink {
     pub fn messages(&self) -> Vec<Message> {
         match self {
             BrokerLink::Embedded(b) => b.messages(),
-            BrokerLink::External(o) => o.messages().into_iter().filter(|m| !m.retain).collect(),
+            BrokerLink::External { observer: o, .. } => {
+                o.messages().into_iter().filter(|m| !m.retain).collect()
+            }
             BrokerLink::Mosquitto { observer, .. } => observer.messages(),
         }
     }
@@ -57,7 +71,9 @@ impl BrokerLink {
     ) -> Option<(usize, Message)> {
         match self {
             BrokerLink::Embedded(b) => b.wait_message(skip, timeout, pred),
-            BrokerLink::External(o) => o.wait_message(skip, timeout, |m| !m.retain && pred(m)),
+            BrokerLink::External { observer: o, .. } => {
+                o.wait_message(skip, timeout, |m| !m.retain && pred(m))
+            }
             BrokerLink::Mosquitto { observer, .. } => observer.wait_message(skip, timeout, pred),
         }
     }
@@ -66,7 +82,20 @@ impl BrokerLink {
     pub fn seen(&self) -> usize {
         match self {
             BrokerLink::Embedded(b) => b.messages().len(),
-            BrokerLink::External(o) | BrokerLink::Mosquitto { observer: o, .. } => o.messages().len(),
+            BrokerLink::External { observer: o, .. } | BrokerLink::Mosquitto { observer: o, .. } => {
+                o.messages().len()
+            }
+        }
+    }
+}
+
+impl Drop for BrokerLink {
+    fn drop(&mut self) {
+        if let BrokerLink::External { observer, retained } = self {
+            for topic in retained.get_mut().unwrap_or_else(|p| p.into_inner()).drain(..) {
+                // An empty retained message deletes the retained one.
+                observer.publish(&topic, b"", true);
+            }
         }
     }
 }

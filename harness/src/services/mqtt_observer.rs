@@ -242,6 +242,11 @@ fn session(
         }
         client.poll(&cfg, now(), &mut sock);
     }
+    // What was published just before the end (a run clearing its retained messages) goes out
+    // before the DISCONNECT.
+    while let Ok(o) = rx.try_recv() {
+        let _ = client.publish(&o.topic, &o.payload, QoS::AtLeastOnce, o.retain, now(), &mut sock);
+    }
     client.stop(&mut sock);
     let _ = stream.write_all(&sock.out);
 }
