@@ -455,11 +455,16 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         pass(&mut iface, &mut sockets, &mut links, app, flash, rng, &mut buf, log);
         if app.reboot_requested::<FlashStorage<'_>>() {
             let since = *reboot_from.get_or_insert_with(esp_hal::time::Instant::now);
-            let flushed = links.closing.iter().all(Option::is_none)
-                && links.slots.iter().all(|s| match s {
-                    Slot::Conn(c) => c.out.len == 0 && sockets.get::<tcp::Socket>(c.handle).send_queue() == 0,
-                    _ => true,
-                });
+            // A closing socket whose data the peer acknowledged has nothing more to deliver
+            // (its FIN may still wait for the peer's; a restart loses nothing of it).
+            let flushed =
+                links.closing.iter().flatten().all(|(h, _)| sockets.get::<tcp::Socket>(*h).send_queue() == 0)
+                    && links.slots.iter().all(|s| match s {
+                        Slot::Conn(c) => {
+                            c.out.len == 0 && sockets.get::<tcp::Socket>(c.handle).send_queue() == 0
+                        }
+                        _ => true,
+                    });
             if flushed || since.elapsed() > REBOOT_GRACE {
                 log(&LogEvent::OtaRebooting);
                 esp_hal::system::software_reset();
