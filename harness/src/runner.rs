@@ -359,11 +359,13 @@ impl Run<'_> {
             sections: &self.scenario.device.paths,
             rt: &self.rt,
         };
+        let started = Instant::now();
         let outcome = match o.update.run(&update) {
             Ok(outcome) => outcome,
             Err(why) => return Ok(StepOutcome::Skipped(why.to_string())),
         };
-        tracing::debug!(path = o.path.name, %outcome, "update done");
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        tracing::debug!(path = o.path.name, ms, %outcome, "update done");
         if outcome.name() != o.expect.0 {
             return Ok(StepOutcome::Failed(format!("expected {}, got {outcome}", o.expect)));
         }
