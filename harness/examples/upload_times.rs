@@ -6,7 +6,7 @@
 //! `cargo run --release -p otahil --example upload_times [RUNS]`
 
 use otahil::backend::{Backend, StartContext};
-use otahil::client::{self, ArduinoFaults, Outcome, UpdatePath, Upload};
+use otahil::client::{self, ArduinoFaults, Outcome, Upload, Uploader};
 use otahil::dut::{Dut, DutEvent};
 use otahil::emu::{EmuBackend, EmuProgram};
 use std::time::{Duration, Instant};
@@ -22,10 +22,10 @@ fn main() -> anyhow::Result<()> {
     let mut dut = backend.start(&scenario, &StartContext::default()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     dut.power_on()?;
     idle_cpu(dut.as_mut())?;
-    for path in [UpdatePath::Esphome, UpdatePath::Arduino] {
+    for uploader in Uploader::ALL {
         let mut times = Vec::new();
         for run in 0..runs {
-            let endpoint = dut.endpoint(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let endpoint = dut.endpoint(uploader.path()).map_err(|e| anyhow::anyhow!("{e}"))?;
             let upload = Upload {
                 image: &v2,
                 file_name: "v2.bin",
@@ -40,10 +40,10 @@ fn main() -> anyhow::Result<()> {
                 arduino: ArduinoFaults::default(),
             };
             let started = Instant::now();
-            let outcome = rt.block_on(client::upload(path, endpoint, &upload));
+            let outcome = rt.block_on(client::upload(uploader, endpoint, &upload));
             let took = started.elapsed();
             if !matches!(outcome, Outcome::Ok { .. }) {
-                anyhow::bail!("{path} upload {run}: {outcome}");
+                anyhow::bail!("{uploader} upload {run}: {outcome}");
             }
             times.push(took.as_secs_f64() * 1e3);
             // The device restarts into v2; the next upload goes to the other slot.
@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
         }
         times.sort_by(f64::total_cmp);
         println!(
-            "upload of v2 ({} bytes) over {path}, {runs} runs: min {:.2} ms, median {:.2} ms, max {:.2} ms",
+            "upload of v2 ({} bytes) over {uploader}, {runs} runs: min {:.2} ms, median {:.2} ms, max {:.2} ms",
             v2.len(),
             times[0],
             times[times.len() / 2],

@@ -109,7 +109,7 @@ enum Cmd {
     Ota {
         /// The update path: esphome or arduino.
         #[arg(long, default_value = "esphome", value_parser = parse_update_path)]
-        protocol: otahil::client::UpdatePath,
+        protocol: otahil::client::Uploader,
         /// The device's OTA address, e.g. 127.0.0.1:3232 or esp32-bench.local:3232 (ESPHome's TCP
         /// port, or ArduinoOTA's UDP port).
         #[arg(long)]
@@ -195,9 +195,9 @@ fn load_all(
     Ok((loaded, errors))
 }
 
-fn parse_update_path(s: &str) -> Result<otahil::client::UpdatePath, String> {
-    otahil::client::UpdatePath::by_name(s).ok_or_else(|| {
-        let names: Vec<&str> = otahil::client::UpdatePath::ALL.iter().map(|p| p.name()).collect();
+fn parse_update_path(s: &str) -> Result<otahil::client::Uploader, String> {
+    otahil::client::Uploader::by_name(s).ok_or_else(|| {
+        let names: Vec<String> = otahil::client::Uploader::ALL.iter().map(|u| u.to_string()).collect();
         format!("`{s}`: expected one of {}", names.join(", "))
     })
 }

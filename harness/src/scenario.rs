@@ -113,6 +113,8 @@ enum RawStep {
 #[serde(deny_unknown_fields)]
 struct RawSweep {
     #[serde(default)]
+    via: Option<Spanned<String>>,
+    #[serde(default)]
     protocol: Option<Spanned<String>>,
     image: Spanned<String>,
     #[serde(default)]
@@ -524,7 +526,7 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
             }
             RawStep::Ota(o) => StepKind::Ota(Box::new(check_ota(o.at(line, column), &device, cx)?)),
             RawStep::Sweep(w) => StepKind::Sweep(Box::new(SweepStep {
-                path: sweep_path(w.protocol.as_ref(), cx)?,
+                path: sweep_path(w.via.as_ref().or(w.protocol.as_ref()), cx)?,
                 image: cx.image(&w.image)?,
                 torn: w.torn,
                 exact: w.exact,
@@ -765,8 +767,6 @@ mod tests {
             e.message.contains("an outcome of homie OTA (not_modified, ota_disabled, bad_checksum"),
             "{e}"
         );
-        let e = err(&format!("{homie}  - sweep: {{ protocol: homie, image: v2 }}\n"));
-        assert!(e.message.contains("does not drive this path (it does: esphome, arduino)"), "{e}");
         let e = err("name: t\ndevice: { firmware: v1, homie: { id: Not_An_Id } }\nsteps: []\n");
         assert!(e.message.contains("homie id `Not_An_Id`"), "{e}");
         let e = err("name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { expect: ok }\n");

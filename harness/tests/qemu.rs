@@ -7,7 +7,7 @@
 //! build.
 
 use ota_core::proto::esphome::{MAGIC, code};
-use otahil::client::{Outcome, UpdatePath, Upload, upload};
+use otahil::client::{Outcome, UpdatePath, Upload, Uploader, upload};
 use otahil::dut::{Dut, DutEvent};
 use otahil::qemu::{FirmwareBuilds, QemuDut, QemuProgram};
 use std::io::{ErrorKind, Read, Write};
@@ -76,7 +76,7 @@ fn firmware_updates_and_rolls_back_on_qemu() {
     // The forwarded ports stay the same across power cycles.
     let esphome = dut.endpoint(UpdatePath::Esphome).unwrap();
     let arduino = dut.endpoint(UpdatePath::Arduino).unwrap();
-    let send_over = |path: UpdatePath, image: &str| {
+    let send_over = |uploader: Uploader, image: &str| {
         let bytes = builds.app(image).unwrap_or_else(|| panic!("no build of {image}"));
         let up = Upload {
             image: &bytes,
@@ -92,12 +92,12 @@ fn firmware_updates_and_rolls_back_on_qemu() {
             arduino: Default::default(),
         };
         let started = Instant::now();
-        let endpoint = if path == UpdatePath::Arduino { arduino } else { esphome };
-        let outcome = rt.block_on(upload(path, endpoint, &up));
-        eprintln!("{image} over {path}: {outcome} in {:.2} s", started.elapsed().as_secs_f64());
+        let endpoint = if uploader == Uploader::Arduino { arduino } else { esphome };
+        let outcome = rt.block_on(upload(uploader, endpoint, &up));
+        eprintln!("{image} over {uploader}: {outcome} in {:.2} s", started.elapsed().as_secs_f64());
         outcome
     };
-    let send = |image: &str| send_over(UpdatePath::Esphome, image);
+    let send = |image: &str| send_over(Uploader::Esphome, image);
     assert!(matches!(send("v2"), Outcome::Ok { .. }));
     expect(&mut dut, &mut log, "app: running ota_1 (app1): otahil-fw version 2.0.0", Duration::from_secs(60));
     expect(&mut dut, &mut log, "rollback: self-test passed: ota_1 marked VALID", Duration::from_secs(20));
@@ -128,7 +128,7 @@ fn firmware_updates_and_rolls_back_on_qemu() {
     // device's back-connection through slirp's gateway to this host.
     dut.power_on().unwrap();
     expect(&mut dut, &mut log, "ota: listening on port 3232", Duration::from_secs(60));
-    assert!(matches!(send_over(UpdatePath::Arduino, "v3"), Outcome::Ok { .. }));
+    assert!(matches!(send_over(Uploader::Arduino, "v3"), Outcome::Ok { .. }));
     expect(&mut dut, &mut log, "app: running ota_0 (app0): otahil-fw version 3.0.0", Duration::from_secs(60));
     expect(&mut dut, &mut log, "rollback: self-test passed: ota_0 marked VALID", Duration::from_secs(20));
 }

@@ -17,15 +17,18 @@ pub enum UpdatePath {
     Esphome,
     /// ArduinoOTA (UDP invitation, TCP back-connection, `espota.py`).
     Arduino,
+    /// Homie OTA 3.x (the firmware as one MQTT message).
+    Homie,
 }
 
 impl UpdatePath {
-    pub const ALL: [UpdatePath; 2] = [UpdatePath::Esphome, UpdatePath::Arduino];
+    pub const ALL: [UpdatePath; 3] = [UpdatePath::Esphome, UpdatePath::Arduino, UpdatePath::Homie];
 
     pub fn name(self) -> &'static str {
         match self {
             UpdatePath::Esphome => "esphome",
             UpdatePath::Arduino => "arduino",
+            UpdatePath::Homie => "homie",
         }
     }
 

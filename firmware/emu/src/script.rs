@@ -8,19 +8,23 @@ use embedded_storage::nor_flash::NorFlash;
 use md5::{Digest, Md5};
 use ota_core::hex;
 use ota_core::partition::{Partition, PartitionTable};
-use ota_core::proto::{UpdatePath, arduino, esphome};
+use ota_core::proto::{UpdatePath, arduino, esphome, homie};
 use ota_core::session::{Session, Target};
 use ota_core::writer::OtaConfig;
 use std::fmt;
 
 /// The uploader's pieces: what `espota2.py` / `espota.py` send per socket write.
 const PIECE: usize = 1024;
+/// What a Homie push brings per read: one TCP segment of the broker's stream.
+const SEGMENT: usize = 1460;
 
 /// Why a scripted update did not complete: the device's own event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScriptError {
     Esphome(esphome::Event),
     Arduino(arduino::Event),
+    /// Homie's final status.
+    Homie(homie::Status),
     /// The session ended without completing and without saying why.
     Incomplete,
 }
@@ -33,6 +37,7 @@ impl fmt::Display for ScriptError {
             ScriptError::Arduino(e) => {
                 e.log(&mut |l: &ota_core::log::LogEvent<'_>| shown = Some(write!(f, "{l}")))
             }
+            ScriptError::Homie(status) => shown = Some(write!(f, "homie status {status}")),
             ScriptError::Incomplete => {}
         }
         shown.unwrap_or_else(|| write!(f, "{self:?}"))
@@ -98,7 +103,45 @@ pub fn upload<F: NorFlash>(
                 (false, None) => Err(ScriptError::Incomplete),
             }
         }
+        UpdatePath::Homie => {
+            let mut session = Session::new(homie::Ota::default());
+            let mut out = HomieOut { on_received, last: image.len() as u32, final_status: None };
+            let md5 = core::str::from_utf8(&md5_hex).unwrap_or("");
+            // The running image's MD5 is never the new one's: the server pushes another image.
+            let facts = homie::Facts { ota_enabled: true, running_md5: "", others_busy: false };
+            let total = image.len() as u32;
+            session.with(flash, &target, |ota, sink| {
+                for (i, piece) in image.chunks(SEGMENT).enumerate() {
+                    ota.piece(md5, (i * SEGMENT) as u32, total, piece, &facts, sink, &mut out);
+                }
+            });
+            match out.final_status {
+                Some(homie::Status::Done) => Ok(()),
+                Some(status) => Err(ScriptError::Homie(status)),
+                None => Err(ScriptError::Incomplete),
+            }
+        }
     }
+}
+
+/// The Homie receiver's statuses: the last image byte taken, then the final word.
+struct HomieOut<'a> {
+    on_received: &'a mut dyn FnMut(),
+    last: u32,
+    final_status: Option<homie::Status>,
+}
+
+impl homie::Output for HomieOut<'_> {
+    fn status(&mut self, status: homie::Status) {
+        match status {
+            homie::Status::Progress { written, .. } if written == self.last => (self.on_received)(),
+            homie::Status::Accepted | homie::Status::Progress { .. } => {}
+            done_or_failed => {
+                self.final_status.get_or_insert(done_or_failed);
+            }
+        }
+    }
+    fn log(&mut self, _line: &ota_core::log::LogEvent<'_>) {}
 }
 
 /// Authentication is off in scripted updates: no nonce is ever drawn.

@@ -311,10 +311,11 @@ impl Dut for EmuDut {
     }
 
     fn endpoint(&self, path: UpdatePath) -> Result<SocketAddr, String> {
-        Ok(match path {
-            UpdatePath::Esphome => self.addr,
-            UpdatePath::Arduino => self.arduino_addr,
-        })
+        match path {
+            UpdatePath::Esphome => Ok(self.addr),
+            UpdatePath::Arduino => Ok(self.arduino_addr),
+            other => Err(format!("the device takes no {other} uploads on a port")),
+        }
     }
 
     fn next_event(&mut self, timeout: Duration) -> Result<Option<DutEvent>, DutError> {

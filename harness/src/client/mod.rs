@@ -13,12 +13,34 @@ use std::time::Duration;
 
 pub use ota_core::proto::UpdatePath;
 
-/// The outcome names a step on `path` may expect, besides `ok`, `interrupted` and
-/// `password_required`.
-pub fn error_names(path: UpdatePath) -> Vec<&'static str> {
-    match path {
-        UpdatePath::Esphome => esphome::error_names(),
-        UpdatePath::Arduino => arduino::error_names(),
+/// The uploaders: the update paths where the harness sends the image to a port of the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uploader {
+    /// `espota2.py`.
+    Esphome,
+    /// `espota.py`.
+    Arduino,
+}
+
+impl Uploader {
+    pub const ALL: [Uploader; 2] = [Uploader::Esphome, Uploader::Arduino];
+
+    /// The device's update path this uploader speaks.
+    pub fn path(self) -> UpdatePath {
+        match self {
+            Uploader::Esphome => UpdatePath::Esphome,
+            Uploader::Arduino => UpdatePath::Arduino,
+        }
+    }
+
+    pub fn by_name(name: &str) -> Option<Uploader> {
+        Self::ALL.into_iter().find(|u| u.path().name() == name)
+    }
+}
+
+impl fmt::Display for Uploader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.path().name())
     }
 }
 
@@ -88,12 +110,12 @@ pub struct Upload<'a> {
 
 /// Runs one upload on `path` against the device's endpoint for it. Never panics on what the
 /// device does.
-pub async fn upload(path: UpdatePath, endpoint: SocketAddr, up: &Upload<'_>) -> Outcome {
+pub async fn upload(uploader: Uploader, endpoint: SocketAddr, up: &Upload<'_>) -> Outcome {
     let progress = Progress::default();
     let session = async {
-        match path {
-            UpdatePath::Esphome => esphome::upload(endpoint, up, &progress).await,
-            UpdatePath::Arduino => arduino::upload(endpoint, up, &progress).await,
+        match uploader {
+            Uploader::Esphome => esphome::upload(endpoint, up, &progress).await,
+            Uploader::Arduino => arduino::upload(endpoint, up, &progress).await,
         }
     };
     let outcome = match tokio::time::timeout(up.timeout, session).await {
@@ -105,7 +127,7 @@ pub async fn upload(path: UpdatePath, endpoint: SocketAddr, up: &Upload<'_>) -> 
         },
     };
     let ms = progress.started.elapsed().as_secs_f64() * 1e3;
-    tracing::debug!(%path, ms, sent = progress.sent(), %outcome, "upload done");
+    tracing::debug!(%uploader, ms, sent = progress.sent(), %outcome, "upload done");
     outcome
 }
 
@@ -303,7 +325,7 @@ mod tests {
             let addr = silent.local_addr().unwrap();
             let keep = tokio::spawn(async move { silent.accept().await.map(|(s, _)| s) });
             let image = vec![0xE9u8; 40_000];
-            let o = upload(UpdatePath::Esphome, addr, &upload_of(&image, Duration::from_millis(300))).await;
+            let o = upload(Uploader::Esphome, addr, &upload_of(&image, Duration::from_millis(300))).await;
             assert!(matches!(o, Outcome::Interrupted { phase: Phase::Handshake, sent: 0, .. }), "{o}");
             drop(keep);
 
@@ -329,7 +351,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 drop(s);
             });
-            let o = upload(UpdatePath::Esphome, addr, &upload_of(&image, Duration::from_millis(500))).await;
+            let o = upload(Uploader::Esphome, addr, &upload_of(&image, Duration::from_millis(500))).await;
             assert!(matches!(o, Outcome::Interrupted { phase: Phase::Data, sent: 16_384, .. }), "{o}");
             assert!(o.to_string().contains("during data after 16384 image bytes"), "{o}");
             device.abort();
@@ -341,11 +363,12 @@ mod tests {
         let e = Outcome::DeviceError { name: "md5_check_failed", detail: "x".into(), phase: Phase::End };
         assert_eq!(e.name(), "md5_check_failed");
         assert_eq!(Outcome::Disconnected { sent: 1 }.name(), "interrupted");
-        assert!(error_names(UpdatePath::Esphome).contains(&"auth_invalid"));
-        assert!(error_names(UpdatePath::Arduino).contains(&"md5_check_failed"));
-        assert!(error_names(UpdatePath::Arduino).contains(&"auth_failed"));
-        for p in UpdatePath::ALL {
-            assert_eq!(UpdatePath::by_name(p.name()), Some(p));
+        assert!(esphome::error_names().contains(&"auth_invalid"));
+        assert!(arduino::error_names().contains(&"md5_check_failed"));
+        assert!(arduino::error_names().contains(&"auth_failed"));
+        for u in Uploader::ALL {
+            assert_eq!(Uploader::by_name(&u.to_string()), Some(u));
         }
+        assert_eq!(Uploader::by_name("homie"), None, "Homie's server publishes, it uploads to no port");
     }
 }

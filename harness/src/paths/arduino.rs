@@ -141,7 +141,7 @@ impl PathUpdate for ArduinoUpdate {
             seed: cx.seed,
             arduino: self.faults.clone(),
         };
-        Ok(cx.rt.block_on(client::upload(UpdatePath::Arduino, endpoint, &upload)))
+        Ok(cx.rt.block_on(client::upload(client::Uploader::Arduino, endpoint, &upload)))
     }
 
     /// A device that sent a challenge nobody answers keeps waiting for the answer: there is no

@@ -82,6 +82,6 @@ impl PathUpdate for EsphomeUpdate {
             seed: cx.seed,
             arduino: client::ArduinoFaults::default(),
         };
-        Ok(cx.rt.block_on(client::upload(UpdatePath::Esphome, endpoint, &upload)))
+        Ok(cx.rt.block_on(client::upload(client::Uploader::Esphome, endpoint, &upload)))
     }
 }

@@ -8,6 +8,7 @@ use super::{Needs, PathEntry, PathUpdate, ReadCx, Unavailable, UpdateCx};
 use crate::client::{Outcome, Phase};
 use crate::scenario::yaml::{Options, ScenarioError};
 use md5::{Digest, Md5};
+use ota_core::proto::UpdatePath;
 use ota_core::proto::homie::{BASE_TOPIC, FIRMWARE_TOPIC, STATUS_TOPIC, Status};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 pub const ENTRY: PathEntry = PathEntry {
     name: "homie",
     about: "Homie OTA 3.x: the firmware published as one MQTT message, statuses on $implementation/ota/status",
-    sweep: None,
+    sweep: Some(UpdatePath::Homie),
     outcomes,
     read,
     needs: Needs { broker: true },

@@ -356,6 +356,7 @@ impl Dut for BenchDut {
         let port = match path {
             UpdatePath::Esphome => self.esphome_port,
             UpdatePath::Arduino => self.arduino_port,
+            other => return Err(format!("the device takes no {other} uploads on a port")),
         };
         let host = match &self.address {
             Address::Emulator => match &self.rig {

@@ -389,6 +389,7 @@ impl Dut for QemuDut {
         match path {
             UpdatePath::Esphome => Ok(SocketAddr::from(([127, 0, 0, 1], self.port))),
             UpdatePath::Arduino => Ok(SocketAddr::from(([127, 0, 0, 1], self.arduino_port))),
+            other => Err(format!("the device takes no {other} uploads on a port")),
         }
     }
 
