@@ -118,6 +118,16 @@ pub trait PathUpdate: fmt::Debug + Send + Sync {
     fn device_ends_session(&self, _outcome: &Outcome) -> bool {
         true
     }
+    /// Whether skipping this update leaves the device in another state than playing it would
+    /// (a fault that cuts something): the snapshots after it are then not compared.
+    fn disturbs_device(&self) -> bool {
+        false
+    }
+    /// Whether the update needs the harness's own broker (to cut a connection mid-message):
+    /// a run with another broker skips the scenario, saying why.
+    fn needs_own_broker(&self) -> bool {
+        false
+    }
 }
 
 /// An `ota:` step's options read by the path that runs it.

@@ -579,7 +579,7 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
         // it in another state than the stored snapshots; a skipped check (an erase count, a
         // sweep on its own copy of the flash) does not.
         let changes_device = match &step.kind {
-            StepKind::Ota(o) => o.cut_power.is_some(),
+            StepKind::Ota(o) => o.cut_power.is_some() || o.update.disturbs_device(),
             StepKind::MqttPublish(p) => p.cut_power.is_some(),
             StepKind::PowerOff => true,
             _ => false,

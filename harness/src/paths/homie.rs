@@ -109,6 +109,10 @@ struct Raw {
     /// Publish the firmware retained, as some servers do.
     #[serde(default)]
     retain: Option<bool>,
+    /// The broker loses the device's connection after this many bytes of the message's packet
+    /// (the harness's own broker only).
+    #[serde(default)]
+    broker_loss_after: Option<u64>,
 }
 
 /// One firmware push.
@@ -118,6 +122,7 @@ pub struct HomiePush {
     pub md5: Option<String>,
     pub truncate: Option<u64>,
     pub retain: bool,
+    pub broker_loss_after: Option<u64>,
 }
 
 fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioError> {
@@ -141,6 +146,7 @@ fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioErro
         md5,
         truncate: raw.truncate,
         retain: raw.retain.unwrap_or(false),
+        broker_loss_after: raw.broker_loss_after,
     }))
 }
 
@@ -185,9 +191,18 @@ impl HomiePush {
 const POLL: Duration = Duration::from_millis(10);
 
 impl PathUpdate for HomiePush {
-    /// A session lost mid-message (the power went) has no end on the device's side.
+    /// A session lost mid-message (the power went, the broker lost it) has no end on the
+    /// device's side.
     fn device_ends_session(&self, outcome: &Outcome) -> bool {
         !matches!(outcome, Outcome::Interrupted { .. })
+    }
+
+    fn disturbs_device(&self) -> bool {
+        self.broker_loss_after.is_some()
+    }
+
+    fn needs_own_broker(&self) -> bool {
+        self.broker_loss_after.is_some()
     }
 
     fn run(&self, cx: &UpdateCx<'_>) -> Result<Outcome, Unavailable> {
@@ -230,7 +245,12 @@ impl PathUpdate for HomiePush {
             std::thread::sleep(POLL);
         }
         let mut cursor = broker.seen();
-        broker.publish(&topic, &payload, self.retain);
+        match self.broker_loss_after {
+            None => broker.publish(&topic, &payload, self.retain),
+            Some(after) => broker
+                .publish_cut(&topic, &payload, self.retain, usize::try_from(after).unwrap_or(usize::MAX))
+                .map_err(Unavailable)?,
+        }
         let mut written = 0u64;
         let mut accepted = false;
         loop {
@@ -294,7 +314,13 @@ mod tests {
     #[test]
     fn the_message_carries_the_image_md5_unless_told_otherwise() {
         let image = [0xE9u8, 1, 2, 3, 4];
-        let push = HomiePush { encoding: Encoding::Raw, md5: None, truncate: None, retain: false };
+        let push = HomiePush {
+            encoding: Encoding::Raw,
+            md5: None,
+            truncate: None,
+            retain: false,
+            broker_loss_after: None,
+        };
         let (topic, payload) = push.message("dev", &image);
         let md5: String = Md5::digest(image).iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(topic, format!("homie/dev/$implementation/ota/firmware/{md5}"));
@@ -304,6 +330,7 @@ mod tests {
             md5: Some("0".repeat(32)),
             truncate: Some(3),
             retain: true,
+            broker_loss_after: None,
         };
         let (topic, payload) = push.message("dev", &image);
         assert!(topic.ends_with(&"0".repeat(32)));

@@ -61,6 +61,13 @@ impl Services {
                 "the scenario stops and restarts the broker, which the harness can only do to one it runs (its own or --mosquitto), not with --mqtt-broker".into(),
             ));
         }
+        let cuts_mid_message =
+            scenario.steps.iter().any(|s| matches!(&s.kind, StepKind::Ota(o) if o.update.needs_own_broker()));
+        if !matches!(choice, BrokerChoice::Embedded) && cuts_mid_message {
+            return Err(Start::Skip(
+                "the scenario has the broker lose a connection mid-message, which only the harness's own broker does (not --mosquitto or --mqtt-broker)".into(),
+            ));
+        }
         if wants_broker {
             let (link, addr) = match choice {
                 BrokerChoice::Embedded => {

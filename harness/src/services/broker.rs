@@ -61,6 +61,18 @@ impl BrokerLink {
         }
     }
 
+    /// Publishes, cutting every subscriber's connection after `after` bytes of the packet:
+    /// only the harness's own broker can (an error says why otherwise).
+    pub fn publish_cut(&self, topic: &str, payload: &[u8], retain: bool, after: usize) -> Result<(), String> {
+        match self {
+            BrokerLink::Embedded(b) => {
+                b.publish_cut(topic, payload, retain, after);
+                Ok(())
+            }
+            _ => Err("cutting a subscriber's connection mid-message takes the harness's own broker (this run uses another)".into()),
+        }
+    }
+
     /// Waits for the first publication after the first `skip` that `pred` accepts (from an
     /// external broker, retained ones sent on subscribing are skipped as in [`Self::messages`]).
     pub fn wait_message(

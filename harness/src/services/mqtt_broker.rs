@@ -134,6 +134,20 @@ impl MqttBroker {
         route(&self.shared, message);
     }
 
+    /// Publishes as [`Self::publish`], but each subscriber's connection is cut after `after`
+    /// bytes of the PUBLISH packet (a broker or a network lost mid-message); its will follows.
+    pub fn publish_cut(&self, topic: &str, payload: &[u8], retain: bool, after: usize) {
+        let message = Message {
+            topic: topic.to_string(),
+            payload: payload.to_vec(),
+            qos: 1,
+            retain,
+            from: HARNESS_CLIENT.to_string(),
+            will: false,
+        };
+        route_cut(&self.shared, message, Some(after));
+    }
+
     /// Every publication accepted so far, in order.
     pub fn messages(&self) -> Vec<Message> {
         self.shared.lock().published.clone()
@@ -459,6 +473,12 @@ fn next_packet_id(s: &mut State) -> u16 {
 
 /// Records a publication, keeps it if retained, and sends it to every subscriber.
 fn route(shared: &Shared, m: Message) {
+    route_cut(shared, m, None);
+}
+
+/// Routes `m`; with `cut`, each subscriber gets only that many bytes of it and loses its
+/// connection.
+fn route_cut(shared: &Shared, m: Message, cut: Option<usize>) {
     let mut s = shared.lock();
     if m.retain {
         if m.payload.is_empty() {
@@ -480,7 +500,20 @@ fn route(shared: &Shared, m: Message) {
         let pid = if qos > 0 { next_packet_id(&mut s) } else { 0 };
         // To existing subscribers the retain flag is 0 (§3.3.1.3). A subscriber whose socket
         // fails is dropped by its own thread.
-        let _ = w.write_all(&codec::publish(&m.topic, &m.payload, qos, false, pid));
+        let packet = codec::publish(&m.topic, &m.payload, qos, false, pid);
+        match cut {
+            None => {
+                let _ = w.write_all(&packet);
+            }
+            Some(after) => {
+                let _ = w.write_all(&packet[..after.min(packet.len())]);
+                // Only the sending half: the subscriber reads every byte sent, then the end
+                // (closing both halves now would reset the connection and drop, on its side,
+                // whatever it had not read yet). Its close ends its thread here, which
+                // publishes its will.
+                let _ = w.shutdown(Shutdown::Write);
+            }
+        }
     }
     s.published.push(m);
     shared.changed.notify_all();
