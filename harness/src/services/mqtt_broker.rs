@@ -75,6 +75,9 @@ struct State {
     published: Vec<Message>,
     refusing: bool,
     next_packet_id: u16,
+    /// Connections cut mid-message ([`MqttBroker::publish_cut`]): their sending half is shut,
+    /// so what they are answered fails; they are read until their client closes.
+    cut: std::collections::HashSet<u64>,
 }
 
 struct Shared {
@@ -302,6 +305,10 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> Result<(), End> {
                         ended = Some(Ok(()));
                         break;
                     }
+                    // An answer to a client whose connection was cut cannot go out; the
+                    // client's close ends it (closing here would reset it, and the client
+                    // would lose the bytes it had not read yet).
+                    Err(_) if conn.is_some_and(|(id, _)| shared.lock().cut.contains(&id)) => {}
                     Err(e) => {
                         ended = Some(Err(e));
                         break;
@@ -330,6 +337,7 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> Result<(), End> {
     let gone = conn.and_then(|(id, _)| {
         let mut s = shared.lock();
         let gone = s.clients.remove(&id);
+        s.cut.remove(&id);
         shared.changed.notify_all();
         gone
     });
@@ -488,15 +496,19 @@ fn route_cut(shared: &Shared, m: Message, cut: Option<usize>) {
         }
     }
     let mut deliveries = Vec::new();
-    for c in s.clients.values() {
+    for (id, c) in &s.clients {
         let best = c.subscriptions.iter().filter(|(f, _)| codec::matches(f, &m.topic)).map(|(_, q)| *q).max();
         if let Some(q) = best
             && let Ok(w) = c.writer.try_clone()
         {
-            deliveries.push((w, q.min(m.qos)));
+            deliveries.push((*id, w, q.min(m.qos)));
         }
     }
-    for (mut w, qos) in deliveries {
+    if cut.is_some() {
+        let ids: Vec<u64> = deliveries.iter().map(|(id, ..)| *id).collect();
+        s.cut.extend(ids);
+    }
+    for (_, mut w, qos) in deliveries {
         let pid = if qos > 0 { next_packet_id(&mut s) } else { 0 };
         // To existing subscribers the retain flag is 0 (§3.3.1.3). A subscriber whose socket
         // fails is dropped by its own thread.

@@ -240,3 +240,26 @@ fn the_devices_own_client_talks_to_it() {
     let (_, will) = b.wait_message(0, WAIT, |m| m.will).expect("the will");
     assert_eq!(will.text(), "{\"state\":\"offline\"}");
 }
+
+/// A connection cut mid-message gets exactly the bytes before the cut, then the end (never a
+/// reset that would drop what it had not read), even when it sends a packet that wants an
+/// answer after the cut; its will goes out when it closes.
+#[test]
+fn a_cut_publication_delivers_exactly_its_first_bytes_then_the_end() {
+    let b = broker();
+    let (mut dev, _) = Raw::open(&b, "dev", Some(("dev/state", "lost")), 0);
+    assert_eq!(dev.subscribe("fw/#", 1)[..2], [0x90, 3]);
+    let payload = vec![0xA5u8; 200_000];
+    b.publish_cut("fw/x", &payload, false, 150_000);
+    // A QoS 1 publication from the device: its PUBACK cannot go out any more.
+    let body = [&string("dev/status")[..], &[0, 7], b"206"].concat();
+    dev.send(&frame(0x32, &body));
+    let mut got = Vec::new();
+    dev.0.read_to_end(&mut got).expect("an orderly end, not a reset");
+    assert_eq!(got.len(), 150_000);
+    assert_eq!(got[0], 0x32, "a PUBLISH at QoS 1");
+    assert!(got[got.len() - 1000..].iter().all(|&x| x == 0xA5));
+    drop(dev);
+    let (_, will) = b.wait_message(0, WAIT, |m| m.will).expect("the will after the close");
+    assert_eq!((will.topic.as_str(), will.payload.as_slice()), ("dev/state", &b"lost"[..]));
+}
