@@ -6,6 +6,7 @@
 pub mod arduino;
 pub mod esphome;
 pub mod homie;
+pub mod homie1;
 
 use crate::client::Outcome;
 use crate::scenario::yaml::{Ctx, Options, ScenarioError, Spans};
@@ -47,7 +48,7 @@ pub struct Needs {
 
 /// Every path, in the order messages list them; the first is what an `ota:` step without
 /// `via` uses.
-pub const PATHS: &[PathEntry] = &[esphome::ENTRY, arduino::ENTRY, homie::ENTRY];
+pub const PATHS: &[PathEntry] = &[esphome::ENTRY, arduino::ENTRY, homie::ENTRY, homie1::ENTRY];
 
 /// The path registered as `name`.
 pub fn by_name(name: &str) -> Option<&'static PathEntry> {
@@ -68,12 +69,18 @@ pub fn of_core(core: UpdatePath) -> Option<&'static PathEntry> {
 #[derive(Debug, Clone, Default)]
 pub struct DeviceSections {
     pub homie: Option<homie::DeviceSection>,
+    pub homie1: Option<homie1::DeviceSection>,
 }
 
 impl DeviceSections {
     /// Whether a section makes the device connect to the run's broker.
     pub fn needs_broker(&self) -> bool {
-        self.homie.is_some()
+        self.homie.is_some() || self.homie1.is_some()
+    }
+
+    /// Whether a section makes the device pull from the run's firmware server.
+    pub fn needs_server(&self) -> bool {
+        self.homie1.is_some()
     }
 }
 
@@ -105,6 +112,8 @@ pub struct UpdateCx<'a> {
     pub endpoint: &'a dyn Fn(UpdatePath) -> Result<SocketAddr, String>,
     /// The run's broker, when a path needs one.
     pub broker: Option<&'a BrokerLink>,
+    /// The run's firmware server, when a path needs one.
+    pub server: Option<&'a crate::services::firmware_server::FirmwareServer>,
     pub sections: &'a DeviceSections,
     pub rt: &'a tokio::runtime::Runtime,
 }
@@ -190,6 +199,7 @@ mod tests {
             assert!(!(p.outcomes)().is_empty(), "{} names no outcome", p.name);
         }
         assert_eq!(PATHS[0].name, "esphome", "an ota step without `via` is ESPHome's");
+        assert_eq!(names(), "esphome, arduino, homie, homie1");
         for core in UpdatePath::ALL {
             assert_eq!(of_core(core).map(|p| p.name), Some(core.name()), "the sweep on {core}");
         }

@@ -356,6 +356,7 @@ impl Run<'_> {
             seed: self.seed(),
             endpoint: &endpoint,
             broker: self.services.broker.as_ref(),
+            server: self.services.server.as_ref(),
             sections: &self.scenario.device.paths,
             rt: &self.rt,
         };
@@ -528,7 +529,12 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
                 return report;
             }
         };
-    let context = StartContext { seed: options.seed, device_broker, device_tls };
+    let device_server = services
+        .bases
+        .iter()
+        .find(|(p, _)| *p == crate::scenario::pull::SERVER_PLACEHOLDER)
+        .map(|(_, b)| b.clone());
+    let context = StartContext { seed: options.seed, device_broker, device_tls, device_server };
     let mut dut = match backend.start(scenario, &context) {
         Ok(d) => d,
         Err(StartError::Skip(why)) => {

@@ -58,6 +58,8 @@ struct RawDevice {
     mqtt: Option<pull::RawMqttDevice>,
     #[serde(default)]
     homie: Option<paths::homie::RawDeviceSection>,
+    #[serde(default)]
+    homie1: Option<paths::homie1::RawDeviceSection>,
 }
 
 /// The device's ArduinoOTA settings, provisioned in NVS like ESPHome's.
@@ -461,6 +463,7 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
         },
         paths: paths::DeviceSections {
             homie: d.homie.map(|h| paths::homie::device_section(h, cx)).transpose()?,
+            homie1: d.homie1.map(|h| paths::homie1::device_section(h, cx)).transpose()?,
         },
     };
     // What `run` would refuse when it builds the device's flash is refused here, at its place.
@@ -745,7 +748,8 @@ mod tests {
             "name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { via: carrier-pigeon, image: v2, expect: ok }\n",
         );
         assert!(
-            e.message.contains("update path `carrier-pigeon`: expected one of esphome, arduino, homie"),
+            e.message
+                .contains("update path `carrier-pigeon`: expected one of esphome, arduino, homie, homie1"),
             "{e}"
         );
         let e = err(

@@ -56,7 +56,7 @@ pub fn announced_reboot(line: &str) -> Option<bool> {
 }
 
 static CATALOGUE_LINE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^([EWI]) \((\d+)\) ([a-z_]+): (.*)$").expect("static regex"));
+    LazyLock::new(|| Regex::new(r"^([EWI]) \((\d+)\) ([a-z_][a-z0-9_]*): (.*)$").expect("static regex"));
 
 /// The log as a snapshot sees it: the app's catalogue lines and the bootloader lines whose text
 /// is ESP-IDF's (so ROM banners, the real bootloader's table dump and the emulator's selection

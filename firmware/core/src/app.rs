@@ -48,6 +48,7 @@ paths! {
     arduino: crate::proto::arduino::service::Service,
     mqtt_pull: crate::proto::mqtt_pull::service::Service,
     homie: crate::proto::homie::service::Service,
+    homie1: crate::proto::homie1::service::Service,
 }
 
 /// What every call lends the app: the flash, the clock (ms since boot), randomness and the
@@ -161,6 +162,12 @@ impl App {
     /// An update completed: the adapter flushes the links and restarts the device.
     pub fn reboot_requested<F: NorFlash>(&self) -> bool {
         self.paths.each_ref::<F>().into_iter().flatten().any(|p| p.reboot_requested())
+    }
+
+    /// The restart was asked for by a path that logged its reason itself: the adapter logs
+    /// no "Rebooting into the new image".
+    pub fn reboot_announced<F: NorFlash>(&self) -> bool {
+        self.paths.each_ref::<F>().into_iter().flatten().any(|p| p.reboot_requested() && p.reboot_announced())
     }
 }
 

@@ -291,10 +291,10 @@ impl fmt::Display for LogLine<'_> {
 
 /// Every tag the catalogue uses: a log filter keeps these lines and drops others (ROM banners).
 pub const TAGS: &[&str] =
-    &["boot", "app", "config", "net", "rollback", "ota", "arduino", "mqtt", "pull", "homie"];
+    &["boot", "app", "config", "net", "rollback", "ota", "arduino", "mqtt", "pull", "homie", "homie1"];
 
 /// The app's own tags: every line with one of these comes from `ota-core`, on any backend.
-pub const APP_TAGS: &[&str] = &["app", "rollback", "ota", "arduino", "mqtt", "pull", "homie"];
+pub const APP_TAGS: &[&str] = &["app", "rollback", "ota", "arduino", "mqtt", "pull", "homie", "homie1"];
 
 /// The beginnings of the bootloader lines whose text is ESP-IDF's own: the real bootloader prints
 /// them too, so a log filtered to these (plus [`APP_TAGS`]) reads the same on every backend. The

@@ -6,6 +6,7 @@
 pub mod arduino;
 pub mod esphome;
 pub mod homie;
+pub mod homie1;
 pub mod http_pull;
 pub mod mqtt;
 pub mod mqtt_pull;

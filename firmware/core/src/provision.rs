@@ -43,6 +43,16 @@ pub struct HomieProvision<'a> {
     pub ota: bool,
 }
 
+/// Homie 1.x's provisioned settings (the id and the OTA switch are Homie's, shared with 3.x).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Homie1Provision<'a> {
+    pub broker: &'a str,
+    pub id: Option<&'a str>,
+    pub ota: bool,
+    /// The OTA server (`http://host[:port]/path`; default: the broker's host, port 80, `/ota`).
+    pub url: Option<&'a str>,
+}
+
 /// What a factory (or the harness) provisions into a device's nvs partition.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct Provision<'a> {
@@ -59,6 +69,8 @@ pub struct Provision<'a> {
     pub mqtt: Option<MqttProvision<'a>>,
     /// Homie OTA's broker, id and switch; not written when `None` (the path stays off).
     pub homie: Option<HomieProvision<'a>>,
+    /// Homie 1.x's broker, server and switch; not written when `None` (the path stays off).
+    pub homie1: Option<Homie1Provision<'a>>,
 }
 
 /// An NVS page holding `p`, for provisioning a flash image: the page decides the OTA password
@@ -139,20 +151,49 @@ pub fn provisioning_page(p: &Provision<'_>) -> Result<[u8; nvs::PAGE_SIZE], Prov
         }
         page.u8(ns, KEY_HOMIE_OTA, h.ota as u8).map_err(ProvisionError::Nvs)?;
     }
+    if let Some(h) = p.homie1 {
+        use crate::proto::homie1::settings::{KEY_HOMIE1_BROKER, KEY_HOMIE1_URL, MAX_URL_LEN};
+        if parse_broker(h.broker).is_none() || h.broker.len() > MAX_BROKER_LEN {
+            return Err(ProvisionError::Broker);
+        }
+        page.str(ns, KEY_HOMIE1_BROKER, h.broker).map_err(ProvisionError::Nvs)?;
+        if let Some(url) = h.url {
+            if url.len() > MAX_URL_LEN || crate::url::Url::parse(url).is_err() {
+                return Err(ProvisionError::Url);
+            }
+            page.str(ns, KEY_HOMIE1_URL, url).map_err(ProvisionError::Nvs)?;
+        }
+        // The id and the switch are Homie's own keys: written once, by whichever is provisioned.
+        if p.homie.is_none() {
+            if let Some(id) = h.id {
+                DeviceId::new(id).ok_or(ProvisionError::Topic)?;
+                page.str(ns, KEY_HOMIE_ID, id).map_err(ProvisionError::Nvs)?;
+            }
+            page.u8(ns, KEY_HOMIE_OTA, h.ota as u8).map_err(ProvisionError::Nvs)?;
+        }
+    }
     Ok(page.finish())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum ProvisionError {
-    PasswordTooLong { len: usize },
+    PasswordTooLong {
+        len: usize,
+    },
     Protocol(u8),
-    Ssid { len: usize },
-    WifiPasswordTooLong { len: usize },
+    Ssid {
+        len: usize,
+    },
+    WifiPasswordTooLong {
+        len: usize,
+    },
     Broker,
     Topic,
     VersionCheck(u8),
     Timeout,
     Certificate(crate::pem::PemError),
+    /// Homie 1.x's OTA server: not an `http(s)://host[:port]/path` URL the device keeps.
+    Url,
     Nvs(nvs::BuildError),
 }
 
@@ -190,6 +231,11 @@ impl core::fmt::Display for ProvisionError {
             ProvisionError::VersionCheck(v) => write!(f, "version check {v}: expected 0, 1 or 2"),
             ProvisionError::Timeout => f.write_str("pull timeout: expected 1 to 255 seconds"),
             ProvisionError::Certificate(e) => write!(f, "pull CA: {e}"),
+            ProvisionError::Url => write!(
+                f,
+                "Homie 1.x OTA server: expected http://host[:port]/path (at most {} bytes)",
+                crate::proto::homie1::settings::MAX_URL_LEN
+            ),
             ProvisionError::Nvs(e) => e.fmt(f),
         }
     }
@@ -245,6 +291,7 @@ mod tests {
             arduino: None,
             mqtt: None,
             homie: None,
+            homie1: None,
         })
         .unwrap();
         let (s, _) = load(Some(&page), OtaSettings::built_in(None, 2));
@@ -295,6 +342,7 @@ mod tests {
                 arduino: None,
                 mqtt: None,
                 homie: None,
+                homie1: None,
             }),
             Err(ProvisionError::PasswordTooLong { len: MAX_PASSWORD_LEN + 1 })
         );

@@ -202,6 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     arduino: None,
                     mqtt: None,
                     homie: None,
+                    homie1: None,
                 };
                 crate::mkflash::provision_settings(&mut image, &table, &settings)?;
             } else if wifi_password.is_some() {

@@ -437,7 +437,10 @@ impl<W: Write> Device<W> {
 
     /// After a completed update: log and restart into the new image.
     pub fn reboot_after_update(&mut self) {
-        self.log(&LogEvent::OtaRebooting);
+        // A path that restarts for its own reason (a mode switch) logged it already.
+        if !self.app().is_some_and(|a| a.reboot_announced::<FileFlash>()) {
+            self.log(&LogEvent::OtaRebooting);
+        }
         self.reset();
     }
 
@@ -526,6 +529,7 @@ mod tests {
                 arduino: None,
                 mqtt: None,
                 homie: None,
+                homie1: None,
             },
         )
         .unwrap();

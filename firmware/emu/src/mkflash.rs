@@ -99,6 +99,7 @@ mod tests {
             arduino: None,
             mqtt: None,
             homie: None,
+            homie1: None,
         };
         provision_settings(&mut image, &table, &settings).unwrap();
         let page = ota_core::provision::provisioning_page(&settings).unwrap();
@@ -128,6 +129,7 @@ mod tests {
                 arduino: None,
                 mqtt: None,
                 homie: None,
+                homie1: None,
             },
         )
         .unwrap_err();

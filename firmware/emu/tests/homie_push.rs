@@ -26,6 +26,7 @@ fn board(dir: &Path, broker: SocketAddr) -> PathBuf {
     let settings = ota_core::provision::Provision {
         protocol: 2,
         homie: Some(ota_core::provision::HomieProvision { broker: &broker, id: Some("emu1"), ota: true }),
+        homie1: None,
         ..ota_core::provision::Provision::default()
     };
     ota_emu::mkflash::provision_settings(&mut image, &table, &settings).unwrap();

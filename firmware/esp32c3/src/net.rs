@@ -466,7 +466,10 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
                         _ => true,
                     });
             if flushed || since.elapsed() > REBOOT_GRACE {
-                log(&LogEvent::OtaRebooting);
+                // A path that restarts for its own reason (a mode switch) logged it already.
+                if !app.reboot_announced::<FlashStorage<'_>>() {
+                    log(&LogEvent::OtaRebooting);
+                }
                 esp_hal::system::software_reset();
             }
         }

@@ -51,6 +51,8 @@ pub struct StartContext {
     pub device_broker: Option<std::net::SocketAddr>,
     /// The test CA and clock provisioned with it, when the scenario's device has `tls`.
     pub device_tls: Option<DeviceTls>,
+    /// The run's firmware server as the device reaches it (`http://host:port`), when one runs.
+    pub device_server: Option<String>,
 }
 
 /// What a device with `tls` is provisioned with: the run's test CA, and the host's clock when
@@ -102,6 +104,8 @@ pub fn device_flash(
 ) -> Result<(Vec<u8>, bool), StartError> {
     let d = &s.device;
     let broker = context.device_broker.map(|a| a.to_string());
+    let homie1_url =
+        context.device_server.as_ref().map(|base| format!("{base}{}", crate::paths::homie1::OTA_PATH));
     let mqtt = match (&d.mqtt, &broker) {
         (Some(m), Some(broker)) => Some(ota_core::provision::MqttProvision {
             broker,
@@ -138,6 +142,20 @@ pub fn device_flash(
                 (Some(_), None) => {
                     return Err(StartError::Fail(
                         "the scenario's device has a Homie session but no broker was started".into(),
+                    ));
+                }
+                (None, _) => None,
+            },
+            homie1: match (&d.paths.homie1, &broker) {
+                (Some(h), Some(broker)) => Some(ota_core::provision::Homie1Provision {
+                    broker,
+                    id: Some(&h.id),
+                    ota: h.ota,
+                    url: homie1_url.as_deref(),
+                }),
+                (Some(_), None) => {
+                    return Err(StartError::Fail(
+                        "the scenario's device has a Homie 1.x session but no broker was started".into(),
                     ));
                 }
                 (None, _) => None,

@@ -45,7 +45,8 @@ impl Services {
         host: Result<IpAddr, String>,
         choice: &BrokerChoice,
     ) -> Result<(Services, Option<SocketAddr>, Option<crate::backend::DeviceTls>), Start> {
-        let serves = scenario.steps.iter().any(|s| matches!(s.kind, StepKind::Serve(_)));
+        let serves = scenario.steps.iter().any(|s| matches!(s.kind, StepKind::Serve(_)))
+            || scenario.device.paths.needs_server();
         let mut services = Services { broker: None, server: None, bases: Vec::new(), status_cursor: 0 };
         let wants_broker = scenario.device.mqtt.is_some() || scenario.device.paths.needs_broker();
         if !wants_broker && !serves {

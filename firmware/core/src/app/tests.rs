@@ -116,7 +116,7 @@ const UPLOADER: SocketAddr = SocketAddr::new(core::net::IpAddr::V4(core::net::Ip
 #[test]
 fn every_path_boots_from_its_settings_and_opens_links_named_by_its_index() {
     let (mut flash, mut app, lines) = booted_device();
-    assert_eq!(PATHS, ["esphome", "arduino", "mqtt_pull", "homie"]);
+    assert_eq!(PATHS, ["esphome", "arduino", "mqtt_pull", "homie", "homie1"]);
     assert!(
         lines.iter().any(|l| l.contains("config: OTA password none (built in), protocol 2 (built in)")),
         "{lines:?}"
@@ -124,6 +124,7 @@ fn every_path_boots_from_its_settings_and_opens_links_named_by_its_index() {
     assert!(app.serves::<RamFlash>("esphome") && app.serves::<RamFlash>("arduino"));
     assert!(!app.serves::<RamFlash>("mqtt_pull"), "no broker in NVS: the pull is off");
     assert!(!app.serves::<RamFlash>("homie"), "no broker in NVS: Homie is off");
+    assert!(!app.serves::<RamFlash>("homie1"), "no broker in NVS: Homie 1.x is off");
     let (mut io, mut rng) = (Recorded::default(), Zeros);
     app.start(&mut env(&mut flash, 0, &mut io, &mut rng));
     assert_eq!(io.requests, ["listen 0.0 3232", "bind 1.0 3232"]);
@@ -243,6 +244,7 @@ fn a_homie_push_through_the_app() {
     let (mut flash, mut app, lines) = booted_with(Some(&Provision {
         protocol: 2,
         homie: Some(HomieProvision { broker: "127.0.0.1:1883", id: Some("dev1"), ota: true }),
+        homie1: None,
         ..Provision::default()
     }));
     assert!(

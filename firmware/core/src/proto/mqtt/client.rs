@@ -26,7 +26,8 @@ pub struct Config<'a> {
     pub username: Option<&'a str>,
     pub password: Option<&'a [u8]>,
     pub keep_alive_s: u16,
-    /// The filter the device subscribes to for commands (at QoS 1).
+    /// The filter the device subscribes to for commands (at QoS 1); empty: none (the session
+    /// is ready at CONNACK).
     pub command_topic: &'a str,
     /// The last will: published by the broker if the device vanishes.
     pub will: Option<Will<'a>>,
@@ -325,6 +326,12 @@ impl<const N: usize> Client<N> {
                 Reply::PubAck(id) => {
                     packet::puback(&mut Bytes(out), id);
                     self.last_sent_ms = now_ms;
+                }
+                // No command topic: nothing to subscribe to (Homie 1.x with OTA off).
+                Reply::Subscribe if cfg.command_topic.is_empty() => {
+                    self.state = State::Ready;
+                    self.backoff_ms = BACKOFF_MIN_MS;
+                    out.event(Event::Ready);
                 }
                 Reply::Subscribe => {
                     let id = self.id();
