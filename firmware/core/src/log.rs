@@ -312,6 +312,11 @@ pub const ESP_IDF_BOOT_TEXTS: &[&str] = &[
 
 const TEXT_REBOOTING: &str = "Rebooting...";
 const TEXT_OTA_REBOOTING: &str = "Rebooting into the new image...";
+/// How every line that announces a restart by the device itself begins, whatever its tag: the
+/// adapters' after an update, and a path's that restarts for its own reason
+/// ([`crate::service::PathService::reboot_announced`]).
+pub const TEXT_REBOOTING_INTO: &str = "Rebooting into ";
+const _: () = assert!(TEXT_OTA_REBOOTING.len() > TEXT_REBOOTING_INTO.len());
 const TEXT_LISTENING: &str = "listening on port";
 const TEXT_SELF_TEST_HUNG: &str = "did not finish: image stays PENDING_VERIFY";
 /// What the chip firmware prints when it cannot go on (not a catalogue line: it is printed
@@ -360,7 +365,10 @@ impl Milestone {
                 return Some(Milestone::RebootForRollback);
             }
         }
-        None
+        // A path's own restart ("homie1: Rebooting into OTA mode...").
+        let (_, rest) = line.split_once(") ")?;
+        let (_, t) = rest.split_once(": ")?;
+        t.starts_with(TEXT_REBOOTING_INTO).then_some(Milestone::RebootIntoUpdate)
     }
 }
 
@@ -398,6 +406,11 @@ mod tests {
         }
         assert_eq!(Milestone::of("otahil-fw: halted: no app partition at 0x10000"), Some(Milestone::Halted));
         assert_eq!(Milestone::of("I (5) app: listening on port 3232"), None, "another tag");
+        assert_eq!(
+            Milestone::of("I (5) homie1: Rebooting into OTA mode..."),
+            Some(Milestone::RebootIntoUpdate),
+            "a path's own restart"
+        );
     }
 
     #[test]

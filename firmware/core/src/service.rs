@@ -134,8 +134,9 @@ pub trait PathService<F: NorFlash> {
     }
     /// An update completed: the device restarts once its links are flushed.
     fn reboot_requested(&self) -> bool;
-    /// The path logged why it restarts (a mode switch, not a new image): the adapter then does
-    /// not log "Rebooting into the new image".
+    /// The path logged why it restarts (a mode switch, not a new image), in a line that begins
+    /// [`crate::log::TEXT_REBOOTING_INTO`] (how a harness reading the serial log knows the device
+    /// restarts by itself): the adapter then does not log "Rebooting into the new image".
     fn reboot_announced(&self) -> bool {
         false
     }

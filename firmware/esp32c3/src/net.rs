@@ -426,7 +426,15 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         udp_pool: Some(udp_handle),
         client_pool: clients.map(Some),
         closing: [None; LISTENERS * PER_LISTENER + CLIENTS],
-        next_port: *EPHEMERAL.start(),
+        // A random first port, as lwIP picks one (LWIP_RANDOMIZE_INITIAL_LOCAL_PORTS): after a
+        // reset without FIN the peer (a broker) may still hold the old connection, and the same
+        // four-tuple again would be taken for it and time out.
+        next_port: {
+            let mut b = [0u8; 2];
+            rng.fill(&mut b);
+            let span = EPHEMERAL.end() - EPHEMERAL.start() + 1;
+            EPHEMERAL.start() + u16::from_le_bytes(b) % span
+        },
         failed: None,
     };
     // Listening before the interface first runs: a connection that waited for the device to

@@ -278,6 +278,7 @@ impl Dut for EmuDut {
             power_switch: true,
             session_events: true,
             live_flash_read: true,
+            restarts_in_place: true,
         }
     }
 

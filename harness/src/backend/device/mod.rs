@@ -130,6 +130,7 @@ impl DeviceBackend {
             power_switch: self.bench.power.is_some(),
             session_events: false,
             live_flash_read: false,
+            restarts_in_place: true,
         }
     }
 

@@ -349,6 +349,7 @@ impl Dut for QemuDut {
             power_switch: true,
             session_events: false,
             live_flash_read: true,
+            restarts_in_place: false,
         }
     }
 

@@ -18,3 +18,13 @@ fn the_version_header_is_id_name_have_want() {
         "c631f278=awesome-light=1.0.0=1.1.0"
     );
 }
+
+/// A harness that only reads the serial log knows the device restarts by itself from these.
+#[test]
+fn its_restarts_are_announced_as_every_restart_is() {
+    use crate::log::{LogEvent, LogLine, Milestone};
+    for line in [Homie1Line::RebootingIntoOta, Homie1Line::RebootingIntoNormal] {
+        let text = std::format!("{}", LogLine { ms: 7, event: &LogEvent::Module(&line) });
+        assert_eq!(Milestone::of(&text), Some(Milestone::RebootIntoUpdate), "{text}");
+    }
+}
