@@ -75,7 +75,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// some: a request/response exchange (ArduinoOTA's count after every 1 KiB) then does not pay a
 /// sleep and a wake-up per round trip. An idle device never spins.
 const EXCHANGE_SPIN: Duration = Duration::from_micros(200);
-/// How long a restart waits for its peers to take the last bytes and close their side.
+/// How long a half-closed link of an earlier boot is read, at most, before it is closed.
+const LINGER_LIMIT: Duration = Duration::from_secs(10);
+/// How long a restart waits for its links to hand their last bytes to the sockets.
 const LAST_BYTES_GRACE: Duration = Duration::from_millis(500);
 
 fn control_line(device: &mut Device<Serial>, message: &Message) {
@@ -151,8 +153,9 @@ struct Conn {
     gone: bool,
 }
 
-/// The restart after a completed update: every open connection takes its last bytes and is
-/// half-closed; the device restarts once the peers have closed too (or the grace ends).
+/// The restart after a completed update: every open connection hands its last bytes to its
+/// socket and is half-closed, then lingers (see [`Net::lingering`]); the device restarts once
+/// all have (or the grace ends).
 struct Restart {
     links: Vec<Link>,
     until: Instant,
@@ -177,6 +180,11 @@ struct Net {
     /// that failed at once): told on the next round, never from inside a call.
     inbox: VecDeque<OwnedInput>,
     restart: Option<Restart>,
+    /// Links of an earlier boot: half-closed, read and dropped until their peers close (or
+    /// [`LINGER_LIMIT`]). A chip that restarts vanishes and its peers read its last bytes; a
+    /// socket closed with unread bytes would reset and make them lose those bytes, and waiting
+    /// for a peer that keeps its side open (a broker) would delay the restart.
+    lingering: Vec<(Link, Instant)>,
 }
 
 /// An [`Input`] the transport keeps for later.
@@ -233,7 +241,8 @@ impl Net {
     fn next_deadline(&self, device: &Device<Serial>) -> Option<Instant> {
         let restart = self.restart.as_ref().map(|r| r.until);
         let links = self.conns.values().filter(|c| !c.gone).filter_map(|c| c.link.deadline()).min();
-        [device.next_deadline(), restart, links].into_iter().flatten().min()
+        let lingering = self.lingering.iter().map(|(_, since)| *since + LINGER_LIMIT).min();
+        [device.next_deadline(), restart, links, lingering].into_iter().flatten().min()
     }
 }
 
@@ -287,6 +296,7 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
         next_token: FIRST_LINK_TOKEN,
         inbox: VecDeque::new(),
         restart: None,
+        lingering: Vec::new(),
     };
     if !opts.start_off {
         device.power_on();
@@ -374,6 +384,7 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
 /// One round over the device's sockets and timers: at most one read per connection, so
 /// control commands come between any two reads.
 fn step_network(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) -> anyhow::Result<()> {
+    linger(net, buf);
     if net.restart.is_some() {
         // The device is restarting: nothing else happens until it has.
         restart_step(device, net, buf);
@@ -402,20 +413,33 @@ fn step_network(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) -> a
     Ok(())
 }
 
-/// The restart after an update: the peers take the last bytes, then close; the device restarts.
-fn restart_step(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) {
+/// Links of earlier boots: what their peers send is read and dropped; closed once the peer
+/// closes, or after [`LINGER_LIMIT`].
+fn linger(net: &mut Net, buf: &mut [u8]) {
+    let mut kept = Vec::with_capacity(net.lingering.len());
+    for (mut l, since) in std::mem::take(&mut net.lingering) {
+        if l.drain(buf) || since.elapsed() >= LINGER_LIMIT {
+            l.close(&net.registry);
+        } else {
+            kept.push((l, since));
+        }
+    }
+    net.lingering = kept;
+}
+
+/// The restart after an update: each link hands its last bytes to its socket and is
+/// half-closed (its peer reads them, then the end); the device restarts once all have.
+fn restart_step(device: &mut Device<Serial>, net: &mut Net, _buf: &mut [u8]) {
     let Some(r) = net.restart.as_mut() else { return };
     let timed_out = Instant::now() >= r.until;
     let mut open = Vec::new();
-    // Any event wakes the loop; every draining connection is looked at each round.
+    // Any event wakes the loop; every link still sending is looked at each round.
     for mut l in std::mem::take(&mut r.links) {
         let _ = l.flush();
         if l.is_flushed() {
             l.shutdown_write();
-            if l.drain(buf) {
-                l.close(&net.registry);
-                continue;
-            }
+            net.lingering.push((l, Instant::now()));
+            continue;
         }
         open.push(l);
     }
@@ -638,9 +662,21 @@ fn apply(device: &mut Device<Serial>, net: &mut Net, step: Step) {
     if step.reboot {
         // `esp_restart()` after the update: the peers see their connections end after the
         // last bytes queued above.
-        let links = std::mem::take(&mut net.conns).into_values().map(|c| c.link).collect();
+        let links: Vec<Link> = std::mem::take(&mut net.conns).into_values().map(|c| c.link).collect();
         net.inbox.clear();
-        net.restart = Some(Restart { links, until: Instant::now() + LAST_BYTES_GRACE });
+        // What the sockets take now lingers at once; the restart then waits only for links
+        // whose peers are slow to read (the loop sleeps until one of them can take more).
+        let mut open = Vec::new();
+        for mut l in links {
+            let _ = l.flush();
+            if l.is_flushed() {
+                l.shutdown_write();
+                net.lingering.push((l, Instant::now()));
+            } else {
+                open.push(l);
+            }
+        }
+        net.restart = Some(Restart { links: open, until: Instant::now() + LAST_BYTES_GRACE });
     }
 }
 
