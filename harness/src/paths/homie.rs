@@ -267,9 +267,11 @@ impl PathUpdate for HomiePush {
             cursor = i + 1;
             let text = m.text();
             if m.topic == state_topic {
-                // The broker published the device's will: its session is gone (a power cut, a
-                // reset), and with it the message's handling.
-                if m.payload == b"lost" {
+                // The broker published the device's will once it took the message: its session
+                // is gone (a power cut, a reset), and with it the message's handling. A will
+                // before the 202 is an earlier session's (a broker publishes it when it sees
+                // that connection end, which can be after the device came back).
+                if m.payload == b"lost" && accepted {
                     return Ok(Outcome::Interrupted {
                         phase: if accepted { Phase::Data } else { Phase::Prepare },
                         sent: written,
