@@ -187,6 +187,8 @@ impl HomiePush {
     }
 }
 
+/// How long statuses may still come after the device's will before the push counts as cut.
+const LOST_GRACE: Duration = Duration::from_millis(1500);
 /// How often the wait for the device's session looks again.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -253,33 +255,43 @@ impl PathUpdate for HomiePush {
         }
         let mut written = 0u64;
         let mut accepted = false;
+        // When the broker said the device's session was lost (its will), during this push.
+        let mut lost_at: Option<Instant> = None;
         loop {
-            let left = cx.timeout.saturating_sub(started.elapsed());
+            let mut left = cx.timeout.saturating_sub(started.elapsed());
+            if let Some(at) = lost_at {
+                left = left.min(LOST_GRACE.saturating_sub(at.elapsed()));
+            }
             let watched =
                 |m: &crate::services::mqtt_broker::Message| m.topic == status_topic || m.topic == state_topic;
             let Some((i, m)) = broker.wait_message(cursor, left, watched) else {
+                let detail = match lost_at {
+                    Some(_) => {
+                        "the device's session was lost ($state lost) and no status followed".to_string()
+                    }
+                    None => format!("no final status on {status_topic} within {:?}", cx.timeout),
+                };
                 return Ok(Outcome::Interrupted {
                     phase: if accepted { Phase::Data } else { Phase::Prepare },
                     sent: written,
-                    detail: format!("no final status on {status_topic} within {:?}", cx.timeout),
+                    detail,
                 });
             };
             cursor = i + 1;
             let text = m.text();
             if m.topic == state_topic {
-                // The broker published the device's will once it took the message: its session
-                // is gone (a power cut, a reset), and with it the message's handling. A will
-                // before the 202 is an earlier session's (a broker publishes it when it sees
-                // that connection end, which can be after the device came back).
+                // The broker published the device's will: its session is gone (a power cut, a
+                // reset), and with it the message's handling, unless statuses still come. A
+                // broker may publish an earlier session's will late (mosquitto, after a quick
+                // restart, was seen to publish it after the new session's 202), so a will ends
+                // the push only when no status follows it within LOST_GRACE.
                 if m.payload == b"lost" && accepted {
-                    return Ok(Outcome::Interrupted {
-                        phase: if accepted { Phase::Data } else { Phase::Prepare },
-                        sent: written,
-                        detail: "the device's session was lost ($state lost)".into(),
-                    });
+                    lost_at.get_or_insert_with(Instant::now);
                 }
                 continue;
             }
+            // The device is still talking: a will seen meanwhile was an earlier session's.
+            lost_at = None;
             let Some(status) = Status::parse(&text) else {
                 return Ok(Outcome::Unexpected { detail: format!("status `{text}`"), phase: Phase::Data });
             };
