@@ -6,12 +6,11 @@
 
 use super::{Needs, PathEntry, PathUpdate, ReadCx, Unavailable, UpdateCx};
 use crate::client::{Outcome, Phase};
-use crate::scenario::yaml::{Ctx, Options, ScenarioError};
+use crate::scenario::yaml::{Options, ScenarioError};
 use crate::services::firmware_server::{Fault, Framing, Md5Header, RangeSupport, Response, Route};
 use ota_core::app_desc::{APP_DESC_IMAGE_OFFSET, APP_DESC_LEN, AppDesc};
 use ota_core::proto::homie1::{BASE_TOPIC, OTA_TOPIC};
 use serde::Deserialize;
-use serde_saphyr::Spanned;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,32 +30,9 @@ fn outcomes() -> Vec<&'static str> {
     vec!["not_updated", "no_request"]
 }
 
-/// `device: { homie1: { … } }`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawDeviceSection {
-    #[serde(default)]
-    id: Option<Spanned<String>>,
-    #[serde(default)]
-    ota: Option<bool>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceSection {
-    pub id: String,
-    pub ota: bool,
-}
-
-pub fn device_section(raw: RawDeviceSection, cx: &Ctx<'_>) -> Result<DeviceSection, ScenarioError> {
-    let id = match raw.id {
-        None => super::homie::DEFAULT_ID.to_string(),
-        Some(id) if ota_core::proto::homie::settings::DeviceId::new(&id.value).is_some() => id.value,
-        Some(id) => {
-            return cx.at(&id, format!("homie1 id `{}`: expected 1 to 32 of a-z, 0-9 and `-`", id.value));
-        }
-    };
-    Ok(DeviceSection { id, ota: raw.ota.unwrap_or(false) })
-}
+/// `device: { homie1: { … } }`: the same settings as Homie 3's section (the id, the OTA
+/// switch), read by the same code.
+pub use super::homie::{DeviceSection, RawDeviceSection, device_section};
 
 /// How the server answers the device's pull.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]

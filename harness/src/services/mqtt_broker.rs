@@ -126,29 +126,13 @@ impl MqttBroker {
 
     /// Publishes as a client would, at QoS 1.
     pub fn publish(&self, topic: &str, payload: &[u8], retain: bool) {
-        let message = Message {
-            topic: topic.to_string(),
-            payload: payload.to_vec(),
-            qos: 1,
-            retain,
-            from: HARNESS_CLIENT.to_string(),
-            will: false,
-        };
-        route(&self.shared, message);
+        route(&self.shared, harness_message(topic, payload, retain));
     }
 
     /// Publishes as [`Self::publish`], but each subscriber's connection is cut after `after`
     /// bytes of the PUBLISH packet (a broker or a network lost mid-message); its will follows.
     pub fn publish_cut(&self, topic: &str, payload: &[u8], retain: bool, after: usize) {
-        let message = Message {
-            topic: topic.to_string(),
-            payload: payload.to_vec(),
-            qos: 1,
-            retain,
-            from: HARNESS_CLIENT.to_string(),
-            will: false,
-        };
-        route_cut(&self.shared, message, Some(after));
+        route_cut(&self.shared, harness_message(topic, payload, retain), Some(after));
     }
 
     /// Every publication accepted so far, in order.
@@ -480,6 +464,18 @@ fn next_packet_id(s: &mut State) -> u16 {
 }
 
 /// Records a publication, keeps it if retained, and sends it to every subscriber.
+/// A publication of the harness's own, at QoS 1.
+fn harness_message(topic: &str, payload: &[u8], retain: bool) -> Message {
+    Message {
+        topic: topic.to_string(),
+        payload: payload.to_vec(),
+        qos: 1,
+        retain,
+        from: HARNESS_CLIENT.to_string(),
+        will: false,
+    }
+}
+
 fn route(shared: &Shared, m: Message) {
     route_cut(shared, m, None);
 }
