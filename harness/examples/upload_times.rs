@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
     for uploader in Uploader::ALL {
         let mut times = Vec::new();
         for run in 0..runs {
-            let endpoint = dut.endpoint(uploader.path()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let endpoint = dut.endpoints()?.get(uploader.port())?;
             let upload = Upload {
                 image: &v2,
                 file_name: "v2.bin",

@@ -1,7 +1,7 @@
 //! The device under test, whatever runs it. Backends differ only by [`Capabilities`]: a step
 //! that needs one a backend lacks is skipped with the reason, never passed silently.
 
-use crate::client::UpdatePath;
+pub use ota_core::io::Port;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -21,6 +21,38 @@ pub enum DutError {
     Control(#[from] ota_emu::control::ControlError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// The device's ports and where each is reached from the harness: what a backend maps (the
+/// emulator's host addresses, QEMU's forwarded ports, a board's address on the lab network).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoints(Vec<(Port, SocketAddr)>);
+
+impl Endpoints {
+    pub fn new(ports: impl IntoIterator<Item = (Port, SocketAddr)>) -> Self {
+        Endpoints(ports.into_iter().collect())
+    }
+
+    /// Where the device's `port` is reached.
+    pub fn get(&self, port: Port) -> Result<SocketAddr, EndpointError> {
+        self.0.iter().find(|(p, _)| *p == port).map(|(_, a)| *a).ok_or_else(|| EndpointError::NoPort {
+            port,
+            mapped: self.0.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>().join(", "),
+        })
+    }
+}
+
+/// Why the harness cannot reach a port of the device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("the device's {port} is not reachable from here (this backend reaches: {mapped})")]
+    NoPort { port: Port, mapped: String },
+    #[error("no serial line since the last boot matched address_from_log /{0}/")]
+    AddressNotLearned(String),
+    #[error("address: emulator needs port: emulator")]
+    NoStandIn,
+    #[error("cannot resolve the board's address {host}: {reason}")]
+    Resolve { host: String, reason: String },
 }
 
 /// What a backend can do beyond booting, serial and OTA.
@@ -100,9 +132,8 @@ pub trait Dut {
     fn reset(&mut self) -> Result<(), DutError>;
     fn arm_power_cut(&mut self, cut: PowerCut) -> Result<(), DutError>;
     fn disarm_power_cut(&mut self) -> Result<(), DutError>;
-    /// Where the device's endpoint for `path` is reachable from here (ESPHome's TCP port,
-    /// ArduinoOTA's UDP invitation port), or why this backend has none.
-    fn endpoint(&self, path: UpdatePath) -> Result<SocketAddr, String>;
+    /// Where the device's ports are reachable from here, or why this backend cannot say now.
+    fn endpoints(&self) -> Result<Endpoints, EndpointError>;
     /// The next event, waiting at most `timeout` (`None`: nothing happened).
     fn next_event(&mut self, timeout: Duration) -> Result<Option<DutEvent>, DutError>;
     /// The whole flash as it is now.
@@ -116,4 +147,24 @@ pub trait Dut {
     fn flash_counters(&mut self) -> Result<FlashCounters, DutError>;
     /// Stops the device and frees what the backend holds.
     fn shutdown(&mut self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_is_found_by_transport_and_port_and_a_missing_one_says_what_is_reachable() {
+        let table = Endpoints::new([
+            (Port::Tcp(3232), "127.0.0.1:40001".parse().unwrap()),
+            (Port::Udp(3232), "127.0.0.1:40002".parse().unwrap()),
+        ]);
+        assert_eq!(table.get(Port::Udp(3232)), Ok("127.0.0.1:40002".parse().unwrap()));
+        assert_eq!(table.get(Port::Tcp(3232)), Ok("127.0.0.1:40001".parse().unwrap()));
+        let missing = table.get(Port::Tcp(80)).unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "the device's tcp:80 is not reachable from here (this backend reaches: tcp:3232, udp:3232)"
+        );
+    }
 }

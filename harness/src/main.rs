@@ -334,8 +334,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 bail!("{} scenario file(s) do not load", errors.len());
             }
-            let backend = (backend.make)(&otahil::backend::BackendOptions { firmware, bench })
-                .map_err(|why| anyhow::anyhow!("{why}"))?;
+            let backend = (backend.make)(&otahil::backend::BackendOptions { firmware, bench })?;
             // Snapshots compare wherever the device runs the fixture images' bytes.
             let compare_snapshots = backend.snapshots_compare();
             let bar = if std::io::stderr().is_terminal() {
@@ -367,7 +366,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let why = if partial {
                         "a partial run (--cut or --seed) produces other figures".to_string()
                     } else if let Err(why) = &compare_snapshots {
-                        why.clone()
+                        why.to_string()
                     } else {
                         "taken after a step this backend skipped, so the state differs from the stored one"
                             .to_string()
@@ -427,8 +426,7 @@ fn flash(
             "--image {image}: expected one of the firmware builds (v1, v2, v3, selftest-fail, selftest-hang)"
         );
     }
-    let mut backend =
-        otahil::backend::device::DeviceBackend::new(b, firmware).map_err(|why| anyhow::anyhow!("{why}"))?;
+    let mut backend = otahil::backend::device::DeviceBackend::new(b, firmware)?;
     backend.progress = std::io::stderr().is_terminal();
     backend.rewrite_all = no_skip;
     let text =
@@ -436,9 +434,7 @@ fn flash(
     let s = scenario::parse(&text, std::path::Path::new("<otahil flash>"))?;
     let mut dut = match backend.start(&s, &otahil::backend::StartContext::default()) {
         Ok(d) => d,
-        Err(otahil::backend::StartError::Skip(why) | otahil::backend::StartError::Fail(why)) => {
-            bail!("{why}")
-        }
+        Err(why) => bail!("{why}"),
     };
     if let Some(w) = backend.last_write() {
         println!(

@@ -9,6 +9,7 @@ pub mod homie;
 pub mod homie1;
 
 use crate::client::Outcome;
+use crate::dut::{EndpointError, Endpoints, Port};
 use crate::scenario::yaml::{Ctx, Options, ScenarioError, Spans};
 use crate::services::broker::BrokerLink;
 use ota_core::proto::UpdatePath;
@@ -108,14 +109,25 @@ pub struct UpdateCx<'a> {
     pub timeout: Duration,
     /// For anything the client randomises (nonces).
     pub seed: u64,
-    /// Where the device listens for `path`, or why this backend cannot say.
-    pub endpoint: &'a dyn Fn(UpdatePath) -> Result<SocketAddr, String>,
+    /// Where the device's ports are reached, or why this backend cannot say now.
+    pub endpoints: Result<Endpoints, EndpointError>,
     /// The run's broker, when a path needs one.
     pub broker: Option<&'a BrokerLink>,
     /// The run's firmware server, when a path needs one.
     pub server: Option<&'a crate::services::firmware_server::FirmwareServer>,
     pub sections: &'a DeviceSections,
     pub rt: &'a tokio::runtime::Runtime,
+}
+
+impl UpdateCx<'_> {
+    /// Where the device's `port` is reached, or why the update cannot be tried.
+    pub fn endpoint(&self, port: Port) -> Result<SocketAddr, Unavailable> {
+        match &self.endpoints {
+            Ok(table) => table.get(port),
+            Err(e) => Err(e.clone()),
+        }
+        .map_err(|e| Unavailable(e.to_string()))
+    }
 }
 
 /// One `ota:` step's update, with its path's options: what runs it.

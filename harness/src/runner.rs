@@ -345,16 +345,14 @@ impl Run<'_> {
         }
         let image = match self.backend.ota_image(&o.image) {
             Ok(i) => i,
-            Err(why) => return Ok(StepOutcome::Skipped(why)),
+            Err(why) => return Ok(StepOutcome::Skipped(why.to_string())),
         };
-        let dut: &dyn Dut = &*self.dut;
-        let endpoint = |path| dut.endpoint(path);
         let update = crate::paths::UpdateCx {
             image: &image,
             file_name: &o.image.name,
             timeout: o.timeout,
             seed: self.seed(),
-            endpoint: &endpoint,
+            endpoints: self.dut.endpoints(),
             broker: self.services.broker.as_ref(),
             server: self.services.server.as_ref(),
             sections: &self.scenario.device.paths,
@@ -538,7 +536,7 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
     let mut dut = match backend.start(scenario, &context) {
         Ok(d) => d,
         Err(StartError::Skip(why)) => {
-            report.skipped = Some(why);
+            report.skipped = Some(why.to_string());
             report.duration = started.elapsed();
             return report;
         }

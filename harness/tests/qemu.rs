@@ -7,7 +7,7 @@
 //! build.
 
 use ota_core::proto::esphome::{MAGIC, code};
-use otahil::client::{Outcome, UpdatePath, Upload, Uploader, upload};
+use otahil::client::{Outcome, Upload, Uploader, upload};
 use otahil::dut::{Dut, DutEvent};
 use otahil::qemu::{FirmwareBuilds, QemuDut, QemuProgram};
 use std::io::{ErrorKind, Read, Write};
@@ -74,8 +74,8 @@ fn firmware_updates_and_rolls_back_on_qemu() {
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     // The forwarded ports stay the same across power cycles.
-    let esphome = dut.endpoint(UpdatePath::Esphome).unwrap();
-    let arduino = dut.endpoint(UpdatePath::Arduino).unwrap();
+    let esphome = dut.endpoints().unwrap().get(Uploader::Esphome.port()).unwrap();
+    let arduino = dut.endpoints().unwrap().get(Uploader::Arduino.port()).unwrap();
     let send_over = |uploader: Uploader, image: &str| {
         let bytes = builds.app(image).unwrap_or_else(|| panic!("no build of {image}"));
         let up = Upload {
@@ -156,7 +156,7 @@ fn the_ota_port_keeps_a_backlog_of_one_and_reopens_at_once_on_qemu() {
     else {
         return;
     };
-    let addr = dut.endpoint(UpdatePath::Esphome).unwrap();
+    let addr = dut.endpoints().unwrap().get(Uploader::Esphome.port()).unwrap();
     let hello = vec![code::OK, 2];
 
     // A holds the session; B waits in the backlog, unanswered but not refused, as behind

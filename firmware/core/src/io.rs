@@ -96,3 +96,49 @@ pub trait Io {
 pub trait Entropy {
     fn fill(&mut self, buf: &mut [u8]);
 }
+
+/// A port the device opens to the outside, by transport: what an adapter maps to an address
+/// its peers reach (the emulator to a host address, QEMU to a forwarded host port), and what a
+/// harness looks an update path's endpoint up by.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub enum Port {
+    Tcp(u16),
+    Udp(u16),
+}
+
+impl Port {
+    /// Reads what `Display` writes: `tcp:3232`, `udp:3232`.
+    pub fn parse(text: &str) -> Option<Port> {
+        let (transport, number) = text.split_once(':')?;
+        let number = number.parse().ok()?;
+        match transport {
+            "tcp" => Some(Port::Tcp(number)),
+            "udp" => Some(Port::Udp(number)),
+            _ => None,
+        }
+    }
+}
+
+impl core::fmt::Display for Port {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Port::Tcp(n) => write!(f, "tcp:{n}"),
+            Port::Udp(n) => write!(f, "udp:{n}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Port;
+
+    #[test]
+    fn a_port_reads_back_what_it_writes_and_nothing_else() {
+        for port in [Port::Tcp(3232), Port::Udp(0), Port::Tcp(65535)] {
+            assert_eq!(Port::parse(&std::format!("{port}")), Some(port));
+        }
+        for bad in ["", "tcp", "tcp:", "tcp:65536", "sctp:1", "TCP:1", "udp:-1", "udp:1:2"] {
+            assert_eq!(Port::parse(bad), None, "{bad}");
+        }
+    }
+}

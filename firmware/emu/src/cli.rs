@@ -5,6 +5,7 @@ use crate::flash::FileFlash;
 use crate::serve::{Serial, ServeOptions, serve};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use ota_core::io::Port;
 use ota_core::proto::arduino::AuthScheme;
 use ota_core::writer::{EraseMode, OtaConfig};
 use std::net::SocketAddr;
@@ -67,11 +68,11 @@ struct RunArgs {
     #[arg(long)]
     flash: PathBuf,
     /// Host address for the device's ESPHome OTA port (TCP); port 0 picks a free one (printed on
-    /// the ready line).
+    /// the ready line as `tcp:3232=`).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
     /// Host address for the device's ArduinoOTA invitation port (UDP); port 0 picks a free one
-    /// (printed on the ready line as `arduino=`).
+    /// (printed on the ready line as `udp:3232=`).
     #[arg(long, default_value = "127.0.0.1:0")]
     arduino_listen: SocketAddr,
     /// ArduinoOTA's password built in (none: no authentication); NVS `arduino_passwd` overrides it.
@@ -173,8 +174,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let device =
                 Device::new(config, flash, Serial { stdout: std::io::stdout(), file, uart: uart_log });
             let options = ServeOptions {
-                tcp: vec![(ota_core::proto::esphome::DEFAULT_PORT, a.listen)],
-                udp: vec![(ota_core::proto::arduino::DEFAULT_PORT, a.arduino_listen)],
+                ports: vec![
+                    (Port::Tcp(ota_core::proto::esphome::DEFAULT_PORT), a.listen),
+                    (Port::Udp(ota_core::proto::arduino::DEFAULT_PORT), a.arduino_listen),
+                ],
                 start_off: a.start_off,
                 uart,
             };

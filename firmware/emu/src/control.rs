@@ -13,7 +13,8 @@
 //! | `cut clear` | disarm | `ok cut` |
 //! | `quit` | exit the process | `ok quit` |
 //!
-//! A refused command answers `err <message>`. Unprompted: `ready listen=ADDR arduino=ADDR` first;
+//! A refused command answers `err <message>`. Unprompted: `ready tcp:3232=ADDR udp:3232=ADDR
+//! [uart=PTY]` first (each of the device's ports and the host address it is reached at);
 //! `event power-lost op=K kind=erase|program addr=0x… torn=true|false` when an armed cut fires;
 //! `event session-closed [refused]` when an update session ends (or a connection is refused
 //! because nothing serves OTA); `event rebooted <status>` after an update completes.
@@ -23,6 +24,7 @@
 //! bytes_programmed=N`. Values with spaces or quotes are quoted, `\` escaping `"` and `\`.
 
 use crate::flash::{CutPoint, Fault, OpKind};
+use ota_core::io::Port;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -361,9 +363,9 @@ impl Status {
 /// A line the emulator prints on the control channel.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Message {
-    /// The first line: where the device's ESPHome (TCP) and ArduinoOTA (UDP) ports are, and its
+    /// The first line: where each of the device's ports is reached from the host, and its
     /// UART's pseudo-terminal when it has one.
-    Ready { listen: SocketAddr, arduino: SocketAddr, uart: Option<String> },
+    Ready { ports: Vec<(Port, SocketAddr)>, uart: Option<String> },
     /// A command was carried out; `power-on`, `reset` and `status` say how the device is now.
     Ok { verb: Verb, status: Option<Status> },
     /// A command was refused.
@@ -381,11 +383,15 @@ pub enum Message {
 impl fmt::Display for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Message::Ready { listen, arduino, uart: None } => {
-                write!(f, "ready listen={listen} arduino={arduino}")
-            }
-            Message::Ready { listen, arduino, uart: Some(uart) } => {
-                write!(f, "ready listen={listen} arduino={arduino} uart={uart}")
+            Message::Ready { ports, uart } => {
+                f.write_str("ready")?;
+                for (port, addr) in ports {
+                    write!(f, " {port}={addr}")?;
+                }
+                match uart {
+                    Some(uart) => write!(f, " uart={}", quoted(uart)),
+                    None => Ok(()),
+                }
             }
             Message::Ok { verb, status: None } => write!(f, "ok {}", verb.word()),
             Message::Ok { verb, status: Some(s) } => write!(f, "ok {} {s}", verb.word()),
@@ -405,11 +411,6 @@ impl fmt::Display for Message {
     }
 }
 
-fn address(fields: &mut Vec<(String, String)>, key: &'static str) -> Result<SocketAddr, ControlError> {
-    let v = take(fields, key)?;
-    v.parse().map_err(|_| ControlError::Field { field: key, expected: "a socket address", got: v })
-}
-
 /// Parses a control line (without its prefix).
 pub fn parse_message(line: &str) -> Result<Message, ControlError> {
     let line = line.trim();
@@ -418,9 +419,20 @@ pub fn parse_message(line: &str) -> Result<Message, ControlError> {
         "" => Err(ControlError::Empty),
         "ready" => {
             let mut f = fields(rest)?;
-            let (listen, arduino) = (address(&mut f, "listen")?, address(&mut f, "arduino")?);
             let uart = take(&mut f, "uart").ok();
-            Ok(Message::Ready { listen, arduino, uart })
+            let ports = f
+                .into_iter()
+                .map(|(key, value)| {
+                    let port = Port::parse(&key).ok_or_else(|| ControlError::Unexpected(key.clone()))?;
+                    let addr = value.parse().map_err(|_| ControlError::Field {
+                        field: "a port's address",
+                        expected: "a socket address",
+                        got: value,
+                    })?;
+                    Ok((port, addr))
+                })
+                .collect::<Result<_, ControlError>>()?;
+            Ok(Message::Ready { ports, uart })
         }
         "err" => Ok(Message::Err(rest.to_string())),
         "ok" => {
@@ -531,15 +543,17 @@ mod tests {
     fn messages_round_trip() {
         let messages = [
             Message::Ready {
-                listen: "127.0.0.1:3232".parse().unwrap(),
-                arduino: "[::1]:40000".parse().unwrap(),
+                ports: vec![
+                    (Port::Tcp(3232), "127.0.0.1:3232".parse().unwrap()),
+                    (Port::Udp(3232), "[::1]:40000".parse().unwrap()),
+                ],
                 uart: None,
             },
             Message::Ready {
-                listen: "127.0.0.1:3232".parse().unwrap(),
-                arduino: "127.0.0.1:40000".parse().unwrap(),
+                ports: vec![(Port::Udp(3232), "127.0.0.1:40000".parse().unwrap())],
                 uart: Some("/dev/pts/7".into()),
             },
+            Message::Ready { ports: vec![], uart: Some("/tmp/a dir/pty".into()) },
             Message::Ok { verb: Verb::Cut, status: None },
             Message::Ok { verb: Verb::Status, status: Some(running()) },
             Message::Ok {
@@ -597,9 +611,11 @@ mod tests {
         assert!(matches!(Status::parse("power=on state=bricked reason=\"open"), Err(ControlError::Quote(_))));
         assert!(matches!(parse_message("event exploded"), Err(ControlError::UnknownMessage(_))));
         assert!(matches!(parse_message("ok dance"), Err(ControlError::UnknownMessage(_))));
-        assert!(matches!(
-            parse_message("ready listen=nowhere arduino=1.2.3.4:5"),
-            Err(ControlError::Field { .. })
-        ));
+        assert!(matches!(parse_message("ready tcp:3232=nowhere"), Err(ControlError::Field { .. })));
+        // The old spelling names no port: an error, not an empty table.
+        assert_eq!(
+            parse_message("ready listen=1.2.3.4:5 udp:3232=1.2.3.4:6"),
+            Err(ControlError::Unexpected("listen".into()))
+        );
     }
 }

@@ -19,7 +19,7 @@ use link::{Link, Read1};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use ota_core::io::{ConnectFailure, Input, LinkId};
+use ota_core::io::{ConnectFailure, Input, LinkId, Port};
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{self, BufRead, ErrorKind, Write};
@@ -52,10 +52,8 @@ impl Write for Serial {
 }
 
 pub struct ServeOptions {
-    /// The device's TCP ports and the host addresses they are reached at.
-    pub tcp: Vec<(u16, SocketAddr)>,
-    /// The device's UDP ports and their host addresses.
-    pub udp: Vec<(u16, SocketAddr)>,
+    /// The device's ports and the host addresses they are reached at.
+    pub ports: Vec<(Port, SocketAddr)>,
     /// Start powered off (the harness powers on when a scenario says `boot`).
     pub start_off: bool,
     /// UART0 on a pseudo-terminal (the log, and the ROM loader in download boot mode).
@@ -249,27 +247,32 @@ impl Net {
 /// Runs until `quit` or the end of stdin.
 pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<()> {
     let mut poll = Poll::new()?;
-    let mut token = FIRST_PORT_TOKEN;
+    // Listeners take the first port tokens and UDP sockets the ones after them (see the event
+    // loop), whatever order the ports come in.
+    let tcp = opts.ports.iter().filter_map(|&(p, a)| match p {
+        Port::Tcp(n) => Some((n, a)),
+        Port::Udp(_) => None,
+    });
+    let udp = opts.ports.iter().filter_map(|&(p, a)| match p {
+        Port::Udp(n) => Some((n, a)),
+        Port::Tcp(_) => None,
+    });
+    let mut tokens = (FIRST_PORT_TOKEN..).map(Token);
+    let mut ports = Vec::new();
     let mut listeners = Vec::new();
-    for (device_port, addr) in &opts.tcp {
-        let mut socket = listener(*addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        poll.registry().register(&mut socket, Token(token), Interest::READABLE)?;
-        token += 1;
-        listeners.push(Listener {
-            device_port: *device_port,
-            socket,
-            ready: true,
-            waiting: None,
-            link: None,
-        });
+    for (device_port, addr) in tcp {
+        let mut socket = listener(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        poll.registry().register(&mut socket, tokens.next().expect("endless"), Interest::READABLE)?;
+        ports.push((Port::Tcp(device_port), socket.local_addr()?));
+        listeners.push(Listener { device_port, socket, ready: true, waiting: None, link: None });
     }
     let mut datagrams = Vec::new();
-    for (device_port, addr) in &opts.udp {
+    for (device_port, addr) in udp {
         let mut socket =
-            UdpSocket::bind(*addr).map_err(|e| anyhow::anyhow!("cannot listen on UDP {addr}: {e}"))?;
-        poll.registry().register(&mut socket, Token(token), Interest::READABLE)?;
-        token += 1;
-        datagrams.push(Datagrams { device_port: *device_port, socket, ready: true, link: None });
+            UdpSocket::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on UDP {addr}: {e}"))?;
+        poll.registry().register(&mut socket, tokens.next().expect("endless"), Interest::READABLE)?;
+        ports.push((Port::Udp(device_port), socket.local_addr()?));
+        datagrams.push(Datagrams { device_port, socket, ready: true, link: None });
     }
     let waker = Arc::new(Waker::new(poll.registry(), COMMANDS)?);
     let mut uart = opts.uart;
@@ -277,17 +280,7 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
         poll.registry().register(&mut SourceFd(&u.raw_fd()), UART, Interest::READABLE)?;
     }
     let uart_path = uart.as_ref().and_then(|u| u.path());
-    let first_tcp = listeners.first().map(|l| l.socket.local_addr()).transpose()?;
-    let first_udp = datagrams.first().map(|d| d.socket.local_addr()).transpose()?;
-    let unbound: SocketAddr = ([127, 0, 0, 1], 0).into();
-    control_line(
-        &mut device,
-        &Message::Ready {
-            listen: first_tcp.unwrap_or(unbound),
-            arduino: first_udp.unwrap_or(unbound),
-            uart: uart_path,
-        },
-    );
+    control_line(&mut device, &Message::Ready { ports, uart: uart_path });
     let mut net = Net {
         registry: poll.registry().try_clone()?,
         listeners,

@@ -14,8 +14,8 @@ use common::{Emulator, PREFIX};
 /// The emulator, powered on and serving, and where its ESPHome port is.
 fn start(flash: &Path) -> (Emulator, SocketAddr) {
     let emu = Emulator::start(flash, &[]);
-    let ready = emu.expect("ready listen=");
-    let listen = ready.split_whitespace().find_map(|w| w.strip_prefix("listen=")).unwrap();
+    let ready = emu.expect("ready tcp:3232=");
+    let listen = ready.split_whitespace().find_map(|w| w.strip_prefix("tcp:3232=")).unwrap();
     let listen = listen.parse().unwrap();
     emu.expect("ota: listening on port");
     (emu, listen)

@@ -1,13 +1,11 @@
 //! The emu backend: one `ota-emu` process per scenario, its flash file in a temp dir, serial and
 //! control lines on its stdout, commands on its stdin.
 
-use crate::client::UpdatePath;
-use crate::dut::{Capabilities, Dut, DutError, DutEvent, FlashCounters, PowerCut};
+use crate::dut::{Capabilities, Dut, DutError, DutEvent, EndpointError, Endpoints, FlashCounters, PowerCut};
 use ota_emu::CONTROL_PREFIX;
 use ota_emu::control::{self, Command, Message, Status};
 use ota_emu::flash::{CutPoint, Fault};
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -72,8 +70,7 @@ pub struct EmuDut {
     child: Child,
     stdin: ChildStdin,
     lines: Receiver<Line>,
-    addr: SocketAddr,
-    arduino_addr: SocketAddr,
+    endpoints: Endpoints,
     flash_path: PathBuf,
     /// The UART's pseudo-terminal, with `uart_pty`.
     uart: Option<PathBuf>,
@@ -174,8 +171,7 @@ impl EmuDut {
             child,
             stdin,
             lines,
-            addr: "127.0.0.1:0".parse().expect("literal"),
-            arduino_addr: "127.0.0.1:0".parse().expect("literal"),
+            endpoints: Endpoints::default(),
             flash_path,
             uart: None,
             pending: Default::default(),
@@ -183,9 +179,8 @@ impl EmuDut {
         };
         let ready =
             dut.wait_control(|m| matches!(m, Message::Ready { .. }), REPLY_TIMEOUT, "the ready line")?;
-        if let Message::Ready { listen, arduino, uart } = ready {
-            dut.addr = listen;
-            dut.arduino_addr = arduino;
+        if let Message::Ready { ports, uart } = ready {
+            dut.endpoints = Endpoints::new(ports);
             dut.uart = uart.map(PathBuf::from);
         }
         if setup.uart_pty && dut.uart.is_none() {
@@ -311,12 +306,8 @@ impl Dut for EmuDut {
         self.command(Command::Cut(None)).map(drop)
     }
 
-    fn endpoint(&self, path: UpdatePath) -> Result<SocketAddr, String> {
-        match path {
-            UpdatePath::Esphome => Ok(self.addr),
-            UpdatePath::Arduino => Ok(self.arduino_addr),
-            other => Err(format!("the device takes no {other} uploads on a port")),
-        }
+    fn endpoints(&self) -> Result<Endpoints, EndpointError> {
+        Ok(self.endpoints.clone())
     }
 
     fn next_event(&mut self, timeout: Duration) -> Result<Option<DutEvent>, DutError> {
@@ -379,7 +370,10 @@ pub struct EmuBackend {
 pub const ENTRY: super::BackendEntry = super::BackendEntry {
     name: "emu",
     about: "the host emulator (ota-emu): no hardware, milliseconds per scenario",
-    make: |_| Ok(Box::new(EmuBackend { program: EmuProgram::locate().map_err(|e| e.to_string())? })),
+    make: |_| {
+        let program = EmuProgram::locate().map_err(|e| super::BackendError::unusable(ENTRY.name, e))?;
+        Ok(Box::new(EmuBackend { program }))
+    },
 };
 
 impl super::Backend for EmuBackend {
@@ -387,7 +381,7 @@ impl super::Backend for EmuBackend {
         ENTRY.name
     }
 
-    fn ota_image(&self, image: &crate::scenario::Image) -> Result<Vec<u8>, String> {
+    fn ota_image(&self, image: &crate::scenario::Image) -> Result<Vec<u8>, super::SkipReason> {
         Ok(image.bytes.clone())
     }
 
@@ -397,16 +391,14 @@ impl super::Backend for EmuBackend {
         context: &super::StartContext,
     ) -> Result<Box<dyn Dut>, super::StartError> {
         let setup = EmuSetup::for_scenario(s, context, None)?;
-        EmuDut::start(&self.program, &setup)
-            .map(|d| Box::new(d) as Box<dyn Dut>)
-            .map_err(|e| super::StartError::Fail(e.to_string()))
+        Ok(Box::new(EmuDut::start(&self.program, &setup).map_err(super::BackendError::from)?))
     }
 
-    fn snapshots_compare(&self) -> Result<(), String> {
+    fn snapshots_compare(&self) -> Result<(), super::NotTheFixtures> {
         Ok(())
     }
 
-    fn host_address(&self) -> Result<std::net::IpAddr, String> {
+    fn host_address(&self) -> Result<std::net::IpAddr, super::BackendError> {
         Ok(std::net::Ipv4Addr::LOCALHOST.into())
     }
 }

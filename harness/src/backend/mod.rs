@@ -6,17 +6,79 @@ pub mod device;
 pub mod emu;
 pub mod qemu;
 
-use crate::dut::Dut;
+use crate::dut::{Dut, DutError};
 use crate::scenario::{Image, Scenario};
 use std::path::PathBuf;
 
 /// Why a scenario did not start.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The backend cannot play it (a capability or an image it lacks): the reason.
-    Skip(String),
-    Fail(String),
+    /// The backend cannot play it (an image or a setting its firmware builds lack).
+    #[error(transparent)]
+    Skip(#[from] SkipReason),
+    #[error(transparent)]
+    Fail(#[from] BackendError),
 }
+
+/// Why a backend does not play a scenario or send an image here: the report's skip reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SkipReason {
+    #[error("no firmware build of fixture `{0}`")]
+    NoBuild(String),
+    #[error(
+        "the firmware was built with password {built:?}, the scenario's device has {wanted:?} (OTAHIL_FW_PASSWORD at `cargo xtask firmware`)"
+    )]
+    BuiltPassword { built: Option<String>, wanted: Option<String> },
+    #[error(
+        "the firmware was built for OTA protocol {built}, the scenario wants {wanted} (OTAHIL_FW_OTA_PROTOCOL)"
+    )]
+    BuiltProtocol { built: u8, wanted: u8 },
+    #[error("the firmware boots with espflash's bootloader, built without rollback support")]
+    NoBootloaderRollback,
+    #[error("the firmware's writer is fixed at sequential erase, without faults")]
+    FixedWriter,
+}
+
+/// What went wrong setting a backend or a scenario's device up.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend cannot run here (a program or the firmware builds missing).
+    #[error("cannot use the {backend} backend: {reason}")]
+    Unusable { backend: &'static str, reason: Box<dyn std::error::Error + Send + Sync> },
+    #[error(
+        "the bench file names no harness_address (this machine's IP address on the board's network, where the board reaches the broker and the firmware server)"
+    )]
+    NoHarnessAddress,
+    #[error("the scenario's device has {0} but no broker was started")]
+    NoBroker(&'static str),
+    #[error("cannot build the flash image: {0}")]
+    FlashImage(#[source] ota_emu::mkflash::MergeError),
+    #[error("cannot provision the device's settings: {0}")]
+    Provision(#[source] ota_emu::mkflash::ProvisionError),
+    #[error("the device backend needs --bench FILE (fixtures/bench.example.yaml documents one)")]
+    NoBench,
+    #[error(transparent)]
+    BenchFile(#[from] crate::scenario::yaml::ScenarioError),
+    #[error("cannot use QEMU as the board: {0}")]
+    QemuBoard(#[source] qemu::QemuSetupError),
+    #[error("bench {bench}: {error}")]
+    Bench { bench: String, error: DutError },
+    #[error(transparent)]
+    Device(#[from] DutError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl BackendError {
+    pub fn unusable(backend: &'static str, reason: impl std::error::Error + Send + Sync + 'static) -> Self {
+        BackendError::Unusable { backend, reason: Box::new(reason) }
+    }
+}
+
+/// Why a backend's snapshots are not compared with the stored ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the firmware builds are not the fixture images ({0})")]
+pub struct NotTheFixtures(pub &'static str);
 
 /// A way to run the device under test.
 pub trait Backend {
@@ -24,12 +86,12 @@ pub trait Backend {
     fn name(&self) -> &'static str;
     /// The bytes this backend sends for `image` (a backend that runs firmware builds maps the
     /// named fixtures to its builds).
-    fn ota_image(&self, image: &Image) -> Result<Vec<u8>, String>;
+    fn ota_image(&self, image: &Image) -> Result<Vec<u8>, SkipReason>;
     /// A device set up for `scenario`, powered off.
     fn start(&self, scenario: &Scenario, context: &StartContext) -> Result<Box<dyn Dut>, StartError>;
     /// Whether its snapshots are comparable with the stored ones (the device runs the fixture
     /// images' bytes), and if not, why.
-    fn snapshots_compare(&self) -> Result<(), String>;
+    fn snapshots_compare(&self) -> Result<(), NotTheFixtures>;
     /// Who the board is (chip, MAC, revision, flash size), once a scenario has started on it:
     /// for the summary and as JUnit properties.
     fn board(&self) -> Vec<(String, String)> {
@@ -37,7 +99,7 @@ pub trait Backend {
     }
     /// Where the device reaches a service the harness runs on this machine's loopback (a
     /// broker, a firmware server), or why it cannot.
-    fn host_address(&self) -> Result<std::net::IpAddr, String>;
+    fn host_address(&self) -> Result<std::net::IpAddr, BackendError>;
 }
 
 /// What a backend is told when it starts a scenario's device, beyond the scenario: what the
@@ -77,7 +139,7 @@ pub struct BackendEntry {
     pub name: &'static str,
     pub about: &'static str,
     /// Sets the backend up, or says why it cannot run here.
-    pub make: fn(&BackendOptions) -> Result<Box<dyn Backend>, String>,
+    pub make: fn(&BackendOptions) -> Result<Box<dyn Backend>, BackendError>,
 }
 
 /// Every backend, in the order `--help` lists them; the first is the default.
@@ -118,14 +180,12 @@ pub fn device_flash(
             resume: m.resume,
         }),
         (Some(_), None) => {
-            return Err(StartError::Fail(
-                "the scenario's device has the pull path but no broker was started".into(),
-            ));
+            return Err(BackendError::NoBroker("the pull path").into());
         }
         (None, _) => None,
     };
-    let mut image = ota_emu::mkflash::merged_image(&d.partitions, app, d.flash_size)
-        .map_err(|e| StartError::Fail(format!("cannot build the flash image: {e}")))?;
+    let mut image =
+        ota_emu::mkflash::merged_image(&d.partitions, app, d.flash_size).map_err(BackendError::FlashImage)?;
     let provisioned = match ota_emu::mkflash::provision_settings(
         &mut image,
         &d.partitions,
@@ -140,9 +200,7 @@ pub fn device_flash(
                     Some(ota_core::provision::HomieProvision { broker, id: Some(&h.id), ota: h.ota })
                 }
                 (Some(_), None) => {
-                    return Err(StartError::Fail(
-                        "the scenario's device has a Homie session but no broker was started".into(),
-                    ));
+                    return Err(BackendError::NoBroker("a Homie session").into());
                 }
                 (None, _) => None,
             },
@@ -154,9 +212,7 @@ pub fn device_flash(
                     url: homie1_url.as_deref(),
                 }),
                 (Some(_), None) => {
-                    return Err(StartError::Fail(
-                        "the scenario's device has a Homie 1.x session but no broker was started".into(),
-                    ));
+                    return Err(BackendError::NoBroker("a Homie 1.x session").into());
                 }
                 (None, _) => None,
             },
@@ -164,7 +220,7 @@ pub fn device_flash(
     ) {
         Ok(()) => true,
         Err(ota_emu::mkflash::ProvisionError::NoNvsPartition) => false,
-        Err(e) => return Err(StartError::Fail(format!("cannot provision the device's settings: {e}"))),
+        Err(e) => return Err(BackendError::Provision(e).into()),
     };
     Ok((image, provisioned))
 }

@@ -33,6 +33,14 @@ impl Uploader {
         }
     }
 
+    /// The device's port this uploader connects (or sends its invitation) to.
+    pub fn port(self) -> crate::dut::Port {
+        match self {
+            Uploader::Esphome => crate::dut::Port::Tcp(ota_core::proto::esphome::DEFAULT_PORT),
+            Uploader::Arduino => crate::dut::Port::Udp(ota_core::proto::arduino::DEFAULT_PORT),
+        }
+    }
+
     pub fn by_name(name: &str) -> Option<Uploader> {
         Self::ALL.into_iter().find(|u| u.path().name() == name)
     }

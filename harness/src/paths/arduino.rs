@@ -126,7 +126,7 @@ fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioErro
 
 impl PathUpdate for ArduinoUpdate {
     fn run(&self, cx: &UpdateCx<'_>) -> Result<Outcome, Unavailable> {
-        let endpoint = (cx.endpoint)(UpdatePath::Arduino).map_err(Unavailable)?;
+        let endpoint = cx.endpoint(client::Uploader::Arduino.port())?;
         let u = &self.uploader;
         let upload = Upload {
             image: cx.image,

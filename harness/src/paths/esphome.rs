@@ -67,7 +67,7 @@ fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioErro
 
 impl PathUpdate for EsphomeUpdate {
     fn run(&self, cx: &UpdateCx<'_>) -> Result<Outcome, Unavailable> {
-        let endpoint = (cx.endpoint)(UpdatePath::Esphome).map_err(Unavailable)?;
+        let endpoint = cx.endpoint(client::Uploader::Esphome.port())?;
         let u = &self.uploader;
         let upload = Upload {
             image: cx.image,

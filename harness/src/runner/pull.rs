@@ -42,7 +42,7 @@ impl Services {
     /// broker's address as the device reaches it, for provisioning.
     pub fn start(
         scenario: &Scenario,
-        host: Result<IpAddr, String>,
+        host: Result<IpAddr, crate::backend::BackendError>,
         choice: &BrokerChoice,
     ) -> Result<(Services, Option<SocketAddr>, Option<crate::backend::DeviceTls>), Start> {
         let serves = scenario.steps.iter().any(|s| matches!(s.kind, StepKind::Serve(_)))
@@ -52,7 +52,7 @@ impl Services {
         if !wants_broker && !serves {
             return Ok((services, None, None));
         }
-        let host = host.map_err(Start::Skip)?;
+        let host = host.map_err(|e| Start::Skip(e.to_string()))?;
         let loopback: IpAddr = Ipv4Addr::LOCALHOST.into();
         let listen = listen_address(host);
         let mut device_broker = None;
@@ -238,7 +238,7 @@ impl Run<'_> {
         if let (Some(image), Response::Image { bytes, .. }) = (&s.image, &mut route.response) {
             match self.backend.ota_image(image) {
                 Ok(b) => *bytes = std::sync::Arc::new(b),
-                Err(why) => return Ok(StepOutcome::Skipped(why)),
+                Err(why) => return Ok(StepOutcome::Skipped(why.to_string())),
             }
         }
         if let Response::Redirect { location, .. } = &mut route.response {

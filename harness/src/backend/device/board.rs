@@ -7,13 +7,14 @@ use super::console::Console;
 use super::flasher::{self, FlashPort, Identity, Session};
 use crate::backend::emu::EmuDut;
 use crate::bench::{Address, PowerSwitch, ProbeSpec, ResetMethod};
-use crate::client::UpdatePath;
-use crate::dut::{Capabilities, Dut, DutError, DutEvent, FlashCounters, PowerCut};
+use crate::dut::{
+    Capabilities, Dut, DutError, DutEvent, EndpointError, Endpoints, FlashCounters, Port, PowerCut,
+};
 use crate::serial::{announced_reboot, ends_boot};
 use espflash::connection::{Connection, ResetAfterOperation, ResetBeforeOperation};
 use indicatif::ProgressBar;
 use std::collections::VecDeque;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::time::{Duration, Instant};
 
 /// How long a boot may take, from reset to the app serving OTA (or hanging in its self-test).
@@ -352,27 +353,33 @@ impl Dut for BenchDut {
         }
     }
 
-    fn endpoint(&self, path: UpdatePath) -> Result<SocketAddr, String> {
-        let port = match path {
-            UpdatePath::Esphome => self.esphome_port,
-            UpdatePath::Arduino => self.arduino_port,
-            other => return Err(format!("the device takes no {other} uploads on a port")),
-        };
+    fn endpoints(&self) -> Result<Endpoints, EndpointError> {
         let host = match &self.address {
             Address::Emulator => match &self.rig {
-                Rig::StandIn(e) => return e.endpoint(path),
-                Rig::Lab { .. } => return Err("address: emulator needs port: emulator".into()),
+                Rig::StandIn(e) => return e.endpoints(),
+                Rig::Lab { .. } => return Err(EndpointError::NoStandIn),
             },
             Address::Fixed(h) => h.clone(),
-            Address::FromLog(re) => self.learned_host.clone().ok_or_else(|| {
-                format!("no serial line since the last boot matched address_from_log /{}/", re.as_str())
-            })?,
+            Address::FromLog(re) => self
+                .learned_host
+                .clone()
+                .ok_or_else(|| EndpointError::AddressNotLearned(re.as_str().into()))?,
         };
-        (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{host} has no address"))
+        let ports = [
+            (Port::Tcp(ota_core::proto::esphome::DEFAULT_PORT), self.esphome_port),
+            (Port::Udp(ota_core::proto::arduino::DEFAULT_PORT), self.arduino_port),
+        ];
+        let mut table = Vec::new();
+        for (device_port, port) in ports {
+            let resolve = |reason: String| EndpointError::Resolve { host: host.clone(), reason };
+            let addr = (host.as_str(), port)
+                .to_socket_addrs()
+                .map_err(|e| resolve(e.to_string()))?
+                .next()
+                .ok_or_else(|| resolve("it has no address".into()))?;
+            table.push((device_port, addr));
+        }
+        Ok(Endpoints::new(table))
     }
 
     fn next_event(&mut self, timeout: Duration) -> Result<Option<DutEvent>, DutError> {

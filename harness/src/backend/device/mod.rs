@@ -34,6 +34,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use super::BackendError;
 use super::emu::{EmuDut, EmuProgram, EmuSetup};
 use super::qemu::{FirmwareBuilds, QemuDut, QemuProgram};
 
@@ -66,11 +67,9 @@ pub const ENTRY: super::BackendEntry = super::BackendEntry {
     about: "an ESP32-C3 on a lab bench, flashed with espflash (--bench FILE; fixtures/bench.emu.yaml puts the emulator in its place)",
     make: |options| {
         let Some(file) = &options.bench else {
-            return Err(
-                "the device backend needs --bench FILE (fixtures/bench.example.yaml documents one)".into()
-            );
+            return Err(super::BackendError::NoBench);
         };
-        let bench = crate::bench::load(file).map_err(|e| e.to_string())?;
+        let bench = crate::bench::load(file)?;
         DeviceBackend::new(bench, &options.firmware).map(|b| Box::new(b) as Box<dyn super::Backend>)
     },
 };
@@ -81,7 +80,7 @@ impl DeviceBackend {
         *self.last_write.lock().expect("not poisoned")
     }
 
-    pub fn new(bench: Bench, firmware: &std::path::Path) -> Result<Self, String> {
+    pub fn new(bench: Bench, firmware: &std::path::Path) -> Result<Self, BackendError> {
         Self::with_emulator(bench, firmware, None)
     }
 
@@ -90,23 +89,22 @@ impl DeviceBackend {
         bench: Bench,
         firmware: &std::path::Path,
         emulator: Option<EmuProgram>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BackendError> {
         let standin = bench.port == PortSpec::Emulator;
         let mut qemu = None;
         let (firmware, emu, standin_flash) = if bench.port == PortSpec::Qemu {
-            qemu = Some(QemuProgram::locate().map_err(|e| format!("cannot use QEMU as the board: {e}"))?);
-            let builds =
-                FirmwareBuilds::load(firmware).map_err(|e| format!("cannot use QEMU as the board: {e}"))?;
-            (Firmware::Builds(builds), None, Some(tempfile::tempdir().map_err(|e| e.to_string())?))
+            qemu = Some(QemuProgram::locate().map_err(BackendError::QemuBoard)?);
+            let builds = FirmwareBuilds::load(firmware).map_err(BackendError::QemuBoard)?;
+            (Firmware::Builds(builds), None, Some(tempfile::tempdir()?))
         } else if standin {
             let emu = match emulator {
                 Some(e) => e,
-                None => EmuProgram::locate().map_err(|e| e.to_string())?,
+                None => EmuProgram::locate()?,
             };
-            (Firmware::Fixtures, Some(emu), Some(tempfile::tempdir().map_err(|e| e.to_string())?))
+            (Firmware::Fixtures, Some(emu), Some(tempfile::tempdir()?))
         } else {
-            let builds = FirmwareBuilds::load_any(firmware)
-                .map_err(|e| format!("cannot use the device backend: {e}"))?;
+            let builds =
+                FirmwareBuilds::load_any(firmware).map_err(|e| BackendError::unusable(ENTRY.name, e))?;
             (Firmware::Builds(builds), None, None)
         };
         Ok(DeviceBackend {
@@ -309,7 +307,7 @@ impl super::Backend for DeviceBackend {
         ENTRY.name
     }
 
-    fn ota_image(&self, image: &crate::scenario::Image) -> Result<Vec<u8>, String> {
+    fn ota_image(&self, image: &crate::scenario::Image) -> Result<Vec<u8>, super::SkipReason> {
         match &self.firmware {
             Firmware::Fixtures => Ok(image.bytes.clone()),
             Firmware::Builds(b) => b.ota_image(image),
@@ -319,13 +317,11 @@ impl super::Backend for DeviceBackend {
     /// The emulator standing in for the board runs on this machine; QEMU in its place reaches
     /// the host through slirp's gateway, as on the qemu backend. A board reaches the harness
     /// over its network, at the bench file's `harness_address`.
-    fn host_address(&self) -> Result<std::net::IpAddr, String> {
+    fn host_address(&self) -> Result<std::net::IpAddr, BackendError> {
         match &self.firmware {
             Firmware::Fixtures => Ok(std::net::Ipv4Addr::LOCALHOST.into()),
             Firmware::Builds(_) if self.qemu.is_some() => Ok(super::qemu::SLIRP_GATEWAY.into()),
-            Firmware::Builds(_) => self.bench.harness_address.ok_or_else(|| {
-                "the bench file names no harness_address (this machine's IP address on the board's network, where the board reaches the broker and the firmware server)".to_string()
-            }),
+            Firmware::Builds(_) => self.bench.harness_address.ok_or(BackendError::NoHarnessAddress),
         }
     }
 
@@ -334,18 +330,17 @@ impl super::Backend for DeviceBackend {
         s: &crate::scenario::Scenario,
         context: &super::StartContext,
     ) -> Result<Box<dyn Dut>, super::StartError> {
-        use super::StartError;
         let image = match &self.firmware {
             Firmware::Fixtures => {
                 let wifi = self.bench.wifi.as_ref().map(|w| (w.ssid.as_str(), w.password.as_str()));
                 super::device_flash(s, &s.device.firmware.bytes, wifi, context)?.0
             }
             Firmware::Builds(builds) => {
-                let app = builds.ota_image(&s.device.firmware).map_err(StartError::Skip)?;
+                let app = builds.ota_image(&s.device.firmware)?;
                 let wifi = self.bench.wifi.as_ref().map(|w| (w.ssid.as_str(), w.password.as_str()));
                 let (mut image, provisioned) = super::device_flash(s, &app, wifi, context)?;
                 if let Some(why) = builds.unfit_for(s, provisioned) {
-                    return Err(StartError::Skip(why));
+                    return Err(why.into());
                 }
                 image[..builds.bootloader.len()].copy_from_slice(&builds.bootloader);
                 image
@@ -355,20 +350,18 @@ impl super::Backend for DeviceBackend {
             return self
                 .qemu_board(program, &image)
                 .map(|d| Box::new(d) as Box<dyn Dut>)
-                .map_err(|e| StartError::Fail(format!("bench {}: {e}", self.bench.name)));
+                .map_err(|error| BackendError::Bench { bench: self.bench.name.clone(), error }.into());
         }
         self.board_for(s, context, &image)
             .map(|d| Box::new(d) as Box<dyn Dut>)
-            .map_err(|e| StartError::Fail(format!("bench {}: {e}", self.bench.name)))
+            .map_err(|error| BackendError::Bench { bench: self.bench.name.clone(), error }.into())
     }
 
-    fn snapshots_compare(&self) -> Result<(), String> {
+    fn snapshots_compare(&self) -> Result<(), super::NotTheFixtures> {
         match &self.firmware {
             Firmware::Fixtures => Ok(()),
             Firmware::Builds(b) if b.matches_fixtures => Ok(()),
-            Firmware::Builds(_) => {
-                Err("the firmware builds are not the fixture images (a Wi-Fi or configured build)".into())
-            }
+            Firmware::Builds(_) => Err(super::NotTheFixtures("a Wi-Fi or configured build")),
         }
     }
 

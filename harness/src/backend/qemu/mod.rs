@@ -7,8 +7,10 @@
 
 mod nudge;
 
-use crate::client::UpdatePath;
-use crate::dut::{Capabilities, Dut, DutError, DutEvent, FlashCounters, PowerCut};
+use super::SkipReason;
+use crate::dut::{
+    Capabilities, Dut, DutError, DutEvent, EndpointError, Endpoints, FlashCounters, Port, PowerCut,
+};
 use crate::serial::{announced_reboot, ends_boot};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -117,47 +119,42 @@ impl FirmwareBuilds {
 
     /// The firmware build of a named fixture (or the same defect applied to the v2 build);
     /// files as they are.
-    pub fn ota_image(&self, image: &crate::scenario::Image) -> Result<Vec<u8>, String> {
+    pub fn ota_image(&self, image: &crate::scenario::Image) -> Result<Vec<u8>, SkipReason> {
         if crate::fixtures::find(&image.name).is_none() {
             return Ok(image.bytes.clone());
         }
         if let Some(app) = self.app(&image.name) {
             return Ok(app);
         }
-        let v2 = self.app("v2").ok_or("no firmware build of v2")?;
+        let v2 = self.app("v2").ok_or_else(|| SkipReason::NoBuild("v2".into()))?;
         if let Some(d) = crate::fixtures::derived_from_v2(&image.name, &v2) {
             return Ok(d);
         }
         match image.name.as_str() {
             // Neither depends on the firmware's code: the same bytes on every backend.
             "oversized" | "not-an-image" => Ok(image.bytes.clone()),
-            other => Err(format!("no firmware build of fixture `{other}`")),
+            other => Err(SkipReason::NoBuild(other.into())),
         }
     }
 
     /// Why a chip running these builds cannot play `s`, if it cannot (what the scenario's
     /// device needs that was fixed when the firmware was built).
-    pub fn unfit_for(&self, s: &crate::scenario::Scenario, provisioned: bool) -> Option<String> {
+    pub fn unfit_for(&self, s: &crate::scenario::Scenario, provisioned: bool) -> Option<SkipReason> {
         let d = &s.device;
         if !provisioned && d.password != self.password {
-            return Some(format!(
-                "the firmware was built with password {:?}, the scenario's device has {:?} (OTAHIL_FW_PASSWORD at `cargo xtask firmware`)",
-                self.password, d.password
-            ));
+            return Some(SkipReason::BuiltPassword {
+                built: self.password.clone(),
+                wanted: d.password.clone(),
+            });
         }
         if !provisioned && d.protocol != self.protocol {
-            return Some(format!(
-                "the firmware was built for OTA protocol {}, the scenario wants {} (OTAHIL_FW_OTA_PROTOCOL)",
-                self.protocol, d.protocol
-            ));
+            return Some(SkipReason::BuiltProtocol { built: self.protocol, wanted: d.protocol });
         }
         if d.bootloader_rollback {
-            return Some(
-                "the firmware boots with espflash's bootloader, built without rollback support".into(),
-            );
+            return Some(SkipReason::NoBootloaderRollback);
         }
         if d.erase != crate::scenario::EraseSpec::Sequential || d.writer_fault.is_some() {
-            return Some("the firmware's writer is fixed at sequential erase, without faults".into());
+            return Some(SkipReason::FixedWriter);
         }
         None
     }
@@ -171,9 +168,8 @@ impl FirmwareBuilds {
 pub struct QemuDut {
     program: QemuProgram,
     flash: PathBuf,
-    port: u16,
-    /// The host's UDP port forwarded to the guest's ArduinoOTA port.
-    arduino_port: u16,
+    /// The guest's ports and the host's loopback ports forwarded to them.
+    forwards: Vec<(Port, u16)>,
     child: Option<Child>,
     /// Keeps QEMU's main loop looking at slirp's sockets while `child` runs.
     nudger: Option<nudge::Nudger>,
@@ -185,6 +181,10 @@ pub struct QemuDut {
     backend: &'static str,
     _dir: tempfile::TempDir,
 }
+
+/// The guest's ports the host reaches: those the chip firmware's update paths listen on.
+const FORWARDED: [Port; 2] =
+    [Port::Tcp(ota_core::proto::esphome::DEFAULT_PORT), Port::Udp(ota_core::proto::arduino::DEFAULT_PORT)];
 
 /// slirp's gateway: the guest reaches the host's loopback through it.
 pub const SLIRP_GATEWAY: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 2);
@@ -212,13 +212,20 @@ impl QemuDut {
     }
 
     fn with_dir(program: QemuProgram, flash: PathBuf, dir: tempfile::TempDir) -> Result<Self, DutError> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let arduino_port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        let forwards = FORWARDED
+            .iter()
+            .map(|&guest| {
+                let host = match guest {
+                    Port::Tcp(_) => TcpListener::bind("127.0.0.1:0")?.local_addr()?.port(),
+                    Port::Udp(_) => std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port(),
+                };
+                Ok((guest, host))
+            })
+            .collect::<std::io::Result<_>>()?;
         Ok(QemuDut {
             program,
             flash,
-            port,
-            arduino_port,
+            forwards,
             child: None,
             nudger: None,
             lines: None,
@@ -242,12 +249,16 @@ impl QemuDut {
             .args(["-nographic", "-machine", "esp32c3", "-drive"])
             .arg(format!("file={},if=mtd,format=raw", self.flash.display()))
             .arg("-nic")
-            // ESPHome's TCP port and ArduinoOTA's UDP port. The guest reaches the host (the
-            // uploader's back-connection) through slirp's gateway, 10.0.2.2.
-            .arg(format!(
-                "user,model=open_eth,hostfwd=tcp:127.0.0.1:{}-:3232,hostfwd=udp:127.0.0.1:{}-:3232",
-                self.port, self.arduino_port
-            ))
+            // The guest reaches the host (the uploader's back-connection, the broker) through
+            // slirp's gateway, 10.0.2.2.
+            .arg(self.forwards.iter().fold("user,model=open_eth".to_string(), |mut nic, (guest, host)| {
+                let (transport, guest) = match guest {
+                    Port::Tcp(p) => ("tcp", p),
+                    Port::Udp(p) => ("udp", p),
+                };
+                nic.push_str(&format!(",hostfwd={transport}:127.0.0.1:{host}-:{guest}"));
+                nic
+            }))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -386,12 +397,10 @@ impl Dut for QemuDut {
         Ok(())
     }
 
-    fn endpoint(&self, path: UpdatePath) -> Result<SocketAddr, String> {
-        match path {
-            UpdatePath::Esphome => Ok(SocketAddr::from(([127, 0, 0, 1], self.port))),
-            UpdatePath::Arduino => Ok(SocketAddr::from(([127, 0, 0, 1], self.arduino_port))),
-            other => Err(format!("the device takes no {other} uploads on a port")),
-        }
+    fn endpoints(&self) -> Result<Endpoints, EndpointError> {
+        Ok(Endpoints::new(
+            self.forwards.iter().map(|&(guest, host)| (guest, SocketAddr::from(([127, 0, 0, 1], host)))),
+        ))
     }
 
     fn next_event(&mut self, timeout: Duration) -> Result<Option<DutEvent>, DutError> {
@@ -491,9 +500,9 @@ pub const ENTRY: super::BackendEntry = super::BackendEntry {
     name: "qemu",
     about: "the chip firmware (cargo xtask firmware) on Espressif's QEMU (ESP_QEMU or PATH)",
     make: |options| {
-        let program = QemuProgram::locate().map_err(|why| format!("cannot use the qemu backend: {why}"))?;
-        let builds = FirmwareBuilds::load(&options.firmware)
-            .map_err(|why| format!("cannot use the qemu backend: {why}"))?;
+        let unusable = |why| super::BackendError::unusable(ENTRY.name, why);
+        let program = QemuProgram::locate().map_err(unusable)?;
+        let builds = FirmwareBuilds::load(&options.firmware).map_err(unusable)?;
         Ok(Box::new(QemuBackend { program, builds }))
     },
 };
@@ -503,7 +512,7 @@ impl super::Backend for QemuBackend {
         ENTRY.name
     }
 
-    fn ota_image(&self, image: &crate::scenario::Image) -> Result<Vec<u8>, String> {
+    fn ota_image(&self, image: &crate::scenario::Image) -> Result<Vec<u8>, SkipReason> {
         self.builds.ota_image(image)
     }
 
@@ -512,30 +521,27 @@ impl super::Backend for QemuBackend {
         s: &crate::scenario::Scenario,
         context: &super::StartContext,
     ) -> Result<Box<dyn Dut>, super::StartError> {
-        use super::StartError;
         let d = &s.device;
         let builds = &self.builds;
-        let app = self.ota_image(&d.firmware).map_err(StartError::Skip)?;
+        let app = self.ota_image(&d.firmware)?;
         let (mut flash_image, provisioned) = super::device_flash(s, &app, None, context)?;
         if let Some(why) = builds.unfit_for(s, provisioned) {
-            return Err(StartError::Skip(why));
+            return Err(why.into());
         }
         flash_image[..builds.bootloader.len()].copy_from_slice(&builds.bootloader);
-        let mut dut =
-            QemuDut::new(self.program.clone(), &flash_image).map_err(|e| StartError::Fail(e.to_string()))?;
-        dut.power_off().map_err(|e| StartError::Fail(e.to_string()))?;
+        let mut dut = QemuDut::new(self.program.clone(), &flash_image).map_err(super::BackendError::from)?;
+        dut.power_off().map_err(super::BackendError::from)?;
         Ok(Box::new(dut))
     }
 
-    fn host_address(&self) -> Result<std::net::IpAddr, String> {
+    fn host_address(&self) -> Result<std::net::IpAddr, super::BackendError> {
         Ok(SLIRP_GATEWAY.into())
     }
 
-    fn snapshots_compare(&self) -> Result<(), String> {
-        if self.builds.matches_fixtures {
-            Ok(())
-        } else {
-            Err("the firmware builds are not the fixture images (a configured build: OTAHIL_FW_*)".into())
+    fn snapshots_compare(&self) -> Result<(), super::NotTheFixtures> {
+        match self.builds.matches_fixtures {
+            true => Ok(()),
+            false => Err(super::NotTheFixtures("a configured build: OTAHIL_FW_*")),
         }
     }
 }
