@@ -14,11 +14,11 @@
 //! stop what it started, and it brings an HTTP stack along. Interoperability with a reference
 //! broker is checked against Debian's mosquitto instead (`--mqtt-broker`, and `.ci/run`).
 
-pub mod codec;
 #[cfg(test)]
 mod tests;
 
-use codec::{ClientPacket, Publish, Will};
+use ota_core::proto::mqtt::broker::{self as codec, FromClient};
+use ota_core::proto::mqtt::packet::{self, QoS, Sink, topic_matches};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -27,6 +27,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The largest packet the broker takes (Homie sends whole images in one PUBLISH).
+pub const MAX_PACKET: u32 = 4 << 20;
 /// How often the threads look at the stop flag.
 const TICK: Duration = Duration::from_millis(10);
 /// A connection must send CONNECT within this.
@@ -58,6 +60,42 @@ impl Message {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.payload).into_owned()
     }
+}
+
+/// A client's last will, kept until it leaves.
+struct Will {
+    topic: String,
+    payload: Vec<u8>,
+    qos: u8,
+    retain: bool,
+}
+
+/// A packet encoded whole, to be written at once.
+#[derive(Default)]
+struct Encoded(Vec<u8>);
+
+impl Sink for Encoded {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+}
+
+fn encoded(encode: impl FnOnce(&mut Encoded)) -> Vec<u8> {
+    let mut out = Encoded::default();
+    encode(&mut out);
+    out.0
+}
+
+/// A PUBLISH to a subscriber at QoS 0 or 1; `id` only counts at QoS 1.
+fn publish_packet(topic: &str, payload: &[u8], qos: u8, retain: bool, id: u16) -> Vec<u8> {
+    let qos = if qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+    // Topics and payloads come from packets the broker decoded (or the harness, which is
+    // bounded by MAX_PACKET): they fit the encoding.
+    encoded(|o| packet::publish(o, topic, payload, qos, retain, id).expect("a decoded topic and payload fit"))
+}
+
+fn qos_number(q: QoS) -> u8 {
+    q as u8
 }
 
 struct Client {
@@ -157,7 +195,7 @@ impl MqttBroker {
         self.wait(timeout, |s| {
             s.clients
                 .values()
-                .find(|c| c.subscriptions.iter().any(|(f, _)| codec::matches(f, topic)))
+                .find(|c| c.subscriptions.iter().any(|(f, _)| topic_matches(f, topic)))
                 .map(|c| c.client_id.clone())
         })
     }
@@ -246,7 +284,7 @@ enum End {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("protocol error: {0}")]
-    Protocol(#[from] codec::CodecError),
+    Protocol(#[from] codec::DecodeError),
     #[error("{0}")]
     Refused(&'static str),
 }
@@ -267,7 +305,7 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> Result<(), End> {
         }
         // Every whole frame in the buffer.
         let mut ended = None;
-        while let Some((first, body)) = match codec::frame(&buf) {
+        while let Some((first, body)) = match codec::frame(&buf, MAX_PACKET) {
             Ok(f) => f,
             Err(e) => {
                 ended = Some(Err(e.into()));
@@ -275,7 +313,7 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> Result<(), End> {
             }
         } {
             let end = body.end;
-            let packet = codec::parse(first, &buf[body]);
+            let packet = codec::decode(first, &buf[body]).map(|p| handle(p, &mut stream, shared, &mut conn));
             buf.drain(..end);
             last_packet = Instant::now();
             match packet {
@@ -283,7 +321,7 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> Result<(), End> {
                     ended = Some(Err(e.into()));
                     break;
                 }
-                Ok(p) => match handle(p, &mut stream, shared, &mut conn) {
+                Ok(handled) => match handled {
                     Ok(true) => {}
                     Ok(false) => {
                         ended = Some(Ok(()));
@@ -349,36 +387,41 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> Result<(), End> {
 
 /// One packet; `false` when the client said DISCONNECT.
 fn handle(
-    p: ClientPacket,
+    p: FromClient<'_>,
     stream: &mut TcpStream,
     shared: &Shared,
     conn: &mut Option<(u64, Duration)>,
 ) -> Result<bool, End> {
     let Some((id, _)) = *conn else {
-        let ClientPacket::Connect(c) = p else { return Err(End::Refused("first packet is not CONNECT")) };
-        return connect(c, stream, shared, conn).map(|()| true);
+        let FromClient::Connect { level, connect: c } = p else {
+            return Err(End::Refused("first packet is not CONNECT"));
+        };
+        return connect(level, c, stream, shared, conn).map(|()| true);
     };
     match p {
-        ClientPacket::Connect(_) => return Err(End::Refused("second CONNECT")),
-        ClientPacket::Publish(Publish { topic, payload, qos, retain, packet_id, .. }) => {
-            if qos == 2 {
+        FromClient::Connect { .. } => return Err(End::Refused("second CONNECT")),
+        FromClient::Publish { topic, payload, qos, retain, id: packet_id, .. } => {
+            if qos == QoS::ExactlyOnce {
                 return Err(End::Refused("QoS 2 is not supported by this broker"));
             }
             if topic.is_empty() || topic.contains(['+', '#']) {
                 return Err(End::Refused("PUBLISH to a topic with wildcards"));
             }
             if let Some(pid) = packet_id {
-                stream.write_all(&codec::puback(pid))?;
+                stream.write_all(&encoded(|o| packet::puback(o, pid)))?;
             }
             let from = shared.lock().clients.get(&id).map(|c| c.client_id.clone()).unwrap_or_default();
+            let (topic, payload, qos) = (topic.to_string(), payload.to_vec(), qos_number(qos));
             route(shared, Message { topic, payload, qos, retain, from, will: false });
         }
-        ClientPacket::PubAck(_) => {}
-        ClientPacket::Subscribe { packet_id, filters } => {
-            let granted: Vec<u8> = filters
-                .iter()
-                .map(|(f, q)| if codec::valid_filter(f) { (*q).min(1) } else { 0x80 })
+        FromClient::PubAck { .. } => {}
+        FromClient::Subscribe { id: packet_id, filters } => {
+            let filters: Vec<(String, u8)> = filters
+                .map(|(f, q)| {
+                    (f.to_string(), if codec::valid_filter(f) { qos_number(q).min(1) } else { 0x80 })
+                })
                 .collect();
+            let granted: Vec<u8> = filters.iter().map(|(_, g)| *g).collect();
             let mut s = shared.lock();
             // Each retained message once, at the lower of its QoS and the best granted one.
             let retained: Vec<(String, Vec<u8>, u8)> = s
@@ -387,72 +430,81 @@ fn handle(
                 .filter_map(|(t, (p, q))| {
                     let best = filters
                         .iter()
-                        .zip(&granted)
-                        .filter(|((f, _), g)| **g != 0x80 && codec::matches(f, t))
+                        .filter(|(f, g)| *g != 0x80 && topic_matches(f, t))
                         .map(|(_, g)| *g)
                         .max()?;
                     Some((t.clone(), p.clone(), best.min(*q)))
                 })
                 .collect();
             if let Some(c) = s.clients.get_mut(&id) {
-                for ((f, _), g) in filters.into_iter().zip(&granted) {
-                    if *g != 0x80 {
+                for (f, g) in filters {
+                    if g != 0x80 {
                         c.subscriptions.retain(|(old, _)| *old != f);
-                        c.subscriptions.push((f, *g));
+                        c.subscriptions.push((f, g));
                     }
                 }
             }
-            stream.write_all(&codec::suback(packet_id, &granted))?;
+            stream.write_all(&encoded(|o| codec::suback(o, packet_id, &granted)))?;
             for (topic, payload, qos) in retained {
                 let pid = next_packet_id(&mut s);
-                stream.write_all(&codec::publish(&topic, &payload, qos, true, pid))?;
+                stream.write_all(&publish_packet(&topic, &payload, qos, true, pid))?;
             }
             shared.changed.notify_all();
         }
-        ClientPacket::Unsubscribe { packet_id, filters } => {
+        FromClient::Unsubscribe { id: packet_id, filters } => {
             if let Some(c) = shared.lock().clients.get_mut(&id) {
-                c.subscriptions.retain(|(f, _)| !filters.contains(f));
+                for gone in filters {
+                    c.subscriptions.retain(|(f, _)| f != gone);
+                }
             }
-            stream.write_all(&codec::unsuback(packet_id))?;
+            stream.write_all(&encoded(|o| codec::unsuback(o, packet_id)))?;
         }
-        ClientPacket::PingReq => stream.write_all(&codec::pingresp())?,
-        ClientPacket::Disconnect => return Ok(false),
+        FromClient::PingReq => stream.write_all(&encoded(codec::pingresp))?,
+        FromClient::Disconnect => return Ok(false),
     }
     Ok(true)
 }
 
 fn connect(
-    c: codec::Connect,
+    level: u8,
+    c: packet::Connect<'_>,
     stream: &mut TcpStream,
     shared: &Shared,
     conn: &mut Option<(u64, Duration)>,
 ) -> Result<(), End> {
-    if c.protocol_level != 4 {
-        stream.write_all(&codec::connack(false, 1))?;
-        return Err(End::Refused("protocol level is not 4 (MQTT 3.1.1)"));
+    let refuse = |stream: &mut TcpStream, code: u8, why: &'static str| -> Result<(), End> {
+        stream.write_all(&encoded(|o| codec::connack(o, false, code)))?;
+        Err(End::Refused(why))
+    };
+    if level != 4 {
+        return refuse(stream, 1, "protocol level is not 4 (MQTT 3.1.1)");
     }
     if c.client_id.is_empty() && !c.clean_session {
-        stream.write_all(&codec::connack(false, 2))?;
-        return Err(End::Refused("empty client id without a clean session"));
+        return refuse(stream, 2, "empty client id without a clean session");
     }
     let mut s = shared.lock();
     if s.refusing {
         drop(s);
-        stream.write_all(&codec::connack(false, 3))?;
-        return Err(End::Refused("broker unavailable"));
+        return refuse(stream, 3, "broker unavailable");
     }
     let id = s.next_conn;
     s.next_conn += 1;
-    let client_id = if c.client_id.is_empty() { format!("auto-{id}") } else { c.client_id };
+    let client_id = if c.client_id.is_empty() { format!("auto-{id}") } else { c.client_id.to_string() };
     // Takeover: the older connection with this client id is closed (its will goes out when its
     // thread sees the close).
     for old in s.clients.values().filter(|o| o.client_id == client_id) {
         let _ = old.writer.shutdown(Shutdown::Both);
     }
     let writer = stream.try_clone()?;
-    s.clients.insert(id, Client { client_id, subscriptions: Vec::new(), writer, will: c.will });
+    let will = c.will.map(|w| Will {
+        topic: w.topic.to_string(),
+        payload: w.message.to_vec(),
+        qos: qos_number(w.qos),
+        retain: w.retain,
+    });
+    s.clients.insert(id, Client { client_id, subscriptions: Vec::new(), writer, will });
     drop(s);
-    stream.write_all(&codec::connack(false, 0))?;
+    stream.write_all(&encoded(|o| codec::connack(o, false, 0)))?;
     *conn = Some((id, Duration::from_secs(c.keep_alive_s as u64)));
     shared.changed.notify_all();
     Ok(())
@@ -493,7 +545,7 @@ fn route_cut(shared: &Shared, m: Message, cut: Option<usize>) {
     }
     let mut deliveries = Vec::new();
     for (id, c) in &s.clients {
-        let best = c.subscriptions.iter().filter(|(f, _)| codec::matches(f, &m.topic)).map(|(_, q)| *q).max();
+        let best = c.subscriptions.iter().filter(|(f, _)| topic_matches(f, &m.topic)).map(|(_, q)| *q).max();
         if let Some(q) = best
             && let Ok(w) = c.writer.try_clone()
         {
@@ -508,7 +560,7 @@ fn route_cut(shared: &Shared, m: Message, cut: Option<usize>) {
         let pid = if qos > 0 { next_packet_id(&mut s) } else { 0 };
         // To existing subscribers the retain flag is 0 (§3.3.1.3). A subscriber whose socket
         // fails is dropped by its own thread.
-        let packet = codec::publish(&m.topic, &m.payload, qos, false, pid);
+        let packet = publish_packet(&m.topic, &m.payload, qos, false, pid);
         match cut {
             None => {
                 let _ = w.write_all(&packet);

@@ -8,6 +8,7 @@
 //! by the HTTP pull path. Homie OTA, which sends the image over MQTT, reuses the
 //! packets and the client.
 
+pub mod broker;
 pub mod client;
 pub mod command;
 pub mod packet;

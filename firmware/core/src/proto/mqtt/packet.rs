@@ -157,7 +157,7 @@ fn str_len(s: &[u8]) -> u32 {
 }
 
 /// The last will (§3.1.2.5).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Will<'a> {
     pub topic: &'a str,
     pub message: &'a [u8],
@@ -165,7 +165,7 @@ pub struct Will<'a> {
     pub retain: bool,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Connect<'a> {
     pub client_id: &'a str,
     pub keep_alive_s: u16,
