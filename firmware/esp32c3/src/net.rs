@@ -179,11 +179,14 @@ struct Links {
 }
 
 impl Links {
+    /// The app's link `id`. A connection the app closed is no longer its link, though its slot
+    /// stays until the socket has sent what was queued: the app may already have a new link
+    /// under the same id (a path's next client), and that one must get the bytes sent to `id`.
     fn find(&mut self, id: LinkId) -> Option<&mut Slot> {
         self.slots.iter_mut().find(|s| match s {
             Slot::Free => false,
             Slot::Listener { id: i, .. } | Slot::Udp { id: i, .. } => *i == id,
-            Slot::Conn(c) => c.id == id,
+            Slot::Conn(c) => c.id == id && !c.closing,
         })
     }
 
