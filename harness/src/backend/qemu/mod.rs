@@ -431,9 +431,9 @@ impl Dut for QemuDut {
     fn read_flash(&mut self) -> Result<Vec<u8>, DutError> {
         let Some(nudger) = self.nudger.as_ref() else { return Ok(std::fs::read(&self.flash)?) };
         let qmp = |command: &'static str| {
-            nudger.execute(command, QMP_TIMEOUT).map_err(|message| DutError::Refused {
+            nudger.execute(command, QMP_TIMEOUT).map_err(|e| DutError::Refused {
                 command: format!("QMP {command} (to read the flash of a running guest)"),
-                message,
+                message: e.to_string(),
             })
         };
         qmp("stop")?;

@@ -35,7 +35,19 @@ pub fn qemu_args(socket: &Path) -> [String; 2] {
 }
 
 /// A QMP command to run, and where its outcome goes.
-type Request = (&'static str, Sender<Result<(), String>>);
+type Request = (&'static str, Sender<Result<(), QmpError>>);
+
+/// Why a QMP command was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QmpError {
+    #[error("the QMP connection is gone")]
+    Gone,
+    #[error("no answer to QMP `{command}` within {timeout:?}")]
+    NoAnswer { command: &'static str, timeout: Duration },
+    /// QEMU's answer, as it gave it.
+    #[error("QEMU refused it: {0}")]
+    Refused(String),
+}
 
 /// Sends `query-status` to one QEMU's QMP socket every [`INTERVAL`] until dropped; on the same
 /// connection (QMP takes one client), runs the commands the backend asks for.
@@ -64,10 +76,10 @@ impl Nudger {
     }
 
     /// Runs QMP command `command` (`stop`, `cont`) and waits for QEMU's answer.
-    pub fn execute(&self, command: &'static str, timeout: Duration) -> Result<(), String> {
+    pub fn execute(&self, command: &'static str, timeout: Duration) -> Result<(), QmpError> {
         let (tx, rx) = channel();
-        self.requests.send((command, tx)).map_err(|_| "the QMP connection is gone".to_string())?;
-        rx.recv_timeout(timeout).map_err(|_| format!("no answer to QMP `{command}` within {timeout:?}"))?
+        self.requests.send((command, tx)).map_err(|_| QmpError::Gone)?;
+        rx.recv_timeout(timeout).map_err(|_| QmpError::NoAnswer { command, timeout })?
     }
 }
 
@@ -119,7 +131,7 @@ fn nudge(socket: &Path, stop: &AtomicBool, requests: &Receiver<Request>) -> std:
     read_until(&mut reader, "\"QMP\"")?;
     writer.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")?;
     read_until(&mut reader, "\"return\"")?;
-    let mut pending: Option<Sender<Result<(), String>>> = None;
+    let mut pending: Option<Sender<Result<(), QmpError>>> = None;
     let mut line = String::new();
     while !stop.load(Ordering::Relaxed) {
         if pending.is_none()
@@ -147,7 +159,7 @@ fn nudge(socket: &Path, stop: &AtomicBool, requests: &Receiver<Request>) -> std:
                         let _ = reply.send(if line.contains("\"return\"") {
                             Ok(())
                         } else {
-                            Err(line.trim().to_string())
+                            Err(QmpError::Refused(line.trim().to_string()))
                         });
                     }
                     line.clear();
