@@ -95,6 +95,12 @@ enum Cmd {
         #[arg(long)]
         no_skip: bool,
     },
+    /// What a backend needs before it runs (for `cargo xtask hil`): the firmware its device
+    /// runs (fixtures, qemu, or bench: the bench file says) and whether what it runs is here.
+    Backend {
+        #[arg(value_parser = parse_backend)]
+        backend: &'static otahil::backend::BackendEntry,
+    },
     /// Check scenario files without running them.
     Check {
         /// A scenario file or a directory of them.
@@ -275,6 +281,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Flash { bench, image, firmware, no_skip } => flash(&bench, &image, &firmware, no_skip),
+        Cmd::Backend { backend } => {
+            println!("backend: {}", backend.name);
+            println!("firmware: {}", backend.firmware.word());
+            (backend.preflight)()?;
+            println!("ready: yes");
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Check { scenarios, bench } => {
             let (loaded, errors) = load_all(&scenarios, &[])?;
             for e in &errors {
@@ -289,7 +302,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "bench {} ok: port {:?}, flash {:?}, reset {:?}, {power}",
                         b.name, b.port, b.flash, b.reset
                     );
-                    // For `cargo xtask hil --backend device`: which builds to make first.
+                    // For `cargo xtask hil --backend device`: which builds to make first, once
+                    // what runs them is known to be here.
+                    if b.port == otahil::bench::PortSpec::Qemu {
+                        otahil::qemu::QemuProgram::locate().map_err(|e| {
+                            anyhow::anyhow!("bench {}: QEMU stands in for the board: {e}", b.name)
+                        })?;
+                    }
                     println!("bench firmware: {}", b.firmware());
                     true
                 }

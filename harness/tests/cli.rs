@@ -120,3 +120,23 @@ fn a_mosquitto_that_cannot_run_fails_the_scenario_saying_why() {
     assert!(!out.status.success());
     assert!(stderr.contains("cannot be used with"), "{stderr}");
 }
+
+/// `otahil backend NAME` is what `cargo xtask hil` asks before it builds anything: the firmware
+/// the device runs, and a clear error for a backend that cannot run here or does not exist.
+#[test]
+fn a_backend_says_what_firmware_it_runs_and_whether_it_can_run_here() {
+    let out = otahil().args(["backend", "emu"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(stdout, "backend: emu\nfirmware: fixtures\nready: yes\n");
+    let out = otahil().args(["backend", "device"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("firmware: bench\n"));
+    let out = otahil().args(["backend", "qemu"]).env("ESP_QEMU", "/nonexistent/qemu").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot use the qemu backend: no QEMU (/nonexistent/qemu"), "{stderr}");
+    let out = otahil().args(["backend", "bench-of-dreams"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("expected one of emu, qemu, device"), "{stderr}");
+}

@@ -103,21 +103,6 @@ fn run(mut cmd: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Espressif's QEMU with the esp32c3 machine, where the qemu backend will look for it.
-fn check_qemu() -> anyhow::Result<()> {
-    let program = std::env::var_os("ESP_QEMU").unwrap_or_else(|| "qemu-system-riscv32".into());
-    let shown = PathBuf::from(&program).display().to_string();
-    let out = Command::new(&program).args(["-machine", "help"]).output().map_err(|e| {
-        anyhow::anyhow!(
-            "no QEMU ({shown}: {e}); set ESP_QEMU to Espressif's qemu-system-riscv32 (see the README)"
-        )
-    })?;
-    if !String::from_utf8_lossy(&out.stdout).contains("esp32c3") {
-        bail!("{shown} has no esp32c3 machine: the qemu backend needs Espressif's fork (see the README)");
-    }
-    Ok(())
-}
-
 /// Builds the harness and the emulator (release: the suite's speed is part of the product).
 fn build_emu() -> anyhow::Result<PathBuf> {
     build_harness(false)
@@ -193,7 +178,6 @@ fn bench_firmware(bin: &Path, bench: &Path) -> anyhow::Result<Option<PathBuf>> {
             Ok(Some(root().join("target/firmware-wifi")))
         }
         Some("qemu") => {
-            check_qemu()?;
             build_firmware(FirmwareLink::QemuEthernet)?;
             Ok(Some(root().join("target/firmware")))
         }
@@ -202,23 +186,20 @@ fn bench_firmware(bin: &Path, bench: &Path) -> anyhow::Result<Option<PathBuf>> {
 }
 
 fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
-    match backend {
-        "emu" => {}
-        // The qemu backend runs the firmware builds: make them first, once QEMU is known to be
-        // there (five firmware builds for nothing is a poor way to learn it is not).
-        "qemu" => {
-            check_qemu()?;
-            build_firmware(FirmwareLink::QemuEthernet)?
-        }
-        "device" if args.bench.is_none() => {
-            bail!(
-                "the device backend needs --bench FILE (fixtures/bench.emu.yaml puts the emulator in the board's place)"
-            )
-        }
-        "device" => {}
-        other => bail!("backend `{other}` is not available (emu, qemu, device)"),
-    }
     let bin = build_harness(args.probe_rs)?;
+    // The harness's registry says what the backend runs, and whether it can run here, before
+    // anything is built for it (five firmware builds for nothing is a poor way to learn that
+    // QEMU is not there).
+    let firmware = backend_firmware(&bin, backend)?;
+    match firmware.as_str() {
+        "fixtures" => {}
+        "qemu" => build_firmware(FirmwareLink::QemuEthernet)?,
+        "bench" if args.bench.is_none() => bail!(
+            "the {backend} backend needs --bench FILE (fixtures/bench.emu.yaml puts the emulator in the board's place)"
+        ),
+        "bench" => {}
+        other => bail!("otahil says the {backend} backend runs firmware `{other}`, which xtask cannot build"),
+    }
     let mut c = Command::new(bin.join("otahil"));
     c.current_dir(root()).args(["run", "--backend", backend]);
     if let Some(b) = &args.bench {
@@ -253,6 +234,26 @@ fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
     }
     c.env("OTAHIL_EMU", bin.join("ota-emu"));
     run(c)
+}
+
+/// `otahil backend NAME`: the firmware the backend runs (`fixtures`, `qemu` or `bench`), or
+/// otahil's reason it cannot run here (an unknown name, a missing program).
+fn backend_firmware(bin: &Path, backend: &str) -> anyhow::Result<String> {
+    let out = Command::new(bin.join("otahil"))
+        .args(["backend", backend])
+        .env("OTAHIL_EMU", bin.join("ota-emu"))
+        .output()
+        .context("running otahil backend")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr);
+        let why = why.trim();
+        bail!("{}", why.strip_prefix("error: ").unwrap_or(why));
+    }
+    match text.lines().find_map(|l| l.strip_prefix("firmware: ")) {
+        Some(word) => Ok(word.to_string()),
+        None => bail!("otahil backend {backend} did not say which firmware it runs:\n{text}"),
+    }
 }
 
 /// Where the firmware is built from (see `build_firmware`).

@@ -370,6 +370,9 @@ pub struct EmuBackend {
 pub const ENTRY: super::BackendEntry = super::BackendEntry {
     name: "emu",
     about: "the host emulator (ota-emu): no hardware, milliseconds per scenario",
+    firmware: super::FirmwareSource::Fixtures,
+    // The emulator is built with the harness.
+    preflight: || Ok(()),
     make: |_| {
         let program = EmuProgram::locate().map_err(|e| super::BackendError::unusable(ENTRY.name, e))?;
         Ok(Box::new(EmuBackend { program }))

@@ -134,10 +134,36 @@ pub struct BackendOptions {
     pub bench: Option<PathBuf>,
 }
 
+/// Which firmware a backend's device runs: what `cargo xtask hil` builds before it runs the
+/// backend (the same words `otahil check --bench` prints for a bench).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirmwareSource {
+    /// The fixture images as they are (the emulator).
+    Fixtures,
+    /// The chip firmware built for QEMU's Ethernet (`cargo xtask firmware`).
+    Qemu,
+    /// What the bench file's board runs (a bench is needed).
+    Bench,
+}
+
+impl FirmwareSource {
+    pub fn word(self) -> &'static str {
+        match self {
+            FirmwareSource::Fixtures => "fixtures",
+            FirmwareSource::Qemu => "qemu",
+            FirmwareSource::Bench => "bench",
+        }
+    }
+}
+
 /// A registered backend.
 pub struct BackendEntry {
     pub name: &'static str,
     pub about: &'static str,
+    pub firmware: FirmwareSource,
+    /// Whether what the backend runs is on this machine (a program it needs), asked before
+    /// anything is built for it.
+    pub preflight: fn() -> Result<(), BackendError>,
     /// Sets the backend up, or says why it cannot run here.
     pub make: fn(&BackendOptions) -> Result<Box<dyn Backend>, BackendError>,
 }
@@ -239,5 +265,8 @@ mod tests {
         assert_eq!(BACKENDS[0].name, "emu", "the emulator is the default");
         assert!(by_name("bench-of-dreams").is_none());
         assert_eq!(names(), "emu, qemu, device");
+        assert_eq!(by_name("emu").map(|b| b.firmware), Some(FirmwareSource::Fixtures));
+        assert_eq!(by_name("device").map(|b| b.firmware), Some(FirmwareSource::Bench));
+        assert!(BACKENDS.iter().any(|b| b.firmware == FirmwareSource::Qemu));
     }
 }

@@ -65,6 +65,9 @@ pub struct DeviceBackend {
 pub const ENTRY: super::BackendEntry = super::BackendEntry {
     name: "device",
     about: "an ESP32-C3 on a lab bench, flashed with espflash (--bench FILE; fixtures/bench.emu.yaml puts the emulator in its place)",
+    firmware: super::FirmwareSource::Bench,
+    // What the board needs is in its bench file (`otahil check --bench`).
+    preflight: || Ok(()),
     make: |options| {
         let Some(file) = &options.bench else {
             return Err(super::BackendError::NoBench);

@@ -499,6 +499,10 @@ pub struct QemuBackend {
 pub const ENTRY: super::BackendEntry = super::BackendEntry {
     name: "qemu",
     about: "the chip firmware (cargo xtask firmware) on Espressif's QEMU (ESP_QEMU or PATH)",
+    firmware: super::FirmwareSource::Qemu,
+    preflight: || {
+        QemuProgram::locate().map(drop).map_err(|why| super::BackendError::unusable(ENTRY.name, why))
+    },
     make: |options| {
         let unusable = |why| super::BackendError::unusable(ENTRY.name, why);
         let program = QemuProgram::locate().map_err(unusable)?;
