@@ -7,6 +7,7 @@ pub mod arduino;
 pub mod esphome;
 pub mod homie;
 pub mod homie1;
+pub mod mqtt_pull;
 
 use crate::client::Outcome;
 use crate::dut::{EndpointError, Endpoints, Port};
@@ -45,11 +46,14 @@ impl fmt::Debug for PathEntry {
 pub struct Needs {
     /// An MQTT broker the device is provisioned with.
     pub broker: bool,
+    /// The run's firmware server (the path's update is pulled from it).
+    pub server: bool,
 }
 
 /// Every path, in the order messages list them; the first is what an `ota:` step without
 /// `via` uses.
-pub const PATHS: &[PathEntry] = &[esphome::ENTRY, arduino::ENTRY, homie::ENTRY, homie1::ENTRY];
+pub const PATHS: &[PathEntry] =
+    &[esphome::ENTRY, arduino::ENTRY, homie::ENTRY, homie1::ENTRY, mqtt_pull::ENTRY];
 
 /// The path registered as `name`.
 pub fn by_name(name: &str) -> Option<&'static PathEntry> {
@@ -71,12 +75,14 @@ pub fn of_core(core: UpdatePath) -> Option<&'static PathEntry> {
 pub struct DeviceSections {
     pub homie: Option<homie::DeviceSection>,
     pub homie1: Option<homie1::DeviceSection>,
+    /// `mqtt:`: the pull's broker session (topics, version check, HTTP timeout, TLS, resume).
+    pub mqtt: Option<mqtt_pull::MqttDevice>,
 }
 
 impl DeviceSections {
     /// Whether a section makes the device connect to the run's broker.
     pub fn needs_broker(&self) -> bool {
-        self.homie.is_some() || self.homie1.is_some()
+        self.homie.is_some() || self.homie1.is_some() || self.mqtt.is_some()
     }
 
     /// Whether a section makes the device pull from the run's firmware server.
@@ -115,6 +121,8 @@ pub struct UpdateCx<'a> {
     pub broker: Option<&'a BrokerLink>,
     /// The run's firmware server, when a path needs one.
     pub server: Option<&'a crate::services::firmware_server::FirmwareServer>,
+    /// Its base URL as the device reaches it (`http://10.0.2.2:PORT` under QEMU).
+    pub server_base: Option<&'a str>,
     pub sections: &'a DeviceSections,
     pub rt: &'a tokio::runtime::Runtime,
 }
@@ -217,7 +225,7 @@ mod tests {
             assert!(!(p.outcomes)().is_empty(), "{} names no outcome", p.name);
         }
         assert_eq!(PATHS[0].name, "esphome", "an ota step without `via` is ESPHome's");
-        assert_eq!(names(), "esphome, arduino, homie, homie1");
+        assert_eq!(names(), "esphome, arduino, homie, homie1, mqtt_pull");
         for core in UpdatePath::ALL {
             assert_eq!(of_core(core).map(|p| p.name), Some(core.name()), "the sweep on {core}");
         }

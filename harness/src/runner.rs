@@ -355,6 +355,12 @@ impl Run<'_> {
             endpoints: self.dut.endpoints(),
             broker: self.services.broker.as_ref(),
             server: self.services.server.as_ref(),
+            server_base: self
+                .services
+                .bases
+                .iter()
+                .find(|(p, _)| *p == crate::scenario::pull::SERVER_PLACEHOLDER)
+                .map(|(_, b)| b.as_str()),
             sections: &self.scenario.device.paths,
             rt: &self.rt,
         };

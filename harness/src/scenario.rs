@@ -55,7 +55,7 @@ struct RawDevice {
     #[serde(default)]
     arduino: Option<RawArduinoDevice>,
     #[serde(default)]
-    mqtt: Option<pull::RawMqttDevice>,
+    mqtt: Option<paths::mqtt_pull::RawMqttDevice>,
     #[serde(default)]
     homie: Option<paths::homie::RawDeviceSection>,
     #[serde(default)]
@@ -198,8 +198,6 @@ pub struct Device {
     pub writer_fault: Option<WriterFaultSpec>,
     /// ArduinoOTA's password and scheme, when the scenario provisions them.
     pub arduino: Option<ArduinoDevice>,
-    /// The pull path, provisioned with the harness's broker.
-    pub mqtt: Option<pull::MqttDevice>,
     /// The sections of `device:` that belong to an update path.
     pub paths: paths::DeviceSections,
 }
@@ -276,7 +274,7 @@ impl StepKind {
             StepKind::MqttPublish(p) => format!("mqtt_publish {}", p.topic),
             StepKind::ExpectStatus(e) => format!(
                 "expect_status {}{}",
-                e.state,
+                e.state.name(),
                 e.err.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
             ),
             StepKind::ExpectRequest(r) => format!("expect_request {}", r.path),
@@ -457,13 +455,10 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
         seed: d.seed.unwrap_or(0),
         writer_fault: d.writer_fault,
         arduino,
-        mqtt: match d.mqtt {
-            Some(m) => Some(pull::device(m, cx)?),
-            None => None,
-        },
         paths: paths::DeviceSections {
             homie: d.homie.map(|h| paths::homie::device_section(h, cx)).transpose()?,
             homie1: d.homie1.map(|h| paths::homie1::device_section(h, cx)).transpose()?,
+            mqtt: d.mqtt.map(|m| paths::mqtt_pull::device_section(m, cx)).transpose()?,
         },
     };
     // What `run` would refuse when it builds the device's flash is refused here, at its place.
@@ -538,14 +533,14 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
             })),
             RawStep::Serve(r) => StepKind::Serve(Box::new(pull::serve(*r, cx)?)),
             RawStep::MqttPublish(r) => {
-                StepKind::MqttPublish(pull::publish(r, device.mqtt.as_ref(), cx, line, column)?)
+                StepKind::MqttPublish(pull::publish(r, device.paths.mqtt.as_ref(), cx, line, column)?)
             }
             RawStep::ExpectStatus(r) => {
-                StepKind::ExpectStatus(pull::expect_status(r, device.mqtt.as_ref(), cx, line, column)?)
+                StepKind::ExpectStatus(pull::expect_status(r, device.paths.mqtt.as_ref(), cx, line, column)?)
             }
             RawStep::ExpectRequest(r) => StepKind::ExpectRequest(pull::expect_request(r)),
             RawStep::Broker(a) => {
-                if device.mqtt.is_none() {
+                if device.paths.mqtt.is_none() {
                     return cx.err(
                         line,
                         column,
@@ -704,7 +699,7 @@ mod tests {
         let ok =
             format!("{device}  - mqtt_publish: {{ payload: '{{\"url\":\"{{https_expired}}/a.bin\"}}' }}\n");
         let s = parse(&ok, Path::new("x.yaml")).unwrap();
-        assert_eq!(s.device.mqtt.as_ref().and_then(|m| m.tls_clock), Some(true));
+        assert_eq!(s.device.paths.mqtt.as_ref().and_then(|m| m.tls_clock), Some(true));
         let e = err(&format!(
             "{device}  - mqtt_publish: {{ payload: '{{\"url\":\"{{https_bogus}}/a.bin\"}}' }}\n"
         ));

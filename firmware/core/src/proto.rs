@@ -20,16 +20,20 @@ pub enum UpdatePath {
     Arduino,
     /// Homie OTA 3.x (the firmware as one MQTT message).
     Homie,
+    /// The HTTP(S) pull an MQTT trigger starts (`esp_https_ota`).
+    MqttPull,
 }
 
 impl UpdatePath {
-    pub const ALL: [UpdatePath; 3] = [UpdatePath::Esphome, UpdatePath::Arduino, UpdatePath::Homie];
+    pub const ALL: [UpdatePath; 4] =
+        [UpdatePath::Esphome, UpdatePath::Arduino, UpdatePath::Homie, UpdatePath::MqttPull];
 
     pub fn name(self) -> &'static str {
         match self {
             UpdatePath::Esphome => "esphome",
             UpdatePath::Arduino => "arduino",
             UpdatePath::Homie => "homie",
+            UpdatePath::MqttPull => "mqtt_pull",
         }
     }
 

@@ -8,14 +8,14 @@ use embedded_storage::nor_flash::NorFlash;
 use md5::{Digest, Md5};
 use ota_core::hex;
 use ota_core::partition::{Partition, PartitionTable};
-use ota_core::proto::{UpdatePath, arduino, esphome, homie};
+use ota_core::proto::{UpdatePath, arduino, esphome, homie, http_pull};
 use ota_core::session::{Session, Target};
 use ota_core::writer::OtaConfig;
 use std::fmt;
 
 /// The uploader's pieces: what `espota2.py` / `espota.py` send per socket write.
 const PIECE: usize = 1024;
-/// What a Homie push brings per read: one TCP segment of the broker's stream.
+/// What a Homie push or a pull's body brings per read: one TCP segment of the peer's stream.
 const SEGMENT: usize = 1460;
 
 /// Why a scripted update did not complete: the device's own event.
@@ -25,6 +25,8 @@ pub enum ScriptError {
     Arduino(arduino::Event),
     /// Homie's final status.
     Homie(homie::Status),
+    /// Why the pull failed.
+    Pull(http_pull::PullError),
     /// The session ended without completing and without saying why.
     Incomplete,
 }
@@ -38,6 +40,7 @@ impl fmt::Display for ScriptError {
                 e.log(&mut |l: &ota_core::log::LogEvent<'_>| shown = Some(write!(f, "{l}")))
             }
             ScriptError::Homie(status) => shown = Some(write!(f, "homie status {status}")),
+            ScriptError::Pull(e) => shown = Some(write!(f, "pull failed: {}", e.name())),
             ScriptError::Incomplete => {}
         }
         shown.unwrap_or_else(|| write!(f, "{self:?}"))
@@ -120,6 +123,52 @@ pub fn upload<F: NorFlash>(
                 Some(status) => Err(ScriptError::Homie(status)),
                 None => Err(ScriptError::Incomplete),
             }
+        }
+        UpdatePath::MqttPull => {
+            // The trigger only starts the pull; what writes is `esp_https_ota` reading a plain
+            // 200 with a Content-Length, segment by segment.
+            let cfg = http_pull::Config::esp_https_ota("1.0.0");
+            let mut session = Session::new(http_pull::Client::default());
+            let mut out = PullOut { on_received, total: image.len() as u64, complete: false, failure: None };
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", image.len());
+            session.with(flash, &target, |client, sink| {
+                client.start("http://10.0.2.2:8000/fw.bin", &mut out);
+                client.connected(&cfg, 0, &mut out);
+                client.data(&cfg, head.as_bytes(), 0, sink, &mut out);
+                for piece in image.chunks(SEGMENT) {
+                    client.data(&cfg, piece, 0, sink, &mut out);
+                }
+                client.closed(&cfg, sink, &mut out);
+            });
+            match (out.complete, out.failure) {
+                (true, _) => Ok(()),
+                (false, Some(e)) => Err(ScriptError::Pull(e)),
+                (false, None) => Err(ScriptError::Incomplete),
+            }
+        }
+    }
+}
+
+/// The pull's events: the last image byte in, then complete or failed.
+struct PullOut<'a> {
+    on_received: &'a mut dyn FnMut(),
+    total: u64,
+    complete: bool,
+    failure: Option<http_pull::PullError>,
+}
+
+impl http_pull::Output for PullOut<'_> {
+    fn connect(&mut self, _to: http_pull::Endpoint<'_>) {}
+    fn send(&mut self, _bytes: &[u8]) {}
+    fn close(&mut self) {}
+    fn event(&mut self, event: http_pull::Event<'_>) {
+        match event {
+            http_pull::Event::Progress { received, .. } if received == self.total => (self.on_received)(),
+            http_pull::Event::Complete(_) => self.complete = true,
+            http_pull::Event::Failed(e) => {
+                self.failure.get_or_insert(e);
+            }
+            _ => {}
         }
     }
 }

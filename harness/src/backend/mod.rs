@@ -194,7 +194,7 @@ pub fn device_flash(
     let broker = context.device_broker.map(|a| a.to_string());
     let homie1_url =
         context.device_server.as_ref().map(|base| format!("{base}{}", crate::paths::homie1::OTA_PATH));
-    let mqtt = match (&d.mqtt, &broker) {
+    let mqtt = match (&d.paths.mqtt, &broker) {
         (Some(m), Some(broker)) => Some(ota_core::provision::MqttProvision {
             broker,
             command_topic: Some(&m.command_topic),

@@ -14,7 +14,7 @@ pub const ENTRY: PathEntry = PathEntry {
     sweep: Some(UpdatePath::Arduino),
     outcomes: client::arduino::error_names,
     read,
-    needs: super::Needs { broker: false },
+    needs: super::Needs { broker: false, server: false },
 };
 
 #[derive(Debug, Deserialize)]

@@ -13,7 +13,7 @@ pub const ENTRY: PathEntry = PathEntry {
     sweep: Some(UpdatePath::Esphome),
     outcomes: client::esphome::error_names,
     read,
-    needs: super::Needs { broker: false },
+    needs: super::Needs { broker: false, server: false },
 };
 
 /// Which authentication the client offers.

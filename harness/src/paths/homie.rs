@@ -21,7 +21,7 @@ pub const ENTRY: PathEntry = PathEntry {
     sweep: Some(UpdatePath::Homie),
     outcomes,
     read,
-    needs: Needs { broker: true },
+    needs: Needs { broker: true, server: false },
 };
 
 /// The device id the harness provisions when the scenario names none (Homie's own default, the

@@ -20,7 +20,7 @@ pub const ENTRY: PathEntry = PathEntry {
     sweep: None,
     outcomes,
     read,
-    needs: Needs { broker: true },
+    needs: Needs { broker: true, server: true },
 };
 
 /// Where the device pulls from, under the run's firmware server (Homie's default path).

@@ -3,6 +3,7 @@
 //! and the steps that drive and check them.
 
 use super::{Run, StepResult};
+use crate::paths::mqtt_pull::{read_status, wait_device};
 use crate::report::StepOutcome;
 use crate::scenario::pull::{
     BrokerAction, CertKind, ExpectRequestStep, ExpectStatusStep, PublishStep, SERVER_PLACEHOLDER, ServeStep,
@@ -14,7 +15,6 @@ use crate::services::mosquitto::Mosquitto;
 use crate::services::mqtt_broker::MqttBroker;
 use crate::services::mqtt_observer::MqttObserver;
 use crate::services::test_pki::TestPki;
-use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -45,10 +45,13 @@ impl Services {
         host: Result<IpAddr, crate::backend::BackendError>,
         choice: &BrokerChoice,
     ) -> Result<(Services, Option<SocketAddr>, Option<crate::backend::DeviceTls>), Start> {
-        let serves = scenario.steps.iter().any(|s| matches!(s.kind, StepKind::Serve(_)))
-            || scenario.device.paths.needs_server();
+        let serves = scenario.steps.iter().any(|s| match &s.kind {
+            StepKind::Serve(_) => true,
+            StepKind::Ota(o) => o.path.needs.server,
+            _ => false,
+        }) || scenario.device.paths.needs_server();
         let mut services = Services { broker: None, server: None, bases: Vec::new(), status_cursor: 0 };
-        let wants_broker = scenario.device.mqtt.is_some() || scenario.device.paths.needs_broker();
+        let wants_broker = scenario.device.paths.needs_broker();
         if !wants_broker && !serves {
             return Ok((services, None, None));
         }
@@ -79,7 +82,7 @@ impl Services {
                 BrokerChoice::External(addr) => {
                     let o = MqttObserver::connect(*addr).map_err(|e| Start::Fail(e.to_string()))?;
                     // A previous run's device left its status retained there.
-                    if let Some(m) = &scenario.device.mqtt {
+                    if let Some(m) = &scenario.device.paths.mqtt {
                         o.publish(&m.state_topic, b"", true);
                     }
                     (BrokerLink::External { observer: o, retained: Default::default() }, *addr)
@@ -101,7 +104,7 @@ impl Services {
             device_broker = Some(seen);
             services.broker = Some(link);
         }
-        let tls_clock = scenario.device.mqtt.as_ref().and_then(|m| m.tls_clock);
+        let tls_clock = scenario.device.paths.mqtt.as_ref().and_then(|m| m.tls_clock);
         let mut device_tls = None;
         if serves || tls_clock.is_some() {
             let mut s = FirmwareServer::start(listen).map_err(|e| Start::Fail(e.to_string()))?;
@@ -156,48 +159,6 @@ fn uses_https(scenario: &Scenario) -> bool {
     })
 }
 
-/// Waits until the device can receive a command on `command_topic`. The embedded broker
-/// knows its subscribers; through an external one, the device's own status says it: its
-/// session is up once it published `online` (after its SUBACK), unless a later `done` or
-/// `offline` says it restarted or left since.
-fn wait_device(
-    link: &BrokerLink,
-    command_topic: &str,
-    state_topic: &str,
-    timeout: Duration,
-) -> Result<(), String> {
-    match link {
-        BrokerLink::Embedded(b) => b.wait_subscriber(command_topic, timeout).map(|_| ()).ok_or_else(|| {
-            format!(
-                "no client subscribed to {command_topic} within {timeout:?}: the device is not connected to the broker (connected: {:?})",
-                b.clients()
-            )
-        }),
-        BrokerLink::External { .. } | BrokerLink::Mosquitto { .. } => {
-            let deadline = Instant::now() + timeout;
-            loop {
-                let last = link
-                    .messages()
-                    .iter()
-                    .rev()
-                    .filter(|m| m.topic == state_topic)
-                    .find_map(|m| serde_saphyr::from_str::<Status>(&m.text()).ok())
-                    .map(|s| s.state);
-                match last.as_deref() {
-                    Some("done" | "offline") | None => {}
-                    Some(_) => return Ok(()),
-                }
-                if Instant::now() >= deadline {
-                    return Err(format!(
-                        "the device did not say `online` on {state_topic} within {timeout:?}: it is not connected to the broker"
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-}
-
 impl Services {
     /// `text` with every listener's placeholder replaced by its base URL.
     pub fn with_bases(&self, text: &str) -> String {
@@ -208,22 +169,6 @@ impl Services {
 pub enum Start {
     Skip(String),
     Fail(String),
-}
-
-/// A status message as the device publishes it (ota-core's `mqtt::status`); JSON read as YAML.
-#[derive(Debug, Deserialize)]
-struct Status {
-    state: String,
-    #[serde(default)]
-    err: String,
-    #[serde(default)]
-    code: Option<i64>,
-    #[serde(default)]
-    fw: String,
-}
-
-fn terminal(state: &str) -> bool {
-    matches!(state, "done" | "failed" | "no_update")
 }
 
 impl Run<'_> {
@@ -258,7 +203,7 @@ impl Run<'_> {
         self.dut.resume().map_err(|e| e.to_string())?;
         self.drain(Duration::ZERO).map_err(|e| e.to_string())?;
         let rebooted = self.serial.lines[before..].iter().any(|l| l.starts_with(READ_BACK_PREFIX));
-        let Some(m) = &self.scenario.device.mqtt else { return Ok(()) };
+        let Some(m) = &self.scenario.device.paths.mqtt else { return Ok(()) };
         if !rebooted {
             return Ok(());
         }
@@ -285,7 +230,7 @@ impl Run<'_> {
         self.device_running()?;
         let Some(broker) = &self.services.broker else { return Err(self.services_missing("mqtt_publish")) };
         let state_topic =
-            self.scenario.device.mqtt.as_ref().map(|m| m.state_topic.as_str()).unwrap_or_default();
+            self.scenario.device.paths.mqtt.as_ref().map(|m| m.state_topic.as_str()).unwrap_or_default();
         if !p.retain
             && let Err(why) = wait_device(broker, &p.topic, state_topic, SUBSCRIBER_TIMEOUT)
         {
@@ -317,7 +262,8 @@ impl Run<'_> {
 
     pub(super) fn expect_status(&mut self, e: &ExpectStatusStep) -> StepResult {
         self.device_running()?;
-        let topic = self.scenario.device.mqtt.as_ref().map(|m| m.state_topic.clone()).unwrap_or_default();
+        let topic =
+            self.scenario.device.paths.mqtt.as_ref().map(|m| m.state_topic.clone()).unwrap_or_default();
         let deadline = Instant::now() + e.timeout;
         let mut seen = Vec::new();
         loop {
@@ -335,10 +281,13 @@ impl Run<'_> {
                     // A retained status cleared (by the harness, before the run).
                     continue;
                 }
-                let Ok(status) = serde_saphyr::from_str::<Status>(&text) else {
-                    return Ok(StepOutcome::Failed(format!(
-                        "the device published a status that is not our schema: {text}"
-                    )));
+                let status = match read_status(&text) {
+                    Ok(s) => s,
+                    Err(why) => {
+                        return Ok(StepOutcome::Failed(format!(
+                            "the device published a status that is not our schema ({why}): {text}"
+                        )));
+                    }
                 };
                 let matches = status.state == e.state
                     && e.err.as_ref().is_none_or(|want| *want == status.err)
@@ -352,7 +301,7 @@ impl Run<'_> {
                 }
                 seen.push(text.clone());
                 // An update that ended another way will not bring the expected state.
-                if terminal(&status.state) && terminal(&e.state) {
+                if status.state.is_final() && e.state.is_final() {
                     let code = status.code.map(|c| format!(", code {c}")).unwrap_or_default();
                     let err = if status.err.is_empty() {
                         String::new()
@@ -361,9 +310,9 @@ impl Run<'_> {
                     };
                     return Ok(StepOutcome::Failed(format!(
                         "expected status `{}`{}, the device reported `{}`{err}",
-                        e.state,
+                        e.state.name(),
                         e.err.as_ref().map(|x| format!(" (err {x})")).unwrap_or_default(),
-                        status.state
+                        status.state.name()
                     )));
                 }
             }
@@ -371,7 +320,7 @@ impl Run<'_> {
             if left.is_zero() {
                 return Ok(StepOutcome::Failed(format!(
                     "no status `{}` on {topic} within {:?}; seen: {}",
-                    e.state,
+                    e.state.name(),
                     e.timeout,
                     if seen.is_empty() { "none".to_string() } else { seen.join(" ") }
                 )));

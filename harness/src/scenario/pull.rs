@@ -4,6 +4,7 @@
 //! and the broker going away. As written in YAML, and checked into the model the runner plays.
 
 use super::{Ctx, Image, ScenarioError, duration_message, parse_duration};
+use crate::paths::mqtt_pull::{MqttDevice, topic};
 use crate::services::firmware_server::{Fault, Framing, Md5Header, RangeSupport, Response, Route};
 pub use crate::services::test_pki::CertKind;
 use serde::Deserialize;
@@ -39,53 +40,6 @@ pub fn https_placeholders(text: &str) -> Result<Vec<CertKind>, String> {
 }
 
 // ---- the YAML as written -------------------------------------------------------------------
-
-/// `device: mqtt:` provisions the pull path with the harness's broker.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawMqttDevice {
-    #[serde(default)]
-    command_topic: Option<Spanned<String>>,
-    #[serde(default)]
-    state_topic: Option<Spanned<String>>,
-    #[serde(default)]
-    version_check: Option<VersionCheckSpec>,
-    #[serde(default)]
-    timeout: Option<Spanned<String>>,
-    #[serde(default)]
-    tls: Option<RawTlsDevice>,
-    /// Downloads cut short resume with `Range` (ESP-IDF's `ota_resumption`).
-    #[serde(default)]
-    resume: bool,
-}
-
-/// `tls:` provisions the harness's test CA (https pulls are refused without one) and optionally
-/// the host's time as the device's clock, so that certificate dates are checked.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawTlsDevice {
-    #[serde(default)]
-    clock: bool,
-}
-
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum VersionCheckSpec {
-    #[default]
-    None,
-    SkipSame,
-    RefuseDowngrade,
-}
-
-impl VersionCheckSpec {
-    pub fn code(self) -> u8 {
-        match self {
-            VersionCheckSpec::None => 0,
-            VersionCheckSpec::SkipSame => 1,
-            VersionCheckSpec::RefuseDowngrade => 2,
-        }
-    }
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -200,20 +154,6 @@ pub enum BrokerAction {
 
 // ---- the checked model ---------------------------------------------------------------------
 
-/// The pull path's device settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MqttDevice {
-    pub command_topic: String,
-    pub state_topic: String,
-    pub version_check: VersionCheckSpec,
-    /// The device's HTTP timeout in whole seconds (`None`: the seed's 10 s).
-    pub timeout_s: Option<u8>,
-    /// The test CA is provisioned (`Some`), with the host's clock when `true`.
-    pub tls_clock: Option<bool>,
-    /// Downloads cut short resume with `Range`.
-    pub resume: bool,
-}
-
 /// What the firmware server answers at a path.
 #[derive(Debug, Clone)]
 pub struct ServeStep {
@@ -235,7 +175,7 @@ pub struct PublishStep {
 
 #[derive(Debug, Clone)]
 pub struct ExpectStatusStep {
-    pub state: String,
+    pub state: State,
     pub err: Option<String>,
     pub fw: Option<String>,
     pub timeout: Duration,
@@ -249,55 +189,9 @@ pub struct ExpectRequestStep {
     pub absent_headers: Vec<String>,
 }
 
-/// The states a status message can have (ota-core's `mqtt::status::State`).
-pub const STATES: [&str; 7] = ["started", "downloading", "done", "failed", "no_update", "online", "offline"];
+pub use ota_core::proto::mqtt::status::State;
 
 // ---- loading -------------------------------------------------------------------------------
-
-fn topic(cx: &Ctx<'_>, t: &Spanned<String>, what: &str) -> Result<String, ScenarioError> {
-    let v = &t.value;
-    if v.is_empty()
-        || v.len() > ota_core::proto::mqtt_pull::settings::MAX_TOPIC_LEN
-        || v.contains(['+', '#', '\0'])
-    {
-        return cx.at(
-            t,
-            format!(
-                "{what} `{v}`: expected a topic of 1 to {} bytes without wildcards",
-                ota_core::proto::mqtt_pull::settings::MAX_TOPIC_LEN
-            ),
-        );
-    }
-    Ok(v.clone())
-}
-
-pub(super) fn device(raw: RawMqttDevice, cx: &Ctx<'_>) -> Result<MqttDevice, ScenarioError> {
-    Ok(MqttDevice {
-        command_topic: match &raw.command_topic {
-            Some(t) => topic(cx, t, "command_topic")?,
-            None => ota_core::proto::mqtt::DEFAULT_COMMAND_TOPIC.to_string(),
-        },
-        state_topic: match &raw.state_topic {
-            Some(t) => topic(cx, t, "state_topic")?,
-            None => ota_core::proto::mqtt::DEFAULT_STATE_TOPIC.to_string(),
-        },
-        version_check: raw.version_check.unwrap_or_default(),
-        timeout_s: match &raw.timeout {
-            None => None,
-            Some(t) => {
-                let d = cx.duration(t)?;
-                let s = d.as_secs();
-                if d.subsec_nanos() != 0 || !(1..=255).contains(&s) {
-                    return cx
-                        .at(t, format!("timeout `{}`: expected whole seconds from 1s to 255s", t.value));
-                }
-                Some(s as u8)
-            }
-        },
-        tls_clock: raw.tls.map(|t| t.clock),
-        resume: raw.resume,
-    })
-}
 
 pub(super) fn serve(raw: RawServe, cx: &Ctx<'_>) -> Result<ServeStep, ScenarioError> {
     if !raw.path.value.starts_with('/') {
@@ -439,15 +333,16 @@ pub(super) fn expect_status(
             "expect_status: the device has no broker: add `mqtt: {}` under `device`",
         );
     }
-    if !STATES.contains(&raw.state.value.as_str()) {
+    let Some(state) = State::by_name(&raw.state.value) else {
+        let names: Vec<_> = State::ALL.iter().map(|s| s.name()).collect();
         return cx
-            .at(&raw.state, format!("state `{}`: expected one of {}", raw.state.value, STATES.join(", ")));
-    }
+            .at(&raw.state, format!("state `{}`: expected one of {}", raw.state.value, names.join(", ")));
+    };
     let timeout = match &raw.timeout {
         None => Duration::from_secs(30),
         Some(t) => cx.duration(t)?,
     };
-    Ok(ExpectStatusStep { state: raw.state.value, err: raw.err, fw: raw.fw, timeout })
+    Ok(ExpectStatusStep { state, err: raw.err, fw: raw.fw, timeout })
 }
 
 pub(super) fn expect_request(raw: RawExpectRequest) -> ExpectRequestStep {

@@ -1160,3 +1160,40 @@ fn decimal(mut n: u64, buf: &mut [u8]) -> &[u8] {
 /// updater's flavour passes [`crate::proto::arduino::library_writes`] of its config, as
 /// `HTTPUpdate` writes through the `Update` library.
 impl crate::session::Protocol for Client {}
+
+impl PullError {
+    /// Every name [`PullError::name`] gives, for those who read a status's `err` back (the
+    /// harness's outcomes for the pull).
+    pub const NAMES: [&'static str; 30] = [
+        "bad_url",
+        "tls_failed",
+        "connect_failed",
+        "head_timeout",
+        "closed_in_head",
+        "bad_response",
+        "http_status",
+        "not_modified",
+        "redirect_without_location",
+        "redirect_downgrade",
+        "too_many_redirects",
+        "chip_id_mismatch",
+        "image_too_short",
+        "bad_app_descriptor",
+        "same_version",
+        "downgrade",
+        "truncated",
+        "stalled",
+        "bad_body",
+        "image_too_large",
+        "invalid_magic",
+        "validate_failed",
+        "ota_failed",
+        "too_less_space",
+        "no_size",
+        "faulty_md5",
+        "bin_header",
+        "md5_mismatch",
+        "update_failed",
+        "bad_range",
+    ];
+}

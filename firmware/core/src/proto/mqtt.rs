@@ -13,6 +13,7 @@ pub mod client;
 pub mod command;
 pub mod packet;
 pub mod status;
+pub mod status_reader;
 #[cfg(test)]
 mod tests;
 

@@ -631,3 +631,49 @@ fn without_resumption_no_record_is_kept_and_no_range_is_asked() {
     assert_eq!(resume_record(&mut d), None);
     assert!(!String::from_utf8(d.out.sent.clone()).unwrap().contains("Range:"));
 }
+
+#[test]
+fn every_error_name_is_listed_once() {
+    use crate::image::ImageError;
+    use crate::proto::arduino::UpdateError;
+    use crate::url::UrlError;
+    let all = [
+        PullError::BadUrl(UrlError::Scheme),
+        PullError::Connect(ConnectError::Tls(TlsFailure::WrongName)),
+        PullError::Connect(ConnectError::Refused),
+        PullError::HeadTimeout,
+        PullError::ClosedInHead,
+        PullError::Head(HeadError::StatusLine),
+        PullError::Status(404),
+        PullError::NotModified,
+        PullError::RedirectWithoutLocation,
+        PullError::RedirectDowngrade,
+        PullError::TooManyRedirects,
+        PullError::ChipId { found: 0 },
+        PullError::ImageTooShort { received: 0 },
+        PullError::AppDesc,
+        PullError::SameVersion,
+        PullError::Downgrade,
+        PullError::Truncated { received: 0 },
+        PullError::Stalled { received: 0 },
+        PullError::Body(BodyError::Chunk),
+        PullError::Ota(crate::writer::OtaError::InvalidSize { size: 0, partition: 0 }),
+        PullError::Ota(crate::writer::OtaError::InvalidMagic { found: 0 }),
+        PullError::Ota(crate::writer::OtaError::Validate(ImageError::InvalidMagic { found: 0 })),
+        PullError::Ota(crate::writer::OtaError::NoUpdatePartition),
+        PullError::TooLessSpace { length: 0 },
+        PullError::NoSize,
+        PullError::FaultyMd5,
+        PullError::BinHeader { found: 0 },
+        PullError::Update(UpdateError::Md5),
+        PullError::Update(UpdateError::Write),
+        PullError::BadRange { first: 0 },
+    ];
+    let names: Vec<&str> = all.iter().map(|e| e.name()).collect();
+    assert_eq!(names, PullError::NAMES, "one of each, in NAMES' order");
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len());
+    assert!(crate::proto::mqtt_pull::AGENT_ERRORS.iter().all(|a| !names.contains(a)));
+}
