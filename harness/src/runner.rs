@@ -11,7 +11,7 @@ use crate::scenario::{
 use crate::serial::{SerialLog, normalise};
 use std::time::{Duration, Instant};
 
-mod pull;
+mod services;
 pub use crate::services::broker::BrokerChoice;
 
 /// Options of one run beyond the scenario itself.
@@ -52,7 +52,7 @@ struct Run<'a> {
     backend: &'a dyn Backend,
     skipped_a_step: bool,
     snapshots_after_skip: Vec<String>,
-    services: pull::Services,
+    services: services::Services,
 }
 
 type StepResult = Result<StepOutcome, String>;
@@ -359,7 +359,7 @@ impl Run<'_> {
                 .services
                 .bases
                 .iter()
-                .find(|(p, _)| *p == crate::scenario::pull::SERVER_PLACEHOLDER)
+                .find(|(p, _)| *p == crate::scenario::services::SERVER_PLACEHOLDER)
                 .map(|(_, b)| b.as_str()),
             sections: &self.scenario.device.paths,
             rt: &self.rt,
@@ -520,14 +520,14 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
     };
     // The services the device connects to exist before it boots, at addresses it is given.
     let (services, device_broker, device_tls) =
-        match pull::Services::start(scenario, backend.host_address(), &options.broker) {
+        match services::Services::start(scenario, backend.host_address(), &options.broker) {
             Ok(s) => s,
-            Err(pull::Start::Skip(why)) => {
+            Err(services::Start::Skip(why)) => {
                 report.skipped = Some(why);
                 report.duration = started.elapsed();
                 return report;
             }
-            Err(pull::Start::Fail(e)) => {
+            Err(services::Start::Fail(e)) => {
                 report.error = Some(format!("cannot start the scenario's services: {e}"));
                 report.duration = started.elapsed();
                 return report;
@@ -536,7 +536,7 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
     let device_server = services
         .bases
         .iter()
-        .find(|(p, _)| *p == crate::scenario::pull::SERVER_PLACEHOLDER)
+        .find(|(p, _)| *p == crate::scenario::services::SERVER_PLACEHOLDER)
         .map(|(_, b)| b.clone());
     let context = StartContext { seed: options.seed, device_broker, device_tls, device_server };
     let mut dut = match backend.start(scenario, &context) {

@@ -12,7 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub mod pull;
+pub mod services;
 pub mod yaml;
 
 pub use yaml::{
@@ -104,11 +104,11 @@ enum RawStep {
     Ota(Options),
     Snapshot(RawSnapshot),
     Sweep(RawSweep),
-    Serve(Box<pull::RawServe>),
-    MqttPublish(pull::RawPublish),
-    ExpectStatus(pull::RawExpectStatus),
-    ExpectRequest(pull::RawExpectRequest),
-    Broker(pull::BrokerAction),
+    Serve(Box<services::RawServe>),
+    MqttPublish(services::RawPublish),
+    ExpectStatus(services::RawExpectStatus),
+    ExpectRequest(services::RawExpectRequest),
+    Broker(services::BrokerAction),
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,11 +224,11 @@ pub enum StepKind {
     Ota(Box<OtaStep>),
     Snapshot(Vec<SnapshotKind>),
     Sweep(Box<SweepStep>),
-    Serve(Box<pull::ServeStep>),
-    MqttPublish(pull::PublishStep),
-    ExpectStatus(pull::ExpectStatusStep),
-    ExpectRequest(pull::ExpectRequestStep),
-    Broker(pull::BrokerAction),
+    Serve(Box<services::ServeStep>),
+    MqttPublish(services::PublishStep),
+    ExpectStatus(services::ExpectStatusStep),
+    ExpectRequest(services::ExpectRequestStep),
+    Broker(services::BrokerAction),
 }
 
 /// Cut the power at every flash operation of an update (and tear it, with `torn`).
@@ -531,20 +531,24 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
                 random_runs: w.random_runs,
                 max_cuts: w.max_cuts.unwrap_or(4),
             })),
-            RawStep::Serve(r) => StepKind::Serve(Box::new(pull::serve(*r, cx)?)),
+            RawStep::Serve(r) => StepKind::Serve(Box::new(services::serve(*r, cx)?)),
             RawStep::MqttPublish(r) => {
-                StepKind::MqttPublish(pull::publish(r, device.paths.mqtt.as_ref(), cx, line, column)?)
+                StepKind::MqttPublish(services::publish(r, &device.paths, cx, line, column)?)
             }
-            RawStep::ExpectStatus(r) => {
-                StepKind::ExpectStatus(pull::expect_status(r, device.paths.mqtt.as_ref(), cx, line, column)?)
-            }
-            RawStep::ExpectRequest(r) => StepKind::ExpectRequest(pull::expect_request(r)),
+            RawStep::ExpectStatus(r) => StepKind::ExpectStatus(services::expect_status(
+                r,
+                device.paths.mqtt.as_ref(),
+                cx,
+                line,
+                column,
+            )?),
+            RawStep::ExpectRequest(r) => StepKind::ExpectRequest(services::expect_request(r)),
             RawStep::Broker(a) => {
-                if device.paths.mqtt.is_none() {
+                if !device.paths.needs_broker() {
                     return cx.err(
                         line,
                         column,
-                        "broker: the device has no broker: add `mqtt: {}` under `device`",
+                        "broker: the device has no broker session: add `mqtt: {}` (or `homie:`, `homie1:`) under `device`",
                     );
                 }
                 StepKind::Broker(a)
@@ -691,6 +695,28 @@ mod tests {
         assert_eq!(s.steps.len(), 2);
         assert_eq!(s.steps[1].line, 5);
         assert!(matches!(&s.steps[1].kind, StepKind::Ota(o) if o.expect == Expect::OK));
+    }
+
+    #[test]
+    fn service_steps_take_any_device_with_a_broker_session() {
+        let homie = "name: t\ndevice: { firmware: v1, homie: { ota: true } }\nsteps:\n  - boot\n";
+        let s = parse(
+            &format!("{homie}  - mqtt_publish: {{ topic: homie/otahil/$implementation/reset, payload: 'true' }}\n  - broker: go_away\n  - broker: come_back\n"),
+            Path::new("x.yaml"),
+        )
+        .unwrap();
+        assert!(
+            matches!(&s.steps[1].kind, StepKind::MqttPublish(p) if p.topic == "homie/otahil/$implementation/reset")
+        );
+        let e = err(&format!("{homie}  - mqtt_publish: {{ payload: x }}\n"));
+        assert_eq!((e.line, e.message.contains("missing `topic`")), (5, true), "{e}");
+        let e = err(&format!("{homie}  - expect_status: {{ state: done }}\n"));
+        assert_eq!(e.line, 5, "the pull's status needs the pull's section: {e}");
+        let bare = "name: t\ndevice: { firmware: v1 }\nsteps:\n  - boot\n";
+        let e = err(&format!("{bare}  - broker: go_away\n"));
+        assert!(e.message.contains("no broker session"), "{e}");
+        let e = err(&format!("{bare}  - mqtt_publish: {{ topic: a, payload: x }}\n"));
+        assert!(e.message.contains("no broker session"), "{e}");
     }
 
     #[test]

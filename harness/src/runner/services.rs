@@ -1,11 +1,11 @@
-//! Playing the steps of update paths where the device connects out: the services a scenario
-//! needs (the broker, the firmware server), started before the device and stopped with the run,
-//! and the steps that drive and check them.
+//! The services a scenario needs (the broker, the firmware server), started before the device
+//! and stopped with the run, and the service steps that drive and check them, whatever the
+//! update path.
 
 use super::{Run, StepResult};
 use crate::paths::mqtt_pull::{read_status, wait_device};
 use crate::report::StepOutcome;
-use crate::scenario::pull::{
+use crate::scenario::services::{
     BrokerAction, CertKind, ExpectRequestStep, ExpectStatusStep, PublishStep, SERVER_PLACEHOLDER, ServeStep,
 };
 use crate::scenario::{Scenario, StepKind};
@@ -149,7 +149,7 @@ fn listen_address(host: IpAddr) -> IpAddr {
 
 /// Whether a step names an https listener.
 fn uses_https(scenario: &Scenario) -> bool {
-    let named = |t: &str| crate::scenario::pull::https_placeholders(t).is_ok_and(|k| !k.is_empty());
+    let named = |t: &str| crate::scenario::services::https_placeholders(t).is_ok_and(|k| !k.is_empty());
     scenario.steps.iter().any(|s| match &s.kind {
         StepKind::MqttPublish(p) => named(&p.payload),
         StepKind::Serve(v) => {
@@ -229,11 +229,19 @@ impl Run<'_> {
     pub(super) fn mqtt_publish(&mut self, p: &PublishStep) -> StepResult {
         self.device_running()?;
         let Some(broker) = &self.services.broker else { return Err(self.services_missing("mqtt_publish")) };
-        let state_topic =
-            self.scenario.device.paths.mqtt.as_ref().map(|m| m.state_topic.as_str()).unwrap_or_default();
-        if !p.retain
-            && let Err(why) = wait_device(broker, &p.topic, state_topic, SUBSCRIBER_TIMEOUT)
-        {
+        // A message that is not retained is lost on a device not yet subscribed. The pull's
+        // device says on its state topic when it is (through any broker); another is known to
+        // be only by the harness's own broker, which sees its subscriptions.
+        let ready = match (&self.scenario.device.paths.mqtt, broker) {
+            _ if p.retain => Ok(()),
+            (Some(m), _) => wait_device(broker, &p.topic, &m.state_topic, SUBSCRIBER_TIMEOUT),
+            (None, BrokerLink::Embedded(b)) => b
+                .wait_subscriber(&p.topic, SUBSCRIBER_TIMEOUT)
+                .map(drop)
+                .ok_or_else(|| format!("no client subscribed to {} within {SUBSCRIBER_TIMEOUT:?}", p.topic)),
+            (None, _) => Ok(()),
+        };
+        if let Err(why) = ready {
             return Ok(StepOutcome::Failed(why));
         }
         let cut = p.cut_power.as_ref().map(super::power_cut);

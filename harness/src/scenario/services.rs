@@ -1,7 +1,9 @@
-//! The scenario steps of update paths where the device connects out (the HTTP pull triggered
-//! over MQTT now; Homie and fleet rollouts next): what the firmware server serves, what is
-//! published to the broker, the status the device must report, the requests it must have sent,
-//! and the broker going away. As written in YAML, and checked into the model the runner plays.
+//! The service steps any scenario may use, whatever its paths: what the firmware server serves
+//! (`serve`) and was asked (`expect_request`), what is published to the run's broker
+//! (`mqtt_publish`, for any device with a broker session), the broker going away and coming
+//! back (`broker`), and the pull's status schema on its state topic (`expect_status`, for a
+//! device with the pull's `mqtt:` section). As written in YAML, and checked into the model the
+//! runner plays.
 
 use super::{Ctx, Image, ScenarioError, duration_message, parse_duration};
 use crate::paths::mqtt_pull::{MqttDevice, topic};
@@ -299,17 +301,24 @@ pub(super) fn serve(raw: RawServe, cx: &Ctx<'_>) -> Result<ServeStep, ScenarioEr
 
 pub(super) fn publish(
     raw: RawPublish,
-    device: Option<&MqttDevice>,
+    sections: &crate::paths::DeviceSections,
     cx: &Ctx<'_>,
     line: u64,
     column: u64,
 ) -> Result<PublishStep, ScenarioError> {
-    let Some(d) = device else {
-        return cx.err(line, column, "mqtt_publish: the device has no broker: add `mqtt: {}` under `device`");
-    };
-    let topic = match &raw.topic {
-        Some(t) => topic(cx, t, "topic")?,
-        None => d.command_topic.clone(),
+    if !sections.needs_broker() {
+        return cx.err(
+            line,
+            column,
+            "mqtt_publish: the device has no broker session: add `mqtt: {}` (or `homie:`, `homie1:`) under `device`",
+        );
+    }
+    let topic = match (&raw.topic, &sections.mqtt) {
+        (Some(t), _) => topic(cx, t, "topic")?,
+        (None, Some(d)) => d.command_topic.clone(),
+        (None, None) => {
+            return cx.err(line, column, "mqtt_publish: missing `topic` (only the pull's `mqtt:` section gives a default, its command topic)");
+        }
     };
     let cut_power = match &raw.cut_power {
         None => None,
