@@ -2,11 +2,16 @@
 //! events and time. Properties: no panic; every decoded packet is one a broker may send with
 //! fields in range; the session never reports `Ready` without a CONNACK accepted and a SUBACK
 //! granted in that order; the command reader returns only http(s) URLs of at most 199 bytes.
+//! The same bytes as a client's, to the broker's side of the codec (the harness's broker): no
+//! panic, frames within the limit, every decoded PUBLISH with its id exactly at QoS 1 and 2;
+//! and as a status message to the status reader: no panic, and what it reads, written again by
+//! the device's writer, reads back the same.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use ota_core::proto::mqtt::client::{Client, Config, Event, Output};
 use ota_core::proto::mqtt::command::{self, Command, MAX_URL};
+use ota_core::proto::mqtt::broker::{self, FromClient};
 use ota_core::proto::mqtt::packet::{Decoder, Incoming, QoS};
 
 #[derive(Default)]
@@ -66,6 +71,35 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut url = [0u8; MAX_URL];
     let _ = command::parse(data, &mut url);
+    // The broker's side, over the whole input.
+    let mut rest = data;
+    while let Ok(Some((first, body))) = broker::frame(rest, 1 << 12) {
+        assert!(body.end <= rest.len() && body.len() <= 1 << 12);
+        match broker::decode(first, &rest[body.clone()]) {
+            Ok(FromClient::Publish { id, qos, .. }) => assert_eq!(id.is_some(), qos != QoS::AtMostOnce),
+            Ok(FromClient::Subscribe { filters, .. }) => assert!(filters.count() > 0),
+            Ok(FromClient::Unsubscribe { filters, .. }) => filters.for_each(drop),
+            _ => {}
+        }
+        rest = &rest[body.end..];
+    }
+    // The status reader: what it accepts, written again, reads back the same.
+    if let Ok(text) = core::str::from_utf8(data) {
+        use ota_core::proto::mqtt::status::Status;
+        let mut strings = vec![0u8; text.len()];
+        if let Ok(status) = Status::parse(text, &mut strings) {
+            // An escape is at most 6 bytes for every byte it stands for.
+            let mut out = vec![0u8; text.len() * 6 + 64];
+            let n = status.encode(&mut out).expect("room for every escape");
+            let again = core::str::from_utf8(&out[..n]).expect("the writer writes UTF-8");
+            let mut strings2 = vec![0u8; again.len()];
+            let back = Status::parse(again, &mut strings2).expect("the reader reads the writer");
+            assert_eq!(
+                (back.state, back.bytes, back.total, back.error, back.fw),
+                (status.state, status.bytes, status.total, status.error, status.fw)
+            );
+        }
+    }
     // The session, driven by the input.
     let cfg = Config {
         broker: "127.0.0.1:1883".parse().unwrap(),

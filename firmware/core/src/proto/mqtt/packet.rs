@@ -398,7 +398,9 @@ impl<const N: usize> Decoder<N> {
                         let topic_len = u16::from_be_bytes([self.buf[0], self.buf[1]]) as u32;
                         let id_len = if (first >> 1) & 3 == 0 { 0 } else { 2 };
                         let head = 2 + topic_len + id_len;
-                        if head as usize > N || head > len {
+                        // An empty topic is no topic (§4.7.3), and would leave the head at the
+                        // two bytes already in: this stage would begin again for ever.
+                        if topic_len == 0 || head as usize > N || head > len {
                             self.reset();
                             return (used, Some(Err(ProtocolError::Topic)));
                         }

@@ -181,6 +181,15 @@ fn large_publishes_stream_piece_by_piece_whatever_the_splits() {
     d.stream_large = true;
     let (_, p) = d.feed(&long);
     assert_eq!(p, Some(Err(ProtocolError::Topic)));
+    // A large PUBLISH with an empty topic (found by fuzzing: the decoder began its head again
+    // for ever, so a broker could hang the device) is an error once its first four bytes are in.
+    let mut empty = vec![0x30, 20, 0, 0];
+    empty.extend_from_slice(&[7; 18]);
+    empty.extend_from_slice(&[0xD0, 0]);
+    let mut d = Decoder::<16>::default();
+    d.stream_large = true;
+    let (used, p) = d.feed(&empty);
+    assert_eq!((used, p), (4, Some(Err(ProtocolError::Topic))));
 }
 
 #[test]
