@@ -9,9 +9,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use ota_core::proto::mqtt::broker::{self, FromClient};
 use ota_core::proto::mqtt::client::{Client, Config, Event, Output};
 use ota_core::proto::mqtt::command::{self, Command, MAX_URL};
-use ota_core::proto::mqtt::broker::{self, FromClient};
 use ota_core::proto::mqtt::packet::{Decoder, Incoming, QoS};
 
 #[derive(Default)]
