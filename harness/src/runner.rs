@@ -355,12 +355,7 @@ impl Run<'_> {
             endpoints: self.dut.endpoints(),
             broker: self.services.broker.as_ref(),
             server: self.services.server.as_ref(),
-            server_base: self
-                .services
-                .bases
-                .iter()
-                .find(|(p, _)| *p == crate::scenario::services::SERVER_PLACEHOLDER)
-                .map(|(_, b)| b.as_str()),
+            server_base: self.services.server_base(),
             sections: &self.scenario.device.paths,
             rt: &self.rt,
         };
@@ -533,11 +528,7 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
                 return report;
             }
         };
-    let device_server = services
-        .bases
-        .iter()
-        .find(|(p, _)| *p == crate::scenario::services::SERVER_PLACEHOLDER)
-        .map(|(_, b)| b.clone());
+    let device_server = services.server_base().map(str::to_string);
     let context = StartContext { seed: options.seed, device_broker, device_tls, device_server };
     let mut dut = match backend.start(scenario, &context) {
         Ok(d) => d,

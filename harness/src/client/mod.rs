@@ -34,7 +34,7 @@ impl Uploader {
     }
 
     /// The device's port this uploader connects (or sends its invitation) to.
-    pub fn port(self) -> crate::dut::Port {
+    pub const fn port(self) -> crate::dut::Port {
         match self {
             Uploader::Esphome => crate::dut::Port::Tcp(ota_core::proto::esphome::DEFAULT_PORT),
             Uploader::Arduino => crate::dut::Port::Udp(ota_core::proto::arduino::DEFAULT_PORT),

@@ -160,6 +160,11 @@ fn uses_https(scenario: &Scenario) -> bool {
 }
 
 impl Services {
+    /// The firmware server's base URL as the device reaches it, when one runs.
+    pub fn server_base(&self) -> Option<&str> {
+        self.bases.iter().find(|(p, _)| *p == SERVER_PLACEHOLDER).map(|(_, b)| b.as_str())
+    }
+
     /// `text` with every listener's placeholder replaced by its base URL.
     pub fn with_bases(&self, text: &str) -> String {
         self.bases.iter().fold(text.to_string(), |t, (placeholder, base)| t.replace(placeholder, base))

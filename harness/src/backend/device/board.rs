@@ -7,9 +7,8 @@ use super::console::Console;
 use super::flasher::{self, FlashPort, Identity, Session};
 use crate::backend::emu::EmuDut;
 use crate::bench::{Address, PowerSwitch, ProbeSpec, ResetMethod};
-use crate::dut::{
-    Capabilities, Dut, DutError, DutEvent, EndpointError, Endpoints, FlashCounters, Port, PowerCut,
-};
+use crate::client::Uploader;
+use crate::dut::{Capabilities, Dut, DutError, DutEvent, EndpointError, Endpoints, FlashCounters, PowerCut};
 use crate::serial::{announced_reboot, ends_boot};
 use espflash::connection::{Connection, ResetAfterOperation, ResetBeforeOperation};
 use indicatif::ProgressBar;
@@ -365,10 +364,8 @@ impl Dut for BenchDut {
                 .clone()
                 .ok_or_else(|| EndpointError::AddressNotLearned(re.as_str().into()))?,
         };
-        let ports = [
-            (Port::Tcp(ota_core::proto::esphome::DEFAULT_PORT), self.esphome_port),
-            (Port::Udp(ota_core::proto::arduino::DEFAULT_PORT), self.arduino_port),
-        ];
+        let ports =
+            [(Uploader::Esphome.port(), self.esphome_port), (Uploader::Arduino.port(), self.arduino_port)];
         let mut table = Vec::new();
         for (device_port, port) in ports {
             let resolve = |reason: String| EndpointError::Resolve { host: host.clone(), reason };

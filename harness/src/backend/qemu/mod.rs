@@ -8,6 +8,7 @@
 mod nudge;
 
 use super::SkipReason;
+use crate::client::Uploader;
 use crate::dut::{
     Capabilities, Dut, DutError, DutEvent, EndpointError, Endpoints, FlashCounters, Port, PowerCut,
 };
@@ -183,8 +184,7 @@ pub struct QemuDut {
 }
 
 /// The guest's ports the host reaches: those the chip firmware's update paths listen on.
-const FORWARDED: [Port; 2] =
-    [Port::Tcp(ota_core::proto::esphome::DEFAULT_PORT), Port::Udp(ota_core::proto::arduino::DEFAULT_PORT)];
+const FORWARDED: [Port; 2] = [Uploader::Esphome.port(), Uploader::Arduino.port()];
 
 /// slirp's gateway: the guest reaches the host's loopback through it.
 pub const SLIRP_GATEWAY: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 2);
