@@ -75,7 +75,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const EXCHANGE_SPIN: Duration = Duration::from_micros(200);
 /// How long a half-closed link of an earlier boot is read, at most, before it is closed.
 const LINGER_LIMIT: Duration = Duration::from_secs(10);
-/// How long a restart waits for its links to hand their last bytes to the sockets.
+/// How long a restart waits, at most, for its peers to read the device's last bytes and close.
 const LAST_BYTES_GRACE: Duration = Duration::from_millis(500);
 
 fn control_line(device: &mut Device<Serial>, message: &Message) {
@@ -152,17 +152,44 @@ struct Conn {
 }
 
 /// The restart after a completed update: every open connection hands its last bytes to its
-/// socket and is half-closed, then lingers (see [`Net::lingering`]); the device restarts once
-/// all have (or the grace ends).
+/// socket and is half-closed; the device restarts once every peer has read to that end and
+/// closed its side too (or the grace ends; links still open then linger, see
+/// [`Net::lingering`]). A chip takes hundreds of milliseconds to boot and join the network
+/// again, so its peers have read its last words before it reconnects; an emulated device that
+/// reconnected at once could reach a broker before the broker read its last session's last
+/// packets, and a broker that takes a client id over drops what the old socket still held (a
+/// Homie `200`, an ESP-IDF `success` status).
 struct Restart {
-    links: Vec<Link>,
+    links: Vec<Closing>,
     until: Instant,
+}
+
+/// A link of a restart: `fin` once its last bytes went to the socket and its side is shut.
+struct Closing {
+    link: Link,
+    fin: bool,
+}
+
+impl Closing {
+    /// Hands queued bytes to the socket, shuts the device's side once they are all there, and
+    /// reads what the peer still sends: `true` once the peer has closed its side too.
+    fn step(&mut self, buf: &mut [u8]) -> bool {
+        if !self.fin {
+            let _ = self.link.flush();
+            if !self.link.is_flushed() {
+                return false;
+            }
+            self.link.shutdown_write();
+            self.fin = true;
+        }
+        self.link.drain(buf)
+    }
 }
 
 impl Restart {
     fn close(self, registry: &Registry) {
-        for l in self.links {
-            l.close(registry);
+        for c in self.links {
+            c.link.close(registry);
         }
     }
 }
@@ -178,10 +205,9 @@ struct Net {
     /// that failed at once): told on the next round, never from inside a call.
     inbox: VecDeque<OwnedInput>,
     restart: Option<Restart>,
-    /// Links of an earlier boot: half-closed, read and dropped until their peers close (or
-    /// [`LINGER_LIMIT`]). A chip that restarts vanishes and its peers read its last bytes; a
-    /// socket closed with unread bytes would reset and make them lose those bytes, and waiting
-    /// for a peer that keeps its side open (a broker) would delay the restart.
+    /// Links of an earlier boot whose peers had not closed by the end of the restart's grace:
+    /// half-closed, read and dropped until their peers close (or [`LINGER_LIMIT`]). A socket
+    /// closed with unread bytes would reset and make its peer lose the device's last bytes.
     lingering: Vec<(Link, Instant)>,
 }
 
@@ -420,28 +446,34 @@ fn linger(net: &mut Net, buf: &mut [u8]) {
     net.lingering = kept;
 }
 
-/// The restart after an update: each link hands its last bytes to its socket and is
-/// half-closed (its peer reads them, then the end); the device restarts once all have.
-fn restart_step(device: &mut Device<Serial>, net: &mut Net, _buf: &mut [u8]) {
+/// The restart after an update (see [`Restart`]): each link hands its last bytes to its socket
+/// and is half-closed; the device restarts once every peer has closed its side too, or the
+/// grace is over.
+fn restart_step(device: &mut Device<Serial>, net: &mut Net, buf: &mut [u8]) {
     let Some(r) = net.restart.as_mut() else { return };
     let timed_out = Instant::now() >= r.until;
+    // Any event wakes the loop; every link of the restart is looked at each round.
     let mut open = Vec::new();
-    // Any event wakes the loop; every link still sending is looked at each round.
-    for mut l in std::mem::take(&mut r.links) {
-        let _ = l.flush();
-        if l.is_flushed() {
-            l.shutdown_write();
-            net.lingering.push((l, Instant::now()));
-            continue;
+    for mut c in std::mem::take(&mut r.links) {
+        if c.step(buf) {
+            c.link.close(&net.registry);
+        } else {
+            open.push(c);
         }
-        open.push(l);
     }
     r.links = open;
     if !timed_out && !r.links.is_empty() {
         return;
     }
-    if let Some(r) = net.restart.take() {
-        r.close(&net.registry);
+    let Some(r) = net.restart.take() else { return };
+    // Past the grace: a peer still reading (or keeping its side open) has the device's last
+    // bytes and its FIN queued; the link lingers so a reset does not take them from it.
+    for c in r.links {
+        if c.fin {
+            net.lingering.push((c.link, Instant::now()));
+        } else {
+            c.link.close(&net.registry);
+        }
     }
     for l in &mut net.listeners {
         l.link = None;
@@ -657,17 +689,17 @@ fn apply(device: &mut Device<Serial>, net: &mut Net, step: Step) {
         // last bytes queued above.
         let links: Vec<Link> = std::mem::take(&mut net.conns).into_values().map(|c| c.link).collect();
         net.inbox.clear();
-        // What the sockets take now lingers at once; the restart then waits only for links
-        // whose peers are slow to read (the loop sleeps until one of them can take more).
+        // What the sockets take now is followed by a FIN at once; the restart then waits for
+        // the peers to read it (the loop sleeps until one of them does, or can take more).
         let mut open = Vec::new();
-        for mut l in links {
-            let _ = l.flush();
-            if l.is_flushed() {
-                l.shutdown_write();
-                net.lingering.push((l, Instant::now()));
-            } else {
-                open.push(l);
+        for link in links {
+            let mut c = Closing { link, fin: false };
+            let _ = c.link.flush();
+            if c.link.is_flushed() {
+                c.link.shutdown_write();
+                c.fin = true;
             }
+            open.push(c);
         }
         net.restart = Some(Restart { links: open, until: Instant::now() + LAST_BYTES_GRACE });
     }

@@ -190,6 +190,46 @@ fn run(encode: bool) {
     );
 }
 
+/// The broker reads the device's `200` but keeps the old connection open for a while: the
+/// device restarts (and connects again) only once the broker has closed it, as a chip, which
+/// takes hundreds of milliseconds to boot, reaches its broker after the broker read its last
+/// words. An emulator that reconnected at once beat mosquitto to them: the broker took the
+/// client id over, dropped the unread `200` and published the will (issue #19's flaky push).
+#[test]
+fn the_device_restarts_once_its_broker_has_read_the_last_status() {
+    let broker = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let emu = Emulator::start(&board(dir.path(), broker.local_addr().unwrap()), &[]);
+    let (mut conn, _) = broker.accept().unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    session(&mut conn);
+    let v2 = std::fs::read(root().join("fixtures/firmware/v2.bin")).unwrap();
+    let (statuses, _, _) = push(&mut conn, &v2, &v2);
+    assert_eq!(statuses.last().map(String::as_str), Some("200"), "{statuses:?}");
+    broker.set_nonblocking(true).unwrap();
+    let held = Instant::now();
+    while held.elapsed() < Duration::from_millis(300) {
+        match broker.accept() {
+            Ok(_) => panic!("the device connected again while its broker still held the old session"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+    // The device ended its side after the status; the broker reads to that end, then closes.
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).unwrap();
+    drop(conn);
+    let rebooted = emu.expect("event rebooted");
+    assert!(rebooted.contains("slot=ota_1"), "{rebooted}");
+    broker.set_nonblocking(false).unwrap();
+    let (mut conn, _) = broker.accept().unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let attributes = session(&mut conn);
+    assert!(attributes.iter().any(|(t, p)| t == "homie/emu1/$fw/version" && p == b"2.0.0"), "{attributes:?}");
+}
+
 #[test]
 fn a_raw_homie_push_updates_the_device() {
     run(false);
