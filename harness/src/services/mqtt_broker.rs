@@ -101,8 +101,26 @@ fn qos_number(q: QoS) -> u8 {
 struct Client {
     client_id: String,
     subscriptions: Vec<(String, u8)>,
-    writer: TcpStream,
+    writer: Writer,
+    /// The same socket, to shut it without waiting for a write in progress.
+    socket: TcpStream,
     will: Option<Will>,
+}
+
+/// A client's sending side. Its answers (from its own thread) and the publications routed to it
+/// (from any publisher's) go out whole under this lock: a large publication written in several
+/// pieces had a PUBACK slip between two of them, and the device read those bytes as firmware.
+#[derive(Clone)]
+struct Writer(Arc<Mutex<TcpStream>>);
+
+impl Writer {
+    fn lock(&self) -> MutexGuard<'_, TcpStream> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, bytes: &[u8]) -> std::io::Result<()> {
+        self.lock().write_all(bytes)
+    }
 }
 
 #[derive(Default)]
@@ -214,7 +232,7 @@ impl MqttBroker {
         s.refusing = true;
         for c in s.clients.values_mut() {
             c.will = None;
-            let _ = c.writer.shutdown(Shutdown::Both);
+            let _ = c.socket.shutdown(Shutdown::Both);
         }
         self.shared.changed.notify_all();
     }
@@ -242,7 +260,7 @@ impl Drop for MqttBroker {
         {
             let s = self.shared.lock();
             for c in s.clients.values() {
-                let _ = c.writer.shutdown(Shutdown::Both);
+                let _ = c.socket.shutdown(Shutdown::Both);
             }
         }
         if let Some(a) = self.accept.take() {
@@ -294,6 +312,7 @@ enum End {
 fn serve(mut stream: TcpStream, shared: &Shared) -> Result<(), End> {
     stream.set_read_timeout(Some(TICK))?;
     stream.set_nodelay(true)?;
+    let out = Writer(Arc::new(Mutex::new(stream.try_clone()?)));
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 << 10];
     let opened = Instant::now();
@@ -313,7 +332,7 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> Result<(), End> {
             }
         } {
             let end = body.end;
-            let packet = codec::decode(first, &buf[body]).map(|p| handle(p, &mut stream, shared, &mut conn));
+            let packet = codec::decode(first, &buf[body]).map(|p| handle(p, &out, shared, &mut conn));
             buf.drain(..end);
             last_packet = Instant::now();
             match packet {
@@ -388,7 +407,7 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> Result<(), End> {
 /// One packet; `false` when the client said DISCONNECT.
 fn handle(
     p: FromClient<'_>,
-    stream: &mut TcpStream,
+    out: &Writer,
     shared: &Shared,
     conn: &mut Option<(u64, Duration)>,
 ) -> Result<bool, End> {
@@ -396,7 +415,7 @@ fn handle(
         let FromClient::Connect { level, connect: c } = p else {
             return Err(End::Refused("first packet is not CONNECT"));
         };
-        return connect(level, c, stream, shared, conn).map(|()| true);
+        return connect(level, c, out, shared, conn).map(|()| true);
     };
     match p {
         FromClient::Connect { .. } => return Err(End::Refused("second CONNECT")),
@@ -408,7 +427,7 @@ fn handle(
                 return Err(End::Refused("PUBLISH to a topic with wildcards"));
             }
             if let Some(pid) = packet_id {
-                stream.write_all(&encoded(|o| packet::puback(o, pid)))?;
+                out.send(&encoded(|o| packet::puback(o, pid)))?;
             }
             let from = shared.lock().clients.get(&id).map(|c| c.client_id.clone()).unwrap_or_default();
             let (topic, payload, qos) = (topic.to_string(), payload.to_vec(), qos_number(qos));
@@ -444,10 +463,10 @@ fn handle(
                     }
                 }
             }
-            stream.write_all(&encoded(|o| codec::suback(o, packet_id, &granted)))?;
+            out.send(&encoded(|o| codec::suback(o, packet_id, &granted)))?;
             for (topic, payload, qos) in retained {
                 let pid = next_packet_id(&mut s);
-                stream.write_all(&publish_packet(&topic, &payload, qos, true, pid))?;
+                out.send(&publish_packet(&topic, &payload, qos, true, pid))?;
             }
             shared.changed.notify_all();
         }
@@ -457,9 +476,9 @@ fn handle(
                     c.subscriptions.retain(|(f, _)| f != gone);
                 }
             }
-            stream.write_all(&encoded(|o| codec::unsuback(o, packet_id)))?;
+            out.send(&encoded(|o| codec::unsuback(o, packet_id)))?;
         }
-        FromClient::PingReq => stream.write_all(&encoded(codec::pingresp))?,
+        FromClient::PingReq => out.send(&encoded(codec::pingresp))?,
         FromClient::Disconnect => return Ok(false),
     }
     Ok(true)
@@ -468,24 +487,24 @@ fn handle(
 fn connect(
     level: u8,
     c: packet::Connect<'_>,
-    stream: &mut TcpStream,
+    out: &Writer,
     shared: &Shared,
     conn: &mut Option<(u64, Duration)>,
 ) -> Result<(), End> {
-    let refuse = |stream: &mut TcpStream, code: u8, why: &'static str| -> Result<(), End> {
-        stream.write_all(&encoded(|o| codec::connack(o, false, code)))?;
+    let refuse = |out: &Writer, code: u8, why: &'static str| -> Result<(), End> {
+        out.send(&encoded(|o| codec::connack(o, false, code)))?;
         Err(End::Refused(why))
     };
     if level != 4 {
-        return refuse(stream, 1, "protocol level is not 4 (MQTT 3.1.1)");
+        return refuse(out, 1, "protocol level is not 4 (MQTT 3.1.1)");
     }
     if c.client_id.is_empty() && !c.clean_session {
-        return refuse(stream, 2, "empty client id without a clean session");
+        return refuse(out, 2, "empty client id without a clean session");
     }
     let mut s = shared.lock();
     if s.refusing {
         drop(s);
-        return refuse(stream, 3, "broker unavailable");
+        return refuse(out, 3, "broker unavailable");
     }
     let id = s.next_conn;
     s.next_conn += 1;
@@ -493,18 +512,18 @@ fn connect(
     // Takeover: the older connection with this client id is closed (its will goes out when its
     // thread sees the close).
     for old in s.clients.values().filter(|o| o.client_id == client_id) {
-        let _ = old.writer.shutdown(Shutdown::Both);
+        let _ = old.socket.shutdown(Shutdown::Both);
     }
-    let writer = stream.try_clone()?;
+    let socket = out.lock().try_clone()?;
     let will = c.will.map(|w| Will {
         topic: w.topic.to_string(),
         payload: w.message.to_vec(),
         qos: qos_number(w.qos),
         retain: w.retain,
     });
-    s.clients.insert(id, Client { client_id, subscriptions: Vec::new(), writer, will });
+    s.clients.insert(id, Client { client_id, subscriptions: Vec::new(), writer: out.clone(), socket, will });
     drop(s);
-    stream.write_all(&encoded(|o| codec::connack(o, false, 0)))?;
+    out.send(&encoded(|o| codec::connack(o, false, 0)))?;
     *conn = Some((id, Duration::from_secs(c.keep_alive_s as u64)));
     shared.changed.notify_all();
     Ok(())
@@ -546,26 +565,25 @@ fn route_cut(shared: &Shared, m: Message, cut: Option<usize>) {
     let mut deliveries = Vec::new();
     for (id, c) in &s.clients {
         let best = c.subscriptions.iter().filter(|(f, _)| topic_matches(f, &m.topic)).map(|(_, q)| *q).max();
-        if let Some(q) = best
-            && let Ok(w) = c.writer.try_clone()
-        {
-            deliveries.push((*id, w, q.min(m.qos)));
+        if let Some(q) = best {
+            deliveries.push((*id, c.writer.clone(), q.min(m.qos)));
         }
     }
     if cut.is_some() {
         let ids: Vec<u64> = deliveries.iter().map(|(id, ..)| *id).collect();
         s.cut.extend(ids);
     }
-    for (_, mut w, qos) in deliveries {
+    for (_, w, qos) in deliveries {
         let pid = if qos > 0 { next_packet_id(&mut s) } else { 0 };
         // To existing subscribers the retain flag is 0 (§3.3.1.3). A subscriber whose socket
         // fails is dropped by its own thread.
         let packet = publish_packet(&m.topic, &m.payload, qos, false, pid);
         match cut {
             None => {
-                let _ = w.write_all(&packet);
+                let _ = w.send(&packet);
             }
             Some(after) => {
+                let mut w = w.lock();
                 let _ = w.write_all(&packet[..after.min(packet.len())]);
                 // Only the sending half: the subscriber reads every byte sent, then the end
                 // (closing both halves now would reset the connection and drop, on its side,

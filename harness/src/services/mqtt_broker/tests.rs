@@ -263,3 +263,71 @@ fn a_cut_publication_delivers_exactly_its_first_bytes_then_the_end() {
     let (_, will) = b.wait_message(0, WAIT, |m| m.will).expect("the will after the close");
     assert_eq!((will.topic.as_str(), will.payload.as_slice()), ("dev/state", &b"lost"[..]));
 }
+
+/// Packets in `bytes` (a stream from the broker): first byte and body of each whole one.
+fn packets(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (mut len, mut shift, mut at) = (0usize, 0, 1);
+        loop {
+            let b = bytes[at];
+            len |= usize::from(b & 0x7F) << shift;
+            shift += 7;
+            at += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        assert!(at + len <= bytes.len(), "the stream does not frame: a packet got into another one");
+        out.push((bytes[0], bytes[at..at + len].to_vec()));
+        bytes = &bytes[at + len..];
+    }
+    out
+}
+
+/// A publication larger than the socket buffers goes out in several writes while the client's
+/// own QoS 1 publications are answered from its thread: every packet still arrives whole. (A
+/// Homie device publishes its attributes at QoS 1 as the firmware is routed to it; a PUBACK
+/// once slipped between two pieces of the image.)
+#[test]
+fn a_large_publication_goes_out_whole_while_its_client_is_answered() {
+    let b = broker();
+    let (mut dev, _) = Raw::open(&b, "dev", None, 0);
+    assert_eq!(dev.subscribe("fw/#", 1)[..2], [0x90, 3]);
+    let payload: Vec<u8> = (0..12_000_000u32).map(|i| (i % 251) as u8).collect();
+    const ACKED: u16 = 50;
+    let got = std::thread::scope(|s| {
+        s.spawn(|| b.publish("fw/big", &payload, false));
+        // The publication is being written (and stalls: nothing reads it yet).
+        std::thread::sleep(Duration::from_millis(100));
+        for id in 1..=ACKED {
+            let body = [&string("dev/attr")[..], &id.to_be_bytes(), b"x"].concat();
+            dev.send(&frame(0x32, &body));
+        }
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let deadline = Instant::now() + WAIT;
+        // Everything comes: one PUBLISH (fixed header, topic, packet id, payload) and the
+        // acknowledgements.
+        while got.len() < 1 + 4 + 8 + 2 + payload.len() + 4 * usize::from(ACKED) {
+            assert!(Instant::now() < deadline, "{} bytes came", got.len());
+            let n = dev.0.read(&mut chunk).unwrap();
+            got.extend_from_slice(&chunk[..n]);
+            // A device reads slowly (a small window): the broker's writes wait for room, and
+            // whoever else writes to the socket meanwhile gets between them.
+            if got.len() < 1 << 20 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        got
+    });
+    let packets = packets(&got);
+    let publishes: Vec<_> = packets.iter().filter(|(f, _)| f >> 4 == 3).collect();
+    assert_eq!(publishes.len(), 1);
+    let body = &publishes[0].1;
+    assert_eq!(&body[..8], &string("fw/big")[..]);
+    assert!(body[10..] == payload[..], "the payload arrived unchanged");
+    let acks: Vec<u16> =
+        packets.iter().filter(|(f, _)| *f == 0x40).map(|(_, b)| u16::from_be_bytes([b[0], b[1]])).collect();
+    assert_eq!(acks, (1..=ACKED).collect::<Vec<_>>());
+}
