@@ -70,11 +70,6 @@ pub struct Capabilities {
     /// Read the flash while the app runs, without disturbing it (a probe halting the core, a
     /// paused QEMU). A bench reads through the ROM loader, which resets the chip.
     pub live_flash_read: bool,
-    /// Let the device restart by itself into the image it runs and go on from there (a path
-    /// that switches modes with a restart, as Homie 1.x into OTA mode). QEMU cannot: its guest
-    /// reset is done as a power cycle when the harness reads the announcement, and the guest
-    /// runs on in between.
-    pub restarts_in_place: bool,
 }
 
 /// Where the power is cut during the next operation.

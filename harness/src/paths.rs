@@ -157,12 +157,6 @@ pub trait PathUpdate: fmt::Debug + Send + Sync {
     fn needs_own_broker(&self) -> bool {
         false
     }
-    /// Whether the update has the device restart by itself into the image it runs
-    /// ([`crate::dut::Capabilities::restarts_in_place`]): a backend that cannot skips the
-    /// scenario, saying why.
-    fn restarts_in_place(&self) -> bool {
-        false
-    }
 }
 
 /// An `ota:` step's options read by the path that runs it.

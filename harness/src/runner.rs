@@ -543,17 +543,6 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
             return report;
         }
     };
-    let restarts =
-        scenario.steps.iter().any(|s| matches!(&s.kind, StepKind::Ota(o) if o.update.restarts_in_place()));
-    if restarts && !dut.capabilities().restarts_in_place {
-        report.skipped = Some(format!(
-            "the device restarts by itself into the image it runs (a mode switch), which the {} backend cannot let it do: it power-cycles at the restart's announcement while the guest runs on",
-            backend.name()
-        ));
-        dut.shutdown();
-        report.duration = started.elapsed();
-        return report;
-    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

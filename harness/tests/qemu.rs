@@ -28,7 +28,7 @@ fn expect(dut: &mut QemuDut, log: &mut Vec<String>, text: &str, timeout: Duratio
                     return;
                 }
             }
-            Some(DutEvent::Rebooted) => log.push("-- rebooted (power cycle) --".into()),
+            Some(DutEvent::Rebooted) => log.push("-- rebooted (a new QEMU process) --".into()),
             Some(_) | None => {}
         }
     }

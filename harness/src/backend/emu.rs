@@ -273,7 +273,6 @@ impl Dut for EmuDut {
             power_switch: true,
             session_events: true,
             live_flash_read: true,
-            restarts_in_place: true,
         }
     }
 

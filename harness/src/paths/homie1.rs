@@ -113,11 +113,6 @@ impl PathUpdate for Homie1Offer {
         false
     }
 
-    /// Into OTA mode and back, both into the image it runs.
-    fn restarts_in_place(&self) -> bool {
-        true
-    }
-
     fn run(&self, cx: &UpdateCx<'_>) -> Result<Outcome, Unavailable> {
         let (Some(broker), Some(server), Some(device)) = (cx.broker, cx.server, &cx.sections.homie1) else {
             return Err(Unavailable("homie1: the run has no broker or firmware server (a scenario check should have refused this)".into()));

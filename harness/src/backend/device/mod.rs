@@ -131,7 +131,6 @@ impl DeviceBackend {
             power_switch: self.bench.power.is_some(),
             session_events: false,
             live_flash_read: false,
-            restarts_in_place: true,
         }
     }
 

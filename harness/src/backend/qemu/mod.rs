@@ -2,9 +2,11 @@
 //! `-machine esp32c3`, one process per power-on, UART on its stdout, OTA through slirp's
 //! `hostfwd` on a free loopback port, the flash a file that persists across power cycles.
 //!
-//! Reboots the device announces are done as power cycles: the QEMU fork tested keeps stale
-//! translated code across a guest software reset into a different image and hangs.
+//! A guest reset ends the QEMU process and a new one starts on the same flash file (see
+//! [`guest`]): the QEMU fork tested keeps stale translated code across an in-process reset into
+//! a different image and hangs.
 
+mod guest;
 mod nudge;
 
 use super::SkipReason;
@@ -13,10 +15,9 @@ use crate::dut::{
     Capabilities, Dut, DutError, DutEvent, EndpointError, Endpoints, FlashCounters, Port, PowerCut,
 };
 use crate::serial::{announced_reboot, ends_boot};
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
@@ -171,8 +172,9 @@ pub struct QemuDut {
     flash: PathBuf,
     /// The guest's ports and the host's loopback ports forwarded to them.
     forwards: Vec<(Port, u16)>,
-    child: Option<Child>,
-    /// Keeps QEMU's main loop looking at slirp's sockets while `child` runs.
+    /// QEMU while the chip is powered (a process per boot).
+    guest: Option<guest::PowerOn>,
+    /// Keeps QEMU's main loop looking at slirp's sockets while `guest` runs.
     nudger: Option<nudge::Nudger>,
     lines: Option<Receiver<String>>,
     pending: std::collections::VecDeque<DutEvent>,
@@ -226,7 +228,7 @@ impl QemuDut {
             program,
             flash,
             forwards,
-            child: None,
+            guest: None,
             nudger: None,
             lines: None,
             pending: Default::default(),
@@ -237,54 +239,41 @@ impl QemuDut {
     }
 
     fn spawn(&mut self) -> Result<(), DutError> {
-        let mut cmd = Command::new(&self.program.program);
-        if let Some(dir) = &self.program.bios_dir {
-            cmd.arg("-L").arg(dir);
-        }
+        let program = self.program.clone();
         let qmp = self._dir.path().join("qmp.sock");
-        let _ = std::fs::remove_file(&qmp);
-        // With a QMP socket QEMU no longer puts the UART on stdio by itself: say so.
-        cmd.args(["-serial", "mon:stdio"]).args(nudge::qemu_args(&qmp));
-        let mut child = cmd
-            .args(["-nographic", "-machine", "esp32c3", "-drive"])
-            .arg(format!("file={},if=mtd,format=raw", self.flash.display()))
-            .arg("-nic")
-            // The guest reaches the host (the uploader's back-connection, the broker) through
-            // slirp's gateway, 10.0.2.2.
-            .arg(self.forwards.iter().fold("user,model=open_eth".to_string(), |mut nic, (guest, host)| {
-                let (transport, guest) = match guest {
-                    Port::Tcp(p) => ("tcp", p),
-                    Port::Udp(p) => ("udp", p),
-                };
-                nic.push_str(&format!(",hostfwd={transport}:127.0.0.1:{host}-:{guest}"));
-                nic
-            }))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| DutError::Start(format!("cannot start {}: {e}", self.program.program.display())))?;
-        let out = child.stdout.take().expect("piped");
+        let flash = self.flash.clone();
+        // The guest reaches the host (the uploader's back-connection, the broker) through
+        // slirp's gateway, 10.0.2.2.
+        let nic = self.forwards.iter().fold("user,model=open_eth".to_string(), |mut nic, (guest, host)| {
+            let (transport, guest) = match guest {
+                Port::Tcp(p) => ("tcp", p),
+                Port::Udp(p) => ("udp", p),
+            };
+            nic.push_str(&format!(",hostfwd={transport}:127.0.0.1:{host}-:{guest}"));
+            nic
+        });
+        let socket = qmp.clone();
+        let launch: guest::Launch = Box::new(move || {
+            let _ = std::fs::remove_file(&socket);
+            let mut cmd = Command::new(&program.program);
+            if let Some(dir) = &program.bios_dir {
+                cmd.arg("-L").arg(dir);
+            }
+            // With a QMP socket QEMU no longer puts the UART on stdio by itself: say so.
+            cmd.args(["-serial", "mon:stdio"]).args(nudge::qemu_args(&socket));
+            cmd.args(["-nographic", "-no-reboot", "-machine", "esp32c3", "-drive"])
+                .arg(format!("file={},if=mtd,format=raw", flash.display()))
+                .args(["-nic", &nic])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+        });
         let (tx, rx) = channel();
         self.trip.clear_fired();
-        let trip = self.trip.clone();
-        let pid = child.id();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if trip.tripped() {
-                    // The power went at an earlier line: what QEMU prints while it stops is not
-                    // the device's.
-                    continue;
-                }
-                if trip.trips(&line) {
-                    signal_terminate(pid);
-                }
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        self.child = Some(child);
+        let guest = guest::PowerOn::start(launch, self.trip.clone(), tx)
+            .map_err(|e| DutError::Start(format!("cannot start {}: {e}", self.program.program.display())))?;
+        self.guest = Some(guest);
         self.nudger = Some(nudge::Nudger::start(qmp));
         self.lines = Some(rx);
         Ok(())
@@ -297,9 +286,9 @@ impl QemuDut {
     /// it does not within `STOP_TIMEOUT`.
     fn kill(&mut self) {
         self.nudger = None;
-        if let Some(mut c) = self.child.take() {
+        if let Some(mut g) = self.guest.take() {
             let t = Instant::now();
-            terminate(&mut c);
+            g.stop(STOP_TIMEOUT);
             tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "qemu stopped");
         }
         self.lines = None;
@@ -308,29 +297,34 @@ impl QemuDut {
     /// Powers on and waits until the app serves OTA, hangs in its self-test or halts.
     fn boot(&mut self) -> Result<(), DutError> {
         self.spawn()?;
+        // A power cut at one of its lines is reported with them.
+        self.settle()?;
+        Ok(())
+    }
+
+    /// Takes the lines of a boot until the app serves OTA, hangs in its self-test or halts
+    /// (`true`), or a power cut armed at one of them stops QEMU (`false`). A reboot on the way
+    /// (the guard rolling back) is the guest's: the next process boots on.
+    fn settle(&mut self) -> Result<bool, DutError> {
         let started = Instant::now();
         let deadline = started + BOOT_TIMEOUT;
-        let mut first_line = true;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(line) = self.read_line(left)? else {
                 return Err(DutError::Timeout(BOOT_TIMEOUT, "the firmware to boot".into()));
             };
-            if first_line {
-                first_line = false;
-                tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "qemu: first serial line");
-            }
-            // Reboots the device announces are done here as power cycles.
-            let settled = ends_boot(&line);
-            let reboot = announced_reboot(&line).is_some();
-            self.pending.push_back(DutEvent::Serial(line));
-            if reboot {
-                // A reboot during boot (the guard rolling back): power-cycle and keep waiting.
+            if self.trip.take_if_tripped_by(&line) {
                 self.kill();
-                self.spawn()?;
-            } else if settled {
+                let lost = DutEvent::PowerLost(format!("at log line `{line}`"));
+                self.pending.push_back(DutEvent::Serial(line));
+                self.pending.push_back(lost);
+                return Ok(false);
+            }
+            let settled = ends_boot(&line);
+            self.pending.push_back(DutEvent::Serial(line));
+            if settled {
                 tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "qemu: booted");
-                return Ok(());
+                return Ok(true);
             }
         }
     }
@@ -341,8 +335,7 @@ impl QemuDut {
             Ok(l) => Ok(Some(l)),
             Err(RecvTimeoutError::Timeout) => Ok(None),
             Err(RecvTimeoutError::Disconnected) => {
-                let status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-                Err(DutError::Exited(format!("QEMU stopped ({status:?})")))
+                Err(DutError::Exited("QEMU ended by itself (not a guest reset)".into()))
             }
         }
     }
@@ -360,7 +353,6 @@ impl Dut for QemuDut {
             power_switch: true,
             session_events: false,
             live_flash_read: true,
-            restarts_in_place: false,
         }
     }
 
@@ -415,10 +407,12 @@ impl Dut for QemuDut {
             return Ok(Some(DutEvent::Serial(line)));
         }
         let Some(after_update) = announced_reboot(&line) else { return Ok(Some(DutEvent::Serial(line))) };
+        // The guest restarts by itself (its reset ends the process, the next one boots). The
+        // boot's lines are taken as one, as after a power-on (a snapshot after `running ota_1`
+        // sees the self-test's verdict, as on the emulator); an update's restart is reported
+        // once it has settled.
         self.pending.push_back(DutEvent::Serial(line));
-        self.kill();
-        self.boot()?;
-        if after_update {
+        if self.settle()? && after_update {
             self.pending.push_back(DutEvent::Rebooted);
         }
         Ok(self.pending.pop_front())
@@ -429,17 +423,26 @@ impl Dut for QemuDut {
     /// the file). QMP `stop` drains QEMU's I/O, so the guest is paused while its file is read, as
     /// a probe halts a chip; `cont` resumes it.
     fn read_flash(&mut self) -> Result<Vec<u8>, DutError> {
-        let Some(nudger) = self.nudger.as_ref() else { return Ok(std::fs::read(&self.flash)?) };
+        let (Some(guest), Some(nudger)) = (self.guest.as_ref(), self.nudger.as_ref()) else {
+            return Ok(std::fs::read(&self.flash)?);
+        };
         let qmp = |command: &'static str| {
             nudger.execute(command, QMP_TIMEOUT).map_err(|e| DutError::Refused {
                 command: format!("QMP {command} (to read the flash of a running guest)"),
                 message: e.to_string(),
             })
         };
-        qmp("stop")?;
-        let data = std::fs::read(&self.flash);
-        qmp("cont")?;
-        Ok(data?)
+        // No process starts or ends meanwhile; between two (a guest reset), the last one has
+        // written its flash back.
+        guest.with_process(|running| match running {
+            None => Ok(std::fs::read(&self.flash)?),
+            Some(_) => {
+                qmp("stop")?;
+                let data = std::fs::read(&self.flash);
+                qmp("cont")?;
+                Ok(data?)
+            }
+        })
     }
 
     fn flash_counters(&mut self) -> Result<FlashCounters, DutError> {

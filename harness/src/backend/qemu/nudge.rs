@@ -49,8 +49,9 @@ pub enum QmpError {
     Refused(String),
 }
 
-/// Sends `query-status` to one QEMU's QMP socket every [`INTERVAL`] until dropped; on the same
-/// connection (QMP takes one client), runs the commands the backend asks for.
+/// Sends `query-status` to QEMU's QMP socket every [`INTERVAL`] until dropped, connecting again
+/// to each new process on the same socket path; on the same connection (QMP takes one client),
+/// runs the commands the backend asks for.
 pub struct Nudger {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -63,12 +64,19 @@ impl Nudger {
         let flag = stop.clone();
         let (requests, incoming) = channel();
         let thread = std::thread::spawn(move || {
-            if let Err(e) = nudge(&socket, &flag, &incoming) {
-                // QEMU going away ends the stream; anything else only costs speed.
-                if !flag.load(Ordering::Relaxed) {
-                    tracing::warn!(
-                        "QEMU's main loop is not nudged ({e}): forwarded connections may start up to 0.5 s late"
-                    );
+            // QEMU going away ends a connection; the next process (after a guest reset) opens
+            // the socket again. Anything else only costs speed.
+            while !flag.load(Ordering::Relaxed) {
+                if let Err(e) = nudge(&socket, &flag, &incoming) {
+                    if gone(&e) {
+                        continue;
+                    }
+                    if !flag.load(Ordering::Relaxed) {
+                        tracing::warn!(
+                            "QEMU's main loop is not nudged ({e}): forwarded connections may start up to 0.5 s late"
+                        );
+                    }
+                    return;
                 }
             }
         });
@@ -90,6 +98,17 @@ impl Drop for Nudger {
             let _ = t.join();
         }
     }
+}
+
+/// Whether `e` is QEMU going away mid-connection (a guest reset ends its process).
+fn gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::BrokenPipe
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::UnexpectedEof
+    )
 }
 
 fn connect(socket: &Path, stop: &AtomicBool) -> std::io::Result<Option<UnixStream>> {
