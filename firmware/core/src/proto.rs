@@ -22,11 +22,18 @@ pub enum UpdatePath {
     Homie,
     /// The HTTP(S) pull an MQTT trigger starts (`esp_https_ota`).
     MqttPull,
+    /// Homie 1.x (a version announced over MQTT, the flag in NVS, the pull in OTA mode).
+    Homie1,
 }
 
 impl UpdatePath {
-    pub const ALL: [UpdatePath; 4] =
-        [UpdatePath::Esphome, UpdatePath::Arduino, UpdatePath::Homie, UpdatePath::MqttPull];
+    pub const ALL: [UpdatePath; 5] = [
+        UpdatePath::Esphome,
+        UpdatePath::Arduino,
+        UpdatePath::Homie,
+        UpdatePath::MqttPull,
+        UpdatePath::Homie1,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -34,6 +41,7 @@ impl UpdatePath {
             UpdatePath::Arduino => "arduino",
             UpdatePath::Homie => "homie",
             UpdatePath::MqttPull => "mqtt_pull",
+            UpdatePath::Homie1 => "homie1",
         }
     }
 

@@ -1,13 +1,16 @@
 //! One whole update without sockets: an uploader's side of an update path, scripted, fed to
 //! the device's own protocol state machine writing through the device's update sink. The sweep
 //! records and retries its updates this way, so a cut lands where the real protocol puts its
-//! flash operations (ESPHome's 8 KiB-acknowledged stream, ArduinoOTA's lazily erasing writes).
+//! flash operations (ESPHome's 8 KiB-acknowledged stream, ArduinoOTA's lazily erasing writes,
+//! Homie 1.x's NVS flag around its pull).
 
 use core::net::SocketAddr;
 use embedded_storage::nor_flash::NorFlash;
 use md5::{Digest, Md5};
+use ota_core::app_desc::{APP_DESC_IMAGE_OFFSET, APP_DESC_LEN, AppDesc};
 use ota_core::hex;
 use ota_core::partition::{Partition, PartitionTable};
+use ota_core::proto::homie1::{self, settings::KEY_HOMIE1_FLAG};
 use ota_core::proto::{UpdatePath, arduino, esphome, homie, http_pull};
 use ota_core::session::{Session, Target};
 use ota_core::writer::OtaConfig;
@@ -27,6 +30,9 @@ pub enum ScriptError {
     Homie(homie::Status),
     /// Why the pull failed.
     Pull(http_pull::PullError),
+    /// Homie 1.x's OTA-mode flag could not be written to NVS, or not cleared.
+    FlagNotStored,
+    FlagNotCleared,
     /// The session ended without completing and without saying why.
     Incomplete,
 }
@@ -41,6 +47,12 @@ impl fmt::Display for ScriptError {
             }
             ScriptError::Homie(status) => shown = Some(write!(f, "homie status {status}")),
             ScriptError::Pull(e) => shown = Some(write!(f, "pull failed: {}", e.name())),
+            ScriptError::FlagNotStored => {
+                shown = Some(f.write_str("homie1: the OTA-mode flag was not stored"))
+            }
+            ScriptError::FlagNotCleared => {
+                shown = Some(f.write_str("homie1: the OTA-mode flag was not cleared"))
+            }
             ScriptError::Incomplete => {}
         }
         shown.unwrap_or_else(|| write!(f, "{self:?}"))
@@ -146,6 +158,64 @@ pub fn upload<F: NorFlash>(
                 (false, None) => Err(ScriptError::Incomplete),
             }
         }
+        UpdatePath::Homie1 => homie1(flash, &target, image, &md5_hex, on_received),
+    }
+}
+
+/// Homie 1.x's flash operations in order: the offer's target stored in NVS (the device then
+/// restarts into OTA mode; a boot of the same valid image writes nothing), the pull through
+/// arduino-esp32's `Update` (`HTTPUpdate`: a 200 with its length and `x-MD5`, read in segments),
+/// then the flag cleared before the restart into the new image.
+fn homie1<F: NorFlash>(
+    flash: &mut F,
+    target: &Target<'_>,
+    image: &[u8],
+    md5_hex: &[u8; 32],
+    on_received: &mut dyn FnMut(),
+) -> Result<(), ScriptError> {
+    let nvs = target.table.nvs().copied().ok_or(ScriptError::Incomplete)?;
+    let ns = ota_core::settings::NAMESPACE;
+    let at = APP_DESC_IMAGE_OFFSET as usize;
+    let version = image
+        .get(at..at + APP_DESC_LEN)
+        .and_then(|d| <&[u8; APP_DESC_LEN]>::try_from(d).ok())
+        .map(AppDesc::parse)
+        .ok_or(ScriptError::Incomplete)?;
+    let version = version.version();
+    ota_core::nvs::set_str(flash, &nvs, ns, KEY_HOMIE1_FLAG, version)
+        .map_err(|_| ScriptError::FlagNotStored)?;
+    let facts = http_pull::DeviceFacts {
+        sta_mac: [0x02, 0, 0, 0, 0, 1],
+        ap_mac: [0x02, 0, 0, 0, 0, 2],
+        free_space: ota_core::writer::next_update_partition(target.table, Some(&target.running))
+            .map_or(0, |p| p.size),
+        sketch_size: image.len() as u32,
+        sketch_md5: None,
+        chip_size: 4 << 20,
+        sdk_version: ota_core::proto::mqtt_pull::SDK_VERSION,
+        version: "",
+    };
+    let cfg = http_pull::Config::arduino(facts, "1.0.0");
+    let mut session = Session::new(homie1::service::Pull::default());
+    let mut out = PullOut { on_received, total: image.len() as u64, complete: false, failure: None };
+    let md5 = core::str::from_utf8(md5_hex).unwrap_or("");
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nx-MD5: {md5}\r\n\r\n", image.len());
+    session.with(flash, target, |pull, sink| {
+        let client = &mut pull.0;
+        client.start("http://10.0.2.2:8000/ota", &mut out);
+        client.connected(&cfg, 0, &mut out);
+        client.data(&cfg, head.as_bytes(), 0, sink, &mut out);
+        for piece in image.chunks(SEGMENT) {
+            client.data(&cfg, piece, 0, sink, &mut out);
+        }
+        client.closed(&cfg, sink, &mut out);
+    });
+    // Whatever the pull gave, OTA mode ends with the flag cleared.
+    ota_core::nvs::erase(flash, &nvs, ns, KEY_HOMIE1_FLAG).map_err(|_| ScriptError::FlagNotCleared)?;
+    match (out.complete, out.failure) {
+        (true, _) => Ok(()),
+        (false, Some(e)) => Err(ScriptError::Pull(e)),
+        (false, None) => Err(ScriptError::Incomplete),
     }
 }
 

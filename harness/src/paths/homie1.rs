@@ -9,6 +9,7 @@ use crate::client::{Outcome, Phase};
 use crate::scenario::yaml::{Options, ScenarioError};
 use crate::services::firmware_server::{Fault, Framing, Md5Header, RangeSupport, Response, Route};
 use ota_core::app_desc::{APP_DESC_IMAGE_OFFSET, APP_DESC_LEN, AppDesc};
+use ota_core::proto::UpdatePath;
 use ota_core::proto::homie1::{BASE_TOPIC, OTA_TOPIC};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 pub const ENTRY: PathEntry = PathEntry {
     name: "homie1",
     about: "Homie 1.x OTA: a version announced on $ota, the device pulls the image over HTTP in OTA mode",
-    sweep: None,
+    sweep: Some(UpdatePath::Homie1),
     outcomes,
     read,
     needs: Needs { broker: true, server: true },

@@ -28,7 +28,8 @@ const PACKET: usize = 256;
 const TOPIC_MAX: usize = BASE_TOPIC.len() + crate::proto::homie::settings::MAX_ID_LEN + 16;
 
 /// The pull writes through arduino-esp32's `Update` library (`HTTPUpdate`).
-pub struct Pull(http_pull::Client);
+#[derive(Default)]
+pub struct Pull(pub http_pull::Client);
 
 impl Protocol for Pull {
     fn writes(&self, app: crate::writer::OtaConfig) -> crate::writer::OtaConfig {
