@@ -183,6 +183,13 @@ fn the_ota_port_keeps_a_backlog_of_one_and_reopens_at_once_on_qemu() {
         log.join("\n")
     );
     drop(b);
+    // Both of the listener's sockets now wait in LAST-ACK for slirp's ACK of the device's FIN
+    // (up to one wake of QEMU's main loop, ~5 ms): smoltcp has no socket listening then, and a
+    // SYN in that window is reset, where lwIP's separate listening PCB would take it. Measured:
+    // a client connecting at once after B's close was reset in 5 runs of 5, one 10 ms after was
+    // served in 3 of 3. Noted in issue #19; the part below is about closes the device makes
+    // first.
+    std::thread::sleep(Duration::from_millis(100));
 
     // Twice in a row the device closes first (wrong magic bytes), so both of its sockets end in
     // TIME-WAIT; smoltcp lets such a socket listen again, and the next client is served at once.
