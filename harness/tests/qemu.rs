@@ -183,9 +183,9 @@ fn the_ota_port_keeps_a_backlog_of_one_and_reopens_at_once_on_qemu() {
         log.join("\n")
     );
     drop(b);
-    // Both of the listener's sockets now wait in LAST-ACK for slirp's ACK of the device's FIN
-    // (up to one wake of QEMU's main loop, ~5 ms): smoltcp has no socket listening then, and a
-    // SYN in that window is reset, where lwIP's separate listening PCB would take it. Measured:
+    // Right after two sessions closed back to back the device resets a new client for a few ms:
+    // most likely both listener sockets still wait in LAST-ACK for slirp's ACK of the device's
+    // FIN, so smoltcp has no socket listening, where lwIP's listening PCB would take it. Measured:
     // a client connecting at once after B's close was reset in 5 runs of 5, one 10 ms after was
     // served in 3 of 3. Noted in issue #19; the part below is about closes the device makes
     // first.
