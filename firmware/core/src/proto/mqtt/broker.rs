@@ -3,7 +3,7 @@
 //! links this; the harness's broker does, so one codec serves both ends of the wire, and the
 //! tests below decode what the device's own encoder ([`super::packet`]) writes.
 
-use super::packet::{Connect, MAX_REMAINING, QoS, Sink, Will, kind};
+use super::packet::{Connect, QoS, Sink, Will, kind, put_remaining};
 use core::ops::Range;
 
 /// Why bytes from a client are not an MQTT 3.1.1 packet a broker takes. The connection must
@@ -332,20 +332,6 @@ pub fn unsuback<S: Sink + ?Sized>(out: &mut S, id: u16) {
 
 pub fn pingresp<S: Sink + ?Sized>(out: &mut S) {
     out.put(&[kind::PINGRESP << 4, 0]);
-}
-
-fn put_remaining<S: Sink + ?Sized>(out: &mut S, len: u32) {
-    debug_assert!(len <= MAX_REMAINING);
-    let (mut len, mut buf, mut n) = (len, [0u8; 4], 0);
-    loop {
-        buf[n] = (len % 128) as u8 | if len >= 128 { 0x80 } else { 0 };
-        n += 1;
-        len /= 128;
-        if len == 0 {
-            break;
-        }
-    }
-    out.put(&buf[..n]);
 }
 
 #[cfg(test)]

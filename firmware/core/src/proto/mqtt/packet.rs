@@ -128,7 +128,8 @@ pub trait Sink {
     fn put(&mut self, bytes: &[u8]);
 }
 
-fn put_remaining<S: Sink + ?Sized>(out: &mut S, mut len: u32) {
+/// MQTT's variable-length remaining length (1 to 4 bytes).
+pub(super) fn put_remaining<S: Sink + ?Sized>(out: &mut S, mut len: u32) {
     let mut buf = [0u8; 4];
     let mut n = 0;
     loop {
