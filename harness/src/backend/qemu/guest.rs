@@ -71,7 +71,7 @@ impl PowerOn {
     pub fn stop(&mut self, timeout: Duration) {
         let running = self.shared.slot().stopping_child();
         if let Some(pid) = running {
-            super::signal_terminate(pid);
+            signal_terminate(pid);
         }
         let Some(reader) = self.reader.take() else { return };
         let deadline = Instant::now() + timeout;
@@ -98,7 +98,7 @@ impl Slot {
 
 impl Drop for PowerOn {
     fn drop(&mut self) {
-        self.stop(super::STOP_TIMEOUT);
+        self.stop(STOP_TIMEOUT);
     }
 }
 
@@ -115,7 +115,7 @@ fn follow(mut stdout: ChildStdout, launch: &Launch, shared: &Shared, lines: &Sen
             if shared.trip.trips(&line)
                 && let Some(pid) = shared.slot().child.as_ref().map(Child::id)
             {
-                super::signal_terminate(pid);
+                signal_terminate(pid);
             }
             if lines.send(line).is_err() {
                 return;
@@ -151,5 +151,18 @@ fn follow(mut stdout: ChildStdout, launch: &Launch, shared: &Shared, lines: &Sen
                 return;
             }
         }
+    }
+}
+
+/// How long QEMU gets to write back its flash and exit after SIGTERM.
+pub(super) const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SIGTERM to a QEMU this process started (the power going off, or thrown by a log line).
+fn signal_terminate(pid: u32) {
+    #[cfg(unix)]
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: `kill` with the pid of a child this process spawned and has not reaped (the
+        // reader holds its stdout, which is open until it exits).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
     }
 }

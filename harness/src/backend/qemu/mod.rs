@@ -9,6 +9,8 @@
 mod guest;
 mod nudge;
 
+use guest::STOP_TIMEOUT;
+
 use super::SkipReason;
 use crate::client::Uploader;
 use crate::dut::{
@@ -457,19 +459,6 @@ impl Dut for QemuDut {
 impl Drop for QemuDut {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// How long QEMU gets to write back its flash and exit after SIGTERM.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// SIGTERM to a QEMU this process started (the power switch thrown by a log line).
-fn signal_terminate(pid: u32) {
-    #[cfg(unix)]
-    if let Ok(pid) = libc::pid_t::try_from(pid) {
-        // SAFETY: `kill` with the pid of a child this process spawned and has not reaped (the
-        // reader holds its stdout, which is open until it exits).
-        unsafe { libc::kill(pid, libc::SIGTERM) };
     }
 }
 
