@@ -144,19 +144,9 @@ pub fn upload<F: NorFlash>(
             let mut out = PullOut { on_received, total: image.len() as u64, complete: false, failure: None };
             let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", image.len());
             session.with(flash, &target, |client, sink| {
-                client.start("http://10.0.2.2:8000/fw.bin", &mut out);
-                client.connected(&cfg, 0, &mut out);
-                client.data(&cfg, head.as_bytes(), 0, sink, &mut out);
-                for piece in image.chunks(SEGMENT) {
-                    client.data(&cfg, piece, 0, sink, &mut out);
-                }
-                client.closed(&cfg, sink, &mut out);
+                download(client, &cfg, "http://10.0.2.2:8000/fw.bin", &head, image, sink, &mut out)
             });
-            match (out.complete, out.failure) {
-                (true, _) => Ok(()),
-                (false, Some(e)) => Err(ScriptError::Pull(e)),
-                (false, None) => Err(ScriptError::Incomplete),
-            }
+            out.result()
         }
         UpdatePath::Homie1 => homie1(flash, &target, image, &md5_hex, on_received),
     }
@@ -201,22 +191,31 @@ fn homie1<F: NorFlash>(
     let md5 = core::str::from_utf8(md5_hex).unwrap_or("");
     let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nx-MD5: {md5}\r\n\r\n", image.len());
     session.with(flash, target, |pull, sink| {
-        let client = &mut pull.0;
-        client.start("http://10.0.2.2:8000/ota", &mut out);
-        client.connected(&cfg, 0, &mut out);
-        client.data(&cfg, head.as_bytes(), 0, sink, &mut out);
-        for piece in image.chunks(SEGMENT) {
-            client.data(&cfg, piece, 0, sink, &mut out);
-        }
-        client.closed(&cfg, sink, &mut out);
+        download(&mut pull.0, &cfg, "http://10.0.2.2:8000/ota", &head, image, sink, &mut out)
     });
     // Whatever the pull gave, OTA mode ends with the flag cleared.
     ota_core::nvs::erase(flash, &nvs, ns, KEY_HOMIE1_FLAG).map_err(|_| ScriptError::FlagNotCleared)?;
-    match (out.complete, out.failure) {
-        (true, _) => Ok(()),
-        (false, Some(e)) => Err(ScriptError::Pull(e)),
-        (false, None) => Err(ScriptError::Incomplete),
+    out.result()
+}
+
+/// A pull's whole exchange: the request out, the response `head`, then `image` in TCP
+/// segments and the server's close.
+fn download<S: ota_core::update::UpdateSink>(
+    client: &mut http_pull::Client,
+    cfg: &http_pull::Config<'_>,
+    url: &str,
+    head: &str,
+    image: &[u8],
+    sink: &mut S,
+    out: &mut PullOut<'_>,
+) {
+    client.start(url, out);
+    client.connected(cfg, 0, out);
+    client.data(cfg, head.as_bytes(), 0, sink, out);
+    for piece in image.chunks(SEGMENT) {
+        client.data(cfg, piece, 0, sink, out);
     }
+    client.closed(cfg, sink, out);
 }
 
 /// The pull's events: the last image byte in, then complete or failed.
@@ -225,6 +224,16 @@ struct PullOut<'a> {
     total: u64,
     complete: bool,
     failure: Option<http_pull::PullError>,
+}
+
+impl PullOut<'_> {
+    fn result(&self) -> Result<(), ScriptError> {
+        match (self.complete, self.failure) {
+            (true, _) => Ok(()),
+            (false, Some(e)) => Err(ScriptError::Pull(e)),
+            (false, None) => Err(ScriptError::Incomplete),
+        }
+    }
 }
 
 impl http_pull::Output for PullOut<'_> {

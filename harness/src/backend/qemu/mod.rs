@@ -315,13 +315,7 @@ impl QemuDut {
             let Some(line) = self.read_line(left)? else {
                 return Err(DutError::Timeout(BOOT_TIMEOUT, "the firmware to boot".into()));
             };
-            if self.trip.take_if_tripped_by(&line) {
-                self.kill();
-                let lost = DutEvent::PowerLost(format!("at log line `{line}`"));
-                self.pending.push_back(DutEvent::Serial(line));
-                self.pending.push_back(lost);
-                return Ok(false);
-            }
+            let Some(line) = self.unless_tripped(line) else { return Ok(false) };
             let settled = ends_boot(&line);
             self.pending.push_back(DutEvent::Serial(line));
             if settled {
@@ -329,6 +323,20 @@ impl QemuDut {
                 return Ok(true);
             }
         }
+    }
+
+    /// `line`, unless it is the one a power cut was armed at: then the power is off (the reader
+    /// has sent QEMU SIGTERM, it writes the flash back and exits) and the line and the loss are
+    /// pending.
+    fn unless_tripped(&mut self, line: String) -> Option<String> {
+        if !self.trip.take_if_tripped_by(&line) {
+            return Some(line);
+        }
+        self.kill();
+        let lost = DutEvent::PowerLost(format!("at log line `{line}`"));
+        self.pending.push_back(DutEvent::Serial(line));
+        self.pending.push_back(lost);
+        None
     }
 
     fn read_line(&mut self, timeout: Duration) -> Result<Option<String>, DutError> {
@@ -402,12 +410,7 @@ impl Dut for QemuDut {
             return Ok(Some(e));
         }
         let Some(line) = self.read_line(timeout)? else { return Ok(None) };
-        if self.trip.take_if_tripped_by(&line) {
-            // The reader has sent QEMU SIGTERM (it writes the flash back and exits).
-            self.kill();
-            self.pending.push_back(DutEvent::PowerLost(format!("at log line `{line}`")));
-            return Ok(Some(DutEvent::Serial(line)));
-        }
+        let Some(line) = self.unless_tripped(line) else { return Ok(self.pending.pop_front()) };
         let Some(after_update) = announced_reboot(&line) else { return Ok(Some(DutEvent::Serial(line))) };
         // The guest restarts by itself (its reset ends the process, the next one boots). The
         // boot's lines are taken as one, as after a power-on (a snapshot after `running ota_1`
