@@ -171,18 +171,29 @@ struct Closing {
 }
 
 impl Closing {
-    /// Hands queued bytes to the socket, shuts the device's side once they are all there, and
-    /// reads what the peer still sends: `true` once the peer has closed its side too.
-    fn step(&mut self, buf: &mut [u8]) -> bool {
+    /// A link the restart closes: what its socket takes now, then the FIN if that was all.
+    fn start(link: Link) -> Closing {
+        let mut c = Closing { link, fin: false };
+        c.send_rest();
+        c
+    }
+
+    /// Hands queued bytes to the socket and shuts the device's side once they are all there.
+    fn send_rest(&mut self) {
         if !self.fin {
             let _ = self.link.flush();
-            if !self.link.is_flushed() {
-                return false;
+            if self.link.is_flushed() {
+                self.link.shutdown_write();
+                self.fin = true;
             }
-            self.link.shutdown_write();
-            self.fin = true;
         }
-        self.link.drain(buf)
+    }
+
+    /// [`Closing::send_rest`], then reads what the peer still sends: `true` once the peer has
+    /// closed its side too.
+    fn step(&mut self, buf: &mut [u8]) -> bool {
+        self.send_rest();
+        self.fin && self.link.drain(buf)
     }
 }
 
@@ -691,16 +702,7 @@ fn apply(device: &mut Device<Serial>, net: &mut Net, step: Step) {
         net.inbox.clear();
         // What the sockets take now is followed by a FIN at once; the restart then waits for
         // the peers to read it (the loop sleeps until one of them does, or can take more).
-        let mut open = Vec::new();
-        for link in links {
-            let mut c = Closing { link, fin: false };
-            let _ = c.link.flush();
-            if c.link.is_flushed() {
-                c.link.shutdown_write();
-                c.fin = true;
-            }
-            open.push(c);
-        }
+        let open = links.into_iter().map(Closing::start).collect();
         net.restart = Some(Restart { links: open, until: Instant::now() + LAST_BYTES_GRACE });
     }
 }
