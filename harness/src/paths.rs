@@ -14,6 +14,8 @@ use crate::dut::{EndpointError, Endpoints, Port};
 use crate::scenario::yaml::{Ctx, Options, ScenarioError, Spans};
 use crate::services::broker::BrokerLink;
 use ota_core::proto::UpdatePath;
+use ota_core::provision::{ProvisionError, SettingsPage};
+use std::any::Any;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,7 +35,20 @@ pub struct PathEntry {
     pub read: fn(Options, &ReadCx<'_>) -> Result<Update, ScenarioError>,
     /// The services the path's steps need from the run.
     pub needs: Needs,
+    /// The path's own section of `device:`, when it has one.
+    pub section: Option<SectionEntry>,
 }
+
+/// A path's section of `device:` (`device: { KEY: { … } }`): the settings the device is
+/// provisioned with for that path.
+pub struct SectionEntry {
+    pub key: &'static str,
+    /// Reads the section's options (every error at its key).
+    pub read: fn(Options, &Ctx<'_>) -> Result<Section, ScenarioError>,
+}
+
+/// A device section as its path read it.
+pub type Section = Arc<dyn DeviceSection>;
 
 impl fmt::Debug for PathEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -70,25 +85,126 @@ pub fn of_core(core: UpdatePath) -> Option<&'static PathEntry> {
     PATHS.iter().find(|p| p.sweep == Some(core))
 }
 
-/// The device's settings that belong to a path (its section of `device:`), read by the path.
-#[derive(Debug, Clone, Default)]
-pub struct DeviceSections {
-    pub homie: Option<homie::DeviceSection>,
-    pub homie1: Option<homie1::DeviceSection>,
-    /// `mqtt:`: the pull's broker session (topics, version check, HTTP timeout, TLS, resume).
-    pub mqtt: Option<mqtt_pull::MqttDevice>,
+/// A path's section of `device:` as its path read it: what the device needs from the run and
+/// what it is provisioned with.
+pub trait DeviceSection: fmt::Debug + Send + Sync + Any {
+    /// The services the device connects to for this path.
+    fn needs(&self) -> Needs;
+    /// Writes the path's settings on the device's provisioning page.
+    fn provision(&self, cx: &ProvisionCx<'_>, page: &mut SettingsPage) -> Result<(), ProvisionFailure>;
+    /// The command and state topics of a device that says on its state topic when its MQTT
+    /// session is up: the generic MQTT steps wait for that through any broker.
+    fn status_topics(&self) -> Option<(&str, &str)> {
+        None
+    }
+    /// Whether the device is provisioned with the run's test CA (`Some`), and with the host's
+    /// clock (`true`) so that certificate dates are checked.
+    fn test_ca(&self) -> Option<bool> {
+        None
+    }
 }
 
+/// What the run offers a device section's provisioning: its services as the device reaches
+/// them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProvisionCx<'a> {
+    /// The MQTT broker (`ip:port`).
+    pub broker: Option<&'a str>,
+    /// The firmware server's base URL (`http://host:port`).
+    pub server_base: Option<&'a str>,
+    /// The test CA (PEM), when a section asked for it.
+    pub ca_pem: Option<&'a str>,
+    /// The host's clock (Unix seconds), when a section asked for it.
+    pub clock_unix: Option<u64>,
+}
+
+impl<'a> ProvisionCx<'a> {
+    /// The broker, or the error that `what` needs one.
+    pub fn broker(&self, what: &'static str) -> Result<&'a str, ProvisionFailure> {
+        self.broker.ok_or(ProvisionFailure::NoBroker(what))
+    }
+}
+
+/// Why a device section could not be provisioned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProvisionFailure {
+    #[error("the scenario's device has {0} but no broker was started")]
+    NoBroker(&'static str),
+    #[error("the scenario's device has {0} but no firmware server was started")]
+    NoServer(&'static str),
+    #[error("{0}")]
+    Refused(ProvisionError),
+}
+
+impl From<ProvisionError> for ProvisionFailure {
+    fn from(e: ProvisionError) -> Self {
+        ProvisionFailure::Refused(e)
+    }
+}
+
+/// The device's path sections, each under its key, as its path read it.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceSections(Vec<(&'static str, Section)>);
+
 impl DeviceSections {
+    pub fn insert(&mut self, key: &'static str, section: Section) {
+        self.0.retain(|(k, _)| *k != key);
+        self.0.push((key, section));
+    }
+
+    /// The section under `key`, as its path's type.
+    pub fn get<T: DeviceSection>(&self, key: &str) -> Option<&T> {
+        let (_, s) = self.0.iter().find(|(k, _)| *k == key)?;
+        (s.as_ref() as &dyn Any).downcast_ref::<T>()
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| *k == key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &dyn DeviceSection> {
+        self.0.iter().map(|(_, s)| s.as_ref())
+    }
+
     /// Whether a section makes the device connect to the run's broker.
     pub fn needs_broker(&self) -> bool {
-        self.homie.is_some() || self.homie1.is_some() || self.mqtt.is_some()
+        self.iter().any(|s| s.needs().broker)
     }
 
     /// Whether a section makes the device pull from the run's firmware server.
     pub fn needs_server(&self) -> bool {
-        self.homie1.is_some()
+        self.iter().any(|s| s.needs().server)
     }
+
+    /// The status topics of the first section that has them.
+    pub fn status_topics(&self) -> Option<(&str, &str)> {
+        self.iter().find_map(|s| s.status_topics())
+    }
+
+    /// What the first section that wants the test CA asks for.
+    pub fn test_ca(&self) -> Option<bool> {
+        self.iter().find_map(|s| s.test_ca())
+    }
+}
+
+/// The registered section keys, for messages.
+pub fn section_keys() -> Vec<&'static str> {
+    PATHS.iter().filter_map(|p| p.section.as_ref().map(|s| s.key)).collect()
+}
+
+/// The sections that give the device a broker session, for messages: "`mqtt: {}`, `homie: {}`…".
+pub fn broker_sections() -> String {
+    PATHS
+        .iter()
+        .filter(|p| p.needs.broker)
+        .filter_map(|p| p.section.as_ref().map(|s| format!("`{}: {{}}`", s.key)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The path whose section is `device: { key: … }`.
+pub fn section_by_key(key: &str) -> Option<&'static SectionEntry> {
+    PATHS.iter().filter_map(|p| p.section.as_ref()).find(|s| s.key == key)
 }
 
 /// What a path reading its step options may look at besides them.

@@ -50,7 +50,10 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
     {
         return cx.at(&raw.name, "name must be non-empty and use only letters, digits, `-` and `_`");
     }
-    let d = raw.device;
+    let RawDevice { firmware, rest: d } = raw.device;
+    if let Some(key) = &d.unknown {
+        return cx.at(key, RawDevice::unknown_key_message(&key.value));
+    }
     let (partitions, partitions_name) = match &d.partitions {
         None => (
             ota_core::partition_csv::parse_csv(fixtures::DEFAULT_PARTITIONS_CSV)
@@ -124,7 +127,7 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
         }
     };
     let device = Device {
-        firmware: cx.image(&d.firmware)?,
+        firmware: cx.image(&firmware)?,
         password,
         partitions,
         partitions_name,
@@ -135,10 +138,14 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
         seed: d.seed.unwrap_or(0),
         writer_fault: d.writer_fault,
         arduino,
-        paths: paths::DeviceSections {
-            homie: d.homie.map(|h| paths::homie::device_section(h, cx)).transpose()?,
-            homie1: d.homie1.map(|h| paths::homie1::device_section(h, cx)).transpose()?,
-            mqtt: d.mqtt.map(|m| paths::mqtt_pull::device_section(m, cx)).transpose()?,
+        paths: {
+            let mut sections = paths::DeviceSections::default();
+            for (key, options) in d.sections {
+                let entry =
+                    paths::section_by_key(&key.value).expect("the raw device kept only registered keys");
+                sections.insert(entry.key, (entry.read)(options, cx)?);
+            }
+            sections
         },
     };
     // What `run` would refuse when it builds the device's flash is refused here, at its place.
@@ -147,10 +154,10 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
     {
         use ota_emu::mkflash::MergeError;
         let at = match (&e, &d.flash_size, &d.partitions) {
-            (MergeError::AppTooBig { .. }, ..) => &d.firmware,
+            (MergeError::AppTooBig { .. }, ..) => &firmware,
             (MergeError::PastEnd { .. } | MergeError::FlashSize(_), Some(size), _) => size,
             (_, _, Some(table)) => table,
-            _ => &d.firmware,
+            _ => &firmware,
         };
         return cx.at(at, format!("the device's flash cannot be built: {e}"));
     }
@@ -215,20 +222,19 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
             RawStep::MqttPublish(r) => {
                 StepKind::MqttPublish(services::publish(r, &device.paths, cx, line, column)?)
             }
-            RawStep::ExpectStatus(r) => StepKind::ExpectStatus(services::expect_status(
-                r,
-                device.paths.mqtt.as_ref(),
-                cx,
-                line,
-                column,
-            )?),
+            RawStep::ExpectStatus(r) => {
+                StepKind::ExpectStatus(services::expect_status(r, &device.paths, cx, line, column)?)
+            }
             RawStep::ExpectRequest(r) => StepKind::ExpectRequest(services::expect_request(r)),
             RawStep::Broker(a) => {
                 if !device.paths.needs_broker() {
                     return cx.err(
                         line,
                         column,
-                        "broker: the device has no broker session: add `mqtt: {}` (or `homie:`, `homie1:`) under `device`",
+                        format!(
+                            "broker: the device has no broker session: add one of {} under `device`",
+                            paths::broker_sections()
+                        ),
                     );
                 }
                 StepKind::Broker(a)
@@ -405,7 +411,7 @@ mod tests {
         let ok =
             format!("{device}  - mqtt_publish: {{ payload: '{{\"url\":\"{{https_expired}}/a.bin\"}}' }}\n");
         let s = parse(&ok, Path::new("x.yaml")).unwrap();
-        assert_eq!(s.device.paths.mqtt.as_ref().and_then(|m| m.tls_clock), Some(true));
+        assert_eq!(s.device.paths.test_ca(), Some(true));
         let e = err(&format!(
             "{device}  - mqtt_publish: {{ payload: '{{\"url\":\"{{https_bogus}}/a.bin\"}}' }}\n"
         ));
@@ -474,6 +480,20 @@ mod tests {
         );
         let e = err("name: t\ndevice: { firmware: v1, homie: { id: Not_An_Id } }\nsteps: []\n");
         assert!(e.message.contains("homie id `Not_An_Id`"), "{e}");
+        // A path's section is read by its path, every error at its key's line.
+        let e = err("name: t\ndevice:\n  firmware: v1\n  homie1:\n    ota: true\n    id: Bad!\nsteps: []\n");
+        assert_eq!((e.line, e.message.starts_with("homie id `Bad!`")), (6, true), "{e}");
+        let e = err("name: t\ndevice:\n  firmware: v1\n  mqtt:\n    resume: true\n    qos: 2\nsteps: []\n");
+        assert_eq!(e.line, 6, "{e}");
+        assert!(e.message.contains("`qos` is not an option of device `mqtt` (it has: "), "{e}");
+        let e = err("name: t\ndevice:\n  firmware: v1\n  mqtt: { timeout: 1.5s }\nsteps: []\n");
+        assert!(e.message.contains("timeout `1.5s`: expected whole seconds"), "{e}");
+        let e = err("name: t\ndevice:\n  firmware: v1\n  homie2: {}\nsteps: []\n");
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.message.contains("unknown field `homie2`, expected one of `firmware`"), "{e}");
+        assert!(e.message.contains("`homie`, `homie1`, `mqtt`"), "the paths' sections are named: {e}");
+        let e = err("name: t\ndevice:\n  firmware: v1\n  seed: 1\n  seed: 2\nsteps: []\n");
+        assert!(e.message.contains("appears twice"), "{e}");
         let e = err("name: t\ndevice: { firmware: v1 }\nsteps:\n  - ota: { expect: ok }\n");
         assert!(e.message.contains("missing `image`"), "{e}");
         let s = parse(
@@ -482,7 +502,10 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(&s.steps[0].kind, StepKind::Ota(o) if o.path.name == "homie"));
-        assert_eq!(s.device.paths.homie.as_ref().map(|h| (h.id.as_str(), h.ota)), Some(("otahil", true)));
+        assert_eq!(
+            s.device.paths.get::<paths::homie::DeviceSection>("homie").map(|h| (h.id.as_str(), h.ota)),
+            Some(("otahil", true))
+        );
     }
 
     #[test]

@@ -284,6 +284,21 @@ impl PageBuilder {
         Ok(())
     }
 
+    /// Whether the page already holds an item `key` in namespace `ns`.
+    pub fn has(&self, ns: u8, key: &str) -> bool {
+        let Some(key) = key_bytes(key) else { return false };
+        let mut i = 0;
+        while i < self.next {
+            let at = FIRST_ENTRY + i * ENTRY_SIZE;
+            let entry = &self.page[at..at + ENTRY_SIZE];
+            if entry[0] == ns && entry[8..24] == key {
+                return true;
+            }
+            i += usize::from(entry[2]).max(1);
+        }
+        false
+    }
+
     /// Defines a namespace and returns its index for the items that follow.
     pub fn namespace(&mut self, name: &str) -> Result<u8, BuildError> {
         let index = self.namespaces + 1;
@@ -435,6 +450,19 @@ mod tests {
         let mut buf = std::vec![0u8; 4096];
         let got = get(&mut f, &nvs_part(0x1000), "n", "k", &mut buf).unwrap();
         assert_eq!(got, Some(Value::Str(fits.as_str())));
+    }
+
+    #[test]
+    fn the_builder_knows_what_it_wrote() {
+        let mut b = PageBuilder::new(0);
+        let a = b.namespace("a").unwrap();
+        let c = b.namespace("c").unwrap();
+        assert!(!b.has(a, "k"));
+        b.str(a, "long", &"x".repeat(100)).unwrap(); // 5 entries: the scan steps over its data
+        b.u8(a, "k", 1).unwrap();
+        assert!(b.has(a, "k") && b.has(a, "long"));
+        assert!(!b.has(c, "k"), "another namespace");
+        assert!(!b.has(a, "kk") && !b.has(a, ""));
     }
 
     /// A power cut during nvs_flash's garbage collection: the old page is FREEING, the new page

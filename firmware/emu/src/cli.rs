@@ -202,12 +202,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ota_password: password.as_deref(),
                     protocol: protocol.unwrap_or(2),
                     wifi: wifi_ssid.as_deref().map(|ssid| (ssid, wifi_password.as_deref().unwrap_or(""))),
-                    arduino: None,
-                    mqtt: None,
-                    homie: None,
-                    homie1: None,
                 };
-                crate::mkflash::provision_settings(&mut image, &table, &settings)?;
+                crate::mkflash::provision_settings(&mut image, &table, &settings, &[])?;
             } else if wifi_password.is_some() {
                 bail!("--wifi-password needs --wifi-ssid");
             }

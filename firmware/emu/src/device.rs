@@ -522,15 +522,8 @@ mod tests {
         crate::mkflash::provision_settings(
             &mut image,
             &table,
-            &ota_core::provision::Provision {
-                ota_password: Some("hunter2"),
-                protocol: 1,
-                wifi: None,
-                arduino: None,
-                mqtt: None,
-                homie: None,
-                homie1: None,
-            },
+            &ota_core::provision::Provision { ota_password: Some("hunter2"), protocol: 1, wifi: None },
+            &[],
         )
         .unwrap();
         let mut d = Device::new(config_with(b"built-in"), FileFlash::in_memory(image), Vec::new());

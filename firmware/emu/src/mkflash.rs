@@ -27,22 +27,34 @@ pub enum ProvisionError {
     Settings(ota_core::provision::ProvisionError),
 }
 
-/// Writes `settings` (OTA password `None`: no authentication) as the first page of `table`'s
-/// nvs partition in `image`, erasing the rest of the partition: a device booted from it uses
-/// these settings whatever its firmware has built in (`ota_core::settings`).
+/// Writes `settings` (OTA password `None`: no authentication) and `paths`' settings as the
+/// first page of `table`'s nvs partition in `image`, erasing the rest of the partition: a
+/// device booted from it uses these settings whatever its firmware has built in
+/// (`ota_core::settings`).
 pub fn provision_settings(
     image: &mut [u8],
     table: &PartitionTable,
     settings: &ota_core::provision::Provision<'_>,
+    paths: &[&dyn ota_core::provision::PathProvision],
+) -> Result<(), ProvisionError> {
+    let page = ota_core::provision::provisioning_page(settings, paths).map_err(ProvisionError::Settings)?;
+    write_page(image, table, &page)
+}
+
+/// Writes a provisioning `page` as the first page of `table`'s nvs partition in `image`,
+/// erasing the rest of the partition.
+pub fn write_page(
+    image: &mut [u8],
+    table: &PartitionTable,
+    page: &[u8; ota_core::nvs::PAGE_SIZE],
 ) -> Result<(), ProvisionError> {
     let nvs = table.nvs().ok_or(ProvisionError::NoNvsPartition)?;
     if nvs.end() > image.len() as u64 {
         return Err(ProvisionError::ImageTooSmall { len: image.len(), end: nvs.end() });
     }
-    let page = ota_core::provision::provisioning_page(settings).map_err(ProvisionError::Settings)?;
     let region = &mut image[nvs.offset as usize..nvs.end() as usize];
     region.fill(0xFF);
-    region[..page.len()].copy_from_slice(&page);
+    region[..page.len()].copy_from_slice(page);
     Ok(())
 }
 
@@ -92,17 +104,9 @@ mod tests {
         let table = parse_csv("nvs, data, nvs, 0x9000, 0x5000\napp0, app, ota_0, 0x10000, 1M\n").unwrap();
         let mut image = merged_image(&table, APP, 4 << 20).unwrap();
         image[0xA000] = 0x00; // stale bytes in the partition's second page
-        let settings = Provision {
-            ota_password: Some("pw"),
-            protocol: 2,
-            wifi: None,
-            arduino: None,
-            mqtt: None,
-            homie: None,
-            homie1: None,
-        };
-        provision_settings(&mut image, &table, &settings).unwrap();
-        let page = ota_core::provision::provisioning_page(&settings).unwrap();
+        let settings = Provision { ota_password: Some("pw"), protocol: 2, wifi: None };
+        provision_settings(&mut image, &table, &settings, &[]).unwrap();
+        let page = ota_core::provision::provisioning_page(&settings, &[]).unwrap();
         assert_eq!(&image[0x9000..0xA000], &page[..]);
         assert!(image[0xA000..0xE000].iter().all(|&b| b == 0xFF));
         assert_eq!(&image[0x10000..0x10040], APP, "nothing outside nvs moves");
@@ -113,7 +117,7 @@ mod tests {
         let table = parse_csv("app0, app, factory, 0x10000, 1M\n").unwrap();
         let mut image = merged_image(&table, APP, 4 << 20).unwrap();
         assert_eq!(
-            provision_settings(&mut image, &table, &Provision { protocol: 2, ..Provision::default() }),
+            provision_settings(&mut image, &table, &Provision { protocol: 2, ..Provision::default() }, &[]),
             Err(ProvisionError::NoNvsPartition)
         );
         let table = parse_csv("nvs, data, nvs, 0x9000, 0x5000\napp0, app, factory, 0x10000, 1M\n").unwrap();
@@ -122,15 +126,8 @@ mod tests {
         let e = provision_settings(
             &mut image,
             &table,
-            &Provision {
-                ota_password: Some(&long),
-                protocol: 2,
-                wifi: None,
-                arduino: None,
-                mqtt: None,
-                homie: None,
-                homie1: None,
-            },
+            &Provision { ota_password: Some(&long), protocol: 2, wifi: None },
+            &[],
         )
         .unwrap_err();
         assert_eq!(e.to_string(), "password of 65 bytes: the device stores at most 64");
@@ -138,6 +135,7 @@ mod tests {
             &mut image[..0xA000],
             &table,
             &Provision { protocol: 2, ..Provision::default() },
+            &[],
         )
         .unwrap_err();
         assert_eq!(e, ProvisionError::ImageTooSmall { len: 0xA000, end: 0xE000 });

@@ -23,13 +23,10 @@ fn board(dir: &Path, broker: SocketAddr) -> PathBuf {
     let app = std::fs::read(root().join("fixtures/firmware/v1.bin")).unwrap();
     let mut image = ota_emu::mkflash::merged_image(&table, &app, 4 << 20).unwrap();
     let broker = broker.to_string();
-    let settings = ota_core::provision::Provision {
-        protocol: 2,
-        homie: Some(ota_core::provision::HomieProvision { broker: &broker, id: Some("emu1"), ota: true }),
-        homie1: None,
-        ..ota_core::provision::Provision::default()
-    };
-    ota_emu::mkflash::provision_settings(&mut image, &table, &settings).unwrap();
+    let settings =
+        ota_core::provision::Provision { protocol: 2, ..ota_core::provision::Provision::default() };
+    let homie = ota_core::proto::homie::settings::Provision { broker: &broker, id: Some("emu1"), ota: true };
+    ota_emu::mkflash::provision_settings(&mut image, &table, &settings, &[&homie]).unwrap();
     let flash = dir.join("flash.bin");
     std::fs::write(&flash, image).unwrap();
     flash

@@ -36,15 +36,15 @@ fn board(dir: &Path, broker: Option<SocketAddr>) -> PathBuf {
     let app = std::fs::read(root.join("fixtures/firmware/v1.bin")).unwrap();
     let mut image = ota_emu::mkflash::merged_image(&table, &app, 4 << 20).unwrap();
     let broker = broker.map(|b| b.to_string());
-    let settings = ota_core::provision::Provision {
-        protocol: 2,
-        mqtt: broker.as_deref().map(|broker| ota_core::provision::MqttProvision {
-            broker,
-            ..ota_core::provision::MqttProvision::default()
-        }),
-        ..ota_core::provision::Provision::default()
-    };
-    ota_emu::mkflash::provision_settings(&mut image, &table, &settings).unwrap();
+    let settings =
+        ota_core::provision::Provision { protocol: 2, ..ota_core::provision::Provision::default() };
+    let pull = broker.as_deref().map(|broker| ota_core::proto::mqtt_pull::settings::Provision {
+        broker,
+        ..ota_core::proto::mqtt_pull::settings::Provision::default()
+    });
+    let paths: Vec<&dyn ota_core::provision::PathProvision> =
+        pull.iter().map(|p| p as &dyn ota_core::provision::PathProvision).collect();
+    ota_emu::mkflash::provision_settings(&mut image, &table, &settings, &paths).unwrap();
     let flash = dir.join("flash.bin");
     std::fs::write(&flash, image).unwrap();
     flash

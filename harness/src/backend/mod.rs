@@ -49,8 +49,8 @@ pub enum BackendError {
         "the bench file names no harness_address (this machine's IP address on the board's network, where the board reaches the broker and the firmware server)"
     )]
     NoHarnessAddress,
-    #[error("the scenario's device has {0} but no broker was started")]
-    NoBroker(&'static str),
+    #[error(transparent)]
+    Section(crate::paths::ProvisionFailure),
     #[error("cannot build the flash image: {0}")]
     FlashImage(#[source] ota_emu::mkflash::MergeError),
     #[error("cannot provision the device's settings: {0}")]
@@ -191,59 +191,33 @@ pub fn device_flash(
     context: &StartContext,
 ) -> Result<(Vec<u8>, bool), StartError> {
     let d = &s.device;
-    let broker = context.device_broker.map(|a| a.to_string());
-    let homie1_url =
-        context.device_server.as_ref().map(|base| format!("{base}{}", crate::paths::homie1::OTA_PATH));
-    let mqtt = match (&d.paths.mqtt, &broker) {
-        (Some(m), Some(broker)) => Some(ota_core::provision::MqttProvision {
-            broker,
-            command_topic: Some(&m.command_topic),
-            state_topic: Some(&m.state_topic),
-            version_check: m.version_check.code(),
-            timeout_s: m.timeout_s,
-            ca_pem: context.device_tls.as_ref().map(|t| t.ca_pem.as_str()),
-            clock_unix: context.device_tls.as_ref().and_then(|t| t.clock_unix),
-            resume: m.resume,
-        }),
-        (Some(_), None) => {
-            return Err(BackendError::NoBroker("the pull path").into());
-        }
-        (None, _) => None,
-    };
     let mut image =
         ota_emu::mkflash::merged_image(&d.partitions, app, d.flash_size).map_err(BackendError::FlashImage)?;
-    let provisioned = match ota_emu::mkflash::provision_settings(
-        &mut image,
-        &d.partitions,
-        &ota_core::provision::Provision {
-            ota_password: d.password.as_deref(),
-            protocol: d.protocol,
-            wifi,
-            arduino: d.arduino.as_ref().map(|a| (a.password.as_deref(), a.auth)),
-            mqtt,
-            homie: match (&d.paths.homie, &broker) {
-                (Some(h), Some(broker)) => {
-                    Some(ota_core::provision::HomieProvision { broker, id: Some(&h.id), ota: h.ota })
-                }
-                (Some(_), None) => {
-                    return Err(BackendError::NoBroker("a Homie session").into());
-                }
-                (None, _) => None,
-            },
-            homie1: match (&d.paths.homie1, &broker) {
-                (Some(h), Some(broker)) => Some(ota_core::provision::Homie1Provision {
-                    broker,
-                    id: Some(&h.id),
-                    ota: h.ota,
-                    url: homie1_url.as_deref(),
-                }),
-                (Some(_), None) => {
-                    return Err(BackendError::NoBroker("a Homie 1.x session").into());
-                }
-                (None, _) => None,
-            },
-        },
-    ) {
+    let refused = |e| BackendError::Provision(ota_emu::mkflash::ProvisionError::Settings(e));
+    let mut page = ota_core::provision::SettingsPage::new(&ota_core::provision::Provision {
+        ota_password: d.password.as_deref(),
+        protocol: d.protocol,
+        wifi,
+    })
+    .map_err(refused)?;
+    if let Some(a) = &d.arduino {
+        page.path(&ota_core::proto::arduino::settings::Provision {
+            password: a.password.as_deref(),
+            auth: a.auth,
+        })
+        .map_err(refused)?;
+    }
+    let broker = context.device_broker.map(|a| a.to_string());
+    let cx = crate::paths::ProvisionCx {
+        broker: broker.as_deref(),
+        server_base: context.device_server.as_deref(),
+        ca_pem: context.device_tls.as_ref().map(|t| t.ca_pem.as_str()),
+        clock_unix: context.device_tls.as_ref().and_then(|t| t.clock_unix),
+    };
+    for section in d.paths.iter() {
+        section.provision(&cx, &mut page).map_err(BackendError::Section)?;
+    }
+    let provisioned = match ota_emu::mkflash::write_page(&mut image, &d.partitions, &page.finish()) {
         Ok(()) => true,
         Err(ota_emu::mkflash::ProvisionError::NoNvsPartition) => false,
         Err(e) => return Err(BackendError::Provision(e).into()),

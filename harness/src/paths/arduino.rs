@@ -15,6 +15,7 @@ pub const ENTRY: PathEntry = PathEntry {
     outcomes: client::arduino::error_names,
     read,
     needs: super::Needs { broker: false, server: false },
+    section: None,
 };
 
 #[derive(Debug, Deserialize)]

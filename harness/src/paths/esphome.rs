@@ -14,6 +14,7 @@ pub const ENTRY: PathEntry = PathEntry {
     outcomes: client::esphome::error_names,
     read,
     needs: super::Needs { broker: false, server: false },
+    section: None,
 };
 
 /// Which authentication the client offers.

@@ -4,14 +4,16 @@
 //! [`Status::parse`]) to the final one. Faults a server can make: a wrong MD5 in the topic, a
 //! truncated payload, a retained firmware message (delivered again at every reconnect).
 
-use super::{Needs, PathEntry, PathUpdate, ReadCx, Unavailable, UpdateCx};
+use super::{
+    Needs, PathEntry, PathUpdate, ProvisionCx, ProvisionFailure, ReadCx, SectionEntry, Unavailable, UpdateCx,
+};
 use crate::client::{Outcome, Phase};
-use crate::scenario::yaml::{Options, ScenarioError};
+use crate::scenario::yaml::{Ctx, Options, ScenarioError};
 use md5::{Digest, Md5};
 use ota_core::proto::UpdatePath;
 use ota_core::proto::homie::{BASE_TOPIC, FIRMWARE_TOPIC, STATUS_TOPIC, Status};
+use ota_core::provision::SettingsPage;
 use serde::Deserialize;
-use serde_saphyr::Spanned;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,7 @@ pub const ENTRY: PathEntry = PathEntry {
     outcomes,
     read,
     needs: Needs { broker: true, server: false },
+    section: Some(SectionEntry { key: "homie", read: |o, cx| Ok(Arc::new(device_section(o, cx, "homie")?)) }),
 };
 
 /// The device id the harness provisions when the scenario names none (Homie's own default, the
@@ -50,40 +53,55 @@ fn outcomes() -> Vec<&'static str> {
 /// broker is the run's).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawDeviceSection {
+struct RawDeviceSection {
     #[serde(default)]
-    id: Option<Spanned<String>>,
+    id: Option<String>,
     /// `$implementation/ota/enabled` (Homie's default: off).
     #[serde(default)]
     ota: Option<bool>,
 }
 
+/// The device's Homie identity: its id in the topics and whether OTA is enabled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceSection {
     pub id: String,
     pub ota: bool,
 }
 
-/// Reads the device's Homie section.
-pub fn device_section(
-    raw: RawDeviceSection,
-    cx: &crate::scenario::yaml::Ctx<'_>,
-) -> Result<DeviceSection, ScenarioError> {
+/// Reads a Homie section (`device: { KEY: { id, ota } }`; Homie 1.x's has the same keys).
+pub fn device_section(options: Options, cx: &Ctx<'_>, key: &str) -> Result<DeviceSection, ScenarioError> {
+    let (raw, spans): (RawDeviceSection, _) = options.rest(&format!("device `{key}`"), cx)?;
     let id = match raw.id {
         None => DEFAULT_ID.to_string(),
-        Some(id) if ota_core::proto::homie::settings::DeviceId::new(&id.value).is_some() => id.value,
+        Some(id) if ota_core::proto::homie::settings::DeviceId::new(&id).is_some() => id,
         Some(id) => {
-            return cx.at(
-                &id,
+            return spans.err(
+                cx,
+                "id",
                 format!(
-                    "homie id `{}`: expected 1 to {} lowercase letters, digits and `-` (a Homie topic level)",
-                    id.value,
+                    "homie id `{id}`: expected 1 to {} lowercase letters, digits and `-` (a Homie topic level)",
                     ota_core::proto::homie::settings::MAX_ID_LEN
                 ),
             );
         }
     };
     Ok(DeviceSection { id, ota: raw.ota.unwrap_or(false) })
+}
+
+impl super::DeviceSection for DeviceSection {
+    fn needs(&self) -> Needs {
+        ENTRY.needs
+    }
+
+    fn provision(&self, cx: &ProvisionCx<'_>, page: &mut SettingsPage) -> Result<(), ProvisionFailure> {
+        let broker = cx.broker("a Homie session")?;
+        page.path(&ota_core::proto::homie::settings::Provision {
+            broker,
+            id: Some(&self.id),
+            ota: self.ota,
+        })?;
+        Ok(())
+    }
 }
 
 /// How the server sends the image.
@@ -127,7 +145,7 @@ pub struct HomiePush {
 
 fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioError> {
     let cx = rx.cx;
-    if rx.sections.homie.is_none() {
+    if !rx.sections.has("homie") {
         return cx.err(
             rx.line,
             rx.column,
@@ -213,7 +231,7 @@ impl PathUpdate for HomiePush {
                 "homie: the run has no broker (a scenario check should have refused this)".into(),
             ));
         };
-        let Some(device) = &cx.sections.homie else {
+        let Some(device) = cx.sections.get::<DeviceSection>("homie") else {
             return Err(Unavailable("homie: the device has no Homie section".into()));
         };
         let started = Instant::now();

@@ -4,13 +4,16 @@
 //! `$fwversion` the device publishes when it is back in normal mode (Homie 1.x reports nothing
 //! else over MQTT).
 
-use super::{Needs, PathEntry, PathUpdate, ReadCx, Unavailable, UpdateCx};
+use super::{
+    Needs, PathEntry, PathUpdate, ProvisionCx, ProvisionFailure, ReadCx, SectionEntry, Unavailable, UpdateCx,
+};
 use crate::client::{Outcome, Phase};
 use crate::scenario::yaml::{Options, ScenarioError};
 use crate::services::firmware_server::{Fault, Framing, Md5Header, RangeSupport, Response, Route};
 use ota_core::app_desc::{APP_DESC_IMAGE_OFFSET, APP_DESC_LEN, AppDesc};
 use ota_core::proto::UpdatePath;
 use ota_core::proto::homie1::{BASE_TOPIC, OTA_TOPIC};
+use ota_core::provision::SettingsPage;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +25,10 @@ pub const ENTRY: PathEntry = PathEntry {
     outcomes,
     read,
     needs: Needs { broker: true, server: true },
+    section: Some(SectionEntry {
+        key: "homie1",
+        read: |o, cx| Ok(Arc::new(DeviceSection(super::homie::device_section(o, cx, "homie1")?))),
+    }),
 };
 
 /// Where the device pulls from, under the run's firmware server (Homie's default path).
@@ -32,8 +39,29 @@ fn outcomes() -> Vec<&'static str> {
 }
 
 /// `device: { homie1: { … } }`: the same settings as Homie 3's section (the id, the OTA
-/// switch), read by the same code.
-pub use super::homie::{DeviceSection, RawDeviceSection, device_section};
+/// switch), read by the same code; the device pulls from the run's firmware server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSection(pub super::homie::DeviceSection);
+
+impl super::DeviceSection for DeviceSection {
+    fn needs(&self) -> Needs {
+        ENTRY.needs
+    }
+
+    fn provision(&self, cx: &ProvisionCx<'_>, page: &mut SettingsPage) -> Result<(), ProvisionFailure> {
+        let broker = cx.broker("a Homie 1.x session")?;
+        let base = cx.server_base.ok_or(ProvisionFailure::NoServer("a Homie 1.x session"))?;
+        let url = format!("{base}{OTA_PATH}");
+        let DeviceSection(homie) = self;
+        page.path(&ota_core::proto::homie1::settings::Provision {
+            broker,
+            id: Some(&homie.id),
+            ota: homie.ota,
+            url: Some(&url),
+        })?;
+        Ok(())
+    }
+}
 
 /// How the server answers the device's pull.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,7 +102,7 @@ pub struct Homie1Offer {
 
 fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioError> {
     let cx = rx.cx;
-    if rx.sections.homie1.is_none() {
+    if !rx.sections.has("homie1") {
         return cx.err(
             rx.line,
             rx.column,
@@ -115,7 +143,9 @@ impl PathUpdate for Homie1Offer {
     }
 
     fn run(&self, cx: &UpdateCx<'_>) -> Result<Outcome, Unavailable> {
-        let (Some(broker), Some(server), Some(device)) = (cx.broker, cx.server, &cx.sections.homie1) else {
+        let (Some(broker), Some(server), Some(device)) =
+            (cx.broker, cx.server, cx.sections.get::<DeviceSection>("homie1"))
+        else {
             return Err(Unavailable("homie1: the run has no broker or firmware server (a scenario check should have refused this)".into()));
         };
         let Some(version) = self.version.clone().or_else(|| image_version(cx.image)) else {
@@ -139,7 +169,7 @@ impl PathUpdate for Homie1Offer {
             None => Fault::None,
         };
         server.route(OTA_PATH, Route { response, fault });
-        let prefix = format!("{BASE_TOPIC}{}/", device.id);
+        let prefix = format!("{BASE_TOPIC}{}/", device.0.id);
         let fw_version = format!("{prefix}$fwversion");
         let online = format!("{prefix}$online");
         // The device hears the offer once its session is up: `$online` last said `true`.
@@ -193,11 +223,11 @@ impl PathUpdate for Homie1Offer {
         };
         let header = pull.header("x-ESP32-version").unwrap_or("");
         let parts: Vec<&str> = header.split('=').collect();
-        if pull.target != OTA_PATH || parts.len() != 4 || parts[0] != device.id || parts[3] != version {
+        if pull.target != OTA_PATH || parts.len() != 4 || parts[0] != device.0.id || parts[3] != version {
             return Ok(Outcome::Unexpected {
                 detail: format!(
                     "pull of {} with x-ESP32-version `{header}` (expected {}=<name>=<have>={version})",
-                    pull.target, device.id
+                    pull.target, device.0.id
                 ),
                 phase: Phase::Prepare,
             });

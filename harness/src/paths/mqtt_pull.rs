@@ -6,7 +6,9 @@
 //! steps' (`serve`, `mqtt_publish`, `expect_status`, `expect_request`, `broker`); the sweep
 //! cuts this path's download through the emulator's script of it.
 
-use super::{Needs, PathEntry, PathUpdate, ReadCx, Unavailable, UpdateCx};
+use super::{
+    Needs, PathEntry, PathUpdate, ProvisionCx, ProvisionFailure, ReadCx, SectionEntry, Unavailable, UpdateCx,
+};
 use crate::client::{Outcome, Phase};
 use crate::scenario::yaml::{Ctx, Options, ScenarioError};
 use crate::services::broker::BrokerLink;
@@ -16,6 +18,7 @@ use ota_core::proto::http_pull::PullError;
 use ota_core::proto::mqtt::status::State;
 use ota_core::proto::mqtt::status_reader::ParseError;
 use ota_core::proto::mqtt_pull::AGENT_ERRORS;
+use ota_core::provision::SettingsPage;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 use std::sync::Arc;
@@ -28,6 +31,7 @@ pub const ENTRY: PathEntry = PathEntry {
     outcomes,
     read,
     needs: Needs { broker: true, server: true },
+    section: Some(SectionEntry { key: "mqtt", read: |o, cx| Ok(Arc::new(device_section(o, cx)?)) }),
 };
 
 /// Where the image is served, under the run's firmware server.
@@ -43,15 +47,15 @@ fn outcomes() -> Vec<&'static str> {
 /// `device: mqtt:` provisions the pull path with the harness's broker.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawMqttDevice {
+struct RawMqttDevice {
     #[serde(default)]
-    command_topic: Option<Spanned<String>>,
+    command_topic: Option<String>,
     #[serde(default)]
-    state_topic: Option<Spanned<String>>,
+    state_topic: Option<String>,
     #[serde(default)]
     version_check: Option<VersionCheckSpec>,
     #[serde(default)]
-    timeout: Option<Spanned<String>>,
+    timeout: Option<String>,
     #[serde(default)]
     tls: Option<RawTlsDevice>,
     /// Downloads cut short resume with `Range` (ESP-IDF's `ota_resumption`).
@@ -101,43 +105,59 @@ pub struct MqttDevice {
     pub resume: bool,
 }
 
-/// A topic the device publishes or subscribes to: no wildcards, at most the device's length.
-pub fn topic(cx: &Ctx<'_>, t: &Spanned<String>, what: &str) -> Result<String, ScenarioError> {
-    let v = &t.value;
-    if v.is_empty()
-        || v.len() > ota_core::proto::mqtt_pull::settings::MAX_TOPIC_LEN
-        || v.contains(['+', '#', '\0'])
-    {
-        return cx.at(
-            t,
-            format!(
-                "{what} `{v}`: expected a topic of 1 to {} bytes without wildcards",
-                ota_core::proto::mqtt_pull::settings::MAX_TOPIC_LEN
-            ),
-        );
-    }
-    Ok(v.clone())
+/// A topic the device publishes or subscribes to: no wildcards, at most the device's length;
+/// the message names it as `what`.
+pub fn topic_error(t: &str, what: &str) -> Option<String> {
+    let max = ota_core::proto::mqtt_pull::settings::MAX_TOPIC_LEN;
+    (t.is_empty() || t.len() > max || t.contains(['+', '#', '\0']))
+        .then(|| format!("{what} `{t}`: expected a topic of 1 to {max} bytes without wildcards"))
 }
 
-pub fn device_section(raw: RawMqttDevice, cx: &Ctx<'_>) -> Result<MqttDevice, ScenarioError> {
+/// A topic the device publishes or subscribes to, checked at its place.
+pub fn topic(cx: &Ctx<'_>, t: &Spanned<String>, what: &str) -> Result<String, ScenarioError> {
+    match topic_error(&t.value, what) {
+        Some(message) => cx.at(t, message),
+        None => Ok(t.value.clone()),
+    }
+}
+
+fn device_section(options: Options, cx: &Ctx<'_>) -> Result<MqttDevice, ScenarioError> {
+    let (raw, spans): (RawMqttDevice, _) = options.rest("device `mqtt`", cx)?;
+    let topic = |key: &str, t: Option<String>, default: &str| match t {
+        None => Ok(default.to_string()),
+        Some(t) => match topic_error(&t, key) {
+            Some(message) => spans.err(cx, key, message),
+            None => Ok(t),
+        },
+    };
     Ok(MqttDevice {
-        command_topic: match &raw.command_topic {
-            Some(t) => topic(cx, t, "command_topic")?,
-            None => ota_core::proto::mqtt::DEFAULT_COMMAND_TOPIC.to_string(),
-        },
-        state_topic: match &raw.state_topic {
-            Some(t) => topic(cx, t, "state_topic")?,
-            None => ota_core::proto::mqtt::DEFAULT_STATE_TOPIC.to_string(),
-        },
+        command_topic: topic(
+            "command_topic",
+            raw.command_topic,
+            ota_core::proto::mqtt::DEFAULT_COMMAND_TOPIC,
+        )?,
+        state_topic: topic("state_topic", raw.state_topic, ota_core::proto::mqtt::DEFAULT_STATE_TOPIC)?,
         version_check: raw.version_check.unwrap_or_default(),
         timeout_s: match &raw.timeout {
             None => None,
             Some(t) => {
-                let d = cx.duration(t)?;
+                let d = match crate::scenario::yaml::parse_duration(t) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        return spans.err(
+                            cx,
+                            "timeout",
+                            crate::scenario::yaml::duration_message("timeout", t, e),
+                        );
+                    }
+                };
                 let s = d.as_secs();
                 if d.subsec_nanos() != 0 || !(1..=255).contains(&s) {
-                    return cx
-                        .at(t, format!("timeout `{}`: expected whole seconds from 1s to 255s", t.value));
+                    return spans.err(
+                        cx,
+                        "timeout",
+                        format!("timeout `{t}`: expected whole seconds from 1s to 255s"),
+                    );
                 }
                 Some(s as u8)
             }
@@ -145,6 +165,36 @@ pub fn device_section(raw: RawMqttDevice, cx: &Ctx<'_>) -> Result<MqttDevice, Sc
         tls_clock: raw.tls.map(|t| t.clock),
         resume: raw.resume,
     })
+}
+
+impl super::DeviceSection for MqttDevice {
+    fn needs(&self) -> Needs {
+        // The device pulls from whatever server a trigger names, not necessarily the run's.
+        Needs { broker: true, server: false }
+    }
+
+    fn provision(&self, cx: &ProvisionCx<'_>, page: &mut SettingsPage) -> Result<(), ProvisionFailure> {
+        let broker = cx.broker("the pull path")?;
+        page.path(&ota_core::proto::mqtt_pull::settings::Provision {
+            broker,
+            command_topic: Some(&self.command_topic),
+            state_topic: Some(&self.state_topic),
+            version_check: self.version_check.code(),
+            timeout_s: self.timeout_s,
+            ca_pem: cx.ca_pem,
+            clock_unix: cx.clock_unix,
+            resume: self.resume,
+        })?;
+        Ok(())
+    }
+
+    fn status_topics(&self) -> Option<(&str, &str)> {
+        Some((&self.command_topic, &self.state_topic))
+    }
+
+    fn test_ca(&self) -> Option<bool> {
+        self.tls_clock
+    }
 }
 
 /// A status message as the device published it, read by ota-core's reader of its own schema.
@@ -221,7 +271,7 @@ pub struct Trigger;
 
 fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioError> {
     let cx = rx.cx;
-    if rx.sections.mqtt.is_none() {
+    if !rx.sections.has("mqtt") {
         return cx.err(
             rx.line,
             rx.column,
@@ -240,7 +290,7 @@ impl PathUpdate for Trigger {
 
     fn run(&self, cx: &UpdateCx<'_>) -> Result<Outcome, Unavailable> {
         let (Some(broker), Some(server), Some(base), Some(device)) =
-            (cx.broker, cx.server, cx.server_base, &cx.sections.mqtt)
+            (cx.broker, cx.server, cx.server_base, cx.sections.get::<MqttDevice>("mqtt"))
         else {
             return Err(Unavailable(
                 "mqtt_pull: the run has no broker or firmware server (a scenario check should have refused this)".into(),

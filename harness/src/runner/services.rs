@@ -82,8 +82,8 @@ impl Services {
                 BrokerChoice::External(addr) => {
                     let o = MqttObserver::connect(*addr).map_err(|e| Start::Fail(e.to_string()))?;
                     // A previous run's device left its status retained there.
-                    if let Some(m) = &scenario.device.paths.mqtt {
-                        o.publish(&m.state_topic, b"", true);
+                    if let Some((_, state_topic)) = scenario.device.paths.status_topics() {
+                        o.publish(state_topic, b"", true);
                     }
                     (BrokerLink::External { observer: o, retained: Default::default() }, *addr)
                 }
@@ -104,7 +104,7 @@ impl Services {
             device_broker = Some(seen);
             services.broker = Some(link);
         }
-        let tls_clock = scenario.device.paths.mqtt.as_ref().and_then(|m| m.tls_clock);
+        let tls_clock = scenario.device.paths.test_ca();
         let mut device_tls = None;
         if serves || tls_clock.is_some() {
             let mut s = FirmwareServer::start(listen).map_err(|e| Start::Fail(e.to_string()))?;
@@ -208,11 +208,13 @@ impl Run<'_> {
         self.dut.resume().map_err(|e| e.to_string())?;
         self.drain(Duration::ZERO).map_err(|e| e.to_string())?;
         let rebooted = self.serial.lines[before..].iter().any(|l| l.starts_with(READ_BACK_PREFIX));
-        let Some(m) = &self.scenario.device.paths.mqtt else { return Ok(()) };
+        let Some((command_topic, state_topic)) = self.scenario.device.paths.status_topics() else {
+            return Ok(());
+        };
         if !rebooted {
             return Ok(());
         }
-        let (command_topic, state_topic) = (m.command_topic.clone(), m.state_topic.clone());
+        let (command_topic, state_topic) = (command_topic.to_string(), state_topic.to_string());
         let deadline = Instant::now() + SUBSCRIBER_TIMEOUT;
         loop {
             let ready = match &self.services.broker {
@@ -237,9 +239,9 @@ impl Run<'_> {
         // A message that is not retained is lost on a device not yet subscribed. The pull's
         // device says on its state topic when it is (through any broker); another is known to
         // be only by the harness's own broker, which sees its subscriptions.
-        let ready = match (&self.scenario.device.paths.mqtt, broker) {
+        let ready = match (self.scenario.device.paths.status_topics(), broker) {
             _ if p.retain => Ok(()),
-            (Some(m), _) => wait_device(broker, &p.topic, &m.state_topic, SUBSCRIBER_TIMEOUT),
+            (Some((_, state_topic)), _) => wait_device(broker, &p.topic, state_topic, SUBSCRIBER_TIMEOUT),
             (None, BrokerLink::Embedded(b)) => b
                 .wait_subscriber(&p.topic, SUBSCRIBER_TIMEOUT)
                 .map(drop)
@@ -275,8 +277,13 @@ impl Run<'_> {
 
     pub(super) fn expect_status(&mut self, e: &ExpectStatusStep) -> StepResult {
         self.device_running()?;
-        let topic =
-            self.scenario.device.paths.mqtt.as_ref().map(|m| m.state_topic.clone()).unwrap_or_default();
+        let topic = self
+            .scenario
+            .device
+            .paths
+            .status_topics()
+            .map(|(_, state)| state.to_string())
+            .unwrap_or_default();
         let deadline = Instant::now() + e.timeout;
         let mut seen = Vec::new();
         loop {

@@ -6,7 +6,7 @@
 //! runner plays.
 
 use super::{Ctx, Image, ScenarioError, duration_message, parse_duration};
-use crate::paths::mqtt_pull::{MqttDevice, topic};
+use crate::paths::mqtt_pull::topic;
 use crate::services::firmware_server::{Fault, Framing, Md5Header, RangeSupport, Response, Route};
 pub use crate::services::test_pki::CertKind;
 use serde::Deserialize;
@@ -310,12 +310,15 @@ pub(super) fn publish(
         return cx.err(
             line,
             column,
-            "mqtt_publish: the device has no broker session: add `mqtt: {}` (or `homie:`, `homie1:`) under `device`",
+            format!(
+                "mqtt_publish: the device has no broker session: add one of {} under `device`",
+                crate::paths::broker_sections()
+            ),
         );
     }
-    let topic = match (&raw.topic, &sections.mqtt) {
+    let topic = match (&raw.topic, sections.status_topics()) {
         (Some(t), _) => topic(cx, t, "topic")?,
-        (None, Some(d)) => d.command_topic.clone(),
+        (None, Some((command, _))) => command.to_string(),
         (None, None) => {
             return cx.err(line, column, "mqtt_publish: missing `topic` (only the pull's `mqtt:` section gives a default, its command topic)");
         }
@@ -330,12 +333,12 @@ pub(super) fn publish(
 
 pub(super) fn expect_status(
     raw: RawExpectStatus,
-    device: Option<&MqttDevice>,
+    sections: &crate::paths::DeviceSections,
     cx: &Ctx<'_>,
     line: u64,
     column: u64,
 ) -> Result<ExpectStatusStep, ScenarioError> {
-    if device.is_none() {
+    if sections.status_topics().is_none() {
         return cx.err(
             line,
             column,

@@ -66,7 +66,7 @@ fn booted_device() -> (RamFlash, App, Vec<String>) {
 }
 
 /// A device running v1 from ota_0, its nvs partition holding `provisioned` (if any), booted.
-fn booted_with(provisioned: Option<&crate::provision::Provision<'_>>) -> (RamFlash, App, Vec<String>) {
+fn booted_with(provisioned: Option<&[&dyn crate::provision::PathProvision]>) -> (RamFlash, App, Vec<String>) {
     let mut flash = RamFlash::new(4 << 20);
     let t = esphome_4mb_table().to_bytes(true);
     flash.data[0x8000..0x8000 + t.len()].copy_from_slice(&t);
@@ -75,8 +75,8 @@ fn booted_with(provisioned: Option<&crate::provision::Provision<'_>>) -> (RamFla
     let mut image = vec![0; spec.image_len()];
     build(&spec, &mut image).unwrap();
     flash.data[0x10000..0x10000 + image.len()].copy_from_slice(&image);
-    if let Some(p) = provisioned {
-        let page = crate::provision::provisioning_page(p).unwrap();
+    if let Some(paths) = provisioned {
+        let page = crate::provision::provisioning_page(&crate::testutil::BASE_SETTINGS, paths).unwrap();
         flash.data[0x390000..0x390000 + page.len()].copy_from_slice(&page);
     }
     let mut lines = Vec::new();
@@ -240,13 +240,9 @@ fn broker_reads(bytes: &[u8]) -> (Vec<String>, Vec<u16>) {
 #[test]
 fn a_homie_push_through_the_app() {
     use crate::proto::mqtt::packet::{self, QoS};
-    use crate::provision::{HomieProvision, Provision};
-    let (mut flash, mut app, lines) = booted_with(Some(&Provision {
-        protocol: 2,
-        homie: Some(HomieProvision { broker: "127.0.0.1:1883", id: Some("dev1"), ota: true }),
-        homie1: None,
-        ..Provision::default()
-    }));
+    let homie =
+        crate::proto::homie::settings::Provision { broker: "127.0.0.1:1883", id: Some("dev1"), ota: true };
+    let (mut flash, mut app, lines) = booted_with(Some(&[&homie]));
     assert!(
         lines
             .iter()

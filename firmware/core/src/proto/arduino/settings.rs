@@ -69,3 +69,25 @@ impl ArduinoSettings {
         }
     }
 }
+
+/// ArduinoOTA's provisioned settings; without them the build's values apply.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Provision<'a> {
+    /// `None` is stored as empty: no authentication, whatever the build says.
+    pub password: Option<&'a str>,
+    pub auth: AuthScheme,
+}
+
+impl crate::provision::PathProvision for Provision<'_> {
+    fn write(
+        &self,
+        page: &mut crate::provision::SettingsPage,
+    ) -> Result<(), crate::provision::ProvisionError> {
+        let password = self.password.unwrap_or("");
+        if password.len() > crate::settings::MAX_PASSWORD_LEN {
+            return Err(crate::provision::ProvisionError::PasswordTooLong { len: password.len() });
+        }
+        page.str(KEY_ARDUINO_PASSWORD, password)?;
+        page.u8(KEY_ARDUINO_AUTH, self.auth.code())
+    }
+}

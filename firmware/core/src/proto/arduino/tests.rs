@@ -439,3 +439,53 @@ fn counts_are_decimal_and_progress_lines_come_by_quarter() {
         assert_eq!(UpdateError::by_name(e.name()), Some(e));
     }
 }
+
+#[test]
+fn arduino_settings_from_nvs_or_built_in() {
+    let built_in = settings::ArduinoSettings::built_in(None, AuthScheme::Md5);
+    let page = crate::provision::provisioning_page(
+        &crate::testutil::BASE_SETTINGS,
+        &[&settings::Provision { password: Some("admin"), auth: AuthScheme::Pbkdf2Sha256 }],
+    )
+    .unwrap();
+    let (mut flash, table) = crate::testutil::provisioned_flash(Some(&page));
+    let s = built_in.load(&mut flash, &table, &mut |_: &crate::log::LogEvent<'_>| {});
+    assert_eq!((s.password(), s.auth), (Some(&b"admin"[..]), AuthScheme::Pbkdf2Sha256));
+    assert_eq!((s.password.from, s.auth_from), (crate::settings::Source::Nvs, crate::settings::Source::Nvs));
+    assert_eq!(
+        std::format!("{}", s.log_line(3232)),
+        "ArduinoOTA on UDP port 3232: password set (nvs), auth pbkdf2 (nvs)"
+    );
+    // Provisioned without a password: none, whatever was built in.
+    let page = crate::provision::provisioning_page(
+        &crate::testutil::BASE_SETTINGS,
+        &[&settings::Provision { password: None, auth: AuthScheme::Md5 }],
+    )
+    .unwrap();
+    let (mut flash, table) = crate::testutil::provisioned_flash(Some(&page));
+    let s = settings::ArduinoSettings::built_in(Some(b"x"), AuthScheme::Md5).load(
+        &mut flash,
+        &table,
+        &mut |_: &crate::log::LogEvent<'_>| {},
+    );
+    assert_eq!(s.password(), None);
+    // Nothing provisioned for ArduinoOTA: the built-in values, and the ESPHome page unchanged.
+    let page = crate::provision::provisioning_page(&crate::testutil::BASE_SETTINGS, &[]).unwrap();
+    let (mut flash, table) = crate::testutil::provisioned_flash(Some(&page));
+    let s = settings::ArduinoSettings::built_in(Some(b"x"), AuthScheme::Md5).load(
+        &mut flash,
+        &table,
+        &mut |_: &crate::log::LogEvent<'_>| {},
+    );
+    assert_eq!((s.password(), s.password.from), (Some(&b"x"[..]), crate::settings::Source::BuiltIn));
+    // An auth value the device does not know is logged and ignored.
+    let mut b = crate::nvs::PageBuilder::new(0);
+    let ns = b.namespace(crate::settings::NAMESPACE).unwrap();
+    b.u8(ns, settings::KEY_ARDUINO_AUTH, 9).unwrap();
+    let (mut flash, table) = crate::testutil::provisioned_flash(Some(&b.finish()));
+    let mut lines = std::vec::Vec::new();
+    let s = built_in
+        .load(&mut flash, &table, &mut |e: &crate::log::LogEvent<'_>| lines.push(std::format!("{e}")));
+    assert_eq!(s.auth, AuthScheme::Md5);
+    assert_eq!(lines, ["ignoring nvs otahil/arduino_auth: auth scheme 9 is not 1 (md5) or 2 (pbkdf2)"]);
+}

@@ -116,3 +116,48 @@ impl HomieSettings {
         }
     }
 }
+
+/// Homie OTA's provisioned settings; without them the path stays off.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Provision<'a> {
+    pub broker: &'a str,
+    /// The device id in its topics (default: the MAC in hex).
+    pub id: Option<&'a str>,
+    /// [`KEY_HOMIE_OTA`]: OTA enabled (Homie's default is off).
+    pub ota: bool,
+}
+
+/// Writes the id and the OTA switch, keys Homie 3 and Homie 1.x share: the first path
+/// provisioned writes them, the other's are checked and left (the device reads one of each).
+pub fn provision_identity(
+    page: &mut crate::provision::SettingsPage,
+    id: Option<&str>,
+    ota: bool,
+) -> Result<(), crate::provision::ProvisionError> {
+    use crate::provision::{ProvisionError, SettingProblem};
+    if let Some(id) = id {
+        if DeviceId::new(id).is_none() {
+            return Err(ProvisionError::setting(
+                "Homie device id",
+                SettingProblem::Malformed { expected: "1 to 32 of a-z, 0-9 and `-`, not starting with `-`" },
+            ));
+        }
+        if !page.has(KEY_HOMIE_ID) {
+            page.str(KEY_HOMIE_ID, id)?;
+        }
+    }
+    if !page.has(KEY_HOMIE_OTA) {
+        page.u8(KEY_HOMIE_OTA, ota as u8)?;
+    }
+    Ok(())
+}
+
+impl crate::provision::PathProvision for Provision<'_> {
+    fn write(
+        &self,
+        page: &mut crate::provision::SettingsPage,
+    ) -> Result<(), crate::provision::ProvisionError> {
+        crate::proto::mqtt_pull::settings::provision_broker(page, KEY_HOMIE_BROKER, self.broker)?;
+        provision_identity(page, self.id, self.ota)
+    }
+}

@@ -118,3 +118,37 @@ struct Quiet;
 impl LogSink for Quiet {
     fn log(&mut self, _event: &LogEvent<'_>) {}
 }
+
+/// Homie 1.x's provisioned settings (the id and the OTA switch are Homie's, shared with 3.x);
+/// without them the path stays off.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Provision<'a> {
+    pub broker: &'a str,
+    pub id: Option<&'a str>,
+    pub ota: bool,
+    /// The OTA server (`http://host[:port]/path`; default: the broker's host, port 80, `/ota`).
+    pub url: Option<&'a str>,
+}
+
+impl crate::provision::PathProvision for Provision<'_> {
+    fn write(
+        &self,
+        page: &mut crate::provision::SettingsPage,
+    ) -> Result<(), crate::provision::ProvisionError> {
+        use crate::provision::{ProvisionError, SettingProblem};
+        crate::proto::mqtt_pull::settings::provision_broker(page, KEY_HOMIE1_BROKER, self.broker)?;
+        if let Some(url) = self.url {
+            const WHAT: &str = "Homie 1.x OTA server";
+            if url.len() > MAX_URL_LEN {
+                let problem = SettingProblem::TooLong { len: url.len(), max: MAX_URL_LEN };
+                return Err(ProvisionError::setting(WHAT, problem));
+            }
+            if !Url::parse(url).is_ok_and(|u| u.scheme == Scheme::Http) {
+                let problem = SettingProblem::Malformed { expected: "http://host[:port]/path" };
+                return Err(ProvisionError::setting(WHAT, problem));
+            }
+            page.str(KEY_HOMIE1_URL, url)?;
+        }
+        crate::proto::homie::settings::provision_identity(page, self.id, self.ota)
+    }
+}

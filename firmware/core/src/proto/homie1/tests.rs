@@ -28,3 +28,51 @@ fn its_restarts_are_announced_as_every_restart_is() {
         assert_eq!(Milestone::of(&text), Some(Milestone::RebootIntoUpdate), "{text}");
     }
 }
+
+/// Homie 3 and Homie 1.x share the id and the OTA switch: provisioned together, the page holds
+/// one of each (the first path's), and both read them back.
+#[test]
+fn both_generations_provisioned_share_one_id_and_switch() {
+    use crate::provision::{ProvisionError, SettingProblem, provisioning_page};
+    use crate::testutil::{BASE_SETTINGS, provisioned_flash};
+    let three = crate::proto::homie::settings::Provision { broker: "10.0.2.2", id: Some("dev-3"), ota: true };
+    let one = settings::Provision {
+        broker: "10.0.2.2:1884",
+        id: Some("dev-1"),
+        ota: false,
+        url: Some("http://10.0.2.2:8080/ota"),
+    };
+    let page = provisioning_page(&BASE_SETTINGS, &[&three, &one]).unwrap();
+    let (mut flash, table) = provisioned_flash(Some(&page));
+    let mut lines = std::vec::Vec::new();
+    let s =
+        settings::Homie1Settings::load(&mut flash, &table, [0; 6], &mut |e: &crate::log::LogEvent<'_>| {
+            lines.push(std::format!("{e}"))
+        });
+    assert!(lines.is_empty(), "no key written twice or refused: {lines:?}");
+    assert_eq!((s.id.as_str(), s.ota_enabled, s.url()), ("dev-3", true, "http://10.0.2.2:8080/ota"));
+    assert_eq!(s.broker, Some("10.0.2.2:1884".parse().unwrap()));
+    // Alone, Homie 1.x writes its own.
+    let page = provisioning_page(&BASE_SETTINGS, &[&one]).unwrap();
+    let (mut flash, table) = provisioned_flash(Some(&page));
+    let s =
+        settings::Homie1Settings::load(&mut flash, &table, [0; 6], &mut |_: &crate::log::LogEvent<'_>| {});
+    assert_eq!((s.id.as_str(), s.ota_enabled), ("dev-1", false));
+    // What the device would not keep is refused before it is written.
+    let https = settings::Provision { url: Some("https://10.0.2.2/ota"), ..one };
+    assert_eq!(
+        provisioning_page(&BASE_SETTINGS, &[&https]),
+        Err(ProvisionError::setting(
+            "Homie 1.x OTA server",
+            SettingProblem::Malformed { expected: "http://host[:port]/path" }
+        ))
+    );
+    let bad_id = settings::Provision { id: Some("Dev_1"), ..one };
+    use std::string::ToString;
+    assert!(
+        provisioning_page(&BASE_SETTINGS, &[&bad_id])
+            .unwrap_err()
+            .to_string()
+            .starts_with("Homie device id: expected 1 to 32")
+    );
+}

@@ -219,3 +219,115 @@ impl MqttSettings {
         }
     }
 }
+
+/// The pull path's provisioned settings; without them the path stays off.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Provision<'a> {
+    pub broker: &'a str,
+    pub command_topic: Option<&'a str>,
+    pub state_topic: Option<&'a str>,
+    /// 0, 1 or 2 ([`KEY_PULL_VERSION_CHECK`]).
+    pub version_check: u8,
+    /// Not written when `None` (the seed's 10 s).
+    pub timeout_s: Option<u8>,
+    /// [`KEY_PULL_CA`]: a PEM certificate.
+    pub ca_pem: Option<&'a str>,
+    /// [`KEY_PULL_CLOCK`].
+    pub clock_unix: Option<u64>,
+    /// [`KEY_PULL_RESUME`], written when set.
+    pub resume: bool,
+}
+
+/// Writes a broker setting (`ip:port` or `ip`) at `key`, refused as the device would refuse it.
+pub fn provision_broker(
+    page: &mut crate::provision::SettingsPage,
+    key: &str,
+    broker: &str,
+) -> Result<(), crate::provision::ProvisionError> {
+    use crate::provision::{ProvisionError, SettingProblem};
+    if broker.len() > MAX_BROKER_LEN {
+        return Err(ProvisionError::setting(
+            "MQTT broker",
+            SettingProblem::TooLong { len: broker.len(), max: MAX_BROKER_LEN },
+        ));
+    }
+    if parse_broker(broker).is_none() {
+        return Err(ProvisionError::setting(
+            "MQTT broker",
+            SettingProblem::Malformed { expected: "ip:port or ip (no host names)" },
+        ));
+    }
+    page.str(key, broker)
+}
+
+/// Writes a topic setting at `key`, refused as the device would refuse it.
+pub fn provision_topic(
+    page: &mut crate::provision::SettingsPage,
+    key: &str,
+    topic: &str,
+) -> Result<(), crate::provision::ProvisionError> {
+    use crate::provision::{ProvisionError, SettingProblem};
+    if topic.len() > MAX_TOPIC_LEN {
+        return Err(ProvisionError::setting(
+            "MQTT topic",
+            SettingProblem::TooLong { len: topic.len(), max: MAX_TOPIC_LEN },
+        ));
+    }
+    if Topic::new(topic).is_none() {
+        return Err(ProvisionError::setting(
+            "MQTT topic",
+            SettingProblem::Malformed { expected: "a topic name without wildcards or NUL" },
+        ));
+    }
+    page.str(key, topic)
+}
+
+impl crate::provision::PathProvision for Provision<'_> {
+    fn write(
+        &self,
+        page: &mut crate::provision::SettingsPage,
+    ) -> Result<(), crate::provision::ProvisionError> {
+        use crate::provision::{ProvisionError, SettingProblem};
+        provision_broker(page, KEY_MQTT_BROKER, self.broker)?;
+        for (key, topic) in
+            [(KEY_MQTT_CMD_TOPIC, self.command_topic), (KEY_MQTT_STATE_TOPIC, self.state_topic)]
+        {
+            if let Some(t) = topic {
+                provision_topic(page, key, t)?;
+            }
+        }
+        if self.version_check > 2 {
+            return Err(ProvisionError::setting(
+                "version check",
+                SettingProblem::OutOfRange { value: self.version_check.into(), expected: "0, 1 or 2" },
+            ));
+        }
+        page.u8(KEY_PULL_VERSION_CHECK, self.version_check)?;
+        match self.timeout_s {
+            Some(0) => {
+                return Err(ProvisionError::setting(
+                    "pull timeout",
+                    SettingProblem::OutOfRange { value: 0, expected: "1 to 255 seconds" },
+                ));
+            }
+            Some(s) => page.u8(KEY_PULL_TIMEOUT, s)?,
+            None => {}
+        }
+        if let Some(pem) = self.ca_pem {
+            let refused = |e| ProvisionError::setting("pull CA", SettingProblem::Certificate(e));
+            crate::pem::decode_certificate(pem, &mut [0; MAX_CA_DER]).map_err(refused)?;
+            if pem.len() >= MAX_CA_PEM {
+                return Err(refused(crate::pem::PemError::TooLong));
+            }
+            page.str(KEY_PULL_CA, pem)?;
+        }
+        if let Some(t) = self.clock_unix {
+            let mut digits = [0u8; 20];
+            page.str(KEY_PULL_CLOCK, crate::provision::decimal(t, &mut digits))?;
+        }
+        if self.resume {
+            page.u8(KEY_PULL_RESUME, 1)?;
+        }
+        Ok(())
+    }
+}

@@ -654,3 +654,144 @@ fn cut_downloads_resume_on_the_same_trigger_and_after_a_restart() {
     let d = Device::boot(d.flash, false);
     assert!(d.world.servers.is_empty(), "{:?}", d.world.log);
 }
+
+mod provisioning {
+    use super::settings::{self, *};
+    use crate::log::LogEvent;
+    use crate::nvs;
+    use crate::provision::{ProvisionError, SettingProblem, provisioning_page};
+    use crate::settings::NAMESPACE;
+    use crate::testutil::BASE_SETTINGS as BASE;
+    use std::format;
+    use std::string::{String, ToString};
+    use std::vec::Vec;
+
+    fn mqtt(page: Option<&[u8]>) -> (MqttSettings, Vec<String>) {
+        let (mut flash, table) = crate::testutil::provisioned_flash(page);
+        let mut lines = Vec::new();
+        let s = MqttSettings::default()
+            .load(&mut flash, &table, &mut |e: &LogEvent<'_>| lines.push(format!("{e}")));
+        (s, lines)
+    }
+
+    const TEST_CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+    MIIBXzCCAQWgAwIBAgIUX7Ui1kC5ak+3Um4a5E0rEZ9gKecwCgYIKoZIzj0EAwIw
+    GTEXMBUGA1UEAwwOb3RhaGlsIHRlc3QgQ0EwIBcNNzUwMTAxMDAwMDAwWhgPNDA5
+    NjAxMDEwMDAwMDBaMBkxFzAVBgNVBAMMDm90YWhpbCB0ZXN0IENBMFkwEwYHKoZI
+    zj0CAQYIKoZIzj0DAQcDQgAEUTXLz0Q2O6sC4hTk2lUHrV3nyEfXWQ8tgSx+5pR1
+    vSpm0KY/gUMWo4iQpH7DbvV4wuvQDkxXp4zZpb3cNaZRa6MjMCEwDwYDVR0TAQH/
+    BAUwAwEB/zAOBgNVHQ8BAf8EBAMCAQYwCgYIKoZIzj0EAwIDSAAwRQIgVdGTMZDu
+    sGZ3ZpK5nGtPCB0AI3BhbvoWrRG7Ft2W6KYCIQCWmP3uZVVnY9kB/7x1QY9l0Vnx
+    Z8O+2bCrbqW4zJmD3g==
+    -----END CERTIFICATE-----
+    ";
+
+    #[test]
+    fn the_pull_ca_and_clock_are_provisioned_and_read_back() {
+        let m = settings::Provision {
+            broker: "10.0.2.2",
+            ca_pem: Some(TEST_CA_PEM),
+            clock_unix: Some(1_796_000_000),
+            ..settings::Provision::default()
+        };
+        let page = provisioning_page(&BASE, &[&m]).unwrap();
+        let (s, lines) = mqtt(Some(&page));
+        assert!(lines.is_empty(), "{lines:?}");
+        let mut der = [0u8; MAX_CA_DER];
+        let n = crate::pem::decode_certificate(TEST_CA_PEM, &mut der).unwrap();
+        assert_eq!(s.ca_der(), &der[..n]);
+        assert_eq!(s.clock_unix, Some(1_796_000_000));
+        assert_eq!(
+            format!("{}", s.tls_log_line().unwrap()),
+            "https trusts the CA set (nvs); certificate dates checked (clock set)"
+        );
+        let bad = settings::Provision {
+            broker: "10.0.2.2",
+            ca_pem: Some("not a certificate"),
+            ..settings::Provision::default()
+        };
+        assert_eq!(
+            provisioning_page(&BASE, &[&bad]),
+            Err(ProvisionError::setting(
+                "pull CA",
+                SettingProblem::Certificate(crate::pem::PemError::NoCertificate)
+            ))
+        );
+    }
+
+    #[test]
+    fn the_pull_path_is_off_until_a_broker_is_provisioned() {
+        let (s, lines) = mqtt(None);
+        assert_eq!(s.broker, None);
+        assert!(lines.is_empty());
+        assert_eq!(format!("{}", s.log_line()), "MQTT off: no broker configured");
+        let page = provisioning_page(
+            &BASE,
+            &[&settings::Provision {
+                broker: "10.0.2.2",
+                command_topic: Some("/fleet/cmd"),
+                state_topic: None,
+                version_check: 1,
+                timeout_s: Some(2),
+                ..settings::Provision::default()
+            }],
+        )
+        .unwrap();
+        let (s, lines) = mqtt(Some(&page));
+        assert!(lines.is_empty(), "{lines:?}");
+        assert_eq!(s.broker, Some("10.0.2.2:1883".parse().unwrap()), "the seed's default port");
+        assert_eq!((s.command_topic.as_str(), s.state_topic.as_str()), ("/fleet/cmd", "/switch/state/root"));
+        assert_eq!(s.version_check, crate::proto::http_pull::VersionCheck::SkipSame);
+        assert_eq!(s.timeout_s, 2);
+        let zero =
+            settings::Provision { broker: "1.2.3.4", timeout_s: Some(0), ..settings::Provision::default() };
+        let page = provisioning_page(&BASE, &[&zero]);
+        assert_eq!(page.map(|_| ()).unwrap_err().to_string(), "pull timeout 0: expected 1 to 255 seconds");
+        assert_eq!(
+            format!("{}", s.log_line()),
+            "MQTT broker set (nvs), commands on /fleet/cmd, status on /switch/state/root"
+        );
+        assert_eq!(parse_broker("[::1]:1884"), Some("[::1]:1884".parse().unwrap()));
+        assert_eq!(parse_broker("[::1]"), Some("[::1]:1883".parse().unwrap()));
+    }
+
+    #[test]
+    fn unusable_pull_settings_are_refused_or_skipped() {
+        let bad = |m: settings::Provision<'static>| provisioning_page(&BASE, &[&m]);
+        assert_eq!(
+            bad(settings::Provision { broker: "broker.local", ..settings::Provision::default() }),
+            Err(ProvisionError::setting(
+                "MQTT broker",
+                SettingProblem::Malformed { expected: "ip:port or ip (no host names)" }
+            ))
+        );
+        let wild = settings::Provision {
+            broker: "1.2.3.4",
+            command_topic: Some("/a/#"),
+            ..settings::Provision::default()
+        };
+        assert_eq!(
+            bad(wild).unwrap_err().to_string(),
+            "MQTT topic: expected a topic name without wildcards or NUL"
+        );
+        let vc =
+            settings::Provision { broker: "1.2.3.4", version_check: 3, ..settings::Provision::default() };
+        assert_eq!(bad(vc).unwrap_err().to_string(), "version check 3: expected 0, 1 or 2");
+        // Written by another tool: the device logs and keeps its defaults.
+        let mut b = nvs::PageBuilder::new(0);
+        let ns = b.namespace(NAMESPACE).unwrap();
+        b.str(ns, KEY_MQTT_BROKER, "mqtt.example.com").unwrap();
+        b.str(ns, KEY_MQTT_CMD_TOPIC, "a/+/b").unwrap();
+        b.u8(ns, KEY_PULL_VERSION_CHECK, 9).unwrap();
+        let (s, lines) = mqtt(Some(&b.finish()));
+        assert_eq!(s, MqttSettings::default());
+        assert_eq!(
+            lines,
+            [
+                "ignoring nvs otahil/mqtt_broker: not ip:port",
+                "ignoring nvs otahil/mqtt_cmd_topic: not a topic of 1 to 64 bytes without wildcards",
+                "ignoring nvs otahil/pull_vcheck: version check 9 is not 0, 1 or 2",
+            ]
+        );
+    }
+}
