@@ -114,6 +114,14 @@ impl AppDesc {
     }
 }
 
+/// The app descriptor of the image that starts with `image`: `None` when the bytes stop
+/// before its end or its magic is wrong.
+pub fn of_image(image: &[u8]) -> Option<AppDesc> {
+    let at = APP_DESC_IMAGE_OFFSET as usize;
+    let desc = AppDesc::parse(image.get(at..at + APP_DESC_LEN)?.try_into().ok()?);
+    desc.magic_ok().then_some(desc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +142,15 @@ mod tests {
         assert_eq!((back.version(), back.project_name(), back.idf_ver()), ("1.2.3", "demo", "v5.5.5"));
         let long = AppDesc::new("p", "0123456789012345678901234567890123456789", "");
         assert_eq!(long.version().len(), 31);
+    }
+
+    #[test]
+    fn an_images_descriptor_is_read_where_esp_idf_puts_it() {
+        let mut image = std::vec![0xE9u8; APP_DESC_IMAGE_OFFSET as usize];
+        image.extend_from_slice(&AppDesc::new("demo", "2.0.0", "v5.5").to_bytes());
+        assert_eq!(of_image(&image).map(|d| d.version() == "2.0.0"), Some(true));
+        assert_eq!(of_image(&image[..image.len() - 1]), None, "cut short");
+        image[APP_DESC_IMAGE_OFFSET as usize] ^= 1;
+        assert_eq!(of_image(&image), None, "no magic");
     }
 }

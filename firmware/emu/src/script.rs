@@ -7,7 +7,6 @@
 use core::net::SocketAddr;
 use embedded_storage::nor_flash::NorFlash;
 use md5::{Digest, Md5};
-use ota_core::app_desc::{APP_DESC_IMAGE_OFFSET, APP_DESC_LEN, AppDesc};
 use ota_core::hex;
 use ota_core::partition::{Partition, PartitionTable};
 use ota_core::proto::homie1::{self, settings::KEY_HOMIE1_FLAG};
@@ -165,13 +164,8 @@ fn homie1<F: NorFlash>(
 ) -> Result<(), ScriptError> {
     let nvs = target.table.nvs().copied().ok_or(ScriptError::Incomplete)?;
     let ns = ota_core::settings::NAMESPACE;
-    let at = APP_DESC_IMAGE_OFFSET as usize;
-    let version = image
-        .get(at..at + APP_DESC_LEN)
-        .and_then(|d| <&[u8; APP_DESC_LEN]>::try_from(d).ok())
-        .map(AppDesc::parse)
-        .ok_or(ScriptError::Incomplete)?;
-    let version = version.version();
+    let desc = ota_core::app_desc::of_image(image).ok_or(ScriptError::Incomplete)?;
+    let version = desc.version();
     ota_core::nvs::set_str(flash, &nvs, ns, KEY_HOMIE1_FLAG, version)
         .map_err(|_| ScriptError::FlagNotStored)?;
     let facts = http_pull::DeviceFacts {

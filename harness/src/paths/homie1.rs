@@ -10,7 +10,6 @@ use super::{
 use crate::client::{Outcome, Phase};
 use crate::scenario::yaml::{Options, ScenarioError};
 use crate::services::firmware_server::{Fault, Framing, Md5Header, RangeSupport, Response, Route};
-use ota_core::app_desc::{APP_DESC_IMAGE_OFFSET, APP_DESC_LEN, AppDesc};
 use ota_core::proto::UpdatePath;
 use ota_core::proto::homie1::{BASE_TOPIC, OTA_TOPIC};
 use ota_core::provision::SettingsPage;
@@ -130,10 +129,7 @@ fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioErro
 
 /// The version in `image`'s app descriptor.
 fn image_version(image: &[u8]) -> Option<String> {
-    let at = APP_DESC_IMAGE_OFFSET as usize;
-    let desc: &[u8; APP_DESC_LEN] = image.get(at..at + APP_DESC_LEN)?.try_into().ok()?;
-    let d = AppDesc::parse(desc);
-    Some(d.version().to_string())
+    ota_core::app_desc::of_image(image).map(|d| d.version().to_string())
 }
 
 impl PathUpdate for Homie1Offer {
