@@ -53,6 +53,7 @@ pub mod provision;
 pub mod resume;
 pub mod rng;
 pub mod running;
+pub mod script;
 pub mod selftest;
 pub mod service;
 pub mod session;

@@ -55,3 +55,31 @@ impl core::fmt::Display for UpdatePath {
         f.write_str(self.name())
     }
 }
+
+impl UpdatePath {
+    /// One whole update of `image` over this path without sockets, the path's peer scripted
+    /// (its `script` module): what the power-cut sweep records and retries. `on_received` is
+    /// called when the image's last byte is written, before the boot switch.
+    pub fn script<F: embedded_storage::nor_flash::NorFlash>(
+        self,
+        flash: &mut F,
+        target: &crate::session::Target<'_>,
+        image: &[u8],
+        on_received: &mut dyn FnMut(),
+    ) -> Result<(), crate::script::ScriptError> {
+        let u = crate::script::Upload {
+            flash,
+            target,
+            image,
+            md5_hex: crate::script::md5_hex(image),
+            on_received,
+        };
+        match self {
+            UpdatePath::Esphome => esphome::script::upload(u),
+            UpdatePath::Arduino => arduino::script::upload(u),
+            UpdatePath::Homie => homie::script::upload(u),
+            UpdatePath::MqttPull => mqtt_pull::script::upload(u),
+            UpdatePath::Homie1 => homie1::script::upload(u),
+        }
+    }
+}

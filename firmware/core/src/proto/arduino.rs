@@ -605,3 +605,5 @@ impl crate::session::Protocol for Server {
         library_writes(app)
     }
 }
+
+pub mod script;

@@ -616,3 +616,5 @@ mod tests;
 
 /// ESPHome's component writes through the app's `esp_ota_*`.
 impl crate::session::Protocol for Server {}
+
+pub mod script;

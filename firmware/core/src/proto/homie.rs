@@ -530,3 +530,5 @@ impl Ota {
         Err(())
     }
 }
+
+pub mod script;

@@ -83,3 +83,5 @@ pub fn version_header<'b>(buf: &'b mut [u8; 96], id: &str, name: &str, have: &st
     }
     core::str::from_utf8(&buf[..len]).unwrap_or("")
 }
+
+pub mod script;

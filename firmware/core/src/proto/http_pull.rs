@@ -1197,3 +1197,5 @@ impl PullError {
         "bad_range",
     ];
 }
+
+pub mod script;

@@ -800,3 +800,5 @@ impl crate::session::Protocol for Agent {
 /// The `err` names the pull agent publishes itself, before any pull: a trigger it cannot take,
 /// one while a pull runs (a pull's own are [`crate::proto::http_pull::PullError::NAMES`]).
 pub const AGENT_ERRORS: [&str; 2] = ["bad_trigger", "busy"];
+
+pub mod script;
