@@ -103,20 +103,37 @@ fn run(mut cmd: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the harness and the emulator (release: the suite's speed is part of the product).
-fn build_emu() -> anyhow::Result<PathBuf> {
-    build_harness(false)
+/// Which build of the harness and the emulator a task runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Build {
+    /// The tests' build (`cargo test`'s dev profile, whose dependencies, ota-core and emulator
+    /// are optimised: see Cargo.toml): scenarios play at nearly release speed and CI compiles
+    /// the harness once for the tests and the hil runs.
+    Tests,
+    /// Release, for the figures of `cargo xtask bench`.
+    Release,
 }
 
-/// otahil and ota-emu, release; `probe_rs`: otahil with its `probe-rs` feature.
-fn build_harness(probe_rs: bool) -> anyhow::Result<PathBuf> {
+/// Builds the harness and the emulator the scenarios run on.
+fn build_emu() -> anyhow::Result<PathBuf> {
+    build_harness(false, Build::Tests)
+}
+
+/// otahil and ota-emu; `probe_rs`: otahil with its `probe-rs` feature.
+fn build_harness(probe_rs: bool, build: Build) -> anyhow::Result<PathBuf> {
     let mut c = cargo();
-    c.args(["build", "--release", "-p", "otahil", "-p", "ota-emu"]);
+    c.args(["build", "-p", "otahil", "-p", "ota-emu"]);
+    if build == Build::Release {
+        c.arg("--release");
+    }
     if probe_rs {
         c.args(["--features", "otahil/probe-rs"]);
     }
     run(c)?;
-    Ok(root().join("target/release"))
+    Ok(root().join(match build {
+        Build::Tests => "target/debug",
+        Build::Release => "target/release",
+    }))
 }
 
 /// `cargo xtask hil`'s options, passed on to `otahil run`.
@@ -186,7 +203,7 @@ fn bench_firmware(bin: &Path, bench: &Path) -> anyhow::Result<Option<PathBuf>> {
 }
 
 fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
-    let bin = build_harness(args.probe_rs)?;
+    let bin = build_harness(args.probe_rs, Build::Tests)?;
     // The harness's registry says what the backend runs, and whether it can run here, before
     // anything is built for it (five firmware builds for nothing is a poor way to learn that
     // QEMU is not there).
@@ -542,7 +559,7 @@ fn run_task(task: Task) -> anyhow::Result<()> {
     match task {
         Task::Hil { backend, args } => hil(&backend, &args),
         Task::Flash { bench, image, probe_rs } => {
-            let bin = build_harness(probe_rs)?;
+            let bin = build_harness(probe_rs, Build::Tests)?;
             let mut c = Command::new(bin.join("otahil"));
             c.current_dir(root()).arg("flash").arg("--bench").arg(&bench).args(["--image", &image]);
             if let Some(dir) = bench_firmware(&bin, &bench)? {
@@ -577,7 +594,7 @@ fn run_task(task: Task) -> anyhow::Result<()> {
         Task::Cycles => module_cycles::check(&root()),
         Task::Fuzz { seconds, target, seed, runs } => fuzz(seconds, target.as_deref(), seed, runs),
         Task::Bench { runs } => {
-            let bin = build_emu()?;
+            let bin = build_harness(false, Build::Release)?;
             let mut times = Vec::new();
             let mut sweeps = Vec::new();
             for i in 0..runs {
