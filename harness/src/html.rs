@@ -320,6 +320,7 @@ mod tests {
             log_tail: vec![],
             snapshots: vec![],
             snapshots_after_skip: vec![],
+            snapshot_diffs: vec![],
             notes: vec![],
             flash_maps: vec![("a-1-partitions".into(), crate::inspect::flash_map(&dump))],
             sweeps: vec![SweepResult {

@@ -24,6 +24,31 @@ fn parse_backend(name: &str) -> Result<&'static otahil::backend::BackendEntry, S
         .ok_or_else(|| format!("`{name}`: expected one of {}", otahil::backend::names()))
 }
 
+/// What `otahil snapshots` does with the pending snapshots.
+#[derive(Subcommand)]
+enum SnapshotAction {
+    /// Show each pending snapshot as a diff against the stored one.
+    Review(SnapshotArgs),
+    /// The pending snapshots replace the stored ones.
+    Accept(SnapshotArgs),
+    /// Delete the pending snapshots; the stored ones stay.
+    Reject(SnapshotArgs),
+}
+
+#[derive(clap::Args)]
+struct SnapshotArgs {
+    /// The scenario directory the snapshots belong to (their directory is found as `run`
+    /// finds it).
+    #[arg(long, default_value = "scenarios")]
+    scenarios: PathBuf,
+    /// The snapshot directory, when not the default for `--scenarios`.
+    #[arg(long)]
+    snapshots: Option<PathBuf>,
+    /// Only this scenario's snapshots (its `name`; repeatable).
+    #[arg(long)]
+    scenario: Vec<String>,
+}
+
 #[derive(Subcommand)]
 // Parsed once per process: boxing `Run`'s options would only make every use of them noisier.
 #[allow(clippy::large_enum_variant)]
@@ -40,9 +65,11 @@ enum Cmd {
         /// Run only this scenario (its `name`).
         #[arg(long)]
         scenario: Vec<String>,
-        /// Directory of snapshot files (insta format).
-        #[arg(long, default_value = "harness/tests/snapshots")]
-        snapshots: PathBuf,
+        /// Directory of snapshot files (insta format); it must exist. Default: the project's
+        /// (harness/tests/snapshots) for the project's scenarios, else `snapshots/` next to
+        /// the scenario files (made when the first snapshot is written).
+        #[arg(long)]
+        snapshots: Option<PathBuf>,
         /// Also write the results as JUnit XML.
         #[arg(long)]
         junit: Option<PathBuf>,
@@ -100,6 +127,12 @@ enum Cmd {
     Backend {
         #[arg(value_parser = parse_backend)]
         backend: &'static otahil::backend::BackendEntry,
+    },
+    /// Review, accept or reject the snapshots a run wrote as `NAME.snap.new` (new, or
+    /// different from the stored ones); no other tool needed.
+    Snapshots {
+        #[command(subcommand)]
+        action: SnapshotAction,
     },
     /// Check scenario files without running them.
     Check {
@@ -288,6 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("ready: yes");
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Snapshots { action } => snapshots_command(action),
         Cmd::Check { scenarios, bench } => {
             let (loaded, errors) = load_all(&scenarios, &[])?;
             for e in &errors {
@@ -353,6 +387,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 bail!("{} scenario file(s) do not load", errors.len());
             }
+            let snapshots = snapshot_dir(&scenarios, snapshots)?;
+            let snapshots_existed = snapshots.is_dir();
             let backend = (backend.make)(&otahil::backend::BackendOptions { firmware, bench })?;
             // Snapshots compare wherever the device runs the fixture images' bytes.
             let compare_snapshots = backend.snapshots_compare();
@@ -406,11 +442,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if let Some(d) = r.failure_details() {
                     bar.suspend(|| eprintln!("FAIL {}: {d}", r.name));
                 }
+                for diff in &r.snapshot_diffs {
+                    bar.suspend(|| eprintln!("{diff}"));
+                }
                 reports.push(r);
                 bar.inc(1);
             }
             bar.finish_and_clear();
             print!("{}", summary(&reports));
+            if !snapshots_existed && snapshots.is_dir() {
+                println!("made {} for the new snapshots", snapshots.display());
+            }
+            let pending = snapshot::pending(&snapshots, None).unwrap_or_default();
+            if !pending.is_empty() {
+                let dirs = snapshot_flags(&scenarios, &snapshots);
+                println!(
+                    "{} snapshot(s) wait for review in {}: otahil snapshots review{dirs}, then accept or reject",
+                    pending.len(),
+                    snapshots.display()
+                );
+            }
             let board = backend.board();
             if !board.is_empty() {
                 let shown: Vec<String> = board.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -479,28 +530,126 @@ fn flash(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Turns snapshot mismatches into a failure of the scenario (the step has passed already).
+/// Turns snapshot mismatches into a failure of the scenario (its steps have passed). A
+/// scenario that failed already is not compared and leaves no `.snap.new`: its snapshots show
+/// the failure, not a behaviour to accept.
 fn check_snapshots(r: &mut ScenarioReport, dir: &std::path::Path) -> anyhow::Result<()> {
-    if r.error.is_some() {
+    if r.failure().is_some() {
         return Ok(());
     }
     let mut problems = Vec::new();
     for (name, content) in &r.snapshots {
         match snapshot::check(dir, name, content).with_context(|| format!("snapshot {name}"))? {
             Verdict::Matches => {}
-            Verdict::New(p) => {
-                problems.push(format!("new snapshot {name}: review {} (cargo insta review)", p.display()))
+            Verdict::New(p) => problems.push(format!("new snapshot {name}: review {}", p.display())),
+            Verdict::Differs { new, line, expected, actual, diff } => {
+                problems.push(format!(
+                    "snapshot {name} differs at line {line}: expected `{expected}`, got `{actual}` (review {})",
+                    new.display()
+                ));
+                r.snapshot_diffs.push(format!("snapshot {name}:\n{diff}"));
             }
-            Verdict::Differs { new, line, expected, actual } => problems.push(format!(
-                "snapshot {name} differs at line {line}: expected `{expected}`, got `{actual}` (review {})",
-                new.display()
-            )),
         }
     }
     if !problems.is_empty() {
         r.error = Some(problems.join("; "));
     }
     Ok(())
+}
+
+/// Where a run's snapshots are: `given` (which must exist), else the project's for the
+/// project's scenarios, else `snapshots/` next to the scenario files.
+fn snapshot_dir(scenarios: &std::path::Path, given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = given {
+        if !dir.is_dir() {
+            bail!(
+                "--snapshots {}: no such directory (make it first; a typo would call every snapshot new)",
+                dir.display()
+            );
+        }
+        return Ok(dir);
+    }
+    let scenarios_dir = if scenarios.is_file() { scenarios.parent().unwrap_or(scenarios) } else { scenarios };
+    let project = PathBuf::from(PROJECT_SNAPSHOTS);
+    let is_projects = std::fs::canonicalize(scenarios_dir).ok() == std::fs::canonicalize("scenarios").ok()
+        && project.is_dir();
+    Ok(if is_projects { project } else { scenarios_dir.join("snapshots") })
+}
+
+/// The project's snapshots (insta's test reads the same files).
+const PROJECT_SNAPSHOTS: &str = "harness/tests/snapshots";
+
+/// The `--scenarios`/`--snapshots` a command needs to find these directories again.
+fn snapshot_flags(scenarios: &std::path::Path, snapshots: &std::path::Path) -> String {
+    let mut out = String::new();
+    if scenarios != std::path::Path::new("scenarios") {
+        out.push_str(&format!(" --scenarios {}", scenarios.display()));
+    }
+    let default = snapshot_dir(scenarios, None).ok();
+    if default.as_deref() != Some(snapshots) {
+        out.push_str(&format!(" --snapshots {}", snapshots.display()));
+    }
+    out
+}
+
+/// `otahil snapshots review|accept|reject`.
+fn snapshots_command(action: SnapshotAction) -> anyhow::Result<ExitCode> {
+    // A reader that goes away (`otahil snapshots review | head`) ends the output quietly, as
+    // for any Unix tool, instead of a panic on the next print. Only here: this command runs no
+    // child process and opens no socket, whose broken pipes must stay errors.
+    #[cfg(unix)]
+    // SAFETY: resetting a signal's disposition; this command starts no thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let (SnapshotAction::Review(args) | SnapshotAction::Accept(args) | SnapshotAction::Reject(args)) =
+        &action;
+    let dir = snapshot_dir(&args.scenarios, args.snapshots.clone())?;
+    let mut pending = Vec::new();
+    if args.scenario.is_empty() {
+        pending = snapshot::pending(&dir, None).with_context(|| format!("reading {}", dir.display()))?;
+    }
+    for name in &args.scenario {
+        pending.extend(
+            snapshot::pending(&dir, Some(name)).with_context(|| format!("reading {}", dir.display()))?,
+        );
+    }
+    if pending.is_empty() {
+        println!("no snapshot waits for review in {}", dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &pending {
+        match &action {
+            SnapshotAction::Review(_) => {
+                let (stored, new) = p.contents();
+                match stored {
+                    None => {
+                        println!("new snapshot {} ({}):", p.name, p.new.display());
+                        for line in new.lines() {
+                            println!("+{line}");
+                        }
+                    }
+                    Some(stored) => {
+                        println!("snapshot {} ({}):", p.name, p.new.display());
+                        print!("{}", snapshot::diff(&stored, &new));
+                    }
+                }
+            }
+            SnapshotAction::Accept(_) => {
+                p.accept().with_context(|| format!("accepting {}", p.new.display()))?;
+                println!("accepted {}", p.stored.display());
+            }
+            SnapshotAction::Reject(_) => {
+                p.reject().with_context(|| format!("rejecting {}", p.new.display()))?;
+                println!("rejected {}", p.new.display());
+            }
+        }
+    }
+    if let SnapshotAction::Review(args) = &action {
+        let flags = snapshot_flags(&args.scenarios, &dir);
+        println!("{} snapshot(s): otahil snapshots accept{flags} (or reject)", pending.len());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `mqtt://HOST:PORT`, `mqtt://HOST` (port 1883) or `HOST:PORT`; the host resolved now.

@@ -36,6 +36,8 @@ pub struct ScenarioReport {
     pub snapshots: Vec<(String, String)>,
     /// Snapshots taken after a step this backend skipped: the state differs from the stored one.
     pub snapshots_after_skip: Vec<String>,
+    /// Each differing snapshot as a unified diff against the stored one.
+    pub snapshot_diffs: Vec<String>,
     /// Figures and logs worth printing (sweep rates, a reproduced cut's log).
     pub notes: Vec<String>,
     /// The decoded partition state behind each partitions snapshot, for pictures.
@@ -73,14 +75,14 @@ pub struct SweepResult {
 }
 
 impl ScenarioReport {
+    /// What failed: a step first (the cause), then the scenario's own error (a start failure,
+    /// snapshots that differ).
     pub fn failure(&self) -> Option<String> {
-        if let Some(e) = &self.error {
-            return Some(e.clone());
-        }
-        self.steps.iter().enumerate().find_map(|(i, s)| match &s.outcome {
+        let step = self.steps.iter().enumerate().find_map(|(i, s)| match &s.outcome {
             StepOutcome::Failed(m) => Some(format!("step {} (line {}, {}): {m}", i + 1, s.line, s.label)),
             _ => None,
-        })
+        });
+        step.or_else(|| self.error.clone())
     }
 
     pub fn passed(&self) -> bool {
@@ -269,6 +271,7 @@ mod tests {
             log_tail: vec!["I (1) boot: <x>".into()],
             snapshots: vec![],
             snapshots_after_skip: vec![],
+            snapshot_diffs: vec![],
             notes: vec![],
             flash_maps: vec![],
             sweeps: vec![],

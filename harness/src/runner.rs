@@ -202,6 +202,21 @@ impl Run<'_> {
         self.options.seed.unwrap_or(self.scenario.device.seed)
     }
 
+    /// The command that plays this scenario again: with its directory when it is not the
+    /// project's `scenarios/` (a partial run compares no snapshots, so they need no directory).
+    fn reproduce(&self) -> String {
+        let dir = self.scenario.file.parent().filter(|d| !d.as_os_str().is_empty());
+        let projects = dir.is_none_or(|d| {
+            std::fs::canonicalize(d).ok().is_some_and(|d| std::fs::canonicalize("scenarios").ok() == Some(d))
+        });
+        match dir {
+            Some(d) if !projects => {
+                format!("cargo xtask hil --scenarios {} --scenario {}", d.display(), self.scenario.name)
+            }
+            _ => format!("cargo xtask hil --scenario {}", self.scenario.name),
+        }
+    }
+
     fn sweep(&mut self, w: &SweepStep, snapshot_no: &mut usize) -> StepResult {
         if !self.dut.capabilities().exact_power_cut {
             return Ok(StepOutcome::Skipped(format!(
@@ -267,7 +282,7 @@ impl Run<'_> {
         }
         if let Some(f) = report.failures.first() {
             return Ok(StepOutcome::Failed(format!(
-                "{} of {} cuts broke the device; first: cut {}{} ({} {}): {}\n  reproduce: cargo xtask hil --scenario {} --cut {}{} --seed {}",
+                "{} of {} cuts broke the device; first: cut {}{} ({} {}): {}\n  reproduce: {} --cut {}{} --seed {}",
                 report.failures.len(),
                 report.evaluated,
                 f.cut,
@@ -275,7 +290,7 @@ impl Run<'_> {
                 f.phase.name(),
                 f.op,
                 f.problem,
-                self.scenario.name,
+                self.reproduce(),
                 f.cut,
                 if f.torn { " --torn" } else { "" },
                 self.seed()
@@ -288,8 +303,8 @@ impl Run<'_> {
                     .map_err(|e| e.to_string())?;
                 if let Some(problem) = multi {
                     return Ok(StepOutcome::Failed(format!(
-                        "random multi-cut run {run} (seed {seed}): {problem}\n  reproduce: cargo xtask hil --scenario {} --seed {}",
-                        self.scenario.name,
+                        "random multi-cut run {run} (seed {seed}): {problem}\n  reproduce: {} --seed {}",
+                        self.reproduce(),
                         self.seed()
                     )));
                 }
@@ -506,6 +521,7 @@ pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> 
         error: None,
         skipped: None,
         snapshots_after_skip: Vec::new(),
+        snapshot_diffs: Vec::new(),
         log_tail: Vec::new(),
         snapshots: Vec::new(),
         notes: Vec::new(),

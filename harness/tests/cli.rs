@@ -140,3 +140,69 @@ fn a_backend_says_what_firmware_it_runs_and_whether_it_can_run_here() {
     assert!(!out.status.success());
     assert!(stderr.contains("expected one of emu, qemu, device"), "{stderr}");
 }
+
+/// Issue #22: a team's own scenarios in a directory of their own. A failing step is named
+/// first and leaves no pending snapshot; once it passes, its new snapshots wait next to the
+/// scenarios (made for them, and said) until `otahil snapshots accept`; then the run is green.
+/// A `--snapshots` directory that does not exist is an error, never made.
+#[test]
+fn own_scenarios_fail_on_their_step_then_their_snapshots_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenarios = dir.path().join("mine");
+    std::fs::create_dir(&scenarios).unwrap();
+    let file = scenarios.join("first.yaml");
+    let scenario = |expect: &str| {
+        format!(
+            "name: mine\ndevice: {{ firmware: v1 }}\nsteps:\n  - boot\n  - ota: {{ image: v2, expect: ok }}\n  - expect_log: {{ pattern: '{expect}', timeout: 300ms }}\n  - snapshot: [partitions]\n"
+        )
+    };
+    let run = |extra: &[&str]| {
+        let out = otahil()
+            .current_dir(dir.path())
+            .args(["run", "--scenarios", "mine"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    std::fs::write(&file, scenario("version 9.9.9")).unwrap();
+    let (ok, stdout, _) = run(&[]);
+    assert!(!ok);
+    assert!(stdout.contains("FAIL  step 3 (line 6, expect_log"), "the step, not a snapshot: {stdout}");
+    assert!(!scenarios.join("snapshots").exists(), "a failed scenario writes no snapshot");
+
+    std::fs::write(&file, scenario("2\\.0\\.0")).unwrap();
+    let (ok, stdout, _) = run(&[]);
+    assert!(!ok, "a new snapshot is not accepted by itself");
+    assert!(stdout.contains("new snapshot mine-1-partitions"), "{stdout}");
+    assert!(stdout.contains("made mine/snapshots for the new snapshots"), "{stdout}");
+    assert!(stdout.contains("otahil snapshots review --scenarios mine"), "{stdout}");
+    let pending = scenarios.join("snapshots/mine-1-partitions.snap.new");
+    assert!(pending.exists());
+
+    let review = otahil()
+        .current_dir(dir.path())
+        .args(["snapshots", "review", "--scenarios", "mine"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&review.stdout);
+    assert!(shown.contains("new snapshot mine-1-partitions") && shown.contains("+otadata:"), "{shown}");
+    let accept = otahil()
+        .current_dir(dir.path())
+        .args(["snapshots", "accept", "--scenarios", "mine", "--scenario", "mine"])
+        .output()
+        .unwrap();
+    assert!(accept.status.success());
+    assert!(!pending.exists() && scenarios.join("snapshots/mine-1-partitions.snap").exists());
+    let (ok, stdout, _) = run(&[]);
+    assert!(ok, "{stdout}");
+
+    let (ok, _, stderr) = run(&["--snapshots", "typo"]);
+    assert!(!ok);
+    assert!(stderr.contains("--snapshots typo: no such directory"), "{stderr}");
+    assert!(!dir.path().join("typo").exists());
+}

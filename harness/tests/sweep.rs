@@ -20,7 +20,10 @@ fn a_broken_writer_fails_the_sweep_with_a_reproduction() {
     let failure = report.failure().expect("the sweep must fail");
     assert!(failure.contains("bootloader fallback"), "{failure}");
     let repro = failure.lines().find_map(|l| l.trim().strip_prefix("reproduce: ")).expect(&failure);
-    assert!(repro.starts_with("cargo xtask hil --scenario broken-writer-sweep --cut "), "{repro}");
+    // The scenario is not in the project's `scenarios/`: the line names its directory.
+    let dir = path.parent().unwrap().display().to_string();
+    let expected = format!("cargo xtask hil --scenarios {dir} --scenario broken-writer-sweep --cut ");
+    assert!(repro.starts_with(&expected), "{repro}");
 
     // Run exactly what the line says (in-process): the same cut fails again and shows its log.
     let words: Vec<&str> = repro.split_whitespace().collect();

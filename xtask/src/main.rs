@@ -16,6 +16,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process: boxing `Hil`'s options would only make every use of them noisier.
+#[allow(clippy::large_enum_variant)]
 enum Task {
     /// Build what the backend needs and play the scenarios (emulator by default).
     Hil {
@@ -139,6 +141,13 @@ fn build_harness(probe_rs: bool, build: Build) -> anyhow::Result<PathBuf> {
 /// `cargo xtask hil`'s options, passed on to `otahil run`.
 #[derive(Args, Default)]
 struct HilArgs {
+    /// A directory of scenario files of your own (default: the project's `scenarios/`).
+    #[arg(long = "scenarios", value_name = "DIR")]
+    scenario_dir: Option<PathBuf>,
+    /// Their snapshots' directory, which must exist (default: `snapshots/` next to your
+    /// scenarios, made when the first one is written; the project's for the project's).
+    #[arg(long = "snapshots", value_name = "DIR")]
+    snapshot_dir: Option<PathBuf>,
     /// Play only this scenario (repeatable).
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
@@ -224,6 +233,14 @@ fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
         if let Some(dir) = bench_firmware(&bin, b)? {
             c.arg("--firmware").arg(dir);
         }
+    }
+    // otahil runs in the project's root; the user's directories are where the user is.
+    let here = std::env::current_dir().context("the current directory")?;
+    if let Some(d) = &args.scenario_dir {
+        c.arg("--scenarios").arg(here.join(d));
+    }
+    if let Some(d) = &args.snapshot_dir {
+        c.arg("--snapshots").arg(here.join(d));
     }
     for s in &args.scenarios {
         c.args(["--scenario", s]);
