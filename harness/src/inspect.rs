@@ -41,6 +41,12 @@ fn reason_text(r: SelectReason) -> String {
     }
 }
 
+/// Whether the bootloader would boot something from `dump`: a valid partition table and a slot
+/// whose image verifies.
+pub fn boots_something(dump: &[u8]) -> bool {
+    flash_map(dump).table.is_ok_and(|t| t.boots != Boots::Nothing)
+}
+
 /// Whether `dump` holds a partition table the bootloader would accept.
 pub fn has_valid_table(dump: &[u8]) -> bool {
     let table_bytes = dump.get(TABLE_OFFSET as usize..TABLE_OFFSET as usize + TABLE_LEN).unwrap_or(&[]);
@@ -158,8 +164,11 @@ pub fn flash_map(dump: &[u8]) -> FlashMap {
     let boots = load_order(selection.index, &table).find(|i| {
         i.partition(&table).is_some_and(|p| verify_slot(&mut flash, &{ *p }, ChipInfo::ESP32C3).is_ok())
     });
+    // "No valid otadata and no factory": the bootloader tries every slot in order, so the
+    // first that verifies is its choice, not a fallback from a factory slot that is not there.
+    let selected_exists = selection.index.partition(&table).is_some();
     let boots = match boots {
-        Some(i) if i == selection.index => Boots::Selected(SlotName(i).to_string()),
+        Some(i) if i == selection.index || !selected_exists => Boots::Selected(SlotName(i).to_string()),
         Some(i) => Boots::Fallback {
             boots: SlotName(i).to_string(),
             selected: SlotName(selection.index).to_string(),
@@ -199,7 +208,11 @@ pub fn flash_map(dump: &[u8]) -> FlashMap {
             md5,
             partitions,
             otadata,
-            selects: SlotName(selection.index).to_string(),
+            selects: if selected_exists {
+                SlotName(selection.index).to_string()
+            } else {
+                "every app slot in order".to_string()
+            },
             reason: reason_text(selection.reason),
             boots,
             slots,

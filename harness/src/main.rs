@@ -300,8 +300,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Inspect { flash } => {
             let dump = std::fs::read(&flash).with_context(|| format!("reading {}", flash.display()))?;
             print!("{}", inspect::partition_state(&dump));
-            // A dump the bootloader cannot boot from is a failure for scripts that check it.
-            Ok(if inspect::has_valid_table(&dump) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            // A dump the bootloader boots nothing from (no valid table, or no slot that verifies)
+            // is a failure for scripts that check it.
+            Ok(if inspect::boots_something(&dump) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::Fixtures { out } => {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -389,6 +390,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let snapshots = snapshot_dir(&scenarios, snapshots)?;
             let snapshots_existed = snapshots.is_dir();
+            if let Some(k) = cut {
+                let without: Vec<&str> = loaded
+                    .iter()
+                    .filter(|s| !s.steps.iter().any(|st| matches!(st.kind, scenario::StepKind::Sweep(_))))
+                    .map(|s| s.name.as_str())
+                    .collect();
+                if !without.is_empty() {
+                    bail!(
+                        "--cut {k} replays one cut of a sweep, and {} has no sweep step (pick a sweep's scenario with --scenario)",
+                        without.join(", ")
+                    );
+                }
+            }
+            // Only a backend whose firmware its bench file names has a board to describe.
+            if bench.is_some() && !matches!(backend.firmware, otahil::backend::FirmwareSource::Bench) {
+                bail!(
+                    "--bench describes the device backend's board; the {} backend has none (add --backend device)",
+                    backend.name
+                );
+            }
             let backend = (backend.make)(&otahil::backend::BackendOptions { firmware, bench })?;
             // Snapshots compare wherever the device runs the fixture images' bytes.
             let compare_snapshots = backend.snapshots_compare();

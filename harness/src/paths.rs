@@ -162,6 +162,11 @@ impl DeviceSections {
         self.0.iter().any(|(k, _)| *k == key)
     }
 
+    /// Whether the device has a path that pulls images from the run's firmware server.
+    pub fn pulls(&self) -> bool {
+        self.0.iter().any(|(k, _)| section_path(k).is_some_and(|p| p.needs.server))
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &dyn DeviceSection> {
         self.0.iter().map(|(_, s)| s.as_ref())
     }
@@ -194,12 +199,27 @@ pub fn section_keys() -> Vec<&'static str> {
 
 /// The sections that give the device a broker session, for messages: "`mqtt: {}`, `homie: {}`…".
 pub fn broker_sections() -> String {
+    sections_of(|n| n.broker)
+}
+
+/// The sections of the paths whose needs `which` picks, for messages.
+fn sections_of(which: fn(&Needs) -> bool) -> String {
     PATHS
         .iter()
-        .filter(|p| p.needs.broker)
+        .filter(|p| which(&p.needs))
         .filter_map(|p| p.section.as_ref().map(|s| format!("`{}: {{}}`", s.key)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The sections whose device pulls from the run's firmware server, for messages.
+pub fn pulling_sections() -> String {
+    sections_of(|n| n.server)
+}
+
+/// The path that registered section `key`.
+fn section_path(key: &str) -> Option<&'static PathEntry> {
+    PATHS.iter().find(|p| p.section.as_ref().is_some_and(|s| s.key == key))
 }
 
 /// The path whose section is `device: { key: … }`.

@@ -44,11 +44,26 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
     check(raw, &cx)
 }
 
+/// The most random multi-cut runs a sweep takes (each is a whole update).
+pub const MAX_RANDOM_RUNS: u32 = 10_000;
+/// The longest scenario name: it names files (`NAME-N-partitions.snap.new`, 23 bytes more), and
+/// file systems take 255 bytes.
+pub const MAX_NAME_LEN: usize = 100;
+
 fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
     if raw.name.value.is_empty()
         || !raw.name.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
         return cx.at(&raw.name, "name must be non-empty and use only letters, digits, `-` and `_`");
+    }
+    if raw.name.value.len() > MAX_NAME_LEN {
+        return cx.at(
+            &raw.name,
+            format!(
+                "name of {} bytes: at most {MAX_NAME_LEN} (it names the snapshot files)",
+                raw.name.value.len()
+            ),
+        );
     }
     let RawDevice { firmware, rest: d } = raw.device;
     if let Some(key) = &d.unknown {
@@ -162,14 +177,37 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
         return cx.at(at, format!("the device's flash cannot be built: {e}"));
     }
     let mut steps = Vec::new();
+    // Where the scenario switched the power off, until it switches it on again.
+    let mut powered_off_at: Option<u64> = None;
     for s in raw.steps {
         let line = s.referenced.line();
         let column = s.referenced.column();
         let kind = match s.value {
-            RawStep::Boot => StepKind::Boot,
-            RawStep::PowerOn => StepKind::PowerOn,
-            RawStep::PowerOff => StepKind::PowerOff,
-            RawStep::Reset => StepKind::Reset,
+            RawStep::Boot => {
+                powered_off_at = None;
+                StepKind::Boot
+            }
+            RawStep::PowerOn => {
+                powered_off_at = None;
+                StepKind::PowerOn
+            }
+            RawStep::PowerOff => {
+                powered_off_at = Some(line);
+                StepKind::PowerOff
+            }
+            RawStep::Reset => {
+                if let Some(off) = powered_off_at {
+                    // A reset button does nothing to a chip without power.
+                    return cx.err(
+                        line,
+                        column,
+                        format!(
+                            "reset: the device is powered off here (power_off at line {off}): power_on first"
+                        ),
+                    );
+                }
+                StepKind::Reset
+            }
             RawStep::ExpectLog(e) => {
                 let (pattern, timeout, absent) = match e {
                     RawExpectLog::Pattern(p) => (p, None, false),
@@ -193,9 +231,16 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
                     RawSnapshot::One(n) => vec![n],
                     RawSnapshot::Many(v) => v,
                 };
+                if names.is_empty() {
+                    return cx.err(
+                        line,
+                        column,
+                        "snapshot: expected `partitions`, `log` or both, not nothing",
+                    );
+                }
                 let mut kinds = Vec::new();
                 for n in names {
-                    kinds.push(match n.as_str() {
+                    let kind = match n.as_str() {
                         "partitions" => SnapshotKind::Partitions,
                         "log" => SnapshotKind::Log,
                         other => {
@@ -205,27 +250,60 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
                                 format!("snapshot `{other}`: expected `partitions` or `log`"),
                             );
                         }
-                    });
+                    };
+                    if kinds.contains(&kind) {
+                        return cx.err(line, column, format!("snapshot: `{n}` is named twice"));
+                    }
+                    kinds.push(kind);
                 }
                 StepKind::Snapshot(kinds)
             }
             RawStep::Ota(o) => StepKind::Ota(Box::new(check_ota(o.at(line, column), &device, cx)?)),
             RawStep::Sweep(w) => StepKind::Sweep(Box::new(SweepStep {
+                random_runs: match w.random_runs {
+                    n if n > MAX_RANDOM_RUNS => {
+                        return cx.err(
+                            line,
+                            column,
+                            format!(
+                                "sweep: random_runs {n}: at most {MAX_RANDOM_RUNS} (each is a whole update)"
+                            ),
+                        );
+                    }
+                    n => n,
+                },
+                max_cuts: match (w.max_cuts, w.random_runs) {
+                    (Some(0), _) => {
+                        return cx.err(line, column, "sweep: max_cuts 0: a random run cuts at least once");
+                    }
+                    (Some(_), 0) => {
+                        return cx.err(
+                            line,
+                            column,
+                            "sweep: max_cuts bounds the random runs' cuts: give random_runs too",
+                        );
+                    }
+                    (m, _) => m.unwrap_or(4),
+                },
                 path: sweep_path(w.via.as_ref().or(w.protocol.as_ref()), cx)?,
                 image: cx.image(&w.image)?,
                 torn: w.torn,
                 exact: w.exact,
-                random_runs: w.random_runs,
-                max_cuts: w.max_cuts.unwrap_or(4),
             })),
-            RawStep::Serve(r) => StepKind::Serve(Box::new(services::serve(*r, cx)?)),
+            RawStep::Serve(r) => {
+                services::needs_a_puller("serve", &device.paths, cx, line, column)?;
+                StepKind::Serve(Box::new(services::serve(*r, cx)?))
+            }
             RawStep::MqttPublish(r) => {
                 StepKind::MqttPublish(services::publish(r, &device.paths, cx, line, column)?)
             }
             RawStep::ExpectStatus(r) => {
                 StepKind::ExpectStatus(services::expect_status(r, &device.paths, cx, line, column)?)
             }
-            RawStep::ExpectRequest(r) => StepKind::ExpectRequest(services::expect_request(r)),
+            RawStep::ExpectRequest(r) => {
+                services::needs_a_puller("expect_request", &device.paths, cx, line, column)?;
+                StepKind::ExpectRequest(services::expect_request(r))
+            }
             RawStep::Broker(a) => {
                 if !device.paths.needs_broker() {
                     return cx.err(
@@ -657,5 +735,55 @@ mod tests {
         ] {
             assert_eq!(parse_duration(huge), Err(DurationError::TooLong), "{huge}");
         }
+    }
+
+    /// Issue #22's loader defects: each was accepted and failed, did nothing or ran unbounded
+    /// at run time.
+    #[test]
+    fn what_cannot_run_as_written_is_refused_at_its_line() {
+        let device = "name: t\ndevice: { firmware: v1 }\nsteps:\n";
+        let e = err(&format!("{device}  - boot\n  - snapshot: [log, log]\n"));
+        assert_eq!((e.line, e.message.as_str()), (5, "snapshot: `log` is named twice"));
+        let e = err(&format!("{device}  - snapshot: []\n"));
+        assert!(e.message.contains("not nothing"), "{e}");
+        let e = err(&format!("{device}  - sweep: {{ image: v2, random_runs: 4294967295 }}\n"));
+        assert!(e.message.contains("random_runs 4294967295: at most 10000"), "{e}");
+        let e = err(&format!("{device}  - sweep: {{ image: v2, max_cuts: 3 }}\n"));
+        assert!(e.message.contains("give random_runs too"), "{e}");
+        let e = err(&format!("{device}  - sweep: {{ image: v2, random_runs: 2, max_cuts: 0 }}\n"));
+        assert!(e.message.contains("max_cuts 0"), "{e}");
+        let ok = parse(
+            &format!("{device}  - sweep: {{ image: v2, random_runs: 2, max_cuts: 2 }}\n"),
+            Path::new("x.yaml"),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        for step in ["serve: { path: /x.bin, image: v2 }", "expect_request: { path: /x.bin }"] {
+            let e = err(&format!("{device}  - {step}\n"));
+            assert_eq!(e.line, 4, "{e}");
+            assert!(
+                e.message.contains("pulls from no server") && e.message.contains("`homie1: {}`, `mqtt: {}`"),
+                "{e}"
+            );
+            let pulls = "name: t\ndevice: { firmware: v1, mqtt: {} }\nsteps:\n";
+            assert!(parse(&format!("{pulls}  - {step}\n"), Path::new("x.yaml")).is_ok(), "{step}");
+        }
+        let e = err(&format!("{device}  - boot\n  - power_off\n  - reset\n"));
+        assert_eq!(e.line, 6, "{e}");
+        assert!(e.message.contains("powered off here (power_off at line 5): power_on first"), "{e}");
+        let on = parse(
+            &format!("{device}  - boot\n  - power_off\n  - power_on\n  - reset\n"),
+            Path::new("x.yaml"),
+        );
+        assert!(on.is_ok(), "{on:?}");
+        let long = "n".repeat(MAX_NAME_LEN + 1);
+        let e = err(&format!("name: {long}\ndevice: {{ firmware: v1 }}\nsteps: []\n"));
+        assert_eq!((e.line, e.message.contains("at most 100")), (1, true), "{e}");
+        assert!(
+            parse(
+                &format!("name: {}\ndevice: {{ firmware: v1 }}\nsteps: []\n", &long[1..]),
+                Path::new("x.yaml")
+            )
+            .is_ok()
+        );
     }
 }

@@ -37,6 +37,38 @@ fn inspect_fails_on_a_dump_without_a_partition_table() {
     std::fs::write(&good, ota_emu::mkflash::merged_image(&table, &app, 4 << 20).unwrap()).unwrap();
     let out = otahil().arg("inspect").arg(&good).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // Issue #22: a valid table with nothing bootable is a failure too.
+    let empty = dir.path().join("empty.bin");
+    let mut image = ota_emu::mkflash::merged_image(&table, &app, 4 << 20).unwrap();
+    let slot = table.by_label("app0").unwrap();
+    image[slot.offset as usize..slot.end() as usize].fill(0xFF);
+    std::fs::write(&empty, &image).unwrap();
+    let out = otahil().arg("inspect").arg(&empty).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && text.contains("boots: NOTHING"), "{text}");
+
+    // Issue #22: both otadata copies torn on a layout without factory: the bootloader tries
+    // every slot; no factory slot is named.
+    let torn = dir.path().join("torn.bin");
+    let mut image = ota_emu::mkflash::merged_image(&table, &app, 4 << 20).unwrap();
+    let otadata = table.otadata().unwrap();
+    for copy in [0usize, 4096] {
+        let at = otadata.offset as usize + copy;
+        image[at..at + 4].copy_from_slice(&1u32.to_le_bytes()); // seq 1
+        image[at + 24..at + 28].copy_from_slice(&2u32.to_le_bytes()); // VALID
+        image[at + 28..at + 32].copy_from_slice(&0u32.to_le_bytes()); // a CRC that does not match
+    }
+    std::fs::write(&torn, &image).unwrap();
+    let out = otahil().arg("inspect").arg(&torn).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("selects: every app slot in order # otadata invalid (CRC) and no factory"),
+        "{text}"
+    );
+    assert!(text.contains("  boots: ota_0\n"), "{text}");
+    assert!(!text.contains("factory does not verify"), "{text}");
 }
 
 /// `otahil emu --help` names itself; `make-flash` refuses an app file that is no app image.
@@ -205,4 +237,25 @@ fn own_scenarios_fail_on_their_step_then_their_snapshots_are_accepted() {
     assert!(!ok);
     assert!(stderr.contains("--snapshots typo: no such directory"), "{stderr}");
     assert!(!dir.path().join("typo").exists());
+}
+
+/// Issue #22: options that cannot apply are refused, not ignored: `--cut` on a scenario
+/// without a sweep (it passed, its snapshots silently skipped), `--bench` with a backend that
+/// has no board.
+#[test]
+fn options_that_cannot_apply_are_refused() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let out =
+        otahil().current_dir(root).args(["run", "--scenario", "happy-path", "--cut", "3"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--cut 3 replays one cut of a sweep, and happy-path has no sweep step"), "{err}");
+    let out = otahil()
+        .current_dir(root)
+        .args(["run", "--scenario", "happy-path", "--bench", "fixtures/bench.emu.yaml"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("the emu backend has none (add --backend device)"), "{err}");
 }

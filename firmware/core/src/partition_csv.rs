@@ -33,6 +33,9 @@ pub enum CsvErrorKind {
     /// An empty offset, but no aligned room is left after the previous partition.
     NoRoomForAutoOffset,
     Layout(LayoutError),
+    /// A name an earlier line already gave (ESP-IDF's `gen_esp32part.py` refuses it too:
+    /// partitions are found by name).
+    DuplicateName,
 }
 
 impl fmt::Display for CsvError {
@@ -57,6 +60,7 @@ impl fmt::Display for CsvError {
                 f.write_str("empty offset, but no aligned room is left after the previous partition")
             }
             CsvErrorKind::Layout(e) => e.fmt(f),
+            CsvErrorKind::DuplicateName => f.write_str("a partition of this name is defined already"),
         }
     }
 }
@@ -146,6 +150,9 @@ pub fn parse_csv(text: &str) -> Result<PartitionTable, CsvError> {
         if name.len() > 16 {
             return Err(err(CsvErrorKind::NameTooLong));
         }
+        if table.by_label(name).is_some() {
+            return Err(err(CsvErrorKind::DuplicateName));
+        }
         let ptype = parse_type(ty).ok_or(err(CsvErrorKind::UnknownType))?;
         let subtype = parse_subtype(ptype, sub).ok_or(err(CsvErrorKind::UnknownSubtype))?;
         if size.is_empty() {
@@ -226,6 +233,11 @@ mod tests {
         assert_eq!(e("a, data, nvs, , 4K, shiny").kind, CsvErrorKind::UnknownFlag);
         assert_eq!(e(", data, nvs, , 4K").kind, CsvErrorKind::EmptyName);
         assert_eq!(e("abcdefghijklmnopq, data, nvs, , 4K").kind, CsvErrorKind::NameTooLong);
+        // Issue #22: two partitions of one name (make-flash used to accept them).
+        assert_eq!(
+            e("app0, app, ota_0, , 64K\napp0, app, ota_1, , 64K\n"),
+            CsvError { line: 2, kind: CsvErrorKind::DuplicateName }
+        );
         assert_eq!(
             e("o, data, ota, , 4K").kind,
             CsvErrorKind::Layout(LayoutError::OtadataSize { size: 0x1000 })
@@ -242,7 +254,7 @@ mod tests {
     /// them no longer parsed.
     #[test]
     fn partitions_past_the_address_space_are_refused() {
-        let text = "#\np,app, 0,,0x0C0006001\n#\np,app, 0,,0x0C0006001";
+        let text = "#\np,app, 0,,0x0C0006001\n#\nq,app, 0,,0x0C0006001";
         assert_eq!(
             parse_csv(text),
             Err(CsvError { line: 4, kind: CsvErrorKind::Layout(LayoutError::PastAddressSpace { index: 1 }) })

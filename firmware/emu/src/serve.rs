@@ -86,6 +86,9 @@ fn control_line(device: &mut Device<Serial>, message: &Message) {
 
 const SESSION_CLOSED: Message = Message::SessionClosed { refused: false };
 
+/// Said when stdin ends before any control command.
+pub const STDIN_ENDED: &str = "ota-emu: stdin (the control channel) ended before any command, so the device stops; keep stdin open to run it, e.g. `sleep infinity | ota-emu run …`";
+
 /// Reads stdin lines on a thread of their own, waking the device's loop for each.
 fn spawn_stdin_reader(waker: Arc<Waker>) -> Receiver<Option<String>> {
     let (tx, rx) = mpsc::channel();
@@ -333,21 +336,33 @@ pub fn serve(mut device: Device<Serial>, opts: ServeOptions) -> anyhow::Result<(
         let step = device.take_step();
         apply(&mut device, &mut net, step);
     }
-    let commands = spawn_stdin_reader(waker);
+    // The loop keeps a handle on the waker: the reader's last wake (the end of stdin) comes as
+    // its thread ends, and were its handle the last, the waker's fd would close with it and
+    // the wake-up could be lost, leaving the loop asleep for good.
+    let commands = spawn_stdin_reader(Arc::clone(&waker));
     let mut uart_ready = uart.is_some();
     let mut events = Events::with_capacity(64);
     let mut buf = vec![0u8; 16 * 1024];
+    let mut commanded = false;
     loop {
         log_cut(&mut device, &mut net);
         // Commands first: a power cut must land between two reads of an upload.
         loop {
             match commands.try_recv() {
                 Ok(Some(line)) => {
+                    commanded = true;
                     if !command(&mut device, &mut net, uart.as_mut(), &line) {
                         return Ok(());
                     }
                 }
-                Ok(None) | Err(TryRecvError::Disconnected) => return Ok(()),
+                Ok(None) | Err(TryRecvError::Disconnected) => {
+                    // The end of stdin stops the device (a harness that goes away takes its
+                    // emulators with it); before any command, that is a user's `< /dev/null`.
+                    if !commanded {
+                        eprintln!("{}", STDIN_ENDED);
+                    }
+                    return Ok(());
+                }
                 Err(TryRecvError::Empty) => break,
             }
         }

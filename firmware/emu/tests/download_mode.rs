@@ -9,11 +9,10 @@ use espflash::target::{Chip, DefaultProgressCallback};
 use serialport::{SerialPort, UsbPortInfo};
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Emulator, PREFIX};
+use common::{Emulator, PREFIX, v1_board};
 
 /// espflash on a pty, as the bench drives it: no USB identity, no DTR/RTS, no reset.
 fn pty_connection(port: serialport::TTYPort) -> Connection {
@@ -26,23 +25,6 @@ fn pty_connection(port: serialport::TTYPort) -> Connection {
         interface: None,
     };
     Connection::new(port, info, ResetAfterOperation::NoResetNoStub, ResetBeforeOperation::NoReset, 115_200)
-}
-
-/// A 4 MiB flash in `dir` with v1 in app0 (`ota-emu make-flash`, as a factory would).
-fn v1_board(dir: &Path) -> std::path::PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let flash = dir.join("flash.bin");
-    let made = Command::new(env!("CARGO_BIN_EXE_ota-emu"))
-        .args(["make-flash", "--partitions"])
-        .arg(root.join("fixtures/partitions/esphome-4mb.csv"))
-        .arg("--app")
-        .arg(root.join("fixtures/firmware/v1.bin"))
-        .arg("--out")
-        .arg(&flash)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    flash
 }
 
 /// Reads the pty until a line contains `text`; returns what was read.

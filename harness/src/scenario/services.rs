@@ -299,6 +299,27 @@ pub(super) fn serve(raw: RawServe, cx: &Ctx<'_>) -> Result<ServeStep, ScenarioEr
     })
 }
 
+/// `what` (a firmware-server step) needs a device that pulls from the run's server.
+pub(super) fn needs_a_puller(
+    what: &str,
+    sections: &crate::paths::DeviceSections,
+    cx: &Ctx<'_>,
+    line: u64,
+    column: u64,
+) -> Result<(), ScenarioError> {
+    if sections.pulls() {
+        return Ok(());
+    }
+    cx.err(
+        line,
+        column,
+        format!(
+            "{what}: the device pulls from no server, so nothing would ask for it: add one of {} under `device`",
+            crate::paths::pulling_sections()
+        ),
+    )
+}
+
 pub(super) fn publish(
     raw: RawPublish,
     sections: &crate::paths::DeviceSections,

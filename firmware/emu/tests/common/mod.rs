@@ -76,3 +76,20 @@ impl Drop for Emulator {
         let _ = self.child.wait();
     }
 }
+
+/// A 4 MiB flash in `dir` with v1 in app0 (`ota-emu make-flash`, as a factory would).
+pub fn v1_board(dir: &Path) -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let flash = dir.join("flash.bin");
+    let made = Command::new(env!("CARGO_BIN_EXE_ota-emu"))
+        .args(["make-flash", "--partitions"])
+        .arg(root.join("fixtures/partitions/esphome-4mb.csv"))
+        .arg("--app")
+        .arg(root.join("fixtures/firmware/v1.bin"))
+        .arg("--out")
+        .arg(&flash)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    flash
+}
