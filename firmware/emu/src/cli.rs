@@ -23,6 +23,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process: boxing `MakeFlash`'s settings would only make their use noisier.
+#[allow(clippy::large_enum_variant)]
 enum Cmd {
     /// Run the device: serial log on stdout, OTA on --listen, control commands on stdin.
     ///
@@ -44,21 +46,9 @@ enum Cmd {
         size: String,
         #[arg(long)]
         out: PathBuf,
-        /// Provision the OTA password into the nvs partition (NVS namespace `otahil`, key
-        /// `ota_password`); it overrides the `run --password` a device was started with.
-        #[arg(long)]
-        password: Option<String>,
-        /// Provision the ESPHome OTA protocol version (key `ota_protocol`) together with the password;
-        /// either flag provisions both (no --password: no authentication).
-        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
-        protocol: Option<u8>,
-        /// Provision the Wi-Fi network a board with the `wifi` firmware joins (keys `wifi_ssid`,
-        /// `wifi_password`; no password: an open network). Any provisioning flag writes the whole
-        /// settings page.
-        #[arg(long)]
-        wifi_ssid: Option<String>,
-        #[arg(long)]
-        wifi_password: Option<String>,
+        /// The device's settings, provisioned into its nvs partition as a factory would.
+        #[command(flatten)]
+        settings: crate::settings_args::SettingsArgs,
     },
 }
 
@@ -79,7 +69,7 @@ struct RunArgs {
     #[arg(long)]
     arduino_password: Option<String>,
     /// ArduinoOTA's authentication built in: md5 (classic) or pbkdf2 (arduino-esp32 3.3.1+).
-    #[arg(long, default_value = "md5", value_parser = parse_auth_scheme)]
+    #[arg(long, default_value = "md5", value_parser = crate::settings_args::parse_auth)]
     arduino_auth: AuthScheme,
     /// The OTA password the firmware has built in (none: no authentication). As on the chip, a
     /// password provisioned in NVS (`make-flash --password`) overrides it at boot.
@@ -110,13 +100,6 @@ struct RunArgs {
     /// Seed for the device's randomness (nonces), for reproducible runs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-}
-
-fn parse_auth_scheme(s: &str) -> Result<AuthScheme, String> {
-    [AuthScheme::Md5, AuthScheme::Pbkdf2Sha256]
-        .into_iter()
-        .find(|a| a.name() == s)
-        .ok_or_else(|| format!("`{s}`: expected md5 or pbkdf2"))
 }
 
 /// Parses `args` (the first is the program name) and runs the command.
@@ -183,7 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             serve(device, options)
         }
-        Cmd::MakeFlash { partitions, app, size, out, password, protocol, wifi_ssid, wifi_password } => {
+        Cmd::MakeFlash { partitions, app, size, out, settings } => {
             let csv = std::fs::read_to_string(&partitions)
                 .with_context(|| format!("reading {}", partitions.display()))?;
             let table = ota_core::partition_csv::parse_csv(&csv)
@@ -197,15 +180,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("--size `{size}` is not a size (expected e.g. 4M)");
             };
             let mut image = crate::mkflash::merged_image(&table, &app_bytes, flash_size)?;
-            if password.is_some() || protocol.is_some() || wifi_ssid.is_some() {
-                let settings = ota_core::provision::Provision {
-                    ota_password: password.as_deref(),
-                    protocol: protocol.unwrap_or(2),
-                    wifi: wifi_ssid.as_deref().map(|ssid| (ssid, wifi_password.as_deref().unwrap_or(""))),
-                };
-                crate::mkflash::provision_settings(&mut image, &table, &settings, &[])?;
-            } else if wifi_password.is_some() {
-                bail!("--wifi-password needs --wifi-ssid");
+            if let Some(page) = settings.page()? {
+                crate::mkflash::write_page(&mut image, &table, &page)?;
             }
             FileFlash::create(&out, &image).with_context(|| format!("writing {}", out.display()))?;
             Ok(())

@@ -18,6 +18,7 @@ pub mod nor;
 pub mod rom_loader;
 pub mod script;
 pub mod serve;
+pub mod settings_args;
 pub mod sweep;
 pub mod uart;
 

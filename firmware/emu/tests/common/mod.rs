@@ -77,19 +77,25 @@ impl Drop for Emulator {
     }
 }
 
-/// A 4 MiB flash in `dir` with v1 in app0 (`ota-emu make-flash`, as a factory would).
-pub fn v1_board(dir: &Path) -> std::path::PathBuf {
+/// `ota-emu make-flash` of v1 into `flash` (the default 4 MiB layout), with `extra` flags.
+pub fn make_flash(flash: &Path, extra: &[&str]) -> std::process::Output {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let flash = dir.join("flash.bin");
-    let made = Command::new(env!("CARGO_BIN_EXE_ota-emu"))
+    Command::new(env!("CARGO_BIN_EXE_ota-emu"))
         .args(["make-flash", "--partitions"])
         .arg(root.join("fixtures/partitions/esphome-4mb.csv"))
         .arg("--app")
         .arg(root.join("fixtures/firmware/v1.bin"))
         .arg("--out")
-        .arg(&flash)
-        .status()
-        .unwrap();
-    assert!(made.success());
+        .arg(flash)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// A 4 MiB flash in `dir` with v1 in app0 (`ota-emu make-flash`, as a factory would).
+pub fn v1_board(dir: &Path) -> std::path::PathBuf {
+    let flash = dir.join("flash.bin");
+    let made = make_flash(&flash, &[]);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     flash
 }
