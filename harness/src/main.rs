@@ -230,6 +230,8 @@ fn load_all(
             }
         }
         loaded.retain(|s| only.contains(&s.name));
+        // In the order the command line names them.
+        loaded.sort_by_key(|s| only.iter().position(|n| *n == s.name));
     }
     Ok((loaded, errors))
 }
@@ -470,7 +472,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bar.inc(1);
             }
             bar.finish_and_clear();
-            print!("{}", summary(&reports));
+            print!("{}", summary(&reports, otahil::report::colour_wanted(std::io::stdout().is_terminal())));
             if !snapshots_existed && snapshots.is_dir() {
                 println!("made {} for the new snapshots", snapshots.display());
             }

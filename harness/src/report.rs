@@ -106,21 +106,34 @@ impl ScenarioReport {
     }
 }
 
+/// Whether output to a stream that `is_terminal` should be coloured: yes, unless `NO_COLOR` is
+/// set to anything non-empty (no-color.org).
+pub fn colour_wanted(is_terminal: bool) -> bool {
+    is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// The table printed after a run.
-pub fn summary(reports: &[ScenarioReport]) -> String {
+/// The table printed after a run; `colour`: PASS, FAIL and SKIP in green, red and yellow (for a
+/// terminal, unless `NO_COLOR` is set: [`colour_wanted`]).
+pub fn summary(reports: &[ScenarioReport], colour: bool) -> String {
+    let paint =
+        |code: &str, word: &str| if colour { format!("\x1b[{code}m{word}\x1b[0m") } else { word.to_string() };
     let width = reports.iter().map(|r| r.name.len()).max().unwrap_or(8).max(8);
     let mut out = String::new();
     let _ = writeln!(out, "{:<width$}  {:<7}  {:>6}  {:>10}  result", "scenario", "backend", "steps", "time");
     for r in reports {
         let result = match r.failure() {
-            None if r.skipped.is_some() => format!("SKIP  {}", r.skipped.as_deref().unwrap_or_default()),
-            None if r.skipped_steps() > 0 => format!("PASS ({} step(s) skipped)", r.skipped_steps()),
-            None => "PASS".to_string(),
-            Some(f) => format!("FAIL  {f}"),
+            None if r.skipped.is_some() => {
+                format!("{}  {}", paint("33", "SKIP"), r.skipped.as_deref().unwrap_or_default())
+            }
+            None if r.skipped_steps() > 0 => {
+                format!("{} ({} step(s) skipped)", paint("32", "PASS"), r.skipped_steps())
+            }
+            None => paint("32", "PASS"),
+            Some(f) => format!("{}  {f}", paint("31", "FAIL")),
         };
         let _ = writeln!(
             out,
@@ -301,7 +314,9 @@ mod tests {
     #[test]
     fn summary_and_junit() {
         let reports = [report("a", StepOutcome::Passed), report("b&c", StepOutcome::Failed("boom".into()))];
-        let s = summary(&reports);
+        let s = summary(&reports, false);
+        assert!(summary(&reports, true).contains("\x1b[3"), "coloured when asked");
+        assert!(!s.contains('\x1b'));
         assert!(s.contains("1 passed, 1 failed, 0 skipped"), "{s}");
         assert!(s.contains("FAIL  step 1 (line 4, boot): boom"), "{s}");
         let x = junit(&reports, &[]);

@@ -219,7 +219,7 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
                 };
                 let timeout = match timeout {
                     None => Duration::from_secs(5),
-                    Some(t) => match parse_duration(&t) {
+                    Some(yaml::DurationText(t)) => match parse_duration(&t) {
                         Ok(d) => d,
                         Err(e) => return cx.err(line, column, duration_message("timeout", &t, e)),
                     },
@@ -418,8 +418,8 @@ fn check_ota(mut o: Options, device: &Device, cx: &Ctx<'_>) -> Result<OtaStep, S
             }
         },
     };
-    let timeout = match o.take::<String>("timeout", cx)? {
-        Some(t) => cx.duration(&t)?,
+    let timeout = match o.take::<yaml::DurationText>("timeout", cx)? {
+        Some(t) => cx.duration("timeout", &t)?,
         None => Duration::from_secs(20),
     };
     let cut_power = match o.take::<RawCut>("cut_power", cx)? {
@@ -721,9 +721,11 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("5"), Err(DurationError::NotADuration));
+        assert_eq!(parse_duration("5"), Err(DurationError::MissingUnit));
         assert_eq!(parse_duration("-1s"), Err(DurationError::NotADuration));
-        assert_eq!(parse_duration("1h"), Err(DurationError::NotADuration));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("24h"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("1d"), Err(DurationError::NotADuration));
         assert_eq!(parse_duration("1440m"), Ok(MAX_DURATION));
         // Issue #11 defects 1 and 2: these panicked in `check` or in `run`.
         for huge in [
@@ -785,5 +787,32 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    /// Issue #22's messages: a bare number names the unit it lacks (it said "expected a
+    /// string" or matched no form of the step), and hours are a unit as the 24 h bound is.
+    #[test]
+    fn a_duration_without_its_unit_says_which_units_there_are() {
+        let device = "name: t\ndevice: { firmware: v1 }\nsteps:\n";
+        for step in [
+            "ota: { image: v2, expect: ok, timeout: 5 }",
+            "expect_log: { pattern: x, timeout: 5 }",
+            "ota: { image: v2, expect: ok, send_delay: 5 }",
+        ] {
+            let e = err(&format!("{device}  - {step}\n"));
+            assert!(
+                e.message.contains("`5`: a duration needs its unit: `5s`, `5ms`, `5m` or `5h`"),
+                "{step}: {e}"
+            );
+        }
+        let e = err("name: t\ndevice:\n  firmware: v1\n  mqtt: { timeout: 2.5 }\nsteps: []\n");
+        assert!(e.message.contains("timeout `2.5`: a duration needs its unit"), "{e}");
+        let ok =
+            parse(&format!("{device}  - expect_log: {{ pattern: x, timeout: 2h }}\n"), Path::new("x.yaml"));
+        assert!(
+            matches!(&ok.unwrap().steps[0].kind, StepKind::ExpectLog { timeout, .. } if timeout.as_secs() == 7200)
+        );
+        let e = err(&format!("{device}  - expect_log: {{ pattern: x, timeout: 25h }}\n"));
+        assert!(e.message.contains("longer than the 24 h"), "{e}");
     }
 }

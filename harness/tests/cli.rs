@@ -259,3 +259,20 @@ fn options_that_cannot_apply_are_refused() {
     assert!(!out.status.success());
     assert!(err.contains("the emu backend has none (add --backend device)"), "{err}");
 }
+
+/// Issue #22: scenarios run in the order the command line names them (they ran in the
+/// directory's order), and the summary is plain text when it goes to a file or pipe.
+#[test]
+fn scenarios_run_in_the_order_given() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let out = otahil()
+        .current_dir(root)
+        .args(["run", "--scenario", "truncated-upload", "--scenario", "happy-path"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let (t, h) = (stdout.find("truncated-upload ").unwrap(), stdout.find("happy-path ").unwrap());
+    assert!(t < h, "{stdout}");
+    assert!(!stdout.contains('\x1b'), "no colour codes in a pipe: {stdout}");
+}

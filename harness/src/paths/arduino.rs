@@ -38,7 +38,7 @@ struct Raw {
     #[serde(default)]
     disconnect_after: Option<u64>,
     #[serde(default)]
-    send_delay: Option<String>,
+    send_delay: Option<crate::scenario::yaml::DurationText>,
     // The uploader's faults.
     #[serde(default)]
     invitation: Option<String>,
@@ -51,7 +51,7 @@ struct Raw {
     #[serde(default)]
     second_invitation: Option<bool>,
     #[serde(default)]
-    answer_timeout: Option<String>,
+    answer_timeout: Option<crate::scenario::yaml::DurationText>,
     #[serde(default)]
     invitation_attempts: Option<u32>,
     #[serde(default)]
@@ -102,8 +102,13 @@ fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioErro
         },
     };
     let faults = ArduinoFaults {
-        answer_timeout: super::duration_option(raw.answer_timeout.as_deref(), "answer_timeout", &spans, cx)?
-            .unwrap_or(client::arduino::WAIT),
+        answer_timeout: super::duration_option(
+            raw.answer_timeout.as_ref().map(|t| t.0.as_str()),
+            "answer_timeout",
+            &spans,
+            cx,
+        )?
+        .unwrap_or(client::arduino::WAIT),
         invitation_attempts,
         raw_invitation: raw.invitation,
         raw_auth_answer: raw.auth_answer,
@@ -119,7 +124,12 @@ fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioErro
             declared_size: raw.declared_size,
             md5: super::md5_option(raw.md5.as_deref(), &spans, cx)?,
             disconnect_after: raw.disconnect_after,
-            send_delay: super::duration_option(raw.send_delay.as_deref(), "send_delay", &spans, cx)?,
+            send_delay: super::duration_option(
+                raw.send_delay.as_ref().map(|t| t.0.as_str()),
+                "send_delay",
+                &spans,
+                cx,
+            )?,
         },
         faults,
     }))

@@ -42,7 +42,7 @@ struct Raw {
     #[serde(default)]
     disconnect_after: Option<u64>,
     #[serde(default)]
-    send_delay: Option<String>,
+    send_delay: Option<crate::scenario::yaml::DurationText>,
 }
 
 /// An ESPHome upload with its client's options.
@@ -60,7 +60,12 @@ fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioErro
             declared_size: raw.declared_size,
             md5: super::md5_option(raw.md5.as_deref(), &spans, rx.cx)?,
             disconnect_after: raw.disconnect_after,
-            send_delay: super::duration_option(raw.send_delay.as_deref(), "send_delay", &spans, rx.cx)?,
+            send_delay: super::duration_option(
+                raw.send_delay.as_ref().map(|t| t.0.as_str()),
+                "send_delay",
+                &spans,
+                rx.cx,
+            )?,
         },
         auth: raw.auth.unwrap_or_default(),
     }))

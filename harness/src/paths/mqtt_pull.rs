@@ -55,7 +55,7 @@ struct RawMqttDevice {
     #[serde(default)]
     version_check: Option<VersionCheckSpec>,
     #[serde(default)]
-    timeout: Option<String>,
+    timeout: Option<crate::scenario::yaml::DurationText>,
     #[serde(default)]
     tls: Option<RawTlsDevice>,
     /// Downloads cut short resume with `Range` (ESP-IDF's `ota_resumption`).
@@ -138,7 +138,7 @@ fn device_section(options: Options, cx: &Ctx<'_>) -> Result<MqttDevice, Scenario
         )?,
         state_topic: topic("state_topic", raw.state_topic, ota_core::proto::mqtt::DEFAULT_STATE_TOPIC)?,
         version_check: raw.version_check.unwrap_or_default(),
-        timeout_s: match &raw.timeout {
+        timeout_s: match raw.timeout.as_ref().map(|t| t.0.as_str()) {
             None => None,
             Some(t) => {
                 let d = match crate::scenario::yaml::parse_duration(t) {

@@ -203,7 +203,7 @@ pub(super) enum RawExpectLog {
 pub(super) struct RawExpectLogFull {
     pub(super) pattern: String,
     #[serde(default)]
-    pub(super) timeout: Option<String>,
+    pub(super) timeout: Option<super::yaml::DurationText>,
     #[serde(default)]
     pub(super) absent: bool,
 }

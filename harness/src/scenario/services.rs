@@ -131,7 +131,7 @@ pub(super) struct RawExpectStatus {
     #[serde(default)]
     fw: Option<String>,
     #[serde(default)]
-    timeout: Option<Spanned<String>>,
+    timeout: Option<Spanned<crate::scenario::yaml::DurationText>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -373,7 +373,7 @@ pub(super) fn expect_status(
     };
     let timeout = match &raw.timeout {
         None => Duration::from_secs(30),
-        Some(t) => cx.duration(t)?,
+        Some(t) => cx.duration("timeout", t)?,
     };
     Ok(ExpectStatusStep { state, err: raw.err, fw: raw.fw, timeout })
 }

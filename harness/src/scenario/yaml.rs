@@ -73,8 +73,39 @@ impl Ctx<'_> {
         }
     }
 
-    pub fn duration(&self, s: &Spanned<String>) -> Result<Duration, ScenarioError> {
-        parse_duration(&s.value).or_else(|e| self.at(s, duration_message("duration", &s.value, e)))
+    /// The duration at `s`, its errors naming it `what`.
+    pub fn duration(&self, what: &str, s: &Spanned<DurationText>) -> Result<Duration, ScenarioError> {
+        parse_duration(&s.value.0).or_else(|e| self.at(s, duration_message(what, &s.value.0, e)))
+    }
+}
+
+/// A duration as written: text such as `5s`, or a bare number kept as text so that its
+/// check can say which unit it lacks (instead of "expected a string").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurationText(pub String);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl<'de> Visitor<'de> for Text {
+            type Value = DurationText;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as `500ms`, `5s`, `1m` or `1h`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DurationText, E> {
+                Ok(DurationText(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<DurationText, E> {
+                Ok(DurationText(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DurationText, E> {
+                Ok(DurationText(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<DurationText, E> {
+                Ok(DurationText(v.to_string()))
+            }
+        }
+        d.deserialize_any(Text)
     }
 }
 
@@ -87,13 +118,18 @@ pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 pub enum DurationError {
     /// Not a number and a unit.
     NotADuration,
+    /// A number without its unit (`5`).
+    MissingUnit,
     /// More than [`MAX_DURATION`].
     TooLong,
 }
 
-/// `500ms`, `5s`, `1.5s`, `2m`, at most [`MAX_DURATION`].
+/// `500ms`, `5s`, `1.5s`, `2m`, `1h`, at most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let t = text.trim();
+    if t.parse::<f64>().is_ok() {
+        return Err(DurationError::MissingUnit);
+    }
     let (num, unit) = t
         .find(|c: char| c.is_ascii_alphabetic())
         .map(|i| t.split_at(i))
@@ -106,6 +142,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
+        "h" => value * 3600.0,
         _ => return Err(DurationError::NotADuration),
     };
     if secs > MAX_DURATION.as_secs_f64() {
@@ -118,7 +155,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
 pub fn duration_message(what: &str, text: &str, e: DurationError) -> String {
     match e {
         DurationError::NotADuration => {
-            format!("{what} `{text}`: expected a duration such as `500ms`, `5s` or `1m`")
+            format!("{what} `{text}`: expected a duration such as `500ms`, `5s`, `1m` or `1h`")
+        }
+        DurationError::MissingUnit => {
+            let n = text.trim();
+            format!("{what} `{n}`: a duration needs its unit: `{n}s`, `{n}ms`, `{n}m` or `{n}h`")
         }
         DurationError::TooLong => {
             format!("{what} `{text}`: longer than the {} h a step may take", MAX_DURATION.as_secs() / 3600)
