@@ -47,12 +47,6 @@ pub fn boots_something(dump: &[u8]) -> bool {
     flash_map(dump).table.is_ok_and(|t| t.boots != Boots::Nothing)
 }
 
-/// Whether `dump` holds a partition table the bootloader would accept.
-pub fn has_valid_table(dump: &[u8]) -> bool {
-    let table_bytes = dump.get(TABLE_OFFSET as usize..TABLE_OFFSET as usize + TABLE_LEN).unwrap_or(&[]);
-    PartitionTable::parse(table_bytes, dump.len() as u32).is_ok()
-}
-
 /// One partition as the table lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionRow {

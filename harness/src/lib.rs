@@ -33,6 +33,12 @@ pub use backend::{emu, qemu};
 
 use std::path::{Path, PathBuf};
 
+/// Whether `dir` is the project's own `scenarios/` (relative to where otahil runs), whose
+/// snapshots are the project's and whose reproduction lines need no directory.
+pub fn is_project_scenarios(dir: &Path) -> bool {
+    std::fs::canonicalize(dir).ok().is_some_and(|d| std::fs::canonicalize("scenarios").ok() == Some(d))
+}
+
 /// The scenario files at `path`: the file itself, or a directory's `*.yaml` / `*.yml` files (any
 /// case), sorted by name. A directory without any is an error, not an empty run.
 pub fn scenario_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {

@@ -594,8 +594,7 @@ fn snapshot_dir(scenarios: &std::path::Path, given: Option<PathBuf>) -> anyhow::
     }
     let scenarios_dir = if scenarios.is_file() { scenarios.parent().unwrap_or(scenarios) } else { scenarios };
     let project = PathBuf::from(PROJECT_SNAPSHOTS);
-    let is_projects = std::fs::canonicalize(scenarios_dir).ok() == std::fs::canonicalize("scenarios").ok()
-        && project.is_dir();
+    let is_projects = otahil::is_project_scenarios(scenarios_dir) && project.is_dir();
     Ok(if is_projects { project } else { scenarios_dir.join("snapshots") })
 }
 

@@ -224,7 +224,7 @@ fn section_path(key: &str) -> Option<&'static PathEntry> {
 
 /// The path whose section is `device: { key: … }`.
 pub fn section_by_key(key: &str) -> Option<&'static SectionEntry> {
-    PATHS.iter().filter_map(|p| p.section.as_ref()).find(|s| s.key == key)
+    section_path(key)?.section.as_ref()
 }
 
 /// What a path reading its step options may look at besides them.

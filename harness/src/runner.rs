@@ -206,9 +206,7 @@ impl Run<'_> {
     /// project's `scenarios/` (a partial run compares no snapshots, so they need no directory).
     fn reproduce(&self) -> String {
         let dir = self.scenario.file.parent().filter(|d| !d.as_os_str().is_empty());
-        let projects = dir.is_none_or(|d| {
-            std::fs::canonicalize(d).ok().is_some_and(|d| std::fs::canonicalize("scenarios").ok() == Some(d))
-        });
+        let projects = dir.is_none_or(crate::is_project_scenarios);
         match dir {
             Some(d) if !projects => {
                 format!("cargo xtask hil --scenarios {} --scenario {}", d.display(), self.scenario.name)
