@@ -47,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
         free_space: 0x70000,
         sketch_size: 4096,
         sketch_md5: None,
+        sketch_sha256: None,
         chip_size: 1 << 20,
         sdk_version: "v5.5.5",
         version: "1.0.0",

@@ -100,6 +100,7 @@ fuzz_target!(|data: &[u8]| {
         free_space: 0x70000,
         sketch_size: 1000,
         sketch_md5: [0; 16],
+        sketch_sha256: [0; 32],
         chip_size: 1 << 20,
     };
     let settings = Settings::from_nvs(&nvs, "otahil_c30001", "1.0.0", &facts).expect("a broker");

@@ -156,8 +156,9 @@ struct RawBench {
     address: Option<Spanned<String>>,
     address_from_log: Option<Spanned<String>>,
     harness_address: Option<Spanned<String>>,
-    esphome_port: Option<Spanned<u16>>,
-    arduino_port: Option<Spanned<u16>>,
+    // Wider than a port so that 70000 is refused in a port's words, not a type's.
+    esphome_port: Option<Spanned<u64>>,
+    arduino_port: Option<Spanned<u64>>,
     wifi: Option<Spanned<RawWifi>>,
 }
 
@@ -474,10 +475,12 @@ fn check(raw: RawBench, cx: &Ctx<'_>) -> Result<Bench, BenchError> {
             }
         },
     };
-    let tcp_port = |p: Option<Spanned<u16>>, what: &str| match p {
+    let tcp_port = |p: Option<Spanned<u64>>, what: &str| match p {
         None => Ok(3232),
-        Some(p) if p.value != 0 => Ok(p.value),
-        Some(p) => cx.at(&p, format!("{what} 0: expected a port from 1 to 65535")),
+        Some(p) => match u16::try_from(p.value) {
+            Ok(port) if port != 0 => Ok(port),
+            _ => cx.at(&p, format!("{what} {}: expected a port from 1 to 65535", p.value)),
+        },
     };
     let esphome_port = tcp_port(raw.esphome_port, "esphome_port")?;
     let arduino_port = tcp_port(raw.arduino_port, "arduino_port")?;

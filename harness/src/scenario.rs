@@ -302,7 +302,7 @@ fn check(raw: RawScenario, cx: &Ctx<'_>) -> Result<Scenario, ScenarioError> {
             }
             RawStep::ExpectRequest(r) => {
                 services::needs_a_puller("expect_request", &device.paths, cx, line, column)?;
-                StepKind::ExpectRequest(services::expect_request(r))
+                StepKind::ExpectRequest(services::expect_request(r, cx)?)
             }
             RawStep::Broker(a) => {
                 if !device.paths.needs_broker() {
@@ -777,6 +777,29 @@ mod tests {
             Path::new("x.yaml"),
         );
         assert!(on.is_ok(), "{on:?}");
+        // Header digests of a named image, as the device reports its running app.
+        let pulls = "name: t\ndevice: { firmware: v1, mqtt: {} }\nsteps:\n";
+        let request =
+            |value: &str| format!("{pulls}  - expect_request: {{ path: /x, headers: {{ h: '{value}' }} }}\n");
+        let s = parse(&request("{sha256:v1}"), Path::new("x.yaml")).unwrap();
+        let StepKind::ExpectRequest(r) = &s.steps[0].kind else { panic!("{:?}", s.steps[0].kind) };
+        let v1 = crate::fixtures::find("v1").unwrap().bytes();
+        let info = ota_core::image::verify(&mut v1.as_slice(), ota_core::image::ChipInfo::ESP32C3).unwrap();
+        assert_eq!(
+            r.headers[0].1,
+            info.partition_sha256.iter().map(|b| format!("{b:02X}")).collect::<String>()
+        );
+        assert_eq!(
+            &info.partition_sha256[..],
+            &v1[info.len as usize - 32..info.len as usize],
+            "the appended hash"
+        );
+        let e = err(&format!("{pulls}  - expect_status: {{ state: done, progress: 101 }}\n"));
+        assert!(e.message.contains("progress 101: expected a percentage, 0 to 100"), "{e}");
+        let e = err(&request("{sha1:v1}"));
+        assert!(e.message.contains("expected `{sha256:IMAGE}` or `{md5:IMAGE}`"), "{e}");
+        let e = err(&request("{md5:nope}"));
+        assert!(e.message.contains("unknown image `nope`"), "{e}");
         let long = "n".repeat(MAX_NAME_LEN + 1);
         let e = err(&format!("name: {long}\ndevice: {{ firmware: v1 }}\nsteps: []\n"));
         assert_eq!((e.line, e.message.contains("at most 100")), (1, true), "{e}");

@@ -1,13 +1,24 @@
-//! Lowercase ASCII hex, as the ESPHome protocol sends digests and nonces.
+//! ASCII hex: lowercase as the ESPHome protocol sends digests and nonces, uppercase as
+//! arduino-esp32 writes its sketch's SHA-256.
 
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
+const UPPER_DIGITS: &[u8; 16] = b"0123456789ABCDEF";
 
 /// Writes the lowercase hex of `bytes` into `out` (which must be twice as long).
 pub fn encode_lower(bytes: &[u8], out: &mut [u8]) {
+    encode(bytes, out, DIGITS);
+}
+
+/// Writes the uppercase hex of `bytes` into `out` (which must be twice as long).
+pub fn encode_upper(bytes: &[u8], out: &mut [u8]) {
+    encode(bytes, out, UPPER_DIGITS);
+}
+
+fn encode(bytes: &[u8], out: &mut [u8], digits: &[u8; 16]) {
     debug_assert_eq!(out.len(), bytes.len() * 2);
     for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = DIGITS[(b >> 4) as usize];
-        out[2 * i + 1] = DIGITS[(b & 0xF) as usize];
+        out[2 * i] = digits[(b >> 4) as usize];
+        out[2 * i + 1] = digits[(b & 0xF) as usize];
     }
 }
 

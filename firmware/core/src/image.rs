@@ -234,8 +234,11 @@ pub struct ImageInfo {
     /// Bytes from the header through the checksum block and appended hash.
     pub len: u32,
     pub checksum: u8,
-    /// SHA-256 of the image's `len` bytes (what `esp_partition_get_sha256` reports for an app).
+    /// SHA-256 of the image's `len` bytes: the file's `sha256sum`, appended hash included.
     pub sha256: [u8; 32],
+    /// What `esp_partition_get_sha256` reports for the app: its appended hash when it has one
+    /// (the digest of the bytes before it), else the digest of the `len` bytes.
+    pub partition_sha256: [u8; 32],
 }
 
 fn is_flash_mapped(addr: u32) -> bool {
@@ -350,6 +353,7 @@ pub fn verify<S: ImageSource>(src: &mut S, chip: ChipInfo) -> Result<ImageInfo, 
         return Err(ImageError::Checksum { calculated: checksum, read: stored[0] });
     }
     let mut whole = r.sha.clone();
+    let mut partition_sha256 = None;
     if header.hash_appended == 1 {
         let calculated: [u8; 32] = r.sha.finalize().into();
         let mut appended = [0u8; 32];
@@ -362,6 +366,7 @@ pub fn verify<S: ImageSource>(src: &mut S, chip: ChipInfo) -> Result<ImageInfo, 
             return Err(ImageError::Hash);
         }
         whole.update(appended);
+        partition_sha256 = Some(appended);
         len = needed;
     }
     if desc_filled < APP_DESC_LEN {
@@ -371,7 +376,9 @@ pub fn verify<S: ImageSource>(src: &mut S, chip: ChipInfo) -> Result<ImageInfo, 
     if !desc.magic_ok() {
         return Err(ImageError::AppDescMagic { found: desc.magic });
     }
-    Ok(ImageInfo { header, desc, len, checksum, sha256: whole.finalize().into() })
+    let sha256: [u8; 32] = whole.finalize().into();
+    let partition_sha256 = partition_sha256.unwrap_or(sha256);
+    Ok(ImageInfo { header, desc, len, checksum, sha256, partition_sha256 })
 }
 
 /// Like [`verify`], then checks that the image fits a partition of `partition_len` bytes.

@@ -1,5 +1,6 @@
-//! What the running device knows about itself: its MAC and its image's size and MD5 (client
-//! ids, the Arduino updater's `x-ESP32-*` headers, Homie's `$fw/checksum`), read once per boot.
+//! What the running device knows about itself: its MAC and its image's size, MD5 and SHA-256
+//! (client ids, the Arduino updater's `x-ESP32-*` headers, Homie's `$fw/checksum`), read once
+//! per boot.
 
 /// What the running device knows about itself (arduino-esp32's `ESP` class).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,6 +13,8 @@ pub struct RunningFacts {
     pub sketch_size: u32,
     /// `ESP.getSketchMD5()`.
     pub sketch_md5: [u8; 16],
+    /// `esp_partition_get_sha256` of the running partition (arduino-esp32's `getSketchSHA256`).
+    pub sketch_sha256: [u8; 32],
     /// `ESP.getFlashChipSize()`.
     pub chip_size: u32,
 }
@@ -41,6 +44,7 @@ impl RunningFacts {
             free_space: next.map_or(0, |p| p.size),
             sketch_size: len,
             sketch_md5: md5.finalize().into(),
+            sketch_sha256: booted.image.partition_sha256,
             chip_size: flash.capacity() as u32,
         })
     }

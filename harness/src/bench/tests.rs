@@ -137,6 +137,14 @@ fn bad_values_are_refused_at_their_place_in_the_benchs_words() {
     assert!(error(&format!("{base}wifi: {{ ssid: lab, password: short }}\n")).contains("WPA2 takes 8 to 63"));
     assert!(error(&format!("{base}wifi: {{ ssid: \"\" }}\n")).contains("ssid of 0 bytes"));
     assert!(error(&format!("{base}esphome_port: 0\n")).contains("esphome_port 0"));
+    for port in ["70000", "-1"] {
+        let e = error(&format!("{base}arduino_port: {port}\n"));
+        assert!(
+            e.contains("expected a port from 1 to 65535") || e.contains("expected a whole number"),
+            "{e}"
+        );
+        assert!(!e.contains("u16") && !e.contains("u64"), "{e}");
+    }
     assert!(
         error(&format!("{base}harness_address: lab-pc.local\n"))
             .contains("harness_address `lab-pc.local`: expected this machine's IP address")

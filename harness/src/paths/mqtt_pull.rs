@@ -204,6 +204,16 @@ pub struct Status {
     pub err: String,
     pub code: Option<i32>,
     pub fw: String,
+    pub bytes: u64,
+    /// `None`: the device did not know the length (`"total":-1`).
+    pub total: Option<u64>,
+}
+
+impl Status {
+    /// How much of the image the status reports, in whole percent (`None` without a length).
+    pub fn percent(&self) -> Option<u64> {
+        self.total.map(|t| (self.bytes.min(t) * 100).checked_div(t).unwrap_or(100))
+    }
 }
 
 pub fn read_status(text: &str) -> Result<Status, ParseError> {
@@ -215,6 +225,8 @@ pub fn read_status(text: &str) -> Result<Status, ParseError> {
         err: s.error.map(|(name, _)| name.to_string()).unwrap_or_default(),
         code: s.error.map(|(_, code)| code),
         fw: s.fw.to_string(),
+        bytes: s.bytes,
+        total: s.total,
     })
 }
 

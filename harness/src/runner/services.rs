@@ -311,7 +311,8 @@ impl Run<'_> {
                 };
                 let matches = status.state == e.state
                     && e.err.as_ref().is_none_or(|want| *want == status.err)
-                    && e.fw.as_ref().is_none_or(|want| *want == status.fw);
+                    && e.fw.as_ref().is_none_or(|want| *want == status.fw)
+                    && e.progress.is_none_or(|want| status.percent() == Some(want));
                 if matches {
                     // The device logs each step before it publishes it, but its serial line can
                     // reach us after the status (a bench's pty under load): take the log in until

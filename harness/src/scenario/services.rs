@@ -50,7 +50,8 @@ pub(super) struct RawServe {
     #[serde(default)]
     image: Option<Spanned<String>>,
     #[serde(default)]
-    status: Option<Spanned<u16>>,
+    // Wider than a status so that any number is refused with the statuses there are.
+    status: Option<Spanned<u64>>,
     #[serde(default)]
     redirect: Option<Spanned<String>>,
     #[serde(default)]
@@ -130,6 +131,9 @@ pub(super) struct RawExpectStatus {
     err: Option<String>,
     #[serde(default)]
     fw: Option<String>,
+    /// The share of the image the status reports, in whole percent.
+    #[serde(default)]
+    progress: Option<Spanned<u64>>,
     #[serde(default)]
     timeout: Option<Spanned<crate::scenario::yaml::DurationText>>,
 }
@@ -141,7 +145,7 @@ pub(super) struct RawExpectRequest {
     #[serde(default)]
     count: Option<u32>,
     #[serde(default)]
-    headers: std::collections::BTreeMap<String, String>,
+    headers: std::collections::BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     absent_headers: Vec<String>,
 }
@@ -180,6 +184,8 @@ pub struct ExpectStatusStep {
     pub state: State,
     pub err: Option<String>,
     pub fw: Option<String>,
+    /// Bytes over total in whole percent; a status without a length never matches.
+    pub progress: Option<u64>,
     pub timeout: Duration,
 }
 
@@ -244,7 +250,7 @@ pub(super) fn serve(raw: RawServe, cx: &Ctx<'_>) -> Result<ServeStep, ScenarioEr
             };
         }
         https_placeholders(&to.value).or_else(|e| cx.at(to, e))?;
-        Response::Redirect { status, location: to.value.clone() }
+        Response::Redirect { status: status as u16, location: to.value.clone() }
     } else if raw.not_modified {
         Response::NotModified
     } else {
@@ -258,7 +264,7 @@ pub(super) fn serve(raw: RawServe, cx: &Ctx<'_>) -> Result<ServeStep, ScenarioEr
                 ),
             );
         }
-        Response::Status(s.value)
+        Response::Status(s.value as u16)
     };
     let mut faults = Vec::new();
     if let Some(at) = raw.truncate_at {
@@ -375,14 +381,48 @@ pub(super) fn expect_status(
         None => Duration::from_secs(30),
         Some(t) => cx.duration("timeout", t)?,
     };
-    Ok(ExpectStatusStep { state, err: raw.err, fw: raw.fw, timeout })
+    let progress = match raw.progress {
+        Some(p) if p.value > 100 => {
+            return cx.at(&p, format!("progress {}: expected a percentage, 0 to 100", p.value));
+        }
+        p => p.map(|p| p.value),
+    };
+    Ok(ExpectStatusStep { state, err: raw.err, fw: raw.fw, progress, timeout })
 }
 
-pub(super) fn expect_request(raw: RawExpectRequest) -> ExpectRequestStep {
-    ExpectRequestStep {
-        path: raw.path,
-        count: raw.count,
-        headers: raw.headers.into_iter().collect(),
-        absent_headers: raw.absent_headers,
+pub(super) fn expect_request(
+    raw: RawExpectRequest,
+    cx: &Ctx<'_>,
+) -> Result<ExpectRequestStep, ScenarioError> {
+    let mut headers = Vec::with_capacity(raw.headers.len());
+    for (name, value) in raw.headers {
+        headers.push((name, header_value(&value, cx)?));
     }
+    Ok(ExpectRequestStep { path: raw.path, count: raw.count, headers, absent_headers: raw.absent_headers })
+}
+
+/// A header's expected value: as written, or a digest of a running image as the device reports
+/// it: `{sha256:IMAGE}` is what `esp_partition_get_sha256` gives for the app (upper-case hex,
+/// as arduino-esp32's updater sends it), `{md5:IMAGE}` the image's MD5 (`ESP.getSketchMD5()`).
+fn header_value(value: &Spanned<String>, cx: &Ctx<'_>) -> Result<String, ScenarioError> {
+    let text = value.value.as_str();
+    let Some(inner) = text.strip_prefix('{').and_then(|t| t.strip_suffix('}')) else {
+        return Ok(text.to_string());
+    };
+    let Some((kind, name)) = inner.split_once(':') else { return Ok(text.to_string()) };
+    if kind != "sha256" && kind != "md5" {
+        return cx.at(value, format!("`{text}`: expected `{{sha256:IMAGE}}` or `{{md5:IMAGE}}`"));
+    }
+    let image = cx.image(&Spanned { value: name.trim().to_string(), ..value.clone() })?;
+    // Both digests cover the image as the device measures its running app: its verified length.
+    let info = ota_core::image::verify(&mut image.bytes.as_slice(), ota_core::image::ChipInfo::ESP32C3)
+        .or_else(|e| cx.at(value, format!("`{text}`: image `{name}` is not a valid app: {e}")))?;
+    Ok(match kind {
+        "md5" => {
+            use md5::{Digest, Md5};
+            let digest: [u8; 16] = Md5::digest(&image.bytes[..info.len as usize]).into();
+            digest.iter().map(|b| format!("{b:02x}")).collect()
+        }
+        _ => info.partition_sha256.iter().map(|b| format!("{b:02X}")).collect(),
+    })
 }

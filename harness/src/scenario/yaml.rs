@@ -212,6 +212,7 @@ pub(crate) fn in_scenario_words(message: &str) -> String {
     }
     for (ty, what) in [
         ("u8", "a whole number from 0 to 255"),
+        ("u16", "a whole number from 0 to 65535"),
         ("u32", "a whole number from 0 to 4294967295"),
         ("u64", "a whole number from 0 to 18446744073709551615"),
         ("bool", "true or false"),
@@ -365,6 +366,7 @@ fn value_message(key: &str, e: &serde_path_to_error::Error<serde_json::Error>) -
 fn in_scenario_words_of_type(want: &str) -> &str {
     match want {
         "u8" => "a whole number from 0 to 255",
+        "u16" => "a whole number from 0 to 65535",
         "u32" => "a whole number from 0 to 4294967295",
         "u64" => "a whole number from 0 to 18446744073709551615",
         "a boolean" | "bool" => "true or false",

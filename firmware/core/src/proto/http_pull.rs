@@ -67,6 +67,8 @@ pub struct DeviceFacts<'a> {
     pub free_space: u32,
     pub sketch_size: u32,
     pub sketch_md5: Option<[u8; 16]>,
+    /// `x-ESP32-sketch-sha256`, in upper-case hex as arduino-esp32 writes it.
+    pub sketch_sha256: Option<[u8; 32]>,
     pub chip_size: u32,
     pub sdk_version: &'a str,
     /// `x-ESP32-version`, sent when not empty.
@@ -1129,6 +1131,12 @@ fn arduino_headers<O: Output>(f: &DeviceFacts<'_>, out: &mut O) {
         let mut hex = [0u8; 32];
         crate::hex::encode_lower(&md5, &mut hex);
         out.send(b"\r\nx-ESP32-sketch-md5: ");
+        out.send(&hex);
+    }
+    if let Some(sha) = f.sketch_sha256 {
+        let mut hex = [0u8; 64];
+        crate::hex::encode_upper(&sha, &mut hex);
+        out.send(b"\r\nx-ESP32-sketch-sha256: ");
         out.send(&hex);
     }
     out.send(b"\r\nx-ESP32-chip-size: ");

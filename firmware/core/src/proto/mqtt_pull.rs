@@ -95,6 +95,7 @@ impl<'a> Settings<'a> {
             free_space: facts.free_space,
             sketch_size: facts.sketch_size,
             sketch_md5: Some(facts.sketch_md5),
+            sketch_sha256: Some(facts.sketch_sha256),
             chip_size: facts.chip_size,
             sdk_version: SDK_VERSION,
             version,
@@ -154,8 +155,8 @@ pub struct Agent {
     pull: http_pull::Client,
     will: [u8; STATUS_MAX],
     will_len: usize,
-    /// The pull's last reported progress (a quarter, or a multiple of the unsized step).
-    progress_mark: u64,
+    /// How far the pull under way has come, for its status messages.
+    progress_mark: Progress,
     /// The library of the pull under way (or the last one).
     library: Library,
     /// TLS between the firmware server's connection and the pull.
@@ -172,7 +173,7 @@ impl Default for Agent {
             pull: http_pull::Client::default(),
             will: [0; STATUS_MAX],
             will_len: 0,
-            progress_mark: 0,
+            progress_mark: Progress::default(),
             library: Library::EspHttpsOta,
             secure: secure::Secure::default(),
             booted: false,
@@ -301,7 +302,17 @@ struct PullOut<'o, O: Output> {
     mqtt: &'o mut client::Client,
     settings: &'o Settings<'o>,
     now_ms: u64,
-    progress_mark: &'o mut u64,
+    progress_mark: &'o mut Progress,
+}
+
+/// The pull's progress as its status messages report it.
+#[derive(Default, Clone, Copy)]
+struct Progress {
+    /// The last reported step: a quarter of a known length, or a multiple of the unsized step.
+    mark: u64,
+    /// Image bytes received so far, and the length the server announced.
+    received: u64,
+    total: Option<u64>,
 }
 
 impl<O: Output> PullOut<'_, O> {
@@ -334,7 +345,7 @@ impl<O: Output> http_pull::Output for PullOut<'_, O> {
                 self.out.log(&LogEvent::Module(&PullLine::ImageAccepted { version }))
             }
             E::Begin { size, slot } => {
-                *self.progress_mark = 0;
+                *self.progress_mark = Progress { mark: 0, received: 0, total: size.map(u64::from) };
                 let slot = SlotName(crate::slot::BootIndex::Ota(slot));
                 match size {
                     Some(size) => self.out.log(&LogEvent::OtaStarting { size, slot }),
@@ -343,24 +354,28 @@ impl<O: Output> http_pull::Output for PullOut<'_, O> {
                 self.status(State::Downloading, 0, size.map(u64::from), None);
             }
             E::Progress { received, total } => {
+                self.progress_mark.received = received;
+                self.progress_mark.total = total;
+                // The log's quarters stop before the end, as every path's do ("update complete"
+                // follows); the status reaches the whole length, so a fleet sees 100 %.
                 let mark = match total {
-                    Some(t) if received < t => received * 4 / t.max(1),
-                    Some(_) => return,
+                    Some(t) => received.min(t) * 4 / t.max(1),
                     None => received / PROGRESS_STEP_UNSIZED,
                 };
-                if mark > *self.progress_mark {
-                    *self.progress_mark = mark;
-                    if total.is_some() {
+                if mark > self.progress_mark.mark {
+                    self.progress_mark.mark = mark;
+                    if total.is_some() && mark < 4 {
                         self.out.log(&LogEvent::OtaProgress { percent: (mark * 25) as u8 });
                     }
                     self.status(State::Downloading, received, total, None);
                 }
             }
             E::Resumed { at, size, slot } => {
-                *self.progress_mark = match size {
+                let mark = match size {
                     Some(t) => u64::from(at) * 4 / u64::from(t.max(1)),
                     None => u64::from(at) / PROGRESS_STEP_UNSIZED,
                 };
+                *self.progress_mark = Progress { mark, received: u64::from(at), total: size.map(u64::from) };
                 let slot = SlotName(crate::slot::BootIndex::Ota(slot));
                 self.out.log(&LogEvent::Module(&PullLine::Resumed { at, size, slot }));
                 self.status(State::Downloading, u64::from(at), size.map(u64::from), None);
@@ -373,12 +388,16 @@ impl<O: Output> http_pull::Output for PullOut<'_, O> {
             }
             E::Failed(e) => {
                 self.out.log(&LogEvent::Module(&PullLine::Failed(e)));
-                self.status(State::Failed, 0, None, Some((e.name(), e.code())));
+                // Where it stopped: a fleet tells a cut-off download from a refused one.
+                let Progress { received, total, .. } = *self.progress_mark;
+                self.status(State::Failed, received, total, Some((e.name(), e.code())));
             }
             E::Complete(s) => {
                 let slot = SlotName(crate::slot::BootIndex::Ota(s.slot));
                 self.out.log(&LogEvent::OtaComplete { slot, seq: s.seq, state: s.state });
-                self.status(State::Done, 0, None, None);
+                // The whole image is written: an unsized download's length is what came.
+                let Progress { received, total, .. } = *self.progress_mark;
+                self.status(State::Done, received, Some(total.unwrap_or(received)), None);
             }
         }
     }
@@ -596,7 +615,7 @@ impl Agent {
             out.log(&LogEvent::Module(&PullLine::Resuming { path, at: from }));
         }
         publish_status(&mut self.mqtt, s, now_ms, out, State::Started, 0, None, None);
-        self.progress_mark = 0;
+        self.progress_mark = Progress::default();
         let Agent { mqtt, pull, progress_mark, secure, .. } = self;
         pull.start_at(url, from, &mut PullOut { out, secure, mqtt, settings: s, now_ms, progress_mark });
     }

@@ -247,6 +247,7 @@ fn the_arduino_updater_304_x_md5_and_its_headers() {
         free_space: 0x70000,
         sketch_size: 4096,
         sketch_md5: None,
+        sketch_sha256: None,
         chip_size: 1 << 20,
         sdk_version: "v5.5.5",
         version: "1.0.0",

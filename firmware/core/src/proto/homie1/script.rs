@@ -28,6 +28,7 @@ pub fn upload<F: NorFlash>(u: Upload<'_, F>) -> Result<(), ScriptError> {
             .map_or(0, |p| p.size),
         sketch_size: image.len() as u32,
         sketch_md5: None,
+        sketch_sha256: None,
         chip_size: 4 << 20,
         sdk_version: crate::proto::mqtt_pull::SDK_VERSION,
         version: "",

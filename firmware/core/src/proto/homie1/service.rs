@@ -213,6 +213,7 @@ fn pull_config<'s>(f: &RunningFacts, running: &'s AppDesc, header: &'s [u8]) -> 
         free_space: f.free_space,
         sketch_size: f.sketch_size,
         sketch_md5: Some(f.sketch_md5),
+        sketch_sha256: Some(f.sketch_sha256),
         chip_size: f.chip_size,
         sdk_version: crate::proto::mqtt_pull::SDK_VERSION,
         version: core::str::from_utf8(header).unwrap_or(""),

@@ -398,6 +398,7 @@ fn facts() -> DeviceFacts<'static> {
         free_space: 0x1C0000,
         sketch_size: 181_232,
         sketch_md5: Some([0xAB; 16]),
+        sketch_sha256: Some([0x5C; 32]),
         chip_size: 4 << 20,
         sdk_version: "v5.5.5",
         version: "1.0.0",
@@ -422,7 +423,9 @@ fn the_arduino_updater_sends_its_headers_and_checks_x_md5() {
         "GET /update HTTP/1.0\r\nHost: 10.0.2.2:8070\r\nUser-Agent: ESP32-http-Update\r\nConnection: close\r\n\
          Cache-Control: no-cache\r\nx-ESP32-STA-MAC: 02:07:7A:C3:00:01\r\nx-ESP32-AP-MAC: 02:07:7A:C3:00:02\r\n\
          x-ESP32-free-space: 1835008\r\nx-ESP32-sketch-size: 181232\r\n\
-         x-ESP32-sketch-md5: abababababababababababababababab\r\nx-ESP32-chip-size: 4194304\r\n\
+         x-ESP32-sketch-md5: abababababababababababababababab\r\n\
+         x-ESP32-sketch-sha256: 5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C\r\n\
+         x-ESP32-chip-size: 4194304\r\n\
          x-ESP32-sdk-version: v5.5.5\r\nx-ESP32-mode: sketch\r\nx-ESP32-version: 1.0.0\r\n\r\n"
     );
     let mut resp = format!(

@@ -148,6 +148,7 @@ fn settings() -> Settings<'static> {
                 free_space: 0x1c0000,
                 sketch_size: 5000,
                 sketch_md5: None,
+                sketch_sha256: None,
                 chip_size: 4 << 20,
                 sdk_version: "v5.5.1",
                 version: "1.0.0",
@@ -280,8 +281,17 @@ fn a_trigger_pulls_writes_switches_and_reports_each_step() {
         statuses[1],
         format!(r#"{{"state":"downloading","bytes":0,"total":{n},"err":"","fw":"1.0.0"}}"#)
     );
-    assert_eq!(statuses.len(), 6, "{statuses:?}");
-    assert_eq!(statuses[5], r#"{"state":"done","bytes":0,"total":-1,"err":"","fw":"1.0.0"}"#);
+    // A status at each quarter, the last at the whole length; `done` says what was written.
+    assert_eq!(statuses.len(), 7, "{statuses:?}");
+    let bytes =
+        |s: &str| s.split(r#""bytes":"#).nth(1).and_then(|r| r.split(',').next()?.parse::<usize>().ok());
+    let quarters: Vec<usize> = statuses[2..6].iter().map(|s| bytes(s).unwrap() * 4 / n).collect();
+    assert_eq!(quarters, [1, 2, 3, 4], "{statuses:?}");
+    assert_eq!(
+        statuses[5],
+        format!(r#"{{"state":"downloading","bytes":{n},"total":{n},"err":"","fw":"1.0.0"}}"#)
+    );
+    assert_eq!(statuses[6], format!(r#"{{"state":"done","bytes":{n},"total":{n},"err":"","fw":"1.0.0"}}"#));
     let slot = d.table.ota(1).unwrap().offset as usize;
     assert!(d.flash.data[slot..slot + n] == v2[..], "the image is in ota_1");
     assert!(!d.otadata_untouched());
@@ -417,6 +427,11 @@ fn a_failed_pull_reports_why_and_leaves_the_device_as_it_was() {
     d.server(&response(&v2)[..9000], 1460);
     d.server_closed();
     assert!(d.world.log.last().unwrap().contains("truncated"), "{:?}", d.world.log);
+    // The failure says how far the download came.
+    let failed = d.world.statuses().pop().unwrap();
+    let body = 9000 - (response(&v2).len() - v2.len());
+    let want = format!(r#""state":"failed","bytes":{body},"total":{},"err":"#, v2.len());
+    assert!(failed.contains(&want), "{failed}");
     assert!(d.otadata_untouched());
     assert!(!d.session.server.reboot_requested());
 }
