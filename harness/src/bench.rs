@@ -72,6 +72,53 @@ pub enum ResetMethod {
     Command(Vec<String>),
 }
 
+// The bench's values as a bench file writes them, for messages and `otahil check`.
+
+impl std::fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortSpec::Path(p) => write!(f, "{}", p.display()),
+            PortSpec::Usb { vid, pid, serial: None } => write!(f, "usb {vid:04x}:{pid:04x}"),
+            PortSpec::Usb { vid, pid, serial: Some(s) } => write!(f, "usb {vid:04x}:{pid:04x} serial {s}"),
+            PortSpec::Mac(m) => write!(f, "mac {}", m.map(|b| format!("{b:02x}")).join(":")),
+            PortSpec::Emulator => f.write_str("emulator"),
+            PortSpec::Qemu => f.write_str("qemu"),
+        }
+    }
+}
+
+impl std::fmt::Display for FlashMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FlashMethod::Espflash => "espflash",
+            FlashMethod::EspflashNoStub => "espflash-no-stub",
+            FlashMethod::ProbeRs => "probe-rs",
+        })
+    }
+}
+
+impl std::fmt::Display for ResetMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResetMethod::Auto => f.write_str("auto"),
+            ResetMethod::UsbJtag => f.write_str("usb-jtag"),
+            ResetMethod::Classic => f.write_str("classic"),
+            ResetMethod::None => f.write_str("none"),
+            ResetMethod::Command(argv) => write!(f, "command `{}`", argv.join(" ")),
+        }
+    }
+}
+
+impl std::fmt::Display for ProbeSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04x}:{:04x}", self.vid, self.pid)?;
+        match &self.serial {
+            Some(s) => write!(f, ":{s}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A power switch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PowerSwitch {

@@ -55,9 +55,12 @@ struct SnapshotArgs {
 enum Cmd {
     /// Play scenarios and check their snapshots.
     Run {
-        /// What runs the device: emu (the host emulator, no hardware) or qemu (the chip
-        /// firmware on Espressif's QEMU, found through ESP_QEMU or PATH).
-        #[arg(long, default_value = otahil::backend::BACKENDS[0].name, value_parser = parse_backend)]
+        #[arg(
+            long,
+            default_value = otahil::backend::BACKENDS[0].name,
+            value_parser = parse_backend,
+            help = format!("What runs the device: {}", otahil::backend::described())
+        )]
         backend: &'static otahil::backend::BackendEntry,
         /// Directory of scenario files.
         #[arg(long, default_value = "scenarios")]
@@ -125,7 +128,7 @@ enum Cmd {
     /// What a backend needs before it runs (for `cargo xtask hil`): the firmware its device
     /// runs (fixtures, qemu, or bench: the bench file says) and whether what it runs is here.
     Backend {
-        #[arg(value_parser = parse_backend)]
+        #[arg(value_parser = parse_backend, help = format!("The backend: {}", otahil::backend::described()))]
         backend: &'static otahil::backend::BackendEntry,
     },
     /// Review, accept or reject the snapshots a run wrote as `NAME.snap.new` (new, or
@@ -156,6 +159,7 @@ enum Cmd {
         /// The image: a fixture name or a file.
         #[arg(long)]
         image: String,
+        /// The device's OTA password (none: the device asks for none).
         #[arg(long)]
         password: Option<String>,
         /// ESPHome: offer MD5 authentication only (an ESPHome 2024.11 client). ArduinoOTA takes
@@ -167,15 +171,20 @@ enum Cmd {
         timeout: u64,
     },
     /// Print the partition state of a flash dump.
-    Inspect { flash: PathBuf },
+    Inspect {
+        /// A dump of the whole flash (`espflash read-flash`, an emulator's flash file).
+        flash: PathBuf,
+    },
     /// Write the fixture images to a directory.
     Fixtures {
+        /// The directory the images go into.
         #[arg(long, default_value = "fixtures/images")]
         out: PathBuf,
     },
     /// Run the emulator (the same as the `ota-emu` binary; see `otahil emu --help`).
     #[command(disable_help_flag = true)]
     Emu {
+        /// The emulator's command and options, as `ota-emu` takes them.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -189,10 +198,19 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", ota_emu::cli::error_text(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The directory a report goes into exists (the report itself is written after the run).
+fn report_dir_exists(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        bail!("{flag} {}: no directory {} to write it in", path.display(), dir.display());
+    }
+    Ok(())
 }
 
 fn load_all(
@@ -336,7 +354,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(Ok(b)) => {
                     let power = if b.has_power_switch() { "a power switch" } else { "no power switch" };
                     println!(
-                        "bench {} ok: port {:?}, flash {:?}, reset {:?}, {power}",
+                        "bench {} ok: port {}, flash {}, reset {}, {power}",
                         b.name, b.port, b.flash, b.reset
                     );
                     // For `cargo xtask hil --backend device`: which builds to make first, once
@@ -391,6 +409,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bail!("{} scenario file(s) do not load", errors.len());
             }
             let snapshots = snapshot_dir(&scenarios, snapshots)?;
+            // Before the run, not after it: a report that cannot be written would cost the run.
+            for (flag, path) in [("--junit", &junit_path), ("--html", &html)] {
+                if let Some(p) = path {
+                    report_dir_exists(flag, p)?;
+                }
+            }
             let snapshots_existed = snapshots.is_dir();
             if let Some(k) = cut {
                 let without: Vec<&str> = loaded
@@ -693,4 +717,37 @@ fn parse_mqtt_url(text: &str) -> Result<std::net::SocketAddr, String> {
         .map_err(|e| format!("`{text}`: {e}"))?
         .next()
         .ok_or_else(|| format!("`{text}`: the host has no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Issue #22: every option and argument of every command says what it is in `--help`,
+    /// and the backend option lists every registered backend.
+    #[test]
+    fn every_option_has_help_and_backends_are_listed() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "otahil", &mut missing);
+        assert!(missing.is_empty(), "options without help: {missing:?}");
+        let mut run = cmd.find_subcommand("run").unwrap().clone();
+        let help = run.render_help().to_string();
+        for b in otahil::backend::BACKENDS {
+            assert!(help.contains(&format!("{} ({})", b.name, b.about)), "{help}");
+        }
+    }
 }

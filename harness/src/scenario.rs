@@ -838,4 +838,31 @@ mod tests {
         let e = err(&format!("{device}  - expect_log: {{ pattern: x, timeout: 25h }}\n"));
         assert!(e.message.contains("longer than the 24 h"), "{e}");
     }
+
+    /// A report's step labels say what is served and which fault, in the scenario's words.
+    #[test]
+    fn step_labels_name_the_fault_served_without_rust_syntax() {
+        let text = "name: t\ndevice: { firmware: v1, mqtt: {} }\nsteps:\n\
+            \x20 - serve: { path: /a.bin, image: v2, truncate_at: 9000 }\n\
+            \x20 - serve: { path: /b.bin, image: v2, framing: chunked, md5: correct, stall: { after_bytes: 10, for: 40s } }\n\
+            \x20 - serve: { path: /c.bin, status: 404 }\n\
+            \x20 - serve: { path: /d.bin, redirect: /a.bin, status: 301 }\n\
+            \x20 - serve: { path: /e.bin, not_modified: true }\n\
+            \x20 - broker: go_away\n\
+            \x20 - expect_status: { state: done, progress: 100 }\n";
+        let s = parse(text, Path::new("x.yaml")).unwrap();
+        let labels: Vec<String> = s.steps.iter().map(|s| s.kind.label()).collect();
+        assert_eq!(
+            labels,
+            [
+                "serve /a.bin: v2 (truncated at byte 9000)",
+                "serve /b.bin: v2, chunked by 4096, x-MD5 (stalls 40s at byte 10)",
+                "serve /c.bin: status 404",
+                "serve /d.bin: redirect 301 to /a.bin",
+                "serve /e.bin: 304 not modified",
+                "broker go_away",
+                "expect_status done at 100%",
+            ]
+        );
+    }
 }

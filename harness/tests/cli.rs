@@ -237,6 +237,11 @@ fn own_scenarios_fail_on_their_step_then_their_snapshots_are_accepted() {
     assert!(!ok);
     assert!(stderr.contains("--snapshots typo: no such directory"), "{stderr}");
     assert!(!dir.path().join("typo").exists());
+    // A report with nowhere to go is refused before the run, not after it.
+    let (ok, stdout, stderr) = run(&["--junit", "gone/junit.xml"]);
+    assert!(!ok);
+    assert!(stderr.contains("--junit gone/junit.xml: no directory gone"), "{stderr}");
+    assert!(!stdout.contains("PASS"), "nothing ran: {stdout}");
 }
 
 /// Issue #22: options that cannot apply are refused, not ignored: `--cut` on a scenario

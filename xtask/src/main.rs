@@ -9,7 +9,7 @@ use std::time::Instant;
 mod module_cycles;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask")]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -21,7 +21,9 @@ struct Cli {
 enum Task {
     /// Build what the backend needs and play the scenarios (emulator by default).
     Hil {
-        /// Device backend.
+        /// What runs the device: emu (the host emulator), qemu (the chip firmware on
+        /// Espressif's QEMU) or device (a board on a bench, with --bench FILE); `otahil run
+        /// --help` describes each.
         #[arg(long, default_value = "emu")]
         backend: String,
         #[command(flatten)]
@@ -30,6 +32,7 @@ enum Task {
     /// Flash one firmware build to a bench's board (skipping blocks that match, verified),
     /// start it and print the board's identity.
     Flash {
+        /// The bench file of the board (fixtures/bench.example.yaml documents one).
         #[arg(long)]
         bench: PathBuf,
         /// The build to flash (v1, v2, v3, selftest-fail, selftest-hang).
@@ -60,6 +63,7 @@ enum Task {
     /// Fuzz the ESPHome server, the flash-format parsers and the scenario loader with libFuzzer
     /// (needs `cargo install cargo-fuzz`). The time is split between the targets.
     Fuzz {
+        /// The whole run's time, shared between the targets.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
         /// Only this target (arduino_server, esphome_server, flash_formats, homie, http_pull, mqtt_client, mqtt_pull, rom_loader, scenario_loader, tls_link).
@@ -80,6 +84,7 @@ enum Task {
     /// (the suite, the sweeps' rates, espflash through the emulator's ROM loader, one ESPHome
     /// and one ArduinoOTA upload of v2, an idle device's CPU).
     Bench {
+        /// How many times the whole suite is played (its min, median and max are printed).
         #[arg(long, default_value_t = 5)]
         runs: u32,
     },
@@ -685,5 +690,30 @@ fn run_task(task: Task) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Issue #22: `cargo xtask --help` names itself as it is run, and every option of every
+    /// task says what it is.
+    #[test]
+    fn help_says_cargo_xtask_and_every_option_has_help() {
+        let mut cmd = Cli::command();
+        cmd.clone().debug_assert();
+        assert!(cmd.render_usage().to_string().contains("cargo xtask"));
+        let mut missing = Vec::new();
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    missing.push(format!("{} {id}", sub.get_name()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "options without help: {missing:?}");
     }
 }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 #[command(
     name = "ota-emu",
     version,
-    about = "An emulated ESP32-C3 that receives ESPHome OTA and ArduinoOTA updates"
+    about = "An emulated ESP32-C3 running otahil's firmware core: ESPHome OTA, ArduinoOTA, the MQTT-triggered pull and Homie OTA, with power cuts on command"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,9 +28,10 @@ struct Cli {
 enum Cmd {
     /// Run the device: serial log on stdout, OTA on --listen, control commands on stdin.
     ///
-    /// Control commands (one per line): power-on, power-off, reset, status,
-    /// `cut after-ops N [torn SEED]`, `cut after-bytes N [torn SEED]`, `cut clear`, quit.
-    /// Replies and events are printed on stdout prefixed with "#otahil ".
+    /// Control commands (one per line): power-on, power-off, reset, download (reset into the
+    /// ROM serial loader, with --uart-pty), status, `cut after-ops N [torn SEED]`,
+    /// `cut after-bytes N [torn SEED]`, `cut at-log REGEX`, `cut clear`, quit. Replies and
+    /// events are printed on stdout prefixed with "#otahil ".
     Run(RunArgs),
     /// Make a fresh flash file, as `espflash save-image --merge` would: the partition table at
     /// 0x8000 (with its MD5 row), the app in the factory slot (or ota_0), otadata erased, FF elsewhere.
@@ -44,6 +45,7 @@ enum Cmd {
         /// Flash size: 1M, 2M, 4M, 8M or 16M (or a byte count).
         #[arg(long, default_value = "4M")]
         size: String,
+        /// The flash file to write (a file already there is replaced).
         #[arg(long)]
         out: PathBuf,
         /// The device's settings, provisioned into its nvs partition as a factory would.
@@ -100,6 +102,20 @@ struct RunArgs {
     /// Seed for the device's randomness (nonces), for reproducible runs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+/// An error and its causes on one line, as a command line prints it: each cause once, even when
+/// an error's own message already quotes its source (many do, for the logs that print only it).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Parses `args` (the first is the program name) and runs the command.
@@ -185,6 +201,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             FileFlash::create(&out, &image).with_context(|| format!("writing {}", out.display()))?;
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Issue #22: every option says what it is in `--help`, and `run`'s help names every
+    /// control command the emulator takes.
+    #[test]
+    fn every_option_has_help_and_every_control_command_is_listed() {
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    missing.push(format!("{} {id}", sub.get_name()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "options without help: {missing:?}");
+        let help = cmd.find_subcommand("run").unwrap().clone().render_long_help().to_string();
+        for verb in crate::control::Verb::ALL {
+            assert!(help.contains(verb.word()), "`{}` is not in run's help: {help}", verb.word());
+        }
+        for form in ["cut after-ops", "cut after-bytes", "cut at-log", "cut clear"] {
+            assert!(help.contains(form), "{form}: {help}");
         }
     }
 }

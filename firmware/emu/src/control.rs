@@ -64,7 +64,7 @@ pub enum Verb {
 }
 
 impl Verb {
-    const ALL: [Verb; 7] =
+    pub const ALL: [Verb; 7] =
         [Verb::PowerOn, Verb::PowerOff, Verb::Reset, Verb::Download, Verb::Status, Verb::Cut, Verb::Quit];
 
     pub fn word(self) -> &'static str {

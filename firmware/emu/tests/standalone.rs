@@ -102,3 +102,18 @@ fn make_flash_provisions_every_path() {
     let refused = make(&["--homie-id", "x"]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("need --homie-broker or --homie1-broker"));
 }
+
+/// Issue #22: an error whose message quotes its cause printed the cause twice ("…: No such file
+/// or directory (os error 2): No such file or directory (os error 2)").
+#[test]
+fn an_error_names_its_cause_once() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ota-emu"))
+        .args(["run", "--listen", "127.0.0.1:0", "--flash", "/nonexistent/flash.bin"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot open flash file /nonexistent/flash.bin"), "{stderr}");
+    assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+}

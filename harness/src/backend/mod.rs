@@ -181,6 +181,11 @@ pub fn names() -> String {
     BACKENDS.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
 }
 
+/// Every backend with what it is, for `--help`: `emu (the host emulator …); qemu (…); …`.
+pub fn described() -> String {
+    BACKENDS.iter().map(|b| format!("{} ({})", b.name, b.about)).collect::<Vec<_>>().join("; ")
+}
+
 /// The scenario device's flash: its partition table, `app` in the first app slot and its OTA
 /// settings provisioned into the nvs partition, as a factory would. `false` with it when the
 /// layout has no nvs partition (the firmware's built-in settings apply then).

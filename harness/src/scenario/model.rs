@@ -103,18 +103,18 @@ impl StepKind {
                 if s.path == UpdatePath::Esphome { String::new() } else { format!(" over {}", s.path) },
                 if s.torn { " (torn)" } else { "" }
             ),
-            StepKind::Serve(s) => match &s.image {
-                Some(i) => format!("serve {} at {}", i.name, s.path),
-                None => format!("serve {:?} at {}", s.route.response, s.path),
-            },
+            StepKind::Serve(s) => {
+                format!("serve {}: {}", s.path, s.route.label(s.image.as_ref().map_or("", |i| &i.name)))
+            }
             StepKind::MqttPublish(p) => format!("mqtt_publish {}", p.topic),
             StepKind::ExpectStatus(e) => format!(
-                "expect_status {}{}",
+                "expect_status {}{}{}",
                 e.state.name(),
-                e.err.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+                e.err.as_ref().map(|e| format!(" ({e})")).unwrap_or_default(),
+                e.progress.map(|p| format!(" at {p}%")).unwrap_or_default()
             ),
             StepKind::ExpectRequest(r) => format!("expect_request {}", r.path),
-            StepKind::Broker(a) => format!("broker {a:?}"),
+            StepKind::Broker(a) => format!("broker {}", a.name()),
         }
     }
 }

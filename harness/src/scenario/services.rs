@@ -158,6 +158,16 @@ pub enum BrokerAction {
     ComeBack,
 }
 
+impl BrokerAction {
+    /// As a scenario writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BrokerAction::GoAway => "go_away",
+            BrokerAction::ComeBack => "come_back",
+        }
+    }
+}
+
 // ---- the checked model ---------------------------------------------------------------------
 
 /// What the firmware server answers at a path.

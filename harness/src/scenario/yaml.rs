@@ -21,7 +21,11 @@ pub struct ScenarioError {
 
 impl fmt::Display for ScenarioError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+        match self.line {
+            // Not at a place in the file (it could not be read at all).
+            0 => write!(f, "{}: {}", self.file.display(), self.message),
+            _ => write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message),
+        }
     }
 }
 

@@ -129,6 +129,57 @@ pub struct Route {
     pub fault: Fault,
 }
 
+impl Route {
+    /// What the route answers, as a report's step label reads it: `v2, chunked by 4096, x-MD5
+    /// (truncated at byte 9000)`, `status 404`, `redirect 302 to /b.bin`. `image` names the
+    /// image served, when there is one.
+    pub fn label(&self, image: &str) -> String {
+        use std::fmt::Write;
+        let mut l = String::new();
+        match &self.response {
+            Response::Image { framing, md5, range, .. } => {
+                l.push_str(image);
+                match framing {
+                    Framing::ContentLength => {}
+                    Framing::Chunked(n) => _ = write!(l, ", chunked by {n}"),
+                    Framing::Close => l.push_str(", no length (ends with the connection)"),
+                }
+                match md5 {
+                    Md5Header::None => {}
+                    Md5Header::Correct => l.push_str(", x-MD5"),
+                    Md5Header::Value(v) => _ = write!(l, ", x-MD5 {v}"),
+                }
+                match range {
+                    RangeSupport::Honour => {}
+                    RangeSupport::Ignore => l.push_str(", Range ignored"),
+                    RangeSupport::Unsatisfiable => l.push_str(", Range refused (416)"),
+                }
+            }
+            Response::Status(code) => _ = write!(l, "status {code}"),
+            Response::Redirect { status, location } => _ = write!(l, "redirect {status} to {location}"),
+            Response::NotModified => l.push_str("304 not modified"),
+        }
+        _ = match &self.fault {
+            Fault::None => Ok(()),
+            Fault::Truncate { at } => write!(l, " (truncated at byte {at})"),
+            Fault::Reset { at } => write!(l, " (reset at byte {at})"),
+            Fault::WrongLength { claimed } => write!(l, " (Content-Length claims {claimed})"),
+            Fault::Stall { at, for_ } => write!(l, " (stalls {} at byte {at})", humantime(*for_)),
+            Fault::Drip { chunk, every } => write!(l, " ({chunk} bytes every {})", humantime(*every)),
+        };
+        l
+    }
+}
+
+/// A duration as a scenario writes it: `40s`, `250ms`.
+fn humantime(d: Duration) -> String {
+    if d.subsec_millis() == 0 && d.as_secs() > 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
 /// A request as the device sent it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {

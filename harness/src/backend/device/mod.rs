@@ -146,8 +146,8 @@ impl DeviceBackend {
             (Some(program), Some(dir)) => {
                 let file = board_flash_file(dir.path(), image.len())?;
                 let wifi = b.wifi.as_ref().map(|w| (w.ssid.as_str(), w.password.as_str()));
-                let mut setup = EmuSetup::for_scenario(s, context, wifi)
-                    .map_err(|e| DutError::Start(format!("{e:?}")))?;
+                let mut setup =
+                    EmuSetup::for_scenario(s, context, wifi).map_err(|e| DutError::Start(e.to_string()))?;
                 setup.flash_file = Some(file);
                 setup.uart_pty = true;
                 let emu = EmuDut::start(program, &setup)?;
