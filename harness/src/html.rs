@@ -1,14 +1,18 @@
 //! The HTML report: one self-contained file (no scripts, no external resources) a CI user opens
-//! in a browser — the summary table; per scenario its steps with outcome and time (skipped steps
-//! with the reason), the normalised serial log, each partition state with a flash map picture
-//! (partitions to scale, which slot boots and why, both otadata copies, every slot's image), and
-//! for sweeps a picture of every cut's outcome.
+//! in a browser. At the top what the run was (when, which otahil and checkout, backend, board),
+//! the summary with failures first and a filter (all, failed, skipped, passed: radio buttons and
+//! CSS, so it works with scripts off); then per scenario its `about:`, its steps with outcome and
+//! time (skipped steps with the reason, steps a failure left unplayed as not run), snapshot
+//! differences as diffs, each partition state as a flash map ([`flash_map`]), each sweep as a
+//! picture of every cut ([`sweep`]), and the normalised serial log.
 
-use crate::inspect::{Boots, FlashMap, SlotImage, TableState};
-use crate::report::{ScenarioReport, StepOutcome, SweepResult};
+mod flash_map;
+mod sweep;
+
+use crate::report::{RunInfo, ScenarioReport, StepOutcome};
 use std::fmt::Write;
 
-fn esc(text: &str) -> String {
+pub(crate) fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -27,44 +31,17 @@ const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ccc}h3{font-size:15px}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
 .pass{color:#1a7f37;font-weight:600}.fail{color:#cf222e;font-weight:600}.skip{color:#9a6700;font-weight:600}
+.notrun{color:#6e7781}.about{max-width:960px;color:#444}
 pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:12px}
-.legend span{display:inline-block;margin-right:14px}.sw{display:inline-block;width:12px;height:12px;vertical-align:middle;margin-right:4px}";
+pre.diff .add{color:#1a7f37;background:#e6ffec}pre.diff .del{color:#cf222e;background:#ffebe9}pre.diff .hunk{color:#0550ae}
+.legend span{display:inline-block;margin-right:14px}.sw{display:inline-block;width:12px;height:12px;vertical-align:middle;margin-right:4px;border:1px solid #555}
+input.show{position:absolute;opacity:0}label.show{display:inline-block;border:1px solid #999;border-radius:4px;padding:2px 10px;margin:0 6px 8px 0;cursor:pointer}
+input.show:checked+label.show{background:#24292f;color:#fff}input.show:focus-visible+label.show{outline:2px solid #0969da}
+#show-fail:checked~.results .r-pass,#show-fail:checked~.results .r-skip{display:none}
+#show-skip:checked~.results .r-pass,#show-skip:checked~.results .r-fail{display:none}
+#show-pass:checked~.results .r-fail,#show-pass:checked~.results .r-skip{display:none}";
 
-/// The report for `reports` as one HTML document.
-pub fn report(reports: &[ScenarioReport]) -> String {
-    let mut out = String::new();
-    let passed = reports.iter().filter(|r| r.passed() && r.skipped.is_none()).count();
-    let skipped = reports.iter().filter(|r| r.skipped.is_some()).count();
-    let failed = reports.len() - passed - skipped;
-    let _ = write!(
-        out,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>otahil report</title><style>{STYLE}</style></head><body>\n\
-         <h1>otahil: {passed} passed, {failed} failed, {skipped} skipped</h1>\n"
-    );
-    out.push_str(
-        "<table><tr><th>scenario</th><th>backend</th><th>steps</th><th>time</th><th>result</th></tr>\n",
-    );
-    for r in reports {
-        let (class, text) = result_of(r);
-        let _ = writeln!(
-            out,
-            "<tr><td><a href=\"#{id}\">{name}</a></td><td>{backend}</td><td>{steps}</td><td>{ms:.1} ms</td><td class=\"{class}\">{text}</td></tr>",
-            id = esc(&r.name),
-            name = esc(&r.name),
-            backend = esc(&r.backend),
-            steps = r.steps.len(),
-            ms = r.duration.as_secs_f64() * 1000.0,
-            text = esc(&text),
-        );
-    }
-    out.push_str("</table>\n");
-    for r in reports {
-        scenario(&mut out, r);
-    }
-    out.push_str("</body></html>\n");
-    out
-}
-
+/// What a scenario's result is: its class (`fail`, `skip`, `pass`) and the summary's text.
 fn result_of(r: &ScenarioReport) -> (&'static str, String) {
     if let Some(why) = &r.skipped {
         return ("skip", format!("SKIP {why}"));
@@ -76,16 +53,98 @@ fn result_of(r: &ScenarioReport) -> (&'static str, String) {
     }
 }
 
+/// The report for `reports` of the run `info` as one HTML document.
+pub fn report(reports: &[ScenarioReport], info: &RunInfo) -> String {
+    // Failures first, then skips, then passes; the run's order within each.
+    let mut order: Vec<&ScenarioReport> = reports.iter().collect();
+    let rank = |r: &ScenarioReport| match result_of(r).0 {
+        "fail" => 0,
+        "skip" => 1,
+        _ => 2,
+    };
+    order.sort_by_key(|r| rank(r));
+    let count = |class: &str| reports.iter().filter(|r| result_of(r).0 == class).count();
+    let (failed, skipped, passed) = (count("fail"), count("skip"), count("pass"));
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>otahil report</title><style>{STYLE}</style></head><body>\n\
+         <h1>otahil: {passed} passed, {failed} failed, {skipped} skipped</h1>\n"
+    );
+    run_info(&mut out, info);
+    let filters = [
+        ("all", format!("all ({})", reports.len())),
+        ("fail", format!("failed ({failed})")),
+        ("skip", format!("skipped ({skipped})")),
+        ("pass", format!("passed ({passed})")),
+    ];
+    for (i, (id, text)) in filters.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "<input type=\"radio\" class=\"show\" name=\"show\" id=\"show-{id}\"{}><label class=\"show\" for=\"show-{id}\">{}</label>",
+            if i == 0 { " checked" } else { "" },
+            esc(text)
+        );
+    }
+    out.push_str("<div class=\"results\">\n");
+    out.push_str(
+        "<table><tr><th>scenario</th><th>backend</th><th>steps</th><th>time</th><th>result</th></tr>\n",
+    );
+    for r in &order {
+        let (class, text) = result_of(r);
+        let _ = writeln!(
+            out,
+            "<tr class=\"r-{class}\"><td><a href=\"#{id}\">{name}</a></td><td>{backend}</td><td>{steps}</td><td>{ms:.1} ms</td><td class=\"{class}\">{text}</td></tr>",
+            id = esc(&r.name),
+            name = esc(&r.name),
+            backend = esc(&r.backend),
+            steps = r.steps.len(),
+            ms = r.duration.as_secs_f64() * 1000.0,
+            text = esc(&text),
+        );
+    }
+    out.push_str("</table>\n");
+    for r in &order {
+        scenario(&mut out, r);
+    }
+    out.push_str("</div></body></html>\n");
+    out
+}
+
+/// When, what and where the run was.
+fn run_info(out: &mut String, info: &RunInfo) {
+    out.push_str("<table class=\"info\">\n");
+    let mut row = |name: &str, value: &str| {
+        let _ = writeln!(out, "<tr><th>{}</th><td>{}</td></tr>", esc(name), esc(value));
+    };
+    row("started", &info.started);
+    row("otahil", &info.version);
+    row("checkout", info.commit.as_deref().unwrap_or("not a git checkout"));
+    row("backend", &info.backend);
+    for (name, value) in &info.board {
+        row(name, value);
+    }
+    out.push_str("</table>\n");
+}
+
 fn scenario(out: &mut String, r: &ScenarioReport) {
     let (class, text) = result_of(r);
     let _ = writeln!(
         out,
-        "<h2 id=\"{}\">{} <span class=\"{class}\">{}</span></h2>\n<p>{} on {}</p>",
+        "<section class=\"r-{class}\"><h2 id=\"{}\">{} <span class=\"{class}\">{}</span></h2>",
         esc(&r.name),
         esc(&r.name),
         esc(text.split(' ').next().unwrap_or_default()),
+    );
+    if let Some(about) = &r.about {
+        let _ = writeln!(out, "<p class=\"about\">{}</p>", esc(about.trim()));
+    }
+    let _ = writeln!(
+        out,
+        "<p>{} on {}, {:.1} ms</p>",
         esc(&r.file),
-        esc(&r.backend)
+        esc(&r.backend),
+        r.duration.as_secs_f64() * 1000.0
     );
     out.push_str("<table><tr><th>line</th><th>step</th><th>time</th><th>outcome</th></tr>\n");
     for s in &r.steps {
@@ -103,191 +162,67 @@ fn scenario(out: &mut String, r: &ScenarioReport) {
             esc(&outcome)
         );
     }
+    let why_not = match r.steps.len() {
+        0 => "not run: the device did not start".to_string(),
+        n => format!("not run: step {n} failed"),
+    };
+    for (line, label) in &r.not_run {
+        let _ = writeln!(
+            out,
+            "<tr class=\"notrun\"><td>{line}</td><td>{}</td><td></td><td>{}</td></tr>",
+            esc(label),
+            esc(&why_not)
+        );
+    }
     out.push_str("</table>\n");
     if let Some(e) = &r.error {
         let _ = writeln!(out, "<p class=\"fail\">{}</p>", esc(e));
     }
+    for d in &r.snapshot_diffs {
+        diff(out, d);
+    }
     for (name, map) in &r.flash_maps {
         let _ = writeln!(out, "<h3>{}</h3>", esc(name));
-        flash_map_svg(out, map);
+        flash_map::svg(out, map);
         let _ = writeln!(out, "<pre>{}</pre>", esc(&map.to_text()));
     }
-    for sweep in &r.sweeps {
-        sweep_svg(out, sweep);
+    for s in &r.sweeps {
+        sweep::svg(out, s);
     }
     if !r.log.is_empty() {
         let _ = writeln!(out, "<h3>serial log (normalised)</h3><pre>{}</pre>", esc(&r.log));
     }
+    out.push_str("</section>\n");
 }
 
-const WIDTH: f64 = 960.0;
-
-fn partition_colour(type_name: &str, subtype: &str) -> &'static str {
-    match (type_name, subtype) {
-        ("app", _) => "#cfe2ff",
-        (_, "ota") => "#ffe8a3",
-        (_, "nvs") => "#d3f9d8",
-        _ => "#e9ecef",
-    }
-}
-
-/// The flash to scale (bootloader and table area, then every partition), the slot that boots
-/// and why, both otadata copies, and what each app slot holds.
-fn flash_map_svg(out: &mut String, map: &FlashMap) {
-    let t: &TableState = match &map.table {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = writeln!(out, "<p class=\"fail\">partition table invalid: {}</p>", esc(e));
-            return;
-        }
-    };
-    let scale = WIDTH / map.flash_size.max(1) as f64;
-    let x = |offset: u32| 10.0 + offset as f64 * scale;
-    let height = 150 + 18 * t.slots.len();
-    let _ = writeln!(
-        out,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" role=\"img\" aria-label=\"flash map\">",
-        WIDTH + 20.0
-    );
-    // The bootloader and partition table live before the first partition.
-    let first = t.partitions.iter().map(|p| p.offset).min().unwrap_or(0);
-    let _ = writeln!(
-        out,
-        "<rect x=\"{:.1}\" y=\"20\" width=\"{:.1}\" height=\"40\" fill=\"#dee2e6\" stroke=\"#555\"/>",
-        x(0),
-        (x(first) - x(0)).max(1.0)
-    );
-    let booting = match &t.boots {
-        Boots::Selected(s) => Some(s.as_str()),
-        Boots::Fallback { boots, .. } => Some(boots.as_str()),
-        Boots::Nothing => None,
-    };
-    for p in &t.partitions {
-        let w = (p.size as f64 * scale).max(1.0);
-        let boots_here = p.slot.as_deref().is_some_and(|s| Some(s) == booting);
-        let _ = writeln!(
-            out,
-            "<rect x=\"{:.1}\" y=\"20\" width=\"{w:.1}\" height=\"40\" fill=\"{}\" stroke=\"{}\" stroke-width=\"{}\"><title>{} {} {} at {:#x}, {} bytes</title></rect>",
-            x(p.offset),
-            partition_colour(&p.type_name, &p.subtype_name),
-            if boots_here { "#1a7f37" } else { "#555" },
-            if boots_here { 4 } else { 1 },
-            esc(&p.label),
-            esc(&p.type_name),
-            esc(&p.subtype_name),
-            p.offset,
-            p.size
-        );
-        if w > 40.0 {
-            let _ = writeln!(
-                out,
-                "<text x=\"{:.1}\" y=\"44\" font-size=\"11\">{}</text>",
-                x(p.offset) + 4.0,
-                esc(&p.label)
-            );
-        }
-    }
-    let _ = writeln!(out, "<text x=\"10\" y=\"14\" font-size=\"11\">0x0</text>");
-    let _ = writeln!(
-        out,
-        "<text x=\"{:.1}\" y=\"14\" font-size=\"11\" text-anchor=\"end\">{:#x}</text>",
-        WIDTH + 10.0,
-        map.flash_size
-    );
-    let boots = match &t.boots {
-        Boots::Selected(s) => format!("boots {s}"),
-        Boots::Fallback { boots, selected } => {
-            format!("boots {boots} (fallback: {selected} does not verify)")
-        }
-        Boots::Nothing => "boots NOTHING: bricked".into(),
-    };
-    let _ = writeln!(
-        out,
-        "<text x=\"10\" y=\"82\" font-size=\"13\" font-weight=\"600\" fill=\"{}\">bootloader selects {} ({}); {}</text>",
-        if booting.is_some() { "#1a7f37" } else { "#cf222e" },
-        esc(&t.selects),
-        esc(&t.reason),
-        esc(&boots)
-    );
-    match &t.otadata {
-        Some([c0, c1]) => {
-            let _ = writeln!(
-                out,
-                "<text x=\"10\" y=\"102\" font-size=\"12\">otadata copy0: {}   copy1: {}</text>",
-                esc(c0),
-                esc(c1)
-            );
-        }
-        None => {
-            let _ = writeln!(out, "<text x=\"10\" y=\"102\" font-size=\"12\">no otadata partition</text>");
-        }
-    }
-    for (i, slot) in t.slots.iter().enumerate() {
-        let y = 126 + 18 * i;
-        let (colour, text) = match &slot.image {
-            SlotImage::Erased => ("#6e7781", "erased".to_string()),
-            SlotImage::Valid { project, version, .. } => ("#1a7f37", format!("valid: {project} {version}")),
-            SlotImage::Invalid { kind, .. } => ("#cf222e", format!("invalid ({kind})")),
+/// A snapshot difference (a unified diff under its title line), added and removed lines marked.
+fn diff(out: &mut String, text: &str) {
+    let mut lines = text.lines();
+    let title = lines.next().unwrap_or_default().trim_end_matches(':');
+    let _ = writeln!(out, "<h3 class=\"fail\">{}</h3><pre class=\"diff\">", esc(title));
+    for line in lines {
+        let class = match line.as_bytes().first() {
+            Some(b'+') if !line.starts_with("+++") => "add",
+            Some(b'-') if !line.starts_with("---") => "del",
+            Some(b'@') => "hunk",
+            _ => "",
         };
-        let _ = writeln!(
-            out,
-            "<rect x=\"10\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{colour}\"/><text x=\"28\" y=\"{}\" font-size=\"12\">{} ({}): {}</text>",
-            y - 10,
-            y,
-            esc(&slot.name),
-            esc(&slot.label),
-            esc(&text)
-        );
+        match class {
+            "" => {
+                let _ = writeln!(out, "{}", esc(line));
+            }
+            c => {
+                let _ = writeln!(out, "<span class=\"{c}\">{}</span>", esc(line));
+            }
+        }
     }
-    out.push_str("</svg>\n");
-}
-
-/// Every evaluated cut as one cell, in order (clean and torn variants in two rows), coloured by
-/// what the device did after it.
-fn sweep_svg(out: &mut String, sweep: &SweepResult) {
-    let _ = writeln!(out, "<h3>{}</h3>", esc(&sweep.name));
-    out.push_str("<table><tr><th>cut in</th><th>outcome</th><th>cuts</th></tr>\n");
-    for c in &sweep.classes {
-        let class = if c.outcome == "failed" { "fail" } else { "pass" };
-        let _ = writeln!(
-            out,
-            "<tr><td>{}</td><td class=\"{class}\">{}</td><td>{}</td></tr>",
-            c.phase, c.outcome, c.cuts
-        );
-    }
-    out.push_str("</table>\n");
-    if sweep.cells.is_empty() {
-        return;
-    }
-    const COLOURS: [&str; 3] = ["#8fb8ff", "#1a7f37", "#cf222e"];
-    let cuts = sweep.cells.iter().map(|c| c.cut).max().unwrap_or(0) + 1;
-    let cell = (WIDTH / cuts as f64).max(0.2);
-    let _ = writeln!(
-        out,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"70\" role=\"img\" aria-label=\"per-cut outcomes\">",
-        WIDTH + 20.0
-    );
-    for c in &sweep.cells {
-        let y = if c.torn { 32 } else { 10 };
-        let _ = writeln!(
-            out,
-            "<rect x=\"{:.2}\" y=\"{y}\" width=\"{:.2}\" height=\"20\" fill=\"{}\"/>",
-            10.0 + c.cut as f64 * cell,
-            cell.max(0.5),
-            COLOURS[c.outcome.min(2) as usize]
-        );
-    }
-    out.push_str("</svg>\n<p class=\"legend\">");
-    for (colour, what) in COLOURS.iter().zip(["booted old", "booted new", "failed"]) {
-        let _ = write!(out, "<span><i class=\"sw\" style=\"background:{colour}\"></i>{what}</span>");
-    }
-    out.push_str("<span>top row: clean cut; bottom row: torn</span></p>\n");
+    out.push_str("</pre>\n");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{CutCell, StepReport, SweepClass};
+    use crate::report::{CutCell, StepReport, SweepClass, SweepResult};
     use std::time::Duration;
 
     #[test]
@@ -298,6 +233,7 @@ mod tests {
         let dump = ota_emu::mkflash::merged_image(&table, &app, 4 << 20).unwrap();
         let r = ScenarioReport {
             name: "a<b".into(),
+            about: Some("What <a> shows.".into()),
             file: "scenarios/a.yaml".into(),
             backend: "emu".into(),
             duration: Duration::from_millis(12),
@@ -315,6 +251,7 @@ mod tests {
                     duration: Duration::ZERO,
                 },
             ],
+            not_run: vec![],
             error: None,
             skipped: None,
             log_tail: vec![],
@@ -333,14 +270,46 @@ mod tests {
             }],
             log: "I (T) app: running ota_0".into(),
         };
-        let html = report(&[r]);
+        let mut failed = r.clone();
+        failed.name = "broken".into();
+        failed.steps[1].outcome = StepOutcome::Failed("no status `done` within 30s".into());
+        failed.not_run = vec![(9, "snapshot partitions".into())];
+        failed.snapshot_diffs =
+            vec!["snapshot broken-1-log:\n--- stored\n+++ new\n@@ -1 +1 @@\n-old line\n+new line\n".into()];
+        let info = RunInfo {
+            started: "2026-12-07 11:30:00 UTC".into(),
+            version: "0.1.0".into(),
+            commit: Some("c33f523".into()),
+            backend: "emu".into(),
+            board: vec![("board.mac".into(), "02:07:7a:c3:00:01".into())],
+        };
+        let html = report(&[r, failed], &info);
         assert!(html.starts_with("<!DOCTYPE html>"));
         assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("http-equiv"));
         assert!(html.contains("a&lt;b"), "names are escaped");
+        assert!(html.contains("What &lt;a&gt; shows."), "the scenario's about");
+        for fact in ["2026-12-07 11:30:00 UTC", "c33f523", "board.mac", "02:07:7a:c3:00:01"] {
+            assert!(html.contains(fact), "run information: {fact}");
+        }
         assert!(html.contains("skipped: no power switch"));
         assert!(html.contains("bootloader selects ota_0"));
         assert!(html.contains("valid: otahil-fw 1.0.0"));
+        assert!(html.contains("% full)"), "each slot's fill");
+        assert!(html.contains("the slot that boots"), "the flash map's legend");
         assert!(html.contains("per-cut outcomes") && html.contains("#cf222e"));
         assert!(html.contains("I (T) app: running ota_0"));
+        // Failures first, in the summary and the sections; a filter to show only them.
+        let rows: Vec<&str> = html.lines().filter(|l| l.starts_with("<tr class=\"r-")).collect();
+        assert!(rows[0].contains(">broken<") && rows[1].contains(">a&lt;b<"), "{rows:?}");
+        assert!(
+            html.find("<section class=\"r-fail\">").unwrap()
+                < html.find("<section class=\"r-pass\">").unwrap()
+        );
+        assert!(html.contains("id=\"show-fail\"") && html.contains("#show-fail:checked~.results .r-pass"));
+        assert!(html.contains("not run: step 2 failed"), "steps after a failure are listed");
+        assert!(
+            html.contains("<span class=\"del\">-old line</span>")
+                && html.contains("<span class=\"add\">+new line</span>")
+        );
     }
 }

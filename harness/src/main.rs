@@ -204,6 +204,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// The git checkout `dir` is in (`git describe --always --dirty`), if it is in one.
+fn checkout_of(dir: &std::path::Path) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["describe", "--always", "--dirty"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
 /// The directory a report goes into exists (the report itself is written after the run).
 fn report_dir_exists(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
@@ -401,6 +414,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     (None, None) => runner::BrokerChoice::Embedded,
                 },
             };
+            let started = otahil::report::utc_text(std::time::SystemTime::now());
             let (loaded, errors) = load_all(&scenarios, &scenario)?;
             if !errors.is_empty() {
                 for e in &errors {
@@ -436,6 +450,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     backend.name
                 );
             }
+            let backend_name = backend.name;
             let backend = (backend.make)(&otahil::backend::BackendOptions { firmware, bench })?;
             // Snapshots compare wherever the device runs the fixture images' bytes.
             let compare_snapshots = backend.snapshots_compare();
@@ -515,7 +530,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("board: {}", shown.join(", "));
             }
             if let Some(p) = &html {
-                std::fs::write(p, otahil::html::report(&reports))
+                let info = otahil::report::RunInfo {
+                    started,
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    commit: checkout_of(&scenarios),
+                    backend: backend_name.to_string(),
+                    board: board.clone(),
+                };
+                std::fs::write(p, otahil::html::report(&reports, &info))
                     .with_context(|| format!("writing {}", p.display()))?;
                 println!("HTML report: {}", p.display());
             }

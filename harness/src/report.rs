@@ -22,10 +22,15 @@ pub struct StepReport {
 #[derive(Debug, Clone)]
 pub struct ScenarioReport {
     pub name: String,
+    /// The scenario's `about:`, what it shows.
+    pub about: Option<String>,
     pub file: String,
     pub backend: String,
     pub duration: Duration,
     pub steps: Vec<StepReport>,
+    /// Steps that never ran because an earlier one failed (or the device did not start):
+    /// their line and label.
+    pub not_run: Vec<(u64, String)>,
     /// Set when the scenario could not run at all (bad file, backend failed to start).
     pub error: Option<String>,
     /// Set when the backend cannot play this scenario: the reason (not a pass, not a failure).
@@ -46,6 +51,36 @@ pub struct ScenarioReport {
     pub sweeps: Vec<SweepResult>,
     /// The serial log since the last boot, normalised, as the log snapshot shows it.
     pub log: String,
+}
+
+/// What a run was: when, by which otahil, on which backend and board; the head of a report.
+#[derive(Debug, Clone, Default)]
+pub struct RunInfo {
+    /// When the run started, `2026-12-07 11:30:00 UTC`.
+    pub started: String,
+    pub version: String,
+    /// The checkout the run played (`git describe --always --dirty`), when there is one.
+    pub commit: Option<String>,
+    pub backend: String,
+    /// The board's identity on a bench (`board.mac`, `board.chip`, …).
+    pub board: Vec<(String, String)>,
+}
+
+/// `time` as `YYYY-MM-DD HH:MM:SS UTC` (the civil calendar from days since 1970, H. Hinnant's
+/// algorithm; no time-zone data needed).
+pub fn utc_text(time: std::time::SystemTime) -> String {
+    let secs = time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rest / 3600, rest / 60 % 60, rest % 60)
 }
 
 /// One outcome class of a sweep: where the cut was (phase) and what the device did.
@@ -275,10 +310,12 @@ mod tests {
     fn report(name: &str, outcome: StepOutcome) -> ScenarioReport {
         ScenarioReport {
             name: name.into(),
+            about: None,
             file: format!("scenarios/{name}.yaml"),
             backend: "emu".into(),
             duration: Duration::from_millis(12),
             steps: vec![StepReport { line: 4, label: "boot".into(), outcome, duration: Duration::ZERO }],
+            not_run: vec![],
             error: None,
             skipped: None,
             log_tail: vec!["I (1) boot: <x>".into()],
@@ -332,5 +369,14 @@ mod tests {
             x.contains("<properties>\n    <property name=\"board.mac\" value=\"02:07:7a:c3:00:01\"/>"),
             "{x}"
         );
+    }
+
+    #[test]
+    fn utc_dates_on_the_civil_calendar() {
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(utc_text(UNIX_EPOCH), "1970-01-01 00:00:00 UTC");
+        // A leap day, and the end of a century year that is one (2000).
+        assert_eq!(utc_text(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_text(UNIX_EPOCH + Duration::from_secs(1_796_643_599)), "2026-12-07 11:39:59 UTC");
     }
 }

@@ -509,13 +509,25 @@ fn sweep_result(name: &str, report: &ota_emu::sweep::SweepReport) -> crate::repo
 
 /// Plays `scenario` on `backend`.
 pub fn run(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> ScenarioReport {
+    let mut report = play(scenario, backend, options);
+    // A skipped scenario ran nothing by design; otherwise what a failure left unplayed is listed.
+    if report.skipped.is_none() {
+        report.not_run =
+            scenario.steps.iter().skip(report.steps.len()).map(|s| (s.line, s.kind.label())).collect();
+    }
+    report
+}
+
+fn play(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> ScenarioReport {
     let started = Instant::now();
     let mut report = ScenarioReport {
+        about: scenario.about.clone(),
         name: scenario.name.clone(),
         file: scenario.file.display().to_string(),
         backend: backend.name().into(),
         duration: Duration::ZERO,
         steps: Vec::new(),
+        not_run: Vec::new(),
         error: None,
         skipped: None,
         snapshots_after_skip: Vec::new(),

@@ -38,7 +38,14 @@ fn the_html_report_renders_in_chromium() {
     for r in &reports {
         assert_eq!(r.failure_details(), None, "{}", r.name);
     }
-    let html = otahil::html::report(&reports);
+    let info = otahil::report::RunInfo {
+        started: otahil::report::utc_text(std::time::SystemTime::now()),
+        version: env!("CARGO_PKG_VERSION").into(),
+        commit: None,
+        backend: "emu".into(),
+        board: vec![],
+    };
+    let html = otahil::html::report(&reports, &info);
     assert!(html.contains("bootloader selects ota_1"), "the happy path's flash map");
     assert!(html.contains("per-cut outcomes"), "the sweep's picture");
     let target = root.join("target");
