@@ -31,3 +31,54 @@ fn the_readme_example_plays_on_the_emulator() {
     assert_eq!(report.failure_details(), None);
     assert_eq!(report.snapshots.len(), 1);
 }
+
+const README: &str = include_str!("../../README.md");
+
+/// Issue #22: a newcomer's first screen says what otahil is, the two commands, a first scenario
+/// and how to accept its snapshots.
+#[test]
+fn the_first_screen_has_the_commands_a_first_scenario_and_its_snapshots() {
+    let first_screen: String = README.lines().take(45).collect::<Vec<_>>().join("\n");
+    for want in [
+        "cargo xtask hil ",
+        "cargo test --workspace",
+        "cargo xtask hil --scenarios my-scenarios",
+        "otahil snapshots accept",
+    ] {
+        assert!(first_screen.contains(want), "`{want}` is not in the README's first 45 lines");
+    }
+}
+
+/// The README's tables list every registered backend and update path.
+#[test]
+fn the_readme_lists_every_backend_and_update_path() {
+    for b in otahil::backend::BACKENDS {
+        assert!(README.contains(&format!("| `{}`", b.name)), "backend {} is not in the README", b.name);
+    }
+    for p in otahil::paths::PATHS {
+        assert!(README.contains(&format!("| `{}`", p.name)), "update path {} is not in the README", p.name);
+    }
+}
+
+/// Every relative link in the README and the docs pages leads to a file that exists.
+#[test]
+fn relative_links_lead_somewhere() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut pages = vec![root.join("README.md"), root.join("ARCHITECTURE.md")];
+    for e in std::fs::read_dir(root.join("docs")).unwrap() {
+        pages.push(e.unwrap().path());
+    }
+    let mut checked = 0;
+    for page in pages {
+        let text = std::fs::read_to_string(&page).unwrap();
+        for link in text.split("](").skip(1).filter_map(|rest| rest.split(')').next()) {
+            if link.contains("://") || link.starts_with('#') {
+                continue;
+            }
+            let target = page.parent().unwrap().join(link.split('#').next().unwrap());
+            assert!(target.exists(), "{}: link to {link} leads nowhere", page.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} links found");
+}

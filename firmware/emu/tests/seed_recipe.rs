@@ -1,6 +1,6 @@
 //! The MQTT-triggered pull's own recipe, played against `ota-emu` with the tools its users
 //! have: mosquitto as the broker, `python3 -m http.server` serving the image, `mosquitto_pub`
-//! sending the trigger and `mosquitto_sub` watching the statuses (the README's "Point your
+//! sending the trigger and `mosquitto_sub` watching the statuses (docs/own-tools.md, "Point your
 //! own tools at an emulated device"). Skipped, saying why, where a tool is missing.
 
 use std::io::{BufRead, BufReader};

@@ -106,7 +106,7 @@ const LISTENERS: usize = 1;
 /// Sockets for the connections the app opens itself. Three: a fourth (10 KiB) overflowed the
 /// stack under QEMU with the app of four paths (TLS handshakes and uploads through a client
 /// socket failed). An app that wants a fourth connection at once gets the socket that has been
-/// closing longest, or `ConnectFailed(Refused)`; the paths' docs (README) say which of them
+/// closing longest, or `ConnectFailed(Refused)`; the paths' docs (docs/update-paths.md) say which of them
 /// can want that.
 const CLIENTS: usize = 3;
 const LINKS: usize = LISTENERS + 1 + LISTENERS * PER_LISTENER + CLIENTS;
