@@ -97,7 +97,31 @@ fn root() -> PathBuf {
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(root());
+    without_run_env(&mut c);
     c
+}
+
+/// Removes what `cargo run` set for xtask itself from a command's environment. A build script
+/// that watches one of them (ring's watches `CARGO_MANIFEST_DIR`) would otherwise see it change
+/// between `cargo xtask …` and a plain `cargo test`, and every crate above it (rustls, ota-core,
+/// the harness) would be rebuilt each time one follows the other: 85 s of CI's main job.
+fn without_run_env(c: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CARGO_PKG_")
+            || matches!(
+                name,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+            )
+        {
+            c.env_remove(name);
+        }
+    }
 }
 
 fn run(mut cmd: Command) -> anyhow::Result<()> {
@@ -129,7 +153,10 @@ fn build_emu() -> anyhow::Result<PathBuf> {
 /// otahil and ota-emu; `probe_rs`: otahil with its `probe-rs` feature.
 fn build_harness(probe_rs: bool, build: Build) -> anyhow::Result<PathBuf> {
     let mut c = cargo();
-    c.args(["build", "-p", "otahil", "-p", "ota-emu"]);
+    // The whole workspace, not `-p otahil -p ota-emu`: features are then resolved as for
+    // `cargo test --workspace` (xtask's syn turns on `visit`), so the tests' build serves the
+    // hil runs and neither rebuilds the other's dependencies.
+    c.args(["build", "--workspace"]);
     if build == Build::Release {
         c.arg("--release");
     }
@@ -501,6 +528,7 @@ fn fuzz(seconds: u64, only: Option<&str>, seed: u64, max_runs: u64) -> anyhow::R
         let work = fuzz_dir.join("corpus-work").join(t);
         std::fs::create_dir_all(&work)?;
         let mut c = Command::new("cargo");
+        without_run_env(&mut c);
         // libFuzzer writes new inputs to the first directory: the committed seeds stay as they are.
         c.current_dir(&fuzz_dir)
             .env("RUSTC_BOOTSTRAP", "1")
