@@ -502,6 +502,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "flash_formats",
     "homie",
     "http_pull",
+    "http_server",
     "mqtt_client",
     "mqtt_pull",
     "rom_loader",

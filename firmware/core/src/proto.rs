@@ -8,6 +8,7 @@ pub mod esphome;
 pub mod homie;
 pub mod homie1;
 pub mod http_pull;
+pub mod http_server;
 pub mod mqtt;
 pub mod mqtt_pull;
 
