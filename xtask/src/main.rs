@@ -125,13 +125,30 @@ fn without_run_env(c: &mut Command) {
 }
 
 fn run(mut cmd: Command) -> anyhow::Result<()> {
-    let shown = format!("{cmd:?}");
+    let shown = shown(&cmd);
     eprintln!("xtask: {shown}");
     let status = cmd.status().with_context(|| format!("starting {shown}"))?;
     if !status.success() {
         bail!("{shown} failed: {status}");
     }
     Ok(())
+}
+
+/// A command as a shell would run it: its directory, the variables it sets, the program and
+/// its arguments (the variables it removes are left out: they only keep builds alike).
+fn shown(cmd: &Command) -> String {
+    let mut parts = Vec::new();
+    if let Some(dir) = cmd.get_current_dir() {
+        parts.push(format!("cd {dir:?} &&"));
+    }
+    for (name, value) in cmd.get_envs() {
+        if let Some(value) = value {
+            parts.push(format!("{}={value:?}", name.to_string_lossy()));
+        }
+    }
+    parts.push(format!("{:?}", cmd.get_program()));
+    parts.extend(cmd.get_args().map(|a| format!("{a:?}")));
+    parts.join(" ")
 }
 
 /// Which build of the harness and the emulator a task runs.
@@ -153,13 +170,14 @@ fn build_emu() -> anyhow::Result<PathBuf> {
 /// otahil and ota-emu; `probe_rs`: otahil with its `probe-rs` feature.
 fn build_harness(probe_rs: bool, build: Build) -> anyhow::Result<PathBuf> {
     let mut c = cargo();
-    // The whole workspace, not `-p otahil -p ota-emu`: features are then resolved as for
-    // `cargo test --workspace` (xtask's syn turns on `visit`), so the tests' build serves the
-    // hil runs and neither rebuilds the other's dependencies.
-    c.args(["build", "--workspace"]);
-    if build == Build::Release {
-        c.arg("--release");
-    }
+    match build {
+        // Exactly the README's test command's build (`--no-run`): its dev-dependencies turn on
+        // features in shared crates (rstest's and insta's syn), so any other selection resolves
+        // them otherwise and rebuilds every proc macro and what uses it (66 s of CI's main job
+        // with `cargo build --workspace`). The binaries the tests run are the ones hil runs.
+        Build::Tests => c.args(["test", "--workspace", "--no-run"]),
+        Build::Release => c.args(["build", "--release", "-p", "otahil", "-p", "ota-emu"]),
+    };
     if probe_rs {
         c.args(["--features", "otahil/probe-rs"]);
     }
