@@ -20,6 +20,7 @@ pub mod dut;
 pub mod fixtures;
 pub mod html;
 pub mod inspect;
+pub mod partition;
 pub mod paths;
 pub mod report;
 pub mod runner;

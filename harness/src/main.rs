@@ -108,6 +108,13 @@ enum Cmd {
         /// `broker: go_away` kills it and `come_back` starts it again on the same port.
         #[arg(long, value_name = "PROGRAM")]
         mosquitto: Option<PathBuf>,
+        /// Play only shard K of N (`K/N` or `hash:K/N`): the scenarios whose name hashes there,
+        /// stable across runs and machines, so a CI matrix spreads them over N runners.
+        #[arg(long, value_name = "K/N")]
+        partition: Option<otahil::partition::Partition>,
+        /// Print the names of the scenarios this run would play, one a line, and play none.
+        #[arg(long)]
+        list: bool,
     },
     /// Flash one firmware build to a bench's board (blocks that already match are skipped,
     /// the rest verified), start it, and print the board's identity and the figures.
@@ -174,6 +181,15 @@ enum Cmd {
     Inspect {
         /// A dump of the whole flash (`espflash read-flash`, an emulator's flash file).
         flash: PathBuf,
+    },
+    /// Merge JUnit files otahil wrote (the shards of a `--partition` run) into one.
+    JunitMerge {
+        /// Where the merged file goes.
+        #[arg(long)]
+        out: PathBuf,
+        /// The shards' JUnit files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Write the fixture images to a directory.
     Fixtures {
@@ -337,6 +353,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // is a failure for scripts that check it.
             Ok(if inspect::boots_something(&dump) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        Cmd::JunitMerge { out, files } => {
+            let mut texts = Vec::new();
+            for f in &files {
+                let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+                texts.push((f.display().to_string(), text));
+            }
+            let merged = otahil::report::merge_junit(&texts)?;
+            std::fs::write(&out, merged).with_context(|| format!("writing {}", out.display()))?;
+            println!("{} JUnit file(s) merged into {}", files.len(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Fixtures { out } => {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             for f in fixtures::FIXTURES {
@@ -402,6 +429,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench,
             mqtt_broker,
             mosquitto,
+            partition,
+            list,
         } => {
             let options = runner::RunOptions {
                 only_cut: cut.map(|c| (c, torn)),
@@ -415,12 +444,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             };
             let started = otahil::report::utc_text(std::time::SystemTime::now());
-            let (loaded, errors) = load_all(&scenarios, &scenario)?;
+            let (mut loaded, errors) = load_all(&scenarios, &scenario)?;
             if !errors.is_empty() {
                 for e in &errors {
                     eprintln!("{e}");
                 }
                 bail!("{} scenario file(s) do not load", errors.len());
+            }
+            if let Some(p) = partition {
+                loaded.retain(|s| p.takes(&s.name));
+            }
+            if list {
+                for s in &loaded {
+                    println!("{}", s.name);
+                }
+                return Ok(ExitCode::SUCCESS);
             }
             let snapshots = snapshot_dir(&scenarios, snapshots)?;
             // Before the run, not after it: a report that cannot be written would cost the run.

@@ -303,6 +303,47 @@ pub fn junit(reports: &[ScenarioReport], properties: &[(String, String)]) -> Str
     out
 }
 
+/// Why JUnit files could not be merged.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error("{file}: not a JUnit file otahil wrote (no <testsuite tests=… failures=… time=…>)")]
+    NotOurs { file: String },
+}
+
+/// Several runs' JUnit files (the shards of a partitioned run) as one document: a
+/// `<testsuites>` with the totals, holding each file's `<testsuite>` as it was.
+pub fn merge_junit(files: &[(String, String)]) -> Result<String, MergeError> {
+    let (mut tests, mut failures, mut time) = (0u64, 0u64, 0f64);
+    let mut suites = Vec::new();
+    for (name, text) in files {
+        let not_ours = || MergeError::NotOurs { file: name.clone() };
+        let start = text.find("<testsuite ").ok_or_else(not_ours)?;
+        let end = text.rfind("</testsuite>").ok_or_else(not_ours)? + "</testsuite>".len();
+        let suite = &text[start..end];
+        let open = &suite[..suite.find('>').ok_or_else(not_ours)?];
+        let attr = |key: &str| {
+            let at = open.find(&format!(" {key}=\"")).ok_or_else(not_ours)? + key.len() + 3;
+            let len = open[at..].find('"').ok_or_else(not_ours)?;
+            Ok::<&str, MergeError>(&open[at..at + len])
+        };
+        tests += attr("tests")?.parse::<u64>().map_err(|_| not_ours())?;
+        failures += attr("failures")?.parse::<u64>().map_err(|_| not_ours())?;
+        time += attr("time")?.parse::<f64>().map_err(|_| not_ours())?;
+        suites.push(suite);
+    }
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(
+        out,
+        "<testsuites name=\"otahil\" tests=\"{tests}\" failures=\"{failures}\" time=\"{time:.3}\">"
+    );
+    for suite in suites {
+        out.push_str(suite);
+        out.push('\n');
+    }
+    out.push_str("</testsuites>\n");
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,5 +419,22 @@ mod tests {
         // A leap day, and the end of a century year that is one (2000).
         assert_eq!(utc_text(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29 00:00:00 UTC");
         assert_eq!(utc_text(UNIX_EPOCH + Duration::from_secs(1_796_643_599)), "2026-12-07 11:39:59 UTC");
+    }
+
+    /// The shards' JUnit files make one document whose totals are the shards' sums.
+    #[test]
+    fn shards_junit_files_merge_into_one() {
+        let a = junit(&[report("a", StepOutcome::Passed), report("b", StepOutcome::Failed("x".into()))], &[]);
+        let b = junit(&[report("c", StepOutcome::Passed)], &[("board.mac".into(), "02:00".into())]);
+        let merged = merge_junit(&[("a.xml".into(), a), ("b.xml".into(), b)]).unwrap();
+        assert!(
+            merged.contains("<testsuites name=\"otahil\" tests=\"3\" failures=\"1\" time=\"0.036\">"),
+            "{merged}"
+        );
+        assert_eq!(merged.matches("<testsuite ").count(), 2);
+        assert!(merged.contains("name=\"c\"") && merged.contains("board.mac"));
+        assert_eq!(merged.matches("<?xml").count(), 1);
+        let e = merge_junit(&[("x.xml".into(), "<html/>".into())]).unwrap_err();
+        assert!(e.to_string().starts_with("x.xml: not a JUnit file otahil wrote"), "{e}");
     }
 }

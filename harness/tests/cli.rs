@@ -281,3 +281,36 @@ fn scenarios_run_in_the_order_given() {
     assert!(t < h, "{stdout}");
     assert!(!stdout.contains('\x1b'), "no colour codes in a pipe: {stdout}");
 }
+
+/// Issue #23: `--partition K/N` splits the project's scenarios into N shards that together play
+/// each exactly once; `--list` names a shard's scenarios without playing them.
+#[test]
+fn partitions_split_the_scenarios_into_disjoint_shards() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let list = |extra: &[&str]| {
+        let out = otahil().current_dir(root).args(["run", "--list"]).args(extra).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    let all = list(&[]);
+    assert!(all.len() > 40 && all.contains(&"happy-path".to_string()), "{all:?}");
+    let mut shards: Vec<String> = Vec::new();
+    for k in 1..=3 {
+        let shard = list(&["--partition", &format!("{k}/3")]);
+        assert!(!shard.is_empty(), "shard {k}/3 is empty");
+        shards.extend(shard);
+    }
+    let mut sorted = shards.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), shards.len(), "a scenario in two shards");
+    let mut want = all.clone();
+    want.sort();
+    assert_eq!(sorted, want, "the shards together are every scenario");
+    // FNV-1a of the name decides: happy-path is in shard 4 of 4, on every machine.
+    assert!(list(&["--partition", "hash:4/4"]).contains(&"happy-path".to_string()));
+    let out = otahil().current_dir(root).args(["run", "--list", "--partition", "0/2"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected K/N (or hash:K/N) with 1 ≤ K ≤ N"));
+}

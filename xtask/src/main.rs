@@ -232,6 +232,14 @@ struct HilArgs {
     /// restart it, so the scenarios with `broker:` steps play too).
     #[arg(long, value_name = "PROGRAM")]
     mosquitto: Option<PathBuf>,
+    /// Play only shard K of N (`K/N`, as nextest's `--partition hash:K/N`): a CI matrix runs one
+    /// shard per runner, and the shards together play every scenario once.
+    #[arg(long, value_name = "K/N")]
+    partition: Option<String>,
+    /// Print the names of the scenarios the run would play (after --scenario and --partition),
+    /// one a line, and play none.
+    #[arg(long)]
+    list: bool,
 }
 
 /// The firmware directory a bench's board runs (after building it), from `otahil check`.
@@ -263,6 +271,13 @@ fn bench_firmware(bin: &Path, bench: &Path) -> anyhow::Result<Option<PathBuf>> {
 
 fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
     let bin = build_harness(args.probe_rs, Build::Tests)?;
+    // A listing needs no firmware and no backend: only the scenarios and the shard.
+    if args.list {
+        let mut c = Command::new(bin.join("otahil"));
+        c.current_dir(root()).args(["run", "--list"]);
+        scenario_args(&mut c, args)?;
+        return run(c);
+    }
     // The harness's registry says what the backend runs, and whether it can run here, before
     // anything is built for it (five firmware builds for nothing is a poor way to learn that
     // QEMU is not there).
@@ -284,17 +299,8 @@ fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
             c.arg("--firmware").arg(dir);
         }
     }
-    // otahil runs in the project's root; the user's directories are where the user is.
+    scenario_args(&mut c, args)?;
     let here = std::env::current_dir().context("the current directory")?;
-    if let Some(d) = &args.scenario_dir {
-        c.arg("--scenarios").arg(here.join(d));
-    }
-    if let Some(d) = &args.snapshot_dir {
-        c.arg("--snapshots").arg(here.join(d));
-    }
-    for s in &args.scenarios {
-        c.args(["--scenario", s]);
-    }
     if let Some(m) = &args.mqtt_broker {
         c.args(["--mqtt-broker", m]);
     }
@@ -302,10 +308,10 @@ fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
         c.arg("--mosquitto").arg(m);
     }
     if let Some(h) = &args.html {
-        c.arg("--html").arg(h);
+        c.arg("--html").arg(here.join(h));
     }
     if let Some(j) = &args.junit {
-        c.arg("--junit").arg(j);
+        c.arg("--junit").arg(here.join(j));
     }
     if let Some(k) = args.cut {
         c.args(["--cut", &k.to_string()]);
@@ -318,6 +324,25 @@ fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
     }
     c.env("OTAHIL_EMU", bin.join("ota-emu"));
     run(c)
+}
+
+/// Which scenarios a hil run plays: the directories (otahil runs in the project's root; the
+/// user's directories are where the user is), the names, the shard.
+fn scenario_args(c: &mut Command, args: &HilArgs) -> anyhow::Result<()> {
+    let here = std::env::current_dir().context("the current directory")?;
+    if let Some(d) = &args.scenario_dir {
+        c.arg("--scenarios").arg(here.join(d));
+    }
+    if let Some(d) = &args.snapshot_dir {
+        c.arg("--snapshots").arg(here.join(d));
+    }
+    for s in &args.scenarios {
+        c.args(["--scenario", s]);
+    }
+    if let Some(p) = &args.partition {
+        c.args(["--partition", p]);
+    }
+    Ok(())
 }
 
 /// `otahil backend NAME`: the firmware the backend runs (`fixtures`, `qemu` or `bench`), or
