@@ -168,14 +168,15 @@ impl PathUpdate for Homie1Offer {
         let prefix = format!("{BASE_TOPIC}{}/", device.0.id);
         let fw_version = format!("{prefix}$fwversion");
         let online = format!("{prefix}$online");
-        // The device hears the offer once its session is up: `$online` last said `true`.
+        // The device hears the offer once its session is up: `$online` last said `true`, and its
+        // announcement is over (`$fwversion` after that `$online`). Offering between the two let
+        // the boot's own `$fwversion` pass for the device coming back without pulling.
         loop {
-            let up = broker
-                .messages()
-                .iter()
-                .rev()
-                .find(|m| m.topic == online)
-                .is_some_and(|m| m.payload == b"true");
+            let messages = broker.messages();
+            let last_online = messages.iter().rposition(|m| m.topic == online);
+            let up = last_online.is_some_and(|i| {
+                messages[i].payload == b"true" && messages[i + 1..].iter().any(|m| m.topic == fw_version)
+            });
             if up {
                 break;
             }
