@@ -11,7 +11,8 @@ use ota_emu::flash::FileFlash;
 use sha2::{Digest, Sha256};
 use std::fmt::Write;
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex, as the snapshots and `sha256sum` write digests.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

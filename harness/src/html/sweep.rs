@@ -107,6 +107,14 @@ fn x_of(segs: &[Segment], cut: u64) -> f64 {
     }
 }
 
+/// `cut 7` or `cuts 12-340`.
+fn cut_range(first: u64, last: u64) -> String {
+    match first == last {
+        true => format!("cut {first}"),
+        false => format!("cuts {first}-{last}"),
+    }
+}
+
 pub(super) fn svg(out: &mut String, sweep: &SweepResult) {
     let _ = writeln!(out, "<h3>{}</h3>", esc(&sweep.name));
     out.push_str("<table><tr><th>cut in</th><th>outcome</th><th>cuts</th></tr>\n");
@@ -139,10 +147,7 @@ pub(super) fn svg(out: &mut String, sweep: &SweepResult) {
         let width = (end - x(r.first)).max(MIN_RUN_WIDTH);
         let centre = (x(r.first) + end) / 2.0;
         let left = (centre - width / 2.0).max(10.0);
-        let cuts = match r.first == r.last {
-            true => format!("cut {}", r.first),
-            false => format!("cuts {}-{}", r.first, r.last),
-        };
+        let cuts = cut_range(r.first, r.last);
         let _ = writeln!(
             out,
             "<rect x=\"{left:.2}\" y=\"{}\" width=\"{width:.2}\" height=\"{ROW_HEIGHT}\" fill=\"{}\"><title>{cuts}, {}, {}: {}</title></rect>",
@@ -155,10 +160,7 @@ pub(super) fn svg(out: &mut String, sweep: &SweepResult) {
     }
     // Each phase: a boundary where it begins and its name and cuts above it.
     for (i, s) in segs.iter().enumerate() {
-        let cuts = match s.first == s.last {
-            true => format!("cut {}", s.first),
-            false => format!("cuts {}-{}", s.first, s.last),
-        };
+        let cuts = cut_range(s.first, s.last);
         let _ = writeln!(
             out,
             "<line x1=\"{left:.1}\" y1=\"{}\" x2=\"{left:.1}\" y2=\"{}\" stroke=\"#24292f\" stroke-dasharray=\"3,2\"/><text x=\"{:.1}\" y=\"{}\" font-size=\"11\">{}: {cuts}</text>",

@@ -431,8 +431,8 @@ fn header_value(value: &Spanned<String>, cx: &Ctx<'_>) -> Result<String, Scenari
         "md5" => {
             use md5::{Digest, Md5};
             let digest: [u8; 16] = Md5::digest(&image.bytes[..info.len as usize]).into();
-            digest.iter().map(|b| format!("{b:02x}")).collect()
+            crate::inspect::hex(&digest)
         }
-        _ => info.partition_sha256.iter().map(|b| format!("{b:02X}")).collect(),
+        _ => crate::inspect::hex(&info.partition_sha256).to_ascii_uppercase(),
     })
 }

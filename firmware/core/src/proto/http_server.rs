@@ -377,7 +377,7 @@ pub fn write_head(
 ) {
     let mut num = [0u8; 20];
     send(b"HTTP/1.1 ");
-    send(decimal(u64::from(status), &mut num));
+    send(crate::provision::decimal(u64::from(status), &mut num).as_bytes());
     send(b" ");
     send(reason_phrase(status).as_bytes());
     send(b"\r\n");
@@ -388,7 +388,7 @@ pub fn write_head(
     }
     if let Some(n) = length {
         send(b"Content-Length: ");
-        send(decimal(n, &mut num));
+        send(crate::provision::decimal(n, &mut num).as_bytes());
         send(b"\r\n");
     }
     for (name, value) in extra {
@@ -401,16 +401,4 @@ pub fn write_head(
         send(b"Connection: close\r\n");
     }
     send(b"\r\n");
-}
-
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
 }
