@@ -49,6 +49,7 @@ paths! {
     mqtt_pull: crate::proto::mqtt_pull::service::Service,
     homie: crate::proto::homie::service::Service,
     homie1: crate::proto::homie1::service::Service,
+    web_form: crate::proto::web_form::service::Service,
 }
 
 /// What every call lends the app: the flash, the clock (ms since boot), randomness and the

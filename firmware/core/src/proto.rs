@@ -11,6 +11,7 @@ pub mod http_pull;
 pub mod http_server;
 pub mod mqtt;
 pub mod mqtt_pull;
+pub mod web_form;
 
 /// The update paths a device serves, by the names scenarios and reports use.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -25,15 +26,18 @@ pub enum UpdatePath {
     MqttPull,
     /// Homie 1.x (a version announced over MQTT, the flag in NVS, the pull in OTA mode).
     Homie1,
+    /// The Arduino `/update` upload form (`HTTPUpdateServer`: a multipart POST from a browser).
+    WebForm,
 }
 
 impl UpdatePath {
-    pub const ALL: [UpdatePath; 5] = [
+    pub const ALL: [UpdatePath; 6] = [
         UpdatePath::Esphome,
         UpdatePath::Arduino,
         UpdatePath::Homie,
         UpdatePath::MqttPull,
         UpdatePath::Homie1,
+        UpdatePath::WebForm,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +47,7 @@ impl UpdatePath {
             UpdatePath::Homie => "homie",
             UpdatePath::MqttPull => "mqtt_pull",
             UpdatePath::Homie1 => "homie1",
+            UpdatePath::WebForm => "web_form",
         }
     }
 
@@ -81,6 +86,7 @@ impl UpdatePath {
             UpdatePath::Homie => homie::script::upload(u),
             UpdatePath::MqttPull => mqtt_pull::script::upload(u),
             UpdatePath::Homie1 => homie1::script::upload(u),
+            UpdatePath::WebForm => web_form::script::upload(u),
         }
     }
 }

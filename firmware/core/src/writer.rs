@@ -357,6 +357,14 @@ impl OtaUpdate {
             });
         }
         if self.config.update_library {
+            // `Update.write`: `len > remaining()` is "Not Enough Space" (the size `begin` was
+            // told, which the form declares larger than any file and ArduinoOTA exactly).
+            if self.size != 0 && self.written as u64 + data.len() as u64 > self.size as u64 {
+                return Err(OtaError::InvalidSize {
+                    size: self.written + data.len() as u32,
+                    partition: self.size,
+                });
+            }
             return self.buffer_write(flash, data);
         }
         let at = self.written;

@@ -116,7 +116,7 @@ const UPLOADER: SocketAddr = SocketAddr::new(core::net::IpAddr::V4(core::net::Ip
 #[test]
 fn every_path_boots_from_its_settings_and_opens_links_named_by_its_index() {
     let (mut flash, mut app, lines) = booted_device();
-    assert_eq!(PATHS, ["esphome", "arduino", "mqtt_pull", "homie", "homie1"]);
+    assert_eq!(PATHS, ["esphome", "arduino", "mqtt_pull", "homie", "homie1", "web_form"]);
     assert!(
         lines.iter().any(|l| l.contains("config: OTA password none (built in), protocol 2 (built in)")),
         "{lines:?}"
@@ -125,6 +125,7 @@ fn every_path_boots_from_its_settings_and_opens_links_named_by_its_index() {
     assert!(!app.serves::<RamFlash>("mqtt_pull"), "no broker in NVS: the pull is off");
     assert!(!app.serves::<RamFlash>("homie"), "no broker in NVS: Homie is off");
     assert!(!app.serves::<RamFlash>("homie1"), "no broker in NVS: Homie 1.x is off");
+    assert!(!app.serves::<RamFlash>("web_form"), "not provisioned: no web server");
     let (mut io, mut rng) = (Recorded::default(), Zeros);
     app.start(&mut env(&mut flash, 0, &mut io, &mut rng));
     assert_eq!(io.requests, ["listen 0.0 3232", "bind 1.0 3232"]);
@@ -301,4 +302,38 @@ fn env_wire<'e>(
     rng: &'e mut Zeros,
 ) -> Env<'e, RamFlash> {
     Env { flash, now_ms, rng, io }
+}
+
+/// The upload form, provisioned, listens on port 80; a page view holds nothing, so an ESPHome
+/// client is taken meanwhile, while an upload being written makes the others wait.
+#[test]
+fn the_web_form_listens_when_provisioned_and_only_an_upload_holds_the_device() {
+    let form = crate::proto::web_form::settings::Provision::default();
+    let (mut flash, mut app, lines) = booted_with(Some(&[&form]));
+    assert!(app.serves::<RamFlash>("web_form"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("config: web update form on TCP port 80 at /update: credentials none")),
+        "{lines:?}"
+    );
+    let web = PATHS.iter().position(|p| *p == "web_form").unwrap() as u8;
+    let (mut io, mut rng) = (Recorded::default(), Zeros);
+    app.start(&mut env(&mut flash, 0, &mut io, &mut rng));
+    assert!(io.requests.contains(&std::format!("listen {web}.0 80")), "{:?}", io.requests);
+    let listener = LinkId { path: web, local: 0 };
+    let client = app.accept(listener, &mut env(&mut flash, 0, &mut io, &mut rng)).expect("taken");
+    assert!(!app.busy::<RamFlash>(), "a connection that has not begun an upload holds nothing");
+    let head = "POST /update HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n";
+    let part = "--b\r\nContent-Disposition: form-data; name=\"firmware\"; filename=\"f.bin\"\r\n\r\n";
+    let mut io = Recorded::default();
+    app.input(Input::Data(client, head.as_bytes()), &mut env(&mut flash, 1, &mut io, &mut rng));
+    app.input(Input::Data(client, part.as_bytes()), &mut env(&mut flash, 2, &mut io, &mut rng));
+    app.input(Input::Data(client, &[0xE9; 100]), &mut env(&mut flash, 3, &mut io, &mut rng));
+    assert!(app.busy::<RamFlash>(), "an upload being written holds the device");
+    assert_eq!(app.accept(ESPHOME_LISTENER, &mut env(&mut flash, 4, &mut io, &mut rng)), None);
+    app.input(Input::Closed(client), &mut env(&mut flash, 5, &mut io, &mut rng));
+    assert!(!app.busy::<RamFlash>());
+    assert!(io.requests.contains(&"exchange over".to_string()), "{:?}", io.requests);
+    assert!(io.lines.iter().any(|l| l.contains("web: upload aborted after")), "{:?}", io.lines);
 }

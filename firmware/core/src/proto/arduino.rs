@@ -67,10 +67,13 @@ pub enum UpdateError {
     NoPartition = 10,
     BadArgument = 11,
     Aborted = 12,
+    /// A first byte other than `0xE9` in `Update`'s default crypt mode (`U_AES_DECRYPT_AUTO`):
+    /// taken for an encrypted image, which fails without a key (arduino-esp32 ≥ 2.0.6).
+    Decryption = 13,
 }
 
 impl UpdateError {
-    pub const ALL: [UpdateError; 12] = [
+    pub const ALL: [UpdateError; 13] = [
         UpdateError::Write,
         UpdateError::Erase,
         UpdateError::Read,
@@ -83,6 +86,7 @@ impl UpdateError {
         UpdateError::NoPartition,
         UpdateError::BadArgument,
         UpdateError::Aborted,
+        UpdateError::Decryption,
     ];
 
     /// What `Update.errorString()` says.
@@ -100,6 +104,7 @@ impl UpdateError {
             UpdateError::NoPartition => "Partition Could Not be Found",
             UpdateError::BadArgument => "Bad Argument",
             UpdateError::Aborted => "Aborted",
+            UpdateError::Decryption => "Decryption error",
         }
     }
 
@@ -118,6 +123,7 @@ impl UpdateError {
             UpdateError::NoPartition => "no_partition",
             UpdateError::BadArgument => "bad_argument",
             UpdateError::Aborted => "aborted",
+            UpdateError::Decryption => "decryption_error",
         }
     }
 
