@@ -167,6 +167,8 @@ pub struct Bench {
     pub harness_address: Option<std::net::IpAddr>,
     pub esphome_port: u16,
     pub arduino_port: u16,
+    /// The board's web server (the upload form), TCP.
+    pub web_port: u16,
     pub wifi: Option<Wifi>,
 }
 
@@ -206,6 +208,7 @@ struct RawBench {
     // Wider than a port so that 70000 is refused in a port's words, not a type's.
     esphome_port: Option<Spanned<u64>>,
     arduino_port: Option<Spanned<u64>>,
+    web_port: Option<Spanned<u64>>,
     wifi: Option<Spanned<RawWifi>>,
 }
 
@@ -522,15 +525,16 @@ fn check(raw: RawBench, cx: &Ctx<'_>) -> Result<Bench, BenchError> {
             }
         },
     };
-    let tcp_port = |p: Option<Spanned<u64>>, what: &str| match p {
-        None => Ok(3232),
+    let tcp_port_or = |p: Option<Spanned<u64>>, what: &str, default: u16| match p {
+        None => Ok(default),
         Some(p) => match u16::try_from(p.value) {
             Ok(port) if port != 0 => Ok(port),
             _ => cx.at(&p, format!("{what} {}: expected a port from 1 to 65535", p.value)),
         },
     };
-    let esphome_port = tcp_port(raw.esphome_port, "esphome_port")?;
-    let arduino_port = tcp_port(raw.arduino_port, "arduino_port")?;
+    let esphome_port = tcp_port_or(raw.esphome_port, "esphome_port", 3232)?;
+    let arduino_port = tcp_port_or(raw.arduino_port, "arduino_port", 3232)?;
+    let web_port = tcp_port_or(raw.web_port, "web_port", ota_core::proto::web_form::DEFAULT_PORT)?;
     let wifi = match raw.wifi {
         None => None,
         Some(w) => {
@@ -565,6 +569,7 @@ fn check(raw: RawBench, cx: &Ctx<'_>) -> Result<Bench, BenchError> {
         harness_address,
         esphome_port,
         arduino_port,
+        web_port,
         wifi,
     })
 }

@@ -8,6 +8,7 @@ pub mod esphome;
 pub mod homie;
 pub mod homie1;
 pub mod mqtt_pull;
+pub mod web_form;
 
 use crate::client::Outcome;
 use crate::dut::{EndpointError, Endpoints, Port};
@@ -68,7 +69,7 @@ pub struct Needs {
 /// Every path, in the order messages list them; the first is what an `ota:` step without
 /// `via` uses.
 pub const PATHS: &[PathEntry] =
-    &[esphome::ENTRY, arduino::ENTRY, homie::ENTRY, homie1::ENTRY, mqtt_pull::ENTRY];
+    &[esphome::ENTRY, arduino::ENTRY, homie::ENTRY, homie1::ENTRY, mqtt_pull::ENTRY, web_form::ENTRY];
 
 /// The path registered as `name`.
 pub fn by_name(name: &str) -> Option<&'static PathEntry> {
@@ -355,7 +356,7 @@ mod tests {
             assert!(!(p.outcomes)().is_empty(), "{} names no outcome", p.name);
         }
         assert_eq!(PATHS[0].name, "esphome", "an ota step without `via` is ESPHome's");
-        assert_eq!(names(), "esphome, arduino, homie, homie1, mqtt_pull");
+        assert_eq!(names(), "esphome, arduino, homie, homie1, mqtt_pull, web_form");
         for core in UpdatePath::ALL {
             assert_eq!(of_core(core).map(|p| p.name), Some(core.name()), "the sweep on {core}");
         }

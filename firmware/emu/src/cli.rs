@@ -67,6 +67,10 @@ struct RunArgs {
     /// (printed on the ready line as `udp:3232=`).
     #[arg(long, default_value = "127.0.0.1:0")]
     arduino_listen: SocketAddr,
+    /// Host address for the device's web server port (TCP 80: the upload form, when provisioned);
+    /// port 0 picks a free one (printed on the ready line as `tcp:80=`).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    web_listen: SocketAddr,
     /// ArduinoOTA's password built in (none: no authentication); NVS `arduino_passwd` overrides it.
     #[arg(long)]
     arduino_password: Option<String>,
@@ -176,6 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ports: vec![
                     (Port::Tcp(ota_core::proto::esphome::DEFAULT_PORT), a.listen),
                     (Port::Udp(ota_core::proto::arduino::DEFAULT_PORT), a.arduino_listen),
+                    (Port::Tcp(ota_core::proto::web_form::DEFAULT_PORT), a.web_listen),
                 ],
                 start_off: a.start_off,
                 uart,

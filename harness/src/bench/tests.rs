@@ -45,6 +45,7 @@ fn the_example_documents_every_field_and_loads() {
         "harness_address:",
         "esphome_port:",
         "arduino_port:",
+        "web_port:",
         "wifi:",
         "settle:",
         "usb:",

@@ -5,6 +5,7 @@
 
 pub mod arduino;
 pub mod esphome;
+pub mod web_form;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -282,6 +283,24 @@ impl Progress {
     }
 }
 
+/// Base64 (RFC 4648, padded, no line breaks): Homie's servers' payloads, Basic credentials.
+pub fn base64(bytes: &[u8]) -> Vec<u8> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]);
+            } else {
+                out.push(b'=');
+            }
+        }
+    }
+    out
+}
+
 fn hex(bytes: &[u8]) -> Vec<u8> {
     let mut out = vec![0u8; bytes.len() * 2];
     ota_core::hex::encode_lower(bytes, &mut out);
@@ -291,6 +310,16 @@ fn hex(bytes: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_is_rfc4648_with_padding() {
+        assert_eq!(base64(b""), b"");
+        assert_eq!(base64(b"f"), b"Zg==");
+        assert_eq!(base64(b"fo"), b"Zm8=");
+        assert_eq!(base64(b"foo"), b"Zm9v");
+        assert_eq!(base64(b"foobar"), b"Zm9vYmFy");
+        assert_eq!(base64(&[0xE9, 0xFF, 0x00, 0x01]), b"6f8AAQ==");
+    }
 
     #[test]
     fn a_timeout_says_where_the_session_was() {

@@ -168,24 +168,6 @@ fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioErro
     }))
 }
 
-/// Base64 as Homie's servers send it (RFC 4648, padded, no line breaks).
-pub fn base64(bytes: &[u8]) -> Vec<u8> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]);
-            } else {
-                out.push(b'=');
-            }
-        }
-    }
-    out
-}
-
 impl HomiePush {
     /// The topic and the payload this push publishes for `image`.
     pub fn message(&self, id: &str, image: &[u8]) -> (String, Vec<u8>) {
@@ -199,7 +181,7 @@ impl HomiePush {
         };
         let payload = match self.encoding {
             Encoding::Raw => sent.to_vec(),
-            Encoding::Base64 => base64(sent),
+            Encoding::Base64 => crate::client::base64(sent),
         };
         (format!("{BASE_TOPIC}{id}/{FIRMWARE_TOPIC}{md5}"), payload)
     }
@@ -334,16 +316,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base64_is_rfc4648_with_padding() {
-        assert_eq!(base64(b""), b"");
-        assert_eq!(base64(b"f"), b"Zg==");
-        assert_eq!(base64(b"fo"), b"Zm8=");
-        assert_eq!(base64(b"foo"), b"Zm9v");
-        assert_eq!(base64(b"foobar"), b"Zm9vYmFy");
-        assert_eq!(base64(&[0xE9, 0xFF, 0x00, 0x01]), b"6f8AAQ==");
-    }
-
-    #[test]
     fn the_message_carries_the_image_md5_unless_told_otherwise() {
         let image = [0xE9u8, 1, 2, 3, 4];
         let push = HomiePush {
@@ -366,7 +338,7 @@ mod tests {
         };
         let (topic, payload) = push.message("dev", &image);
         assert!(topic.ends_with(&"0".repeat(32)));
-        assert_eq!(payload, base64(&image[..3]));
+        assert_eq!(payload, crate::client::base64(&image[..3]));
     }
 
     #[test]

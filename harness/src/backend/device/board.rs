@@ -55,6 +55,7 @@ pub struct BenchDut {
     pub(super) learned_host: Option<String>,
     pub(super) esphome_port: u16,
     pub(super) arduino_port: u16,
+    pub(super) web_port: u16,
     pub(super) caps: Capabilities,
     pub(super) pending: VecDeque<DutEvent>,
 }
@@ -364,8 +365,11 @@ impl Dut for BenchDut {
                 .clone()
                 .ok_or_else(|| EndpointError::AddressNotLearned(re.as_str().into()))?,
         };
-        let ports =
-            [(Uploader::Esphome.port(), self.esphome_port), (Uploader::Arduino.port(), self.arduino_port)];
+        let ports = [
+            (Uploader::Esphome.port(), self.esphome_port),
+            (Uploader::Arduino.port(), self.arduino_port),
+            (crate::paths::web_form::PORT, self.web_port),
+        ];
         let mut table = Vec::new();
         for (device_port, port) in ports {
             let resolve = |reason: String| EndpointError::Resolve { host: host.clone(), reason };

@@ -203,6 +203,7 @@ impl DeviceBackend {
             learned_host: None,
             esphome_port: b.esphome_port,
             arduino_port: b.arduino_port,
+            web_port: b.web_port,
             caps: self.capabilities(),
             pending: VecDeque::new(),
         };

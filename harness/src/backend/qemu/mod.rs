@@ -188,7 +188,8 @@ pub struct QemuDut {
 }
 
 /// The guest's ports the host reaches: those the chip firmware's update paths listen on.
-const FORWARDED: [Port; 2] = [Uploader::Esphome.port(), Uploader::Arduino.port()];
+const FORWARDED: [Port; 3] =
+    [Uploader::Esphome.port(), Uploader::Arduino.port(), crate::paths::web_form::PORT];
 
 /// slirp's gateway: the guest reaches the host's loopback through it.
 pub const SLIRP_GATEWAY: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 2);

@@ -1,0 +1,237 @@
+//! The Arduino `/update` form (`HTTPUpdateServer`): the harness is the browser. It posts the
+//! image as the form's file ([`crate::client::web_form`]) and reads the page the device answers,
+//! with a browser's faults: no or wrong credentials, the filesystem form, a `Content-Length`
+//! that lies, a disconnect or a stall mid-upload.
+
+use super::{
+    Needs, PathEntry, PathUpdate, ProvisionCx, ProvisionFailure, ReadCx, SectionEntry, Unavailable, UpdateCx,
+};
+use crate::client::Outcome;
+use crate::client::web_form::{FormUpload, error_names};
+use crate::dut::Port;
+use crate::scenario::yaml::{Ctx, Options, ScenarioError};
+use ota_core::proto::UpdatePath;
+use ota_core::proto::web_form::settings::MAX_CREDENTIAL_LEN;
+use ota_core::provision::SettingsPage;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The device's web server port.
+pub const PORT: Port = Port::Tcp(ota_core::proto::web_form::DEFAULT_PORT);
+
+pub const ENTRY: PathEntry = PathEntry {
+    name: "web_form",
+    about: "the Arduino /update upload form (HTTPUpdateServer): a browser's multipart POST, the page says how it went",
+    sweep: Some(UpdatePath::WebForm),
+    outcomes: error_names,
+    read,
+    needs: Needs { broker: false, server: false },
+    section: Some(SectionEntry { key: "web_form", read: |o, cx| Ok(Arc::new(device_section(o, cx)?)) }),
+};
+
+/// `device: { web_form: { user, password } }`: the device serves the form, asking for these
+/// credentials when both are given.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceSection {
+    pub credentials: Option<(String, String)>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSection {
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+fn credential(
+    value: Option<String>,
+    key: &str,
+    spans: &crate::scenario::yaml::Spans,
+    cx: &Ctx<'_>,
+) -> Result<Option<String>, ScenarioError> {
+    match value {
+        Some(v) if v.is_empty() || v.len() > MAX_CREDENTIAL_LEN || v.contains(':') && key == "user" => spans
+            .err(
+                cx,
+                key,
+                format!(
+                    "{key}: expected 1 to {MAX_CREDENTIAL_LEN} bytes{}",
+                    if key == "user" { " without `:`" } else { "" }
+                ),
+            ),
+        v => Ok(v),
+    }
+}
+
+fn device_section(options: Options, cx: &Ctx<'_>) -> Result<DeviceSection, ScenarioError> {
+    let (raw, spans): (RawSection, _) = options.rest("device `web_form`", cx)?;
+    let user = credential(raw.user, "user", &spans, cx)?;
+    let password = credential(raw.password, "password", &spans, cx)?;
+    let credentials = match (user, password) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return spans.err(cx, "user", "user without password: the form asks for both or neither");
+        }
+        (None, Some(_)) => {
+            return spans.err(cx, "password", "password without user: the form asks for both or neither");
+        }
+    };
+    Ok(DeviceSection { credentials })
+}
+
+impl super::DeviceSection for DeviceSection {
+    fn needs(&self) -> Needs {
+        ENTRY.needs
+    }
+
+    fn provision(&self, _cx: &ProvisionCx<'_>, page: &mut SettingsPage) -> Result<(), ProvisionFailure> {
+        let (user, password) = match &self.credentials {
+            Some((u, p)) => (Some(u.as_str()), Some(p.as_str())),
+            None => (None, None),
+        };
+        page.path(&ota_core::proto::web_form::settings::Provision { user, password })?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStall {
+    after_bytes: u64,
+    #[serde(rename = "for")]
+    pause: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawAuth {
+    /// `auth: none`.
+    Word(String),
+    Credentials {
+        user: String,
+        password: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    auth: Option<RawAuth>,
+    #[serde(default)]
+    part: Option<String>,
+    #[serde(default)]
+    content_length: Option<u64>,
+    #[serde(default)]
+    disconnect_after: Option<u64>,
+    #[serde(default)]
+    stall: Option<RawStall>,
+    #[serde(default)]
+    send_delay: Option<crate::scenario::yaml::DurationText>,
+}
+
+/// One upload through the form.
+#[derive(Debug, Clone)]
+pub struct FormStep {
+    pub credentials: Option<(String, String)>,
+    pub part: String,
+    pub content_length: Option<u64>,
+    pub disconnect_after: Option<u64>,
+    pub stall: Option<(u64, Duration)>,
+    pub send_delay: Option<Duration>,
+}
+
+fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioError> {
+    let cx = rx.cx;
+    let Some(section) = rx.sections.get::<DeviceSection>("web_form") else {
+        return cx.err(
+            rx.line,
+            rx.column,
+            "ota via web_form: the device serves no upload form: add `web_form: {}` under `device`",
+        );
+    };
+    let (raw, spans): (Raw, _) = options.rest("web_form OTA steps", cx)?;
+    // By default the browser's user types the device's credentials.
+    let credentials = match raw.auth {
+        None => section.credentials.clone(),
+        Some(RawAuth::Word(w)) if w == "none" => None,
+        Some(RawAuth::Word(w)) => {
+            return spans.err(
+                cx,
+                "auth",
+                format!("auth `{w}`: expected `none` or {{ user: …, password: … }}"),
+            );
+        }
+        Some(RawAuth::Credentials { user, password }) => Some((user, password)),
+    };
+    let part = match raw.part {
+        None => "firmware".to_string(),
+        Some(p) if !p.is_empty() && p.len() <= 64 && p.bytes().all(|b| b.is_ascii_graphic() && b != b'"') => {
+            p
+        }
+        Some(p) => {
+            return spans.err(
+                cx,
+                "part",
+                format!("part `{p}`: expected a form field name (`firmware`, `filesystem`)"),
+            );
+        }
+    };
+    let stall = match raw.stall {
+        None => None,
+        Some(st) => match crate::scenario::yaml::parse_duration(&st.pause) {
+            Ok(d) => Some((st.after_bytes, d)),
+            Err(e) => {
+                return spans.err(
+                    cx,
+                    "stall",
+                    crate::scenario::yaml::duration_message("stall for", &st.pause, e),
+                );
+            }
+        },
+    };
+    let send_delay =
+        super::duration_option(raw.send_delay.as_ref().map(|t| t.0.as_str()), "send_delay", &spans, cx)?;
+    Ok(Arc::new(FormStep {
+        credentials,
+        part,
+        content_length: raw.content_length,
+        disconnect_after: raw.disconnect_after,
+        stall,
+        send_delay,
+    }))
+}
+
+impl PathUpdate for FormStep {
+    fn run(&self, cx: &UpdateCx<'_>) -> Result<Outcome, Unavailable> {
+        let endpoint = cx.endpoint(PORT)?;
+        // A browser sends the name of the file picked from disk: images are `.bin` files.
+        let file_name = if cx.file_name.contains('.') {
+            cx.file_name.to_string()
+        } else {
+            format!("{}.bin", cx.file_name)
+        };
+        let upload = FormUpload {
+            image: cx.image,
+            file_name: &file_name,
+            part: &self.part,
+            credentials: self.credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
+            content_length: self.content_length,
+            disconnect_after: self.disconnect_after,
+            stall: self.stall,
+            send_delay: self.send_delay,
+            timeout: cx.timeout,
+        };
+        Ok(cx.rt.block_on(crate::client::web_form::upload(endpoint, &upload)))
+    }
+
+    /// A client that went away gets no answer; the device ends its side by itself (at once
+    /// for a disconnect, after its data timeout for a stall).
+    fn device_ends_session(&self, _outcome: &Outcome) -> bool {
+        true
+    }
+}
