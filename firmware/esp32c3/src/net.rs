@@ -102,7 +102,9 @@ const EPHEMERAL: core::ops::RangeInclusive<u16> = 49152..=65535;
 /// How many sockets a listener has: one for the connection being served, one for the next
 /// client, whose bytes wait in its buffer (lwIP's `listen(1)`).
 const PER_LISTENER: usize = 2;
-const LISTENERS: usize = 1;
+/// Two listeners: ESPHome's (the first the app opens, with the larger buffers) and the web
+/// server's (the upload form, when provisioned).
+const LISTENERS: usize = 2;
 /// Sockets for the connections the app opens itself. Three: a fourth (10 KiB) overflowed the
 /// stack under QEMU with the app of four paths (TLS handshakes and uploads through a client
 /// socket failed). An app that wants a fourth connection at once gets the socket that has been
@@ -398,6 +400,20 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
             tcp::SocketBuffer::new(&mut tx_b[..]),
         )),
     ];
+    // The second listener's (the web server's): a browser's upload streams in through an 8 KiB
+    // window; its answers are short pages.
+    let (mut rx_c, mut tx_c) = ([0u8; 8 * 1024], [0u8; 2 * 1024]);
+    let (mut rx_d, mut tx_d) = ([0u8; 8 * 1024], [0u8; 2 * 1024]);
+    let listen_web = [
+        sockets.add(tcp::Socket::new(
+            tcp::SocketBuffer::new(&mut rx_c[..]),
+            tcp::SocketBuffer::new(&mut tx_c[..]),
+        )),
+        sockets.add(tcp::Socket::new(
+            tcp::SocketBuffer::new(&mut rx_d[..]),
+            tcp::SocketBuffer::new(&mut tx_d[..]),
+        )),
+    ];
     let mut udp_rx_meta = [udp::PacketMetadata::EMPTY; 4];
     let mut udp_rx = [0u8; 512];
     let mut udp_tx_meta = [udp::PacketMetadata::EMPTY; 4];
@@ -425,7 +441,7 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
     ];
     let mut links = Links {
         slots: core::array::from_fn(|_| Slot::Free),
-        listen_pool: [Some(listen)],
+        listen_pool: [Some(listen), Some(listen_web)],
         udp_pool: Some(udp_handle),
         client_pool: clients.map(Some),
         closing: [None; LISTENERS * PER_LISTENER + CLIENTS],
