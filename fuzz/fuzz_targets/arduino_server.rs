@@ -69,7 +69,13 @@ fuzz_target!(|data: &[u8]| {
     let mut rng = Rng(Lcg(cfg as u64));
     let host: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let mut now = 0u64;
-    let target = Target { table: &table, running: *table.ota(0).unwrap(), config: OtaConfig::default() };
+    let update = ota_core::session::UpdateSlot::default();
+    let target = Target {
+        table: &table,
+        running: *table.ota(0).unwrap(),
+        config: OtaConfig::default(),
+        update: &update,
+    };
     session.with(&mut flash, &target, |server, sink| {
         while let Some((&op, rest)) = ops.split_first() {
             ops = rest;

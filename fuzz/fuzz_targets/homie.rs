@@ -68,7 +68,13 @@ fuzz_target!(|data: &[u8]| {
     let table = ota_core::partition_csv::parse_csv(CSV).unwrap();
     let mut flash = FileFlash::in_memory(BASE.clone());
     let mut session = Session::new(Ota::default());
-    let target = Target { table: &table, running: *table.ota(0).unwrap(), config: OtaConfig::default() };
+    let update = ota_core::session::UpdateSlot::default();
+    let target = Target {
+        table: &table,
+        running: *table.ota(0).unwrap(),
+        config: OtaConfig::default(),
+        update: &update,
+    };
     let running = hex(md5_of(&BASE[0x10000..0x10000 + 1024]));
     let facts = Facts { ota_enabled: cfg & 1 == 0, running_md5: &running, others_busy: cfg & 2 != 0 };
     let mut done = 0;

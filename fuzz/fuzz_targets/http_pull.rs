@@ -69,7 +69,13 @@ fuzz_target!(|data: &[u8]| {
     let mut out = Out::default();
     let mut now = 0u64;
     let mut first_body_byte_seen = false;
-    let target = Target { table: &table, running: *table.ota(0).unwrap(), config: OtaConfig::default() };
+    let update = ota_core::session::UpdateSlot::default();
+    let target = Target {
+        table: &table,
+        running: *table.ota(0).unwrap(),
+        config: OtaConfig::default(),
+        update: &update,
+    };
     session.with(&mut flash, &target, |client, sink| {
         let url = if flags & 16 != 0 { "https://h/v2.bin" } else { "http://h:8080/v2.bin" };
         client.start_at(url, resume_from, &mut out);

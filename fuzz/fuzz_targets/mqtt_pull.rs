@@ -104,7 +104,13 @@ fuzz_target!(|data: &[u8]| {
         chip_size: 1 << 20,
     };
     let settings = Settings::from_nvs(&nvs, "otahil_c30001", "1.0.0", &facts).expect("a broker");
-    let target = Target { table: &table, running: *table.ota(0).unwrap(), config: OtaConfig::default() };
+    let update = ota_core::session::UpdateSlot::default();
+    let target = Target {
+        table: &table,
+        running: *table.ota(0).unwrap(),
+        config: OtaConfig::default(),
+        update: &update,
+    };
     let mut session = Session::new(Agent::default());
     let mut out = Out::default();
     let mut now = 0u64;

@@ -65,6 +65,8 @@ pub struct App {
     table: PartitionTable,
     running: Partition,
     ota: OtaConfig,
+    /// The one update in progress, lent to the path that writes it.
+    update: crate::session::UpdateSlot,
     paths: Paths,
 }
 
@@ -80,7 +82,7 @@ impl App {
         rng: &mut dyn Entropy,
     ) -> App {
         let paths = Paths::boot(&mut Boot { flash, table: &table, booted, built_in, log, rng });
-        App { table, running: booted.partition, ota, paths }
+        App { table, running: booted.partition, ota, update: Default::default(), paths }
     }
 
     pub fn table(&self) -> &PartitionTable {
@@ -106,11 +108,11 @@ impl App {
             .iter()
             .enumerate()
             .any(|(i, p)| i != index && p.is_some_and(|p| p.busy()));
-        let App { table, running, ota, paths } = self;
+        let App { table, running, ota, update, paths } = self;
         let path = paths.each::<F>().into_iter().nth(index)??;
         let mut cx = Cx {
             flash: &mut *env.flash,
-            target: Target { table, running: *running, config: *ota },
+            target: Target { table, running: *running, config: *ota, update },
             now_ms: env.now_ms,
             rng: &mut *env.rng,
             others_busy,

@@ -20,5 +20,6 @@ pub fn upload<F: NorFlash>(
     config: OtaConfig,
     on_received: &mut dyn FnMut(),
 ) -> Result<(), ScriptError> {
-    path.script(flash, &Target { table, running: *running, config }, image, on_received)
+    let update = ota_core::session::UpdateSlot::default();
+    path.script(flash, &Target { table, running: *running, config, update: &update }, image, on_received)
 }

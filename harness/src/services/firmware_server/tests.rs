@@ -78,7 +78,9 @@ fn pull_on(
     let mut net = Net::default();
     let started = Instant::now();
     let now = || started.elapsed().as_millis() as u64;
-    let target = Target { table, running: *table.ota(0).unwrap(), config: OtaConfig::default() };
+    let update = ota_core::session::UpdateSlot::default();
+    let target =
+        Target { table, running: *table.ota(0).unwrap(), config: OtaConfig::default(), update: &update };
     session.with(flash, &target, |client, sink| {
         client.start_at(url, from, &mut net);
         let mut buf = [0u8; 4096];

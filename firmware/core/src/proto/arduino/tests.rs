@@ -141,6 +141,7 @@ fn image(version: &str, payload: u32) -> Vec<u8> {
 
 /// A device running v1 from ota_0, its ArduinoOTA server, and the tools to talk to it.
 struct Bench {
+    update: crate::session::UpdateSlot,
     flash: RamFlash,
     table: PartitionTable,
     session: Session<Server>,
@@ -156,6 +157,7 @@ impl Bench {
         flash.data[0x10000..0x10000 + v1.len()].copy_from_slice(&v1);
         flash.data[0x9000..0x9020].copy_from_slice(&OtaEntry::new(1, OtaState::Valid).to_bytes());
         Bench {
+            update: Default::default(),
             flash,
             table,
             session: Session::new(Server::new(config)),
@@ -168,8 +170,12 @@ impl Bench {
         &mut self,
         f: impl FnOnce(&mut Server, &mut FlashSink<'_, RamFlash>, &mut Counter, &mut Recorder) -> R,
     ) -> R {
-        let target =
-            Target { table: &self.table, running: *self.table.ota(0).unwrap(), config: OtaConfig::default() };
+        let target = Target {
+            table: &self.table,
+            running: *self.table.ota(0).unwrap(),
+            config: OtaConfig::default(),
+            update: &self.update,
+        };
         let (rng, out) = (&mut self.rng, &mut self.out);
         self.session.with(&mut self.flash, &target, |server, sink| f(server, sink, rng, out))
     }

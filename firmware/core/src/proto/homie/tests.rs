@@ -58,6 +58,7 @@ impl Output for Seen {
 
 /// A device running v1 from ota_0 and its Homie receiver.
 struct Bench {
+    update: crate::session::UpdateSlot,
     flash: RamFlash,
     table: PartitionTable,
     session: Session<Ota>,
@@ -74,6 +75,7 @@ impl Bench {
         flash.data[0x10000..0x10000 + v1.len()].copy_from_slice(&v1);
         flash.data[0x9000..0x9020].copy_from_slice(&OtaEntry::new(1, OtaState::Valid).to_bytes());
         Bench {
+            update: Default::default(),
             flash,
             table,
             session: Session::new(Ota::default()),
@@ -90,8 +92,12 @@ impl Bench {
 
     /// Sends the first `upto` bytes of `message` only (the rest never comes).
     fn send_part(&mut self, md5: &str, message: &[u8], upto: usize, split: usize) -> Seen {
-        let target =
-            Target { table: &self.table, running: *self.table.ota(0).unwrap(), config: OtaConfig::default() };
+        let target = Target {
+            table: &self.table,
+            running: *self.table.ota(0).unwrap(),
+            config: OtaConfig::default(),
+            update: &self.update,
+        };
         let facts =
             Facts { ota_enabled: self.enabled, running_md5: &self.running_md5, others_busy: self.busy };
         let mut seen = Seen::default();
@@ -214,7 +220,12 @@ fn a_transfer_cut_by_the_broker_does_not_block_the_next() {
     let mut b = Bench::new();
     let seen = b.send_part(&md5, &v2, 9000, 1000);
     assert!(b.session.server.writing() && seen.statuses.last().unwrap().starts_with("206 9000/"));
-    let target = Target { table: &b.table, running: *b.table.ota(0).unwrap(), config: OtaConfig::default() };
+    let target = Target {
+        table: &b.table,
+        running: *b.table.ota(0).unwrap(),
+        config: OtaConfig::default(),
+        update: &b.update,
+    };
     let mut seen = Seen::default();
     b.session.with(&mut b.flash, &target, |ota, sink| ota.interrupted(sink, &mut seen));
     assert!(seen.lines[0].contains("OTA interrupted after 9000 of 20"), "{:?}", seen.lines);

@@ -122,6 +122,7 @@ const CONNACK: [u8; 4] = [0x20, 2, 0, 0];
 const SUBACK: [u8; 5] = [0x90, 3, 0, 1, 1];
 
 struct Device {
+    update: crate::session::UpdateSlot,
     flash: RamFlash,
     table: PartitionTable,
     session: Session<Agent>,
@@ -174,6 +175,7 @@ impl Device {
     /// A device on `flash` that has just booted and reached the broker.
     fn boot(flash: RamFlash, resume: bool) -> Self {
         let mut d = Device {
+            update: Default::default(),
             flash,
             table: esphome_4mb_table(),
             session: Session::new(Agent::default()),
@@ -205,7 +207,8 @@ impl Device {
         f: impl FnOnce(&mut Agent, &mut crate::update::FlashSink<'_, RamFlash>, &mut World) -> R,
     ) -> R {
         let running = *self.table.ota(0).unwrap();
-        let target = Target { table: &self.table, running, config: OtaConfig::default() };
+        let target =
+            Target { table: &self.table, running, config: OtaConfig::default(), update: &self.update };
         let world = &mut self.world;
         self.session.with(&mut self.flash, &target, |agent, sink| f(agent, sink, world))
     }
@@ -506,7 +509,8 @@ mod https {
             f: impl FnOnce(&mut Agent, &mut crate::update::FlashSink<'_, RamFlash>, &mut World, &Settings<'_>),
         ) {
             let running = *self.table.ota(0).unwrap();
-            let target = Target { table: &self.table, running, config: OtaConfig::default() };
+            let target =
+                Target { table: &self.table, running, config: OtaConfig::default(), update: &self.update };
             let world = &mut self.world;
             self.session.with(&mut self.flash, &target, |agent, sink| f(agent, sink, world, s));
         }

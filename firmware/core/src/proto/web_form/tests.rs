@@ -52,6 +52,7 @@ impl Output for Recorder {
 
 /// A device running v1 from ota_0 with its form's server on one connection.
 struct Bench {
+    update: crate::session::UpdateSlot,
     flash: RamFlash,
     table: PartitionTable,
     session: Session<Server>,
@@ -68,6 +69,7 @@ impl Bench {
         flash.data[0x10000..0x10000 + v1.len()].copy_from_slice(&v1);
         flash.data[0x9000..0x9020].copy_from_slice(&OtaEntry::new(1, OtaState::Valid).to_bytes());
         Bench {
+            update: Default::default(),
             flash,
             table,
             session: Session::new(Server::new(0)),
@@ -82,8 +84,12 @@ impl Bench {
     }
 
     fn feed(&mut self, bytes: &[u8], now: u64) {
-        let target =
-            Target { table: &self.table, running: *self.table.ota(0).unwrap(), config: OtaConfig::default() };
+        let target = Target {
+            table: &self.table,
+            running: *self.table.ota(0).unwrap(),
+            config: OtaConfig::default(),
+            update: &self.update,
+        };
         let site = Site {
             credentials: self.credentials.as_ref(),
             project: "otahil",
@@ -96,15 +102,23 @@ impl Bench {
     }
 
     fn close(&mut self) {
-        let target =
-            Target { table: &self.table, running: *self.table.ota(0).unwrap(), config: OtaConfig::default() };
+        let target = Target {
+            table: &self.table,
+            running: *self.table.ota(0).unwrap(),
+            config: OtaConfig::default(),
+            update: &self.update,
+        };
         let out = &mut self.out;
         self.session.with(&mut self.flash, &target, |s, sink| s.closed(sink, out));
     }
 
     fn poll(&mut self, now: u64) {
-        let target =
-            Target { table: &self.table, running: *self.table.ota(0).unwrap(), config: OtaConfig::default() };
+        let target = Target {
+            table: &self.table,
+            running: *self.table.ota(0).unwrap(),
+            config: OtaConfig::default(),
+            update: &self.update,
+        };
         let out = &mut self.out;
         self.session.with(&mut self.flash, &target, |s, sink| s.poll(now, sink, out));
     }
@@ -246,7 +260,7 @@ fn a_file_that_is_no_image_is_esp32s_decryption_error_with_status_200() {
     assert_eq!(b.otadata(), before);
     assert!(!b.session.server.reboot_requested());
     assert!(b.out.lines[1].starts_with("Update error: Decryption error ("), "{:?}", b.out.lines);
-    assert!(!b.session.writing(), "the update is aborted, not left open");
+    assert!(b.update.borrow().is_none(), "the update is aborted, not left open");
 }
 
 #[test]
@@ -308,7 +322,7 @@ fn a_disconnect_or_a_stall_mid_upload_aborts_and_the_next_upload_starts_clean() 
     b.close();
     assert!(b.out.sent.is_empty(), "no answer to a client that left");
     assert!(b.out.lines.last().unwrap().starts_with("upload aborted after "), "{:?}", b.out.lines);
-    assert!(!b.session.writing());
+    assert!(b.update.borrow().is_none());
     assert_eq!(b.otadata(), before);
     // A stall: the deadline passes.
     let mut b = Bench::new(None);
@@ -317,7 +331,7 @@ fn a_disconnect_or_a_stall_mid_upload_aborts_and_the_next_upload_starts_clean() 
     b.poll(1000 + DATA_TIMEOUT_MS - 1);
     assert!(b.session.server.writing());
     b.poll(1000 + DATA_TIMEOUT_MS);
-    assert!(b.out.closed && !b.session.writing());
+    assert!(b.out.closed && b.update.borrow().is_none());
     assert!(b.out.lines.last().unwrap().ends_with("no data for 5 s"));
     // A new connection's upload over what the first left.
     let mut b2 = Bench { session: Session::new(Server::new(0)), out: Recorder::default(), ..b };
@@ -440,7 +454,12 @@ fn settings_are_off_unless_provisioned_and_credentials_need_both_halves() {
 fn the_scripted_browser_upload_completes() {
     let mut b = Bench::new(None);
     let img = image("2.0.0", 30_000);
-    let target = Target { table: &b.table, running: *b.table.ota(0).unwrap(), config: OtaConfig::default() };
+    let target = Target {
+        table: &b.table,
+        running: *b.table.ota(0).unwrap(),
+        config: OtaConfig::default(),
+        update: &b.update,
+    };
     let mut received = 0;
     crate::proto::UpdatePath::WebForm.script(&mut b.flash, &target, &img, &mut || received += 1).unwrap();
     assert_eq!(received, 1);
