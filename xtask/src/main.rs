@@ -551,6 +551,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "rom_loader",
     "scenario_loader",
     "tls_link",
+    "web_form",
 ];
 
 fn fuzz(seconds: u64, only: Option<&str>, seed: u64, max_runs: u64) -> anyhow::Result<()> {
