@@ -189,6 +189,14 @@ fn scenario(out: &mut String, r: &ScenarioReport) {
     for s in &r.sweeps {
         sweep::svg(out, s);
     }
+    for a in &r.artifacts {
+        let href = esc(&a.path.to_string_lossy());
+        let _ = writeln!(
+            out,
+            "<figure><a href=\"{href}\"><img src=\"{href}\" alt=\"{label}\" width=\"480\"></a><figcaption>{label}</figcaption></figure>",
+            label = esc(&a.label)
+        );
+    }
     if !r.log.is_empty() {
         let _ = writeln!(out, "<h3>serial log (normalised)</h3><pre>{}</pre>", esc(&r.log));
     }
@@ -269,6 +277,7 @@ mod tests {
                 ],
             }],
             log: "I (T) app: running ota_0".into(),
+            artifacts: vec![],
         };
         let mut failed = r.clone();
         failed.name = "broken".into();

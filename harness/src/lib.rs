@@ -15,6 +15,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod browser;
 pub mod client;
 pub mod dut;
 pub mod fixtures;

@@ -442,6 +442,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     (None, Some(program)) => runner::BrokerChoice::Mosquitto(program),
                     (None, None) => runner::BrokerChoice::Embedded,
                 },
+                // Screenshots go beside the HTML report that links them.
+                artifacts: html.as_deref().map(artifacts_dir),
             };
             let started = otahil::report::utc_text(std::time::SystemTime::now());
             let (mut loaded, errors) = load_all(&scenarios, &scenario)?;
@@ -575,7 +577,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     backend: backend_name.to_string(),
                     board: board.clone(),
                 };
-                std::fs::write(p, otahil::html::report(&reports, &info))
+                // The report links its screenshots by paths relative to itself.
+                let mut linked = reports.clone();
+                let base = p.parent().unwrap_or(std::path::Path::new(""));
+                for a in linked.iter_mut().flat_map(|r| r.artifacts.iter_mut()) {
+                    if let Ok(rel) = a.path.strip_prefix(base) {
+                        a.path = rel.to_path_buf();
+                    }
+                }
+                std::fs::write(p, otahil::html::report(&linked, &info))
                     .with_context(|| format!("writing {}", p.display()))?;
                 println!("HTML report: {}", p.display());
             }
@@ -810,4 +820,10 @@ mod tests {
             assert!(help.contains(&format!("{} ({})", b.name, b.about)), "{help}");
         }
     }
+}
+
+/// Where a run's screenshots go: `<report>-artifacts/` beside the HTML report.
+fn artifacts_dir(html: &std::path::Path) -> PathBuf {
+    let stem = html.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "report".into());
+    html.with_file_name(format!("{stem}-artifacts"))
 }

@@ -262,6 +262,42 @@ pub struct UpdateCx<'a> {
     pub server_base: Option<&'a str>,
     pub sections: &'a DeviceSections,
     pub rt: &'a tokio::runtime::Runtime,
+    /// Where the step may keep files for people (screenshots).
+    pub artifacts: &'a Artifacts,
+}
+
+/// Where a run keeps the files its steps make for people to look at, and which ones it kept.
+#[derive(Debug, Default)]
+pub struct Artifacts {
+    /// The directory (`None`: nothing is kept).
+    pub dir: Option<std::path::PathBuf>,
+    /// What each file's name begins with (the scenario's name).
+    pub prefix: String,
+    kept: std::sync::Mutex<Vec<crate::report::Artifact>>,
+}
+
+impl Artifacts {
+    pub fn new(dir: Option<std::path::PathBuf>, prefix: &str) -> Self {
+        Artifacts { dir, prefix: prefix.to_string(), kept: Default::default() }
+    }
+
+    /// A fresh file name in the directory for something ending in `suffix`, or `None`.
+    pub fn next_path(&self, suffix: &str) -> Option<std::path::PathBuf> {
+        let dir = self.dir.as_ref()?;
+        std::fs::create_dir_all(dir).ok()?;
+        let n = self.kept.lock().map(|k| k.len() + 1).unwrap_or(1);
+        Some(dir.join(format!("{}-{n}-{suffix}", self.prefix)))
+    }
+
+    pub fn keep(&self, label: String, path: std::path::PathBuf) {
+        if let Ok(mut k) = self.kept.lock() {
+            k.push(crate::report::Artifact { label, path });
+        }
+    }
+
+    pub fn take(&self) -> Vec<crate::report::Artifact> {
+        self.kept.lock().map(|mut k| std::mem::take(&mut *k)).unwrap_or_default()
+    }
 }
 
 impl UpdateCx<'_> {
@@ -293,6 +329,11 @@ pub trait PathUpdate: fmt::Debug + Send + Sync {
     /// a run with another broker skips the scenario, saying why.
     fn needs_own_broker(&self) -> bool {
         false
+    }
+    /// Why this update cannot run on this machine at all (no browser here): the scenario is
+    /// skipped with it before the device starts, since the steps after it depend on it.
+    fn unavailable_here(&self) -> Option<String> {
+        None
     }
 }
 

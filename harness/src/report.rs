@@ -19,6 +19,14 @@ pub struct StepReport {
     pub duration: Duration,
 }
 
+/// A file a step kept for people to look at (a browser's screenshot of the final page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    /// What it shows.
+    pub label: String,
+    pub path: std::path::PathBuf,
+}
+
 #[derive(Debug, Clone)]
 pub struct ScenarioReport {
     pub name: String,
@@ -51,6 +59,8 @@ pub struct ScenarioReport {
     pub sweeps: Vec<SweepResult>,
     /// The serial log since the last boot, normalised, as the log snapshot shows it.
     pub log: String,
+    /// Files the steps kept (screenshots), in the order kept.
+    pub artifacts: Vec<Artifact>,
 }
 
 /// What a run was: when, by which otahil, on which backend and board; the head of a report.
@@ -367,6 +377,7 @@ mod tests {
             flash_maps: vec![],
             sweeps: vec![],
             log: String::new(),
+            artifacts: vec![],
         }
     }
 

@@ -28,6 +28,8 @@ pub struct RunOptions {
     pub keep_cuts: bool,
     /// Which MQTT broker the pull path's scenarios use (`--mqtt-broker`, `--mosquitto`).
     pub broker: BrokerChoice,
+    /// Where steps keep files for people (browser screenshots); `None`: not kept.
+    pub artifacts: Option<std::path::PathBuf>,
 }
 
 /// How a read-back boot's lines are marked in the full log.
@@ -53,6 +55,7 @@ struct Run<'a> {
     skipped_a_step: bool,
     snapshots_after_skip: Vec<String>,
     services: services::Services,
+    artifacts: crate::paths::Artifacts,
 }
 
 type StepResult = Result<StepOutcome, String>;
@@ -371,6 +374,7 @@ impl Run<'_> {
             server_base: self.services.server_base(),
             sections: &self.scenario.device.paths,
             rt: &self.rt,
+            artifacts: &self.artifacts,
         };
         let started = Instant::now();
         let outcome = match o.update.run(&update) {
@@ -538,7 +542,17 @@ fn play(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> Sce
         flash_maps: Vec::new(),
         sweeps: Vec::new(),
         log: String::new(),
+        artifacts: Vec::new(),
     };
+    let missing = scenario.steps.iter().find_map(|s| match &s.kind {
+        StepKind::Ota(o) => o.update.unavailable_here(),
+        _ => None,
+    });
+    if let Some(why) = missing {
+        report.skipped = Some(why);
+        report.duration = started.elapsed();
+        return report;
+    }
     // The services the device connects to exist before it boots, at addresses it is given.
     let (services, device_broker, device_tls) =
         match services::Services::start(scenario, backend.host_address(), &options.broker) {
@@ -593,6 +607,7 @@ fn play(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> Sce
         skipped_a_step: false,
         snapshots_after_skip: Vec::new(),
         services,
+        artifacts: crate::paths::Artifacts::new(options.artifacts.clone(), &scenario.name),
     };
     let mut snapshot_no = 0;
     for step in &scenario.steps {
@@ -631,6 +646,7 @@ fn play(scenario: &Scenario, backend: &dyn Backend, options: &RunOptions) -> Sce
     report.flash_maps = std::mem::take(&mut run.flash_maps);
     report.sweeps = std::mem::take(&mut run.sweeps);
     report.notes = std::mem::take(&mut run.notes);
+    report.artifacts = run.artifacts.take();
     report.snapshots_after_skip = std::mem::take(&mut run.snapshots_after_skip);
     dut.shutdown();
     report.duration = started.elapsed();

@@ -132,6 +132,9 @@ struct Raw {
     stall: Option<RawStall>,
     #[serde(default)]
     send_delay: Option<crate::scenario::yaml::DurationText>,
+    /// A real Chromium picks the file and presses the form's button.
+    #[serde(default)]
+    browser: Option<bool>,
 }
 
 /// One upload through the form.
@@ -143,6 +146,8 @@ pub struct FormStep {
     pub disconnect_after: Option<u64>,
     pub stall: Option<(u64, Duration)>,
     pub send_delay: Option<Duration>,
+    /// Upload from a headless Chromium instead of the harness's client.
+    pub browser: bool,
 }
 
 fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioError> {
@@ -196,6 +201,31 @@ fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioErro
     };
     let send_delay =
         super::duration_option(raw.send_delay.as_ref().map(|t| t.0.as_str()), "send_delay", &spans, cx)?;
+    let browser = raw.browser.unwrap_or(false);
+    if browser {
+        // A person in a browser picks a file and presses a button: the wire faults are the
+        // harness client's.
+        let faults = [
+            ("content_length", raw.content_length.is_some()),
+            ("disconnect_after", raw.disconnect_after.is_some()),
+            ("stall", stall.is_some()),
+            ("send_delay", send_delay.is_some()),
+        ];
+        if let Some((key, _)) = faults.iter().find(|(_, set)| *set) {
+            return spans.err(
+                cx,
+                key,
+                format!("{key}: the harness client's fault, not a browser's (drop `browser: true`)"),
+            );
+        }
+        if part != "firmware" && part != "filesystem" {
+            return spans.err(
+                cx,
+                "part",
+                "part: a browser uses the form's inputs, `firmware` or `filesystem`",
+            );
+        }
+    }
     Ok(Arc::new(FormStep {
         credentials,
         part,
@@ -203,6 +233,7 @@ fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioErro
         disconnect_after: raw.disconnect_after,
         stall,
         send_delay,
+        browser,
     }))
 }
 
@@ -215,6 +246,9 @@ impl PathUpdate for FormStep {
         } else {
             format!("{}.bin", cx.file_name)
         };
+        if self.browser {
+            return self.in_browser(cx, endpoint, &file_name);
+        }
         let upload = FormUpload {
             image: cx.image,
             file_name: &file_name,
@@ -229,9 +263,127 @@ impl PathUpdate for FormStep {
         Ok(cx.rt.block_on(crate::client::web_form::upload(endpoint, &upload)))
     }
 
+    fn unavailable_here(&self) -> Option<String> {
+        self.browser.then(crate::browser::available).and_then(Result::err).map(|e| e.to_string())
+    }
+
     /// A client that went away gets no answer; the device ends its side by itself (at once
     /// for a disconnect, after its data timeout for a stall).
     fn device_ends_session(&self, _outcome: &Outcome) -> bool {
         true
+    }
+}
+
+impl FormStep {
+    /// The upload from a headless Chromium: the form loaded, its inputs checked, the file picked
+    /// and the form's button pressed; the next page read and its screenshot kept.
+    fn in_browser(
+        &self,
+        cx: &UpdateCx<'_>,
+        endpoint: std::net::SocketAddr,
+        file_name: &str,
+    ) -> Result<Outcome, Unavailable> {
+        use crate::browser::{BrowserError, PageUpload};
+        crate::browser::available().map_err(|e| Unavailable(e.to_string()))?;
+        let dir = tempfile::tempdir().map_err(|e| Unavailable(format!("a directory for the file: {e}")))?;
+        let file = dir.path().join(file_name);
+        std::fs::write(&file, cx.image)
+            .map_err(|e| Unavailable(format!("writing {}: {e}", file.display())))?;
+        let url = format!("http://{endpoint}{}", ota_core::proto::web_form::FORM_PATH);
+        let screenshot = cx.artifacts.next_path(&format!("{}-page.png", self.part));
+        let upload = PageUpload {
+            url: &url,
+            credentials: self.credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
+            file: &file,
+            input: &self.part,
+            screenshot: screenshot.as_deref(),
+            timeout: cx.timeout,
+        };
+        let page = match cx.rt.block_on(crate::browser::upload(&upload)) {
+            Ok(page) => page,
+            Err(e @ (BrowserError::NotBuilt | BrowserError::NotFound(_))) => {
+                return Err(Unavailable(e.to_string()));
+            }
+            Err(e) => {
+                return Ok(Outcome::Interrupted {
+                    phase: crate::client::Phase::End,
+                    sent: 0,
+                    detail: e.to_string(),
+                });
+            }
+        };
+        if let Some(path) = screenshot.filter(|p| p.is_file()) {
+            let label =
+                format!("after uploading {file_name} through the {} form: {}", self.part, page.text.trim());
+            cx.artifacts.keep(label, path);
+        }
+        Ok(judge_page(&page))
+    }
+}
+
+/// What the page a browser ended on says, after checking the form was the real one's.
+fn judge_page(page: &crate::browser::PageResult) -> Outcome {
+    use crate::client::Phase;
+    use ota_core::proto::arduino::UpdateError;
+    use ota_core::proto::web_form::pages::{ERROR_PREFIX, SUCCESS_PAGE};
+    let want = [("firmware", ".bin,.bin.gz"), ("filesystem", ".bin,.bin.gz,.image")];
+    let inputs: Vec<(&str, &str)> = page.inputs.iter().map(|(n, a)| (n.as_str(), a.as_str())).collect();
+    if inputs != want {
+        let detail = format!("the form's file inputs {inputs:?}, expected {want:?}");
+        return Outcome::Unexpected { detail, phase: Phase::Prepare };
+    }
+    let text = page.text.trim();
+    // The success page's text, what a person reads (its <META> is not text).
+    let success = SUCCESS_PAGE.rsplit('>').next().unwrap_or(SUCCESS_PAGE);
+    if text == success {
+        return match page.refresh.as_deref() {
+            Some("15;URL=/") => {
+                Outcome::Ok { detail: format!("the page said `{text}` and goes to / after 15 s") }
+            }
+            other => Outcome::Unexpected {
+                detail: format!("the success page refreshes to {other:?}"),
+                phase: Phase::End,
+            },
+        };
+    }
+    match text.strip_prefix(ERROR_PREFIX).and_then(UpdateError::from_reply) {
+        Some(e) => Outcome::DeviceError {
+            name: e.name(),
+            detail: format!("the page said `{text}`"),
+            phase: Phase::End,
+        },
+        None => Outcome::Unexpected { detail: format!("the page said `{text}`"), phase: Phase::End },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::browser::PageResult;
+
+    fn page(text: &str, refresh: Option<&str>) -> PageResult {
+        PageResult {
+            inputs: vec![
+                ("firmware".into(), ".bin,.bin.gz".into()),
+                ("filesystem".into(), ".bin,.bin.gz,.image".into()),
+            ],
+            text: text.into(),
+            refresh: refresh.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_page_is_judged_by_what_a_person_reads_on_it() {
+        assert_eq!(judge_page(&page("Update Success! Rebooting...", Some("15;URL=/"))).name(), "ok");
+        assert_eq!(judge_page(&page("Update Success! Rebooting...", None)).name(), "unexpected");
+        assert_eq!(judge_page(&page("Update error: Decryption error", None)).name(), "decryption_error");
+        assert_eq!(judge_page(&page("", None)).name(), "unexpected");
+        let mut other = page("Update Success! Rebooting...", Some("15;URL=/"));
+        other.inputs.pop();
+        assert_eq!(
+            judge_page(&other).name(),
+            "unexpected",
+            "a form without the filesystem input is not the real one"
+        );
     }
 }
