@@ -789,6 +789,12 @@ fn parse_mqtt_url(text: &str) -> Result<std::net::SocketAddr, String> {
         .ok_or_else(|| format!("`{text}`: the host has no address"))
 }
 
+/// Where a run's screenshots go: `<report>-artifacts/` beside the HTML report.
+fn artifacts_dir(html: &std::path::Path) -> PathBuf {
+    let stem = html.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "report".into());
+    html.with_file_name(format!("{stem}-artifacts"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::Cli;
@@ -820,10 +826,4 @@ mod tests {
             assert!(help.contains(&format!("{} ({})", b.name, b.about)), "{help}");
         }
     }
-}
-
-/// Where a run's screenshots go: `<report>-artifacts/` beside the HTML report.
-fn artifacts_dir(html: &std::path::Path) -> PathBuf {
-    let stem = html.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "report".into());
-    html.with_file_name(format!("{stem}-artifacts"))
 }

@@ -164,11 +164,11 @@ enum Build {
 
 /// Builds the harness and the emulator the scenarios run on.
 fn build_emu() -> anyhow::Result<PathBuf> {
-    build_harness(false, Build::Tests)
+    build_harness(&[], Build::Tests)
 }
 
-/// otahil and ota-emu; `probe_rs`: otahil with its `probe-rs` feature.
-fn build_harness(probe_rs: bool, build: Build) -> anyhow::Result<PathBuf> {
+/// otahil and ota-emu, otahil with these of its cargo features (`probe-rs`, `browser`).
+fn build_harness(features: &[&str], build: Build) -> anyhow::Result<PathBuf> {
     let mut c = cargo();
     match build {
         // Exactly the README's test command's build (`--no-run`): its dev-dependencies turn on
@@ -178,8 +178,9 @@ fn build_harness(probe_rs: bool, build: Build) -> anyhow::Result<PathBuf> {
         Build::Tests => c.args(["test", "--workspace", "--no-run"]),
         Build::Release => c.args(["build", "--release", "-p", "otahil", "-p", "ota-emu"]),
     };
-    if probe_rs {
-        c.args(["--features", "otahil/probe-rs"]);
+    if !features.is_empty() {
+        let named: Vec<String> = features.iter().map(|f| format!("otahil/{f}")).collect();
+        c.args(["--features", &named.join(",")]);
     }
     run(c)?;
     Ok(root().join(match build {
@@ -224,6 +225,10 @@ struct HilArgs {
     /// `libudev-dev` and `pkg-config` for hidapi's build).
     #[arg(long)]
     probe_rs: bool,
+    /// Build otahil with browser steps (`browser: true`: a headless Chromium at the device's
+    /// pages; about 3 more minutes of build). Without it those scenarios skip, saying so.
+    #[arg(long)]
+    browser: bool,
     /// An MQTT broker for the pull path's scenarios (`mqtt://HOST:PORT`) instead of the
     /// harness's own.
     #[arg(long, value_name = "URL")]
@@ -270,7 +275,12 @@ fn bench_firmware(bin: &Path, bench: &Path) -> anyhow::Result<Option<PathBuf>> {
 }
 
 fn hil(backend: &str, args: &HilArgs) -> anyhow::Result<()> {
-    let bin = build_harness(args.probe_rs, Build::Tests)?;
+    let features: Vec<&str> = [("probe-rs", args.probe_rs), ("browser", args.browser)]
+        .iter()
+        .filter(|f| f.1)
+        .map(|f| f.0)
+        .collect();
+    let bin = build_harness(&features, Build::Tests)?;
     // A listing needs no firmware and no backend: only the scenarios and the shard.
     if args.list {
         let mut c = Command::new(bin.join("otahil"));
@@ -654,7 +664,7 @@ fn run_task(task: Task) -> anyhow::Result<()> {
     match task {
         Task::Hil { backend, args } => hil(&backend, &args),
         Task::Flash { bench, image, probe_rs } => {
-            let bin = build_harness(probe_rs, Build::Tests)?;
+            let bin = build_harness(if probe_rs { &["probe-rs"] } else { &[] }, Build::Tests)?;
             let mut c = Command::new(bin.join("otahil"));
             c.current_dir(root()).arg("flash").arg("--bench").arg(&bench).args(["--image", &image]);
             if let Some(dir) = bench_firmware(&bin, &bench)? {
@@ -689,7 +699,7 @@ fn run_task(task: Task) -> anyhow::Result<()> {
         Task::Cycles => module_cycles::check(&root()),
         Task::Fuzz { seconds, target, seed, runs } => fuzz(seconds, target.as_deref(), seed, runs),
         Task::Bench { runs } => {
-            let bin = build_harness(false, Build::Release)?;
+            let bin = build_harness(&[], Build::Release)?;
             let mut times = Vec::new();
             let mut sweeps = Vec::new();
             for i in 0..runs {
