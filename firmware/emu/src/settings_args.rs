@@ -69,6 +69,15 @@ pub struct SettingsArgs {
     /// Homie's `$implementation/ota/enabled` (off unless given).
     #[arg(long)]
     pub homie_ota: bool,
+    /// Serve the Arduino `/update` upload form on the web port (off unless given).
+    #[arg(long)]
+    pub web_form: bool,
+    /// The form's user (with `--web-password`: authentication only with both).
+    #[arg(long, requires_all = ["web_form", "web_password"])]
+    pub web_user: Option<String>,
+    /// The form's password (with `--web-user`).
+    #[arg(long, requires_all = ["web_form", "web_user"])]
+    pub web_password: Option<String>,
 }
 
 /// `md5` or `pbkdf2`, as `run --arduino-auth` takes it.
@@ -99,7 +108,8 @@ impl SettingsArgs {
             || self.arduino_auth.is_some()
             || self.mqtt_broker.is_some()
             || self.homie_broker.is_some()
-            || self.homie1_broker.is_some();
+            || self.homie1_broker.is_some()
+            || self.web_form;
         if homie_only && self.homie_broker.is_none() && self.homie1_broker.is_none() {
             bail!("--homie-id and --homie-ota need --homie-broker or --homie1-broker");
         }
@@ -165,6 +175,13 @@ impl SettingsArgs {
             paths.push(p);
         }
         if let Some(p) = &homie1 {
+            paths.push(p);
+        }
+        let web = self.web_form.then(|| ota_core::proto::web_form::settings::Provision {
+            user: self.web_user.as_deref(),
+            password: self.web_password.as_deref(),
+        });
+        if let Some(p) = &web {
             paths.push(p);
         }
         let page =
