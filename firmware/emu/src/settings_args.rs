@@ -177,7 +177,7 @@ impl SettingsArgs {
         if let Some(p) = &homie1 {
             paths.push(p);
         }
-        let web = self.web_form.then(|| ota_core::proto::web_form::settings::Provision {
+        let web = self.web_form.then_some(ota_core::proto::web_form::settings::Provision {
             user: self.web_user.as_deref(),
             password: self.web_password.as_deref(),
         });
