@@ -83,7 +83,8 @@ impl Bench {
         self.table.ota(1).unwrap().size
     }
 
-    fn feed(&mut self, bytes: &[u8], now: u64) {
+    /// Runs `f` on the connection's server with a sink writing the bench's flash.
+    fn with(&mut self, f: impl FnOnce(&mut Server, &Site<'_>, &mut dyn UpdateSink, &mut Recorder)) {
         let target = Target {
             table: &self.table,
             running: *self.table.ota(0).unwrap(),
@@ -98,29 +99,19 @@ impl Bench {
             others_busy: self.others_busy,
         };
         let out = &mut self.out;
-        self.session.with(&mut self.flash, &target, |s, sink| s.feed(bytes, now, &site, sink, out));
+        self.session.with(&mut self.flash, &target, |s, sink| f(s, &site, sink, out));
+    }
+
+    fn feed(&mut self, bytes: &[u8], now: u64) {
+        self.with(|s, site, sink, out| s.feed(bytes, now, site, sink, out));
     }
 
     fn close(&mut self) {
-        let target = Target {
-            table: &self.table,
-            running: *self.table.ota(0).unwrap(),
-            config: OtaConfig::default(),
-            update: &self.update,
-        };
-        let out = &mut self.out;
-        self.session.with(&mut self.flash, &target, |s, sink| s.closed(sink, out));
+        self.with(|s, _, sink, out| s.closed(sink, out));
     }
 
     fn poll(&mut self, now: u64) {
-        let target = Target {
-            table: &self.table,
-            running: *self.table.ota(0).unwrap(),
-            config: OtaConfig::default(),
-            update: &self.update,
-        };
-        let out = &mut self.out;
-        self.session.with(&mut self.flash, &target, |s, sink| s.poll(now, sink, out));
+        self.with(|s, _, sink, out| s.poll(now, sink, out));
     }
 
     /// The answer's status, headers and body.
