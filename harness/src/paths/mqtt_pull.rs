@@ -230,6 +230,14 @@ pub fn read_status(text: &str) -> Result<Status, ParseError> {
     })
 }
 
+/// The end of the serial line the device prints once its session is up and subscribed to
+/// `command_topic` (`mqtt: connected, subscribed to …`), rendered by the firmware's own line.
+pub fn ready_line(command_topic: &str) -> String {
+    use ota_core::log::ModuleLine;
+    let line = ota_core::proto::mqtt_pull::MqttLine::Ready { command_topic };
+    format!("{}: {line}", line.tag())
+}
+
 /// Waits until the device can receive a command on `command_topic`. The embedded broker
 /// knows its subscribers; through an external one, the device's own status says it: its
 /// session is up once it published `online` (after its SUBACK), unless a later `done` or
@@ -374,6 +382,13 @@ fn outcome(status: &Status, url: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ready_line_is_the_one_the_device_prints() {
+        assert_eq!(ready_line("/switch/cmd/root"), "mqtt: connected, subscribed to /switch/cmd/root");
+        let snapshot = include_str!("../../tests/snapshots/pull-arduino-updater-2-log.snap");
+        assert!(snapshot.lines().any(|l| l.ends_with(&ready_line("/switch/cmd/root"))));
+    }
 
     #[test]
     fn final_statuses_become_outcomes_named_as_the_device_names_its_errors() {

@@ -3,7 +3,7 @@
 //! update path.
 
 use super::{Run, StepResult};
-use crate::paths::mqtt_pull::{read_status, wait_device};
+use crate::paths::mqtt_pull::{read_status, ready_line, wait_device};
 use crate::report::StepOutcome;
 use crate::scenario::services::{
     BrokerAction, CertKind, ExpectRequestStep, ExpectStatusStep, PublishStep, SERVER_PLACEHOLDER, ServeStep,
@@ -215,13 +215,18 @@ impl Run<'_> {
             return Ok(());
         }
         let (command_topic, state_topic) = (command_topic.to_string(), state_topic.to_string());
+        // The broker can see the device subscribed before its serial line saying so is read
+        // (two channels; under load the UART's is the slower): that line belongs to the
+        // read-back's boot too, or it would land in the scenario's log.
+        let ready_line = ready_line(&command_topic);
         let deadline = Instant::now() + SUBSCRIBER_TIMEOUT;
         loop {
             let ready = match &self.services.broker {
                 Some(b) => wait_device(b, &command_topic, &state_topic, Duration::ZERO).is_ok(),
                 None => true,
             };
-            if ready || Instant::now() >= deadline {
+            let said_so = self.serial.lines[before..].iter().any(|l| l.ends_with(&ready_line));
+            if (ready && said_so) || Instant::now() >= deadline {
                 break;
             }
             match self.dut.next_event(Duration::from_millis(20)).map_err(|e| e.to_string())? {
