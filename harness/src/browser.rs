@@ -55,11 +55,23 @@ pub struct PageUpload<'a> {
     pub credentials: Option<(&'a str, &'a str)>,
     /// The file to pick.
     pub file: &'a Path,
-    /// The file input's `name`.
+    /// The file input, as a CSS selector.
     pub input: &'a str,
+    /// How the page sends the file.
+    pub submit: Submit<'a>,
     /// Where the final page's screenshot goes.
     pub screenshot: Option<&'a Path>,
     pub timeout: Duration,
+}
+
+/// How a page sends the file picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submit<'a> {
+    /// The submit button of the input's own form: the next page says how it went.
+    FormButton,
+    /// Picking the file starts the page's script (ElegantOTA): `before` runs first (a mode
+    /// chosen), and `result`, a script expression, is `''` until the page says how it went.
+    Script { before: Option<&'a str>, result: &'a str },
 }
 
 /// What the person saw.
@@ -67,7 +79,8 @@ pub struct PageUpload<'a> {
 pub struct PageResult {
     /// The form page's file inputs: (name, accept).
     pub inputs: Vec<(String, String)>,
-    /// The page after the upload, as text (`document.body.innerText`).
+    /// The page after the upload, as text (`document.body.innerText`), or what the script's
+    /// `result` said.
     pub text: String,
     /// Its `<meta http-equiv=refresh>` content, if any (where the page goes next).
     pub refresh: Option<String>,
@@ -127,7 +140,10 @@ mod driver {
             .map_err(driver)?
             .into_value()
             .map_err(driver)?;
-        let selector = format!("input[type=file][name='{}']", up.input);
+        if let super::Submit::Script { before: Some(js), .. } = up.submit {
+            page.evaluate(js).await.map_err(driver)?;
+        }
+        let selector = up.input.to_string();
         let input =
             page.find_element(&selector).await.map_err(|_| BrowserError::Missing(selector.clone()))?;
         let file = up.file.to_string_lossy().into_owned();
@@ -136,7 +152,24 @@ mod driver {
             .backend_node_id(input.backend_node_id)
             .build()
             .map_err(BrowserError::Driver)?;
+        // Chromium fires the input's `change` as a person's pick does.
         page.execute(pick).await.map_err(driver)?;
+        if let super::Submit::Script { result, .. } = up.submit {
+            let text = loop {
+                let said: String =
+                    page.evaluate(result).await.map_err(driver)?.into_value().map_err(driver)?;
+                if !said.is_empty() {
+                    break said;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            };
+            if let Some(path) = up.screenshot {
+                page.save_screenshot(ScreenshotParams::builder().full_page(true).build(), path)
+                    .await
+                    .map_err(driver)?;
+            }
+            return Ok(PageResult { inputs, text, refresh: None });
+        }
         // The submit button of the input's own form, pressed after this call returns: the
         // navigation it starts replaces the page the call runs in.
         input

@@ -4,6 +4,7 @@
 //! The scenario loader and the runner ask the registry; neither names a path.
 
 pub mod arduino;
+pub mod elegant_ota;
 pub mod esphome;
 pub mod homie;
 pub mod homie1;
@@ -68,8 +69,15 @@ pub struct Needs {
 
 /// Every path, in the order messages list them; the first is what an `ota:` step without
 /// `via` uses.
-pub const PATHS: &[PathEntry] =
-    &[esphome::ENTRY, arduino::ENTRY, homie::ENTRY, homie1::ENTRY, mqtt_pull::ENTRY, web_form::ENTRY];
+pub const PATHS: &[PathEntry] = &[
+    esphome::ENTRY,
+    arduino::ENTRY,
+    homie::ENTRY,
+    homie1::ENTRY,
+    mqtt_pull::ENTRY,
+    web_form::ENTRY,
+    elegant_ota::ENTRY,
+];
 
 /// The path registered as `name`.
 pub fn by_name(name: &str) -> Option<&'static PathEntry> {
@@ -266,6 +274,58 @@ pub struct UpdateCx<'a> {
     pub artifacts: &'a Artifacts,
 }
 
+/// A browser step's page: where it is and how a person uses it.
+pub struct BrowserPage<'a> {
+    pub url: &'a str,
+    pub credentials: Option<(&'a str, &'a str)>,
+    /// The file input (a CSS selector) and how the page sends what is picked.
+    pub input: &'a str,
+    pub submit: crate::browser::Submit<'a>,
+    /// The end of the screenshot's file name.
+    pub screenshot: &'a str,
+}
+
+/// Runs a browser step: the image written as the file a person picks (named `file_name`),
+/// the page driven in a fresh Chromium, its final screenshot kept with the label `label` makes
+/// from what the page said. `Ok(Err(outcome))`: the browser did not finish (the step's
+/// outcome); `Err`: no browser here.
+pub fn in_browser(
+    cx: &UpdateCx<'_>,
+    file_name: &str,
+    page: &BrowserPage<'_>,
+    label: impl FnOnce(&crate::browser::PageResult) -> String,
+) -> Result<Result<crate::browser::PageResult, Outcome>, Unavailable> {
+    use crate::browser::{BrowserError, PageUpload};
+    crate::browser::available().map_err(|e| Unavailable(e.to_string()))?;
+    let dir = tempfile::tempdir().map_err(|e| Unavailable(format!("a directory for the file: {e}")))?;
+    let file = dir.path().join(file_name);
+    std::fs::write(&file, cx.image).map_err(|e| Unavailable(format!("writing {}: {e}", file.display())))?;
+    let screenshot = cx.artifacts.next_path(page.screenshot);
+    let upload = PageUpload {
+        url: page.url,
+        credentials: page.credentials,
+        file: &file,
+        input: page.input,
+        submit: page.submit,
+        screenshot: screenshot.as_deref(),
+        timeout: cx.timeout,
+    };
+    let result = match cx.rt.block_on(crate::browser::upload(&upload)) {
+        Ok(result) => result,
+        Err(e @ (BrowserError::NotBuilt | BrowserError::NotFound(_))) => {
+            return Err(Unavailable(e.to_string()));
+        }
+        Err(e) => {
+            let phase = crate::client::Phase::End;
+            return Ok(Err(Outcome::Interrupted { phase, sent: 0, detail: e.to_string() }));
+        }
+    };
+    if let Some(path) = screenshot.filter(|p| p.is_file()) {
+        cx.artifacts.keep(label(&result), path);
+    }
+    Ok(Ok(result))
+}
+
 /// Where a run keeps the files its steps make for people to look at, and which ones it kept.
 #[derive(Debug, Default)]
 pub struct Artifacts {
@@ -397,7 +457,7 @@ mod tests {
             assert!(!(p.outcomes)().is_empty(), "{} names no outcome", p.name);
         }
         assert_eq!(PATHS[0].name, "esphome", "an ota step without `via` is ESPHome's");
-        assert_eq!(names(), "esphome, arduino, homie, homie1, mqtt_pull, web_form");
+        assert_eq!(names(), "esphome, arduino, homie, homie1, mqtt_pull, web_form, elegant_ota");
         for core in UpdatePath::ALL {
             assert_eq!(of_core(core).map(|p| p.name), Some(core.name()), "the sweep on {core}");
         }

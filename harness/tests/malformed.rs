@@ -64,3 +64,28 @@ fn a_password_the_device_cannot_store() {
     let e = load_err("g.yaml", &format!("name: g\ndevice:\n  firmware: v1\n  password: {long}\nsteps: []\n"));
     assert!(e.starts_with("DIR/g.yaml:4:13: password of 65 bytes: the device stores at most 64"), "{e}");
 }
+
+#[test]
+fn elegant_ota_steps_say_what_they_need_and_refuse_faults_a_browser_has_not() {
+    let e = load_err(
+        "e1.yaml",
+        "name: e1\ndevice: { firmware: v1 }\nsteps:\n  - ota: { via: elegant_ota, image: v2, expect: ok }\n",
+    );
+    assert!(e.starts_with("DIR/e1.yaml:4:") && e.contains("add `elegant_ota: {}` under `device`"), "{e}");
+    let both = "name: e2\ndevice: { firmware: v1, web_form: {}, elegant_ota: {} }\nsteps:\n  - ota: { via: elegant_ota, image: v2, expect: ok }\n";
+    let e = load_err("e2.yaml", both);
+    assert!(e.starts_with("DIR/e2.yaml:4:") && e.contains("share port 80"), "{e}");
+    let e = load_err(
+        "e3.yaml",
+        "name: e3\ndevice: { firmware: v1, elegant_ota: {} }\nsteps:\n  - ota: { via: elegant_ota, image: v2, hash: 'a b', expect: ok }\n",
+    );
+    assert!(e.starts_with("DIR/e3.yaml:4:") && e.contains("hash `a b`"), "{e}");
+    let e = load_err(
+        "e4.yaml",
+        "name: e4\ndevice: { firmware: v1, elegant_ota: {} }\nsteps:\n  - ota: { via: elegant_ota, image: v2, browser: true, start: false, expect: ok }\n",
+    );
+    assert!(e.contains("start: the harness client's fault"), "{e}");
+    let e =
+        load_err("e5.yaml", "name: e5\ndevice: { firmware: v1, elegant_ota: { user: admin } }\nsteps: []\n");
+    assert!(e.starts_with("DIR/e5.yaml:2:") && e.contains("user without password"), "{e}");
+}

@@ -551,6 +551,7 @@ fn build_firmware(link: FirmwareLink) -> anyhow::Result<()> {
 
 const FUZZ_TARGETS: &[&str] = &[
     "arduino_server",
+    "elegant_ota",
     "esphome_server",
     "flash_formats",
     "homie",

@@ -294,7 +294,8 @@ pub const TAGS: &[&str] =
     &["boot", "app", "config", "net", "rollback", "ota", "arduino", "mqtt", "pull", "homie", "homie1"];
 
 /// The app's own tags: every line with one of these comes from `ota-core`, on any backend.
-pub const APP_TAGS: &[&str] = &["app", "rollback", "ota", "arduino", "mqtt", "pull", "homie", "homie1"];
+pub const APP_TAGS: &[&str] =
+    &["app", "rollback", "ota", "arduino", "mqtt", "pull", "homie", "homie1", "web", "elegant"];
 
 /// The beginnings of the bootloader lines whose text is ESP-IDF's own: the real bootloader prints
 /// them too, so a log filtered to these (plus [`APP_TAGS`]) reads the same on every backend. The

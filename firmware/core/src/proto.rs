@@ -4,6 +4,7 @@
 //! protocol's codes and texts. Sockets, timers and reboots belong to the adapters.
 
 pub mod arduino;
+pub mod elegant_ota;
 pub mod esphome;
 pub mod homie;
 pub mod homie1;
@@ -28,16 +29,19 @@ pub enum UpdatePath {
     Homie1,
     /// The Arduino `/update` upload form (`HTTPUpdateServer`: a multipart POST from a browser).
     WebForm,
+    /// ElegantOTA v3's portal (`/ota/start`, then a multipart `POST /ota/upload`).
+    ElegantOta,
 }
 
 impl UpdatePath {
-    pub const ALL: [UpdatePath; 6] = [
+    pub const ALL: [UpdatePath; 7] = [
         UpdatePath::Esphome,
         UpdatePath::Arduino,
         UpdatePath::Homie,
         UpdatePath::MqttPull,
         UpdatePath::Homie1,
         UpdatePath::WebForm,
+        UpdatePath::ElegantOta,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +52,7 @@ impl UpdatePath {
             UpdatePath::MqttPull => "mqtt_pull",
             UpdatePath::Homie1 => "homie1",
             UpdatePath::WebForm => "web_form",
+            UpdatePath::ElegantOta => "elegant_ota",
         }
     }
 
@@ -87,6 +92,7 @@ impl UpdatePath {
             UpdatePath::MqttPull => mqtt_pull::script::upload(u),
             UpdatePath::Homie1 => homie1::script::upload(u),
             UpdatePath::WebForm => web_form::script::upload(u),
+            UpdatePath::ElegantOta => elegant_ota::script::upload(u),
         }
     }
 }

@@ -41,12 +41,16 @@ pub enum Rejected {
     ProtocolOutOfRange(u8),
     AuthSchemeOutOfRange(u8),
     NotAnAddress,
-    NotATopic { max_len: usize },
+    NotATopic {
+        max_len: usize,
+    },
     VersionCheckOutOfRange(u8),
     ZeroTimeout,
     NotACertificate(crate::pem::PemError),
     NotATime,
     NotAFlag(u8),
+    /// A web page set other than 0 (none), 1 (the form) or 2 (ElegantOTA).
+    NotAPageSet(u8),
 }
 
 impl core::fmt::Display for Rejected {
@@ -65,6 +69,9 @@ impl core::fmt::Display for Rejected {
             Rejected::NotACertificate(e) => write!(f, "not a PEM certificate ({e})"),
             Rejected::NotATime => f.write_str("not seconds since 1970"),
             Rejected::NotAFlag(v) => write!(f, "{v} is not 0 or 1"),
+            Rejected::NotAPageSet(v) => {
+                write!(f, "{v} is not 0 (off), 1 (the upload form) or 2 (ElegantOTA)")
+            }
         }
     }
 }

@@ -73,19 +73,37 @@ impl WifiCredentials {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum NetLine<'a> {
-    WifiJoining { ssid: &'a str, from: Source },
-    WifiJoined { channel: u8 },
-    WifiJoinFailed { reason: &'a str, retry_in_s: u8 },
+    WifiJoining {
+        ssid: &'a str,
+        from: Source,
+    },
+    WifiJoined {
+        channel: u8,
+    },
+    WifiJoinFailed {
+        reason: &'a str,
+        retry_in_s: u8,
+    },
     WifiNoCredentials,
-    NetAddress { ip: [u8; 4], prefix: u8, dhcp: bool },
+    NetAddress {
+        ip: [u8; 4],
+        prefix: u8,
+        dhcp: bool,
+    },
     NetAddressLost,
+    /// A connection's send buffers were full: `dropped` bytes of what a path sent are lost (its
+    /// peer sees a short answer). A path that sends more than a socket and its outbox hold at
+    /// once needs streaming the adapter does not offer yet.
+    SendOverflow {
+        dropped: u32,
+    },
 }
 
 impl ModuleLine for NetLine<'_> {
     fn level(&self) -> Level {
         use NetLine::*;
         match self {
-            WifiNoCredentials => Level::Error,
+            WifiNoCredentials | SendOverflow { .. } => Level::Error,
             WifiJoinFailed { .. } | NetAddressLost => Level::Warn,
             WifiJoining { .. } | WifiJoined { .. } | NetAddress { .. } => Level::Info,
         }
@@ -111,6 +129,9 @@ impl fmt::Display for NetLine<'_> {
                 write!(f, "address {a}.{b}.{c}.{d}/{prefix} ({})", if *dhcp { "dhcp" } else { "static" })
             }
             NetAddressLost => f.write_str("DHCP lease lost: no address until it is renewed"),
+            SendOverflow { dropped } => {
+                write!(f, "send buffers full: {dropped} bytes of an answer dropped")
+            }
         }
     }
 }

@@ -92,6 +92,10 @@ pub enum OtaError {
     RollbackInvalidState,
     /// `ESP_ERR_INVALID_SIZE`: the image does not fit the partition (nothing was erased).
     InvalidSize { size: u32, partition: u32 },
+    /// `ESP_ERR_INVALID_SIZE` from a write: the image runs past the partition (or past the size
+    /// `Update.begin` was told). How far past depends on how the bytes were chunked, so it is
+    /// not reported: the log reads the same on every backend.
+    PastEnd { partition: u32 },
     /// `ESP_ERR_OTA_VALIDATE_FAILED` from `esp_ota_write`: first byte is not 0xE9.
     InvalidMagic { found: u8 },
     /// `ESP_ERR_INVALID_ARG` from `esp_ota_end`: nothing was written.
@@ -116,7 +120,7 @@ impl OtaError {
             OtaError::NoUpdatePartition | OtaError::NoOtadata => 0x105,
             OtaError::PartitionConflict => 0x1501,
             OtaError::RollbackInvalidState => 0x1506,
-            OtaError::InvalidSize { .. } => 0x104,
+            OtaError::InvalidSize { .. } | OtaError::PastEnd { .. } => 0x104,
             OtaError::InvalidMagic { .. } | OtaError::Validate(_) => 0x1503,
             OtaError::NothingWritten | OtaError::NotStarted | OtaError::BadResumeOffset { .. } => 0x102,
             OtaError::Flash(_) => 0x6001,
@@ -131,6 +135,9 @@ impl fmt::Display for OtaError {
             OtaError::PartitionConflict => f.write_str("cannot update the running partition"),
             OtaError::RollbackInvalidState => {
                 f.write_str("Running app has not confirmed state (ESP_OTA_IMG_PENDING_VERIFY)")
+            }
+            OtaError::PastEnd { partition } => {
+                write!(f, "the image runs past the {partition}-byte partition")
             }
             OtaError::InvalidSize { size, partition } => {
                 write!(f, "image of {size} bytes does not fit the {partition}-byte partition")
@@ -350,21 +357,18 @@ impl OtaUpdate {
         if self.written == 0 && data[0] != crate::image::IMAGE_MAGIC {
             return Err(OtaError::InvalidMagic { found: data[0] });
         }
-        if self.written as u64 + data.len() as u64 > self.target.size as u64 {
-            return Err(OtaError::InvalidSize {
-                size: self.written + data.len() as u32,
-                partition: self.target.size,
-            });
+        // `Update.write` checks `len > remaining()` (the size `begin` was told, which the form
+        // declares smaller than the slot and ArduinoOTA exactly) before anything reaches
+        // `esp_ota_write`: that check first, or which of the two a piece crosses would depend
+        // on how the bytes were chunked.
+        let end = self.written as u64 + data.len() as u64;
+        if self.config.update_library && self.size != 0 && end > self.size as u64 {
+            return Err(OtaError::PastEnd { partition: self.size });
+        }
+        if end > self.target.size as u64 {
+            return Err(OtaError::PastEnd { partition: self.target.size });
         }
         if self.config.update_library {
-            // `Update.write`: `len > remaining()` is "Not Enough Space" (the size `begin` was
-            // told, which the form declares larger than any file and ArduinoOTA exactly).
-            if self.size != 0 && self.written as u64 + data.len() as u64 > self.size as u64 {
-                return Err(OtaError::InvalidSize {
-                    size: self.written + data.len() as u32,
-                    partition: self.size,
-                });
-            }
             return self.buffer_write(flash, data);
         }
         let at = self.written;
@@ -820,7 +824,7 @@ mod tests {
         let mut u = OtaUpdate::begin(&mut f, &t, &running, &target, 10, cfg).unwrap();
         u.write(&mut f, &[0xE9]).unwrap();
         let big = vec![0u8; 0x1C0000];
-        assert!(matches!(u.write(&mut f, &big).unwrap_err(), OtaError::InvalidSize { .. }));
+        assert!(matches!(u.write(&mut f, &big).unwrap_err(), OtaError::PastEnd { .. }));
     }
 
     #[test]

@@ -72,11 +72,15 @@ pub struct SettingsArgs {
     /// Serve the Arduino `/update` upload form on the web port (off unless given).
     #[arg(long)]
     pub web_form: bool,
-    /// The form's user (with `--web-password`: authentication only with both).
-    #[arg(long, requires_all = ["web_form", "web_password"])]
+    /// Serve ElegantOTA's portal on the web port instead (`/update`, `/ota/start`,
+    /// `/ota/upload`; off unless given).
+    #[arg(long, conflicts_with = "web_form")]
+    pub elegant_ota: bool,
+    /// The web pages' user (with `--web-password`: authentication only with both).
+    #[arg(long, requires = "web_password")]
     pub web_user: Option<String>,
-    /// The form's password (with `--web-user`).
-    #[arg(long, requires_all = ["web_form", "web_user"])]
+    /// The web pages' password (with `--web-user`).
+    #[arg(long, requires = "web_user")]
     pub web_password: Option<String>,
 }
 
@@ -109,7 +113,8 @@ impl SettingsArgs {
             || self.mqtt_broker.is_some()
             || self.homie_broker.is_some()
             || self.homie1_broker.is_some()
-            || self.web_form;
+            || self.web_form
+            || self.elegant_ota;
         if homie_only && self.homie_broker.is_none() && self.homie1_broker.is_none() {
             bail!("--homie-id and --homie-ota need --homie-broker or --homie1-broker");
         }
@@ -177,7 +182,17 @@ impl SettingsArgs {
         if let Some(p) = &homie1 {
             paths.push(p);
         }
-        let web = self.web_form.then_some(ota_core::proto::web_form::settings::Provision {
+        use ota_core::proto::web_form::settings::{self as web, Pages};
+        let pages = match (self.web_form, self.elegant_ota) {
+            (true, _) => Some(Pages::Form),
+            (_, true) => Some(Pages::ElegantOta),
+            _ if self.web_user.is_some() => {
+                anyhow::bail!("--web-user and --web-password need --web-form or --elegant-ota")
+            }
+            _ => None,
+        };
+        let web = pages.map(|pages| web::Provision {
+            pages,
             user: self.web_user.as_deref(),
             password: self.web_password.as_deref(),
         });

@@ -124,12 +124,14 @@ impl Outbox {
         Outbox { bytes: [0; 2048], len: 0 }
     }
 
-    /// Queues `bytes`. A path sends a few bytes per piece it receives, and short requests and
-    /// statuses; 2 KiB is never reached while the sockets drain between polls.
-    fn push(&mut self, bytes: &[u8]) {
+    /// Queues `bytes`; returns how many did not fit. A path sends a few bytes per piece it
+    /// receives, short requests and statuses, and pages that fit a web socket's 4 KiB window
+    /// (they go to the socket first); this holds what the window has no room for yet.
+    fn push(&mut self, bytes: &[u8]) -> usize {
         let n = bytes.len().min(self.bytes.len() - self.len);
         self.bytes[self.len..self.len + n].copy_from_slice(&bytes[..n]);
         self.len += n;
+        bytes.len() - n
     }
 
     fn drain_into(&mut self, socket: &mut tcp::Socket<'_>) {
@@ -333,8 +335,19 @@ impl<L: FnMut(&LogEvent<'_>)> Io for Pump<'_, '_, L> {
 
     fn send(&mut self, link: LinkId, bytes: &[u8]) {
         let Some(c) = self.links.conn(link) else { return };
-        c.out.push(bytes);
-        c.out.drain_into(self.sockets.get_mut::<tcp::Socket>(c.handle));
+        let socket = self.sockets.get_mut::<tcp::Socket>(c.handle);
+        c.out.drain_into(socket);
+        let mut rest = bytes;
+        // In order: straight into the socket only when nothing waits before these bytes.
+        if c.out.len == 0
+            && let Ok(n) = socket.send_slice(rest)
+        {
+            rest = &rest[n..];
+        }
+        let dropped = c.out.push(rest);
+        if dropped > 0 {
+            (self.log)(&LogEvent::Module(&NetLine::SendOverflow { dropped: dropped as u32 }));
+        }
     }
 
     fn close(&mut self, link: LinkId) {
@@ -401,9 +414,11 @@ pub fn serve<D: Device, W: LinkWatch, L: FnMut(&LogEvent<'_>)>(
         )),
     ];
     // The second listener's (the web server's): a browser's upload streams in through an 8 KiB
-    // window; its answers are short pages.
-    let (mut rx_c, mut tx_c) = ([0u8; 8 * 1024], [0u8; 2 * 1024]);
-    let (mut rx_d, mut tx_d) = ([0u8; 8 * 1024], [0u8; 2 * 1024]);
+    // window; its answers are pages of up to 4 KiB (ElegantOTA's portal is 3.4 KiB), sent at
+    // once: with 2 KiB here and the 2 KiB outbox the portal lost its end and Chromium waited.
+    const ANSWER: usize = ota_core::proto::http_server::ANSWER_MAX;
+    let (mut rx_c, mut tx_c) = ([0u8; 8 * 1024], [0u8; ANSWER]);
+    let (mut rx_d, mut tx_d) = ([0u8; 8 * 1024], [0u8; ANSWER]);
     let listen_web = [
         sockets.add(tcp::Socket::new(
             tcp::SocketBuffer::new(&mut rx_c[..]),

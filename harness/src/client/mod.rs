@@ -4,6 +4,7 @@
 //! errors). [`UpdatePath`] is the registry: adding a path is one module and one variant.
 
 pub mod arduino;
+pub mod elegant_ota;
 pub mod esphome;
 pub mod web_form;
 

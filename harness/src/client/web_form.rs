@@ -23,6 +23,8 @@ const ANSWER_MAX: usize = 64 * 1024;
 /// One upload as a scenario describes it.
 #[derive(Debug, Clone)]
 pub struct FormUpload<'a> {
+    /// Where the POST goes (`/update`; ElegantOTA's `/ota/upload`).
+    pub path: &'a str,
     pub image: &'a [u8],
     pub file_name: &'a str,
     /// The form field's name (`firmware`, or `filesystem` for the other form).
@@ -57,40 +59,54 @@ fn request(up: &FormUpload<'_>) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     .into_bytes();
     let tail = format!("\r\n--{BOUNDARY}--\r\n").into_bytes();
     let length = up.content_length.unwrap_or((part_head.len() + up.image.len() + tail.len()) as u64);
-    let auth = match up.credentials {
+    let auth = authorization(up.credentials);
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: device\r\n{auth}Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
+         Content-Length: {length}\r\nConnection: close\r\n\r\n",
+        up.path
+    )
+    .into_bytes();
+    (head, part_head, tail)
+}
+
+/// The `Authorization` header line for Basic `credentials` (empty for none).
+pub(crate) fn authorization(credentials: Option<(&str, &str)>) -> String {
+    match credentials {
         Some((user, password)) => {
             let token =
                 String::from_utf8_lossy(&super::base64(format!("{user}:{password}").as_bytes())).into_owned();
             format!("Authorization: Basic {token}\r\n")
         }
         None => String::new(),
-    };
-    let head = format!(
-        "POST /update HTTP/1.1\r\nHost: device\r\n{auth}Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\
-         Content-Length: {length}\r\nConnection: close\r\n\r\n"
-    )
-    .into_bytes();
-    (head, part_head, tail)
+    }
 }
 
 /// Runs the upload against `addr`. Never panics on what the device does.
 pub async fn upload(addr: SocketAddr, up: &FormUpload<'_>) -> Outcome {
-    let progress = Progress::default();
-    match tokio::time::timeout(up.timeout, session(addr, up, &progress)).await {
-        Ok(outcome) => outcome,
-        Err(_) => Outcome::Interrupted {
-            phase: progress.phase(),
-            sent: progress.sent(),
-            detail: format!("client timeout after {:?}", up.timeout),
-        },
+    match post(addr, up).await {
+        Ok(answer) => judge(&answer),
+        Err(outcome) => outcome,
     }
 }
 
-async fn session(addr: SocketAddr, up: &FormUpload<'_>, progress: &Progress) -> Outcome {
+/// The POST: the device's whole answer, or how the exchange ended without one.
+pub(crate) async fn post(addr: SocketAddr, up: &FormUpload<'_>) -> Result<Vec<u8>, Outcome> {
+    let progress = Progress::default();
+    match tokio::time::timeout(up.timeout, session(addr, up, &progress)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(Outcome::Interrupted {
+            phase: progress.phase(),
+            sent: progress.sent(),
+            detail: format!("client timeout after {:?}", up.timeout),
+        }),
+    }
+}
+
+async fn session(addr: SocketAddr, up: &FormUpload<'_>, progress: &Progress) -> Result<Vec<u8>, Outcome> {
     progress.enter(Phase::Connect);
     let mut stream = match TcpStream::connect(addr).await {
         Ok(s) => s,
-        Err(e) => return Outcome::Interrupted { phase: Phase::Connect, sent: 0, detail: e.to_string() },
+        Err(e) => return Err(Outcome::Interrupted { phase: Phase::Connect, sent: 0, detail: e.to_string() }),
     };
     let (head, part_head, tail) = request(up);
     progress.enter(Phase::Data);
@@ -98,22 +114,22 @@ async fn session(addr: SocketAddr, up: &FormUpload<'_>, progress: &Progress) -> 
     // is then no failure, the answer is.
     let sent = send_body(&mut stream, up, &head, &part_head, &tail, progress).await;
     if let Err(Stopped::Disconnected) = sent {
-        return Outcome::Disconnected { sent: progress.sent() };
+        return Err(Outcome::Disconnected { sent: progress.sent() });
     }
     progress.enter(Phase::End);
     let answer = read_answer(&mut stream).await;
     match (answer, sent) {
-        (Ok(a), _) if !a.is_empty() => judge(&a),
+        (Ok(a), _) if !a.is_empty() => Ok(a),
         (_, Err(Stopped::Write(e))) => {
-            Outcome::Interrupted { phase: Phase::Data, sent: progress.sent(), detail: e }
+            Err(Outcome::Interrupted { phase: Phase::Data, sent: progress.sent(), detail: e })
         }
-        (Ok(_), _) => Outcome::Interrupted {
+        (Ok(_), _) => Err(Outcome::Interrupted {
             phase: Phase::End,
             sent: progress.sent(),
             detail: "the device closed without an answer".into(),
-        },
+        }),
         (Err(e), _) => {
-            Outcome::Interrupted { phase: Phase::End, sent: progress.sent(), detail: e.to_string() }
+            Err(Outcome::Interrupted { phase: Phase::End, sent: progress.sent(), detail: e.to_string() })
         }
     }
 }
@@ -172,7 +188,7 @@ async fn send_body(
 }
 
 /// Reads until the device closes (every answer of the form closes its connection).
-async fn read_answer(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+pub(crate) async fn read_answer(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -245,6 +261,7 @@ mod tests {
     #[test]
     fn the_request_is_a_browsers_multipart_post() {
         let up = FormUpload {
+            path: "/update",
             image: b"IMAGE",
             file_name: "v2.bin",
             part: "firmware",

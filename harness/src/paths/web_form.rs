@@ -67,20 +67,27 @@ fn credential(
 }
 
 fn device_section(options: Options, cx: &Ctx<'_>) -> Result<DeviceSection, ScenarioError> {
-    let (raw, spans): (RawSection, _) = options.rest("device `web_form`", cx)?;
+    Ok(DeviceSection { credentials: section_credentials(options, "web_form", cx)? })
+}
+
+/// A web page set's section of `device:` (`{ user, password }`): its Basic credentials, both
+/// or neither.
+pub(super) fn section_credentials(
+    options: Options,
+    key: &str,
+    cx: &Ctx<'_>,
+) -> Result<Option<(String, String)>, ScenarioError> {
+    let (raw, spans): (RawSection, _) = options.rest(&format!("device `{key}`"), cx)?;
     let user = credential(raw.user, "user", &spans, cx)?;
     let password = credential(raw.password, "password", &spans, cx)?;
-    let credentials = match (user, password) {
-        (Some(u), Some(p)) => Some((u, p)),
-        (None, None) => None,
-        (Some(_), None) => {
-            return spans.err(cx, "user", "user without password: the form asks for both or neither");
-        }
+    match (user, password) {
+        (Some(u), Some(p)) => Ok(Some((u, p))),
+        (None, None) => Ok(None),
+        (Some(_), None) => spans.err(cx, "user", "user without password: the pages ask for both or neither"),
         (None, Some(_)) => {
-            return spans.err(cx, "password", "password without user: the form asks for both or neither");
+            spans.err(cx, "password", "password without user: the pages ask for both or neither")
         }
-    };
-    Ok(DeviceSection { credentials })
+    }
 }
 
 impl super::DeviceSection for DeviceSection {
@@ -93,14 +100,15 @@ impl super::DeviceSection for DeviceSection {
             Some((u, p)) => (Some(u.as_str()), Some(p.as_str())),
             None => (None, None),
         };
-        page.path(&ota_core::proto::web_form::settings::Provision { user, password })?;
+        use ota_core::proto::web_form::settings::{Pages, Provision};
+        page.path(&Provision { pages: Pages::Form, user, password })?;
         Ok(())
     }
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawStall {
+pub(super) struct RawStall {
     after_bytes: u64,
     #[serde(rename = "for")]
     pause: String,
@@ -108,7 +116,7 @@ struct RawStall {
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum RawAuth {
+pub(super) enum RawAuth {
     /// `auth: none`.
     Word(String),
     Credentials {
@@ -137,6 +145,41 @@ struct Raw {
     browser: Option<bool>,
 }
 
+/// Why a device cannot have both page sets.
+pub(super) const SHARED_PORT: &str =
+    "web_form and elegant_ota share port 80 and /update: a device serves one (drop one section)";
+
+/// The credentials a step sends: by default the ones the device asks for (the person at the
+/// browser types them), `auth: none`, or `auth: { user, password }`.
+pub(super) fn step_credentials(
+    auth: Option<RawAuth>,
+    device: &Option<(String, String)>,
+    spans: &crate::scenario::yaml::Spans,
+    cx: &Ctx<'_>,
+) -> Result<Option<(String, String)>, ScenarioError> {
+    match auth {
+        None => Ok(device.clone()),
+        Some(RawAuth::Word(w)) if w == "none" => Ok(None),
+        Some(RawAuth::Word(w)) => {
+            spans.err(cx, "auth", format!("auth `{w}`: expected `none` or {{ user: …, password: … }}"))
+        }
+        Some(RawAuth::Credentials { user, password }) => Ok(Some((user, password))),
+    }
+}
+
+/// `stall: { after_bytes, for }`.
+pub(super) fn read_stall(
+    stall: Option<RawStall>,
+    spans: &crate::scenario::yaml::Spans,
+    cx: &Ctx<'_>,
+) -> Result<Option<(u64, Duration)>, ScenarioError> {
+    let Some(st) = stall else { return Ok(None) };
+    match crate::scenario::yaml::parse_duration(&st.pause) {
+        Ok(d) => Ok(Some((st.after_bytes, d))),
+        Err(e) => spans.err(cx, "stall", crate::scenario::yaml::duration_message("stall for", &st.pause, e)),
+    }
+}
+
 /// One upload through the form.
 #[derive(Debug, Clone)]
 pub struct FormStep {
@@ -159,20 +202,11 @@ fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioErro
             "ota via web_form: the device serves no upload form: add `web_form: {}` under `device`",
         );
     };
+    if rx.sections.has("elegant_ota") {
+        return cx.err(rx.line, rx.column, SHARED_PORT);
+    }
     let (raw, spans): (Raw, _) = options.rest("web_form OTA steps", cx)?;
-    // By default the browser's user types the device's credentials.
-    let credentials = match raw.auth {
-        None => section.credentials.clone(),
-        Some(RawAuth::Word(w)) if w == "none" => None,
-        Some(RawAuth::Word(w)) => {
-            return spans.err(
-                cx,
-                "auth",
-                format!("auth `{w}`: expected `none` or {{ user: …, password: … }}"),
-            );
-        }
-        Some(RawAuth::Credentials { user, password }) => Some((user, password)),
-    };
+    let credentials = step_credentials(raw.auth, &section.credentials, &spans, cx)?;
     let part = match raw.part {
         None => "firmware".to_string(),
         Some(p) if !p.is_empty() && p.len() <= 64 && p.bytes().all(|b| b.is_ascii_graphic() && b != b'"') => {
@@ -186,19 +220,7 @@ fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioErro
             );
         }
     };
-    let stall = match raw.stall {
-        None => None,
-        Some(st) => match crate::scenario::yaml::parse_duration(&st.pause) {
-            Ok(d) => Some((st.after_bytes, d)),
-            Err(e) => {
-                return spans.err(
-                    cx,
-                    "stall",
-                    crate::scenario::yaml::duration_message("stall for", &st.pause, e),
-                );
-            }
-        },
-    };
+    let stall = read_stall(raw.stall, &spans, cx)?;
     let send_delay =
         super::duration_option(raw.send_delay.as_ref().map(|t| t.0.as_str()), "send_delay", &spans, cx)?;
     let browser = raw.browser.unwrap_or(false);
@@ -250,6 +272,7 @@ impl PathUpdate for FormStep {
             return self.in_browser(cx, endpoint, &file_name);
         }
         let upload = FormUpload {
+            path: ota_core::proto::web_form::FORM_PATH,
             image: cx.image,
             file_name: &file_name,
             part: &self.part,
@@ -283,41 +306,22 @@ impl FormStep {
         endpoint: std::net::SocketAddr,
         file_name: &str,
     ) -> Result<Outcome, Unavailable> {
-        use crate::browser::{BrowserError, PageUpload};
-        crate::browser::available().map_err(|e| Unavailable(e.to_string()))?;
-        let dir = tempfile::tempdir().map_err(|e| Unavailable(format!("a directory for the file: {e}")))?;
-        let file = dir.path().join(file_name);
-        std::fs::write(&file, cx.image)
-            .map_err(|e| Unavailable(format!("writing {}: {e}", file.display())))?;
         let url = format!("http://{endpoint}{}", ota_core::proto::web_form::FORM_PATH);
-        let screenshot = cx.artifacts.next_path(&format!("{}-page.png", self.part));
-        let upload = PageUpload {
+        let input = format!("input[type=file][name='{}']", self.part);
+        let page = super::BrowserPage {
             url: &url,
             credentials: self.credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
-            file: &file,
-            input: &self.part,
-            screenshot: screenshot.as_deref(),
-            timeout: cx.timeout,
+            input: &input,
+            submit: crate::browser::Submit::FormButton,
+            screenshot: &format!("{}-page.png", self.part),
         };
-        let page = match cx.rt.block_on(crate::browser::upload(&upload)) {
-            Ok(page) => page,
-            Err(e @ (BrowserError::NotBuilt | BrowserError::NotFound(_))) => {
-                return Err(Unavailable(e.to_string()));
-            }
-            Err(e) => {
-                return Ok(Outcome::Interrupted {
-                    phase: crate::client::Phase::End,
-                    sent: 0,
-                    detail: e.to_string(),
-                });
-            }
+        let label = |p: &crate::browser::PageResult| {
+            format!("after uploading {file_name} through the {} form: {}", self.part, p.text.trim())
         };
-        if let Some(path) = screenshot.filter(|p| p.is_file()) {
-            let label =
-                format!("after uploading {file_name} through the {} form: {}", self.part, page.text.trim());
-            cx.artifacts.keep(label, path);
-        }
-        Ok(judge_page(&page))
+        Ok(match super::in_browser(cx, file_name, &page, label)? {
+            Ok(result) => judge_page(&result),
+            Err(outcome) => outcome,
+        })
     }
 }
 

@@ -116,7 +116,7 @@ const UPLOADER: SocketAddr = SocketAddr::new(core::net::IpAddr::V4(core::net::Ip
 #[test]
 fn every_path_boots_from_its_settings_and_opens_links_named_by_its_index() {
     let (mut flash, mut app, lines) = booted_device();
-    assert_eq!(PATHS, ["esphome", "arduino", "mqtt_pull", "homie", "homie1", "web_form"]);
+    assert_eq!(PATHS, ["esphome", "arduino", "mqtt_pull", "homie", "homie1", "web_form", "elegant_ota"]);
     assert!(
         lines.iter().any(|l| l.contains("config: OTA password none (built in), protocol 2 (built in)")),
         "{lines:?}"
@@ -126,6 +126,7 @@ fn every_path_boots_from_its_settings_and_opens_links_named_by_its_index() {
     assert!(!app.serves::<RamFlash>("homie"), "no broker in NVS: Homie is off");
     assert!(!app.serves::<RamFlash>("homie1"), "no broker in NVS: Homie 1.x is off");
     assert!(!app.serves::<RamFlash>("web_form"), "not provisioned: no web server");
+    assert!(!app.serves::<RamFlash>("elegant_ota"), "not provisioned: no web server");
     let (mut io, mut rng) = (Recorded::default(), Zeros);
     app.start(&mut env(&mut flash, 0, &mut io, &mut rng));
     assert_eq!(io.requests, ["listen 0.0 3232", "bind 1.0 3232"]);
@@ -336,4 +337,20 @@ fn the_web_form_listens_when_provisioned_and_only_an_upload_holds_the_device() {
     assert!(!app.busy::<RamFlash>());
     assert!(io.requests.contains(&"exchange over".to_string()), "{:?}", io.requests);
     assert!(io.lines.iter().any(|l| l.contains("web: upload aborted after")), "{:?}", io.lines);
+}
+
+#[test]
+fn the_web_setting_picks_one_page_set_for_port_80() {
+    use crate::proto::web_form::settings::{Pages, Provision};
+    for (pages, on, off) in
+        [(Pages::Form, "web_form", "elegant_ota"), (Pages::ElegantOta, "elegant_ota", "web_form")]
+    {
+        let web = Provision { pages, user: None, password: None };
+        let (mut flash, mut app, lines) = booted_with(Some(&[&web]));
+        assert!(app.serves::<RamFlash>(on) && !app.serves::<RamFlash>(off), "{pages:?}");
+        assert_eq!(lines.iter().filter(|l| l.contains("on TCP port 80")).count(), 1, "{lines:?}");
+        let (mut io, mut rng) = (Recorded::default(), Zeros);
+        app.start(&mut env(&mut flash, 0, &mut io, &mut rng));
+        assert_eq!(io.requests.iter().filter(|r| r.ends_with(" 80")).count(), 1, "{:?}", io.requests);
+    }
 }

@@ -151,7 +151,7 @@ impl UpdateError {
     pub(crate) fn at_write(e: &OtaError) -> Self {
         match e {
             OtaError::InvalidMagic { .. } => UpdateError::MagicByte,
-            OtaError::InvalidSize { .. } => UpdateError::Space,
+            OtaError::InvalidSize { .. } | OtaError::PastEnd { .. } => UpdateError::Space,
             _ => UpdateError::Write,
         }
     }

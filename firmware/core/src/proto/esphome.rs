@@ -113,7 +113,7 @@ pub fn code_by_name(name: &str) -> Option<u8> {
 /// Error codes ESPHome's ESP-IDF backend sends for writer errors, per call.
 fn begin_error_code(e: &OtaError) -> u8 {
     match e {
-        OtaError::InvalidSize { .. } => code::ERROR_ESP32_NOT_ENOUGH_SPACE,
+        OtaError::InvalidSize { .. } | OtaError::PastEnd { .. } => code::ERROR_ESP32_NOT_ENOUGH_SPACE,
         OtaError::NoUpdatePartition => code::ERROR_NO_UPDATE_PARTITION,
         OtaError::Flash(_) => code::ERROR_WRITING_FLASH,
         _ => code::ERROR_UNKNOWN,

@@ -286,7 +286,7 @@ impl PullError {
             PullError::Truncated { .. } => "truncated",
             PullError::Stalled { .. } => "stalled",
             PullError::Body(_) => "bad_body",
-            PullError::Ota(OtaError::InvalidSize { .. }) => "image_too_large",
+            PullError::Ota(OtaError::InvalidSize { .. } | OtaError::PastEnd { .. }) => "image_too_large",
             PullError::Ota(OtaError::InvalidMagic { .. }) => "invalid_magic",
             PullError::Ota(OtaError::Validate(_)) => "validate_failed",
             PullError::Ota(_) => "ota_failed",

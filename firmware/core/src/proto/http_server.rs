@@ -15,6 +15,10 @@ mod tests;
 /// The longest request head taken: request line and headers with their line ends
 /// (esp_http_server's `HTTPD_MAX_REQ_HDR_LEN` is 1024 in ESP-IDF 5).
 pub const HEAD_MAX: usize = 1024;
+/// The largest whole answer (head and body) a page route sends at once: the chip's web
+/// sockets take this much without the app waiting for the peer (its adapter has no
+/// backpressure to offer a path yet).
+pub const ANSWER_MAX: usize = 4 * 1024;
 /// The most headers one request may carry.
 pub const MAX_HEADERS: usize = 24;
 

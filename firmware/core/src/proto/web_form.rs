@@ -60,7 +60,7 @@ pub fn declared_size(slot_size: u32) -> u32 {
 /// How `Update.write` fails, as the form reports it. A first byte other than `0xE9` is
 /// "Decryption error" on ESP32: `Update`'s default crypt mode takes such an image for an
 /// encrypted one and has no key (spec §4).
-fn at_write(e: &OtaError) -> UpdateError {
+pub(crate) fn at_write(e: &OtaError) -> UpdateError {
     match e {
         OtaError::InvalidMagic { .. } => UpdateError::Decryption,
         e => UpdateError::at_write(e),

@@ -80,7 +80,12 @@ impl Service {
 impl<F: NorFlash> PathService<F> for Service {
     fn boot(b: &mut Boot<'_, F>) -> Option<Self> {
         let log = &mut *b.log;
-        let settings = WebFormSettings::load(b.flash, b.table, &mut |e: &LogEvent<'_>| log.log(e))?;
+        let settings =
+            WebFormSettings::load(b.flash, b.table, super::settings::Pages::Form, &mut |e: &LogEvent<
+                '_,
+            >| {
+                log.log(e)
+            })?;
         b.log.log(&LogEvent::Module(&settings.log_line(DEFAULT_PORT)));
         Some(Service { settings, desc: b.booted.image.desc, live: None, reboot: false })
     }

@@ -1,5 +1,6 @@
-//! The upload form's settings: NVS `web_form` (1: serve the form; missing or 0: the path is
-//! off, so a device provisioned for other paths shows no web server), and `web_user` /
+//! The web server's settings: NVS `web_form` picks the page set on port 80 (1: the upload form,
+//! 2: ElegantOTA; missing or 0: no web server, so a device provisioned for other paths shows
+//! none), and `web_user` /
 //! `web_password`, the Basic credentials `HTTPUpdateServer::setup(server, path, user, pass)`
 //! takes — authentication only when both are non-empty, as there.
 
@@ -56,6 +57,15 @@ impl Credentials {
     }
 }
 
+/// Which update page set port 80 serves: the two share `/update`, so a device runs one.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Pages {
+    /// `HTTPUpdateServer`'s form (`web_form` = 1).
+    Form = 1,
+    /// ElegantOTA (`web_form` = 2).
+    ElegantOta = 2,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct WebFormSettings {
     /// `None`: anyone may upload.
@@ -64,18 +74,26 @@ pub struct WebFormSettings {
 }
 
 impl WebFormSettings {
-    /// The settings NVS gives, or `None` when the form is off (each unusable value logged).
+    /// The settings NVS gives when it picks `pages`, else `None`. Each unusable value is logged
+    /// once: by the form's service, which boots first (ElegantOTA's reads the key quietly).
     pub fn load<F: ReadNorFlash>(
         flash: &mut F,
         table: &PartitionTable,
+        pages: Pages,
         log: &mut impl LogSink,
     ) -> Option<Self> {
         let part = table.nvs()?;
-        match read_u8(flash, part, KEY_WEB_FORM, log)? {
-            1 => {}
-            0 => return None,
+        let value = match pages {
+            Pages::Form => read_u8(flash, part, KEY_WEB_FORM, log)?,
+            Pages::ElegantOta => read_u8(flash, part, KEY_WEB_FORM, &mut |_: &LogEvent<'_>| {})?,
+        };
+        match value {
+            v if v == pages as u8 => {}
+            0..=2 => return None,
             v => {
-                log.log(&LogEvent::Module(&Ignored { key: KEY_WEB_FORM, why: Rejected::NotAFlag(v) }));
+                if pages == Pages::Form {
+                    log.log(&LogEvent::Module(&Ignored { key: KEY_WEB_FORM, why: Rejected::NotAPageSet(v) }));
+                }
                 return None;
             }
         }
@@ -102,11 +120,18 @@ impl WebFormSettings {
     }
 }
 
-/// The form's provisioned settings: on, with credentials or without.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+/// The web server's provisioned settings: a page set, with credentials or without.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Provision<'a> {
+    pub pages: Pages,
     pub user: Option<&'a str>,
     pub password: Option<&'a str>,
+}
+
+impl Default for Provision<'_> {
+    fn default() -> Self {
+        Provision { pages: Pages::Form, user: None, password: None }
+    }
 }
 
 impl crate::provision::PathProvision for Provision<'_> {
@@ -126,6 +151,6 @@ impl crate::provision::PathProvision for Provision<'_> {
             }
             page.str(key, value)?;
         }
-        page.u8(KEY_WEB_FORM, 1)
+        page.u8(KEY_WEB_FORM, self.pages as u8)
     }
 }

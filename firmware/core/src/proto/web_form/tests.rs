@@ -418,25 +418,41 @@ fn settings_are_off_unless_provisioned_and_credentials_need_both_halves() {
     use crate::testutil::{BASE_SETTINGS, provisioned_flash};
     let (mut flash, table) = provisioned_flash(Some(&provisioning_page(&BASE_SETTINGS, &[]).unwrap()));
     assert_eq!(
-        settings::WebFormSettings::load(&mut flash, &table, &mut |_: &crate::log::LogEvent<'_>| {}),
+        settings::WebFormSettings::load(
+            &mut flash,
+            &table,
+            settings::Pages::Form,
+            &mut |_: &crate::log::LogEvent<'_>| {}
+        ),
         None
     );
-    let on = settings::Provision { user: Some("admin"), password: Some("admin") };
+    let on =
+        settings::Provision { pages: settings::Pages::Form, user: Some("admin"), password: Some("admin") };
     let (mut flash, table) = provisioned_flash(Some(&provisioning_page(&BASE_SETTINGS, &[&on]).unwrap()));
-    let s =
-        settings::WebFormSettings::load(&mut flash, &table, &mut |_: &crate::log::LogEvent<'_>| {}).unwrap();
+    let s = settings::WebFormSettings::load(
+        &mut flash,
+        &table,
+        settings::Pages::Form,
+        &mut |_: &crate::log::LogEvent<'_>| {},
+    )
+    .unwrap();
     assert!(s.credentials.unwrap().accept(Some(ADMIN)));
     assert_eq!(
         s.log_line(80).to_string(),
         "web update form on TCP port 80 at /update: credentials set (nvs)"
     );
-    let half = settings::Provision { user: Some("admin"), password: None };
+    let half = settings::Provision { pages: settings::Pages::Form, user: Some("admin"), password: None };
     let (mut flash, table) = provisioned_flash(Some(&provisioning_page(&BASE_SETTINGS, &[&half]).unwrap()));
-    let s =
-        settings::WebFormSettings::load(&mut flash, &table, &mut |_: &crate::log::LogEvent<'_>| {}).unwrap();
+    let s = settings::WebFormSettings::load(
+        &mut flash,
+        &table,
+        settings::Pages::Form,
+        &mut |_: &crate::log::LogEvent<'_>| {},
+    )
+    .unwrap();
     assert_eq!(s.credentials, None, "a user without a password is no authentication, as in HTTPUpdateServer");
     let long = "x".repeat(65);
-    let bad = settings::Provision { user: Some(&long), password: Some("p") };
+    let bad = settings::Provision { pages: settings::Pages::Form, user: Some(&long), password: Some("p") };
     assert!(provisioning_page(&BASE_SETTINGS, &[&bad]).is_err());
 }
 
