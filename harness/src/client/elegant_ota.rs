@@ -37,6 +37,17 @@ pub fn error_names() -> Vec<&'static str> {
     names
 }
 
+/// The outcome name of a failure text the portal shows (a 400's body, or what the page prints
+/// after `Update failed: `): the portal's refusals, then `Update`'s errors.
+pub fn error_name(text: &str) -> Option<&'static str> {
+    match text.trim() {
+        BAD_HASH => Some("bad_hash"),
+        NOT_STARTED => Some("not_started"),
+        BUSY => Some("busy"),
+        t => UpdateError::from_reply(t).map(|e| e.name()),
+    }
+}
+
 /// Runs the start and the upload against `addr`. Never panics on what the device does.
 pub async fn upload(addr: SocketAddr, up: &PortalUpload<'_>) -> Outcome {
     if let Some(start) = &up.start {
@@ -86,13 +97,7 @@ fn judge(answer: &[u8], phase: Phase) -> Outcome {
         |name: &'static str, s: u16| Outcome::DeviceError { name, detail: format!("{s} {body}"), phase };
     match status {
         Some(200) if body == "OK" => Outcome::Ok { detail: "OK".into() },
-        Some(400) if body == BAD_HASH => error("bad_hash", 400),
-        Some(400) if body == NOT_STARTED => error("not_started", 400),
-        Some(400) if body == BUSY => error("busy", 400),
-        Some(400) => match UpdateError::from_reply(body) {
-            Some(e) => error(e.name(), 400),
-            None => error("bad_request", 400),
-        },
+        Some(400) => error(error_name(body).unwrap_or("bad_request"), 400),
         Some(401) => error("unauthorized", 401),
         Some(413) => error(UpdateError::Space.name(), 413),
         Some(404) => error("not_found", 404),

@@ -248,22 +248,14 @@ impl PortalStep {
 /// What the portal's status line says.
 fn judge_page(text: &str) -> Outcome {
     use crate::client::Phase;
-    use ota_core::proto::arduino::UpdateError;
-    use ota_core::proto::elegant_ota::pages::{BAD_HASH, BUSY, NOT_STARTED};
     let text = text.trim();
     if text.starts_with("Update successful") {
         return Outcome::Ok { detail: format!("the page said `{text}`") };
     }
     let detail = format!("the page said `{text}`");
-    let name = match text.strip_prefix("Update failed: ").map(str::trim) {
-        Some(BAD_HASH) => "bad_hash",
-        Some(NOT_STARTED) => "not_started",
-        Some(BUSY) => "busy",
-        Some(t) => match UpdateError::from_reply(t) {
-            Some(e) => e.name(),
-            None => return Outcome::Unexpected { detail, phase: Phase::End },
-        },
-        None => return Outcome::Unexpected { detail, phase: Phase::End },
+    let Some(name) = text.strip_prefix("Update failed: ").and_then(crate::client::elegant_ota::error_name)
+    else {
+        return Outcome::Unexpected { detail, phase: Phase::End };
     };
     Outcome::DeviceError { name, detail, phase: Phase::End }
 }
