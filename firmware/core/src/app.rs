@@ -51,6 +51,7 @@ paths! {
     homie1: crate::proto::homie1::service::Service,
     web_form: crate::proto::web_form::service::Service,
     elegant_ota: crate::proto::elegant_ota::service::Service,
+    ws_ota: crate::proto::ws_ota::service::Service,
 }
 
 /// What every call lends the app: the flash, the clock (ms since boot), randomness and the

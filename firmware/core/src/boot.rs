@@ -302,25 +302,62 @@ pub fn rollback_possible<F: NorFlash, V: SlotVerifier<F>>(
     }
 }
 
+/// Who confirms a new image on its first boot.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum Confirm {
+    /// The boot-time self-test: a passing one marks the image VALID at once (Arduino cores).
+    #[default]
+    SelfTest,
+    /// The running app, later (`esp_ota_mark_app_valid_cancel_rollback`, as a stock ESP-IDF app
+    /// with the WebSocket OTA page does): a passing self-test leaves the image PENDING_VERIFY,
+    /// and a reset before the app confirms it rolls back.
+    App,
+}
+
+/// The NVS key (namespace [`crate::settings::NAMESPACE`]) that says who confirms: u8 0 or
+/// missing the self-test, 1 the app.
+pub const KEY_CONFIRM: &str = "confirm";
+
+impl Confirm {
+    /// The provisioned choice; a value other than 0 or 1 is logged as ignored (the self-test
+    /// confirms).
+    pub fn load<F: NorFlash>(flash: &mut F, table: &PartitionTable, log: &mut impl LogSink) -> Confirm {
+        use crate::settings::{Ignored, Rejected};
+        let Some(part) = table.nvs() else { return Confirm::SelfTest };
+        match crate::settings::read_u8(flash, part, KEY_CONFIRM, log) {
+            None | Some(0) => Confirm::SelfTest,
+            Some(1) => Confirm::App,
+            Some(v) => {
+                log.log(&LogEvent::Module(&Ignored { key: KEY_CONFIRM, why: Rejected::NotAFlag(v) }));
+                Confirm::SelfTest
+            }
+        }
+    }
+}
+
 /// The app's boot-time rollback guard, run first thing after the bootloader jumps to `booted`.
-/// `self_test` is what the image's self-test does (see [`SelfTest`]).
+/// `self_test` is what the image's self-test does (see [`SelfTest`]); `confirm` who marks a
+/// passing image VALID.
 pub fn boot_guard<F: NorFlash, L: LogSink>(
     flash: &mut F,
     table: &PartitionTable,
     booted: &Booted,
     self_test: SelfTest,
+    confirm: Confirm,
     chip: ChipInfo,
     log: &mut L,
 ) -> Result<GuardOutcome, FlashError> {
-    boot_guard_with(flash, table, booted, self_test, chip, &mut DirectVerify, log)
+    boot_guard_with(flash, table, booted, self_test, confirm, chip, &mut DirectVerify, log)
 }
 
 /// [`boot_guard`] with a chosen [`SlotVerifier`] (used to check that a rollback is possible).
+#[allow(clippy::too_many_arguments)]
 pub fn boot_guard_with<F: NorFlash, V: SlotVerifier<F>, L: LogSink>(
     flash: &mut F,
     table: &PartitionTable,
     booted: &Booted,
     self_test: SelfTest,
+    confirm: Confirm,
     chip: ChipInfo,
     verifier: &mut V,
     log: &mut L,
@@ -346,6 +383,10 @@ pub fn boot_guard_with<F: NorFlash, V: SlotVerifier<F>, L: LogSink>(
             write_otadata_copy(flash, &od, active, &data.entries[active])?;
             log.log(&LogEvent::GuardFirstBoot { slot: me });
             match self_test {
+                SelfTest::Pass if confirm == Confirm::App => {
+                    log.log(&LogEvent::AwaitingConfirmation { slot: me });
+                    Ok(GuardOutcome::Run)
+                }
                 SelfTest::Pass => {
                     data.entries[active].state = OtaState::Valid;
                     write_otadata_copy(flash, &od, active, &data.entries[active])?;
@@ -379,6 +420,73 @@ pub fn boot_guard_with<F: NorFlash, V: SlotVerifier<F>, L: LogSink>(
         }
         _ => Ok(GuardOutcome::Run),
     }
+}
+
+/// The running app's otadata entry, when otadata selects its slot: (its copy, the data).
+fn running_entry<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    running: &Partition,
+) -> Result<Option<(Partition, OtaData, usize)>, FlashError> {
+    let (Some(slot), Some(od)) = (running.ota_slot(), table.otadata().copied()) else { return Ok(None) };
+    let data = read_otadata(flash, &od)?;
+    Ok(state_of_slot(&data, slot, table.ota_count()).map(|(copy, _)| (od, data, copy)))
+}
+
+/// Whether the running app is PENDING_VERIFY (`esp_ota_get_state_partition`).
+pub fn running_pending<F: NorFlash>(flash: &mut F, table: &PartitionTable, running: &Partition) -> bool {
+    matches!(running_entry(flash, table, running), Ok(Some((_, data, copy))) if data.entries[copy].state == OtaState::PendingVerify)
+}
+
+/// `esp_ota_mark_app_valid_cancel_rollback`: a PENDING_VERIFY running app becomes VALID.
+/// `Ok(true)` when it was pending; any other state is left as it is (`Ok(false)`).
+pub fn mark_app_valid<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    running: &Partition,
+) -> Result<bool, FlashError> {
+    let Some((od, mut data, copy)) = running_entry(flash, table, running)? else { return Ok(false) };
+    if data.entries[copy].state != OtaState::PendingVerify {
+        return Ok(false);
+    }
+    data.entries[copy].state = OtaState::Valid;
+    write_otadata_copy(flash, &od, copy, &data.entries[copy])?;
+    Ok(true)
+}
+
+/// Why `esp_ota_mark_app_invalid_rollback_and_reboot` refused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MarkInvalidError {
+    /// `ESP_ERR_OTA_ROLLBACK_FAILED` (0x1505): nothing valid to go back to, or the running app
+    /// is not the one otadata selects.
+    RollbackFailed,
+    Flash(FlashError),
+}
+
+impl From<FlashError> for MarkInvalidError {
+    fn from(e: FlashError) -> Self {
+        MarkInvalidError::Flash(e)
+    }
+}
+
+/// `esp_ota_mark_app_invalid_rollback_and_reboot` up to the reboot: when a rollback is
+/// possible, the running app's entry becomes INVALID (whatever its state was) and the caller
+/// restarts; the bootloader then picks the previous image.
+pub fn mark_app_invalid<F: NorFlash>(
+    flash: &mut F,
+    table: &PartitionTable,
+    running: &Partition,
+    chip: ChipInfo,
+) -> Result<(), MarkInvalidError> {
+    let Some((od, mut data, copy)) = running_entry(flash, table, running)? else {
+        return Err(MarkInvalidError::RollbackFailed);
+    };
+    if !rollback_possible(flash, table, &data, copy, chip, &mut DirectVerify) {
+        return Err(MarkInvalidError::RollbackFailed);
+    }
+    data.entries[copy].state = OtaState::Invalid;
+    write_otadata_copy(flash, &od, copy, &data.entries[copy])?;
+    Ok(())
 }
 
 /// How a power-on ended.
@@ -419,7 +527,8 @@ pub fn power_on<F: NorFlash, V: SlotVerifier<F>, L: LogSink>(
             version: desc.version(),
         });
         let self_test = verifier.self_test(flash, &booted);
-        match boot_guard_with(flash, &table, &booted, self_test, config.chip, verifier, log) {
+        let confirm = Confirm::load(flash, &table, log);
+        match boot_guard_with(flash, &table, &booted, self_test, confirm, config.chip, verifier, log) {
             Err(e) => return PowerOn::Flash(e),
             Ok(GuardOutcome::Reboot) => continue,
             Ok(GuardOutcome::Hang) => return PowerOn::Hung { table, booted },
@@ -558,8 +667,10 @@ mod tests {
         let (b, _) = boot(f, false);
         let t = read_table(f, 4 << 20).unwrap();
         let mut lines = Vec::new();
-        let out =
-            boot_guard(f, &t, &b, st, CHIP, &mut |e: &LogEvent<'_>| lines.push(std::format!("{e}"))).unwrap();
+        let out = boot_guard(f, &t, &b, st, Confirm::SelfTest, CHIP, &mut |e: &LogEvent<'_>| {
+            lines.push(std::format!("{e}"))
+        })
+        .unwrap();
         (out, lines)
     }
 
@@ -621,6 +732,50 @@ mod tests {
         assert_eq!(out, GuardOutcome::Reboot);
         assert_eq!(copy(&f, 1).state, OtaState::Aborted);
         assert_eq!(boot(&mut f, false).0.index, BootIndex::Ota(0));
+    }
+
+    #[test]
+    fn the_app_confirms_or_rolls_back_when_it_is_the_one_to_confirm() {
+        let mut f = device();
+        put_image(&mut f, 0x1D0000, "2.0.0", SelfTest::Pass);
+        set_copy(&mut f, 0, OtaEntry::new(1, OtaState::Valid));
+        set_copy(&mut f, 1, OtaEntry::new(2, OtaState::New));
+        let (b, _) = boot(&mut f, false);
+        let t = read_table(&mut f, 4 << 20).unwrap();
+        let mut lines = Vec::new();
+        let mut log = |e: &LogEvent<'_>| lines.push(std::format!("{e}"));
+        let out = boot_guard(&mut f, &t, &b, SelfTest::Pass, Confirm::App, CHIP, &mut log).unwrap();
+        assert_eq!(out, GuardOutcome::Run);
+        assert_eq!(copy(&f, 1).state, OtaState::PendingVerify);
+        assert!(lines.iter().any(|l| l.ends_with("stays PENDING_VERIFY until the app confirms it")));
+        assert!(running_pending(&mut f, &t, &b.partition));
+        // The app confirms: VALID, and a second confirmation changes nothing.
+        assert_eq!(mark_app_valid(&mut f, &t, &b.partition), Ok(true));
+        assert_eq!(copy(&f, 1).state, OtaState::Valid);
+        assert!(!running_pending(&mut f, &t, &b.partition));
+        assert_eq!(mark_app_valid(&mut f, &t, &b.partition), Ok(false));
+        // It may still be rolled back later (ESP-IDF's call takes any state): INVALID, ota_0 boots.
+        assert_eq!(mark_app_invalid(&mut f, &t, &b.partition, CHIP), Ok(()));
+        assert_eq!(copy(&f, 1).state, OtaState::Invalid);
+        let (b0, _) = boot(&mut f, false);
+        assert_eq!(b0.index, BootIndex::Ota(0));
+        // ota_0 has nothing behind it: refused, otadata untouched.
+        f.ops.clear();
+        assert_eq!(mark_app_invalid(&mut f, &t, &b0.partition, CHIP), Err(MarkInvalidError::RollbackFailed));
+        assert!(f.ops.is_empty());
+    }
+
+    #[test]
+    fn a_failing_self_test_rolls_back_whoever_confirms() {
+        let mut f = device();
+        put_image(&mut f, 0x1D0000, "2.0.0", SelfTest::Fail);
+        set_copy(&mut f, 0, OtaEntry::new(1, OtaState::Valid));
+        set_copy(&mut f, 1, OtaEntry::new(2, OtaState::New));
+        let (b, _) = boot(&mut f, false);
+        let t = read_table(&mut f, 4 << 20).unwrap();
+        let out = boot_guard(&mut f, &t, &b, SelfTest::Fail, Confirm::App, CHIP, &mut |_: &LogEvent<'_>| {});
+        assert_eq!(out, Ok(GuardOutcome::Reboot));
+        assert_eq!(copy(&f, 1).state, OtaState::Invalid);
     }
 
     #[test]

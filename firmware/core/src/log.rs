@@ -98,6 +98,10 @@ pub enum LogEvent<'a> {
     SelfTestHung {
         slot: SlotName,
     },
+    /// The self-test passed and the app confirms the image later ([`crate::boot::Confirm::App`]).
+    AwaitingConfirmation {
+        slot: SlotName,
+    },
     Unconfirmed {
         slot: SlotName,
     },
@@ -192,6 +196,7 @@ impl LogEvent<'_> {
             | SelfTestPassed { .. }
             | SelfTestFailed { .. }
             | SelfTestHung { .. }
+            | AwaitingConfirmation { .. }
             | Unconfirmed { .. }
             | RollbackImpossible
             | FallbackBoot { .. }
@@ -240,6 +245,9 @@ impl fmt::Display for LogEvent<'_> {
                 write!(f, "self-test failed: {slot} marked INVALID, rolling back")
             }
             SelfTestHung { slot } => write!(f, "self-test of {slot} {TEXT_SELF_TEST_HUNG}"),
+            AwaitingConfirmation { slot } => {
+                write!(f, "self-test passed: {slot} stays PENDING_VERIFY until the app confirms it")
+            }
             Unconfirmed { slot } => {
                 write!(f, "{slot} was reset before it confirmed itself: marked ABORTED, rolling back")
             }

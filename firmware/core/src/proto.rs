@@ -13,6 +13,7 @@ pub mod http_server;
 pub mod mqtt;
 pub mod mqtt_pull;
 pub mod web_form;
+pub mod ws_ota;
 
 /// The update paths a device serves, by the names scenarios and reports use.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -31,10 +32,12 @@ pub enum UpdatePath {
     WebForm,
     /// ElegantOTA v3's portal (`/ota/start`, then a multipart `POST /ota/upload`).
     ElegantOta,
+    /// The WebSocket OTA page of an ESP-IDF project (`ota_ws_update`: chunks asked for by offset).
+    WsOta,
 }
 
 impl UpdatePath {
-    pub const ALL: [UpdatePath; 7] = [
+    pub const ALL: [UpdatePath; 8] = [
         UpdatePath::Esphome,
         UpdatePath::Arduino,
         UpdatePath::Homie,
@@ -42,6 +45,7 @@ impl UpdatePath {
         UpdatePath::Homie1,
         UpdatePath::WebForm,
         UpdatePath::ElegantOta,
+        UpdatePath::WsOta,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +57,7 @@ impl UpdatePath {
             UpdatePath::Homie1 => "homie1",
             UpdatePath::WebForm => "web_form",
             UpdatePath::ElegantOta => "elegant_ota",
+            UpdatePath::WsOta => "ws_ota",
         }
     }
 
@@ -93,6 +98,7 @@ impl UpdatePath {
             UpdatePath::Homie1 => homie1::script::upload(u),
             UpdatePath::WebForm => web_form::script::upload(u),
             UpdatePath::ElegantOta => elegant_ota::script::upload(u),
+            UpdatePath::WsOta => ws_ota::script::upload(u),
         }
     }
 }

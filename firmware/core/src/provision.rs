@@ -28,6 +28,13 @@ pub trait PathProvision {
     fn write(&self, page: &mut SettingsPage) -> Result<(), ProvisionError>;
 }
 
+/// Who confirms new images (`confirm`, read by the boot guard): a device setting, not a path's.
+impl PathProvision for crate::boot::Confirm {
+    fn write(&self, page: &mut SettingsPage) -> Result<(), ProvisionError> {
+        page.u8(crate::boot::KEY_CONFIRM, u8::from(*self == crate::boot::Confirm::App))
+    }
+}
+
 /// The provisioning page being filled: the device's namespace, one writer per value type.
 pub struct SettingsPage {
     page: nvs::PageBuilder,

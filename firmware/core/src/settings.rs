@@ -49,7 +49,7 @@ pub enum Rejected {
     NotACertificate(crate::pem::PemError),
     NotATime,
     NotAFlag(u8),
-    /// A web page set other than 0 (none), 1 (the form) or 2 (ElegantOTA).
+    /// A web page set other than 0 (none), 1 (the form), 2 (ElegantOTA) or 3 (WebSocket OTA).
     NotAPageSet(u8),
 }
 
@@ -70,7 +70,10 @@ impl core::fmt::Display for Rejected {
             Rejected::NotATime => f.write_str("not seconds since 1970"),
             Rejected::NotAFlag(v) => write!(f, "{v} is not 0 or 1"),
             Rejected::NotAPageSet(v) => {
-                write!(f, "{v} is not 0 (off), 1 (the upload form) or 2 (ElegantOTA)")
+                write!(
+                    f,
+                    "{v} is not 0 (off), 1 (the upload form), 2 (ElegantOTA) or 3 (the WebSocket OTA page)"
+                )
             }
         }
     }

@@ -76,6 +76,15 @@ pub struct SettingsArgs {
     /// `/ota/upload`; off unless given).
     #[arg(long, conflicts_with = "web_form")]
     pub elegant_ota: bool,
+    /// Serve the WebSocket OTA page on the web port instead (`/ota`, socket `/ota/ws`; off
+    /// unless given).
+    #[arg(long, conflicts_with_all = ["web_form", "elegant_ota", "web_user"])]
+    pub ws_ota: bool,
+    /// New images wait for the running app to confirm them (the WebSocket page's
+    /// `otaProcessRollback`) instead of their boot-time self-test: a reset before that rolls
+    /// back.
+    #[arg(long)]
+    pub confirm_by_app: bool,
     /// The web pages' user (with `--web-password`: authentication only with both).
     #[arg(long, requires = "web_password")]
     pub web_user: Option<String>,
@@ -114,7 +123,9 @@ impl SettingsArgs {
             || self.homie_broker.is_some()
             || self.homie1_broker.is_some()
             || self.web_form
-            || self.elegant_ota;
+            || self.elegant_ota
+            || self.ws_ota
+            || self.confirm_by_app;
         if homie_only && self.homie_broker.is_none() && self.homie1_broker.is_none() {
             bail!("--homie-id and --homie-ota need --homie-broker or --homie1-broker");
         }
@@ -198,6 +209,19 @@ impl SettingsArgs {
         });
         if let Some(p) = &web {
             paths.push(p);
+        }
+        // The WebSocket page writes `confirm` with its page set; without the page the flag still
+        // says who confirms (a device another path updates).
+        let confirm = if self.confirm_by_app {
+            ota_core::boot::Confirm::App
+        } else {
+            ota_core::boot::Confirm::SelfTest
+        };
+        let ws = ota_core::proto::ws_ota::settings::Provision { confirm };
+        if self.ws_ota {
+            paths.push(&ws);
+        } else if self.confirm_by_app {
+            paths.push(&confirm);
         }
         let page =
             ota_core::provision::provisioning_page(&base, &paths).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -19,7 +19,7 @@ use esp_println::println;
 use esp_storage::FlashStorage;
 use ota_core::app::App;
 use ota_core::boot::{
-    BootIndex, Booted, DirectVerify, GuardOutcome, SlotVerifier, boot_guard, select, verify_slot,
+    BootIndex, Booted, Confirm, DirectVerify, GuardOutcome, SlotVerifier, boot_guard, select, verify_slot,
 };
 use ota_core::image::ChipInfo;
 use ota_core::log::{LogEvent, LogLine, SlotName};
@@ -146,7 +146,8 @@ fn main() -> ! {
         version: image.desc.version(),
     });
     let self_test = DirectVerify.self_test(&mut flash, &booted);
-    match boot_guard(&mut flash, &table, &booted, self_test, ChipInfo::ESP32C3, &mut log) {
+    let confirm = Confirm::load(&mut flash, &table, &mut log);
+    match boot_guard(&mut flash, &table, &booted, self_test, confirm, ChipInfo::ESP32C3, &mut log) {
         Ok(GuardOutcome::Reboot) => esp_hal::system::software_reset(),
         Ok(GuardOutcome::Run) => {}
         // The self-test never finishes: the app never gets to serve OTA (a reset rolls back).

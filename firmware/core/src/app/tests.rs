@@ -79,12 +79,17 @@ fn booted_with(provisioned: Option<&[&dyn crate::provision::PathProvision]>) -> 
         let page = crate::provision::provisioning_page(&crate::testutil::BASE_SETTINGS, paths).unwrap();
         flash.data[0x390000..0x390000 + page.len()].copy_from_slice(&page);
     }
+    let (app, lines) = boot_app(&mut flash);
+    (flash, app, lines)
+}
+
+/// Powers the device on: bootloader, boot guard, the app booted from its settings.
+fn boot_app(flash: &mut RamFlash) -> (App, Vec<String>) {
     let mut lines = Vec::new();
     let mut log = |e: &LogEvent<'_>| lines.push(crate::log::LogLine { ms: 0, event: e }.to_string());
     let config =
         BootloaderConfig { rollback: false, chip: crate::image::ChipInfo::ESP32C3, flash_size: 4 << 20 };
-    let PowerOn::Running { table, booted } = power_on(&mut flash, config, &mut DirectVerify, &mut log, 4)
-    else {
+    let PowerOn::Running { table, booted } = power_on(flash, config, &mut DirectVerify, &mut log, 4) else {
         panic!("the device does not boot")
     };
     let built_in = BuiltIn {
@@ -96,8 +101,8 @@ fn booted_with(provisioned: Option<&[&dyn crate::provision::PathProvision]>) -> 
         arduino_auth: arduino::AuthScheme::Md5,
         mac: [2, 0, 0, 0, 0, 1],
     };
-    let app = App::boot(&mut flash, table, &booted, OtaConfig::default(), &built_in, &mut log, &mut Zeros);
-    (flash, app, lines)
+    let app = App::boot(flash, table, &booted, OtaConfig::default(), &built_in, &mut log, &mut Zeros);
+    (app, lines)
 }
 
 fn env<'e>(
@@ -116,7 +121,10 @@ const UPLOADER: SocketAddr = SocketAddr::new(core::net::IpAddr::V4(core::net::Ip
 #[test]
 fn every_path_boots_from_its_settings_and_opens_links_named_by_its_index() {
     let (mut flash, mut app, lines) = booted_device();
-    assert_eq!(PATHS, ["esphome", "arduino", "mqtt_pull", "homie", "homie1", "web_form", "elegant_ota"]);
+    assert_eq!(
+        PATHS,
+        ["esphome", "arduino", "mqtt_pull", "homie", "homie1", "web_form", "elegant_ota", "ws_ota"]
+    );
     assert!(
         lines.iter().any(|l| l.contains("config: OTA password none (built in), protocol 2 (built in)")),
         "{lines:?}"
@@ -127,6 +135,7 @@ fn every_path_boots_from_its_settings_and_opens_links_named_by_its_index() {
     assert!(!app.serves::<RamFlash>("homie1"), "no broker in NVS: Homie 1.x is off");
     assert!(!app.serves::<RamFlash>("web_form"), "not provisioned: no web server");
     assert!(!app.serves::<RamFlash>("elegant_ota"), "not provisioned: no web server");
+    assert!(!app.serves::<RamFlash>("ws_ota"), "not provisioned: no web server");
     let (mut io, mut rng) = (Recorded::default(), Zeros);
     app.start(&mut env(&mut flash, 0, &mut io, &mut rng));
     assert_eq!(io.requests, ["listen 0.0 3232", "bind 1.0 3232"]);
@@ -342,9 +351,11 @@ fn the_web_form_listens_when_provisioned_and_only_an_upload_holds_the_device() {
 #[test]
 fn the_web_setting_picks_one_page_set_for_port_80() {
     use crate::proto::web_form::settings::{Pages, Provision};
-    for (pages, on, off) in
-        [(Pages::Form, "web_form", "elegant_ota"), (Pages::ElegantOta, "elegant_ota", "web_form")]
-    {
+    for (pages, on, off) in [
+        (Pages::Form, "web_form", "ws_ota"),
+        (Pages::ElegantOta, "elegant_ota", "web_form"),
+        (Pages::WsOta, "ws_ota", "elegant_ota"),
+    ] {
         let web = Provision { pages, user: None, password: None };
         let (mut flash, mut app, lines) = booted_with(Some(&[&web]));
         assert!(app.serves::<RamFlash>(on) && !app.serves::<RamFlash>(off), "{pages:?}");
@@ -352,5 +363,106 @@ fn the_web_setting_picks_one_page_set_for_port_80() {
         let (mut io, mut rng) = (Recorded::default(), Zeros);
         app.start(&mut env(&mut flash, 0, &mut io, &mut rng));
         assert_eq!(io.requests.iter().filter(|r| r.ends_with(" 80")).count(), 1, "{:?}", io.requests);
+    }
+}
+
+/// The WebSocket page's whole life on a device whose new images wait for the page: upload,
+/// restart, the new image PENDING_VERIFY and offered, rolled back from the page; then again,
+/// kept.
+#[test]
+fn the_websocket_page_uploads_then_confirms_or_rolls_back() {
+    use crate::boot::Confirm;
+    use crate::proto::http_server::websocket::{Opcode, apply_mask, frame_head};
+    let ws = crate::proto::ws_ota::settings::Provision { confirm: Confirm::App };
+    let (mut flash, mut app, lines) = booted_with(Some(&[&ws]));
+    assert!(lines.iter().any(|l| l.ends_with("new images confirmed by the page")), "{lines:?}");
+    let ws_path = PATHS.iter().position(|p| *p == "ws_ota").unwrap() as u8;
+    let listener = LinkId { path: ws_path, local: 0 };
+    let frame = |op: Opcode, payload: &[u8]| {
+        let mut head = [0u8; 14];
+        let mut v = frame_head(true, op, payload.len() as u64, Some([1, 2, 3, 4]), &mut head).to_vec();
+        let mut body = payload.to_vec();
+        apply_mask(&mut body, [1, 2, 3, 4], 0);
+        v.extend_from_slice(&body);
+        v
+    };
+    let handshake = "GET /ota/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let mut spec = ImageSpec::new("otahil", "2.0.0");
+    spec.payload_len = 10_000;
+    let mut v2 = vec![0; spec.image_len()];
+    build(&spec, &mut v2).unwrap();
+    for keep in [false, true] {
+        let (mut io, mut rng) = (Recorded::default(), Zeros);
+        app.start(&mut env(&mut flash, 0, &mut io, &mut rng));
+        let client = app.accept(listener, &mut env(&mut flash, 1, &mut io, &mut rng)).unwrap();
+        app.input(Input::Data(client, handshake.as_bytes()), &mut env(&mut flash, 2, &mut io, &mut rng));
+        let size = std::format!(r#"{{"name":"otaSize","value":{}}}"#, v2.len());
+        app.input(
+            Input::Data(client, &frame(Opcode::Text, size.as_bytes())),
+            &mut env(&mut flash, 3, &mut io, &mut rng),
+        );
+        assert!(app.busy::<RamFlash>(), "the page's update holds the device");
+        for chunk in v2.chunks(8192) {
+            app.input(
+                Input::Data(client, &frame(Opcode::Binary, chunk)),
+                &mut env(&mut flash, 4, &mut io, &mut rng),
+            );
+        }
+        assert!(!app.busy::<RamFlash>());
+        assert!(!app.reboot_requested::<RamFlash>(), "the page restarts the device, not the upload");
+        let restart = br#"{"name":"otaRestartEsp","value":""}"#;
+        app.input(
+            Input::Data(client, &frame(Opcode::Text, restart)),
+            &mut env(&mut flash, 5, &mut io, &mut rng),
+        );
+        assert!(app.reboot_requested::<RamFlash>() && app.reboot_announced::<RamFlash>());
+        assert!(
+            io.lines.iter().any(|l| l.contains("ws_ota: Rebooting into the boot partition")),
+            "{:?}",
+            io.lines
+        );
+        // The new image boots, waits for its page.
+        let (mut next, lines) = boot_app(&mut flash);
+        assert!(lines.iter().any(|l| l.contains("running ota_1")), "{lines:?}");
+        assert!(
+            lines.iter().any(|l| l.contains("ota_1 stays PENDING_VERIFY until the app confirms it")),
+            "{lines:?}"
+        );
+        let mut io = Recorded::default();
+        next.start(&mut env(&mut flash, 0, &mut io, &mut rng));
+        let client = next.accept(listener, &mut env(&mut flash, 1, &mut io, &mut rng)).unwrap();
+        next.input(Input::Data(client, handshake.as_bytes()), &mut env(&mut flash, 2, &mut io, &mut rng));
+        assert!(
+            io.lines.iter().any(|l| l.contains("ota_1 is PENDING_VERIFY: otaCheckRollback sent")),
+            "{:?}",
+            io.lines
+        );
+        let answer = std::format!(r#"{{"name":"otaProcessRollback","value":"{}"}}"#, !keep);
+        next.input(
+            Input::Data(client, &frame(Opcode::Text, answer.as_bytes())),
+            &mut env(&mut flash, 3, &mut io, &mut rng),
+        );
+        if keep {
+            assert!(
+                io.lines.iter().any(|l| l.contains("otaProcessRollback false: ota_1 marked VALID")),
+                "{:?}",
+                io.lines
+            );
+            assert!(!next.reboot_requested::<RamFlash>());
+            let (_, lines) = boot_app(&mut flash);
+            assert!(lines.iter().any(|l| l.contains("running ota_1")), "kept: {lines:?}");
+        } else {
+            assert!(
+                io.lines.iter().any(|l| l.contains("otaProcessRollback true: ota_1 marked INVALID")),
+                "{:?}",
+                io.lines
+            );
+            assert!(io.lines.iter().any(|l| l.ends_with("rollback: Rebooting...")), "{:?}", io.lines);
+            assert!(next.reboot_requested::<RamFlash>());
+            let (back, lines) = boot_app(&mut flash);
+            assert!(lines.iter().any(|l| l.contains("running ota_0")), "rolled back: {lines:?}");
+            app = back;
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! buffer in IDF 4, the WebSocket component's 64-byte JSON values); this reader answers instead.
 
 pub mod multipart;
+pub mod websocket;
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,6 @@
 //! The web server's settings: NVS `web_form` picks the page set on port 80 (1: the upload form,
-//! 2: ElegantOTA; missing or 0: no web server, so a device provisioned for other paths shows
-//! none), and `web_user` /
+//! 2: ElegantOTA, 3: the WebSocket OTA page; missing or 0: no web server, so a device
+//! provisioned for other paths shows none), and `web_user` /
 //! `web_password`, the Basic credentials `HTTPUpdateServer::setup(server, path, user, pass)`
 //! takes — authentication only when both are non-empty, as there.
 
@@ -64,6 +64,8 @@ pub enum Pages {
     Form = 1,
     /// ElegantOTA (`web_form` = 2).
     ElegantOta = 2,
+    /// The WebSocket OTA page at `/ota` (`web_form` = 3).
+    WsOta = 3,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -85,11 +87,13 @@ impl WebFormSettings {
         let part = table.nvs()?;
         let value = match pages {
             Pages::Form => read_u8(flash, part, KEY_WEB_FORM, log)?,
-            Pages::ElegantOta => read_u8(flash, part, KEY_WEB_FORM, &mut |_: &LogEvent<'_>| {})?,
+            Pages::ElegantOta | Pages::WsOta => {
+                read_u8(flash, part, KEY_WEB_FORM, &mut |_: &LogEvent<'_>| {})?
+            }
         };
         match value {
             v if v == pages as u8 => {}
-            0..=2 => return None,
+            0..=3 => return None,
             v => {
                 if pages == Pages::Form {
                     log.log(&LogEvent::Module(&Ignored { key: KEY_WEB_FORM, why: Rejected::NotAPageSet(v) }));
