@@ -10,6 +10,7 @@ pub mod homie;
 pub mod homie1;
 pub mod mqtt_pull;
 pub mod web_form;
+pub mod ws_ota;
 
 use crate::client::Outcome;
 use crate::dut::{EndpointError, Endpoints, Port};
@@ -77,6 +78,7 @@ pub const PATHS: &[PathEntry] = &[
     mqtt_pull::ENTRY,
     web_form::ENTRY,
     elegant_ota::ENTRY,
+    ws_ota::ENTRY,
 ];
 
 /// The path registered as `name`.
@@ -457,7 +459,7 @@ mod tests {
             assert!(!(p.outcomes)().is_empty(), "{} names no outcome", p.name);
         }
         assert_eq!(PATHS[0].name, "esphome", "an ota step without `via` is ESPHome's");
-        assert_eq!(names(), "esphome, arduino, homie, homie1, mqtt_pull, web_form, elegant_ota");
+        assert_eq!(names(), "esphome, arduino, homie, homie1, mqtt_pull, web_form, elegant_ota, ws_ota");
         for core in UpdatePath::ALL {
             assert_eq!(of_core(core).map(|p| p.name), Some(core.name()), "the sweep on {core}");
         }

@@ -303,7 +303,7 @@ pub const TAGS: &[&str] =
 
 /// The app's own tags: every line with one of these comes from `ota-core`, on any backend.
 pub const APP_TAGS: &[&str] =
-    &["app", "rollback", "ota", "arduino", "mqtt", "pull", "homie", "homie1", "web", "elegant"];
+    &["app", "rollback", "ota", "arduino", "mqtt", "pull", "homie", "homie1", "web", "elegant", "ws_ota"];
 
 /// The beginnings of the bootloader lines whose text is ESP-IDF's own: the real bootloader prints
 /// them too, so a log filtered to these (plus [`APP_TAGS`]) reads the same on every backend. The

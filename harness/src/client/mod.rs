@@ -7,6 +7,7 @@ pub mod arduino;
 pub mod elegant_ota;
 pub mod esphome;
 pub mod web_form;
+pub mod ws_ota;
 
 use std::fmt;
 use std::net::SocketAddr;

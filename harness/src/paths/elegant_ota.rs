@@ -3,7 +3,7 @@
 //! browser's faults (credentials, a bad or wrong hash, no start, the upload form's wire faults),
 //! or a real Chromium at the page (`browser: true`).
 
-use super::web_form::{RawAuth, RawStall, SHARED_PORT, read_stall, section_credentials, step_credentials};
+use super::web_form::{RawAuth, RawStall, read_stall, section_credentials, step_credentials};
 use super::{
     Needs, PathEntry, PathUpdate, ProvisionCx, ProvisionFailure, ReadCx, SectionEntry, Unavailable, UpdateCx,
 };
@@ -113,9 +113,7 @@ fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioErro
             "ota via elegant_ota: the device serves no ElegantOTA: add `elegant_ota: {}` under `device`",
         );
     };
-    if rx.sections.has("web_form") {
-        return cx.err(rx.line, rx.column, SHARED_PORT);
-    }
+    super::web_form::one_page_set("elegant_ota", rx)?;
     let (raw, spans): (Raw, _) = options.rest("elegant_ota OTA steps", cx)?;
     let credentials = step_credentials(raw.auth, &section.credentials, &spans, cx)?;
     let filesystem = match raw.mode.as_deref() {

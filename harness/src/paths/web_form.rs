@@ -145,9 +145,20 @@ struct Raw {
     browser: Option<bool>,
 }
 
-/// Why a device cannot have both page sets.
-pub(super) const SHARED_PORT: &str =
-    "web_form and elegant_ota share port 80 and /update: a device serves one (drop one section)";
+/// The sections that pick the page set on port 80: a device serves one.
+const PAGE_SETS: [&str; 3] = ["web_form", "elegant_ota", "ws_ota"];
+
+/// Refuses a step of page set `me` on a device that also has another page set's section.
+pub(super) fn one_page_set(me: &str, rx: &super::ReadCx<'_>) -> Result<(), ScenarioError> {
+    match PAGE_SETS.iter().find(|&&other| other != me && rx.sections.has(other)) {
+        Some(other) => rx.cx.err(
+            rx.line,
+            rx.column,
+            format!("{me} and {other} share port 80 (one web server on the chip): a device serves one page set (drop one section)"),
+        ),
+        None => Ok(()),
+    }
+}
 
 /// The credentials a step sends: by default the ones the device asks for (the person at the
 /// browser types them), `auth: none`, or `auth: { user, password }`.
@@ -202,9 +213,7 @@ fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioErro
             "ota via web_form: the device serves no upload form: add `web_form: {}` under `device`",
         );
     };
-    if rx.sections.has("elegant_ota") {
-        return cx.err(rx.line, rx.column, SHARED_PORT);
-    }
+    one_page_set("web_form", rx)?;
     let (raw, spans): (Raw, _) = options.rest("web_form OTA steps", cx)?;
     let credentials = step_credentials(raw.auth, &section.credentials, &spans, cx)?;
     let part = match raw.part {

@@ -109,7 +109,16 @@ impl Service {
             cx.io.log(&LogEvent::Module(&WsLine::Restarting));
             self.reboot = true;
         }
-        if close {
+        if self.reboot {
+            // `esp_restart()`: every socket ends with the device (after what it was sent).
+            for (i, local) in CLIENTS.into_iter().enumerate() {
+                if self.conns[i].take().is_some() {
+                    cx.io.close(local);
+                }
+            }
+            self.owner = None;
+            cx.io.exchange_over();
+        } else if close {
             if self.owner == Some(local) {
                 // A server closes its own update before it closes; this only guards the rule.
                 self.owner = None;
