@@ -563,6 +563,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "scenario_loader",
     "tls_link",
     "web_form",
+    "ws_ota",
 ];
 
 fn fuzz(seconds: u64, only: Option<&str>, seed: u64, max_runs: u64) -> anyhow::Result<()> {
