@@ -61,6 +61,8 @@ pub struct PageUpload<'a> {
     pub submit: Submit<'a>,
     /// Where the final page's screenshot goes.
     pub screenshot: Option<&'a Path>,
+    /// What the person does after the upload, if anything.
+    pub follow: Option<FollowUp<'a>>,
     pub timeout: Duration,
 }
 
@@ -70,8 +72,26 @@ pub enum Submit<'a> {
     /// The submit button of the input's own form: the next page says how it went.
     FormButton,
     /// Picking the file starts the page's script (ElegantOTA): `before` runs first (a mode
-    /// chosen), and `result`, a script expression, is `''` until the page says how it went.
-    Script { before: Option<&'a str>, result: &'a str },
+    /// chosen), `start` after the pick (a Start button pressed, where the page has one), and
+    /// `result`, a script expression, is `''` until the page says how it went.
+    Script { before: Option<&'a str>, start: Option<&'a str>, result: &'a str },
+}
+
+/// What the person does after the upload, on a page that restarts the device and then asks
+/// about the new image (the WebSocket OTA page).
+#[derive(Debug, Clone, Copy)]
+pub struct FollowUp<'a> {
+    /// Run once the upload's result is read: presses Restart where the page offers it and says
+    /// whether it did (`false`: nothing follows).
+    pub press: &'a str,
+    /// True once the page saw the device go (its socket closed): waited for after `press`.
+    pub gone: &'a str,
+    /// After the restart: the page is loaded again until `ready` (an expression) is true, then
+    /// `answer` runs (Keep, Roll back) and its value is what the page says at once (read in the
+    /// same breath: a rollback restarts the device, and the page then reloads itself).
+    pub then: Option<(&'a str, &'a str)>,
+    /// Where the last page's screenshot goes.
+    pub screenshot: Option<&'a Path>,
 }
 
 /// What the person saw.
@@ -84,6 +104,8 @@ pub struct PageResult {
     pub text: String,
     /// Its `<meta http-equiv=refresh>` content, if any (where the page goes next).
     pub refresh: Option<String>,
+    /// What the page said after the follow-up's answer, if it had one.
+    pub answered: Option<String>,
 }
 
 #[cfg(feature = "browser")]
@@ -154,21 +176,53 @@ mod driver {
             .map_err(BrowserError::Driver)?;
         // Chromium fires the input's `change` as a person's pick does.
         page.execute(pick).await.map_err(driver)?;
-        if let super::Submit::Script { result, .. } = up.submit {
-            let text = loop {
-                let said: String =
-                    page.evaluate(result).await.map_err(driver)?.into_value().map_err(driver)?;
-                if !said.is_empty() {
-                    break said;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            };
+        if let super::Submit::Script { result, start, .. } = up.submit {
+            if let Some(js) = start {
+                page.evaluate(js).await.map_err(driver)?;
+            }
+            let text = said(&page, result).await?;
             if let Some(path) = up.screenshot {
                 page.save_screenshot(ScreenshotParams::builder().full_page(true).build(), path)
                     .await
                     .map_err(driver)?;
             }
-            return Ok(PageResult { inputs, text, refresh: None });
+            let mut answered = None;
+            if let Some(follow) = &up.follow {
+                let pressed: bool =
+                    page.evaluate(follow.press).await.map_err(driver)?.into_value().unwrap_or(false);
+                // The device goes: the page's socket closes (then the page reloads itself).
+                let pause = std::time::Duration::from_millis(100);
+                while let Ok(Ok(false)) = page.evaluate(follow.gone).await.map(|r| r.into_value::<bool>()) {
+                    tokio::time::sleep(pause).await;
+                }
+                if let Some((ready, answer)) = follow.then.filter(|_| pressed) {
+                    // The page is loaded again (as its own 2 s reload does) until it offers the
+                    // answer: a load while the device is down fails; a loaded page's socket
+                    // opens a moment later, so it is asked for some seconds before another load.
+                    'load: loop {
+                        if page.goto(up.url).await.is_ok() {
+                            for _ in 0..50 {
+                                if let Ok(Ok(true)) =
+                                    page.evaluate(ready).await.map(|r| r.into_value::<bool>())
+                                {
+                                    break 'load;
+                                }
+                                tokio::time::sleep(pause).await;
+                            }
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                    let text: String =
+                        page.evaluate(answer).await.map_err(driver)?.into_value().map_err(driver)?;
+                    answered = Some(text);
+                    if let Some(path) = follow.screenshot {
+                        page.save_screenshot(ScreenshotParams::builder().full_page(true).build(), path)
+                            .await
+                            .map_err(driver)?;
+                    }
+                }
+            }
+            return Ok(PageResult { inputs, text, refresh: None, answered });
         }
         // The submit button of the input's own form, pressed after this call returns: the
         // navigation it starts replaces the page the call runs in.
@@ -207,7 +261,18 @@ mod driver {
                 .await
                 .map_err(driver)?;
         }
-        Ok(PageResult { inputs, text, refresh })
+        Ok(PageResult { inputs, text, refresh, answered: None })
+    }
+
+    /// `result`'s value once it is not `''`.
+    async fn said(page: &chromiumoxide::Page, result: &str) -> Result<String, BrowserError> {
+        loop {
+            let said: String = page.evaluate(result).await.map_err(driver)?.into_value().map_err(driver)?;
+            if !said.is_empty() {
+                return Ok(said);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }
 

@@ -285,6 +285,9 @@ pub struct BrowserPage<'a> {
     pub submit: crate::browser::Submit<'a>,
     /// The end of the screenshot's file name.
     pub screenshot: &'a str,
+    /// What the person does after the upload (its screenshot, if it has an answer, ends
+    /// `answered.png`).
+    pub follow: Option<crate::browser::FollowUp<'a>>,
 }
 
 /// Runs a browser step: the image written as the file a person picks (named `file_name`),
@@ -303,6 +306,7 @@ pub fn in_browser(
     let file = dir.path().join(file_name);
     std::fs::write(&file, cx.image).map_err(|e| Unavailable(format!("writing {}: {e}", file.display())))?;
     let screenshot = cx.artifacts.next_path(page.screenshot);
+    let answered = page.follow.and_then(|f| f.then).and_then(|_| cx.artifacts.next_path("answered.png"));
     let upload = PageUpload {
         url: page.url,
         credentials: page.credentials,
@@ -310,6 +314,7 @@ pub fn in_browser(
         input: page.input,
         submit: page.submit,
         screenshot: screenshot.as_deref(),
+        follow: page.follow.map(|f| crate::browser::FollowUp { screenshot: answered.as_deref(), ..f }),
         timeout: cx.timeout,
     };
     let result = match cx.rt.block_on(crate::browser::upload(&upload)) {
@@ -324,6 +329,9 @@ pub fn in_browser(
     };
     if let Some(path) = screenshot.filter(|p| p.is_file()) {
         cx.artifacts.keep(label(&result), path);
+    }
+    if let (Some(path), Some(text)) = (answered.filter(|p| p.is_file()), &result.answered) {
+        cx.artifacts.keep(format!("after the restart, the page's answer: {}", text.trim()), path);
     }
     Ok(Ok(result))
 }

@@ -229,9 +229,11 @@ impl PortalStep {
             input: "#file",
             submit: crate::browser::Submit::Script {
                 before: self.filesystem.then_some("document.getElementById('mode-fs').checked = true"),
+                start: None,
                 result: "document.getElementById('status').textContent",
             },
             screenshot: "portal.png",
+            follow: None,
         };
         let label = |p: &crate::browser::PageResult| {
             format!("after picking {file_name} in ElegantOTA's portal: {}", p.text.trim())

@@ -323,6 +323,7 @@ impl FormStep {
             input: &input,
             submit: crate::browser::Submit::FormButton,
             screenshot: &format!("{}-page.png", self.part),
+            follow: None,
         };
         let label = |p: &crate::browser::PageResult| {
             format!("after uploading {file_name} through the {} form: {}", self.part, p.text.trim())
@@ -382,6 +383,7 @@ mod tests {
             ],
             text: text.into(),
             refresh: refresh.map(str::to_string),
+            answered: None,
         }
     }
 

@@ -83,6 +83,8 @@ struct Raw {
     /// `leave` (the default), `keep` or `roll_back`.
     #[serde(default)]
     then: Option<String>,
+    #[serde(default)]
+    browser: Option<bool>,
 }
 
 /// One update through the page.
@@ -94,6 +96,8 @@ pub struct PageStep {
     pub disconnect_after: Option<u64>,
     pub second_tab: bool,
     pub then: Then,
+    /// A real Chromium at the page instead of the harness's script.
+    pub browser: bool,
 }
 
 fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioError> {
@@ -137,7 +141,25 @@ fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioErro
             "then: the device confirms new images by their self-test, so its page offers no rollback: add `confirm: page` to the device's `ws_ota`",
         );
     }
+    let browser = raw.browser.unwrap_or(false);
+    if browser {
+        let faults = [
+            ("size", declared_size.is_some()),
+            ("chunk_size", chunk_size.is_some()),
+            ("cancel_after", raw.cancel_after.is_some()),
+            ("disconnect_after", raw.disconnect_after.is_some()),
+            ("second_tab", raw.second_tab.is_some()),
+        ];
+        if let Some((key, _)) = faults.iter().find(|(_, set)| *set) {
+            return spans.err(
+                cx,
+                key,
+                format!("{key}: the harness client's fault, not a browser's (drop `browser: true`)"),
+            );
+        }
+    }
     Ok(Arc::new(PageStep {
+        browser,
         declared_size,
         chunk_size,
         cancel_after: raw.cancel_after,
@@ -148,8 +170,15 @@ fn read(options: Options, rx: &ReadCx<'_>) -> Result<super::Update, ScenarioErro
 }
 
 impl PathUpdate for PageStep {
+    fn unavailable_here(&self) -> Option<String> {
+        self.browser.then(crate::browser::available).and_then(Result::err).map(|e| e.to_string())
+    }
+
     fn run(&self, cx: &UpdateCx<'_>) -> Result<Outcome, Unavailable> {
         let endpoint = cx.endpoint(PORT)?;
+        if self.browser {
+            return self.in_browser(cx, endpoint);
+        }
         let up = PageUpload {
             image: cx.image,
             declared_size: self.declared_size.clone(),
@@ -162,5 +191,114 @@ impl PathUpdate for PageStep {
             seed: cx.seed,
         };
         Ok(cx.rt.block_on(crate::client::ws_ota::upload(endpoint, &up)))
+    }
+}
+
+/// The page's status line once it says how the upload went.
+const UPLOAD_RESULT: &str = "(() => { const t = document.getElementById('status-text').textContent; \
+    return t.startsWith('Update complete') || t.startsWith('Update failed') ? t : ''; })()";
+/// Restart, pressed only where the page offers it (a hidden button still runs its handler).
+const PRESS_RESTART: &str = "(() => { const b = document.getElementById('otaReStart'); \
+    if (b.classList.contains('hidden')) return false; b.click(); return true; })()";
+/// The page saw its socket close (the device restarting), or failed before Restart was offered.
+const GONE: &str = "(() => { const t = document.getElementById('status-text').textContent; \
+    return t.endsWith('reloading in 2 s') || t.startsWith('Update failed'); })()";
+/// The reloaded page offers Keep and Roll back.
+const OFFERED: &str = "!document.getElementById('rollback').classList.contains('hidden')";
+/// Keep or Roll back pressed, and what the page says at once.
+const ANSWER_KEEP: &str = "(() => { document.getElementById('otaVerifyApp').click(); \
+    return document.getElementById('status-text').textContent; })()";
+const ANSWER_ROLL_BACK: &str = "(() => { document.getElementById('otaRollback').click(); \
+    return document.getElementById('status-text').textContent; })()";
+
+impl PageStep {
+    /// The update from a headless Chromium: the page loaded, the file picked, Start pressed; the
+    /// status line read; Restart pressed; then, per `then`, the reloaded page's Keep or Roll back.
+    fn in_browser(&self, cx: &UpdateCx<'_>, endpoint: std::net::SocketAddr) -> Result<Outcome, Unavailable> {
+        let url = format!("http://{endpoint}{}", ota_core::proto::ws_ota::PAGE_PATH);
+        let file_name = if cx.file_name.contains('.') {
+            cx.file_name.to_string()
+        } else {
+            format!("{}.bin", cx.file_name)
+        };
+        let answer = match self.then {
+            Then::Leave => None,
+            Then::Keep => Some(ANSWER_KEEP),
+            Then::RollBack => Some(ANSWER_ROLL_BACK),
+        };
+        let page = super::BrowserPage {
+            url: &url,
+            credentials: None,
+            input: "#otaFile",
+            submit: crate::browser::Submit::Script {
+                before: None,
+                start: Some("document.getElementById('otaStartCancel').click()"),
+                result: UPLOAD_RESULT,
+            },
+            screenshot: "ws-page.png",
+            follow: Some(crate::browser::FollowUp {
+                press: PRESS_RESTART,
+                gone: GONE,
+                then: answer.map(|a| (OFFERED, a)),
+                screenshot: None,
+            }),
+        };
+        let label = |p: &crate::browser::PageResult| {
+            format!(
+                "after picking {file_name} on the WebSocket OTA page and pressing Start: {}",
+                p.text.trim()
+            )
+        };
+        Ok(match super::in_browser(cx, &file_name, &page, label)? {
+            Ok(result) => judge_page(&result.text, result.answered.as_deref(), self.then),
+            Err(outcome) => outcome,
+        })
+    }
+}
+
+/// What the page said, as a person reads it.
+fn judge_page(text: &str, answered: Option<&str>, then: Then) -> Outcome {
+    use crate::client::Phase;
+    let text = text.trim();
+    let detail = format!("the page said `{text}`");
+    if let Some(error) = text.strip_prefix("Update failed: ") {
+        return match crate::client::ws_ota::error_name(error) {
+            Some(name) => Outcome::DeviceError { name, detail, phase: Phase::Data },
+            None => Outcome::Unexpected { detail, phase: Phase::Data },
+        };
+    }
+    if !text.starts_with("Update complete") {
+        return Outcome::Unexpected { detail, phase: Phase::End };
+    }
+    let want = match then {
+        Then::Leave => return Outcome::Ok { detail },
+        Then::Keep => "New firmware kept",
+        Then::RollBack => "Rolling back",
+    };
+    match answered.map(str::trim) {
+        Some(a) if a.starts_with(want) => Outcome::Ok { detail: format!("{detail}, then `{a}`") },
+        other => Outcome::Unexpected { detail: format!("{detail}, then {other:?}"), phase: Phase::End },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_is_judged_as_a_person_reads_it() {
+        assert_eq!(judge_page("Update complete: restart to run it", None, Then::Leave).name(), "ok");
+        assert_eq!(judge_page("Update failed: Error write ota", None, Then::Leave).name(), "write_failed");
+        assert_eq!(judge_page("Update failed: something", None, Then::Leave).name(), "unexpected");
+        assert_eq!(
+            judge_page(
+                "Update complete: restart to run it",
+                Some("Rolling back to the previous firmware"),
+                Then::RollBack
+            )
+            .name(),
+            "ok"
+        );
+        assert_eq!(judge_page("Update complete: restart to run it", None, Then::Keep).name(), "unexpected");
     }
 }

@@ -290,7 +290,13 @@ impl Server {
                 Err(e) => self.refuse(e.status(), e.reason(), out),
             },
             PAGE_PATH => self.refuse(405, "Method Not Allowed", out),
-            _ => self.refuse(404, "Not Found", out),
+            _ => {
+                // Not logged: a browser asks for /favicon.ico with every page, as many times as
+                // it likes, and a log snapshot must not count them.
+                page::respond(&mut |b: &[u8]| out.send(b), 404, "text/plain", &["Not Found"], false);
+                self.state = State::Closed;
+                out.close();
+            }
         }
     }
 }

@@ -31,7 +31,7 @@ pub const PAGE: &str = r#"<!DOCTYPE html><html lang="en"><head><meta charset="ut
 <button id="otaVerifyApp">Keep</button> <button id="otaRollback">Roll back</button></div>
 <p id="status-text">Connecting</p><button id="goHome">Home</button>
 <script>
-const $=i=>document.getElementById(i);let ws,file,chunk=8192,busy=false,leaving=false;
+const $=i=>document.getElementById(i);let ws,file,chunk=8192,busy=false,leaving=false,bye='Connection lost';
 const say=t=>$('status-text').textContent=t;
 const show=(i,v)=>$(i).classList.toggle('hidden',!v);
 function bar(n){const p=file&&file.size?Math.floor(n*100/file.size):0;$('otaProgress').style.width=p+'%';$('progressPercent').textContent=p+' %'}
@@ -48,13 +48,13 @@ function connect(){const p=location.pathname;
 ws=new WebSocket((location.protocol=='https:'?'wss://':'ws://')+location.host+(p=='/'?'/ws':p.replace(/\/$/,'')+'/ws'));
 ws.binaryType='arraybuffer';ws.onopen=()=>say('Ready');
 ws.onmessage=e=>{try{const m=JSON.parse(e.data);on(m.name,m.value)}catch(x){say('Bad message: '+e.data)}};
-ws.onclose=()=>{if(!leaving){say('Connection lost: reloading in 2 s');setTimeout(()=>location.reload(),2000)}}}
+ws.onclose=()=>{if(!leaving){say(bye+': reloading in 2 s');setTimeout(()=>location.reload(),2000)}}}
 $('otaFileSelect').onclick=()=>$('otaFile').click();
 $('otaFile').onchange=()=>{file=$('otaFile').files[0];$('fileName').textContent=file?file.name:'no file';$('otaStartCancel').disabled=!file};
 $('otaStartCancel').onclick=()=>{if(busy){send('otaCancel','');return}busy=true;bar(0);show('otaReStart',false);$('otaStartCancel').textContent='Cancel';say('Uploading '+file.name);send('otaSize',file.size)};
-$('otaReStart').onclick=()=>{send('otaRestartEsp','');say('Restarting')};
+$('otaReStart').onclick=()=>{bye='Restarting';send('otaRestartEsp','');say(bye)};
 $('otaVerifyApp').onclick=()=>{send('otaProcessRollback','false');show('rollback',false);show('update',true);say('New firmware kept')};
-$('otaRollback').onclick=()=>{send('otaProcessRollback','true');show('rollback',false);say('Rolling back to the previous firmware')};
+$('otaRollback').onclick=()=>{bye='Rolling back to the previous firmware';send('otaProcessRollback','true');show('rollback',false);say(bye)};
 $('goHome').onclick=()=>{leaving=true;ws.close();location.href='/'};
 connect();
 </script></body></html>
