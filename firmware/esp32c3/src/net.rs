@@ -253,7 +253,11 @@ impl Links {
         for i in 0..self.closing.len() {
             let Some((handle, since)) = self.closing[i] else { continue };
             let s = sockets.get_mut::<tcp::Socket>(handle);
-            if s.is_open() && since.elapsed() > CLOSING_LIMIT {
+            // A listener's socket whose close is done on both sides waits out TIME_WAIT only
+            // against stray segments: its listener needs it for the next client (a second tab
+            // while the first one's socket stays open), as lwIP reuses TIME_WAIT PCBs.
+            let time_wait = s.state() == tcp::State::TimeWait && self.listener_socket(handle);
+            if s.is_open() && (time_wait || since.elapsed() > CLOSING_LIMIT) {
                 s.abort();
             }
             if s.is_open() {
