@@ -53,8 +53,12 @@ fuzz_target!(|data: &[u8]| {
     let table = ota_core::partition_csv::parse_csv(CSV).unwrap();
     let mut flash = FileFlash::in_memory(BASE.clone());
     let update = UpdateSlot::default();
-    let target =
-        Target { table: &table, running: *table.ota(0).unwrap(), config: OtaConfig::default(), update: &update };
+    let target = Target {
+        table: &table,
+        running: *table.ota(0).unwrap(),
+        config: OtaConfig::default(),
+        update: &update,
+    };
     let site = Site {
         slot_size: table.ota(1).unwrap().size,
         others_busy: cfg & 2 != 0,
@@ -105,7 +109,11 @@ fuzz_target!(|data: &[u8]| {
     // What the device sent: an HTTP answer, or the upgrade and well-formed frames after it.
     let mut ended = false;
     if !out.sent.is_empty() {
-        assert!(out.sent.starts_with(b"HTTP/1.1 "), "not an HTTP answer: {:?}", &out.sent[..out.sent.len().min(40)]);
+        assert!(
+            out.sent.starts_with(b"HTTP/1.1 "),
+            "not an HTTP answer: {:?}",
+            &out.sent[..out.sent.len().min(40)]
+        );
         if out.sent.starts_with(b"HTTP/1.1 101 ") {
             let at = out.sent.windows(4).position(|w| w == b"\r\n\r\n").expect("a whole 101 head") + 4;
             let mut reader = FrameReader::new(false);
@@ -140,7 +148,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let after = flash.data();
     if !out.complete {
-        assert_eq!(&after[0x9000..0xB000], &BASE[0x9000..0xB000], "otadata changed without a completed update");
+        assert_eq!(
+            &after[0x9000..0xB000],
+            &BASE[0x9000..0xB000],
+            "otadata changed without a completed update"
+        );
     } else {
         assert!(ended, "an update completed without otaEnd");
     }
