@@ -31,3 +31,11 @@ impl Lcg {
         }
     }
 }
+
+/// How many HTTP/1.1 answers a page server's bytes on one connection hold; they must begin
+/// with one.
+#[allow(dead_code)]
+pub fn http_answers(sent: &[u8]) -> usize {
+    assert!(sent.starts_with(b"HTTP/1.1 "), "not an HTTP answer: {:?}", &sent[..sent.len().min(40)]);
+    sent.windows(9).filter(|w| w == b"HTTP/1.1 ").count()
+}

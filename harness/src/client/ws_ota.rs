@@ -6,7 +6,9 @@
 //! cancel half-way, a disconnect, a second tab that asks for an update during this one.
 
 use super::{Outcome, Phase};
-use ota_core::proto::http_server::websocket::{FrameEvent, FrameReader, Opcode, apply_mask, frame_head};
+use ota_core::proto::http_server::websocket::{
+    FrameEvent, FrameReader, Opcode, accept_key, apply_mask, frame_head,
+};
 use ota_core::proto::ws_ota::{SOCKET_PATH, parse_message};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -69,6 +71,9 @@ pub fn error_name(text: &str) -> Option<&'static str> {
     ERRORS.iter().find(|(t, _)| *t == text).map(|(_, n)| *n)
 }
 
+/// The handshake's key (a browser's is random; the device answers any well-formed one).
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
 /// A message from the device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Message {
@@ -96,7 +101,7 @@ impl Socket {
         stream.set_nodelay(true).ok();
         let request = format!(
             "GET {SOCKET_PATH} HTTP/1.1\r\nHost: device\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await.map_err(|e| format!("handshake: {e}"))?;
         let mut head = Vec::new();
@@ -115,7 +120,8 @@ impl Socket {
         if !head.starts_with("HTTP/1.1 101 ") {
             return Err(format!("not upgraded: {}", head.lines().next().unwrap_or("")));
         }
-        if !head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n") {
+        let accept = format!("Sec-WebSocket-Accept: {}\r\n", String::from_utf8_lossy(&accept_key(KEY)));
+        if !head.contains(&accept) {
             return Err(format!("a wrong Sec-WebSocket-Accept: {head:?}"));
         }
         Ok(Socket {
